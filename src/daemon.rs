@@ -1,0 +1,171 @@
+//! Mounting and running: turns a parsed command line into a live mount, in the foreground
+//! or as a background daemon.
+//!
+//! In daemon mode the command returns only once the mount is live (exit 0), or with the
+//! reason it failed (non-zero): container engines rely on exactly that. The daemon runs
+//! until its mount goes away (`fusermount3 -u`, `umount`, lazy umount) or it gets
+//! SIGTERM/SIGINT/SIGHUP, on which it unmounts itself.
+
+use crate::cli::Cli;
+use crate::fuse::OvlFs;
+use crate::ovl::params::{parse_options, Params};
+use crate::ovl::{Config, Layers, Overlay};
+use crate::sys::{self, process};
+use fuser::{MountOption, Session, SessionACL};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// How long the kernel may cache entries and attributes. Every change goes through us and
+/// the lower layers must not change under a mount, so this may be long.
+const DEFAULT_TTL: Duration = Duration::from_secs(1);
+
+pub fn run(cli: Cli) -> Result<(), String> {
+    let params = parse_options(&cli.options)?;
+    let debug = cli.debug || params.debug;
+    init_logging(debug);
+    let foreground = cli.foreground || debug;
+
+    // Modes of new files are exactly what the caller asked for (the kernel has already
+    // applied the caller's umask).
+    sys::set_umask(0);
+
+    let md = std::fs::metadata(&cli.mountpoint)
+        .map_err(|e| format!("mountpoint {}: {}", cli.mountpoint.display(), e))?;
+    if !md.is_dir() {
+        return Err(format!("mountpoint {} is not a directory", cli.mountpoint.display()));
+    }
+    let layers = Layers::open(&params)?;
+    let ovl = Overlay::new(layers, Config { fsync: params.fsync })
+        .map_err(|e| format!("cannot set up the overlay: {e}"))?;
+    let fs = OvlFs::new(ovl, DEFAULT_TTL, debug);
+    let config = fuse_config(&params, cli.source.as_deref());
+    log::debug!("mount options: {:?}", config.mount_options);
+
+    if foreground {
+        return serve(fs, &cli.mountpoint, &config, None);
+    }
+    let (r, w) = process::pipe().map_err(|e| format!("pipe: {e}"))?;
+    match process::fork().map_err(|e| format!("fork: {e}"))? {
+        process::Forked::Parent => {
+            drop(w);
+            let mut status = Vec::new();
+            let _ = std::fs::File::from(r).read_to_end(&mut status);
+            match status.split_first() {
+                Some((0, _)) => Ok(()),
+                Some((_, msg)) => Err(String::from_utf8_lossy(msg).into_owned()),
+                None => Err("the daemon exited before the mount was ready".to_string()),
+            }
+        }
+        process::Forked::Child => {
+            drop(r);
+            process::setsid();
+            let res = serve(fs, &cli.mountpoint, &config, Some(std::fs::File::from(w)));
+            if let Err(msg) = &res {
+                log::error!("{msg}");
+            }
+            res
+        }
+    }
+}
+
+/// Mounts, reports readiness on `ready` (daemon mode), and serves requests until the mount
+/// goes away.
+fn serve(fs: OvlFs, mnt: &Path, config: &fuser::Config, mut ready: Option<std::fs::File>) -> Result<(), String> {
+    process::block_term_signals();
+    let mut session = match Session::new(fs, mnt, config) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("cannot mount on {}: {e}", mnt.display());
+            if let Some(w) = ready.as_mut() {
+                let mut m = vec![1u8];
+                m.extend_from_slice(msg.as_bytes());
+                let _ = w.write_all(&m);
+            }
+            return Err(msg);
+        }
+    };
+    if let Some(mut w) = ready.take() {
+        let _ = w.write_all(&[0]);
+        drop(w);
+        process::stdio_to_null();
+        let _ = std::env::set_current_dir("/");
+    }
+    let mut unmounter = session.unmount_callable();
+    let mnt_owned = mnt.to_path_buf();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let sig = process::wait_term_signal();
+            log::info!("signal {sig}: unmounting {}", mnt_owned.display());
+            if unmounter.unmount().is_err() {
+                let _ = process::umount_detach(&mnt_owned);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    session.run().map_err(|e| format!("session ended with an error: {e}"))
+}
+
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "warn" };
+    let env = env_logger::Env::default().default_filter_or(default);
+    let _ = env_logger::Builder::from_env(env).format_timestamp_micros().try_init();
+}
+
+/// The FUSE mount configuration from the overlay's mount options.
+pub fn fuse_config(p: &Params, source: Option<&str>) -> fuser::Config {
+    let mut opts = vec![MountOption::DefaultPermissions];
+    let fsname = p.fsname.clone().or_else(|| source.map(str::to_string)).unwrap_or_else(|| "ovlfuse".to_string());
+    opts.push(MountOption::FSName(fsname));
+    if let Some(st) = &p.subtype {
+        opts.push(MountOption::Subtype(st.clone()));
+    }
+    if p.read_only || !p.has_upper() {
+        opts.push(MountOption::RO);
+    }
+    for f in &p.kernel_flags {
+        let o = match f.as_str() {
+            "dev" => MountOption::Dev,
+            "nodev" => MountOption::NoDev,
+            "suid" => MountOption::Suid,
+            "nosuid" => MountOption::NoSuid,
+            "exec" => MountOption::Exec,
+            "noexec" => MountOption::NoExec,
+            "sync" => MountOption::Sync,
+            "async" => MountOption::Async,
+            "dirsync" => MountOption::DirSync,
+            "noatime" => MountOption::NoAtime,
+            "atime" => MountOption::Atime,
+            _ => continue,
+        };
+        // Later flags win, as with mount(8): drop an earlier opposite.
+        opts.retain(|x| !opposite(x, &o));
+        if !opts.contains(&o) {
+            opts.push(o);
+        }
+    }
+    let root = sys::geteuid() == 0;
+    let acl = if p.allow_other || root {
+        SessionACL::All
+    } else if p.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 16);
+    let mut c = fuser::Config::default();
+    c.mount_options = opts;
+    c.acl = acl;
+    c.n_threads = Some(threads);
+    c.clone_fd = true;
+    c
+}
+
+fn opposite(a: &MountOption, b: &MountOption) -> bool {
+    use MountOption::*;
+    matches!(
+        (a, b),
+        (Dev, NoDev) | (NoDev, Dev) | (Suid, NoSuid) | (NoSuid, Suid) | (Exec, NoExec) | (NoExec, Exec)
+            | (Sync, Async) | (Async, Sync) | (Atime, NoAtime) | (NoAtime, Atime)
+    )
+}

@@ -1,0 +1,14 @@
+//! ovlfuse: a union (overlay) filesystem in userspace over FUSE, with the semantics of
+//! Linux kernel overlayfs.
+//!
+//! `ovl` is the overlay core (no FUSE types), `fuse` the thin adapter to `fuser`, `sys`
+//! the raw system calls, `cli` the command line, `daemon` mounting and backgrounding.
+
+pub mod cli;
+pub mod daemon;
+pub mod fuse;
+pub mod ovl;
+pub mod sys;
+
+/// The version line shown by `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

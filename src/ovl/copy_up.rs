@@ -1,0 +1,213 @@
+//! Copy-up: giving an object that lives only in a lower layer a copy in the upper layer,
+//! before its first change.
+//!
+//! Parents go first (a directory copies without its children). The copy is built under a
+//! temporary name in `workdir/work` — data (reflink, else `copy_file_range` around holes,
+//! else read/write), xattrs minus overlay-private ones, owner, mode, times — then renamed
+//! into place with one `renameat2`. A crash before that rename leaves the old view (the
+//! leftover is removed at the next mount); after it, the new one. Callers that are about
+//! to throw the data away (truncate to 0, open with O_TRUNC) skip copying it.
+
+use super::layers::{remove_tree, UPPER};
+use super::namei::{IMPURE_XATTR, ORIGIN_XATTR};
+use super::node::{Node, ROOT_ID};
+use super::{Errno, Overlay, SysResult};
+use crate::sys::fs::{self, Stat};
+use crate::sys::xattr;
+use log::{debug, warn};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A name for something being built in the work directory; unique within this process and
+/// across processes (the pid), so two mounts sharing nothing still never collide.
+pub fn temp_name() -> OsString {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    OsString::from(format!("#ovlfuse.{}.{n}", std::process::id()))
+}
+
+impl Overlay {
+    /// Makes sure `node` has an upper copy; `with_data` false copies a file empty.
+    pub fn copy_up(&self, node: &Arc<Node>, with_data: bool) -> SysResult<()> {
+        if node.is_upper() {
+            return Ok(());
+        }
+        self.require_upper()?;
+        if node.id == ROOT_ID {
+            return Ok(());
+        }
+        let parent = self.node(node.parent())?;
+        self.copy_up(&parent, true)?;
+
+        let _guard = node.copy_lock.lock();
+        if node.is_upper() {
+            return Ok(());
+        }
+        let lower = node.state().lowers.first().copied().ok_or(Errno::ESTALE)?;
+        let (lpfd, name) = self.parent_fd(node, lower)?;
+        let upfd = self.nodes.dir_fd(&parent, UPPER)?;
+        let lst = fs::fstatat(lpfd.as_fd(), &name)?;
+        let work = self.layers.work()?;
+        let tmp = temp_name();
+        debug!("copy-up {:?} from layer {lower} (data: {with_data})", name);
+        let res = self
+            .build_copy(lpfd.as_fd(), &name, &lst, work, &tmp, with_data)
+            .and_then(|()| fs::renameat2(work, &tmp, upfd.as_fd(), &name, fs::RENAME_NOREPLACE));
+        if let Err(e) = res {
+            let _ = remove_tree(work, &tmp);
+            warn!("copy-up of {:?} failed: {e:?}", name);
+            return Err(e);
+        }
+        if !node.is_dir() {
+            self.mark_impure(&parent);
+        }
+        node.state.write().upper = true;
+        if let Some(m) = parent.merged.lock().clone() {
+            m.set_layer(&name, UPPER);
+        }
+        Ok(())
+    }
+
+    /// Builds the upper copy of lower entry `name` (in `lpfd`) as `tmp` in the work dir.
+    fn build_copy(&self, lpfd: BorrowedFd<'_>, name: &OsStr, st: &Stat, work: BorrowedFd<'_>, tmp: &OsStr, with_data: bool) -> SysResult<()> {
+        let kind = fs::ifmt(st.st_mode);
+        match kind {
+            libc::S_IFDIR => fs::mkdirat(work, tmp, 0o700)?,
+            libc::S_IFREG => {
+                let dst = fs::openat(work, tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
+                if with_data && st.st_size > 0 {
+                    let src = fs::openat(lpfd, name, libc::O_RDONLY, 0)?;
+                    copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+                }
+                if self.cfg.fsync {
+                    fs::fsync(dst.as_fd(), false)?;
+                }
+            }
+            libc::S_IFLNK => {
+                let target = fs::readlinkat(lpfd, name)?;
+                fs::symlinkat(&target, work, tmp)?;
+            }
+            _ => fs::mknodat(work, tmp, kind | 0o600, st.st_rdev)?,
+        }
+        copy_xattrs(lpfd, name, work, tmp)?;
+        fs::fchownat(work, tmp, Some(st.st_uid), Some(st.st_gid))?;
+        if kind != libc::S_IFLNK {
+            fs::fchmodat(work, tmp, st.st_mode & 0o7777)?;
+        }
+        if kind != libc::S_IFDIR {
+            let attr = format!("{}{}", self.layers.xattr_prefix, ORIGIN_XATTR);
+            let val = format!("{}:{}", st.st_dev, st.st_ino);
+            if let Err(e) = xattr::set(work, tmp, &attr, val.as_bytes(), 0) {
+                // Only st_ino stability after remount depends on it.
+                debug!("cannot record origin of {:?}: {e:?}", name);
+            }
+        }
+        let at = libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec };
+        let mt = libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec };
+        fs::utimensat(work, tmp, Some(at), Some(mt))?;
+        Ok(())
+    }
+
+    /// Marks an upper directory as holding copied-up entries, so readdir knows to look up
+    /// their origin inode numbers (the kernel's `impure` xattr).
+    pub fn mark_impure(&self, dir: &Node) {
+        if dir.state.read().impure {
+            return;
+        }
+        let attr = format!("{}{}", self.layers.xattr_prefix, IMPURE_XATTR);
+        let ok = match self.nodes.dir_fd(dir, UPPER) {
+            Ok(fd) => xattr::set_on_dir(fd.as_fd(), &attr, b"y").is_ok(),
+            Err(_) => false,
+        };
+        if ok {
+            dir.state.write().impure = true;
+        }
+    }
+}
+
+/// Copies `len` bytes of file data, keeping holes: reflink when the filesystem shares
+/// blocks, else `copy_file_range` over each data extent, else plain read/write.
+pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> SysResult<()> {
+    if fs::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut off: u64 = 0;
+    while off < len {
+        let data = match fs::lseek(src, off as i64, libc::SEEK_DATA) {
+            Ok(d) => d as u64,
+            Err(Errno(libc::ENXIO)) => break,
+            // No SEEK_DATA support: treat the rest as data.
+            Err(_) => off,
+        };
+        let end = match fs::lseek(src, data as i64, libc::SEEK_HOLE) {
+            Ok(h) => (h as u64).min(len),
+            Err(_) => len,
+        };
+        copy_range(src, dst, data, end)?;
+        off = end.max(data + 1);
+    }
+    fs::ftruncate(dst, len)
+}
+
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut pos: u64, end: u64) -> SysResult<()> {
+    let mut use_cfr = true;
+    let mut buf = Vec::new();
+    while pos < end {
+        let want = ((end - pos) as usize).min(1 << 30);
+        if use_cfr {
+            match fs::copy_file_range(src, pos, dst, pos, want) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    pos += n as u64;
+                    continue;
+                }
+                Err(_) => use_cfr = false,
+            }
+        }
+        if buf.is_empty() {
+            buf = vec![0u8; 1 << 20];
+        }
+        let n = fs::pread(src, &mut buf[..want.min(1 << 20)], pos)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut done = 0;
+        while done < n {
+            done += fs::pwrite(dst, &buf[done..n], pos + done as u64)?;
+        }
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Copies every xattr of `sname` in `sdir` to `dname` in `ddir`, except overlay-private
+/// ones. Attributes the upper filesystem does not support are skipped with a warning.
+pub fn copy_xattrs(sdir: BorrowedFd<'_>, sname: &OsStr, ddir: BorrowedFd<'_>, dname: &OsStr) -> SysResult<()> {
+    let list = match xattr::list(sdir, sname) {
+        Ok(l) => l,
+        Err(Errno::EOPNOTSUPP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for raw in xattr::split_names(&list) {
+        if super::whiteout::is_private_xattr(raw) {
+            continue;
+        }
+        let Ok(attr) = std::str::from_utf8(raw) else { continue };
+        let val = match xattr::get_vec(sdir, sname, attr) {
+            Ok(v) => v,
+            Err(Errno::ENODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        match xattr::set(ddir, dname, attr, &val, 0) {
+            Ok(()) => {}
+            Err(e) if e == Errno::EOPNOTSUPP || (e == Errno::EPERM && !attr.starts_with("user.")) => {
+                warn!("copy-up: xattr {attr} of {:?} not copied: {e:?}", sname);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,582 @@
+//! Directory operations: create, mknod, mkdir, symlink, link, unlink, rmdir, rename.
+//!
+//! Every change lands in the upper layer. A name removed while a lower layer still holds it
+//! is replaced by a whiteout, atomically: the whiteout is made in the work directory and
+//! exchanged with the upper entry (`RENAME_EXCHANGE`), or left by the rename itself
+//! (`RENAME_WHITEOUT`). A directory made where a whiteout hid a name is opaque, as is a
+//! directory moved into a merged directory, so that lower content never leaks into it.
+//! Directories with lower parts cannot be renamed (EXDEV, as kernel overlayfs without
+//! `redirect_dir`); `mv` then copies. Each change patches the merged listings it touches.
+
+use super::copy_up::temp_name;
+use super::inode::Attr;
+use super::layers::{remove_tree, UPPER};
+use super::namei::Found;
+use super::node::{Node, NodeInit, NodeState, ROOT_ID};
+use super::readdir::Entry;
+use super::{check_new_name, whiteout, Ctx, Errno, Overlay, SysResult};
+use crate::sys::fs;
+use parking_lot::MutexGuard;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+/// What to create.
+#[derive(Clone, Copy, Debug)]
+pub enum NewObject<'a> {
+    /// A regular file, opened with these flags (create).
+    File { mode: u32, flags: i32 },
+    Dir { mode: u32 },
+    /// mknod: fifo, socket, device, or regular file.
+    Special { mode: u32, rdev: u64 },
+    Symlink { target: &'a OsStr },
+}
+
+impl NewObject<'_> {
+    fn kind(&self) -> u32 {
+        match self {
+            NewObject::File { .. } => libc::S_IFREG,
+            NewObject::Dir { .. } => libc::S_IFDIR,
+            NewObject::Special { mode, .. } => fs::ifmt(*mode),
+            NewObject::Symlink { .. } => libc::S_IFLNK,
+        }
+    }
+
+    fn perm(&self) -> u32 {
+        match self {
+            NewObject::File { mode, .. } | NewObject::Dir { mode } | NewObject::Special { mode, .. } => mode & 0o7777,
+            NewObject::Symlink { .. } => 0o777,
+        }
+    }
+
+    /// Makes the object `name` in `dir`; a file comes back open.
+    fn make(&self, dir: BorrowedFd<'_>, name: &OsStr, perm: u32) -> SysResult<Option<OwnedFd>> {
+        match *self {
+            NewObject::File { flags, .. } => {
+                let keep = libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
+                let f = (flags & keep) | libc::O_CREAT | libc::O_EXCL;
+                Ok(Some(fs::openat(dir, name, f, perm)?))
+            }
+            NewObject::Dir { .. } => fs::mkdirat(dir, name, perm).map(|()| None),
+            NewObject::Special { mode, rdev } => fs::mknodat(dir, name, fs::ifmt(mode) | perm, rdev).map(|()| None),
+            NewObject::Symlink { target } => fs::symlinkat(target, dir, name).map(|()| None),
+        }
+    }
+}
+
+/// Locks the directories of a rename: ancestor first, else by id, so that the order agrees
+/// with the parent-then-child order every other operation uses.
+fn lock_pair<'a>(ovl: &Overlay, a: &'a Node, b: &'a Node) -> (MutexGuard<'a, ()>, Option<MutexGuard<'a, ()>>) {
+    if a.id == b.id {
+        return (a.dir_lock.lock(), None);
+    }
+    let a_first = if ovl.is_ancestor(a.id, b) {
+        true
+    } else if ovl.is_ancestor(b.id, a) {
+        false
+    } else {
+        a.id < b.id
+    };
+    if a_first {
+        let g = a.dir_lock.lock();
+        (g, Some(b.dir_lock.lock()))
+    } else {
+        let g = b.dir_lock.lock();
+        (g, Some(a.dir_lock.lock()))
+    }
+}
+
+impl Overlay {
+    /// Whether node `anc` is `node` or one of its ancestors.
+    pub fn is_ancestor(&self, anc: u64, node: &Node) -> bool {
+        let mut id = node.id;
+        let mut depth = 0;
+        loop {
+            if id == anc {
+                return true;
+            }
+            if id == ROOT_ID || depth > 4096 {
+                return false;
+            }
+            id = match self.node(id) {
+                Ok(n) => n.parent(),
+                Err(_) => return false,
+            };
+            depth += 1;
+        }
+    }
+
+    fn check_create_name(&self, name: &OsStr) -> SysResult<()> {
+        check_new_name(name)?;
+        if whiteout::is_marker_name(name) {
+            // Such a name would read back as a whiteout marker.
+            return Err(Errno::EPERM);
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is absent from `parent` because a whiteout hides it; EEXIST if present.
+    fn absent_name(&self, parent: &Node, name: &OsStr) -> SysResult<bool> {
+        if self.nodes.peek_child(parent.id, name).is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if let Some(m) = parent.merged.lock().clone() {
+            if m.contains(name) {
+                return Err(Errno::EEXIST);
+            }
+            return Ok(m.was_whiteout(name));
+        }
+        match self.probe(parent, name)? {
+            Found::Node(_) => Err(Errno::EEXIST),
+            Found::Missing { whiteout } => Ok(whiteout),
+        }
+    }
+
+    /// Creates a new object named `name` in `parent`, owned by the caller.
+    pub fn create_object(&self, ctx: &Ctx, parent_id: u64, name: &OsStr, what: NewObject<'_>) -> SysResult<(Arc<Node>, Attr, Option<OwnedFd>)> {
+        self.require_upper()?;
+        self.check_create_name(name)?;
+        let parent = self.node(parent_id)?;
+        if !parent.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        self.copy_up(&parent, true)?;
+        let _g = parent.dir_lock.lock();
+        let hidden = self.absent_name(&parent, name)?;
+        let upfd = self.nodes.dir_fd(&parent, UPPER)?;
+        let upfd = upfd.as_fd();
+        let upper_whiteout = match fs::fstatat(upfd, name) {
+            Ok(st) if whiteout::is_whiteout_stat(&st) || self.is_whiteout_in(upfd, name, &st, UPPER) => true,
+            Ok(_) => return Err(Errno::EEXIST),
+            Err(Errno::ENOENT) => false,
+            Err(e) => return Err(e),
+        };
+        let kind = what.kind();
+        let opaque = kind == libc::S_IFDIR && (hidden || upper_whiteout);
+
+        // Owner: the caller; group: the directory's if it is set-group-ID, as the upper
+        // filesystem would decide for a process creating the file itself.
+        let pst = fs::fstat(upfd)?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { ctx.gid };
+        let mut perm = what.perm();
+        if kind == libc::S_IFDIR && pst.st_mode & libc::S_ISGID != 0 {
+            perm |= libc::S_ISGID;
+        }
+
+        let finish = |dir: BorrowedFd<'_>, n: &OsStr| -> SysResult<()> {
+            fs::fchownat(dir, n, Some(ctx.uid), Some(gid))?;
+            // chown clears set-user/group-ID bits; put back what was asked for.
+            if kind != libc::S_IFLNK && perm & 0o7000 != 0 {
+                fs::fchmodat(dir, n, perm)?;
+            }
+            if opaque {
+                whiteout::set_opaque(dir, n, self.layers.xattr_prefix)?;
+            }
+            Ok(())
+        };
+
+        let file = if upper_whiteout || opaque {
+            let work = self.layers.work()?;
+            let tmp = temp_name();
+            let res = what.make(work, &tmp, perm).and_then(|f| {
+                finish(work, &tmp)?;
+                if upper_whiteout {
+                    fs::renameat2(work, &tmp, upfd, name, fs::RENAME_EXCHANGE)?;
+                } else {
+                    fs::renameat2(work, &tmp, upfd, name, fs::RENAME_NOREPLACE)?;
+                }
+                Ok(f)
+            });
+            // After an exchange the whiteout sits at `tmp`; after a failure, the new object.
+            let _ = remove_tree(work, &tmp);
+            res?
+        } else {
+            let f = what.make(upfd, name, perm)?;
+            if let Err(e) = finish(upfd, name) {
+                let _ = fs::unlinkat(upfd, name, kind == libc::S_IFDIR);
+                return Err(e);
+            }
+            f
+        };
+
+        let st = fs::fstatat(upfd, name)?;
+        let ino = self.layers.ino.map(st.st_dev, st.st_ino);
+        let init = NodeInit { kind, ino, state: NodeState { upper: true, lowers: vec![], impure: false } };
+        let node = self.nodes.insert(parent.id, name, init);
+        if let Some(m) = parent.merged.lock().clone() {
+            m.insert(name, Entry { layer: UPPER, kind, ino });
+        }
+        let attr = self.attr_of(&node, &st);
+        Ok((node, attr, file))
+    }
+
+    pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32) -> SysResult<(Arc<Node>, Attr)> {
+        let (n, a, _) = self.create_object(ctx, parent, name, NewObject::Dir { mode })?;
+        Ok((n, a))
+    }
+
+    pub fn mknod(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, rdev: u64) -> SysResult<(Arc<Node>, Attr)> {
+        let what = match fs::ifmt(mode) {
+            libc::S_IFDIR => return Err(Errno::EINVAL),
+            libc::S_IFREG | 0 => NewObject::Special { mode: libc::S_IFREG | (mode & 0o7777), rdev: 0 },
+            _ => NewObject::Special { mode, rdev },
+        };
+        let (n, a, _) = self.create_object(ctx, parent, name, what)?;
+        Ok((n, a))
+    }
+
+    pub fn symlink(&self, ctx: &Ctx, parent: u64, name: &OsStr, target: &OsStr) -> SysResult<(Arc<Node>, Attr)> {
+        let (n, a, _) = self.create_object(ctx, parent, name, NewObject::Symlink { target })?;
+        Ok((n, a))
+    }
+
+    /// Makes a new name for an existing object (hard link); copies it up first.
+    pub fn link(&self, _ctx: &Ctx, id: u64, parent_id: u64, name: &OsStr) -> SysResult<(Arc<Node>, Attr)> {
+        self.require_upper()?;
+        self.check_create_name(name)?;
+        let node = self.node(id)?;
+        if node.is_dir() {
+            return Err(Errno::EPERM);
+        }
+        let parent = self.node(parent_id)?;
+        self.copy_up(&node, true)?;
+        self.copy_up(&parent, true)?;
+        let _g = parent.dir_lock.lock();
+        self.absent_name(&parent, name)?;
+        let (opfd, oname) = self.parent_fd(&node, UPPER)?;
+        let nfd = self.nodes.dir_fd(&parent, UPPER)?;
+        let nfd = nfd.as_fd();
+        let upper_whiteout = match fs::fstatat(nfd, name) {
+            Ok(st) if whiteout::is_whiteout_stat(&st) => true,
+            Ok(_) => return Err(Errno::EEXIST),
+            Err(Errno::ENOENT) => false,
+            Err(e) => return Err(e),
+        };
+        if upper_whiteout {
+            let work = self.layers.work()?;
+            let tmp = temp_name();
+            let res = fs::linkat(opfd.as_fd(), &oname, work, &tmp)
+                .and_then(|()| fs::renameat2(work, &tmp, nfd, name, fs::RENAME_EXCHANGE));
+            let _ = fs::unlinkat(work, &tmp, false);
+            res?;
+        } else {
+            fs::linkat(opfd.as_fd(), &oname, nfd, name)?;
+        }
+        let st = fs::fstatat(nfd, name)?;
+        self.nodes.add_link(&node, parent.id, name);
+        if node.ino != self.layers.ino.map(st.st_dev, st.st_ino) {
+            self.mark_impure(&parent);
+        }
+        if let Some(m) = parent.merged.lock().clone() {
+            m.insert(name, Entry { layer: UPPER, kind: node.kind, ino: node.ino });
+        }
+        Ok((node.clone(), self.attr_of(&node, &st)))
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> SysResult<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> SysResult<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent_id: u64, name: &OsStr, want_dir: bool) -> SysResult<()> {
+        self.require_upper()?;
+        if name.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        if whiteout::is_marker_name(name) {
+            return Err(Errno::ENOENT);
+        }
+        let parent = self.node(parent_id)?;
+        if !parent.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        if self.find_child(&parent, name)?.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        self.copy_up(&parent, true)?;
+        let _g = parent.dir_lock.lock();
+        let (child, made) = self.child_node(&parent, name)?.ok_or(Errno::ENOENT)?;
+        let res = self.remove_locked(&parent, name, &child, want_dir);
+        self.release_temp(&child, made);
+        res
+    }
+
+    fn remove_locked(&self, parent: &Arc<Node>, name: &OsStr, child: &Arc<Node>, want_dir: bool) -> SysResult<()> {
+        if want_dir && !child.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        if !want_dir && child.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        if child.is_dir() && !self.merged_dir(child)?.is_empty() {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let cst = child.state();
+        let needs_whiteout = (!cst.lowers.is_empty() && !cst.upper) || self.lower_positive(parent, name)?;
+        let upfd = self.nodes.dir_fd(parent, UPPER)?;
+        let upfd = upfd.as_fd();
+        let top = cst.top().ok_or(Errno::ESTALE)?;
+        if !child.is_dir() && child.open_count.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            // Keep the object reachable for attribute calls on its open files.
+            if let Ok((pfd, n)) = self.parent_fd(child, top) {
+                if let Ok(fd) = fs::openat(pfd.as_fd(), &n, libc::O_PATH, 0) {
+                    *child.detached.lock() = Some(Arc::new(fd));
+                }
+            }
+        }
+        if cst.upper {
+            if needs_whiteout {
+                self.replace_with_whiteout(upfd, name)?;
+            } else {
+                match fs::unlinkat(upfd, name, child.is_dir()) {
+                    // An upper directory that still holds stale whiteouts of nothing.
+                    Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) if child.is_dir() => remove_tree(upfd, name)?,
+                    other => other?,
+                }
+            }
+        } else {
+            let work = self.layers.work()?;
+            let tmp = temp_name();
+            let res = whiteout::make_whiteout(work, &tmp)
+                .and_then(|()| fs::renameat2(work, &tmp, upfd, name, fs::RENAME_NOREPLACE));
+            if let Err(e) = res {
+                let _ = fs::unlinkat(work, &tmp, false);
+                return Err(e);
+            }
+        }
+        self.nodes.unlink_name(child, parent.id, name);
+        if child.is_dir() {
+            self.nodes.drop_dirfds(child);
+            *child.merged.lock() = None;
+        }
+        if let Some(m) = parent.merged.lock().clone() {
+            m.remove(name, needs_whiteout);
+        }
+        Ok(())
+    }
+
+    /// Atomically replaces the upper entry `name` in `dir` by a whiteout, then disposes of
+    /// the old entry (a directory holding only whiteouts) in the work directory.
+    fn replace_with_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+        let work = self.layers.work()?;
+        let tmp = temp_name();
+        whiteout::make_whiteout(work, &tmp)?;
+        if let Err(e) = fs::renameat2(work, &tmp, dir, name, fs::RENAME_EXCHANGE) {
+            let _ = fs::unlinkat(work, &tmp, false);
+            return Err(e);
+        }
+        remove_tree(work, &tmp)
+    }
+
+    /// rename(2) and renameat2(2) with RENAME_NOREPLACE / RENAME_EXCHANGE.
+    pub fn rename(&self, op_id: u64, oname: &OsStr, np_id: u64, nname: &OsStr, flags: u32) -> SysResult<()> {
+        self.require_upper()?;
+        let exchange = flags & fs::RENAME_EXCHANGE != 0;
+        let noreplace = flags & fs::RENAME_NOREPLACE != 0;
+        if flags & !(fs::RENAME_EXCHANGE | fs::RENAME_NOREPLACE) != 0 || (exchange && noreplace) {
+            return Err(Errno::EINVAL);
+        }
+        if oname.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        self.check_create_name(nname)?;
+        if whiteout::is_marker_name(oname) {
+            return Err(Errno::ENOENT);
+        }
+        let op = self.node(op_id)?;
+        let np = self.node(np_id)?;
+        if !op.is_dir() || !np.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        if self.find_child(&op, oname)?.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        self.copy_up(&op, true)?;
+        self.copy_up(&np, true)?;
+        let _guards = lock_pair(self, &op, &np);
+        let (src, src_made) = self.child_node(&op, oname)?.ok_or(Errno::ENOENT)?;
+        let dst = match self.child_node(&np, nname) {
+            Ok(d) => d,
+            Err(e) => {
+                self.release_temp(&src, src_made);
+                return Err(e);
+            }
+        };
+        let res = self.rename_locked(&op, oname, &np, nname, &src, dst.as_ref().map(|d| &d.0), exchange, noreplace);
+        self.release_temp(&src, src_made);
+        if let Some((d, made)) = dst {
+            self.release_temp(&d, made);
+        }
+        res
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rename_locked(
+        &self,
+        op: &Arc<Node>,
+        oname: &OsStr,
+        np: &Arc<Node>,
+        nname: &OsStr,
+        src: &Arc<Node>,
+        dst: Option<&Arc<Node>>,
+        exchange: bool,
+        noreplace: bool,
+    ) -> SysResult<()> {
+        if noreplace && dst.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if exchange && dst.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        if let Some(d) = dst {
+            if d.id == src.id {
+                return Ok(());
+            }
+            if d.id == op.id || d.id == np.id {
+                return Err(Errno::ENOTEMPTY);
+            }
+        }
+        if src.is_dir() && self.is_ancestor(src.id, np) {
+            return Err(Errno::EINVAL);
+        }
+        if exchange {
+            if let Some(d) = dst {
+                if d.is_dir() && self.is_ancestor(d.id, op) {
+                    return Err(Errno::EINVAL);
+                }
+            }
+        }
+        if !exchange {
+            if let Some(d) = dst {
+                if src.is_dir() && !d.is_dir() {
+                    return Err(Errno::ENOTDIR);
+                }
+                if !src.is_dir() && d.is_dir() {
+                    return Err(Errno::EISDIR);
+                }
+                if d.is_dir() && !self.merged_dir(d)?.is_empty() {
+                    return Err(Errno::ENOTEMPTY);
+                }
+            }
+        }
+        // Without redirects, a directory with lower parts cannot move: the kernel says EXDEV.
+        if src.is_dir() && !src.state().lowers.is_empty() {
+            return Err(Errno::EXDEV);
+        }
+        if exchange {
+            if let Some(d) = dst {
+                if d.is_dir() && !d.state().lowers.is_empty() {
+                    return Err(Errno::EXDEV);
+                }
+            }
+        }
+        self.copy_up(src, true)?;
+        if exchange {
+            if let Some(d) = dst {
+                self.copy_up(d, true)?;
+            }
+        }
+        let ofd = self.nodes.dir_fd(op, UPPER)?;
+        let nfd = self.nodes.dir_fd(np, UPPER)?;
+        let (ofd, nfd) = (ofd.as_fd(), nfd.as_fd());
+        let prefix = self.layers.xattr_prefix;
+        let np_merged = !np.state().lowers.is_empty();
+        let op_merged = !op.state().lowers.is_empty();
+
+        if exchange {
+            let d = dst.ok_or(Errno::ENOENT)?;
+            // A directory moved into a merged directory must not merge with a lower
+            // directory of its new name.
+            if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname, None) {
+                whiteout::set_opaque(ofd, oname, prefix)?;
+            }
+            if d.is_dir() && op_merged && !whiteout::is_opaque_dir(nfd, nname, None) {
+                whiteout::set_opaque(nfd, nname, prefix)?;
+            }
+            fs::renameat2(ofd, oname, nfd, nname, fs::RENAME_EXCHANGE)?;
+            self.nodes.move_node(src, op.id, oname, np.id, nname);
+            self.nodes.move_node(d, np.id, nname, op.id, oname);
+            if let Some(m) = op.merged.lock().clone() {
+                m.insert(oname, Entry { layer: UPPER, kind: d.kind, ino: d.ino });
+            }
+            if let Some(m) = np.merged.lock().clone() {
+                m.insert(nname, Entry { layer: UPPER, kind: src.kind, ino: src.ino });
+            }
+            if !src.is_dir() {
+                self.mark_impure(np);
+            }
+            if !d.is_dir() {
+                self.mark_impure(op);
+            }
+            return Ok(());
+        }
+
+        let old_needs_whiteout = self.lower_positive(op, oname)?;
+        if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname, None) {
+            whiteout::set_opaque(ofd, oname, prefix)?;
+        }
+        if let Some(d) = dst {
+            if d.is_dir() && d.is_upper() {
+                // The target is empty in the merged view but its upper copy may still hold
+                // whiteouts; swap in an empty opaque directory first, atomically.
+                let dfd = fs::openat(nfd, nname, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                if !fs::read_dir_all(dfd.as_fd())?.is_empty() {
+                    let work = self.layers.work()?;
+                    let tmp = temp_name();
+                    fs::mkdirat(work, &tmp, 0o700)?;
+                    let res = whiteout::set_opaque(work, &tmp, prefix)
+                        .and_then(|()| fs::renameat2(work, &tmp, nfd, nname, fs::RENAME_EXCHANGE));
+                    let _ = remove_tree(work, &tmp);
+                    res?;
+                }
+            }
+        }
+        let mut rflags = if noreplace { fs::RENAME_NOREPLACE } else { 0 };
+        let mut whiteout_after = false;
+        if old_needs_whiteout {
+            match fs::renameat2(ofd, oname, nfd, nname, rflags | fs::RENAME_WHITEOUT) {
+                Ok(()) => {}
+                Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) | Err(Errno::EPERM) => {
+                    rflags |= 0;
+                    fs::renameat2(ofd, oname, nfd, nname, rflags)?;
+                    whiteout_after = true;
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            fs::renameat2(ofd, oname, nfd, nname, rflags)?;
+        }
+        if whiteout_after {
+            let work = self.layers.work()?;
+            let tmp = temp_name();
+            let res = whiteout::make_whiteout(work, &tmp)
+                .and_then(|()| fs::renameat2(work, &tmp, ofd, oname, fs::RENAME_NOREPLACE));
+            if let Err(e) = res {
+                let _ = fs::unlinkat(work, &tmp, false);
+                log::error!("rename: could not leave a whiteout at {:?}: {e:?}", oname);
+            }
+        }
+        if let Some(d) = dst {
+            self.nodes.unlink_name(d, np.id, nname);
+            if d.is_dir() {
+                self.nodes.drop_dirfds(d);
+                *d.merged.lock() = None;
+            }
+        }
+        self.nodes.move_node(src, op.id, oname, np.id, nname);
+        if !src.is_dir() {
+            src.state.write().lowers.clear();
+            self.mark_impure(np);
+        }
+        if let Some(m) = op.merged.lock().clone() {
+            m.remove(oname, old_needs_whiteout);
+        }
+        if let Some(m) = np.merged.lock().clone() {
+            m.insert(nname, Entry { layer: UPPER, kind: src.kind, ino: src.ino });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,185 @@
+//! Open files and their I/O.
+//!
+//! Opening for write (or with O_TRUNC) copies the file up first — without its data when
+//! O_TRUNC would throw it away. A file opened read-only from a lower layer switches to the
+//! upper copy as soon as one exists, so it reads what kernel overlayfs shows after a
+//! copy-up. Each handle owns one fd; idle nodes own none.
+
+use super::dir::NewObject;
+use super::inode::Attr;
+use super::layers::UPPER;
+use super::node::Node;
+use super::{Ctx, Errno, Overlay, SysResult};
+use crate::sys::fs;
+use parking_lot::RwLock;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub struct FileHandle {
+    pub node: Arc<Node>,
+    fd: RwLock<Arc<OwnedFd>>,
+    upper: RwLock<bool>,
+    flags: i32,
+}
+
+impl FileHandle {
+    pub fn fd(&self) -> Arc<OwnedFd> {
+        self.fd.read().clone()
+    }
+
+    pub fn is_upper(&self) -> bool {
+        *self.upper.read()
+    }
+
+    /// The open flags the caller asked for.
+    pub fn flags(&self) -> i32 {
+        self.flags
+    }
+}
+
+impl Drop for FileHandle {
+    fn drop(&mut self) {
+        self.node.open_count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Flags passed to the real open: access mode and the few that change I/O semantics.
+/// O_APPEND is left out because the kernel gives every write its offset; O_DIRECT because
+/// our buffers are not aligned (the kernel does the direct I/O towards the caller).
+fn real_open_flags(flags: i32) -> i32 {
+    let keep = libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME | libc::O_NONBLOCK;
+    flags & keep
+}
+
+impl Overlay {
+    pub fn file_handle(&self, fh: u64) -> Option<Arc<FileHandle>> {
+        self.files.get(&fh).map(|h| h.clone())
+    }
+
+    fn add_handle(&self, node: Arc<Node>, fd: OwnedFd, upper: bool, flags: i32) -> u64 {
+        node.open_count.fetch_add(1, Ordering::Relaxed);
+        let fh = self.new_fh();
+        let h = FileHandle { node, fd: RwLock::new(Arc::new(fd)), upper: RwLock::new(upper), flags };
+        self.files.insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub fn open(&self, _ctx: &Ctx, id: u64, flags: i32) -> SysResult<u64> {
+        let node = self.node(id)?;
+        if node.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let acc = flags & libc::O_ACCMODE;
+        let writes = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        let trunc = flags & libc::O_TRUNC != 0;
+        if writes || trunc {
+            self.require_upper()?;
+            self.copy_up(&node, !trunc)?;
+        }
+        let st = node.state();
+        let top = st.top().ok_or(Errno::ESTALE)?;
+        let mut rflags = real_open_flags(flags);
+        if trunc && node.kind == libc::S_IFREG {
+            rflags |= libc::O_TRUNC;
+        }
+        let fd = match self.parent_fd(&node, top).and_then(|(pfd, name)| fs::openat(pfd.as_fd(), &name, rflags, 0)) {
+            Ok(fd) => fd,
+            Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => match node.detached.lock().clone() {
+                Some(d) => fs::reopen(d.as_fd(), rflags)?,
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        Ok(self.add_handle(node, fd, top == UPPER, flags))
+    }
+
+    /// create(2) through open(O_CREAT): makes the file and returns it open.
+    pub fn create(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, flags: i32) -> SysResult<(Arc<Node>, Attr, u64)> {
+        let (node, attr, fd) = self.create_object(ctx, parent, name, NewObject::File { mode, flags })?;
+        let fd = fd.ok_or(Errno::EIO)?;
+        let fh = self.add_handle(node.clone(), fd, true, flags);
+        Ok((node, attr, fh))
+    }
+
+    /// The fd to read through: a read-only handle opened on a lower copy moves to the
+    /// upper copy once the file has been copied up.
+    fn read_fd(&self, h: &FileHandle) -> SysResult<Arc<OwnedFd>> {
+        if !h.is_upper() && h.node.is_upper() {
+            let mut up = h.upper.write();
+            if !*up {
+                if let Ok((pfd, name)) = self.parent_fd(&h.node, UPPER) {
+                    if let Ok(fd) = fs::openat(pfd.as_fd(), &name, real_open_flags(h.flags), 0) {
+                        *h.fd.write() = Arc::new(fd);
+                        *up = true;
+                    }
+                }
+            }
+        }
+        Ok(h.fd())
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {
+        let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
+        let fd = self.read_fd(&h)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            let n = fs::pread(fd.as_fd(), &mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> SysResult<u32> {
+        let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
+        let fd = h.fd();
+        let mut done = 0;
+        while done < data.len() {
+            let n = fs::pwrite(fd.as_fd(), &data[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        Ok(done as u32)
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.remove(&fh);
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
+        let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
+        if !self.cfg.fsync {
+            return Ok(());
+        }
+        fs::fsync(h.fd().as_fd(), datasync)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> SysResult<()> {
+        let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
+        fs::fallocate(h.fd().as_fd(), mode, offset, len)
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> SysResult<i64> {
+        let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
+        let fd = self.read_fd(&h)?;
+        fs::lseek(fd.as_fd(), offset, whence)
+    }
+
+    pub fn copy_file_range(&self, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> SysResult<u32> {
+        let hi = self.file_handle(fh_in).ok_or(Errno::EBADF)?;
+        let ho = self.file_handle(fh_out).ok_or(Errno::EBADF)?;
+        let fi = self.read_fd(&hi)?;
+        let fo = ho.fd();
+        let len = len.min(u32::MAX as u64 & !0xfff) as usize;
+        let n = fs::copy_file_range(fi.as_fd(), off_in, fo.as_fd(), off_out, len)?;
+        Ok(n as u32)
+    }
+}

@@ -1,0 +1,73 @@
+//! Inode numbers shown through the mount.
+//!
+//! `st_ino` of a merged object comes from its origin (the lower copy it was copied up from,
+//! or the upper file if it was born in the upper), so it does not change across copy-up or
+//! remount. When the layers sit on several filesystems, two layers can hold the same inode
+//! number; like the kernel's `xino`, the index of the layer's filesystem is folded into the
+//! high bits so that numbers stay unique in the mount.
+
+use std::collections::HashMap;
+
+pub struct InoMap {
+    /// Filesystem index (0-based, in order of first appearance) of each st_dev.
+    fs_of_dev: HashMap<u64, u64>,
+    /// High bits used for the filesystem index; 0 when every layer is on one filesystem.
+    bits: u32,
+}
+
+impl InoMap {
+    pub fn new(devs: impl IntoIterator<Item = u64>) -> InoMap {
+        let mut fs_of_dev = HashMap::new();
+        for d in devs {
+            let n = fs_of_dev.len() as u64;
+            fs_of_dev.entry(d).or_insert(n);
+        }
+        let n = fs_of_dev.len() as u64;
+        let bits = if n <= 1 { 0 } else { 64 - (n - 1).leading_zeros() };
+        InoMap { fs_of_dev, bits }
+    }
+
+    /// The number shown for inode `ino` of the filesystem `dev`.
+    pub fn map(&self, dev: u64, ino: u64) -> u64 {
+        if self.bits == 0 {
+            return ino;
+        }
+        let Some(&fs) = self.fs_of_dev.get(&dev) else {
+            return ino;
+        };
+        let shift = 64 - self.bits;
+        if ino >> shift != 0 {
+            // Too large to fold: hash instead, which keeps it stable if not guaranteed unique.
+            let h = ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ fs;
+            return h | (1 << 63);
+        }
+        ino | (fs << shift)
+    }
+
+    /// Whether `dev` is one of the layers' filesystems.
+    pub fn knows(&self, dev: u64) -> bool {
+        self.fs_of_dev.contains_key(&dev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_filesystem_keeps_numbers() {
+        let m = InoMap::new([7, 7, 7]);
+        assert_eq!(m.map(7, 12345), 12345);
+    }
+
+    #[test]
+    fn several_filesystems_get_distinct_high_bits() {
+        let m = InoMap::new([1, 2, 3]);
+        let a = m.map(1, 42);
+        let b = m.map(2, 42);
+        let c = m.map(3, 42);
+        assert!(a != b && b != c && a != c);
+        assert_eq!(a & 0xffff, 42);
+        assert_eq!(m.map(2, 42), b, "stable");
+    }
+}

@@ -1,0 +1,273 @@
+//! Attributes: getattr/setattr, readlink, statfs, access.
+//!
+//! Attributes are the real ones of the copy that is seen (upper, else the highest lower),
+//! with `st_ino` replaced by the node's stable number and a merged directory's link count
+//! reported as 1, as kernel overlayfs does. Any change of metadata copies the object up
+//! first.
+
+use super::layers::UPPER;
+use super::node::{Node, ROOT_ID};
+use super::{Ctx, Errno, Overlay, SysResult};
+use crate::sys::fs::{self, Stat};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Time {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+/// Attributes of a merged object as shown through the mount.
+#[derive(Clone, Copy, Debug)]
+pub struct Attr {
+    pub ino: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+    /// Type and permission bits, as in `st_mode`.
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+impl Attr {
+    pub fn from_stat(st: &Stat, ino: u64) -> Attr {
+        Attr {
+            ino,
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: Time { sec: st.st_atime, nsec: st.st_atime_nsec as u32 },
+            mtime: Time { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 },
+            ctime: Time { sec: st.st_ctime, nsec: st.st_ctime_nsec as u32 },
+            mode: st.st_mode,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+        }
+    }
+}
+
+/// A time to set: the current time, or a given one.
+#[derive(Clone, Copy, Debug)]
+pub enum TimeSet {
+    Now,
+    At(Time),
+}
+
+impl TimeSet {
+    fn timespec(self) -> libc::timespec {
+        match self {
+            TimeSet::Now => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+            TimeSet::At(t) => libc::timespec { tv_sec: t.sec, tv_nsec: t.nsec as i64 },
+        }
+    }
+}
+
+/// The changes of one setattr call; `None` fields stay as they are.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub fh: Option<u64>,
+}
+
+/// Filesystem statistics (of the upper layer, or of the highest lower when read-only).
+#[derive(Clone, Copy, Debug)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+impl Overlay {
+    /// The real stat of the copy of `node` that is seen.
+    pub fn stat_node(&self, node: &Node) -> SysResult<Stat> {
+        let st = node.state();
+        let top = st.top().ok_or(Errno::ESTALE)?;
+        if node.id == ROOT_ID {
+            return fs::fstat(self.nodes.dir_fd(node, top)?.as_fd());
+        }
+        let res = self.parent_fd(node, top).and_then(|(pfd, name)| fs::fstatat(pfd.as_fd(), &name));
+        match res {
+            Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => match node.detached.lock().clone() {
+                Some(fd) => fs::fstat(fd.as_fd()),
+                None => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    pub fn attr_of(&self, node: &Node, st: &Stat) -> Attr {
+        let mut a = Attr::from_stat(st, node.ino);
+        if node.is_dir() {
+            let s = node.state.read();
+            // A merged directory's real link count would be wrong for the union; the kernel
+            // reports 1, which find and friends take as "unknown".
+            let merged = (s.upper && !s.lowers.is_empty()) || s.lowers.len() > 1;
+            if merged {
+                a.nlink = 1;
+            }
+        }
+        a
+    }
+
+    pub fn getattr_node(&self, node: &Node) -> SysResult<Attr> {
+        let st = self.stat_node(node)?;
+        Ok(self.attr_of(node, &st))
+    }
+
+    /// getattr; with an open file handle the attributes come from its fd, so an unlinked
+    /// open file still answers.
+    pub fn getattr(&self, id: u64, fh: Option<u64>) -> SysResult<Attr> {
+        let node = self.node(id)?;
+        if let Some(h) = fh.and_then(|fh| self.file_handle(fh)) {
+            if let Ok(st) = fs::fstat(h.fd().as_fd()) {
+                return Ok(self.attr_of(&node, &st));
+            }
+        }
+        self.getattr_node(&node)
+    }
+
+    pub fn setattr(&self, _ctx: &Ctx, id: u64, set: &SetAttr) -> SysResult<Attr> {
+        self.require_upper()?;
+        let node = self.node(id)?;
+        if set.size.is_some() && node.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let skip_data = set.size == Some(0);
+        self.copy_up(&node, !skip_data)?;
+
+        let handle = set.fh.and_then(|fh| self.file_handle(fh)).filter(|h| h.is_upper());
+        // Once unlinked, an open file is reachable only through an fd of its own.
+        let detached = node.detached.lock().clone();
+        let by_name = if node.id == ROOT_ID { None } else { self.parent_fd(&node, UPPER).ok() };
+        let by_name = match (&by_name, &detached) {
+            (Some((pfd, name)), Some(_)) if fs::fstatat(pfd.as_fd(), name).is_err() => None,
+            _ => by_name,
+        };
+
+        if set.uid.is_some() || set.gid.is_some() {
+            match (&by_name, &detached) {
+                (Some((pfd, name)), _) => fs::fchownat(pfd.as_fd(), name, set.uid, set.gid)?,
+                (None, _) if node.id == ROOT_ID => {
+                    let fd = fs::reopen(self.nodes.dir_fd(&node, UPPER)?.as_fd(), libc::O_RDONLY)?;
+                    fs::fchown(fd.as_fd(), set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?
+                }
+                (None, Some(fd)) => fs::fchown(fd.as_fd(), set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?,
+                (None, None) => return Err(Errno::ENOENT),
+            }
+        }
+        if let Some(mode) = set.mode {
+            if node.kind == libc::S_IFLNK {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            match (&by_name, &detached) {
+                (Some((pfd, name)), _) => fs::fchmodat(pfd.as_fd(), name, mode & 0o7777)?,
+                (None, _) if node.id == ROOT_ID => {
+                    let fd = fs::reopen(self.nodes.dir_fd(&node, UPPER)?.as_fd(), libc::O_RDONLY)?;
+                    fs::fchmod(fd.as_fd(), mode & 0o7777)?
+                }
+                (None, Some(fd)) => fs::fchmod(fs::reopen(fd.as_fd(), libc::O_RDONLY)?.as_fd(), mode & 0o7777)?,
+                (None, None) => return Err(Errno::ENOENT),
+            }
+        }
+        if let Some(size) = set.size {
+            if let Some(h) = &handle {
+                fs::ftruncate(h.fd().as_fd(), size)?;
+            } else {
+                let fd = match (&by_name, &detached) {
+                    (Some((pfd, name)), _) => fs::openat(pfd.as_fd(), name, libc::O_WRONLY, 0)?,
+                    (None, Some(fd)) => fs::reopen(fd.as_fd(), libc::O_WRONLY)?,
+                    (None, None) => return Err(Errno::ENOENT),
+                };
+                fs::ftruncate(fd.as_fd(), size)?;
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let a = set.atime.map(TimeSet::timespec);
+            let m = set.mtime.map(TimeSet::timespec);
+            match (&by_name, &detached) {
+                (Some((pfd, name)), _) => fs::utimensat(pfd.as_fd(), name, a, m)?,
+                _ => {
+                    let fd = match (&detached, node.id == ROOT_ID) {
+                        (_, true) => fs::reopen(self.nodes.dir_fd(&node, UPPER)?.as_fd(), libc::O_RDONLY)?,
+                        (Some(fd), false) => fs::reopen(fd.as_fd(), libc::O_RDONLY)?,
+                        (None, false) => return Err(Errno::ENOENT),
+                    };
+                    let omit = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT };
+                    fs::futimens(fd.as_fd(), a.unwrap_or(omit), m.unwrap_or(omit))?
+                }
+            }
+        }
+        match &handle {
+            Some(h) => Ok(self.attr_of(&node, &fs::fstat(h.fd().as_fd())?)),
+            None => self.getattr_node(&node),
+        }
+    }
+
+    pub fn readlink(&self, id: u64) -> SysResult<Vec<u8>> {
+        use std::os::unix::ffi::OsStringExt;
+        let node = self.node(id)?;
+        if node.kind != libc::S_IFLNK {
+            return Err(Errno::EINVAL);
+        }
+        let top = node.state().top().ok_or(Errno::ESTALE)?;
+        let (pfd, name) = self.parent_fd(&node, top)?;
+        Ok(fs::readlinkat(pfd.as_fd(), &name)?.into_vec())
+    }
+
+    pub fn statfs(&self) -> SysResult<StatFs> {
+        let fd = match &self.layers.upper {
+            Some(u) => u.fd(),
+            None => self.layers.lowers[0].fd(),
+        };
+        let v = fs::fstatvfs(fd)?;
+        Ok(StatFs {
+            blocks: v.f_blocks,
+            bfree: v.f_bfree,
+            bavail: v.f_bavail,
+            files: v.f_files,
+            ffree: v.f_ffree,
+            bsize: v.f_bsize as u32,
+            namelen: 255,
+            frsize: v.f_frsize as u32,
+        })
+    }
+
+    /// access(2): permission bits are checked by the kernel (default_permissions); what is
+    /// left is the read-only case.
+    pub fn access(&self, id: u64, mask: i32) -> SysResult<()> {
+        let node = self.node(id)?;
+        self.stat_node(&node)?;
+        if mask & libc::W_OK != 0 && self.layers.upper.is_none() {
+            return Err(Errno::EROFS);
+        }
+        Ok(())
+    }
+
+    pub fn forget(&self, id: u64, n: u64) {
+        self.nodes.forget(id, n);
+    }
+
+    /// A node by id, for callers outside the core that hold one.
+    pub fn node_arc(&self, id: u64) -> SysResult<Arc<Node>> {
+        self.node(id)
+    }
+}

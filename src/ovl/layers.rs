@@ -1,0 +1,251 @@
+//! Layer set-up: resolving and checking the layer paths, opening each layer once as a root
+//! fd, and preparing the workdir.
+//!
+//! Each layer is opened before the mount appears, as a private clone of its mount
+//! (`open_tree(OPEN_TREE_CLONE)`, without the mounts below it) where the kernel lets us, so
+//! a mount inside a layer — our own mountpoint included — is never crossed and the layer is
+//! seen as its own filesystem holds it, as kernel overlayfs sees it. Without that privilege
+//! a plain `O_PATH` fd is used and lookups refuse to cross mounts (`RESOLVE_NO_XDEV`).
+
+use super::ino::InoMap;
+use super::params::Params;
+use crate::sys::{self, fs, Errno};
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Index of a layer: 0 is the upper layer, 1..=N the lower layers from the highest down.
+pub type LayerId = u16;
+pub const UPPER: LayerId = 0;
+
+/// The kernel's limit on lower layers.
+pub const MAX_LOWERS: usize = 500;
+
+pub struct Layer {
+    pub root: OwnedFd,
+    pub path: PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl Layer {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+}
+
+pub struct Layers {
+    pub upper: Option<Layer>,
+    pub lowers: Vec<Layer>,
+    /// `workdir/work`: where copies and whiteouts are built before renaming into place.
+    pub work: Option<OwnedFd>,
+    pub workdir: Option<PathBuf>,
+    /// Prefix of the private xattrs this mount writes (`trusted.overlay.` or `user.overlay.`).
+    pub xattr_prefix: &'static str,
+    pub ino: InoMap,
+}
+
+impl Layers {
+    pub fn get(&self, id: LayerId) -> &Layer {
+        if id == UPPER {
+            self.upper.as_ref().expect("upper layer requested on a read-only overlay")
+        } else {
+            &self.lowers[id as usize - 1]
+        }
+    }
+
+    pub fn lower_ids(&self) -> impl Iterator<Item = LayerId> {
+        1..=(self.lowers.len() as LayerId)
+    }
+
+    pub fn work(&self) -> sys::SysResult<BorrowedFd<'_>> {
+        self.work.as_ref().map(|f| f.as_fd()).ok_or(Errno::EROFS)
+    }
+
+    /// Opens and checks every layer named by the mount options. Every problem is reported
+    /// as a message naming the option and path, before anything is mounted.
+    pub fn open(p: &Params) -> Result<Layers, String> {
+        if p.lowerdirs.len() > MAX_LOWERS {
+            return Err(format!("lowerdir: {} layers given, at most {MAX_LOWERS} are supported", p.lowerdirs.len()));
+        }
+        let lower_paths: Vec<PathBuf> =
+            p.lowerdirs.iter().map(|l| resolve_dir("lowerdir", l)).collect::<Result<_, _>>()?;
+        let upper_path = p.upperdir.as_ref().map(|u| resolve_dir("upperdir", u)).transpose()?;
+        let work_path = p.workdir.as_ref().map(|w| resolve_dir("workdir", w)).transpose()?;
+
+        if let (Some(u), Some(w)) = (&upper_path, &work_path) {
+            check_overlap(u, &lower_paths, w)?;
+        }
+
+        let mut lowers = Vec::with_capacity(lower_paths.len());
+        for path in lower_paths {
+            lowers.push(open_layer("lowerdir", path)?);
+        }
+        let mut upper = None;
+        let mut work = None;
+        if let (Some(up), Some(wp)) = (upper_path, work_path) {
+            let (u, w) = open_upper_and_work(up, wp)?;
+            if u.dev != w.dev {
+                return Err(format!(
+                    "workdir {} is on another filesystem than upperdir {}; they must share one filesystem",
+                    w.path.display(),
+                    u.path.display()
+                ));
+            }
+            let vfs = fs::fstatvfs(u.fd()).map_err(|e| format!("upperdir {}: statfs: {e}", u.path.display()))?;
+            if vfs.f_flag & libc::ST_RDONLY != 0 {
+                return Err(format!("upperdir {} is on a read-only filesystem", u.path.display()));
+            }
+            work = Some(prepare_work(&w).map_err(|e| format!("workdir {}: {e}", w.path.display()))?);
+            upper = Some(u);
+        }
+        let prefix = if sys::geteuid() == 0 { "trusted.overlay." } else { "user.overlay." };
+        let devs: Vec<u64> = upper.iter().chain(lowers.iter()).map(|l| l.dev).collect();
+        Ok(Layers {
+            workdir: p.workdir.clone(),
+            upper,
+            lowers,
+            work,
+            xattr_prefix: prefix,
+            ino: InoMap::new(devs),
+        })
+    }
+}
+
+/// Resolves a layer path once: relative paths against the cwd, symlinks followed (container
+/// engines pass short links such as `l/ABCD -> ../ID/diff`). Must be a directory.
+fn resolve_dir(opt: &str, p: &Path) -> Result<PathBuf, String> {
+    let canon = std::fs::canonicalize(p).map_err(|e| format!("{opt}: {}: {}", p.display(), plain(&e)))?;
+    let md = std::fs::metadata(&canon).map_err(|e| format!("{opt}: {}: {}", p.display(), plain(&e)))?;
+    if !md.is_dir() {
+        return Err(format!("{opt}: {} is not a directory", p.display()));
+    }
+    Ok(canon)
+}
+
+fn plain(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn is_within(inner: &Path, outer: &Path) -> bool {
+    inner.starts_with(outer)
+}
+
+/// Refuses layer sets where one of upper/work contains, or sits in, another layer: the
+/// overlay would then see its own changes through a lower layer, or hide its workdir.
+fn check_overlap(upper: &Path, lowers: &[PathBuf], work: &Path) -> Result<(), String> {
+    if upper == work {
+        return Err(format!("upperdir and workdir are the same directory {}", upper.display()));
+    }
+    if is_within(work, upper) {
+        return Err(format!("workdir {} is inside upperdir {}; they must be separate", work.display(), upper.display()));
+    }
+    if is_within(upper, work) {
+        return Err(format!("upperdir {} is inside workdir {}; they must be separate", upper.display(), work.display()));
+    }
+    for l in lowers {
+        for (name, p) in [("upperdir", upper), ("workdir", work)] {
+            if is_within(p, l) {
+                return Err(format!("{name} {} is inside lowerdir {}; layers must not overlap", p.display(), l.display()));
+            }
+            if is_within(l, p) {
+                return Err(format!("lowerdir {} is inside {name} {}; layers must not overlap", l.display(), p.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens upper and work through one private clone of the mount holding both (at their
+/// common ancestor): a rename from work into upper must not cross mounts.
+fn open_upper_and_work(up: PathBuf, wp: PathBuf) -> Result<(Layer, Layer), String> {
+    let plain_u = open_layer("upperdir", up.clone())?;
+    let plain_w = open_layer("workdir", wp.clone())?;
+    let (mu, mw) = (mount_id(&up), mount_id(&wp));
+    if mu.is_some() && mu != mw {
+        return Err(format!(
+            "workdir {} and upperdir {} are on different mounts; they must be on the same mount",
+            wp.display(),
+            up.display()
+        ));
+    }
+    let common: PathBuf = up.components().zip(wp.components()).take_while(|(a, b)| a == b).map(|(a, _)| a).collect();
+    let Ok(c) = CString::new(common.as_os_str().as_bytes()) else {
+        return Ok((plain_u, plain_w));
+    };
+    let Ok(base) = fs::open_tree_clone(&c) else {
+        return Ok((plain_u, plain_w));
+    };
+    let sub = |p: &Path| -> Option<Layer> {
+        let rel = p.strip_prefix(&common).ok()?;
+        let fd = fs::open_beneath(base.as_fd(), rel.as_os_str(), libc::O_PATH | libc::O_DIRECTORY, 0).ok()?;
+        let st = fs::fstat(fd.as_fd()).ok()?;
+        Some(Layer { root: fd, path: p.to_path_buf(), dev: st.st_dev, ino: st.st_ino })
+    };
+    match (sub(&up), sub(&wp)) {
+        (Some(u), Some(w)) if u.ino == plain_u.ino && w.ino == plain_w.ino => Ok((u, w)),
+        _ => Ok((plain_u, plain_w)),
+    }
+}
+
+/// The mount id of a path (statx STATX_MNT_ID), where the kernel tells it.
+fn mount_id(p: &Path) -> Option<u64> {
+    let c = CString::new(p.as_os_str().as_bytes()).ok()?;
+    fs::statx_mnt_id(&c)
+}
+
+fn open_layer(opt: &str, path: PathBuf) -> Result<Layer, String> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("{opt}: bad path"))?;
+    // A private clone of the layer's mount, without submounts; fall back to a plain fd
+    // where cloning mounts is not permitted (unprivileged users).
+    let root = match fs::open_tree_clone(&c) {
+        Ok(fd) => fd,
+        Err(_) => fs::open_path(&c, libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(|e| format!("{opt}: {}: {e}", path.display()))?,
+    };
+    let st = fs::fstat(root.as_fd()).map_err(|e| format!("{opt}: {}: {e}", path.display()))?;
+    if !fs::is_dir(&st) {
+        return Err(format!("{opt}: {} is not a directory", path.display()));
+    }
+    Ok(Layer { root, path, dev: st.st_dev, ino: st.st_ino })
+}
+
+/// Creates `workdir/work` and empties it: anything left there is a copy-up or whiteout
+/// that a crash interrupted before its final rename, so it was never visible.
+fn prepare_work(w: &Layer) -> Result<OwnedFd, String> {
+    let name = OsStr::new("work");
+    match fs::mkdirat(w.fd(), name, 0o700) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(format!("cannot create work directory: {e}")),
+    }
+    let fd = fs::openat(w.fd(), name, libc::O_PATH | libc::O_DIRECTORY, 0)
+        .map_err(|e| format!("cannot open work directory: {e}"))?;
+    for ent in fs::read_dir_all(fd.as_fd()).map_err(|e| format!("cannot read work directory: {e}"))? {
+        remove_tree(fd.as_fd(), &ent.name).map_err(|e| format!("cannot clean {:?} from the work directory: {e}", ent.name))?;
+    }
+    Ok(fd)
+}
+
+/// Removes `name` inside `dir`, recursively if it is a directory. Only ever used on our own
+/// work directory and on upper directories that hold nothing but whiteouts.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> sys::SysResult<()> {
+    let st = fs::fstatat(dir, name)?;
+    if !fs::is_dir(&st) {
+        return fs::unlinkat(dir, name, false);
+    }
+    match fs::unlinkat(dir, name, true) {
+        Ok(()) => return Ok(()),
+        Err(e) if e != Errno::ENOTEMPTY && e != Errno(libc::EEXIST) => return Err(e),
+        Err(_) => {}
+    }
+    let sub = fs::openat(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    for ent in fs::read_dir_all(sub.as_fd())? {
+        remove_tree(sub.as_fd(), &ent.name)?;
+    }
+    fs::unlinkat(dir, name, true)
+}

@@ -1,0 +1,303 @@
+//! Name resolution: finding a name of a merged directory in its layers, top-down.
+//!
+//! Upper first, then each lower layer of the parent's stack. A whiteout stops the search
+//! (the name does not exist); a non-directory stops it (it is the object); directories of
+//! the same name merge until one is opaque. When the parent's merged listing is already
+//! built, a name it does not hold is answered as absent without touching the layers, so
+//! lookup and readdir always agree.
+
+use super::layers::{LayerId, UPPER};
+use super::node::{Node, NodeInit, NodeState, ROOT_ID};
+use super::{whiteout, Attr, Errno, Overlay, SysResult};
+use crate::sys::fs::{self, Stat};
+use crate::sys::xattr;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+/// What the layers hold for one name.
+pub enum Found {
+    Node(NodeInit),
+    /// Absent; `whiteout` tells whether a whiteout hid it (a directory made there later is
+    /// opaque, as the kernel makes it).
+    Missing { whiteout: bool },
+}
+
+/// Name of the xattr (after the private prefix) where we record the origin of a copied-up
+/// file, so that its `st_ino` stays the lower one after copy-up and across remounts.
+pub const ORIGIN_XATTR: &str = "ovlfuse.origin";
+pub const IMPURE_XATTR: &str = "impure";
+
+impl Overlay {
+    /// Resolves `name` in directory `parent` and returns its node with a lookup reference.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> SysResult<(Arc<Node>, Attr)> {
+        if name.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let p = self.node(parent)?;
+        if !p.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        if name == "." || name == ".." {
+            return Err(Errno::EINVAL);
+        }
+        if whiteout::is_marker_name(name) {
+            return Err(Errno::ENOENT);
+        }
+        if let Some(n) = self.nodes.lookup_cached(parent, name) {
+            match self.getattr_node(&n) {
+                Ok(a) => return Ok((n, a)),
+                Err(e) => {
+                    self.nodes.forget(n.id, 1);
+                    return Err(e);
+                }
+            }
+        }
+        if let Some(m) = p.merged.lock().clone() {
+            if !m.contains(name) {
+                return Err(Errno::ENOENT);
+            }
+        }
+        match self.probe(&p, name)? {
+            Found::Missing { .. } => Err(Errno::ENOENT),
+            Found::Node(init) => {
+                let n = self.nodes.insert(parent, name, init);
+                match self.getattr_node(&n) {
+                    Ok(a) => Ok((n, a)),
+                    Err(e) => {
+                        self.nodes.forget(n.id, 1);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Looks `name` up in `parent` without making a node: for create/remove/rename checks.
+    /// Returns the live node when the kernel already knows it, else what the layers hold.
+    pub fn find_child(&self, parent: &Node, name: &OsStr) -> SysResult<Option<ChildRef>> {
+        if let Some(n) = self.nodes.peek_child(parent.id, name) {
+            return Ok(Some(ChildRef::Live(n)));
+        }
+        if let Some(m) = parent.merged.lock().clone() {
+            if !m.contains(name) {
+                return Ok(None);
+            }
+        }
+        match self.probe(parent, name)? {
+            Found::Missing { .. } => Ok(None),
+            Found::Node(init) => Ok(Some(ChildRef::Fresh(init))),
+        }
+    }
+
+    /// Like `find_child`, but always yields a node (one with a lookup reference the caller
+    /// must drop with `release_temp`).
+    pub fn child_node(&self, parent: &Node, name: &OsStr) -> SysResult<Option<(Arc<Node>, bool)>> {
+        match self.find_child(parent, name)? {
+            None => Ok(None),
+            Some(ChildRef::Live(n)) => Ok(Some((n, false))),
+            Some(ChildRef::Fresh(init)) => Ok(Some((self.nodes.insert(parent.id, name, init), true))),
+        }
+    }
+
+    /// Drops the reference `child_node` took for a node it had to make.
+    pub fn release_temp(&self, node: &Node, made: bool) {
+        if made {
+            self.nodes.forget(node.id, 1);
+        }
+    }
+
+    /// Whether any lower layer of `parent` holds `name` (first hit decides: a whiteout
+    /// means no). Decides whether removing the name must leave a whiteout.
+    pub fn lower_positive(&self, parent: &Node, name: &OsStr) -> SysResult<bool> {
+        if let Some(m) = parent.merged.lock().clone() {
+            return Ok(m.lower_positive(name));
+        }
+        let lowers = parent.state().lowers;
+        for l in lowers {
+            let pfd = self.nodes.dir_fd(parent, l)?;
+            match fs::fstatat(pfd.as_fd(), name) {
+                Ok(st) => return Ok(!self.is_whiteout_in(pfd.as_fd(), name, &st, l)),
+                Err(Errno::ENOENT) => {
+                    if self.oci_hidden(pfd.as_fd(), name) {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Probes the layers of `parent` for `name`.
+    pub fn probe(&self, parent: &Node, name: &OsStr) -> SysResult<Found> {
+        let ps = parent.state();
+        let mut dir: Option<(NodeState, u64)> = None;
+        if ps.upper {
+            let pfd = self.nodes.dir_fd(parent, UPPER)?;
+            match fs::fstatat(pfd.as_fd(), name) {
+                Ok(st) => {
+                    if self.is_whiteout_in(pfd.as_fd(), name, &st, UPPER) {
+                        return Ok(Found::Missing { whiteout: true });
+                    }
+                    let upper = self.layers.get(UPPER);
+                    if !fs::is_dir(&st) {
+                        let ino = self.origin_ino(pfd.as_fd(), name).unwrap_or_else(|| self.layers.ino.map(upper.dev, st.st_ino));
+                        return Ok(Found::Node(NodeInit {
+                            kind: fs::ifmt(st.st_mode),
+                            ino,
+                            state: NodeState { upper: true, lowers: vec![], impure: false }
+                        }));
+                    }
+                    let state = NodeState { upper: true, lowers: vec![], impure: false };
+                    let ino = self.layers.ino.map(upper.dev, st.st_ino);
+                    if self.dir_is_opaque(pfd.as_fd(), name)? {
+                        return Ok(Found::Node(NodeInit { kind: libc::S_IFDIR, ino, state }));
+                    }
+                    dir = Some((state, ino));
+                }
+                Err(Errno::ENOENT) => {
+                    if self.oci_hidden(pfd.as_fd(), name) {
+                        return Ok(Found::Missing { whiteout: true });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let mut whiteout_seen = false;
+        for l in ps.lowers {
+            let pfd = self.nodes.dir_fd(parent, l)?;
+            match fs::fstatat(pfd.as_fd(), name) {
+                Ok(st) => {
+                    if self.is_whiteout_in(pfd.as_fd(), name, &st, l) {
+                        whiteout_seen = true;
+                        break;
+                    }
+                    let layer = self.layers.get(l);
+                    if fs::is_dir(&st) {
+                        match &mut dir {
+                            None => {
+                                let state = NodeState { upper: false, lowers: vec![l], impure: false };
+                                dir = Some((state, self.layers.ino.map(layer.dev, st.st_ino)));
+                            }
+                            Some((state, ino)) => {
+                                if state.lowers.is_empty() {
+                                    // A merged directory keeps the number of its highest
+                                    // lower copy, as it had before copy-up.
+                                    *ino = self.layers.ino.map(layer.dev, st.st_ino);
+                                }
+                                state.lowers.push(l);
+                            }
+                        }
+                        if self.dir_is_opaque(pfd.as_fd(), name)? || self.oci_hidden(pfd.as_fd(), name) {
+                            break;
+                        }
+                    } else {
+                        if dir.is_some() {
+                            break;
+                        }
+                        return Ok(Found::Node(NodeInit {
+                            kind: fs::ifmt(st.st_mode),
+                            ino: self.layers.ino.map(layer.dev, st.st_ino),
+                            state: NodeState { upper: false, lowers: vec![l], impure: false }
+                        }));
+                    }
+                }
+                Err(Errno::ENOENT) => {
+                    if self.oci_hidden(pfd.as_fd(), name) {
+                        whiteout_seen = dir.is_none();
+                        break;
+                    }
+                }
+                Err(Errno::ENOTDIR) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(match dir {
+            Some((state, ino)) => Found::Node(NodeInit { kind: libc::S_IFDIR, ino, state }),
+            None => Found::Missing { whiteout: whiteout_seen },
+        })
+    }
+
+    /// Whether the entry `name` (already stat-ed) of a layer directory is a whiteout.
+    pub fn is_whiteout_in(&self, dir: BorrowedFd<'_>, name: &OsStr, st: &Stat, _layer: LayerId) -> bool {
+        if whiteout::is_whiteout_stat(st) {
+            return true;
+        }
+        // Xattr whiteouts count only inside a directory marked `opaque=x`, as in the kernel.
+        fs::ifmt(st.st_mode) == libc::S_IFREG
+            && st.st_size == 0
+            && whiteout::is_whiteout(dir, name, st)
+            && self.dir_has_xwhiteouts(dir)
+    }
+
+    /// Whether the layer directory `dir` is marked as holding xattr whiteouts (`opaque=x`).
+    pub fn dir_has_xwhiteouts(&self, dir: BorrowedFd<'_>) -> bool {
+        ["trusted.overlay.opaque", "user.overlay.opaque"]
+            .iter()
+            .any(|a| self.xattr_of_dir(dir, a).is_some_and(|v| v == b"x"))
+    }
+
+    fn xattr_of_dir(&self, dir: BorrowedFd<'_>, attr: &str) -> Option<Vec<u8>> {
+        xattr::get_on_dir(dir, attr).ok()
+    }
+
+    /// Whether the OCI marker `.wh.NAME` sits in `dir`.
+    pub fn oci_hidden(&self, dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+        let marker = whiteout::oci_marker_for(name);
+        marker.len() <= 255 && fs::fstatat(dir, &marker).is_ok()
+    }
+
+    /// Whether directory `name` in layer directory `parent` is opaque.
+    fn dir_is_opaque(&self, parent: BorrowedFd<'_>, name: &OsStr) -> SysResult<bool> {
+        if whiteout::is_opaque_dir(parent, name, None) {
+            return Ok(true);
+        }
+        let opq = OsStr::from_bytes(whiteout::OCI_OPAQUE);
+        let child = match fs::openat(parent, name, libc::O_PATH | libc::O_DIRECTORY, 0) {
+            Ok(c) => c,
+            Err(_) => return Ok(false),
+        };
+        Ok(fs::fstatat(child.as_fd(), opq).is_ok())
+    }
+
+    /// The `st_ino` recorded on an upper file by its copy-up, if any.
+    pub fn origin_ino(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
+        let attr = format!("{}{}", self.layers.xattr_prefix, ORIGIN_XATTR);
+        let mut buf = [0u8; 64];
+        let n = xattr::get(dir, name, &attr, &mut buf).ok()?;
+        let s = std::str::from_utf8(&buf[..n]).ok()?;
+        let (dev, ino) = s.split_once(':')?;
+        let (dev, ino): (u64, u64) = (dev.parse().ok()?, ino.parse().ok()?);
+        if !self.layers.ino.knows(dev) {
+            return None;
+        }
+        Some(self.layers.ino.map(dev, ino))
+    }
+
+    /// The parent node of `node` and the fd of that parent directory in `layer`.
+    pub fn parent_fd(&self, node: &Node, layer: LayerId) -> SysResult<(Arc<OwnedFd>, std::ffi::OsString)> {
+        if node.id == ROOT_ID {
+            return Err(Errno::EINVAL);
+        }
+        let loc = node.loc();
+        let parent = self.node(loc.parent)?;
+        Ok((self.nodes.dir_fd(&parent, layer)?, loc.name))
+    }
+}
+
+/// A child found by name: either a node the kernel already knows or a fresh probe result.
+pub enum ChildRef {
+    Live(Arc<Node>),
+    Fresh(NodeInit),
+}
+
+impl ChildRef {
+    pub fn kind(&self) -> u32 {
+        match self {
+            ChildRef::Live(n) => n.kind,
+            ChildRef::Fresh(i) => i.kind,
+        }
+    }
+}

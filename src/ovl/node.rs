@@ -1,0 +1,385 @@
+//! Merged objects ("nodes") and the table that holds the live ones.
+//!
+//! A node is one object of the merged tree. It knows its parent node and name — not a path
+//! string — so a rename is one update; its path inside a layer is rebuilt from the parent
+//! chain when a layer must be reached, then resolved beneath that layer's root fd.
+//! The node id is the FUSE node id; a node lives while the kernel holds a lookup on it.
+//! Names that lead to the same object (hard links, in the upper or in a lower layer) share
+//! one node, because the node id is the object's stable inode number; so nlink, st_ino and
+//! data agree across the names.
+
+use super::layers::{LayerId, Layers, UPPER};
+use super::readdir::MergedDir;
+use crate::sys::{fs, Errno, SysResult};
+use dashmap::DashMap;
+use lru::LruCache;
+use parking_lot::{Mutex, RwLock};
+use std::ffi::{OsStr, OsString};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub type NodeId = u64;
+pub const ROOT_ID: NodeId = 1;
+
+/// Directory fds kept open for reuse; bounded so idle directories hold no fd.
+const DIRFD_CACHE: usize = 1024;
+
+/// Where ids for nodes whose inode number is already taken start (a freed upper inode
+/// number reused while the kernel still holds the old, unlinked file open).
+const SYNTHETIC_BASE: u64 = 0x7fff_0000_0000_0000;
+
+/// Where a node sits in the merged tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loc {
+    pub parent: NodeId,
+    pub name: OsString,
+}
+
+/// Which layers supply a node. Changes on copy-up only.
+#[derive(Clone, Debug, Default)]
+pub struct NodeState {
+    /// The object exists in the upper layer at the node's path.
+    pub upper: bool,
+    /// For a directory: the lower layers merged below it, highest first (empty if opaque).
+    /// For anything else: the highest lower layer holding it, if any.
+    pub lowers: Vec<LayerId>,
+    /// The upper directory has been marked impure (it holds copied-up entries).
+    pub impure: bool,
+}
+
+impl NodeState {
+    /// The layer whose copy is the one seen.
+    pub fn top(&self) -> Option<LayerId> {
+        if self.upper {
+            Some(UPPER)
+        } else {
+            self.lowers.first().copied()
+        }
+    }
+}
+
+pub struct Node {
+    pub id: NodeId,
+    /// File type bits (`S_IFMT`) — a node never changes type.
+    pub kind: u32,
+    /// The `st_ino` shown: the node id, except for the root (whose id FUSE fixes at 1).
+    pub ino: u64,
+    loc: RwLock<Loc>,
+    /// Further names of a hard-linked upper file.
+    aliases: Mutex<Vec<Loc>>,
+    pub state: RwLock<NodeState>,
+    lookups: AtomicU64,
+    /// Held while the node is copied up, so a copy-up happens once.
+    pub copy_lock: Mutex<()>,
+    /// Held (on a directory) while a name inside it is created, removed or renamed.
+    pub dir_lock: Mutex<()>,
+    /// The merged listing of a directory, once built; patched per entry afterwards.
+    pub merged: Mutex<Option<Arc<MergedDir>>>,
+    /// An fd to the object kept when its last name goes while it is open, so attributes
+    /// can still be read and changed through it.
+    pub detached: Mutex<Option<Arc<OwnedFd>>>,
+    /// Open file handles on this node.
+    pub open_count: AtomicU32,
+    /// The object has no name left in the merged tree.
+    pub unlinked: AtomicBool,
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        self.kind == libc::S_IFDIR
+    }
+
+    pub fn loc(&self) -> Loc {
+        self.loc.read().clone()
+    }
+
+    pub fn name(&self) -> OsString {
+        self.loc.read().name.clone()
+    }
+
+    pub fn parent(&self) -> NodeId {
+        self.loc.read().parent
+    }
+
+    pub fn state(&self) -> NodeState {
+        self.state.read().clone()
+    }
+
+    pub fn is_upper(&self) -> bool {
+        self.state.read().upper
+    }
+}
+
+/// What a lookup found, before it becomes a node.
+pub struct NodeInit {
+    pub kind: u32,
+    pub ino: u64,
+    pub state: NodeState,
+}
+
+pub struct NodeTable {
+    nodes: DashMap<NodeId, Arc<Node>>,
+    children: DashMap<(NodeId, OsString), NodeId>,
+    /// Next id to try for a node whose inode number is taken by another live object.
+    next_synthetic: AtomicU64,
+    dirfds: Mutex<LruCache<(NodeId, LayerId), Arc<OwnedFd>>>,
+    roots: Vec<Arc<OwnedFd>>,
+}
+
+impl NodeTable {
+    pub fn new(layers: &Layers) -> SysResult<NodeTable> {
+        let mut roots = Vec::new();
+        if let Some(u) = &layers.upper {
+            roots.push(Arc::new(u.root.try_clone().map_err(Errno::from)?));
+        } else {
+            // Keeps layer ids as indexes; never handed out, as a read-only mount has no upper.
+            roots.push(Arc::new(layers.lowers[0].root.try_clone().map_err(Errno::from)?));
+        }
+        for l in &layers.lowers {
+            roots.push(Arc::new(l.root.try_clone().map_err(Errno::from)?));
+        }
+        let t = NodeTable {
+            nodes: DashMap::new(),
+            children: DashMap::new(),
+            next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            dirfds: Mutex::new(LruCache::new(NonZeroUsize::new(DIRFD_CACHE).unwrap())),
+            roots,
+        };
+        let root_ino = match &layers.upper {
+            Some(u) => layers.ino.map(u.dev, u.ino),
+            None => layers.ino.map(layers.lowers[0].dev, layers.lowers[0].ino),
+        };
+        let state = NodeState { upper: layers.upper.is_some(), lowers: layers.lower_ids().collect(), impure: false };
+        let root = Arc::new(Node::new(ROOT_ID, libc::S_IFDIR, root_ino, Loc { parent: ROOT_ID, name: OsString::new() }, state));
+        // The root is never forgotten: give it a reference of its own.
+        root.lookups.store(1, Ordering::Relaxed);
+        t.nodes.insert(ROOT_ID, root);
+        Ok(t)
+    }
+
+    pub fn get(&self, id: NodeId) -> SysResult<Arc<Node>> {
+        self.nodes.get(&id).map(|n| n.clone()).ok_or(Errno::ESTALE)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The live node for `name` in `parent`, with one more lookup reference taken.
+    pub fn lookup_cached(&self, parent: NodeId, name: &OsStr) -> Option<Arc<Node>> {
+        let id = *self.children.get(&(parent, name.to_os_string()))?;
+        let n = self.nodes.get(&id)?;
+        n.lookups.fetch_add(1, Ordering::Relaxed);
+        Some(n.clone())
+    }
+
+    /// The live node for `name` in `parent` without taking a reference.
+    pub fn peek_child(&self, parent: NodeId, name: &OsStr) -> Option<Arc<Node>> {
+        let id = *self.children.get(&(parent, name.to_os_string()))?;
+        self.nodes.get(&id).map(|n| n.clone())
+    }
+
+    /// Makes the node for `name` in `parent` — or, when a live node already stands for the
+    /// same object (a hard link), adds the name to it — with one lookup reference taken.
+    ///
+    /// The node id is the object's `st_ino` (fuser sends the entry's node id as its inode
+    /// number, so the two must agree); another object holding that number gets a
+    /// synthetic id instead.
+    pub fn insert(&self, parent: NodeId, name: &OsStr, init: NodeInit) -> Arc<Node> {
+        let loc = Loc { parent, name: name.to_os_string() };
+        let key = (parent, name.to_os_string());
+        let mut id = init.ino;
+        if id == ROOT_ID || id == 0 {
+            id = self.synthetic_id();
+        }
+        loop {
+            match self.nodes.entry(id) {
+                dashmap::Entry::Vacant(v) => {
+                    let node = Arc::new(Node::new(id, init.kind, id, loc, init.state));
+                    node.lookups.store(1, Ordering::Relaxed);
+                    v.insert(node.clone());
+                    self.children.insert(key, id);
+                    return node;
+                }
+                dashmap::Entry::Occupied(o) => {
+                    let n = o.get().clone();
+                    let same_object = n.kind == init.kind
+                        && !n.unlinked.load(Ordering::Relaxed)
+                        && (!n.is_dir() || n.loc() == loc);
+                    if same_object {
+                        n.lookups.fetch_add(1, Ordering::Relaxed);
+                        if n.loc() != loc {
+                            let mut al = n.aliases.lock();
+                            if !al.contains(&loc) {
+                                al.push(loc.clone());
+                            }
+                        }
+                        drop(o);
+                        self.children.insert(key, id);
+                        return n;
+                    }
+                }
+            }
+            id = self.synthetic_id();
+        }
+    }
+
+    fn synthetic_id(&self) -> NodeId {
+        self.next_synthetic.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes one more lookup reference on a node (a hard link made through the mount).
+    pub fn add_link(&self, node: &Arc<Node>, parent: NodeId, name: &OsStr) {
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+        node.aliases.lock().push(Loc { parent, name: name.to_os_string() });
+        self.children.insert((parent, name.to_os_string()), node.id);
+    }
+
+    /// Drops `n` lookup references; the node goes when none are left.
+    pub fn forget(&self, id: NodeId, n: u64) {
+        if id == ROOT_ID {
+            return;
+        }
+        let removed = self.nodes.remove_if(&id, |_, node| {
+            let prev = node.lookups.fetch_sub(n.min(node.lookups.load(Ordering::Relaxed)), Ordering::Relaxed);
+            prev <= n
+        });
+        if let Some((_, node)) = removed {
+            let loc = node.loc();
+            self.children.remove_if(&(loc.parent, loc.name), |_, v| *v == id);
+            for a in node.aliases.lock().drain(..) {
+                self.children.remove_if(&(a.parent, a.name), |_, v| *v == id);
+            }
+            self.drop_dirfds(&node);
+        }
+    }
+
+    /// Records that `name` in `parent` no longer names `node` (unlink, rmdir, or the target
+    /// of a rename). Returns whether the node has no name left.
+    pub fn unlink_name(&self, node: &Node, parent: NodeId, name: &OsStr) -> bool {
+        self.children.remove_if(&(parent, name.to_os_string()), |_, v| *v == node.id);
+        let gone = Loc { parent, name: name.to_os_string() };
+        let mut al = node.aliases.lock();
+        al.retain(|l| *l != gone);
+        let mut loc = node.loc.write();
+        if *loc == gone {
+            if let Some(next) = al.pop() {
+                *loc = next;
+                return false;
+            }
+            node.unlinked.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Moves a node to a new name (rename).
+    pub fn move_node(&self, node: &Node, old_parent: NodeId, old_name: &OsStr, parent: NodeId, name: &OsStr) {
+        self.children.remove_if(&(old_parent, old_name.to_os_string()), |_, v| *v == node.id);
+        let old = Loc { parent: old_parent, name: old_name.to_os_string() };
+        let new = Loc { parent, name: name.to_os_string() };
+        {
+            let mut loc = node.loc.write();
+            if *loc == old {
+                *loc = new.clone();
+            } else {
+                let mut al = node.aliases.lock();
+                al.retain(|l| *l != old);
+                al.push(new);
+            }
+        }
+        self.children.insert((parent, name.to_os_string()), node.id);
+    }
+
+    /// The node's path relative to a layer root, rebuilt from its parent chain.
+    pub fn rel_path(&self, node: &Node) -> SysResult<OsString> {
+        let mut parts: Vec<OsString> = Vec::new();
+        let mut cur = node.loc();
+        let mut id = node.id;
+        let mut depth = 0;
+        while id != ROOT_ID {
+            parts.push(cur.name.clone());
+            id = cur.parent;
+            if id == ROOT_ID {
+                break;
+            }
+            cur = self.get(id)?.loc();
+            depth += 1;
+            if depth > 4096 {
+                return Err(Errno::ELOOP);
+            }
+        }
+        let mut out = Vec::new();
+        for (i, p) in parts.iter().rev().enumerate() {
+            if i > 0 {
+                out.push(b'/');
+            }
+            out.extend_from_slice(p.as_bytes());
+        }
+        Ok(OsString::from_vec(out))
+    }
+
+    /// An `O_PATH` fd for directory `node` in `layer`, from the bounded cache when it can.
+    pub fn dir_fd(&self, node: &Node, layer: LayerId) -> SysResult<Arc<OwnedFd>> {
+        if node.id == ROOT_ID {
+            return Ok(self.roots[layer as usize].clone());
+        }
+        if let Some(fd) = self.dirfds.lock().get(&(node.id, layer)) {
+            return Ok(fd.clone());
+        }
+        let rel = self.rel_path(node)?;
+        let fd = Arc::new(fs::open_beneath(
+            self.roots[layer as usize].as_fd(),
+            &rel,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?);
+        self.dirfds.lock().put((node.id, layer), fd.clone());
+        Ok(fd)
+    }
+
+    /// Forgets cached fds of a directory that went away or changed layers.
+    pub fn drop_dirfds(&self, node: &Node) {
+        if !node.is_dir() {
+            return;
+        }
+        let st = node.state();
+        let mut c = self.dirfds.lock();
+        c.pop(&(node.id, UPPER));
+        for l in st.lowers {
+            c.pop(&(node.id, l));
+        }
+    }
+
+    /// Lookup references the kernel holds on a node (for tests and diagnostics).
+    pub fn lookups(&self, id: NodeId) -> u64 {
+        self.nodes.get(&id).map(|n| n.lookups.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+}
+
+impl Node {
+    fn new(id: NodeId, kind: u32, ino: u64, loc: Loc, state: NodeState) -> Node {
+        Node {
+            id,
+            kind,
+            ino,
+            loc: RwLock::new(loc),
+            aliases: Mutex::new(Vec::new()),
+            state: RwLock::new(state),
+            lookups: AtomicU64::new(0),
+            copy_lock: Mutex::new(()),
+            dir_lock: Mutex::new(()),
+            merged: Mutex::new(None),
+            detached: Mutex::new(None),
+            open_count: AtomicU32::new(0),
+            unlinked: AtomicBool::new(false),
+        }
+    }
+}

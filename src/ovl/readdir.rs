@@ -1,0 +1,307 @@
+//! Merged directories: the union listing of a directory, built once from all its layers
+//! and then patched per entry by our own changes, plus open directory handles.
+//!
+//! The listing (name → layer, type, inode number) is what readdir shows and what lookup
+//! consults for names that do not exist, so the two always agree. Nothing re-reads a whole
+//! directory because one name changed: create, unlink and rename patch one entry, so their
+//! cost does not grow with the size of the directory. An open directory handle holds a
+//! snapshot (an `Arc` of the sorted listing), so readdir offsets are plain indexes that
+//! stay valid while the directory changes; reading from offset 0 takes a fresh snapshot.
+
+use super::layers::{LayerId, UPPER};
+use super::namei::IMPURE_XATTR;
+use super::node::{Node, ROOT_ID};
+use super::{whiteout, Errno, Overlay, SysResult};
+use crate::sys::fs;
+use crate::sys::xattr;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+/// One visible entry of a merged directory.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub layer: LayerId,
+    /// `S_IFMT` bits.
+    pub kind: u32,
+    /// The inode number shown as `d_ino` (equal to the entry's `st_ino`).
+    pub ino: u64,
+}
+
+/// One line of a listing, as readdir returns it.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub name: OsString,
+    pub kind: u32,
+    pub ino: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<OsString, Entry>,
+    /// Names hidden by a whiteout in some layer (a directory made there becomes opaque).
+    hidden: HashSet<OsString>,
+    /// Names whose highest lower copy is a real object: removing them needs a whiteout.
+    lower_positive: HashSet<OsString>,
+    listing: Option<Arc<Vec<Listed>>>,
+}
+
+pub struct MergedDir {
+    inner: RwLock<Inner>,
+}
+
+impl MergedDir {
+    pub fn contains(&self, name: &OsStr) -> bool {
+        self.inner.read().entries.contains_key(name)
+    }
+
+    pub fn get(&self, name: &OsStr) -> Option<Entry> {
+        self.inner.read().entries.get(name).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.read().entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.read().entries.is_empty()
+    }
+
+    pub fn lower_positive(&self, name: &OsStr) -> bool {
+        self.inner.read().lower_positive.contains(name)
+    }
+
+    pub fn was_whiteout(&self, name: &OsStr) -> bool {
+        self.inner.read().hidden.contains(name)
+    }
+
+    pub fn set_layer(&self, name: &OsStr, layer: LayerId) {
+        if let Some(e) = self.inner.write().entries.get_mut(name) {
+            e.layer = layer;
+        }
+    }
+
+    /// A name now exists (create, mkdir, rename target, ...).
+    pub fn insert(&self, name: &OsStr, e: Entry) {
+        let mut i = self.inner.write();
+        i.hidden.remove(name);
+        i.entries.insert(name.to_os_string(), e);
+        i.listing = None;
+    }
+
+    /// A name is gone; `whiteout` tells whether a whiteout now hides a lower copy.
+    pub fn remove(&self, name: &OsStr, whiteout: bool) {
+        let mut i = self.inner.write();
+        i.entries.remove(name);
+        if whiteout {
+            i.hidden.insert(name.to_os_string());
+        }
+        i.listing = None;
+    }
+
+    /// The sorted listing; shared until the next change.
+    pub fn listing(&self) -> Arc<Vec<Listed>> {
+        if let Some(l) = self.inner.read().listing.clone() {
+            return l;
+        }
+        let mut i = self.inner.write();
+        if let Some(l) = i.listing.clone() {
+            return l;
+        }
+        let mut v: Vec<Listed> =
+            i.entries.iter().map(|(n, e)| Listed { name: n.clone(), kind: e.kind, ino: e.ino }).collect();
+        v.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let l = Arc::new(v);
+        i.listing = Some(l.clone());
+        l
+    }
+}
+
+/// An open directory: its node and the snapshot being read.
+pub struct DirHandle {
+    pub node: Arc<Node>,
+    snapshot: Mutex<Option<Arc<Vec<Listed>>>>,
+}
+
+fn dtype_kind(dt: u8) -> Option<u32> {
+    Some(match dt {
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_REG => libc::S_IFREG,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        _ => return None,
+    })
+}
+
+impl Overlay {
+    /// The merged listing of directory `node`, built on first use.
+    pub fn merged_dir(&self, node: &Arc<Node>) -> SysResult<Arc<MergedDir>> {
+        if let Some(m) = node.merged.lock().clone() {
+            return Ok(m);
+        }
+        // Built under the directory lock, so no create or unlink in this directory can
+        // happen between reading the layers and publishing the result.
+        let _g = node.dir_lock.lock();
+        if let Some(m) = node.merged.lock().clone() {
+            return Ok(m);
+        }
+        let m = Arc::new(self.build_merged(node)?);
+        *node.merged.lock() = Some(m.clone());
+        Ok(m)
+    }
+
+    /// Like `merged_dir`, for callers that already hold the directory's lock.
+    pub fn merged_dir_locked(&self, node: &Arc<Node>) -> SysResult<Arc<MergedDir>> {
+        if let Some(m) = node.merged.lock().clone() {
+            return Ok(m);
+        }
+        let m = Arc::new(self.build_merged(node)?);
+        *node.merged.lock() = Some(m.clone());
+        Ok(m)
+    }
+
+    fn build_merged(&self, node: &Arc<Node>) -> SysResult<MergedDir> {
+        let st = node.state();
+        let mut order: Vec<LayerId> = Vec::with_capacity(st.lowers.len() + 1);
+        if st.upper {
+            order.push(UPPER);
+        }
+        order.extend(st.lowers.iter().copied());
+
+        let mut inner = Inner::default();
+        let mut lower_seen: HashSet<OsString> = HashSet::new();
+        // Upper directories that may merge with a lower one: their d_ino is the lower's.
+        let mut maybe_merged: HashSet<OsString> = HashSet::new();
+        for layer in order {
+            let fd = self.nodes.dir_fd(node, layer)?;
+            let dfd = fd.as_fd();
+            let raw = fs::read_dir_all(dfd)?;
+            let is_lower = layer != UPPER;
+            let dev = self.layers.get(layer).dev;
+            let xwhiteouts = self.dir_has_xwhiteouts(dfd);
+            let impure = layer == UPPER
+                && (st.impure
+                    || xattr::get_on_dir(dfd, &format!("{}{}", self.layers.xattr_prefix, IMPURE_XATTR)).is_ok());
+            let mut markers: Vec<OsString> = Vec::new();
+            for e in raw {
+                if whiteout::is_marker_name(&e.name) {
+                    if let Some(h) = whiteout::oci_hidden_name(&e.name) {
+                        markers.push(h.to_os_string());
+                    }
+                    continue;
+                }
+                let kind = match dtype_kind(e.dtype) {
+                    Some(k) => k,
+                    None => match fs::fstatat(dfd, &e.name) {
+                        Ok(s) => fs::ifmt(s.st_mode),
+                        Err(_) => continue,
+                    },
+                };
+                let is_wh = match kind {
+                    libc::S_IFCHR => fs::fstatat(dfd, &e.name).map(|s| whiteout::is_whiteout_stat(&s)).unwrap_or(false),
+                    libc::S_IFREG if xwhiteouts => fs::fstatat(dfd, &e.name)
+                        .map(|s| whiteout::is_whiteout(dfd, &e.name, &s))
+                        .unwrap_or(false),
+                    _ => false,
+                };
+                if is_lower && lower_seen.insert(e.name.clone()) && !is_wh {
+                    inner.lower_positive.insert(e.name.clone());
+                }
+                if let Some(ent) = inner.entries.get_mut(&e.name) {
+                    if kind == libc::S_IFDIR && maybe_merged.remove(&e.name) && ent.kind == libc::S_IFDIR {
+                        ent.ino = self.layers.ino.map(dev, e.ino);
+                    } else {
+                        maybe_merged.remove(&e.name);
+                    }
+                    continue;
+                }
+                if inner.hidden.contains(&e.name) {
+                    continue;
+                }
+                if is_wh {
+                    inner.hidden.insert(e.name);
+                    continue;
+                }
+                let mut ino = self.layers.ino.map(dev, e.ino);
+                if layer == UPPER {
+                    if kind == libc::S_IFDIR {
+                        if !st.lowers.is_empty() && !whiteout::is_opaque_dir(dfd, &e.name, None) {
+                            maybe_merged.insert(e.name.clone());
+                        }
+                    } else if impure {
+                        if let Some(o) = self.origin_ino(dfd, &e.name) {
+                            ino = o;
+                        }
+                    }
+                }
+                inner.entries.insert(e.name, Entry { layer, kind, ino });
+            }
+            for h in markers {
+                if is_lower {
+                    lower_seen.insert(h.clone());
+                }
+                if !inner.entries.contains_key(&h) {
+                    inner.hidden.insert(h);
+                }
+            }
+        }
+        // Objects the kernel already knows keep the number it has seen.
+        for (name, e) in inner.entries.iter_mut() {
+            if let Some(n) = self.nodes.peek_child(node.id, name) {
+                e.ino = n.ino;
+            }
+        }
+        Ok(MergedDir { inner: RwLock::new(inner) })
+    }
+
+    pub fn opendir(&self, id: u64) -> SysResult<u64> {
+        let node = self.node(id)?;
+        if !node.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let fh = self.new_fh();
+        self.dirs.insert(fh, Arc::new(DirHandle { node, snapshot: Mutex::new(None) }));
+        Ok(fh)
+    }
+
+    /// The listing of an open directory from index `offset`: `.` and `..` are indexes 0
+    /// and 1. Returns the snapshot; entry `i` has the next offset `i + 1`.
+    pub fn readdir(&self, fh: u64, offset: u64) -> SysResult<Arc<Vec<Listed>>> {
+        let h = self.dirs.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)?;
+        let mut snap = h.snapshot.lock();
+        if offset == 0 || snap.is_none() {
+            let m = self.merged_dir(&h.node)?;
+            let listing = m.listing();
+            let parent_ino = if h.node.id == ROOT_ID {
+                h.node.ino
+            } else {
+                self.node(h.node.parent()).map(|p| p.ino).unwrap_or(h.node.ino)
+            };
+            let mut v = Vec::with_capacity(listing.len() + 2);
+            v.push(Listed { name: OsString::from("."), kind: libc::S_IFDIR, ino: h.node.ino });
+            v.push(Listed { name: OsString::from(".."), kind: libc::S_IFDIR, ino: parent_ino });
+            v.extend(listing.iter().cloned());
+            *snap = Some(Arc::new(v));
+        }
+        Ok(snap.clone().unwrap_or_default())
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.remove(&fh);
+    }
+
+    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> SysResult<()> {
+        let h = self.dirs.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)?;
+        if !self.cfg.fsync || !h.node.is_upper() {
+            return Ok(());
+        }
+        let fd = self.nodes.dir_fd(&h.node, UPPER)?;
+        let rfd = fs::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
+        fs::fsync(rfd.as_fd(), datasync)
+    }
+}

@@ -1,0 +1,119 @@
+//! On-disk formats of whiteouts and opaque directories, read and written.
+//!
+//! Written (what kernel overlayfs reads): a whiteout is a character device 0/0; an opaque
+//! directory carries `<prefix>opaque=y`, where the prefix is `trusted.overlay.` when we run
+//! as root and `user.overlay.` otherwise (the kernel's `userxattr` mode).
+//!
+//! Read, from any layer: char 0/0; a zero-size file carrying `<prefix>whiteout` (the
+//! kernel's xattr whiteouts); OCI image markers `.wh.NAME` (hides NAME) and `.wh..wh..opq`
+//! (makes the directory opaque); `opaque=y` under `trusted.overlay.`, `user.overlay.` or
+//! `user.fuseoverlayfs.`. Marker names never show through the mount.
+
+use crate::sys::fs::{self, Stat};
+use crate::sys::{xattr, Errno, SysResult};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+
+pub const OCI_PREFIX: &[u8] = b".wh.";
+pub const OCI_OPAQUE: &[u8] = b".wh..wh..opq";
+
+const OPAQUE_XATTRS: [&str; 3] = ["trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque"];
+const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overlay.whiteout"];
+
+/// Whether the stat result is a kernel-format whiteout (char device 0/0).
+pub fn is_whiteout_stat(st: &Stat) -> bool {
+    fs::ifmt(st.st_mode) == libc::S_IFCHR && st.st_rdev == 0
+}
+
+/// Whether `name` in `dir` is a whiteout in any format that an entry itself can carry
+/// (char 0/0, or an empty file tagged with the whiteout xattr).
+pub fn is_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> bool {
+    if is_whiteout_stat(st) {
+        return true;
+    }
+    if fs::ifmt(st.st_mode) == libc::S_IFREG && st.st_size == 0 {
+        return WHITEOUT_XATTRS.iter().any(|a| xattr::get(dir, name, a, &mut []).is_ok());
+    }
+    false
+}
+
+/// Whether a name is one of the OCI marker names, which are never shown.
+pub fn is_marker_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(OCI_PREFIX)
+}
+
+/// For a `.wh.NAME` marker, the NAME it hides (not for the opaque marker).
+pub fn oci_hidden_name(name: &OsStr) -> Option<&OsStr> {
+    let b = name.as_bytes();
+    if b == OCI_OPAQUE {
+        return None;
+    }
+    b.strip_prefix(OCI_PREFIX).filter(|r| !r.is_empty()).map(OsStr::from_bytes)
+}
+
+/// The OCI marker name that hides `name`.
+pub fn oci_marker_for(name: &OsStr) -> OsString {
+    let mut v = OCI_PREFIX.to_vec();
+    v.extend_from_slice(name.as_bytes());
+    OsString::from(OsStr::from_bytes(&v))
+}
+
+/// Whether the directory `name` inside `parent` (both in one layer) hides the layers
+/// below it: an opaque xattr with value `y`, or an OCI `.wh..wh..opq` marker inside.
+pub fn is_opaque_dir(parent: BorrowedFd<'_>, name: &OsStr, dir: Option<BorrowedFd<'_>>) -> bool {
+    for a in OPAQUE_XATTRS {
+        let mut v = [0u8; 4];
+        if let Ok(n) = xattr::get(parent, name, a, &mut v) {
+            if n == 1 && v[0] == b'y' {
+                return true;
+            }
+        }
+    }
+    match dir {
+        Some(d) => fs::fstatat(d, OsStr::from_bytes(OCI_OPAQUE)).is_ok(),
+        None => false,
+    }
+}
+
+/// Marks `name` in `dir` opaque in the format this mount writes.
+pub fn set_opaque(dir: BorrowedFd<'_>, name: &OsStr, prefix: &str) -> SysResult<()> {
+    xattr::set(dir, name, &format!("{prefix}opaque"), b"y", 0)
+}
+
+/// Creates a kernel-format whiteout called `name` in `dir`.
+pub fn make_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+    fs::mknodat(dir, name, libc::S_IFCHR, 0)
+}
+
+/// Whether an xattr name is private to overlayfs and must not show through the mount or
+/// be copied up: `trusted.overlay.*` and `user.overlay.*`, plus the markers other
+/// overlay implementations keep (`user.fuseoverlayfs.*`).
+pub fn is_private_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") || name.starts_with(b"user.fuseoverlayfs.")
+}
+
+/// Error used when an xattr name is private (what kernel overlayfs answers).
+pub const PRIVATE_XATTR_ERR: Errno = Errno::EOPNOTSUPP;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oci_names() {
+        assert_eq!(oci_hidden_name(OsStr::new(".wh.foo")), Some(OsStr::new("foo")));
+        assert_eq!(oci_hidden_name(OsStr::new(".wh..wh..opq")), None);
+        assert_eq!(oci_hidden_name(OsStr::new("foo")), None);
+        assert!(is_marker_name(OsStr::new(".wh..wh..opq")));
+        assert_eq!(oci_marker_for(OsStr::new("x")), OsString::from(".wh.x"));
+    }
+
+    #[test]
+    fn private_xattrs() {
+        assert!(is_private_xattr(b"trusted.overlay.opaque"));
+        assert!(is_private_xattr(b"user.overlay.origin"));
+        assert!(!is_private_xattr(b"user.foo"));
+        assert!(!is_private_xattr(b"security.capability"));
+    }
+}

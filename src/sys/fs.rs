@@ -1,0 +1,356 @@
+//! File and directory system calls relative to directory fds.
+
+use super::{check, check_size, cstr, empty_path, Errno, SysResult};
+use std::ffi::{CStr, OsStr, OsString};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub type Stat = libc::stat;
+
+/// Whether openat2 is available; cleared the first time the kernel says ENOSYS.
+static HAVE_OPENAT2: AtomicBool = AtomicBool::new(true);
+
+const RESOLVE_NO_XDEV: u64 = 0x01;
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+fn raw_openat(dir: RawFd, path: &CStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    let fd = check(unsafe { libc::openat(dir, path.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens `rel` (a relative path of plain components) beneath `root` without following any
+/// symlink, magic link or mount crossing, so the result is always inside the layer.
+pub fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    if rel.is_empty() || rel == "." {
+        return raw_openat(root.as_raw_fd(), c".", flags, mode);
+    }
+    let c = cstr(rel)?;
+    if HAVE_OPENAT2.load(Ordering::Relaxed) {
+        let how = OpenHow {
+            flags: (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
+            mode: mode as u64,
+            resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+        };
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if ret >= 0 {
+            return Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) });
+        }
+        let e = Errno::last();
+        if e != Errno::ENOSYS {
+            // openat2 reports a symlink or mount on the way as ELOOP/EXDEV; for a lookup
+            // that means "not a directory we may enter", which callers see as ENOTDIR.
+            return Err(match e.0 {
+                libc::EXDEV => Errno::ENOTDIR,
+                _ => e,
+            });
+        }
+        HAVE_OPENAT2.store(false, Ordering::Relaxed);
+    }
+    // Old kernels: walk one component at a time with O_NOFOLLOW.
+    let comps: Vec<&[u8]> = rel.as_bytes().split(|b| *b == b'/').filter(|c| !c.is_empty()).collect();
+    let mut cur: Option<OwnedFd> = None;
+    for (i, comp) in comps.iter().enumerate() {
+        if *comp == b".." {
+            return Err(Errno::EPERM);
+        }
+        let dir = cur.as_ref().map(|f| f.as_raw_fd()).unwrap_or(root.as_raw_fd());
+        let name = cstr(OsStr::from_bytes(comp))?;
+        let last = i + 1 == comps.len();
+        let f = if last {
+            flags | libc::O_NOFOLLOW
+        } else {
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW
+        };
+        cur = Some(raw_openat(dir, &name, f, mode)?);
+    }
+    cur.ok_or(Errno::EINVAL)
+}
+
+/// Opens `name` inside the directory `dir`, never following a final symlink.
+pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+    raw_openat(dir.as_raw_fd(), &cstr(name)?, flags | libc::O_NOFOLLOW, mode)
+}
+
+/// Re-opens an `O_PATH` fd with real access flags through /proc, the only way the kernel
+/// offers to upgrade one without a name.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
+    let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let c = std::ffi::CString::new(p).map_err(|_| Errno::EINVAL)?;
+    raw_openat(libc::AT_FDCWD, &c, flags & !libc::O_NOFOLLOW & !libc::O_CREAT, 0)
+}
+
+pub fn fstatat(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Stat> {
+    let c = cstr(name)?;
+    let mut st: Stat = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    Ok(st)
+}
+
+pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<Stat> {
+    let mut st: Stat = unsafe { std::mem::zeroed() };
+    check(unsafe {
+        libc::fstatat(fd.as_raw_fd(), empty_path().as_ptr(), &mut st, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+    })?;
+    Ok(st)
+}
+
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> SysResult<()> {
+    let c = cstr(name)?;
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) }).map(drop)
+}
+
+pub fn mknodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> SysResult<()> {
+    let c = cstr(name)?;
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) }).map(drop)
+}
+
+pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+    let t = cstr(target)?;
+    let c = cstr(name)?;
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(drop)
+}
+
+pub fn linkat(odir: BorrowedFd<'_>, oname: &OsStr, ndir: BorrowedFd<'_>, nname: &OsStr) -> SysResult<()> {
+    let o = cstr(oname)?;
+    let n = cstr(nname)?;
+    check(unsafe { libc::linkat(odir.as_raw_fd(), o.as_ptr(), ndir.as_raw_fd(), n.as_ptr(), 0) }).map(drop)
+}
+
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> SysResult<()> {
+    let c = cstr(name)?;
+    let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }).map(drop)
+}
+
+pub const RENAME_NOREPLACE: u32 = 1;
+pub const RENAME_EXCHANGE: u32 = 2;
+pub const RENAME_WHITEOUT: u32 = 4;
+
+pub fn renameat2(odir: BorrowedFd<'_>, oname: &OsStr, ndir: BorrowedFd<'_>, nname: &OsStr, flags: u32) -> SysResult<()> {
+    let o = cstr(oname)?;
+    let n = cstr(nname)?;
+    let ret = unsafe {
+        libc::syscall(libc::SYS_renameat2, odir.as_raw_fd(), o.as_ptr(), ndir.as_raw_fd(), n.as_ptr(), flags)
+    };
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<OsString> {
+    let c = cstr(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    let n = check_size(unsafe {
+        libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
+    })?;
+    buf.truncate(n);
+    Ok(OsString::from_vec(buf))
+}
+
+/// chown of `name` in `dir`, not following a symlink (so symlinks themselves change owner).
+pub fn fchownat(dir: BorrowedFd<'_>, name: &OsStr, uid: Option<u32>, gid: Option<u32>) -> SysResult<()> {
+    let c = cstr(name)?;
+    let u = uid.unwrap_or(u32::MAX);
+    let g = gid.unwrap_or(u32::MAX);
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), u, g, libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
+}
+
+/// chmod of a non-symlink `name` in `dir` (Linux cannot chmod a symlink).
+pub fn fchmodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> SysResult<()> {
+    let c = cstr(name)?;
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, 0) }).map(drop)
+}
+
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
+}
+
+pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> SysResult<()> {
+    check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) }).map(drop)
+}
+
+/// Sets atime/mtime of `name` in `dir` without following a symlink; `None` leaves one alone.
+pub fn utimensat(dir: BorrowedFd<'_>, name: &OsStr, atime: Option<libc::timespec>, mtime: Option<libc::timespec>) -> SysResult<()> {
+    let c = cstr(name)?;
+    let omit = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT };
+    let ts = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
+}
+
+pub fn futimens(fd: BorrowedFd<'_>, atime: libc::timespec, mtime: libc::timespec) -> SysResult<()> {
+    let ts = [atime, mtime];
+    check(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) }).map(drop)
+}
+
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> SysResult<usize> {
+    check_size(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), off as i64) })
+}
+
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], off: u64) -> SysResult<usize> {
+    check_size(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr() as *const _, buf.len(), off as i64) })
+}
+
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> SysResult<usize> {
+    check_size(unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr() as *const _, buf.len()) })
+}
+
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
+    let r = unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    };
+    check(r).map(drop)
+}
+
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) }).map(drop)
+}
+
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, off: u64, len: u64) -> SysResult<()> {
+    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, off as i64, len as i64) }).map(drop)
+}
+
+pub fn lseek(fd: BorrowedFd<'_>, off: i64, whence: i32) -> SysResult<i64> {
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), off, whence) };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(r)
+    }
+}
+
+pub fn copy_file_range(fin: BorrowedFd<'_>, off_in: u64, fout: BorrowedFd<'_>, off_out: u64, len: usize) -> SysResult<usize> {
+    let mut oi = off_in as i64;
+    let mut oo = off_out as i64;
+    check_size(unsafe { libc::copy_file_range(fin.as_raw_fd(), &mut oi, fout.as_raw_fd(), &mut oo, len, 0) })
+}
+
+/// Shares all blocks of `src` with `dst` (reflink) where the filesystem can.
+pub fn ficlone(dst: BorrowedFd<'_>, src: BorrowedFd<'_>) -> SysResult<()> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    check(unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) }).map(drop)
+}
+
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> SysResult<libc::statvfs> {
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+pub fn fstatfs(fd: BorrowedFd<'_>) -> SysResult<libc::statfs> {
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) })?;
+    Ok(st)
+}
+
+/// One directory entry as read from a layer.
+pub struct RawDirent {
+    pub name: OsString,
+    pub ino: u64,
+    pub dtype: u8,
+}
+
+/// Reads every entry (minus `.` and `..`) of the directory `fd` refers to. The fd is
+/// duplicated by re-opening so the caller's fd offset is untouched.
+pub fn read_dir_all(dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirent>> {
+    let fd = raw_openat(dir.as_raw_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+        if n < 0 {
+            return Err(Errno::last());
+        }
+        if n == 0 {
+            break;
+        }
+        let mut pos = 0usize;
+        while pos < n as usize {
+            // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+            let rec = &buf[pos..];
+            let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or([0; 8]));
+            let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
+            let dtype = rec[18];
+            let name_bytes = &rec[19..reclen.min(rec.len())];
+            let len = name_bytes.iter().position(|b| *b == 0).unwrap_or(name_bytes.len());
+            let name = &name_bytes[..len];
+            if name != b"." && name != b".." {
+                out.push(RawDirent { name: OsStr::from_bytes(name).to_os_string(), ino, dtype });
+            }
+            if reclen == 0 {
+                return Err(Errno::EIO);
+            }
+            pos += reclen;
+        }
+    }
+    Ok(out)
+}
+
+/// `open_tree(path, OPEN_TREE_CLONE)`: a private, detached copy of the mount at `path`
+/// without the mounts below it, so a layer is seen as its own filesystem shows it.
+pub fn open_tree_clone(path: &CStr) -> SysResult<OwnedFd> {
+    const OPEN_TREE_CLONE: u32 = 1;
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
+        )
+    };
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+    }
+}
+
+pub fn open_path(path: &CStr, flags: i32) -> SysResult<OwnedFd> {
+    raw_openat(libc::AT_FDCWD, path, flags, 0)
+}
+
+/// The file-type bits of a mode.
+pub fn ifmt(mode: u32) -> u32 {
+    mode & libc::S_IFMT
+}
+
+pub fn is_dir(st: &Stat) -> bool {
+    ifmt(st.st_mode) == libc::S_IFDIR
+}
+
+pub fn makedev(major: u32, minor: u32) -> u64 {
+    libc::makedev(major, minor)
+}
+
+/// The id of the mount a path is on (`statx` with `STATX_MNT_ID`).
+pub fn statx_mnt_id(path: &CStr) -> Option<u64> {
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statx(libc::AT_FDCWD, path.as_ptr(), 0, libc::STATX_MNT_ID, &mut stx) };
+    if r < 0 || stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return None;
+    }
+    Some(stx.stx_mnt_id)
+}

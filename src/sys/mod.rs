@@ -1,0 +1,121 @@
+//! Raw system-call wrappers: every `unsafe` block of the crate lives below this module.
+//!
+//! Everything here works relative to a directory file descriptor and never follows a
+//! symlink in the last component, so callers cannot be tricked into leaving a layer.
+
+pub mod fs;
+pub mod process;
+pub mod xattr;
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+
+/// An errno value; the currency of every fallible call in the core.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub const ENOENT: Errno = Errno(libc::ENOENT);
+    pub const EEXIST: Errno = Errno(libc::EEXIST);
+    pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const EIO: Errno = Errno(libc::EIO);
+    pub const EROFS: Errno = Errno(libc::EROFS);
+    pub const EXDEV: Errno = Errno(libc::EXDEV);
+    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
+    pub const EISDIR: Errno = Errno(libc::EISDIR);
+    pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
+    pub const EPERM: Errno = Errno(libc::EPERM);
+    pub const EACCES: Errno = Errno(libc::EACCES);
+    pub const EBADF: Errno = Errno(libc::EBADF);
+    pub const ENODATA: Errno = Errno(libc::ENODATA);
+    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
+    pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
+    pub const ELOOP: Errno = Errno(libc::ELOOP);
+    pub const ERANGE: Errno = Errno(libc::ERANGE);
+    pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
+    pub const EMLINK: Errno = Errno(libc::EMLINK);
+    pub const EBUSY: Errno = Errno(libc::EBUSY);
+
+    /// The calling thread's current errno.
+    pub fn last() -> Errno {
+        Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl fmt::Debug for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", std::io::Error::from_raw_os_error(self.0), self.0)
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", std::io::Error::from_raw_os_error(self.0))
+    }
+}
+
+impl From<std::io::Error> for Errno {
+    fn from(e: std::io::Error) -> Errno {
+        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+pub type SysResult<T> = Result<T, Errno>;
+
+/// Turns a `-1`-means-error return into a `Result`.
+pub(crate) fn check(ret: libc::c_int) -> SysResult<libc::c_int> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+pub(crate) fn check_size(ret: libc::ssize_t) -> SysResult<usize> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// A C string from an OS string; names with an interior NUL cannot exist on Linux.
+pub fn cstr(s: &OsStr) -> SysResult<CString> {
+    CString::new(s.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// The empty path used with `AT_EMPTY_PATH`.
+pub fn empty_path() -> &'static CStr {
+    c""
+}
+
+/// Sets the process umask; returns the previous one.
+pub fn set_umask(mask: u32) -> u32 {
+    unsafe { libc::umask(mask as libc::mode_t) as u32 }
+}
+
+pub fn getuid() -> u32 {
+    unsafe { libc::getuid() }
+}
+
+pub fn geteuid() -> u32 {
+    unsafe { libc::geteuid() }
+}
+
+pub fn getgid() -> u32 {
+    unsafe { libc::getgid() }
+}
+
+/// Supplementary groups of a process, read from /proc; used to decide setgid inheritance.
+pub fn process_groups(pid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| g.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,197 @@
+//! Extended attributes of `name` inside a directory fd, never following a final symlink.
+//!
+//! Linux 6.13 added `*xattrat` calls that take a directory fd; older kernels get the same
+//! effect through `/proc/self/fd/DIR/NAME` with the `l*` calls.
+
+use super::{check, check_size, cstr, Errno, SysResult};
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static HAVE_XATTRAT: AtomicBool = AtomicBool::new(true);
+
+#[cfg(target_arch = "x86_64")]
+mod nr {
+    pub const SETXATTRAT: libc::c_long = 463;
+    pub const GETXATTRAT: libc::c_long = 464;
+    pub const LISTXATTRAT: libc::c_long = 465;
+    pub const REMOVEXATTRAT: libc::c_long = 466;
+}
+#[cfg(not(target_arch = "x86_64"))]
+mod nr {
+    // The *xattrat numbers are shared by the generic syscall table (arm64, riscv, ...).
+    pub const SETXATTRAT: libc::c_long = 463;
+    pub const GETXATTRAT: libc::c_long = 464;
+    pub const LISTXATTRAT: libc::c_long = 465;
+    pub const REMOVEXATTRAT: libc::c_long = 466;
+}
+
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<CString> {
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    use std::os::unix::ffi::OsStrExt;
+    p.extend_from_slice(name.as_bytes());
+    CString::new(p).map_err(|_| Errno::EINVAL)
+}
+
+fn use_at(ret: libc::c_long) -> Option<SysResult<usize>> {
+    if ret >= 0 {
+        return Some(Ok(ret as usize));
+    }
+    let e = Errno::last();
+    if e == Errno::ENOSYS {
+        HAVE_XATTRAT.store(false, Ordering::Relaxed);
+        return None;
+    }
+    Some(Err(e))
+}
+
+/// Reads attribute `attr` of `name` in `dir`. With an empty `buf` returns the value's size.
+pub fn get(dir: BorrowedFd<'_>, name: &OsStr, attr: &str, buf: &mut [u8]) -> SysResult<usize> {
+    let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
+    if HAVE_XATTRAT.load(Ordering::Relaxed) {
+        let n = cstr(name)?;
+        let mut args = XattrArgs { value: buf.as_mut_ptr() as u64, size: buf.len() as u32, flags: 0 };
+        let ret = unsafe {
+            libc::syscall(
+                nr::GETXATTRAT,
+                dir.as_raw_fd(),
+                n.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                a.as_ptr(),
+                &mut args as *mut XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        if let Some(r) = use_at(ret) {
+            return r;
+        }
+    }
+    let p = proc_path(dir, name)?;
+    check_size(unsafe { libc::lgetxattr(p.as_ptr(), a.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len()) })
+}
+
+/// Reads a whole attribute value, growing the buffer as needed.
+pub fn get_vec(dir: BorrowedFd<'_>, name: &OsStr, attr: &str) -> SysResult<Vec<u8>> {
+    let mut cap = 256usize;
+    loop {
+        let mut buf = vec![0u8; cap];
+        match get(dir, name, attr, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(e) if e == Errno::ERANGE && cap < 1 << 20 => cap *= 8,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub fn set(dir: BorrowedFd<'_>, name: &OsStr, attr: &str, value: &[u8], flags: i32) -> SysResult<()> {
+    let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
+    if HAVE_XATTRAT.load(Ordering::Relaxed) {
+        let n = cstr(name)?;
+        let args = XattrArgs { value: value.as_ptr() as u64, size: value.len() as u32, flags: flags as u32 };
+        let ret = unsafe {
+            libc::syscall(
+                nr::SETXATTRAT,
+                dir.as_raw_fd(),
+                n.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                a.as_ptr(),
+                &args as *const XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        if let Some(r) = use_at(ret) {
+            return r.map(drop);
+        }
+    }
+    let p = proc_path(dir, name)?;
+    check(unsafe { libc::lsetxattr(p.as_ptr(), a.as_ptr(), value.as_ptr() as *const _, value.len(), flags) }).map(drop)
+}
+
+/// Lists attribute names (NUL-separated, as the kernel returns them).
+pub fn list(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Vec<u8>> {
+    let mut cap = 1024usize;
+    loop {
+        let mut buf = vec![0u8; cap];
+        let r = list_into(dir, name, &mut buf);
+        match r {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(e) if e == Errno::ERANGE && cap < 1 << 20 => cap *= 8,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn list_into(dir: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> SysResult<usize> {
+    if HAVE_XATTRAT.load(Ordering::Relaxed) {
+        let n = cstr(name)?;
+        let ret = unsafe {
+            libc::syscall(
+                nr::LISTXATTRAT,
+                dir.as_raw_fd(),
+                n.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if let Some(r) = use_at(ret) {
+            return r;
+        }
+    }
+    let p = proc_path(dir, name)?;
+    check_size(unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len()) })
+}
+
+pub fn remove(dir: BorrowedFd<'_>, name: &OsStr, attr: &str) -> SysResult<()> {
+    let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
+    if HAVE_XATTRAT.load(Ordering::Relaxed) {
+        let n = cstr(name)?;
+        let ret = unsafe {
+            libc::syscall(nr::REMOVEXATTRAT, dir.as_raw_fd(), n.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, a.as_ptr())
+        };
+        if let Some(r) = use_at(ret) {
+            return r.map(drop);
+        }
+    }
+    let p = proc_path(dir, name)?;
+    check(unsafe { libc::lremovexattr(p.as_ptr(), a.as_ptr()) }).map(drop)
+}
+
+/// Splits a NUL-separated name list.
+pub fn split_names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
+    list.split(|b| *b == 0).filter(|s| !s.is_empty())
+}
+
+fn proc_fd_path(fd: BorrowedFd<'_>) -> SysResult<CString> {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|_| Errno::EINVAL)
+}
+
+/// Sets an attribute on the directory an (`O_PATH`) fd refers to.
+pub fn set_on_dir(dir: BorrowedFd<'_>, attr: &str, value: &[u8]) -> SysResult<()> {
+    let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
+    let p = proc_fd_path(dir)?;
+    check(unsafe { libc::setxattr(p.as_ptr(), a.as_ptr(), value.as_ptr() as *const _, value.len(), 0) }).map(drop)
+}
+
+/// Reads an attribute of the directory an (`O_PATH`) fd refers to.
+pub fn get_on_dir(dir: BorrowedFd<'_>, attr: &str) -> SysResult<Vec<u8>> {
+    let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
+    let p = proc_fd_path(dir)?;
+    let mut buf = vec![0u8; 256];
+    let n = check_size(unsafe { libc::getxattr(p.as_ptr(), a.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len()) })?;
+    buf.truncate(n);
+    Ok(buf)
+}
