@@ -142,7 +142,7 @@ impl Overlay {
         }
         self.copy_up(&parent, true)?;
         let _g = parent.dir_lock.lock();
-        let hidden = self.absent_name(&parent, name)?;
+        self.absent_name(&parent, name)?;
         let upfd = self.nodes.dir_fd(&parent, UPPER)?;
         let upfd = upfd.as_fd();
         let upper_whiteout = match fs::fstatat(upfd, name) {
@@ -152,7 +152,9 @@ impl Overlay {
             Err(e) => return Err(e),
         };
         let kind = what.kind();
-        let opaque = kind == libc::S_IFDIR && (hidden || upper_whiteout);
+        // Only a whiteout in the upper layer makes a new directory opaque: one in a lower
+        // layer already stops the merge below it (this is what the kernel does).
+        let opaque = kind == libc::S_IFDIR && (upper_whiteout || self.oci_hidden(upfd, name));
 
         // Owner: the caller; group: the directory's if it is set-group-ID, as the upper
         // filesystem would decide for a process creating the file itself.

@@ -22,6 +22,9 @@ pub mod readdir;
 pub mod whiteout;
 pub mod xattr;
 
+#[cfg(test)]
+mod tests;
+
 pub use crate::sys::{Errno, SysResult};
 pub use inode::{Attr, SetAttr};
 pub use layers::{LayerId, Layers, UPPER};

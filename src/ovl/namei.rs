@@ -152,7 +152,7 @@ impl Overlay {
                     }
                     let state = NodeState { upper: true, lowers: vec![], impure: false };
                     let ino = self.layers.ino.map(upper.dev, st.st_ino);
-                    if self.dir_is_opaque(pfd.as_fd(), name)? {
+                    if self.dir_is_opaque(pfd.as_fd(), name)? || self.oci_hidden(pfd.as_fd(), name) {
                         return Ok(Found::Node(NodeInit { kind: libc::S_IFDIR, ino, state }));
                     }
                     dir = Some((state, ino));

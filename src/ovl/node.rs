@@ -383,3 +383,9 @@ impl Node {
         }
     }
 }
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id).field("kind", &self.kind).field("loc", &self.loc()).finish()
+    }
+}
