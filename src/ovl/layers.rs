@@ -100,7 +100,10 @@ impl Layers {
             work = Some(prepare_work(&w).map_err(|e| format!("workdir {}: {e}", w.path.display()))?);
             upper = Some(u);
         }
-        let prefix = if sys::geteuid() == 0 { "trusted.overlay." } else { "user.overlay." };
+        let mut prefix = if sys::geteuid() == 0 { "trusted.overlay." } else { "user.overlay." };
+        if let Some(w) = &work {
+            prefix = pick_xattr_prefix(w.as_fd(), prefix);
+        }
         let devs: Vec<u64> = upper.iter().chain(lowers.iter()).map(|l| l.dev).collect();
         Ok(Layers {
             workdir: p.workdir.clone(),
@@ -213,6 +216,23 @@ fn open_layer(opt: &str, path: PathBuf) -> Result<Layer, String> {
         return Err(format!("{opt}: {} is not a directory", path.display()));
     }
     Ok(Layer { root, path, dev: st.st_dev, ino: st.st_ino })
+}
+
+/// Checks that the upper filesystem takes the private xattrs (opaque directories need them);
+/// falls back from `trusted.` to `user.` (nested overlays refuse `trusted.overlay.*`).
+fn pick_xattr_prefix(work: BorrowedFd<'_>, preferred: &'static str) -> &'static str {
+    for prefix in [preferred, "user.overlay."] {
+        let name = format!("{prefix}ovlfuse.probe");
+        if sys::xattr::set_on_dir(work, &name, b"1").is_ok() {
+            let _ = sys::xattr::remove_on_dir(work, &name);
+            if prefix != preferred {
+                log::warn!("upper filesystem refuses {preferred}* xattrs; writing opaque markers as {prefix}*");
+            }
+            return prefix;
+        }
+    }
+    log::warn!("upper filesystem supports no overlay xattrs: making a directory where one was deleted will fail");
+    preferred
 }
 
 /// Creates `workdir/work` and empties it: anything left there is a copy-up or whiteout

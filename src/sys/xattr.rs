@@ -195,3 +195,10 @@ pub fn get_on_dir(dir: BorrowedFd<'_>, attr: &str) -> SysResult<Vec<u8>> {
     buf.truncate(n);
     Ok(buf)
 }
+
+/// Removes an attribute of the directory an (`O_PATH`) fd refers to.
+pub fn remove_on_dir(dir: BorrowedFd<'_>, attr: &str) -> SysResult<()> {
+    let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
+    let p = proc_fd_path(dir)?;
+    check(unsafe { libc::removexattr(p.as_ptr(), a.as_ptr()) }).map(drop)
+}
