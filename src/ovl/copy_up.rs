@@ -92,7 +92,7 @@ impl Overlay {
             }
             _ => fs::mknodat(work, tmp, kind | 0o600, st.st_rdev)?,
         }
-        copy_xattrs(lpfd, name, work, tmp)?;
+        copy_xattrs(lpfd, name, work, tmp, self.layers.xattr_prefix)?;
         fs::fchownat(work, tmp, Some(st.st_uid), Some(st.st_gid))?;
         if kind != libc::S_IFLNK {
             fs::fchmodat(work, tmp, st.st_mode & 0o7777)?;
@@ -184,15 +184,16 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut pos: u64, end: u64) 
 }
 
 /// Copies every xattr of `sname` in `sdir` to `dname` in `ddir`, except overlay-private
-/// ones. Attributes the upper filesystem does not support are skipped with a warning.
-pub fn copy_xattrs(sdir: BorrowedFd<'_>, sname: &OsStr, ddir: BorrowedFd<'_>, dname: &OsStr) -> SysResult<()> {
+/// ones (under `prefix`, unless escaped). Attributes the upper filesystem does not support
+/// are skipped with a warning.
+pub fn copy_xattrs(sdir: BorrowedFd<'_>, sname: &OsStr, ddir: BorrowedFd<'_>, dname: &OsStr, prefix: &str) -> SysResult<()> {
     let list = match xattr::list(sdir, sname) {
         Ok(l) => l,
         Err(Errno::EOPNOTSUPP) => return Ok(()),
         Err(e) => return Err(e),
     };
     for raw in xattr::split_names(&list) {
-        if super::whiteout::is_private_xattr(raw) {
+        if super::xattr::is_private(prefix, raw) || raw.starts_with(b"trusted.overlay.") && !raw.starts_with(b"trusted.overlay.overlay.") {
             continue;
         }
         let Ok(attr) = std::str::from_utf8(raw) else { continue };

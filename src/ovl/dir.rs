@@ -536,13 +536,15 @@ impl Overlay {
                 }
             }
         }
-        let mut rflags = if noreplace { fs::RENAME_NOREPLACE } else { 0 };
+        // NOREPLACE was checked on the merged view above; the upper may still hold a
+        // whiteout at the new name, which the rename replaces.
+        let _ = noreplace;
+        let rflags = 0;
         let mut whiteout_after = false;
         if old_needs_whiteout {
             match fs::renameat2(ofd, oname, nfd, nname, rflags | fs::RENAME_WHITEOUT) {
                 Ok(()) => {}
                 Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) | Err(Errno::EPERM) => {
-                    rflags |= 0;
                     fs::renameat2(ofd, oname, nfd, nname, rflags)?;
                     whiteout_after = true;
                 }

@@ -233,7 +233,15 @@ fn private_xattrs_are_hidden() {
     let (n, _) = ovl.lookup(ROOT_ID, OsStr::new("f")).unwrap();
     let list = ovl.listxattr(n.id).unwrap();
     assert_eq!(list, b"user.visible\0");
-    assert_eq!(ovl.getxattr(n.id, OsStr::new("trusted.overlay.secret")).unwrap_err(), Errno::EOPNOTSUPP);
+    assert_eq!(ovl.getxattr(n.id, OsStr::new("trusted.overlay.secret")).unwrap_err(), Errno::ENODATA);
+    // A caller's own attribute under the private prefix is stored escaped.
+    ovl.setxattr(n.id, OsStr::new("trusted.overlay.mine"), b"3", 0).unwrap();
+    assert_eq!(ovl.getxattr(n.id, OsStr::new("trusted.overlay.mine")).unwrap(), b"3");
+    let up = std::fs::File::open(f.p("upper")).unwrap();
+    let mut v = [0u8; 4];
+    assert!(crate::sys::xattr::get(up.as_fd(), OsStr::new("f"), "trusted.overlay.overlay.mine", &mut v).is_ok());
+    let list = ovl.listxattr(n.id).unwrap();
+    assert!(list.windows(20).any(|w| w == b"trusted.overlay.mine"), "{:?}", String::from_utf8_lossy(&list));
 }
 
 #[test]

@@ -10,7 +10,7 @@
 //! `user.fuseoverlayfs.`. Marker names never show through the mount.
 
 use crate::sys::fs::{self, Stat};
-use crate::sys::{xattr, Errno, SysResult};
+use crate::sys::{xattr, SysResult};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -86,16 +86,6 @@ pub fn make_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
     fs::mknodat(dir, name, libc::S_IFCHR, 0)
 }
 
-/// Whether an xattr name is private to overlayfs and must not show through the mount or
-/// be copied up: `trusted.overlay.*` and `user.overlay.*`, plus the markers other
-/// overlay implementations keep (`user.fuseoverlayfs.*`).
-pub fn is_private_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") || name.starts_with(b"user.fuseoverlayfs.")
-}
-
-/// Error used when an xattr name is private (what kernel overlayfs answers).
-pub const PRIVATE_XATTR_ERR: Errno = Errno::EOPNOTSUPP;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,13 +97,5 @@ mod tests {
         assert_eq!(oci_hidden_name(OsStr::new("foo")), None);
         assert!(is_marker_name(OsStr::new(".wh..wh..opq")));
         assert_eq!(oci_marker_for(OsStr::new("x")), OsString::from(".wh.x"));
-    }
-
-    #[test]
-    fn private_xattrs() {
-        assert!(is_private_xattr(b"trusted.overlay.opaque"));
-        assert!(is_private_xattr(b"user.overlay.origin"));
-        assert!(!is_private_xattr(b"user.foo"));
-        assert!(!is_private_xattr(b"security.capability"));
     }
 }

@@ -1,13 +1,13 @@
 //! Extended attributes through the mount.
 //!
-//! Reads come from the copy that is seen; changes copy the object up first. Overlay-private
-//! attributes (`trusted.overlay.*`, `user.overlay.*`, `user.fuseoverlayfs.*`) are ours:
-//! they are never listed, and reading or writing them through the mount fails with
-//! EOPNOTSUPP, as on kernel overlayfs.
+//! Reads come from the copy that is seen; changes copy the object up first. Attributes
+//! under the private prefix this mount writes (`trusted.overlay.`, or `user.overlay.`
+//! unprivileged) belong to the overlay and are never shown. Like kernel overlayfs (6.7+),
+//! a caller's own attribute under that prefix is stored *escaped*: `trusted.overlay.X`
+//! through the mount is `trusted.overlay.overlay.X` in the layer, so overlays nest.
 
 use super::layers::LayerId;
 use super::node::{Node, ROOT_ID};
-use super::whiteout::{is_private_xattr, PRIVATE_XATTR_ERR};
 use super::{Errno, Overlay, SysResult};
 use crate::sys::xattr;
 use std::ffi::{OsStr, OsString};
@@ -15,11 +15,29 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-fn attr_name(name: &OsStr) -> SysResult<&str> {
-    if is_private_xattr(name.as_bytes()) {
-        return Err(PRIVATE_XATTR_ERR);
-    }
-    std::str::from_utf8(name.as_bytes()).map_err(|_| Errno::EINVAL)
+/// The name an attribute has in the layer: names under the private prefix are escaped.
+pub fn real_name(prefix: &str, name: &OsStr) -> SysResult<String> {
+    let n = std::str::from_utf8(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+    Ok(match n.strip_prefix(prefix) {
+        Some(rest) => format!("{prefix}overlay.{rest}"),
+        None => n.to_string(),
+    })
+}
+
+/// The name a layer attribute shows through the mount; `None` for private ones.
+pub fn shown_name<'a>(prefix: &str, real: &'a [u8]) -> Option<std::borrow::Cow<'a, [u8]>> {
+    let Some(rest) = real.strip_prefix(prefix.as_bytes()) else {
+        return Some(std::borrow::Cow::Borrowed(real));
+    };
+    let escaped = rest.strip_prefix(b"overlay.")?;
+    let mut v = prefix.as_bytes().to_vec();
+    v.extend_from_slice(escaped);
+    Some(std::borrow::Cow::Owned(v))
+}
+
+/// Whether a layer attribute is the overlay's own (not copied up, never shown).
+pub fn is_private(prefix: &str, real: &[u8]) -> bool {
+    shown_name(prefix, real).is_none()
 }
 
 impl Overlay {
@@ -32,7 +50,7 @@ impl Overlay {
     }
 
     pub fn getxattr(&self, id: u64, name: &OsStr) -> SysResult<Vec<u8>> {
-        let attr = attr_name(name)?;
+        let attr = &real_name(self.layers.xattr_prefix, name)?;
         let node = self.node(id)?;
         let top = node.state().top().ok_or(Errno::ESTALE)?;
         let (dir, n) = self.xattr_target(&node, top)?;
@@ -47,8 +65,8 @@ impl Overlay {
         let raw = xattr::list(dir.as_fd(), &n)?;
         let mut out = Vec::with_capacity(raw.len());
         for a in xattr::split_names(&raw) {
-            if !is_private_xattr(a) {
-                out.extend_from_slice(a);
+            if let Some(shown) = shown_name(self.layers.xattr_prefix, a) {
+                out.extend_from_slice(&shown);
                 out.push(0);
             }
         }
@@ -56,7 +74,7 @@ impl Overlay {
     }
 
     pub fn setxattr(&self, id: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
-        let attr = attr_name(name)?;
+        let attr = &real_name(self.layers.xattr_prefix, name)?;
         self.require_upper()?;
         let node = self.node(id)?;
         self.copy_up(&node, true)?;
@@ -65,7 +83,7 @@ impl Overlay {
     }
 
     pub fn removexattr(&self, id: u64, name: &OsStr) -> SysResult<()> {
-        let attr = attr_name(name)?;
+        let attr = &real_name(self.layers.xattr_prefix, name)?;
         self.require_upper()?;
         let node = self.node(id)?;
         if !node.is_upper() {
