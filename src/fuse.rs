@@ -99,9 +99,17 @@ fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
 }
 
 impl OvlFs {
+    /// fuser sends `attr.ino` as the entry's node id. When a node's id is not its st_ino,
+    /// the attributes go out with no lifetime, so the kernel's next stat asks getattr,
+    /// whose reply carries the real st_ino.
     fn reply_entry(&self, reply: ReplyEntry, id: u64, a: &Attr) {
-        debug_assert_eq!(id, a.ino, "a node's id is its st_ino");
-        reply.entry(&self.ttl, &file_attr(a), Generation(0));
+        let mut fa = file_attr(a);
+        if id == a.ino {
+            reply.entry(&self.ttl, &fa, Generation(0));
+        } else {
+            fa.ino = INodeNo(id);
+            reply.entry_with_ttls(&Duration::ZERO, &self.ttl, &fa, Generation(0));
+        }
     }
 
     fn xattr_reply(reply: ReplyXattr, size: u32, data: Vec<u8>) {
@@ -387,8 +395,11 @@ impl Filesystem for OvlFs {
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
         match self.ovl.create(&ctx(req), parent.0, name, mode, flags) {
-            Ok((_n, a, fh)) => {
-                reply.created(&self.ttl, &file_attr(&a), Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            Ok((n, a, fh)) => {
+                let mut fa = file_attr(&a);
+                let ttl = if n.id == a.ino { self.ttl } else { Duration::ZERO };
+                fa.ino = INodeNo(n.id);
+                reply.created(&ttl, &fa, Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
             Err(e) => reply.error(err(e)),
         }

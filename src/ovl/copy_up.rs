@@ -64,6 +64,11 @@ impl Overlay {
         if !node.is_dir() {
             self.mark_impure(&parent);
         }
+        if let Ok(st) = fs::fstatat(upfd.as_fd(), &name) {
+            if !node.is_dir() {
+                *node.upper_key.lock() = Some((st.st_dev, st.st_ino));
+            }
+        }
         node.state.write().upper = true;
         if let Some(m) = parent.merged.lock().clone() {
             m.set_layer(&name, UPPER);

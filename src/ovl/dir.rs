@@ -203,7 +203,8 @@ impl Overlay {
 
         let st = fs::fstatat(upfd, name)?;
         let ino = self.layers.ino.map(st.st_dev, st.st_ino);
-        let init = NodeInit { kind, ino, state: NodeState { upper: true, lowers: vec![], impure: false } };
+        let upper_key = (kind != libc::S_IFDIR).then_some((st.st_dev, st.st_ino));
+        let init = NodeInit { kind, ino, state: NodeState { upper: true, lowers: vec![], impure: false }, upper_key };
         let node = self.nodes.insert(parent.id, name, init);
         if let Some(m) = parent.merged.lock().clone() {
             m.insert(name, Entry { layer: UPPER, kind, ino });
@@ -451,6 +452,7 @@ impl Overlay {
                 }
             }
         }
+        // Type mismatches are refused by the VFS before a filesystem sees the rename.
         if !exchange {
             if let Some(d) = dst {
                 if src.is_dir() && !d.is_dir() {
@@ -459,12 +461,10 @@ impl Overlay {
                 if !src.is_dir() && d.is_dir() {
                     return Err(Errno::EISDIR);
                 }
-                if d.is_dir() && !self.merged_dir(d)?.is_empty() {
-                    return Err(Errno::ENOTEMPTY);
-                }
             }
         }
-        // Without redirects, a directory with lower parts cannot move: the kernel says EXDEV.
+        // Without redirects, a directory with lower parts cannot move: the kernel says EXDEV
+        // before it looks at the target.
         if src.is_dir() && !src.state().lowers.is_empty() {
             return Err(Errno::EXDEV);
         }
@@ -472,6 +472,13 @@ impl Overlay {
             if let Some(d) = dst {
                 if d.is_dir() && !d.state().lowers.is_empty() {
                     return Err(Errno::EXDEV);
+                }
+            }
+        }
+        if !exchange {
+            if let Some(d) = dst {
+                if d.is_dir() && !self.merged_dir(d)?.is_empty() {
+                    return Err(Errno::ENOTEMPTY);
                 }
             }
         }

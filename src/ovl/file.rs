@@ -105,15 +105,19 @@ impl Overlay {
 
     /// The fd to read through: a read-only handle opened on a lower copy moves to the
     /// upper copy once the file has been copied up.
-    fn read_fd(&self, h: &FileHandle) -> SysResult<Arc<OwnedFd>> {
+    pub fn read_fd(&self, h: &FileHandle) -> SysResult<Arc<OwnedFd>> {
         if !h.is_upper() && h.node.is_upper() {
             let mut up = h.upper.write();
             if !*up {
-                if let Ok((pfd, name)) = self.parent_fd(&h.node, UPPER) {
-                    if let Ok(fd) = fs::openat(pfd.as_fd(), &name, real_open_flags(h.flags), 0) {
+                let res = self
+                    .parent_fd(&h.node, UPPER)
+                    .and_then(|(pfd, name)| fs::openat(pfd.as_fd(), &name, real_open_flags(h.flags), 0));
+                match res {
+                    Ok(fd) => {
                         *h.fd.write() = Arc::new(fd);
                         *up = true;
                     }
+                    Err(e) => log::warn!("cannot move a read-only handle to the upper copy: {e:?}"),
                 }
             }
         }

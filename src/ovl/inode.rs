@@ -138,7 +138,8 @@ impl Overlay {
     pub fn getattr(&self, id: u64, fh: Option<u64>) -> SysResult<Attr> {
         let node = self.node(id)?;
         if let Some(h) = fh.and_then(|fh| self.file_handle(fh)) {
-            if let Ok(st) = fs::fstat(h.fd().as_fd()) {
+            // Through read_fd: a handle opened before a copy-up must report the upper copy.
+            if let Ok(st) = self.read_fd(&h).and_then(|fd| fs::fstat(fd.as_fd())) {
                 return Ok(self.attr_of(&node, &st));
             }
         }

@@ -147,13 +147,14 @@ impl Overlay {
                         return Ok(Found::Node(NodeInit {
                             kind: fs::ifmt(st.st_mode),
                             ino,
-                            state: NodeState { upper: true, lowers: vec![], impure: false }
+                            state: NodeState { upper: true, lowers: vec![], impure: false },
+                            upper_key: Some((st.st_dev, st.st_ino)),
                         }));
                     }
                     let state = NodeState { upper: true, lowers: vec![], impure: false };
                     let ino = self.layers.ino.map(upper.dev, st.st_ino);
                     if self.dir_is_opaque(pfd.as_fd(), name)? || self.oci_hidden(pfd.as_fd(), name) {
-                        return Ok(Found::Node(NodeInit { kind: libc::S_IFDIR, ino, state }));
+                        return Ok(Found::Node(NodeInit { kind: libc::S_IFDIR, ino, state, upper_key: None }));
                     }
                     dir = Some((state, ino));
                 }
@@ -200,6 +201,7 @@ impl Overlay {
                         return Ok(Found::Node(NodeInit {
                             kind: fs::ifmt(st.st_mode),
                             ino: self.layers.ino.map(layer.dev, st.st_ino),
+                            upper_key: None,
                             state: NodeState { upper: false, lowers: vec![l], impure: false }
                         }));
                     }
@@ -215,7 +217,7 @@ impl Overlay {
             }
         }
         Ok(match dir {
-            Some((state, ino)) => Found::Node(NodeInit { kind: libc::S_IFDIR, ino, state }),
+            Some((state, ino)) => Found::Node(NodeInit { kind: libc::S_IFDIR, ino, state, upper_key: None }),
             None => Found::Missing { whiteout: whiteout_seen },
         })
     }

@@ -4,9 +4,8 @@
 //! string — so a rename is one update; its path inside a layer is rebuilt from the parent
 //! chain when a layer must be reached, then resolved beneath that layer's root fd.
 //! The node id is the FUSE node id; a node lives while the kernel holds a lookup on it.
-//! Names that lead to the same object (hard links, in the upper or in a lower layer) share
-//! one node, because the node id is the object's stable inode number; so nlink, st_ino and
-//! data agree across the names.
+//! Names of one upper inode (hard links) share one node, so nlink and data agree across
+//! the names; lower hard links are separate objects, as in kernel overlayfs (index=off).
 
 use super::layers::{LayerId, Layers, UPPER};
 use super::readdir::MergedDir;
@@ -65,7 +64,9 @@ pub struct Node {
     pub id: NodeId,
     /// File type bits (`S_IFMT`) — a node never changes type.
     pub kind: u32,
-    /// The `st_ino` shown: the node id, except for the root (whose id FUSE fixes at 1).
+    /// The `st_ino` shown. Equal to the id except for the root (whose id FUSE fixes at 1)
+    /// and for objects whose number another live object holds (a lower hard link whose
+    /// sibling was copied up, a reused upper inode number).
     pub ino: u64,
     loc: RwLock<Loc>,
     /// Further names of a hard-linked upper file.
@@ -85,6 +86,8 @@ pub struct Node {
     pub open_count: AtomicU32,
     /// The object has no name left in the merged tree.
     pub unlinked: AtomicBool,
+    /// (st_dev, st_ino) of the upper copy, once there is one (see `NodeInit::upper_key`).
+    pub upper_key: Mutex<Option<(u64, u64)>>,
 }
 
 impl Node {
@@ -118,6 +121,10 @@ pub struct NodeInit {
     pub kind: u32,
     pub ino: u64,
     pub state: NodeState,
+    /// (st_dev, st_ino) of the upper copy of a non-directory: names with the same upper
+    /// inode are one object (hard links). Lower-only names are each their own object, as
+    /// kernel overlayfs (index=off) breaks lower hard links on copy-up.
+    pub upper_key: Option<(u64, u64)>,
 }
 
 pub struct NodeTable {
@@ -187,11 +194,12 @@ impl NodeTable {
     }
 
     /// Makes the node for `name` in `parent` — or, when a live node already stands for the
-    /// same object (a hard link), adds the name to it — with one lookup reference taken.
+    /// same object (an upper hard link), adds the name to it — with one lookup reference.
     ///
-    /// The node id is the object's `st_ino` (fuser sends the entry's node id as its inode
-    /// number, so the two must agree); another object holding that number gets a
-    /// synthetic id instead.
+    /// The node id is the object's `st_ino` where it can be: fuser sends an entry's node id
+    /// as its inode number. Another object holding that number gets a synthetic id; its
+    /// entry replies then carry no attribute lifetime, so the kernel asks getattr at once
+    /// and learns the real `st_ino` from it.
     pub fn insert(&self, parent: NodeId, name: &OsStr, init: NodeInit) -> Arc<Node> {
         let loc = Loc { parent, name: name.to_os_string() };
         let key = (parent, name.to_os_string());
@@ -202,7 +210,8 @@ impl NodeTable {
         loop {
             match self.nodes.entry(id) {
                 dashmap::Entry::Vacant(v) => {
-                    let node = Arc::new(Node::new(id, init.kind, id, loc, init.state));
+                    let node = Arc::new(Node::new(id, init.kind, init.ino, loc, init.state));
+                    *node.upper_key.lock() = init.upper_key;
                     node.lookups.store(1, Ordering::Relaxed);
                     v.insert(node.clone());
                     self.children.insert(key, id);
@@ -210,9 +219,9 @@ impl NodeTable {
                 }
                 dashmap::Entry::Occupied(o) => {
                     let n = o.get().clone();
-                    let same_object = n.kind == init.kind
-                        && !n.unlinked.load(Ordering::Relaxed)
-                        && (!n.is_dir() || n.loc() == loc);
+                    let same_upper = init.upper_key.is_some() && *n.upper_key.lock() == init.upper_key;
+                    let same_object =
+                        n.kind == init.kind && !n.unlinked.load(Ordering::Relaxed) && (n.loc() == loc || same_upper);
                     if same_object {
                         n.lookups.fetch_add(1, Ordering::Relaxed);
                         if n.loc() != loc {
@@ -380,6 +389,7 @@ impl Node {
             detached: Mutex::new(None),
             open_count: AtomicU32::new(0),
             unlinked: AtomicBool::new(false),
+            upper_key: Mutex::new(None),
         }
     }
 }
