@@ -38,12 +38,12 @@ pub fn run(cli: Cli) -> Result<(), String> {
     let layers = Layers::open(&params)?;
     let ovl = Overlay::new(layers, Config { fsync: params.fsync })
         .map_err(|e| format!("cannot set up the overlay: {e}"))?;
-    let fs = OvlFs::new(ovl, DEFAULT_TTL, debug);
+    let (fs, notifier) = OvlFs::new(ovl, DEFAULT_TTL, debug);
     let config = fuse_config(&params, cli.source.as_deref());
     log::debug!("mount options: {:?}", config.mount_options);
 
     if foreground {
-        return serve(fs, &cli.mountpoint, &config, None);
+        return serve(fs, notifier, &cli.mountpoint, &config, None);
     }
     let (r, w) = process::pipe().map_err(|e| format!("pipe: {e}"))?;
     match process::fork().map_err(|e| format!("fork: {e}"))? {
@@ -60,7 +60,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         process::Forked::Child => {
             drop(r);
             process::setsid();
-            let res = serve(fs, &cli.mountpoint, &config, Some(std::fs::File::from(w)));
+            let res = serve(fs, notifier, &cli.mountpoint, &config, Some(std::fs::File::from(w)));
             if let Err(msg) = &res {
                 log::error!("{msg}");
             }
@@ -71,7 +71,13 @@ pub fn run(cli: Cli) -> Result<(), String> {
 
 /// Mounts, reports readiness on `ready` (daemon mode), and serves requests until the mount
 /// goes away.
-fn serve(fs: OvlFs, mnt: &Path, config: &fuser::Config, mut ready: Option<std::fs::File>) -> Result<(), String> {
+fn serve(
+    fs: OvlFs,
+    notifier: crate::fuse::NotifierSlot,
+    mnt: &Path,
+    config: &fuser::Config,
+    mut ready: Option<std::fs::File>,
+) -> Result<(), String> {
     process::block_term_signals();
     let mut session = match Session::new(fs, mnt, config) {
         Ok(s) => s,
@@ -85,6 +91,7 @@ fn serve(fs: OvlFs, mnt: &Path, config: &fuser::Config, mut ready: Option<std::f
             return Err(msg);
         }
     };
+    let _ = notifier.set(session.notifier());
     if let Some(mut w) = ready.take() {
         let _ = w.write_all(&[0]);
         drop(w);

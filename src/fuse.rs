@@ -12,6 +12,7 @@ use fuser::{
 use log::debug;
 use std::ffi::OsStr;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The overlay as a `fuser` filesystem.
@@ -21,9 +22,23 @@ pub struct OvlFs {
     debug: bool,
 }
 
+/// Where the session's notifier goes once the session exists (it is made after the
+/// filesystem value has been handed to it).
+pub type NotifierSlot = Arc<OnceLock<fuser::Notifier>>;
+
 impl OvlFs {
-    pub fn new(ovl: Overlay, ttl: Duration, debug: bool) -> OvlFs {
-        OvlFs { ovl, ttl, debug }
+    pub fn new(ovl: Overlay, ttl: Duration, debug: bool) -> (OvlFs, NotifierSlot) {
+        let slot: NotifierSlot = Arc::new(OnceLock::new());
+        let s = slot.clone();
+        let _ = ovl.attr_changed.set(Box::new(move |id| {
+            if let Some(n) = s.get() {
+                // Offset -1: attributes only; the page cache stays.
+                if let Err(e) = n.inval_inode(INodeNo(id), -1, 0) {
+                    debug!("inval_inode {id}: {e}");
+                }
+            }
+        }));
+        (OvlFs { ovl, ttl, debug }, slot)
     }
 }
 

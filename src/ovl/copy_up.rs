@@ -73,6 +73,10 @@ impl Overlay {
         if let Some(m) = parent.merged.lock().clone() {
             m.set_layer(&name, UPPER);
         }
+        if node.is_dir() {
+            // A directory that becomes merged reports nlink 1 from now on.
+            self.notify_attr_changed(node.id);
+        }
         Ok(())
     }
 

@@ -397,8 +397,6 @@ impl Overlay {
         if self.find_child(&op, oname)?.is_none() {
             return Err(Errno::ENOENT);
         }
-        self.copy_up(&op, true)?;
-        self.copy_up(&np, true)?;
         let _guards = lock_pair(self, &op, &np);
         let (src, src_made) = self.child_node(&op, oname)?.ok_or(Errno::ENOENT)?;
         let dst = match self.child_node(&np, nname) {
@@ -482,6 +480,9 @@ impl Overlay {
                 }
             }
         }
+        // Only now that the rename can go ahead does anything get copied up.
+        self.copy_up(op, true)?;
+        self.copy_up(np, true)?;
         self.copy_up(src, true)?;
         if exchange {
             if let Some(d) = dst {

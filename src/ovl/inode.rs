@@ -99,6 +99,13 @@ pub struct StatFs {
 impl Overlay {
     /// The real stat of the copy of `node` that is seen.
     pub fn stat_node(&self, node: &Node) -> SysResult<Stat> {
+        if node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
+            // No name leads to it any more (the old one may now be a whiteout).
+            return match node.detached.lock().clone() {
+                Some(fd) => fs::fstat(fd.as_fd()),
+                None => Err(Errno::ENOENT),
+            };
+        }
         let st = node.state();
         let top = st.top().ok_or(Errno::ESTALE)?;
         if node.id == ROOT_ID {
@@ -158,11 +165,8 @@ impl Overlay {
         let handle = set.fh.and_then(|fh| self.file_handle(fh)).filter(|h| h.is_upper());
         // Once unlinked, an open file is reachable only through an fd of its own.
         let detached = node.detached.lock().clone();
-        let by_name = if node.id == ROOT_ID { None } else { self.parent_fd(&node, UPPER).ok() };
-        let by_name = match (&by_name, &detached) {
-            (Some((pfd, name)), Some(_)) if fs::fstatat(pfd.as_fd(), name).is_err() => None,
-            _ => by_name,
-        };
+        let unlinked = node.unlinked.load(std::sync::atomic::Ordering::Relaxed);
+        let by_name = if node.id == ROOT_ID || unlinked { None } else { self.parent_fd(&node, UPPER).ok() };
 
         if set.uid.is_some() || set.gid.is_some() {
             match (&by_name, &detached) {

@@ -60,6 +60,8 @@ pub struct Overlay {
     pub layers: Layers,
     pub nodes: node::NodeTable,
     pub cfg: Config,
+    /// Tells the kernel that its cached attributes of a node are stale (set by the adapter).
+    pub attr_changed: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     files: DashMap<u64, Arc<file::FileHandle>>,
     dirs: DashMap<u64, Arc<readdir::DirHandle>>,
     next_fh: AtomicU64,
@@ -68,7 +70,15 @@ pub struct Overlay {
 impl Overlay {
     pub fn new(layers: Layers, cfg: Config) -> SysResult<Overlay> {
         let nodes = node::NodeTable::new(&layers)?;
-        Ok(Overlay { layers, nodes, cfg, files: DashMap::new(), dirs: DashMap::new(), next_fh: AtomicU64::new(1) })
+        Ok(Overlay {
+            layers,
+            nodes,
+            cfg,
+            attr_changed: std::sync::OnceLock::new(),
+            files: DashMap::new(),
+            dirs: DashMap::new(),
+            next_fh: AtomicU64::new(1),
+        })
     }
 
     fn new_fh(&self) -> u64 {
@@ -81,6 +91,13 @@ impl Overlay {
             Ok(())
         } else {
             Err(Errno::EROFS)
+        }
+    }
+
+    /// Our own change altered attributes the kernel may hold in its cache.
+    pub fn notify_attr_changed(&self, id: NodeId) {
+        if let Some(f) = self.attr_changed.get() {
+            f(id);
         }
     }
 
