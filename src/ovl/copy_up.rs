@@ -73,10 +73,9 @@ impl Overlay {
         if let Some(m) = parent.merged.lock().clone() {
             m.set_layer(&name, UPPER);
         }
-        if node.is_dir() {
-            // A directory that becomes merged reports nlink 1 from now on.
-            self.notify_attr_changed(node.id);
-        }
+        // The kernel's cached attributes came from the lower copy: a directory that becomes
+        // merged reports nlink 1 from now on, a lower hard link's copy has nlink 1.
+        self.notify_attr_changed(node.id);
         Ok(())
     }
 

@@ -322,8 +322,9 @@ impl Overlay {
         let upfd = self.nodes.dir_fd(parent, UPPER)?;
         let upfd = upfd.as_fd();
         let top = cst.top().ok_or(Errno::ESTALE)?;
-        if !child.is_dir() && child.open_count.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-            // Keep the object reachable for attribute calls on its open files.
+        if !child.is_dir() {
+            // Keep the object reachable for attribute calls while the kernel still holds
+            // it (open files; special files, which FUSE opens without telling us).
             if let Ok((pfd, n)) = self.parent_fd(child, top) {
                 if let Ok(fd) = fs::openat(pfd.as_fd(), &n, libc::O_PATH, 0) {
                     *child.detached.lock() = Some(Arc::new(fd));
@@ -549,7 +550,16 @@ impl Overlay {
         let _ = noreplace;
         let rflags = 0;
         let mut whiteout_after = false;
-        if old_needs_whiteout {
+        let target_is_whiteout = dst.is_none()
+            && fs::fstatat(nfd, nname).map(|st| whiteout::is_whiteout_stat(&st)).unwrap_or(false);
+        if src.is_dir() && target_is_whiteout {
+            // A directory cannot replace a char device: exchange them, and keep the
+            // whiteout at the old name only if that name needs one.
+            fs::renameat2(ofd, oname, nfd, nname, fs::RENAME_EXCHANGE)?;
+            if !old_needs_whiteout {
+                fs::unlinkat(ofd, oname, false)?;
+            }
+        } else if old_needs_whiteout {
             match fs::renameat2(ofd, oname, nfd, nname, rflags | fs::RENAME_WHITEOUT) {
                 Ok(()) => {}
                 Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) | Err(Errno::EPERM) => {
