@@ -322,15 +322,7 @@ impl Overlay {
         let upfd = self.nodes.dir_fd(parent, UPPER)?;
         let upfd = upfd.as_fd();
         let top = cst.top().ok_or(Errno::ESTALE)?;
-        if !child.is_dir() {
-            // Keep the object reachable for attribute calls while the kernel still holds
-            // it (open files; special files, which FUSE opens without telling us).
-            if let Ok((pfd, n)) = self.parent_fd(child, top) {
-                if let Ok(fd) = fs::openat(pfd.as_fd(), &n, libc::O_PATH, 0) {
-                    *child.detached.lock() = Some(Arc::new(fd));
-                }
-            }
-        }
+        self.keep_detached(child, top);
         if cst.upper {
             if needs_whiteout {
                 self.replace_with_whiteout(upfd, name)?;
@@ -360,6 +352,20 @@ impl Overlay {
             m.remove(name, needs_whiteout);
         }
         Ok(())
+    }
+
+    /// Before a non-directory loses a name, keeps an `O_PATH` fd to it: attribute calls
+    /// must keep working while the kernel still holds it (open files, and special files,
+    /// which FUSE opens without telling us).
+    fn keep_detached(&self, node: &Node, layer: super::LayerId) {
+        if node.is_dir() {
+            return;
+        }
+        if let Ok((pfd, n)) = self.parent_fd(node, layer) {
+            if let Ok(fd) = fs::openat(pfd.as_fd(), &n, libc::O_PATH, 0) {
+                *node.detached.lock() = Some(Arc::new(fd));
+            }
+        }
     }
 
     /// Atomically replaces the upper entry `name` in `dir` by a whiteout, then disposes of
@@ -550,6 +556,11 @@ impl Overlay {
         let _ = noreplace;
         let rflags = 0;
         let mut whiteout_after = false;
+        if let Some(d) = dst {
+            if let Some(top) = d.state().top() {
+                self.keep_detached(d, top);
+            }
+        }
         let target_is_whiteout = dst.is_none()
             && fs::fstatat(nfd, nname).map(|st| whiteout::is_whiteout_stat(&st)).unwrap_or(false);
         if src.is_dir() && target_is_whiteout {
