@@ -354,13 +354,10 @@ impl Overlay {
         Ok(())
     }
 
-    /// Before a non-directory loses a name, keeps an `O_PATH` fd to it: attribute calls
-    /// must keep working while the kernel still holds it (open files, and special files,
-    /// which FUSE opens without telling us).
+    /// Before an object loses a name, keeps an `O_PATH` fd to it: attribute calls must
+    /// keep working while the kernel still holds it (open files and directories, and
+    /// special files, which FUSE opens without telling us).
     fn keep_detached(&self, node: &Node, layer: super::LayerId) {
-        if node.is_dir() {
-            return;
-        }
         if let Ok((pfd, n)) = self.parent_fd(node, layer) {
             if let Ok(fd) = fs::openat(pfd.as_fd(), &n, libc::O_PATH, 0) {
                 *node.detached.lock() = Some(Arc::new(fd));

@@ -109,9 +109,15 @@ impl Overlay {
         if !h.is_upper() && h.node.is_upper() {
             let mut up = h.upper.write();
             if !*up {
-                let res = self
-                    .parent_fd(&h.node, UPPER)
-                    .and_then(|(pfd, name)| fs::openat(pfd.as_fd(), &name, real_open_flags(h.flags), 0));
+                let flags = real_open_flags(h.flags);
+                let res = if h.node.unlinked.load(Ordering::Relaxed) {
+                    match h.node.detached.lock().clone() {
+                        Some(d) => fs::reopen(d.as_fd(), flags),
+                        None => Err(Errno::ENOENT),
+                    }
+                } else {
+                    self.parent_fd(&h.node, UPPER).and_then(|(pfd, name)| fs::openat(pfd.as_fd(), &name, flags, 0))
+                };
                 match res {
                     Ok(fd) => {
                         *h.fd.write() = Arc::new(fd);
