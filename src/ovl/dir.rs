@@ -296,8 +296,12 @@ impl Overlay {
         if !parent.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        if self.find_child(&parent, name)?.is_none() {
-            return Err(Errno::ENOENT);
+        // Refuse before anything is copied up, as the kernel does.
+        {
+            let (child, made) = self.child_node(&parent, name)?.ok_or(Errno::ENOENT)?;
+            let res = self.check_removable(&child, want_dir);
+            self.release_temp(&child, made);
+            res?;
         }
         self.copy_up(&parent, true)?;
         let _g = parent.dir_lock.lock();
@@ -307,7 +311,7 @@ impl Overlay {
         res
     }
 
-    fn remove_locked(&self, parent: &Arc<Node>, name: &OsStr, child: &Arc<Node>, want_dir: bool) -> SysResult<()> {
+    fn check_removable(&self, child: &Arc<Node>, want_dir: bool) -> SysResult<()> {
         if want_dir && !child.is_dir() {
             return Err(Errno::ENOTDIR);
         }
@@ -317,6 +321,11 @@ impl Overlay {
         if child.is_dir() && !self.merged_dir(child)?.is_empty() {
             return Err(Errno::ENOTEMPTY);
         }
+        Ok(())
+    }
+
+    fn remove_locked(&self, parent: &Arc<Node>, name: &OsStr, child: &Arc<Node>, want_dir: bool) -> SysResult<()> {
+        self.check_removable(child, want_dir)?;
         let cst = child.state();
         let needs_whiteout = (!cst.lowers.is_empty() && !cst.upper) || self.lower_positive(parent, name)?;
         let upfd = self.nodes.dir_fd(parent, UPPER)?;
@@ -477,10 +486,17 @@ impl Overlay {
                 }
             }
         }
+        // A target with lower parts is checked for emptiness first; an upper-only target is
+        // left to the upper filesystem's rename, after the source was made opaque — the
+        // kernel's order, which leaves that opaque mark even when the rename fails.
+        let mut target_not_empty = false;
         if !exchange {
             if let Some(d) = dst {
                 if d.is_dir() && !self.merged_dir(d)?.is_empty() {
-                    return Err(Errno::ENOTEMPTY);
+                    if !d.state().lowers.is_empty() {
+                        return Err(Errno::ENOTEMPTY);
+                    }
+                    target_not_empty = true;
                 }
             }
         }
@@ -531,6 +547,9 @@ impl Overlay {
         let old_needs_whiteout = self.lower_positive(op, oname)?;
         if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname, None) {
             whiteout::set_opaque(ofd, oname, prefix)?;
+        }
+        if target_not_empty {
+            return Err(Errno::ENOTEMPTY);
         }
         if let Some(d) = dst {
             if d.is_dir() && d.is_upper() {
