@@ -47,7 +47,11 @@ fn err(e: Errno) -> fuser::Errno {
 }
 
 fn ctx(req: &Request) -> Ctx {
-    Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+    Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid(), umask: 0 }
+}
+
+fn ctx_umask(req: &Request, umask: u32) -> Ctx {
+    Ctx { umask, ..ctx(req) }
 }
 
 fn kind_of(mode: u32) -> FileType {
@@ -142,6 +146,10 @@ impl Filesystem for OvlFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let want = [
             InitFlags::FUSE_PARALLEL_DIROPS,
+            // ACLs are checked and inherited as on the kernel overlay; with them, the umask
+            // comes to us and we apply it where no default ACL does.
+            InitFlags::FUSE_POSIX_ACL,
+            InitFlags::FUSE_DONT_MASK,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_BIG_WRITES,
@@ -208,15 +216,15 @@ impl Filesystem for OvlFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
-        match self.ovl.mknod(&ctx(req), parent.0, name, mode, rdev as u64) {
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        match self.ovl.mknod(&ctx_umask(req, umask), parent.0, name, mode, rdev as u64) {
             Ok((n, a)) => self.reply_entry(reply, n.id, &a),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        match self.ovl.mkdir(&ctx(req), parent.0, name, mode) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        match self.ovl.mkdir(&ctx_umask(req, umask), parent.0, name, mode) {
             Ok((n, a)) => self.reply_entry(reply, n.id, &a),
             Err(e) => reply.error(err(e)),
         }
@@ -408,8 +416,8 @@ impl Filesystem for OvlFs {
         }
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
-        match self.ovl.create(&ctx(req), parent.0, name, mode, flags) {
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        match self.ovl.create(&ctx_umask(req, umask), parent.0, name, mode, flags) {
             Ok((n, a, fh)) => {
                 let mut fa = file_attr(&a);
                 let ttl = if n.id == a.ino { self.ttl } else { Duration::ZERO };
@@ -449,6 +457,23 @@ impl Filesystem for OvlFs {
     ) {
         match self.ovl.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
             Ok(n) => reply.written(n),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        match self.ovl.attr_ioctl(ino.0, cmd, in_data, out_size as usize) {
+            Ok(out) => reply.ioctl(0, &out[..out.len().min(out_size as usize)]),
             Err(e) => reply.error(err(e)),
         }
     }

@@ -100,8 +100,10 @@ impl Overlay {
             }
             _ => fs::mknodat(work, tmp, kind | 0o600, st.st_rdev)?,
         }
-        copy_xattrs(lpfd, name, work, tmp, self.layers.xattr_prefix)?;
+        // Owner first: chown(2) strips security.capability and set-id bits, so xattrs and
+        // the mode go on after it.
         fs::fchownat(work, tmp, Some(st.st_uid), Some(st.st_gid))?;
+        copy_xattrs(lpfd, name, work, tmp, self.layers.xattr_prefix)?;
         if kind != libc::S_IFLNK {
             fs::fchmodat(work, tmp, st.st_mode & 0o7777)?;
         }

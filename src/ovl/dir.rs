@@ -161,6 +161,9 @@ impl Overlay {
         let pst = fs::fstat(upfd)?;
         let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { ctx.gid };
         let mut perm = what.perm();
+        if kind != libc::S_IFLNK && crate::sys::xattr::get_on_dir(upfd, "system.posix_acl_default").is_err() {
+            perm &= !ctx.umask;
+        }
         if kind == libc::S_IFDIR && pst.st_mode & libc::S_ISGID != 0 {
             perm |= libc::S_ISGID;
         }

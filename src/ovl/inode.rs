@@ -276,3 +276,44 @@ impl Overlay {
         self.node(id)
     }
 }
+
+impl Overlay {
+    /// The inode-attribute ioctls (`lsattr`/`chattr`, FS_IOC_FSGETXATTR): forwarded to the
+    /// copy that is seen; setting copies up first. Returns the bytes to hand back.
+    pub fn attr_ioctl(&self, id: u64, cmd: u32, input: &[u8], out_size: usize) -> SysResult<Vec<u8>> {
+        let (set, size) = match cmd {
+            fs::FS_IOC_GETFLAGS => (false, 4),
+            fs::FS_IOC_SETFLAGS => (true, 4),
+            fs::FS_IOC_FSGETXATTR => (false, 28),
+            fs::FS_IOC_FSSETXATTR => (true, 28),
+            _ => return Err(Errno(libc::ENOTTY)),
+        };
+        let node = self.node(id)?;
+        if node.kind != libc::S_IFREG && node.kind != libc::S_IFDIR {
+            return Err(Errno(libc::ENOTTY));
+        }
+        if set {
+            self.require_upper()?;
+            self.copy_up(&node, true)?;
+        }
+        let top = node.state().top().ok_or(Errno::ESTALE)?;
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | if node.is_dir() { libc::O_DIRECTORY } else { 0 };
+        let fd = if node.id == ROOT_ID {
+            fs::reopen(self.nodes.dir_fd(&node, top)?.as_fd(), flags)?
+        } else {
+            let (pfd, name) = self.parent_fd(&node, top)?;
+            fs::openat(pfd.as_fd(), &name, flags, 0)?
+        };
+        // The kernel's FS_IOC_*FLAGS take an int whatever the command's encoded size says.
+        let mut buf = vec![0u8; size.max(8)];
+        let n = input.len().min(size);
+        buf[..n].copy_from_slice(&input[..n]);
+        fs::attr_ioctl(fd.as_fd(), cmd, &mut buf)?;
+        if set {
+            self.notify_attr_changed(node.id);
+            return Ok(Vec::new());
+        }
+        buf.truncate(size.min(out_size.max(size)));
+        Ok(buf)
+    }
+}

@@ -40,6 +40,9 @@ pub struct Ctx {
     pub uid: u32,
     pub gid: u32,
     pub pid: u32,
+    /// The caller's umask, for creations; applied by us unless the parent directory has a
+    /// default ACL (POSIX: the ACL replaces the umask).
+    pub umask: u32,
 }
 
 /// Behaviour switches that come from mount options.

@@ -283,7 +283,7 @@ impl Overlay {
         if node.id == ROOT_ID {
             return Err(Errno::EINVAL);
         }
-        let loc = node.loc();
+        let loc = self.nodes.live_loc(node)?;
         let parent = self.node(loc.parent)?;
         Ok((self.nodes.dir_fd(&parent, layer)?, loc.name))
     }

@@ -26,6 +26,10 @@ pub const ROOT_ID: NodeId = 1;
 /// Directory fds kept open for reuse; bounded so idle directories hold no fd.
 const DIRFD_CACHE: usize = 1024;
 
+/// Relative paths at least this long are resolved from the parent directory's fd instead
+/// of from the layer root, so depth is not limited by PATH_MAX.
+const DEEP_PATH: usize = 2048;
+
 /// Where ids for nodes whose inode number is already taken start (a freed upper inode
 /// number reused while the kernel still holds the old, unlinked file open).
 const SYNTHETIC_BASE: u64 = 0x7fff_0000_0000_0000;
@@ -307,10 +311,28 @@ impl NodeTable {
         self.children.insert((parent, name.to_os_string()), node.id);
     }
 
+    /// A name of `node` whose parent the kernel still holds. The first-known name of a
+    /// hard-linked file may sit in a directory that has since been forgotten; another name
+    /// then takes its place.
+    pub fn live_loc(&self, node: &Node) -> SysResult<Loc> {
+        let loc = node.loc();
+        if loc.parent == ROOT_ID || self.nodes.contains_key(&loc.parent) {
+            return Ok(loc);
+        }
+        let mut al = node.aliases.lock();
+        let Some(i) = al.iter().position(|l| l.parent == ROOT_ID || self.nodes.contains_key(&l.parent)) else {
+            return Err(Errno::ESTALE);
+        };
+        let alt = al.swap_remove(i);
+        let mut primary = node.loc.write();
+        al.push(std::mem::replace(&mut *primary, alt.clone()));
+        Ok(alt)
+    }
+
     /// The node's path relative to a layer root, rebuilt from its parent chain.
     pub fn rel_path(&self, node: &Node) -> SysResult<OsString> {
         let mut parts: Vec<OsString> = Vec::new();
-        let mut cur = node.loc();
+        let mut cur = self.live_loc(node)?;
         let mut id = node.id;
         let mut depth = 0;
         while id != ROOT_ID {
@@ -344,12 +366,17 @@ impl NodeTable {
             return Ok(fd.clone());
         }
         let rel = self.rel_path(node)?;
-        let fd = Arc::new(fs::open_beneath(
-            self.roots[layer as usize].as_fd(),
-            &rel,
-            libc::O_PATH | libc::O_DIRECTORY,
-            0,
-        )?);
+        let flags = libc::O_PATH | libc::O_DIRECTORY;
+        let fd = if rel.len() < DEEP_PATH {
+            fs::open_beneath(self.roots[layer as usize].as_fd(), &rel, flags, 0)?
+        } else {
+            // Too long for one path walk (PATH_MAX): continue from the parent's fd.
+            let loc = self.live_loc(node)?;
+            let parent = self.get(loc.parent)?;
+            let pfd = self.dir_fd(&parent, layer)?;
+            fs::open_beneath(pfd.as_fd(), &loc.name, flags, 0)?
+        };
+        let fd = Arc::new(fd);
         self.dirfds.lock().put((node.id, layer), fd.clone());
         Ok(fd)
     }

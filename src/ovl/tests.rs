@@ -69,7 +69,7 @@ fn names(ovl: &Overlay, id: u64) -> Vec<String> {
 }
 
 fn ctx() -> Ctx {
-    Ctx { uid: 0, gid: 0, pid: std::process::id() }
+    Ctx { uid: 0, gid: 0, pid: std::process::id(), umask: 0 }
 }
 
 #[test]

@@ -354,3 +354,14 @@ pub fn statx_mnt_id(path: &CStr) -> Option<u64> {
     }
     Some(stx.stx_mnt_id)
 }
+
+pub const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+pub const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
+pub const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+pub const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+
+/// An inode-attribute ioctl (FS_IOC_{GET,SET}FLAGS, FS_IOC_FS{GET,SET}XATTR) on `fd`, with
+/// `buf` as its argument (read and written).
+pub fn attr_ioctl(fd: BorrowedFd<'_>, cmd: u32, buf: &mut [u8]) -> SysResult<()> {
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), cmd as _, buf.as_mut_ptr()) }).map(drop)
+}
