@@ -207,7 +207,7 @@ impl Overlay {
         let st = fs::fstatat(upfd, name)?;
         let ino = self.layers.ino.map(st.st_dev, st.st_ino);
         let upper_key = (kind != libc::S_IFDIR).then_some((st.st_dev, st.st_ino));
-        let init = NodeInit { kind, ino, state: NodeState { upper: true, lowers: vec![], impure: false }, upper_key };
+        let init = NodeInit { kind, ino, state: NodeState { upper: true, lowers: vec![], ..Default::default() }, upper_key };
         let node = self.nodes.insert(parent.id, name, init);
         if let Some(m) = parent.merged.lock().clone() {
             m.insert(name, Entry { layer: UPPER, kind, ino });

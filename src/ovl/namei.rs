@@ -147,11 +147,11 @@ impl Overlay {
                         return Ok(Found::Node(NodeInit {
                             kind: fs::ifmt(st.st_mode),
                             ino,
-                            state: NodeState { upper: true, lowers: vec![], impure: false },
+                            state: NodeState { upper: true, lowers: vec![], ..Default::default() },
                             upper_key: Some((st.st_dev, st.st_ino)),
                         }));
                     }
-                    let state = NodeState { upper: true, lowers: vec![], impure: false };
+                    let state = NodeState { upper: true, lowers: vec![], ..Default::default() };
                     let ino = self.layers.ino.map(upper.dev, st.st_ino);
                     if self.dir_is_opaque(pfd.as_fd(), name)? || self.oci_hidden(pfd.as_fd(), name) {
                         return Ok(Found::Node(NodeInit { kind: libc::S_IFDIR, ino, state, upper_key: None }));
@@ -167,19 +167,38 @@ impl Overlay {
             }
         }
         let mut whiteout_seen = false;
+        // Where to look in the layers below: the name itself, or where a redirect points.
+        let mut redirect: Option<Redirect> = match &dir {
+            Some(_) => self.redirect_of(self.nodes.dir_fd(parent, UPPER)?.as_fd(), name),
+            None => None,
+        };
         for l in ps.lowers {
-            let pfd = self.nodes.dir_fd(parent, l)?;
-            match fs::fstatat(pfd.as_fd(), name) {
+            let (pfd, look) = match &redirect {
+                None => (self.nodes.dir_fd(parent, l)?, name.to_os_string()),
+                Some(Redirect::Rel(r)) => (self.nodes.dir_fd(parent, l)?, r.clone()),
+                Some(Redirect::Abs(p)) => match self.open_redirect_parent(l, p) {
+                    Ok(x) => x,
+                    Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => break,
+                    Err(e) => return Err(e),
+                },
+            };
+            let look = look.as_os_str();
+            match fs::fstatat(pfd.as_fd(), look) {
                 Ok(st) => {
-                    if self.is_whiteout_in(pfd.as_fd(), name, &st, l) {
+                    if self.is_whiteout_in(pfd.as_fd(), look, &st, l) {
                         whiteout_seen = true;
                         break;
                     }
                     let layer = self.layers.get(l);
                     if fs::is_dir(&st) {
+                        let at = match &redirect {
+                            None => None,
+                            Some(Redirect::Rel(r)) => Some(join(&self.nodes.layer_path(parent, l)?, r)),
+                            Some(Redirect::Abs(p)) => Some(p.clone()),
+                        };
                         match &mut dir {
                             None => {
-                                let state = NodeState { upper: false, lowers: vec![l], impure: false };
+                                let state = NodeState { upper: false, lowers: vec![l], ..Default::default() };
                                 dir = Some((state, self.layers.ino.map(layer.dev, st.st_ino)));
                             }
                             Some((state, ino)) => {
@@ -191,8 +210,14 @@ impl Overlay {
                                 state.lowers.push(l);
                             }
                         }
-                        if self.dir_is_opaque(pfd.as_fd(), name)? || self.oci_hidden(pfd.as_fd(), name) {
+                        if let (Some(at), Some((state, _))) = (at, &mut dir) {
+                            state.redirects.push((l, at));
+                        }
+                        if self.dir_is_opaque(pfd.as_fd(), look)? || self.oci_hidden(pfd.as_fd(), look) {
                             break;
+                        }
+                        if let Some(r) = self.redirect_of(pfd.as_fd(), look) {
+                            redirect = Some(r);
                         }
                     } else {
                         if dir.is_some() {
@@ -202,12 +227,12 @@ impl Overlay {
                             kind: fs::ifmt(st.st_mode),
                             ino: self.layers.ino.map(layer.dev, st.st_ino),
                             upper_key: None,
-                            state: NodeState { upper: false, lowers: vec![l], impure: false }
+                            state: NodeState { upper: false, lowers: vec![l], ..Default::default() },
                         }));
                     }
                 }
                 Err(Errno::ENOENT) => {
-                    if self.oci_hidden(pfd.as_fd(), name) {
+                    if self.oci_hidden(pfd.as_fd(), look) {
                         whiteout_seen = dir.is_none();
                         break;
                     }
@@ -220,6 +245,36 @@ impl Overlay {
             Some((state, ino)) => Found::Node(NodeInit { kind: libc::S_IFDIR, ino, state, upper_key: None }),
             None => Found::Missing { whiteout: whiteout_seen },
         })
+    }
+
+    /// The redirect recorded on directory `name` in layer directory `dir`, if any.
+    fn redirect_of(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<Redirect> {
+        for a in ["trusted.overlay.redirect", "user.overlay.redirect"] {
+            if let Ok(v) = xattr::get_vec(dir, name, a) {
+                if v.is_empty() || v.contains(&0) {
+                    continue;
+                }
+                return Some(match v.strip_prefix(b"/") {
+                    Some(abs) => Redirect::Abs(OsStr::from_bytes(abs).to_os_string()),
+                    None if !v.contains(&b'/') => Redirect::Rel(OsStr::from_bytes(&v).to_os_string()),
+                    None => continue,
+                });
+            }
+        }
+        None
+    }
+
+    /// For an absolute redirect `p` (layer-relative), the fd of its parent directory in
+    /// layer `l` and its last component.
+    fn open_redirect_parent(&self, l: LayerId, p: &OsStr) -> SysResult<(Arc<OwnedFd>, std::ffi::OsString)> {
+        let b = p.as_bytes();
+        let (dir, base) = match b.iter().rposition(|c| *c == b'/') {
+            Some(i) => (&b[..i], &b[i + 1..]),
+            None => (&b[..0], b),
+        };
+        let root = self.layers.get(l).fd();
+        let fd = fs::open_beneath(root, OsStr::from_bytes(dir), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        Ok((Arc::new(fd), OsStr::from_bytes(base).to_os_string()))
     }
 
     /// Whether the entry `name` (already stat-ed) of a layer directory is a whiteout.
@@ -287,6 +342,23 @@ impl Overlay {
         let parent = self.node(loc.parent)?;
         Ok((self.nodes.dir_fd(&parent, layer)?, loc.name))
     }
+}
+
+/// Where a renamed directory's lower parts are, from its `overlay.redirect` xattr.
+enum Redirect {
+    /// Another name in the same parent directory.
+    Rel(std::ffi::OsString),
+    /// A path from the layer root.
+    Abs(std::ffi::OsString),
+}
+
+fn join(dir: &OsStr, name: &OsStr) -> std::ffi::OsString {
+    let mut v = dir.as_bytes().to_vec();
+    if !v.is_empty() {
+        v.push(b'/');
+    }
+    v.extend_from_slice(name.as_bytes());
+    std::ffi::OsString::from(OsStr::from_bytes(&v))
 }
 
 /// A child found by name: either a node the kernel already knows or a fresh probe result.

@@ -51,6 +51,9 @@ pub struct NodeState {
     pub lowers: Vec<LayerId>,
     /// The upper directory has been marked impure (it holds copied-up entries).
     pub impure: bool,
+    /// Lower layers where this directory sits at another path than its own, because a
+    /// kernel with `redirect_dir=on` renamed it (`overlay.redirect`): (layer, path).
+    pub redirects: Vec<(LayerId, OsString)>,
 }
 
 impl NodeState {
@@ -163,7 +166,7 @@ impl NodeTable {
             Some(u) => layers.ino.map(u.dev, u.ino),
             None => layers.ino.map(layers.lowers[0].dev, layers.lowers[0].ino),
         };
-        let state = NodeState { upper: layers.upper.is_some(), lowers: layers.lower_ids().collect(), impure: false };
+        let state = NodeState { upper: layers.upper.is_some(), lowers: layers.lower_ids().collect(), ..Default::default() };
         let root = Arc::new(Node::new(ROOT_ID, libc::S_IFDIR, root_ino, Loc { parent: ROOT_ID, name: OsString::new() }, state));
         // The root is never forgotten: give it a reference of its own.
         root.lookups.store(1, Ordering::Relaxed);
@@ -357,6 +360,47 @@ impl NodeTable {
         Ok(OsString::from_vec(out))
     }
 
+    /// Path of directory `node` in lower `layer`: its own path, unless it or an ancestor
+    /// was redirected there.
+    pub fn layer_path(&self, node: &Node, layer: LayerId) -> SysResult<OsString> {
+        let mut parts: Vec<OsString> = Vec::new();
+        let mut cur: Arc<Node> = self.get(node.id)?;
+        let mut base = OsString::new();
+        let mut depth = 0;
+        while cur.id != ROOT_ID {
+            if let Some((_, p)) = cur.state.read().redirects.iter().find(|(l, _)| *l == layer) {
+                base = p.clone();
+                break;
+            }
+            let loc = self.live_loc(&cur)?;
+            parts.push(loc.name);
+            cur = self.get(loc.parent)?;
+            depth += 1;
+            if depth > 4096 {
+                return Err(Errno::ELOOP);
+            }
+        }
+        let mut out = base.into_vec();
+        for p in parts.iter().rev() {
+            if !out.is_empty() {
+                out.push(b'/');
+            }
+            out.extend_from_slice(p.as_bytes());
+        }
+        Ok(OsString::from_vec(out))
+    }
+
+    fn has_redirect(&self, node: &Node, layer: LayerId) -> SysResult<bool> {
+        let mut cur: Arc<Node> = self.get(node.id)?;
+        while cur.id != ROOT_ID {
+            if cur.state.read().redirects.iter().any(|(l, _)| *l == layer) {
+                return Ok(true);
+            }
+            cur = self.get(self.live_loc(&cur)?.parent)?;
+        }
+        Ok(false)
+    }
+
     /// An `O_PATH` fd for directory `node` in `layer`, from the bounded cache when it can.
     pub fn dir_fd(&self, node: &Node, layer: LayerId) -> SysResult<Arc<OwnedFd>> {
         if node.id == ROOT_ID {
@@ -365,9 +409,9 @@ impl NodeTable {
         if let Some(fd) = self.dirfds.lock().get(&(node.id, layer)) {
             return Ok(fd.clone());
         }
-        let rel = self.rel_path(node)?;
+        let rel = if layer == UPPER { self.rel_path(node)? } else { self.layer_path(node, layer)? };
         let flags = libc::O_PATH | libc::O_DIRECTORY;
-        let fd = if rel.len() < DEEP_PATH {
+        let fd = if rel.len() < DEEP_PATH || layer != UPPER && self.has_redirect(node, layer)? {
             fs::open_beneath(self.roots[layer as usize].as_fd(), &rel, flags, 0)?
         } else {
             // Too long for one path walk (PATH_MAX): continue from the parent's fd.
