@@ -347,13 +347,8 @@ impl Overlay {
             }
         } else {
             let work = self.layers.work()?;
-            let tmp = temp_name();
-            let res = whiteout::make_whiteout(work, &tmp)
-                .and_then(|()| fs::renameat2(work, &tmp, upfd, name, fs::RENAME_NOREPLACE));
-            if let Err(e) = res {
-                let _ = fs::unlinkat(work, &tmp, false);
-                return Err(e);
-            }
+            // Linked straight into place: linkat never replaces, so this is atomic.
+            whiteout::link_whiteout(work, upfd, name)?;
         }
         self.nodes.unlink_name(child, parent.id, name);
         if child.is_dir() {
@@ -382,7 +377,7 @@ impl Overlay {
     fn replace_with_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
         let work = self.layers.work()?;
         let tmp = temp_name();
-        whiteout::make_whiteout(work, &tmp)?;
+        whiteout::link_whiteout(work, work, &tmp)?;
         if let Err(e) = fs::renameat2(work, &tmp, dir, name, fs::RENAME_EXCHANGE) {
             let _ = fs::unlinkat(work, &tmp, false);
             return Err(e);
@@ -603,11 +598,7 @@ impl Overlay {
         }
         if whiteout_after {
             let work = self.layers.work()?;
-            let tmp = temp_name();
-            let res = whiteout::make_whiteout(work, &tmp)
-                .and_then(|()| fs::renameat2(work, &tmp, ofd, oname, fs::RENAME_NOREPLACE));
-            if let Err(e) = res {
-                let _ = fs::unlinkat(work, &tmp, false);
+            if let Err(e) = whiteout::link_whiteout(work, ofd, oname) {
                 log::error!("rename: could not leave a whiteout at {:?}: {e:?}", oname);
             }
         }

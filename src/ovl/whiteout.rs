@@ -86,6 +86,34 @@ pub fn make_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
     fs::mknodat(dir, name, libc::S_IFCHR, 0)
 }
 
+/// Name of the whiteout kept in the work directory to be hard-linked wherever a whiteout
+/// is needed: a link is cheaper than a new inode, and the kernel shares whiteouts the same
+/// way.
+const SHARED_WHITEOUT: &str = "#whiteout";
+
+/// Creates a whiteout called `name` in `dir` (a directory of the upper filesystem), as a
+/// hard link of the shared one in `work` where possible. Fails with EEXIST if the name is
+/// taken, so it is also an atomic "create if absent".
+pub fn link_whiteout(work: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+    let shared = OsStr::new(SHARED_WHITEOUT);
+    for _ in 0..3 {
+        match fs::linkat(work, shared, dir, name) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.0 == libc::ENOENT => match make_whiteout(work, shared) {
+                Ok(()) | Err(crate::sys::Errno::EEXIST) => continue,
+                Err(_) => break,
+            },
+            Err(e) if e.0 == libc::EMLINK => {
+                // Too many links: start a new shared whiteout.
+                let _ = fs::unlinkat(work, shared, false);
+            }
+            Err(e) if e.0 == libc::EEXIST => return Err(e),
+            Err(_) => break,
+        }
+    }
+    make_whiteout(dir, name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
