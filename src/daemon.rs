@@ -16,9 +16,11 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-/// How long the kernel may cache entries and attributes. Every change goes through us and
-/// the lower layers must not change under a mount, so this may be long.
-const DEFAULT_TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache entries and attributes. Every change goes through us, the
+/// lower layers must not change under a mount, and the few attribute changes the kernel
+/// cannot see (copy-up makes a directory merged, a lower hard link's copy has nlink 1) are
+/// pushed to it with an invalidation; so this may be long.
+const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 pub fn run(cli: Cli) -> Result<(), String> {
     let params = parse_options(&cli.options)?;
