@@ -65,6 +65,9 @@ pub struct Overlay {
     pub cfg: Config,
     /// Tells the kernel that its cached attributes of a node are stale (set by the adapter).
     pub attr_changed: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Directories whose merged listing is built, with its size, least recently built
+    /// first; and the total of those sizes.
+    merged_lru: parking_lot::Mutex<(lru::LruCache<NodeId, usize>, usize)>,
     files: DashMap<u64, Arc<file::FileHandle>>,
     dirs: DashMap<u64, Arc<readdir::DirHandle>>,
     next_fh: AtomicU64,
@@ -78,6 +81,7 @@ impl Overlay {
             nodes,
             cfg,
             attr_changed: std::sync::OnceLock::new(),
+            merged_lru: parking_lot::Mutex::new((lru::LruCache::unbounded(), 0)),
             files: DashMap::new(),
             dirs: DashMap::new(),
             next_fh: AtomicU64::new(1),

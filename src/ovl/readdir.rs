@@ -20,6 +20,11 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
+/// How many entries the merged listings of all directories may hold together.
+const MERGED_BUDGET: usize = 400_000;
+/// How many directories may keep a merged listing.
+const MERGED_DIRS: usize = 8192;
+
 /// One visible entry of a merged directory.
 #[derive(Clone, Copy, Debug)]
 pub struct Entry {
@@ -152,7 +157,37 @@ impl Overlay {
         }
         let m = Arc::new(self.build_merged(node)?);
         *node.merged.lock() = Some(m.clone());
+        self.remember_merged(node, m.len());
         Ok(m)
+    }
+
+    /// Keeps the merged listings within a budget of entries and of directories: the least
+    /// recently built go (they are rebuilt from the layers when next needed; open handles
+    /// keep their snapshots).
+    fn remember_merged(&self, node: &Arc<Node>, entries: usize) {
+        let mut victims = Vec::new();
+        {
+            let mut b = self.merged_lru.lock();
+            let (lru, total) = &mut *b;
+            if let Some((_, old)) = lru.push(node.id, entries) {
+                *total -= old;
+            }
+            *total += entries;
+            while (*total > MERGED_BUDGET || lru.len() > MERGED_DIRS) && lru.len() > 1 {
+                match lru.pop_lru() {
+                    Some((id, n)) => {
+                        *total -= n;
+                        victims.push(id);
+                    }
+                    None => break,
+                }
+            }
+        }
+        for id in victims {
+            if let Ok(n) = self.node(id) {
+                *n.merged.lock() = None;
+            }
+        }
     }
 
     /// Like `merged_dir`, for callers that already hold the directory's lock.
@@ -162,6 +197,7 @@ impl Overlay {
         }
         let m = Arc::new(self.build_merged(node)?);
         *node.merged.lock() = Some(m.clone());
+        self.remember_merged(node, m.len());
         Ok(m)
     }
 
