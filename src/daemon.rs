@@ -123,7 +123,14 @@ fn init_logging(debug: bool) {
 
 /// The FUSE mount configuration from the overlay's mount options.
 pub fn fuse_config(p: &Params, source: Option<&str>) -> fuser::Config {
+    let root = sys::geteuid() == 0;
     let mut opts = vec![MountOption::DefaultPermissions];
+    // Kernel overlayfs mounted by root honours device files and set-id bits, and so does
+    // mount(8) for root; unprivileged mounts get nodev,nosuid (fusermount3 insists anyway).
+    if root {
+        opts.push(MountOption::Dev);
+        opts.push(MountOption::Suid);
+    }
     let fsname = p.fsname.clone().or_else(|| source.map(str::to_string)).unwrap_or_else(|| "ovlfuse".to_string());
     opts.push(MountOption::FSName(fsname));
     if let Some(st) = &p.subtype {
@@ -153,7 +160,6 @@ pub fn fuse_config(p: &Params, source: Option<&str>) -> fuser::Config {
             opts.push(o);
         }
     }
-    let root = sys::geteuid() == 0;
     let acl = if p.allow_other || root {
         SessionACL::All
     } else if p.allow_root {

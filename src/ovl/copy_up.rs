@@ -59,6 +59,11 @@ impl Overlay {
         if let Err(e) = res {
             let _ = remove_tree(work, &tmp);
             warn!("copy-up of {:?} failed: {e:?}", name);
+            // Something (a whiteout, once the object was removed while open) holds the name:
+            // the kernel reports EEXIST for a file and ENOTDIR for a directory.
+            if e == Errno::EEXIST && node.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
             return Err(e);
         }
         if !node.is_dir() {

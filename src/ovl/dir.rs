@@ -224,6 +224,8 @@ impl Overlay {
     pub fn mknod(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, rdev: u64) -> SysResult<(Arc<Node>, Attr)> {
         let what = match fs::ifmt(mode) {
             libc::S_IFDIR => return Err(Errno::EINVAL),
+            // That is a whiteout: the kernel refuses to make one through the overlay.
+            libc::S_IFCHR if rdev == 0 => return Err(Errno::EPERM),
             libc::S_IFREG | 0 => NewObject::Special { mode: libc::S_IFREG | (mode & 0o7777), rdev: 0 },
             _ => NewObject::Special { mode, rdev },
         };
