@@ -92,7 +92,7 @@ impl Overlay {
             libc::S_IFREG => {
                 let dst = fs::openat(work, tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
                 if with_data && st.st_size > 0 {
-                    let src = fs::openat(lpfd, name, libc::O_RDONLY, 0)?;
+                    let src = fs::openat_noatime(lpfd, name, libc::O_RDONLY)?;
                     copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
                 }
                 if self.cfg.fsync {

@@ -246,6 +246,10 @@ impl Overlay {
         if node.is_dir() {
             return Err(Errno::EPERM);
         }
+        if node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
+            // linkat(AT_EMPTY_PATH) of a removed file: the VFS says ENOENT for nlink 0.
+            return Err(Errno::ENOENT);
+        }
         let parent = self.node(parent_id)?;
         self.copy_up(&node, true)?;
         self.copy_up(&parent, true)?;

@@ -84,7 +84,14 @@ impl Overlay {
         if trunc && node.kind == libc::S_IFREG {
             rflags |= libc::O_TRUNC;
         }
-        let fd = match self.parent_fd(&node, top).and_then(|(pfd, name)| fs::openat(pfd.as_fd(), &name, rflags, 0)) {
+        let open_at = |pfd: &OwnedFd, name: &OsStr| {
+            if top == UPPER {
+                fs::openat(pfd.as_fd(), name, rflags, 0)
+            } else {
+                fs::openat_noatime(pfd.as_fd(), name, rflags)
+            }
+        };
+        let fd = match self.parent_fd(&node, top).and_then(|(pfd, name)| open_at(&pfd, &name)) {
             Ok(fd) => fd,
             Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => match node.detached.lock().clone() {
                 Some(d) => fs::reopen(d.as_fd(), rflags)?,

@@ -80,7 +80,13 @@ impl Layers {
 
         let mut lowers = Vec::with_capacity(lower_paths.len());
         for path in lower_paths {
-            lowers.push(open_layer("lowerdir", path)?);
+            let l = open_layer("lowerdir", path)?;
+            // Our private clone of a lower layer's mount becomes read-only and noatime: the
+            // lowers are never modified, by anything (a plain fd, unprivileged, stays as is).
+            if let Err(e) = fs::seal_mount(l.fd()) {
+                log::debug!("lowerdir {}: not sealed read-only: {e}", l.path.display());
+            }
+            lowers.push(l);
         }
         let mut upper = None;
         let mut work = None;

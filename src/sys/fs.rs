@@ -89,6 +89,15 @@ pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> SysRe
     raw_openat(dir.as_raw_fd(), &cstr(name)?, flags | libc::O_NOFOLLOW, mode)
 }
 
+/// Opens `name` in `dir` for reading without touching its atime where the kernel lets us
+/// (owner or CAP_FOWNER): lower layers are read, never changed.
+pub fn openat_noatime(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> SysResult<OwnedFd> {
+    match openat(dir, name, flags | libc::O_NOATIME, 0) {
+        Err(Errno::EPERM) => openat(dir, name, flags, 0),
+        other => other,
+    }
+}
+
 /// Re-opens an `O_PATH` fd with real access flags through /proc, the only way the kernel
 /// offers to upgrade one without a name.
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
@@ -185,8 +194,12 @@ pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
     check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
 }
 
+/// chown of what `fd` refers to; works on `O_PATH` fds too (AT_EMPTY_PATH).
 pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> SysResult<()> {
-    check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) }).map(drop)
+    check(unsafe {
+        libc::fchownat(fd.as_raw_fd(), empty_path().as_ptr(), uid, gid, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+    })
+    .map(drop)
 }
 
 /// Sets atime/mtime of `name` in `dir` without following a symlink; `None` leaves one alone.
@@ -276,7 +289,12 @@ pub struct RawDirent {
 /// Reads every entry (minus `.` and `..`) of the directory `fd` refers to. The fd is
 /// duplicated by re-opening so the caller's fd offset is untouched.
 pub fn read_dir_all(dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirent>> {
-    let fd = raw_openat(dir.as_raw_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    // Reading a layer must not change it, not even its atime.
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    let fd = match raw_openat(dir.as_raw_fd(), c".", flags | libc::O_NOATIME, 0) {
+        Err(Errno::EPERM) => raw_openat(dir.as_raw_fd(), c".", flags, 0)?,
+        other => other?,
+    };
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -364,4 +382,40 @@ pub const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
 /// `buf` as its argument (read and written).
 pub fn attr_ioctl(fd: BorrowedFd<'_>, cmd: u32, buf: &mut [u8]) -> SysResult<()> {
     check(unsafe { libc::ioctl(fd.as_raw_fd(), cmd as _, buf.as_mut_ptr()) }).map(drop)
+}
+
+/// Makes a detached mount (an `open_tree` clone) read-only and `noatime`: nothing done
+/// through it can change the layer, not even access times (readlink(2) has no O_NOATIME).
+pub fn seal_mount(fd: BorrowedFd<'_>) -> SysResult<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_RDONLY: u64 = 0x01;
+    const MOUNT_ATTR_ATIME_MASK: u64 = 0x70;
+    const MOUNT_ATTR_NOATIME: u64 = 0x10;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME,
+        attr_clr: MOUNT_ATTR_ATIME_MASK,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            empty_path().as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
 }
