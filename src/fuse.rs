@@ -151,7 +151,8 @@ impl Filesystem for OvlFs {
             InitFlags::FUSE_POSIX_ACL,
             InitFlags::FUSE_DONT_MASK,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
-            InitFlags::FUSE_CACHE_SYMLINKS,
+            // No FUSE_CACHE_SYMLINKS: following a symlink must reach us, so that an upper
+            // symlink's atime moves as on kernel overlayfs.
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_MAX_PAGES,
         ];
