@@ -812,26 +812,29 @@ fn dev_and_suid_options_are_honoured() {
     if !fuse_available() {
         return;
     }
-    // Default flags are nodev,nosuid (as libfuse); `-o dev,suid` lift them, as with mount(8).
+    // As root the default is dev,suid (as kernel overlayfs and mount(8) for root); `-o nodev,nosuid`
+    // restrict it, and a later `-o dev,suid` lifts that again (last one wins, as with mount(8)).
     let sc = Scratch::new("cli-dev-suid");
     let st = simple_stack(&sc);
     mknod(&st.lowers[0].join("null"), libc::S_IFCHR | 0o666, makedev(1, 3)).unwrap();
     let lc = LowerCheck::new(&st.lowers);
-    let g = mount_ovlfuse(&st, &[]);
+    let g = mount_ovlfuse(&st, &["nodev", "nosuid"]);
     let m = mount_at(&st.mnt).unwrap();
-    assert!(m.opts.split(',').any(|o| o == "nodev"), "default mount should be nodev: {m:?}");
+    assert!(m.opts.split(',').any(|o| o == "nodev"), "-o nodev mount should be nodev: {m:?}");
     expect_errno(fs::OpenOptions::new().write(true).open(st.mnt.join("null")), libc::EACCES, "open a device on a nodev mount");
     g.unmount();
-    let g = mount_ovlfuse(&st, &["dev", "suid"]);
-    let m = mount_at(&st.mnt).unwrap();
-    let opts: Vec<&str> = m.opts.split(',').collect();
-    assert!(!opts.contains(&"nodev") && !opts.contains(&"nosuid"), "-o dev,suid mount still has {:?}", m.opts);
-    let w = fs::OpenOptions::new().write(true).open(st.mnt.join("null")).and_then(|mut f| {
-        use std::io::Write;
-        f.write_all(b"into /dev/null")
-    });
-    ok(w, "write to a char 1:3 device node through a -o dev mount");
-    g.unmount();
+    for extra in [&[][..], &["nodev", "nosuid", "dev", "suid"][..]] {
+        let g = mount_ovlfuse(&st, extra);
+        let m = mount_at(&st.mnt).unwrap();
+        let opts: Vec<&str> = m.opts.split(',').collect();
+        assert!(!opts.contains(&"nodev") && !opts.contains(&"nosuid"), "mount with {extra:?} still has {:?}", m.opts);
+        let w = fs::OpenOptions::new().write(true).open(st.mnt.join("null")).and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(b"into /dev/null")
+        });
+        ok(w, "write to a char 1:3 device node through a dev mount");
+        g.unmount();
+    }
     lc.verify();
 }
 
