@@ -107,7 +107,12 @@ impl Overlay {
         }
         // Owner first: chown(2) strips security.capability and set-id bits, so xattrs and
         // the mode go on after it.
-        fs::fchownat(work, tmp, Some(st.st_uid), Some(st.st_gid))?;
+        match fs::fchownat(work, tmp, Some(st.st_uid), Some(st.st_gid)) {
+            // An unprivileged mount cannot give a copy away; it stays the mounter's, as
+            // with fuse-overlayfs.
+            Err(Errno::EPERM) if crate::sys::geteuid() != 0 => debug!("copy-up of {:?}: owner not kept", name),
+            other => other?,
+        }
         copy_xattrs(lpfd, name, work, tmp, self.layers.xattr_prefix)?;
         if kind != libc::S_IFLNK {
             fs::fchmodat(work, tmp, st.st_mode & 0o7777)?;
