@@ -195,7 +195,7 @@ impl Filesystem for OvlFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -203,7 +203,16 @@ impl Filesystem for OvlFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let set = SetAttr { mode, uid, gid, size, atime: time_set(atime), mtime: time_set(mtime), fh: fh.map(|f| f.0) };
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_set(atime),
+            mtime: time_set(mtime),
+            ctime: ctime.is_some(),
+            fh: fh.map(|f| f.0),
+        };
         match self.ovl.setattr(&ctx(req), ino.0, &set) {
             Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
             Err(e) => reply.error(err(e)),

@@ -80,6 +80,8 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
+    /// The caller set the change time explicitly.
+    pub ctime: bool,
     pub fh: Option<u64>,
 }
 
@@ -168,7 +170,15 @@ impl Overlay {
         let unlinked = node.unlinked.load(std::sync::atomic::Ordering::Relaxed);
         let by_name = if node.id == ROOT_ID || unlinked { None } else { self.parent_fd(&node, UPPER).ok() };
 
-        if set.uid.is_some() || set.gid.is_some() {
+        // The kernel's FUSE client sends chown(-1, -1) as a setattr with nothing in it.
+        let touch_ctime_only = set.mode.is_none()
+            && set.size.is_none()
+            && set.atime.is_none()
+            && set.mtime.is_none()
+            && set.uid.is_none()
+            && set.gid.is_none();
+        if set.uid.is_some() || set.gid.is_some() || touch_ctime_only {
+            // chown(-1, -1) changes nothing but ctime, which is what we want here.
             match (&by_name, &detached) {
                 (Some((pfd, name)), _) => fs::fchownat(pfd.as_fd(), name, set.uid, set.gid)?,
                 (None, _) if node.id == ROOT_ID => {
