@@ -85,6 +85,12 @@ pub struct SetAttr {
     pub fh: Option<u64>,
 }
 
+/// How setattr reaches the upper copy of a node.
+enum Target {
+    Name(Arc<std::os::fd::OwnedFd>, std::ffi::OsString),
+    Fd(Arc<std::os::fd::OwnedFd>),
+}
+
 /// Filesystem statistics (of the upper layer, or of the highest lower when read-only).
 #[derive(Clone, Copy, Debug)]
 pub struct StatFs {
@@ -165,12 +171,21 @@ impl Overlay {
         self.copy_up(&node, !skip_data)?;
 
         let handle = set.fh.and_then(|fh| self.file_handle(fh)).filter(|h| h.is_upper());
-        // Once unlinked, an open file is reachable only through an fd of its own.
-        let detached = node.detached.lock().clone();
+        // The upper copy is reached by name, or — for the root, and for an object whose
+        // last name is gone — through an `O_PATH` fd of its own. Nothing here opens the
+        // object for I/O (a fifo would block).
         let unlinked = node.unlinked.load(std::sync::atomic::Ordering::Relaxed);
-        let by_name = if node.id == ROOT_ID || unlinked { None } else { self.parent_fd(&node, UPPER).ok() };
+        let target = if node.id == ROOT_ID {
+            Target::Fd(self.nodes.dir_fd(&node, UPPER)?)
+        } else if unlinked {
+            Target::Fd(node.detached.lock().clone().ok_or(Errno::ENOENT)?)
+        } else {
+            let (pfd, name) = self.parent_fd(&node, UPPER)?;
+            Target::Name(pfd, name)
+        };
 
-        // The kernel's FUSE client sends chown(-1, -1) as a setattr with nothing in it.
+        // The kernel's FUSE client sends chown(-1, -1) as a setattr with nothing in it; a
+        // no-op chown moves ctime just as the kernel overlay would.
         let touch_ctime_only = set.mode.is_none()
             && set.size.is_none()
             && set.atime.is_none()
@@ -178,57 +193,34 @@ impl Overlay {
             && set.uid.is_none()
             && set.gid.is_none();
         if set.uid.is_some() || set.gid.is_some() || touch_ctime_only {
-            // chown(-1, -1) changes nothing but ctime, which is what we want here.
-            match (&by_name, &detached) {
-                (Some((pfd, name)), _) => fs::fchownat(pfd.as_fd(), name, set.uid, set.gid)?,
-                (None, _) if node.id == ROOT_ID => {
-                    let fd = fs::reopen(self.nodes.dir_fd(&node, UPPER)?.as_fd(), libc::O_RDONLY)?;
-                    fs::fchown(fd.as_fd(), set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?
-                }
-                (None, Some(fd)) => fs::fchown(fd.as_fd(), set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?,
-                (None, None) => return Err(Errno::ENOENT),
+            match &target {
+                Target::Name(pfd, name) => fs::fchownat(pfd.as_fd(), name, set.uid, set.gid)?,
+                Target::Fd(fd) => fs::fchown(fd.as_fd(), set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?,
             }
         }
         if let Some(mode) = set.mode {
             if node.kind == libc::S_IFLNK {
                 return Err(Errno::EOPNOTSUPP);
             }
-            match (&by_name, &detached) {
-                (Some((pfd, name)), _) => fs::fchmodat(pfd.as_fd(), name, mode & 0o7777)?,
-                (None, _) if node.id == ROOT_ID => {
-                    let fd = fs::reopen(self.nodes.dir_fd(&node, UPPER)?.as_fd(), libc::O_RDONLY)?;
-                    fs::fchmod(fd.as_fd(), mode & 0o7777)?
-                }
-                (None, Some(fd)) => fs::fchmod(fs::reopen(fd.as_fd(), libc::O_RDONLY)?.as_fd(), mode & 0o7777)?,
-                (None, None) => return Err(Errno::ENOENT),
+            match &target {
+                Target::Name(pfd, name) => fs::fchmodat(pfd.as_fd(), name, mode & 0o7777)?,
+                Target::Fd(fd) => fs::chmod_fd(fd.as_fd(), mode & 0o7777)?,
             }
         }
         if let Some(size) = set.size {
-            if let Some(h) = &handle {
-                fs::ftruncate(h.fd().as_fd(), size)?;
-            } else {
-                let fd = match (&by_name, &detached) {
-                    (Some((pfd, name)), _) => fs::openat(pfd.as_fd(), name, libc::O_WRONLY, 0)?,
-                    (None, Some(fd)) => fs::reopen(fd.as_fd(), libc::O_WRONLY)?,
-                    (None, None) => return Err(Errno::ENOENT),
-                };
-                fs::ftruncate(fd.as_fd(), size)?;
-            }
+            let fd = match (&handle, &target) {
+                (Some(h), _) => h.fd(),
+                (None, Target::Name(pfd, name)) => Arc::new(fs::openat(pfd.as_fd(), name, libc::O_WRONLY, 0)?),
+                (None, Target::Fd(fd)) => Arc::new(fs::reopen(fd.as_fd(), libc::O_WRONLY)?),
+            };
+            fs::ftruncate(fd.as_fd(), size)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let a = set.atime.map(TimeSet::timespec);
             let m = set.mtime.map(TimeSet::timespec);
-            match (&by_name, &detached) {
-                (Some((pfd, name)), _) => fs::utimensat(pfd.as_fd(), name, a, m)?,
-                _ => {
-                    let fd = match (&detached, node.id == ROOT_ID) {
-                        (_, true) => fs::reopen(self.nodes.dir_fd(&node, UPPER)?.as_fd(), libc::O_RDONLY)?,
-                        (Some(fd), false) => fs::reopen(fd.as_fd(), libc::O_RDONLY)?,
-                        (None, false) => return Err(Errno::ENOENT),
-                    };
-                    let omit = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT };
-                    fs::futimens(fd.as_fd(), a.unwrap_or(omit), m.unwrap_or(omit))?
-                }
+            match &target {
+                Target::Name(pfd, name) => fs::utimensat(pfd.as_fd(), name, a, m)?,
+                Target::Fd(fd) => fs::utimens_fd(fd.as_fd(), a, m)?,
             }
         }
         match &handle {

@@ -190,8 +190,22 @@ pub fn fchmodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> SysResult<()> {
     check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, 0) }).map(drop)
 }
 
-pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
-    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
+fn proc_fd(fd: BorrowedFd<'_>) -> SysResult<std::ffi::CString> {
+    std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|_| Errno::EINVAL)
+}
+
+/// chmod of what an (`O_PATH`) fd refers to, through its /proc link, without opening it.
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
+    let p = proc_fd(fd)?;
+    check(unsafe { libc::fchmodat(libc::AT_FDCWD, p.as_ptr(), mode as libc::mode_t, 0) }).map(drop)
+}
+
+/// Sets times of what an (`O_PATH`) fd refers to, through its /proc link; `None` omits.
+pub fn utimens_fd(fd: BorrowedFd<'_>, atime: Option<libc::timespec>, mtime: Option<libc::timespec>) -> SysResult<()> {
+    let p = proc_fd(fd)?;
+    let omit = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT };
+    let ts = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), 0) }).map(drop)
 }
 
 /// chown of what `fd` refers to; works on `O_PATH` fds too (AT_EMPTY_PATH).
@@ -208,11 +222,6 @@ pub fn utimensat(dir: BorrowedFd<'_>, name: &OsStr, atime: Option<libc::timespec
     let omit = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT };
     let ts = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
     check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
-}
-
-pub fn futimens(fd: BorrowedFd<'_>, atime: libc::timespec, mtime: libc::timespec) -> SysResult<()> {
-    let ts = [atime, mtime];
-    check(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) }).map(drop)
 }
 
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> SysResult<usize> {
