@@ -170,7 +170,8 @@ Overlay options:
   workdir=DIR            scratch directory on the upper filesystem; needs upperdir=
   volatile               never sync the upper layer (implies fsync=0)
   fsync=0|1              pass fsync/syncfs through to the upper layer (default 1)
-  redirect_dir=off|follow|nofollow  accepted; \"on\" is not supported
+  redirect_dir=on        rename directories that have lower parts (writes overlay.redirect)
+  redirect_dir=off|follow|nofollow  such renames fail with EXDEV (default); redirects are read
   index=off              accepted; \"on\" is not supported
   metacopy=off           accepted; \"on\" is not supported
   nfs_export=off         accepted; \"on\" is not supported

@@ -38,7 +38,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         return Err(format!("mountpoint {} is not a directory", cli.mountpoint.display()));
     }
     let layers = Layers::open(&params)?;
-    let ovl = Overlay::new(layers, Config { fsync: params.fsync })
+    let ovl = Overlay::new(layers, Config { fsync: params.fsync, redirect_dir: params.redirect_dir })
         .map_err(|e| format!("cannot set up the overlay: {e}"))?;
     let (fs, notifier) = OvlFs::new(ovl, DEFAULT_TTL, debug);
     let config = fuse_config(&params, cli.source.as_deref());

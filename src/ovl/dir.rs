@@ -479,8 +479,10 @@ impl Overlay {
             }
         }
         // Without redirects, a directory with lower parts cannot move: the kernel says EXDEV
-        // before it looks at the target.
-        if src.is_dir() && !src.state().lowers.is_empty() {
+        // before it looks at the target. With redirect_dir=on it moves (not in an exchange)
+        // and records where its lower parts are.
+        let src_redirect = src.is_dir() && !src.state().lowers.is_empty();
+        if src_redirect && (!self.cfg.redirect_dir || exchange) {
             return Err(Errno::EXDEV);
         }
         if exchange {
@@ -549,7 +551,24 @@ impl Overlay {
         }
 
         let old_needs_whiteout = self.lower_positive(op, oname)?;
-        if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname, None) {
+        // Where the moved directory's lower parts are, per layer, before it moves.
+        let mut moved_redirects = Vec::new();
+        if src_redirect {
+            for l in src.state().lowers {
+                moved_redirects.push((l, self.nodes.layer_path(src, l)?));
+            }
+            // One redirect xattr names the highest lower part (deeper parts follow from it,
+            // as on lookup), in the kernel's format: the old name when the directory stays
+            // in its parent, else a path from the layer root.
+            use std::os::unix::ffi::OsStrExt;
+            let first = moved_redirects[0].1.as_bytes();
+            let v = if op.id == np.id {
+                first.rsplit(|b| *b == b'/').next().unwrap_or(first).to_vec()
+            } else {
+                [b"/", first].concat()
+            };
+            crate::sys::xattr::set(ofd, oname, &format!("{prefix}redirect"), &v, 0)?;
+        } else if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname, None) {
             whiteout::set_opaque(ofd, oname, prefix)?;
         }
         if target_not_empty {
@@ -616,6 +635,10 @@ impl Overlay {
             }
         }
         self.nodes.move_node(src, op.id, oname, np.id, nname);
+        if !moved_redirects.is_empty() {
+            let mut st = src.state.write();
+            st.redirects = moved_redirects;
+        }
         if !src.is_dir() {
             src.state.write().lowers.clear();
             self.mark_impure(np);

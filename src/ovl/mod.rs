@@ -50,11 +50,13 @@ pub struct Ctx {
 pub struct Config {
     /// fsync data on copy-up and forward fsync calls; off with `fsync=0` / `volatile`.
     pub fsync: bool,
+    /// Rename directories with lower parts by writing a redirect (`redirect_dir=on`).
+    pub redirect_dir: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { fsync: true }
+        Config { fsync: true, redirect_dir: false }
     }
 }
 

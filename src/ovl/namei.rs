@@ -172,7 +172,17 @@ impl Overlay {
             Some(_) => self.redirect_of(self.nodes.dir_fd(parent, UPPER)?.as_fd(), name),
             None => None,
         };
-        for l in ps.lowers {
+        // An absolute redirect is looked up from the root, so in every lower layer (below
+        // the one that holds it), not only in the parent's stack.
+        let all_below = |l: LayerId| -> Vec<LayerId> { self.layers.lower_ids().filter(|x| *x > l).collect() };
+        let mut order: Vec<LayerId> = match &redirect {
+            Some(Redirect::Abs(_)) => all_below(UPPER),
+            _ => ps.lowers.clone(),
+        };
+        let mut i = 0;
+        while i < order.len() {
+            let l = order[i];
+            i += 1;
             let (pfd, look) = match &redirect {
                 None => (self.nodes.dir_fd(parent, l)?, name.to_os_string()),
                 Some(Redirect::Rel(r)) => (self.nodes.dir_fd(parent, l)?, r.clone()),
@@ -217,6 +227,10 @@ impl Overlay {
                             break;
                         }
                         if let Some(r) = self.redirect_of(pfd.as_fd(), look) {
+                            if matches!(r, Redirect::Abs(_)) {
+                                order = all_below(l);
+                                i = 0;
+                            }
                             redirect = Some(r);
                         }
                     } else {

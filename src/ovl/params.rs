@@ -99,6 +99,9 @@ pub struct Params {
     pub kernel_flags: Vec<String>,
     /// Options accepted without effect, as written, so they can be logged.
     pub ignored: Vec<String>,
+    /// `redirect_dir=on`: directories with lower parts may be renamed (a redirect xattr
+    /// records where their lower parts are); off, such renames fail with EXDEV.
+    pub redirect_dir: bool,
 }
 
 impl Default for Params {
@@ -118,6 +121,7 @@ impl Default for Params {
             volatile: false,
             kernel_flags: Vec::new(),
             ignored: Vec::new(),
+            redirect_dir: false,
         }
     }
 }
@@ -494,13 +498,9 @@ fn apply_option(
         }
         "redirect_dir" => {
             let v = required(name, value, false)?;
-            feature_off(
-                name,
-                v,
-                &["off", "nofollow", "follow"],
-                &["on", "follow", "nofollow", "off"],
-            )?;
-            ignore = true;
+            one_of(name, v, &["on", "follow", "nofollow", "off"])?;
+            // Redirects are always followed when read; "on" also writes them.
+            p.redirect_dir = v == "on";
         }
         "index" | "metacopy" | "nfs_export" => {
             let v = required(name, value, false)?;
@@ -1228,9 +1228,6 @@ mod tests {
     #[test]
     fn kernel_overlay_options_accepted() {
         let opts = [
-            "redirect_dir=off",
-            "redirect_dir=nofollow",
-            "redirect_dir=follow",
             "index=off",
             "metacopy=off",
             "nfs_export=off",
@@ -1277,9 +1274,17 @@ mod tests {
     }
 
     #[test]
+    fn redirect_dir_values() {
+        assert!(ok(&["lowerdir=/l,redirect_dir=on"]).redirect_dir);
+        for v in ["off", "follow", "nofollow"] {
+            assert!(!ok(&[&format!("lowerdir=/l,redirect_dir={v}")]).redirect_dir);
+        }
+        assert!(!ok(&["lowerdir=/l,redirect_dir=on,redirect_dir=off"]).redirect_dir);
+    }
+
+    #[test]
     fn unsupported_features_rejected() {
         for o in [
-            "redirect_dir=on",
             "index=on",
             "metacopy=on",
             "nfs_export=on",

@@ -46,7 +46,7 @@ impl Fixture {
         p.upperdir = Some(self.p("upper"));
         p.workdir = Some(self.p("work"));
         let layers = Layers::open(&p).expect("layers open");
-        Overlay::new(layers, Config { fsync: false }).unwrap()
+        Overlay::new(layers, Config { fsync: false, redirect_dir: false }).unwrap()
     }
 }
 

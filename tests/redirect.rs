@@ -1,0 +1,123 @@
+//! `redirect_dir=on`: renaming directories that have lower parts, compared with kernel
+//! overlayfs mounted with the same option over identical layers.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+fn mount_kernel_redirect(st: &Stack) -> MountGuard {
+    let o = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!("{},redirect_dir=on", st.full_opts()))
+        .arg(&st.mnt)
+        .output()
+        .expect("run mount");
+    assert!(o.status.success(), "kernel mount with redirect_dir=on: {}", String::from_utf8_lossy(&o.stderr));
+    MountGuard::adopt_kernel(&st.mnt)
+}
+
+fn layers() -> Vec<Vec<E<'static>>> {
+    vec![
+        vec![E::File("a/y", b"y from lower0"), E::Dir("keep")],
+        vec![E::File("a/sub/x", b"x from lower1"), E::File("b/z", b"z"), E::File("c/w", b"w")],
+    ]
+}
+
+/// Runs the same renames on both mounts; returns (kernel view, ovlfuse view).
+fn run_both(ops: &dyn Fn(&Path)) -> (Scratch, Stack, Stack) {
+    let sc = Scratch::new("redirect");
+    let k = Stack::new_at(&sc.dir("k"), 2);
+    let f = Stack::new_at(&sc.dir("f"), 2);
+    for st in [&k, &f] {
+        for (i, l) in layers().iter().enumerate() {
+            build(&st.lowers[i], l);
+        }
+    }
+    let kg = mount_kernel_redirect(&k);
+    let fg = mount_ovlfuse(&f, &["redirect_dir=on"]);
+    ops(&k.mnt);
+    ops(&f.mnt);
+    let kv = snapshot(&k.mnt, XattrSel::User);
+    let fv = snapshot(&f.mnt, XattrSel::User);
+    assert_same_snapshots("merged view after renames", "kernel", &kv, "ovlfuse", &fv);
+    kg.unmount();
+    fg.unmount();
+    (sc, k, f)
+}
+
+fn renames(m: &Path) {
+    fs::rename(m.join("a"), m.join("b/moved")).expect("move a merged dir into another");
+    fs::rename(m.join("b"), m.join("b2")).expect("rename a merged dir in place");
+    fs::write(m.join("b2/moved/sub/x2"), b"new").unwrap();
+    fs::remove_file(m.join("b2/moved/y")).unwrap();
+    fs::create_dir(m.join("a")).unwrap();
+    fs::rename(m.join("c"), m.join("keep/c")).expect("move a lower-only dir");
+}
+
+#[test]
+fn merged_directories_rename_like_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let (_sc, k, f) = run_both(&renames);
+    // The uppers hold the same names, types and redirects.
+    let ku = snapshot(&k.upper, XattrSel::All);
+    let fu = snapshot(&f.upper, XattrSel::All);
+    let strip = |m: &std::collections::BTreeMap<std::path::PathBuf, Node>| {
+        let mut m = m.clone();
+        for n in m.values_mut() {
+            n.xattrs.retain(|k, _| k == "trusted.overlay.redirect" || k == "trusted.overlay.opaque" || k.starts_with("user."));
+            n.mode = 0;
+        }
+        m
+    };
+    let d = diff_snapshots(&strip(&ku), &strip(&fu));
+    assert!(d.is_empty(), "upper layers differ (kernel vs ovlfuse):\n{}", d.join("\n"));
+}
+
+#[test]
+fn redirects_written_by_ovlfuse_read_back_on_both() {
+    if !fuse_available() {
+        return;
+    }
+    let (sc, k, f) = run_both(&renames);
+    let lc = LowerCheck::new(&f.lowers);
+    // The kernel's view of its own upper, as reference.
+    let k2 = Stack { lowers: k.lowers.clone(), upper: k.upper.clone(), work: sc.dir("kw2"), mnt: sc.dir("km2") };
+    let g = mount_kernel_redirect(&k2);
+    let reference = snapshot(&k2.mnt, XattrSel::User);
+    g.unmount();
+    // ovlfuse remounted over its own upper, and the kernel over ovlfuse's upper.
+    let f2 = Stack { lowers: f.lowers.clone(), upper: f.upper.clone(), work: sc.dir("fw2"), mnt: sc.dir("fm2") };
+    let g = mount_ovlfuse(&f2, &[]);
+    let again = snapshot(&f2.mnt, XattrSel::User);
+    g.unmount();
+    assert_same_snapshots("ovlfuse remount of its own upper", "kernel reference", &reference, "ovlfuse", &again);
+    let kf = Stack { lowers: f.lowers.clone(), upper: f.upper.clone(), work: sc.dir("kfw"), mnt: sc.dir("kfm") };
+    let g = mount_kernel_redirect(&kf);
+    let kernel_on_ours = snapshot(&kf.mnt, XattrSel::User);
+    g.unmount();
+    assert_same_snapshots("kernel over ovlfuse's upper", "kernel reference", &reference, "kernel on ovlfuse upper", &kernel_on_ours);
+    lc.verify();
+}
+
+#[test]
+fn without_redirect_dir_merged_directories_do_not_move() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("redirect-off");
+    let st = Stack::new(&sc, 2);
+    for (i, l) in layers().iter().enumerate() {
+        build(&st.lowers[i], l);
+    }
+    let lc = LowerCheck::new(&st.lowers);
+    let g = mount_ovlfuse(&st, &[]);
+    let e = fs::rename(st.mnt.join("a"), st.mnt.join("a2")).expect_err("must fail");
+    assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+    g.unmount();
+    lc.verify();
+}
