@@ -490,17 +490,6 @@ mod tests {
             "max_write=",
             "blksize=",
             "max_idle_threads=",
-            "clone_fd",
-            "splice_read",
-            "splice_write",
-            "splice_move",
-            "big_writes",
-            "kernel_cache",
-            "auto_cache",
-            "direct_io",
-            "hard_remove",
-            "use_ino",
-            "nonempty",
             "ro ",
             "rw ",
             "nodev",
@@ -559,6 +548,10 @@ mod tests {
             r"\\",
         ] {
             assert!(u.contains(needle), "usage lacks {needle:?}");
+        }
+        // Every option accepted without effect is listed too.
+        for flag in crate::ovl::params::IGNORED_FLAGS {
+            assert!(u.contains(flag), "usage lacks {flag:?}");
         }
         assert!(usage("/usr/bin/foo").contains("usage: /usr/bin/foo [-f]"));
     }

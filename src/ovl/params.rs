@@ -34,7 +34,7 @@ const KERNEL_FLAGS: &[&str] = &[
 
 /// Value-less options that are accepted for compatibility with mount(8),
 /// mount.fuse3, libfuse and fuse-overlayfs, but change nothing for us.
-const IGNORED_FLAGS: &[&str] = &[
+pub(crate) const IGNORED_FLAGS: &[&str] = &[
     // mount(8)/fstab bookkeeping that helpers may pass through
     "defaults",
     "auto",
