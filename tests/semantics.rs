@@ -1341,8 +1341,17 @@ fn flock_and_fcntl_locks() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-locks", &[&[E::File("f", b"lock me")]], &[E::File("u", b"upper")]);
+    // Each step locks its own file: tests run in parallel threads, and a child another thread
+    // forks holds copies of our descriptors until it execs or exits, which can keep a flock or
+    // OFD lock of an already closed descriptor alive for a moment.
+    let t = twin(
+        "sem-locks",
+        &[&[E::File("f", b"lock me"), E::File("f_ofd", b"lock me"), E::File("f_posix", b"lock me")]],
+        &[E::File("u", b"upper"), E::File("u_ofd", b"upper"), E::File("u_posix", b"upper")],
+    );
     for name in ["f", "u"] {
+        let ofd_name = format!("{name}_ofd");
+        let posix_name = format!("{name}_posix");
         t.both(&format!("flock on {name}"), |r| {
             let f1 = fs::File::open(r.join(name)).unwrap();
             let f2 = fs::File::open(r.join(name)).unwrap();
@@ -1354,8 +1363,8 @@ fn flock_and_fcntl_locks() {
             [a, b, c, d, e].map(|x| outcome_unit(&x))
         });
         t.both(&format!("OFD locks on {name}"), |r| {
-            let f1 = fs::OpenOptions::new().read(true).write(true).open(r.join(name)).unwrap();
-            let f2 = fs::OpenOptions::new().read(true).write(true).open(r.join(name)).unwrap();
+            let f1 = fs::OpenOptions::new().read(true).write(true).open(r.join(&ofd_name)).unwrap();
+            let f2 = fs::OpenOptions::new().read(true).write(true).open(r.join(&ofd_name)).unwrap();
             let lk = |ty: i32, start: i64, len: i64| libc::flock {
                 l_type: ty as i16,
                 l_whence: libc::SEEK_SET as i16,
@@ -1377,7 +1386,7 @@ fn flock_and_fcntl_locks() {
             )
         });
         t.both(&format!("POSIX locks on {name} seen from a child process"), |r| {
-            let f = fs::OpenOptions::new().read(true).write(true).open(r.join(name)).unwrap();
+            let f = fs::OpenOptions::new().read(true).write(true).open(r.join(&posix_name)).unwrap();
             let mut l = libc::flock { l_type: libc::F_WRLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 0, l_pid: 0 };
             let a = cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &mut l) });
             let fd = f.as_raw_fd();
@@ -3285,4 +3294,88 @@ fn posix_acl_changes_and_inheritance() {
         (res, outcome_unit(&fs::symlink_metadata(r.join("newfile_denied"))))
     });
     t.finish(true);
+}
+
+fn read_some(d: *mut libc::DIR, n: usize, out: &mut Vec<String>) -> bool {
+    for _ in 0..n {
+        match next_name(d) {
+            Some(x) => out.push(x),
+            None => return false,
+        }
+    }
+    true
+}
+
+#[test]
+fn many_open_directory_streams_read_interleaved() {
+    if !fuse_available() {
+        return;
+    }
+    // More open merged directories, and more entries in open listings, than ovlfuse keeps
+    // cached (8192 directories / 400k entries): every stream must still list its directory
+    // exactly once, whatever was evicted while it was half-read.
+    const DIRS: usize = 9000;
+    const BIG: usize = 60_000;
+    let sc = Scratch::new("sem-many-streams");
+    let st = Stack::new(&sc, 2);
+    for i in 0..DIRS {
+        fs::create_dir(st.lowers[0].join(format!("d{i:04}"))).unwrap();
+        fs::create_dir(st.lowers[1].join(format!("d{i:04}"))).unwrap();
+        fs::write(st.lowers[0].join(format!("d{i:04}/a")), b"").unwrap();
+        fs::write(st.lowers[1].join(format!("d{i:04}/b")), b"").unwrap();
+    }
+    for l in 0..2 {
+        fs::create_dir(st.lowers[l].join("big")).unwrap();
+        for i in 0..BIG {
+            fs::write(st.lowers[l].join(format!("big/l{l}-{i:05}")), b"").unwrap();
+        }
+    }
+    let lc = LowerCheck::new(&st.lowers);
+    let g = mount_ovlfuse(&st, &[]);
+    // Part 1: 9000 merged directories open at once, read in two rounds.
+    let mut streams = Vec::new();
+    for i in 0..DIRS {
+        let c = cpath(&st.mnt.join(format!("d{i:04}")));
+        let d = unsafe { libc::opendir(c.as_ptr()) };
+        assert!(!d.is_null(), "opendir d{i:04}: {}", describe_err(&io::Error::last_os_error()));
+        let mut got = Vec::new();
+        read_some(d, 2, &mut got);
+        streams.push((d, got));
+    }
+    let mut bad = Vec::new();
+    for (i, (d, got)) in streams.iter_mut().enumerate() {
+        while read_some(*d, 1, got) {}
+        got.sort();
+        if *got != [".", "..", "a", "b"] {
+            bad.push(format!("d{i:04}: {got:?}"));
+        }
+        unsafe { libc::closedir(*d) };
+    }
+    assert!(bad.is_empty(), "{} of {DIRS} interleaved listings wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    // Part 2: four streams over one 120k-entry merged directory, read in turns.
+    let c = cpath(&st.mnt.join("big"));
+    let mut big: Vec<(*mut libc::DIR, Vec<String>, bool)> = (0..4)
+        .map(|_| {
+            let d = unsafe { libc::opendir(c.as_ptr()) };
+            assert!(!d.is_null());
+            (d, Vec::new(), true)
+        })
+        .collect();
+    while big.iter().any(|b| b.2) {
+        for (k, b) in big.iter_mut().enumerate() {
+            if b.2 {
+                b.2 = read_some(b.0, 5000 + 777 * k, &mut b.1);
+            }
+        }
+    }
+    for (k, (d, names, _)) in big.iter_mut().enumerate() {
+        unsafe { libc::closedir(*d) };
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n, "stream {k}: duplicates in the big listing");
+        assert_eq!(n, 2 * BIG + 2, "stream {k}: entry count of the big listing");
+    }
+    g.unmount();
+    lc.verify();
 }

@@ -563,8 +563,12 @@ pub fn wait_pid_exit(pid: u32, timeout: Duration) -> bool {
     }
 }
 
+/// Environment variable naming the directory a test launched ovlfuse from.
+pub const LAUNCH_CWD_ENV: &str = "OVLFUSE_TEST_LAUNCH_CWD";
+
 /// The pid of the ovlfuse daemon serving `mnt`: a process running the test binary whose
-/// command line names the mount point (absolute, or a relative path that `mnt` ends with).
+/// command line names the mount point (absolute, or relative to its launch directory: the
+/// one [`run_ovlfuse_in`] recorded in its environment, else its current directory).
 pub fn find_daemon_pid(mnt: &Path) -> Option<u32> {
     let mnt = absolute(mnt);
     let bin = fs::canonicalize(ovlfuse_bin()).unwrap_or_else(|_| ovlfuse_bin());
@@ -588,18 +592,32 @@ pub fn find_daemon_pid(mnt: &Path) -> Option<u32> {
         let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let hit = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).any(|a| {
-            let ap = Path::new(OsStr::from_bytes(a));
-            if ap.is_absolute() {
-                absolute(ap) == mnt
-            } else {
-                let rel: PathBuf = ap.components().filter(|c| !matches!(c, Component::CurDir)).collect();
-                !rel.as_os_str().is_empty() && mnt.ends_with(&rel) && rel.components().count() >= 1 && {
-                    // avoid matching option strings such as "-o"
-                    !a.starts_with(b"-")
+        // Where relative arguments were resolved: the launch directory recorded by
+        // run_ovlfuse_in (a daemon moves to "/"), else the process's current directory.
+        let launch_cwd: Option<PathBuf> = fs::read(format!("/proc/{pid}/environ"))
+            .ok()
+            .and_then(|env| {
+                env.split(|b| *b == 0).find_map(|kv| {
+                    kv.strip_prefix(LAUNCH_CWD_ENV.as_bytes())
+                        .and_then(|r| r.strip_prefix(b"="))
+                        .map(|v| PathBuf::from(OsStr::from_bytes(v)))
+                })
+            })
+            .or_else(|| fs::read_link(format!("/proc/{pid}/cwd")).ok());
+        let hit = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty() && !a.starts_with(b"-"))
+            .any(|a| {
+                let ap = Path::new(OsStr::from_bytes(a));
+                if ap.is_absolute() {
+                    absolute(ap) == mnt
+                } else {
+                    match &launch_cwd {
+                        Some(cwd) => absolute(&cwd.join(ap)) == mnt,
+                        None => false,
+                    }
                 }
-            }
-        });
+            });
         if hit && pid_alive(pid) {
             found.push(pid);
         }
@@ -660,7 +678,8 @@ pub fn run_ovlfuse(args: &[&str]) -> Output {
 /// Like [`run_ovlfuse`] but in `cwd` (for relative layer paths).
 pub fn run_ovlfuse_in(cwd: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(ovlfuse_bin());
-    cmd.args(args).current_dir(cwd);
+    // Recorded so that find_daemon_pid can resolve the daemon's relative arguments.
+    cmd.args(args).current_dir(cwd).env(LAUNCH_CWD_ENV, absolute(cwd));
     run_with_timeout(cmd, Duration::from_secs(60))
 }
 
