@@ -193,6 +193,8 @@ FUSE options:
 Mount flags:
   ro                     read-only mount
   rw                     read-write mount (default)
+  remount                change the flags (ro, rw, nodev, ...) of the live mount at
+                         MOUNTPOINT and exit; no layers needed
   nodev, nosuid, noexec, dev, suid, exec, sync, async, dirsync, noatime, atime
                          passed to the kernel mount
   relatime, strictatime, nodiratime, lazytime              accepted and ignored

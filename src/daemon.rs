@@ -24,6 +24,9 @@ const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 pub fn run(cli: Cli) -> Result<(), String> {
     let params = parse_options(&cli.options)?;
+    if params.remount {
+        return remount(&cli.mountpoint, &params);
+    }
     let debug = cli.debug || params.debug;
     init_logging(debug);
     let foreground = cli.foreground || debug;
@@ -113,6 +116,37 @@ fn serve(
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
     session.run().map_err(|e| format!("session ended with an error: {e}"))
+}
+
+/// `mount -o remount,...` of a live mount: the kernel changes the mount's flags; the daemon
+/// serving it goes on unchanged.
+fn remount(mnt: &Path, p: &Params) -> Result<(), String> {
+    let mut flags: libc::c_ulong = 0;
+    if p.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let root = sys::geteuid() == 0;
+    let (mut nodev, mut nosuid) = (!root, !root);
+    for f in &p.kernel_flags {
+        match f.as_str() {
+            "nodev" => nodev = true,
+            "dev" => nodev = false,
+            "nosuid" => nosuid = true,
+            "suid" => nosuid = false,
+            "noexec" => flags |= libc::MS_NOEXEC,
+            "sync" => flags |= libc::MS_SYNCHRONOUS,
+            "dirsync" => flags |= libc::MS_DIRSYNC,
+            "noatime" => flags |= libc::MS_NOATIME,
+            _ => {}
+        }
+    }
+    if nodev {
+        flags |= libc::MS_NODEV;
+    }
+    if nosuid {
+        flags |= libc::MS_NOSUID;
+    }
+    process::remount(mnt, flags).map_err(|e| format!("cannot remount {}: {e}", mnt.display()))
 }
 
 fn init_logging(debug: bool) {

@@ -1007,3 +1007,27 @@ fn sigterm_to_the_daemon_unmounts_cleanly() {
     assert_eq!(fs::read(st.upper.join("c")).unwrap(), b"c");
     lc.verify();
 }
+
+#[test]
+fn remount_changes_flags_of_the_live_mount() {
+    if !fuse_available() {
+        return;
+    }
+    // What `mount -t fuse.ovlfuse SRC MNT -o remount,ro` makes mount.fuse3 run (xfstests does
+    // this): the daemon keeps serving, the kernel changes the mount's flags.
+    let sc = Scratch::new("cli-remount");
+    let st = simple_stack(&sc);
+    let lc = LowerCheck::new(&st.lowers);
+    let g = mount_ovlfuse(&st, &[]);
+    let mnt = st.mnt.to_str().unwrap();
+    let out = run_ovlfuse(&["overlay", mnt, "-o", "rw,remount,ro,dev,suid"]);
+    assert!(out.status.success(), "remount,ro: {}", String::from_utf8_lossy(&out.stderr));
+    let m = mount_at(&st.mnt).unwrap();
+    assert!(m.opts.split(',').any(|o| o == "ro"), "not read-only after remount,ro: {m:?}");
+    expect_errno(fs::write(st.mnt.join("new"), b"x"), libc::EROFS, "write after remount,ro");
+    let out = run_ovlfuse(&["overlay", mnt, "-o", "remount,rw"]);
+    assert!(out.status.success(), "remount,rw: {}", String::from_utf8_lossy(&out.stderr));
+    ok(fs::write(st.mnt.join("new"), b"x"), "write after remount,rw");
+    g.unmount();
+    lc.verify();
+}

@@ -102,6 +102,8 @@ pub struct Params {
     /// `redirect_dir=on`: directories with lower parts may be renamed (a redirect xattr
     /// records where their lower parts are); off, such renames fail with EXDEV.
     pub redirect_dir: bool,
+    /// `remount`: change the flags (ro/rw, nodev, ...) of an existing mount and exit.
+    pub remount: bool,
 }
 
 impl Default for Params {
@@ -122,6 +124,7 @@ impl Default for Params {
             kernel_flags: Vec::new(),
             ignored: Vec::new(),
             redirect_dir: false,
+            remount: false,
         }
     }
 }
@@ -172,6 +175,10 @@ pub fn parse_options(opts: &[String]) -> Result<Params, String> {
         }
     }
 
+    if p.remount {
+        // mount -o remount may repeat the layers or not; they cannot change either way.
+        return Ok(p);
+    }
     if p.lowerdirs.is_empty() {
         return Err("lowerdir= is required".to_string());
     }
@@ -487,6 +494,10 @@ fn apply_option(
         }
         // mount(8) passes "user=NAME" to helpers for user mounts.
         "user" => ignore = true,
+        "remount" => {
+            flag(name, value)?;
+            p.remount = true;
+        }
         _ if name.starts_with("x-") => ignore = true,
         "comment" | "plugins" => {
             required(name, value, true)?;
@@ -1271,6 +1282,13 @@ mod tests {
     fn ignored_keep_raw_text() {
         let p = ok(&[r#"lowerdir=/l,x-a=\,b,context="q,r""#]);
         assert_eq!(p.ignored, vec![r"x-a=\,b", r#"context="q,r""#]);
+    }
+
+    #[test]
+    fn remount_needs_no_layers() {
+        let p = ok(&["remount,ro"]);
+        assert!(p.remount && p.read_only);
+        assert!(ok(&["rw,lowerdir=/l,remount,nodev"]).remount);
     }
 
     #[test]

@@ -83,3 +83,14 @@ pub fn umount_detach(path: &Path) -> SysResult<()> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
     check(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }).map(drop)
 }
+
+/// Changes the flags of the mount at `path` (`mount -o remount`): read-only or not, and
+/// the given MS_* flags.
+pub fn remount(path: &Path, flags: libc::c_ulong) -> SysResult<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+    check(unsafe {
+        libc::mount(std::ptr::null(), c.as_ptr(), std::ptr::null(), libc::MS_REMOUNT | flags, std::ptr::null())
+    })
+    .map(drop)
+}
