@@ -161,7 +161,7 @@ impl Overlay {
         self.getattr_node(&node)
     }
 
-    pub fn setattr(&self, _ctx: &Ctx, id: u64, set: &SetAttr) -> SysResult<Attr> {
+    pub fn setattr(&self, ctx: &Ctx, id: u64, set: &SetAttr) -> SysResult<Attr> {
         self.require_upper()?;
         let node = self.node(id)?;
         if set.size.is_some() && node.is_dir() {
@@ -198,9 +198,17 @@ impl Overlay {
                 Target::Fd(fd) => fs::fchown(fd.as_fd(), set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?,
             }
         }
-        if let Some(mode) = set.mode {
+        if let Some(mut mode) = set.mode {
             if node.kind == libc::S_IFLNK {
                 return Err(Errno::EOPNOTSUPP);
+            }
+            // chmod by someone outside the file's group cannot set set-group-ID (the VFS
+            // strips it in the filesystem's setattr; we chmod as root, so strip it here).
+            if mode & libc::S_ISGID != 0 && ctx.uid != 0 {
+                let gid = self.stat_node(&node)?.st_gid;
+                if gid != ctx.gid && !crate::sys::process_groups(ctx.pid).contains(&gid) {
+                    mode &= !libc::S_ISGID;
+                }
             }
             match &target {
                 Target::Name(pfd, name) => fs::fchmodat(pfd.as_fd(), name, mode & 0o7777)?,

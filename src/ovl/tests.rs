@@ -321,3 +321,18 @@ fn overlapping_layers_are_refused() {
     p.workdir = Some(f.p("upper"));
     assert!(Layers::open(&p).is_err());
 }
+
+#[test]
+fn chmod_by_a_non_member_cannot_set_setgid() {
+    let f = Fixture::new(1);
+    f.write("l0/f", "x");
+    std::os::unix::fs::chown(f.p("l0/f"), Some(1000), Some(4242)).unwrap();
+    let ovl = f.overlay(1);
+    let (n, _) = ovl.lookup(ROOT_ID, OsStr::new("f")).unwrap();
+    let user = Ctx { uid: 1000, gid: 1000, pid: std::process::id(), umask: 0 };
+    let set = super::SetAttr { mode: Some(0o2755), ..Default::default() };
+    let a = ovl.setattr(&user, n.id, &set).unwrap();
+    assert_eq!(a.mode & 0o7777, 0o755, "set-group-ID dropped for a caller outside group 4242");
+    let a = ovl.setattr(&ctx(), n.id, &set).unwrap();
+    assert_eq!(a.mode & 0o7777, 0o2755, "root may set it");
+}
