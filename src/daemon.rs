@@ -38,11 +38,20 @@ pub fn run(cli: Cli) -> Result<(), String> {
     let md = std::fs::metadata(&cli.mountpoint)
         .map_err(|e| format!("mountpoint {}: {}", cli.mountpoint.display(), e))?;
     if !md.is_dir() {
-        return Err(format!("mountpoint {} is not a directory", cli.mountpoint.display()));
+        return Err(format!(
+            "mountpoint {} is not a directory",
+            cli.mountpoint.display()
+        ));
     }
     let layers = Layers::open(&params)?;
-    let ovl = Overlay::new(layers, Config { fsync: params.fsync, redirect_dir: params.redirect_dir })
-        .map_err(|e| format!("cannot set up the overlay: {e}"))?;
+    let ovl = Overlay::new(
+        layers,
+        Config {
+            fsync: params.fsync,
+            redirect_dir: params.redirect_dir,
+        },
+    )
+    .map_err(|e| format!("cannot set up the overlay: {e}"))?;
     let (fs, notifier) = OvlFs::new(ovl, DEFAULT_TTL, debug);
     let config = fuse_config(&params, cli.source.as_deref());
     log::debug!("mount options: {:?}", config.mount_options);
@@ -65,7 +74,13 @@ pub fn run(cli: Cli) -> Result<(), String> {
         process::Forked::Child => {
             drop(r);
             process::setsid();
-            let res = serve(fs, notifier, &cli.mountpoint, &config, Some(std::fs::File::from(w)));
+            let res = serve(
+                fs,
+                notifier,
+                &cli.mountpoint,
+                &config,
+                Some(std::fs::File::from(w)),
+            );
             if let Err(msg) = &res {
                 log::error!("{msg}");
             }
@@ -115,7 +130,9 @@ fn serve(
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    session.run().map_err(|e| format!("session ended with an error: {e}"))
+    session
+        .run()
+        .map_err(|e| format!("session ended with an error: {e}"))
 }
 
 /// `mount -o remount,...` of a live mount: the kernel changes the mount's flags; the daemon
@@ -152,7 +169,9 @@ fn remount(mnt: &Path, p: &Params) -> Result<(), String> {
 fn init_logging(debug: bool) {
     let default = if debug { "debug" } else { "warn" };
     let env = env_logger::Env::default().default_filter_or(default);
-    let _ = env_logger::Builder::from_env(env).format_timestamp_micros().try_init();
+    let _ = env_logger::Builder::from_env(env)
+        .format_timestamp_micros()
+        .try_init();
 }
 
 /// The FUSE mount configuration from the overlay's mount options.
@@ -165,7 +184,11 @@ pub fn fuse_config(p: &Params, source: Option<&str>) -> fuser::Config {
         opts.push(MountOption::Dev);
         opts.push(MountOption::Suid);
     }
-    let fsname = p.fsname.clone().or_else(|| source.map(str::to_string)).unwrap_or_else(|| "ovlfuse".to_string());
+    let fsname = p
+        .fsname
+        .clone()
+        .or_else(|| source.map(str::to_string))
+        .unwrap_or_else(|| "ovlfuse".to_string());
     opts.push(MountOption::FSName(fsname));
     if let Some(st) = &p.subtype {
         opts.push(MountOption::Subtype(st.clone()));
@@ -201,7 +224,10 @@ pub fn fuse_config(p: &Params, source: Option<&str>) -> fuser::Config {
     } else {
         SessionACL::Owner
     };
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 16);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 16);
     let mut c = fuser::Config::default();
     c.mount_options = opts;
     c.acl = acl;
@@ -214,7 +240,15 @@ fn opposite(a: &MountOption, b: &MountOption) -> bool {
     use MountOption::*;
     matches!(
         (a, b),
-        (Dev, NoDev) | (NoDev, Dev) | (Suid, NoSuid) | (NoSuid, Suid) | (Exec, NoExec) | (NoExec, Exec)
-            | (Sync, Async) | (Async, Sync) | (Atime, NoAtime) | (NoAtime, Atime)
+        (Dev, NoDev)
+            | (NoDev, Dev)
+            | (Suid, NoSuid)
+            | (NoSuid, Suid)
+            | (Exec, NoExec)
+            | (NoExec, Exec)
+            | (Sync, Async)
+            | (Async, Sync)
+            | (Atime, NoAtime)
+            | (NoAtime, Atime)
     )
 }

@@ -21,7 +21,11 @@ fn stderr_of(o: &std::process::Output) -> String {
 }
 
 fn all_output(o: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// A stack with a file in each lower, one shared name, and a directory.
@@ -31,8 +35,22 @@ fn simple_stack(sc: &Scratch) -> Stack {
 
 fn simple_stack_at(dir: &Path) -> Stack {
     let st = Stack::new_at(dir, 2);
-    build(&st.lowers[0], &[E::File("a", b"from lower0"), E::File("shared", b"top"), E::Dir("d")]);
-    build(&st.lowers[1], &[E::File("b", b"from lower1"), E::File("shared", b"bottom"), E::File("d/x", b"x")]);
+    build(
+        &st.lowers[0],
+        &[
+            E::File("a", b"from lower0"),
+            E::File("shared", b"top"),
+            E::Dir("d"),
+        ],
+    );
+    build(
+        &st.lowers[1],
+        &[
+            E::File("b", b"from lower1"),
+            E::File("shared", b"bottom"),
+            E::File("d/x", b"x"),
+        ],
+    );
     st
 }
 
@@ -44,7 +62,11 @@ fn check_simple_view(mnt: &Path) {
     );
     assert_eq!(ok(fs::read(mnt.join("a")), "read a"), b"from lower0");
     assert_eq!(ok(fs::read(mnt.join("b")), "read b"), b"from lower1");
-    assert_eq!(ok(fs::read(mnt.join("shared")), "read shared"), b"top", "the highest lower must win");
+    assert_eq!(
+        ok(fs::read(mnt.join("shared")), "read shared"),
+        b"top",
+        "the highest lower must win"
+    );
     assert_eq!(ok(names(&mnt.join("d")), "readdir d"), vec!["x"]);
 }
 
@@ -65,11 +87,22 @@ fn expect_mount_failure(sc: &Scratch, args: &[&str], mnt: &Path, mention_any: &[
         "ovlfuse {args:?} failed but left mounts behind: {new_mounts:?}\n{}",
         show_output(&o)
     );
-    assert!(daemon.is_none(), "ovlfuse {args:?} failed but a daemon (pid {daemon:?}) is still running");
+    assert!(
+        daemon.is_none(),
+        "ovlfuse {args:?} failed but a daemon (pid {daemon:?}) is still running"
+    );
     let err = stderr_of(&o);
-    assert!(!err.trim().is_empty(), "ovlfuse {args:?} failed without a message on stderr\n{}", show_output(&o));
+    assert!(
+        !err.trim().is_empty(),
+        "ovlfuse {args:?} failed without a message on stderr\n{}",
+        show_output(&o)
+    );
     // A usage hint names every option; only the rest of the message counts.
-    let err: String = err.lines().filter(|l| !l.to_lowercase().contains("usage")).collect::<Vec<_>>().join("\n");
+    let err: String = err
+        .lines()
+        .filter(|l| !l.to_lowercase().contains("usage"))
+        .collect::<Vec<_>>()
+        .join("\n");
     assert!(
         mention_any.iter().any(|m| err.contains(m)),
         "ovlfuse {args:?}: the error message should name the problem (one of {mention_any:?}):\n{}",
@@ -94,11 +127,27 @@ fn daemon_mode_returns_only_when_mount_is_live() {
     let mounted_now = is_fuse_mounted(&st.mnt);
     let stat_now = fs::metadata(st.mnt.join("a"));
     let guard = MountGuard::adopt_fuse(&st.mnt);
-    assert!(o.status.success(), "ovlfuse exited non-zero:\n{}", show_output(&o));
-    assert!(mounted_now, "ovlfuse exited 0 but {:?} was not (yet) a FUSE mount; mounts: {:?}", st.mnt, mount_at(&st.mnt));
-    let md = stat_now.unwrap_or_else(|e| panic!("stat of a lower file right after exit 0: {}", describe_err(&e)));
+    assert!(
+        o.status.success(),
+        "ovlfuse exited non-zero:\n{}",
+        show_output(&o)
+    );
+    assert!(
+        mounted_now,
+        "ovlfuse exited 0 but {:?} was not (yet) a FUSE mount; mounts: {:?}",
+        st.mnt,
+        mount_at(&st.mnt)
+    );
+    let md = stat_now.unwrap_or_else(|e| {
+        panic!(
+            "stat of a lower file right after exit 0: {}",
+            describe_err(&e)
+        )
+    });
     assert_eq!(md.len(), b"from lower0".len() as u64);
-    let pid = guard.pid().expect("no ovlfuse daemon process found serving the mount after exit 0");
+    let pid = guard
+        .pid()
+        .expect("no ovlfuse daemon process found serving the mount after exit 0");
     assert!(pid_alive(pid));
     check_simple_view(&st.mnt);
     guard.unmount();
@@ -139,7 +188,10 @@ fn foreground_mode_stays_and_exits_zero_after_unmount() {
     if !appeared {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("ovlfuse -f did not mount within 10 s; stderr:\n{}", fs::read_to_string(&errf).unwrap_or_default());
+        panic!(
+            "ovlfuse -f did not mount within 10 s; stderr:\n{}",
+            fs::read_to_string(&errf).unwrap_or_default()
+        );
     }
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -149,7 +201,11 @@ fn foreground_mode_stays_and_exits_zero_after_unmount() {
     fs::write(st.mnt.join("new"), b"n").expect("write through the foreground mount");
     guard.forget();
     let o = run_unmount("fusermount3", &[OsStr::new("-u"), st.mnt.as_os_str()]);
-    assert!(o.status.success(), "fusermount3 -u failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "fusermount3 -u failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let status = wait_child(&mut child, Duration::from_secs(10));
     let status = match status {
         Some(st) => st,
@@ -171,7 +227,11 @@ fn foreground_mode_stays_and_exits_zero_after_unmount() {
 fn mount_simple(sc: &Scratch) -> (Stack, MountGuard) {
     let st = simple_stack(sc);
     let g = mount_ovlfuse(&st, &[]);
-    assert!(g.pid().is_some(), "cannot find the daemon process of {:?}", st.mnt);
+    assert!(
+        g.pid().is_some(),
+        "cannot find the daemon process of {:?}",
+        st.mnt
+    );
     (st, g)
 }
 
@@ -201,10 +261,17 @@ fn daemon_exits_after_umount() {
     let pid = g.pid().unwrap();
     check_simple_view(&st.mnt);
     let o = run_unmount("umount", &[st.mnt.as_os_str()]);
-    assert!(o.status.success(), "umount failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "umount failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     g.forget();
     assert!(!is_mounted(&st.mnt));
-    assert!(wait_pid_exit(pid, Duration::from_secs(10)), "daemon pid {pid} still running 10 s after umount");
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(10)),
+        "daemon pid {pid} still running 10 s after umount"
+    );
     lc.verify();
 }
 
@@ -219,16 +286,26 @@ fn daemon_exits_after_lazy_umount_once_last_file_is_closed() {
     let pid = g.pid().unwrap();
     let f = ok(fs::File::open(st.mnt.join("b")), "open b");
     let o = run_unmount("umount", &[OsStr::new("-l"), st.mnt.as_os_str()]);
-    assert!(o.status.success(), "umount -l failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "umount -l failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     g.forget();
     assert!(!is_mounted(&st.mnt), "mount still listed after umount -l");
     // The detached mount still serves the open file.
     let mut buf = Vec::new();
     use std::io::Read;
     let mut f = f;
-    ok(f.read_to_end(&mut buf), "read from a file opened before umount -l");
+    ok(
+        f.read_to_end(&mut buf),
+        "read from a file opened before umount -l",
+    );
     assert_eq!(buf, b"from lower1");
-    assert!(pid_alive(pid), "daemon exited while a file of the detached mount was still open");
+    assert!(
+        pid_alive(pid),
+        "daemon exited while a file of the detached mount was still open"
+    );
     drop(f);
     assert!(
         wait_pid_exit(pid, Duration::from_secs(10)),
@@ -246,9 +323,16 @@ fn lazy_umount_without_open_files_ends_daemon() {
     let (st, g) = mount_simple(&sc);
     let pid = g.pid().unwrap();
     let o = run_unmount("umount", &[OsStr::new("-l"), st.mnt.as_os_str()]);
-    assert!(o.status.success(), "umount -l failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "umount -l failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     g.forget();
-    assert!(wait_pid_exit(pid, Duration::from_secs(10)), "daemon pid {pid} still running 10 s after umount -l");
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(10)),
+        "daemon pid {pid} still running 10 s after umount -l"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -266,8 +350,15 @@ fn mount_fuse3_form_source_mountpoint_then_options() {
     let opts = format!("rw,{},dev,suid", st.full_opts());
     let g = mount_ovlfuse_args(&["overlay", &s(&st.mnt), "-o", &opts], &st.mnt);
     check_simple_view(&st.mnt);
-    ok(fs::write(st.mnt.join("c"), b"c"), "create through the mount");
-    assert_eq!(fs::read(st.upper.join("c")).unwrap(), b"c", "new file must land in upperdir");
+    ok(
+        fs::write(st.mnt.join("c"), b"c"),
+        "create through the mount",
+    );
+    assert_eq!(
+        fs::read(st.upper.join("c")).unwrap(),
+        b"c",
+        "new file must land in upperdir"
+    );
     g.unmount();
     lc.verify();
 }
@@ -283,12 +374,24 @@ fn mount_helper_check(sc: &Scratch, st: &Stack, mut cmd: Command, what: &str) {
     let mounted = is_fuse_mounted(&st.mnt);
     let g = MountGuard::adopt_fuse(&st.mnt);
     assert!(o.status.success(), "{what} failed:\n{}", show_output(&o));
-    assert!(mounted, "{what} exited 0 but {:?} is not a FUSE mount: {:?}", st.mnt, mount_at(&st.mnt));
+    assert!(
+        mounted,
+        "{what} exited 0 but {:?} is not a FUSE mount: {:?}",
+        st.mnt,
+        mount_at(&st.mnt)
+    );
     assert!(g.pid().is_some(), "{what}: no ovlfuse daemon process found");
     check_simple_view(&st.mnt);
     let _ = sc;
-    ok(fs::write(st.mnt.join("c"), b"c"), "create through the mount");
-    assert_eq!(fs::read(st.upper.join("c")).unwrap(), b"c", "{what}: new file must land in upperdir");
+    ok(
+        fs::write(st.mnt.join("c"), b"c"),
+        "create through the mount",
+    );
+    assert_eq!(
+        fs::read(st.upper.join("c")).unwrap(),
+        b"c",
+        "{what}: new file must land in upperdir"
+    );
     g.unmount();
 }
 
@@ -300,7 +403,9 @@ fn mount8_and_mount_fuse3_helpers() {
     if !fuse_available() {
         return;
     }
-    let helper = ["/sbin/mount.fuse3", "/usr/sbin/mount.fuse3"].into_iter().find(|p| Path::new(p).exists());
+    let helper = ["/sbin/mount.fuse3", "/usr/sbin/mount.fuse3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
     let Some(helper) = helper else {
         eprintln!("*** SKIPPED mount8_and_mount_fuse3_helpers: no mount.fuse3 helper ***");
         return;
@@ -311,13 +416,25 @@ fn mount8_and_mount_fuse3_helpers() {
     let lc = LowerCheck::new(&[st.lowers.clone(), st2.lowers.clone()].concat());
 
     let mut cmd = Command::new("mount");
-    cmd.args(["-t", "fuse", &format!("{}#overlay", s(&ovlfuse_bin())), &s(&st.mnt), "-o", &st.full_opts()]);
+    cmd.args([
+        "-t",
+        "fuse",
+        &format!("{}#overlay", s(&ovlfuse_bin())),
+        &s(&st.mnt),
+        "-o",
+        &st.full_opts(),
+    ]);
     mount_helper_check(&sc, &st, cmd, "mount -t fuse BIN#overlay");
 
     let bindir = ovlfuse_bin().parent().unwrap().to_path_buf();
-    let path = format!("{}:{}", bindir.display(), std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()));
+    let path = format!(
+        "{}:{}",
+        bindir.display(),
+        std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+    );
     let mut cmd = Command::new(helper);
-    cmd.args(["ovlfuse#overlay", &s(&st2.mnt), "-o", &st2.full_opts()]).env("PATH", path);
+    cmd.args(["ovlfuse#overlay", &s(&st2.mnt), "-o", &st2.full_opts()])
+        .env("PATH", path);
     mount_helper_check(&sc, &st2, cmd, "mount.fuse3 ovlfuse#overlay");
     lc.verify();
 }
@@ -343,7 +460,10 @@ fn repeated_o_options_accumulate() {
         &st.mnt,
     );
     check_simple_view(&st.mnt);
-    ok(fs::write(st.mnt.join("c"), b"c"), "create through the mount (upperdir from a later -o)");
+    ok(
+        fs::write(st.mnt.join("c"), b"c"),
+        "create through the mount (upperdir from a later -o)",
+    );
     assert_eq!(fs::read(st.upper.join("c")).unwrap(), b"c");
     g.unmount();
     lc.verify();
@@ -357,13 +477,32 @@ fn relative_layer_paths() {
     let sc = Scratch::new("cli-relative");
     let st = simple_stack(&sc);
     let lc = LowerCheck::new(&st.lowers);
-    let o = run_ovlfuse_in(&sc.root, &["-o", "lowerdir=lower0:./lower1,upperdir=upper,workdir=./work", "mnt"]);
+    let o = run_ovlfuse_in(
+        &sc.root,
+        &[
+            "-o",
+            "lowerdir=lower0:./lower1,upperdir=upper,workdir=./work",
+            "mnt",
+        ],
+    );
     let g = MountGuard::adopt_fuse(&st.mnt);
-    assert!(o.status.success(), "relative paths rejected:\n{}", show_output(&o));
-    assert!(is_fuse_mounted(&st.mnt), "exit 0 but no mount at {:?}", st.mnt);
+    assert!(
+        o.status.success(),
+        "relative paths rejected:\n{}",
+        show_output(&o)
+    );
+    assert!(
+        is_fuse_mounted(&st.mnt),
+        "exit 0 but no mount at {:?}",
+        st.mnt
+    );
     check_simple_view(&st.mnt);
     ok(fs::write(st.mnt.join("c"), b"c"), "create");
-    assert_eq!(fs::read(st.upper.join("c")).unwrap(), b"c", "relative upperdir must be resolved against the cwd");
+    assert_eq!(
+        fs::read(st.upper.join("c")).unwrap(),
+        b"c",
+        "relative upperdir must be resolved against the cwd"
+    );
     g.unmount();
     lc.verify();
 }
@@ -381,14 +520,31 @@ fn symlinked_layer_paths() {
     sc.dir("cccc3333/work");
     let mnt = sc.dir("merged");
     sc.dir("l");
-    build(&d1, &[E::File("a", b"from lower0"), E::File("shared", b"top"), E::Dir("d")]);
-    build(&d2, &[E::File("b", b"from lower1"), E::File("shared", b"bottom"), E::File("d/x", b"x")]);
-    build(&sc.root, &[
-        E::Symlink("l/AAAA", "../aaaa1111/diff"),
-        E::Symlink("l/BBBB", "../bbbb2222/diff"),
-        E::Symlink("l/CCCC", "../cccc3333/diff"),
-        E::Symlink("wk", "cccc3333/work"),
-    ]);
+    build(
+        &d1,
+        &[
+            E::File("a", b"from lower0"),
+            E::File("shared", b"top"),
+            E::Dir("d"),
+        ],
+    );
+    build(
+        &d2,
+        &[
+            E::File("b", b"from lower1"),
+            E::File("shared", b"bottom"),
+            E::File("d/x", b"x"),
+        ],
+    );
+    build(
+        &sc.root,
+        &[
+            E::Symlink("l/AAAA", "../aaaa1111/diff"),
+            E::Symlink("l/BBBB", "../bbbb2222/diff"),
+            E::Symlink("l/CCCC", "../cccc3333/diff"),
+            E::Symlink("wk", "cccc3333/work"),
+        ],
+    );
     let lc = LowerCheck::new(&[d1.clone(), d2.clone()]);
     // Absolute paths through symlinks.
     let opts = format!(
@@ -401,18 +557,36 @@ fn symlinked_layer_paths() {
     let g = mount_ovlfuse_args(&["-o", &opts, &s(&mnt)], &mnt);
     check_simple_view(&mnt);
     ok(fs::write(mnt.join("c"), b"c"), "create");
-    assert_eq!(fs::read(up.join("c")).unwrap(), b"c", "upperdir given as a symlink must resolve to its target");
+    assert_eq!(
+        fs::read(up.join("c")).unwrap(),
+        b"c",
+        "upperdir given as a symlink must resolve to its target"
+    );
     g.unmount();
     // Relative symlinked paths, as containers/storage passes them.
-    let o = run_ovlfuse_in(&sc.root, &["-o", "lowerdir=l/AAAA:l/BBBB,upperdir=l/CCCC,workdir=wk", "merged"]);
+    let o = run_ovlfuse_in(
+        &sc.root,
+        &[
+            "-o",
+            "lowerdir=l/AAAA:l/BBBB,upperdir=l/CCCC,workdir=wk",
+            "merged",
+        ],
+    );
     let g = MountGuard::adopt_fuse(&mnt);
-    assert!(o.status.success(), "relative symlinked layers rejected:\n{}", show_output(&o));
+    assert!(
+        o.status.success(),
+        "relative symlinked layers rejected:\n{}",
+        show_output(&o)
+    );
     assert!(is_fuse_mounted(&mnt));
     assert_eq!(ok(fs::read(mnt.join("c")), "read c after remount"), b"c");
     assert_eq!(ok(fs::read(mnt.join("shared")), "read shared"), b"top");
     g.unmount();
     // The symlinks themselves are untouched.
-    assert_eq!(fs::read_link(sc.path("l/CCCC")).unwrap(), PathBuf::from("../cccc3333/diff"));
+    assert_eq!(
+        fs::read_link(sc.path("l/CCCC")).unwrap(),
+        PathBuf::from("../cccc3333/diff")
+    );
     lc.verify();
 }
 
@@ -427,8 +601,22 @@ fn escaped_colon_and_comma_in_layer_paths() {
     let up = sc.dir("up,per");
     let wk = sc.dir("wo:rk");
     let mnt = sc.dir("mnt");
-    build(&l0, &[E::File("a", b"from lower0"), E::File("shared", b"top"), E::Dir("d")]);
-    build(&l1, &[E::File("b", b"from lower1"), E::File("shared", b"bottom"), E::File("d/x", b"x")]);
+    build(
+        &l0,
+        &[
+            E::File("a", b"from lower0"),
+            E::File("shared", b"top"),
+            E::Dir("d"),
+        ],
+    );
+    build(
+        &l1,
+        &[
+            E::File("b", b"from lower1"),
+            E::File("shared", b"bottom"),
+            E::File("d/x", b"x"),
+        ],
+    );
     let lc = LowerCheck::new(&[l0.clone(), l1.clone()]);
     let opts = format!(
         "lowerdir={}:{},upperdir={},workdir={}",
@@ -456,7 +644,13 @@ fn five_hundred_lower_layers() {
     for (i, l) in st.lowers.iter().enumerate() {
         let own = format!("f{i:03}");
         let shared = format!("layer {i}");
-        build(l, &[E::File(&own, own.as_bytes()), E::File("shared", shared.as_bytes())]);
+        build(
+            l,
+            &[
+                E::File(&own, own.as_bytes()),
+                E::File("shared", shared.as_bytes()),
+            ],
+        );
     }
     let lc = LowerCheck::new(&st.lowers);
     let g = mount_ovlfuse(&st, &[]);
@@ -467,12 +661,25 @@ fn five_hundred_lower_layers() {
     if got != want {
         let missing: Vec<&String> = want.iter().filter(|n| !got.contains(n)).collect();
         let extra: Vec<&String> = got.iter().filter(|n| !want.contains(n)).collect();
-        panic!("500-layer readdir: {} names, missing {missing:?}, unexpected {extra:?}", got.len());
+        panic!(
+            "500-layer readdir: {} names, missing {missing:?}, unexpected {extra:?}",
+            got.len()
+        );
     }
-    assert_eq!(ok(fs::read(st.mnt.join("shared")), "read shared"), b"layer 0", "the highest lower must win");
-    assert_eq!(ok(fs::read(st.mnt.join("f499")), "read f499 (lowest layer)"), b"f499");
+    assert_eq!(
+        ok(fs::read(st.mnt.join("shared")), "read shared"),
+        b"layer 0",
+        "the highest lower must win"
+    );
+    assert_eq!(
+        ok(fs::read(st.mnt.join("f499")), "read f499 (lowest layer)"),
+        b"f499"
+    );
     assert_eq!(ok(fs::read(st.mnt.join("f250")), "read f250"), b"f250");
-    ok(fs::write(st.mnt.join("f499"), b"changed"), "copy-up from the 500th layer");
+    ok(
+        fs::write(st.mnt.join("f499"), b"changed"),
+        "copy-up from the 500th layer",
+    );
     assert_eq!(fs::read(st.upper.join("f499")).unwrap(), b"changed");
     g.unmount();
     lc.verify();
@@ -486,10 +693,16 @@ fn ignored_options_are_accepted() {
     let sc = Scratch::new("cli-ignored-opts");
     let st = simple_stack(&sc);
     let lc = LowerCheck::new(&st.lowers);
-    let opts = format!("rw,dev,suid,,exec,noatime,private,context=\"a,b\",{},,", st.full_opts());
+    let opts = format!(
+        "rw,dev,suid,,exec,noatime,private,context=\"a,b\",{},,",
+        st.full_opts()
+    );
     let g = mount_ovlfuse_args(&["-o", &opts, &s(&st.mnt)], &st.mnt);
     check_simple_view(&st.mnt);
-    ok(fs::write(st.mnt.join("c"), b"c"), "the mount must be writable with rw");
+    ok(
+        fs::write(st.mnt.join("c"), b"c"),
+        "the mount must be writable with rw",
+    );
     assert_eq!(fs::read(st.upper.join("c")).unwrap(), b"c");
     g.unmount();
     lc.verify();
@@ -506,9 +719,21 @@ fn ro_option_with_upper_gives_read_only_mount() {
     let opts = format!("ro,{}", st.full_opts());
     let g = mount_ovlfuse_args(&["-o", &opts, &s(&st.mnt)], &st.mnt);
     check_simple_view(&st.mnt);
-    expect_errno(fs::write(st.mnt.join("c"), b"c"), libc::EROFS, "create on an -o ro mount");
-    expect_errno(fs::remove_file(st.mnt.join("a")), libc::EROFS, "unlink on an -o ro mount");
-    assert_eq!(names(&st.upper).unwrap(), Vec::<String>::new(), "nothing may be written to upperdir");
+    expect_errno(
+        fs::write(st.mnt.join("c"), b"c"),
+        libc::EROFS,
+        "create on an -o ro mount",
+    );
+    expect_errno(
+        fs::remove_file(st.mnt.join("a")),
+        libc::EROFS,
+        "unlink on an -o ro mount",
+    );
+    assert_eq!(
+        names(&st.upper).unwrap(),
+        Vec::<String>::new(),
+        "nothing may be written to upperdir"
+    );
     g.unmount();
     lc.verify();
 }
@@ -524,7 +749,12 @@ fn error_misspelt_option() {
     }
     let sc = Scratch::new("cli-err-misspelt");
     let st = simple_stack(&sc);
-    let opts = format!("lowerdri={},upperdir={},workdir={}", s(&st.lowers[0]), s(&st.upper), s(&st.work));
+    let opts = format!(
+        "lowerdri={},upperdir={},workdir={}",
+        s(&st.lowers[0]),
+        s(&st.upper),
+        s(&st.work)
+    );
     expect_mount_failure(&sc, &["-o", &opts, &s(&st.mnt)], &st.mnt, &["lowerdri"]);
     let opts = format!("{},frobnicate=7", st.full_opts());
     expect_mount_failure(&sc, &["-o", &opts, &s(&st.mnt)], &st.mnt, &["frobnicate"]);
@@ -538,11 +768,37 @@ fn error_missing_lower_layer() {
     let sc = Scratch::new("cli-err-missing");
     let st = simple_stack(&sc);
     let missing = sc.path("no-such-layer");
-    let opts = format!("lowerdir={}:{},upperdir={},workdir={}", s(&st.lowers[0]), s(&missing), s(&st.upper), s(&st.work));
-    expect_mount_failure(&sc, &["-o", &opts, &s(&st.mnt)], &st.mnt, &["no-such-layer"]);
-    let opts = format!("{},upperdir={},workdir={}", st.lowerdir_opt(), s(&sc.path("no-such-upper")), s(&st.work));
-    expect_mount_failure(&sc, &["-o", &opts, &s(&st.mnt)], &st.mnt, &["no-such-upper"]);
-    let opts = format!("{},upperdir={},workdir={}", st.lowerdir_opt(), s(&st.upper), s(&sc.path("no-such-work")));
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        s(&st.lowers[0]),
+        s(&missing),
+        s(&st.upper),
+        s(&st.work)
+    );
+    expect_mount_failure(
+        &sc,
+        &["-o", &opts, &s(&st.mnt)],
+        &st.mnt,
+        &["no-such-layer"],
+    );
+    let opts = format!(
+        "{},upperdir={},workdir={}",
+        st.lowerdir_opt(),
+        s(&sc.path("no-such-upper")),
+        s(&st.work)
+    );
+    expect_mount_failure(
+        &sc,
+        &["-o", &opts, &s(&st.mnt)],
+        &st.mnt,
+        &["no-such-upper"],
+    );
+    let opts = format!(
+        "{},upperdir={},workdir={}",
+        st.lowerdir_opt(),
+        s(&st.upper),
+        s(&sc.path("no-such-work"))
+    );
     expect_mount_failure(&sc, &["-o", &opts, &s(&st.mnt)], &st.mnt, &["no-such-work"]);
 }
 
@@ -555,9 +811,20 @@ fn error_layer_is_not_a_directory() {
     let st = simple_stack(&sc);
     let file = sc.path("plainfile");
     fs::write(&file, b"x").unwrap();
-    let opts = format!("lowerdir={}:{},upperdir={},workdir={}", s(&st.lowers[0]), s(&file), s(&st.upper), s(&st.work));
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        s(&st.lowers[0]),
+        s(&file),
+        s(&st.upper),
+        s(&st.work)
+    );
     expect_mount_failure(&sc, &["-o", &opts, &s(&st.mnt)], &st.mnt, &["plainfile"]);
-    let opts = format!("{},upperdir={},workdir={}", st.lowerdir_opt(), s(&file), s(&st.work));
+    let opts = format!(
+        "{},upperdir={},workdir={}",
+        st.lowerdir_opt(),
+        s(&file),
+        s(&st.work)
+    );
     expect_mount_failure(&sc, &["-o", &opts, &s(&st.mnt)], &st.mnt, &["plainfile"]);
 }
 
@@ -568,7 +835,11 @@ fn error_empty_or_missing_lowerdir() {
     }
     let sc = Scratch::new("cli-err-emptylower");
     let st = simple_stack(&sc);
-    let opts = format!("lowerdir=,upperdir={},workdir={}", s(&st.upper), s(&st.work));
+    let opts = format!(
+        "lowerdir=,upperdir={},workdir={}",
+        s(&st.upper),
+        s(&st.work)
+    );
     expect_mount_failure(&sc, &["-o", &opts, &s(&st.mnt)], &st.mnt, &["lowerdir"]);
     let opts = format!("upperdir={},workdir={}", s(&st.upper), s(&st.work));
     expect_mount_failure(&sc, &["-o", &opts, &s(&st.mnt)], &st.mnt, &["lowerdir"]);
@@ -596,8 +867,18 @@ fn error_workdir_on_other_filesystem() {
     let _tg = mount_tmpfs(&t);
     let wk = t.join("work");
     fs::create_dir(&wk).unwrap();
-    let opts = format!("{},upperdir={},workdir={}", st.lowerdir_opt(), s(&st.upper), s(&wk));
-    expect_mount_failure(&sc, &["-o", &opts, &s(&st.mnt)], &st.mnt, &["workdir", "tmpfs/work", "file system", "filesystem"]);
+    let opts = format!(
+        "{},upperdir={},workdir={}",
+        st.lowerdir_opt(),
+        s(&st.upper),
+        s(&wk)
+    );
+    expect_mount_failure(
+        &sc,
+        &["-o", &opts, &s(&st.mnt)],
+        &st.mnt,
+        &["workdir", "tmpfs/work", "file system", "filesystem"],
+    );
 }
 
 #[test]
@@ -621,15 +902,47 @@ fn error_overlapping_layers() {
     let work_in_upper = sc.dir("upper3/work");
     let upper3 = sc.path("upper3");
     let cases: Vec<(&str, String)> = vec![
-        ("lower inside upper", format!("lowerdir={},upperdir={},workdir={wk}", s(&lower_in_upper), s(&upper2))),
-        ("workdir inside upper", format!("lowerdir={l0},upperdir={},workdir={}", s(&upper3), s(&work_in_upper))),
-        ("upper inside workdir", format!("lowerdir={l0},upperdir={},workdir={}", s(&up_in_work), s(&work2))),
-        ("workdir == upperdir", format!("lowerdir={l0},upperdir={up},workdir={up}")),
-        ("upper == lower", format!("lowerdir={l0},upperdir={l0},workdir={wk}")),
+        (
+            "lower inside upper",
+            format!(
+                "lowerdir={},upperdir={},workdir={wk}",
+                s(&lower_in_upper),
+                s(&upper2)
+            ),
+        ),
+        (
+            "workdir inside upper",
+            format!(
+                "lowerdir={l0},upperdir={},workdir={}",
+                s(&upper3),
+                s(&work_in_upper)
+            ),
+        ),
+        (
+            "upper inside workdir",
+            format!(
+                "lowerdir={l0},upperdir={},workdir={}",
+                s(&up_in_work),
+                s(&work2)
+            ),
+        ),
+        (
+            "workdir == upperdir",
+            format!("lowerdir={l0},upperdir={up},workdir={up}"),
+        ),
+        (
+            "upper == lower",
+            format!("lowerdir={l0},upperdir={l0},workdir={wk}"),
+        ),
     ];
     for (what, opts) in &cases {
         eprintln!("case: {what}: -o {opts}");
-        expect_mount_failure(&sc, &["-o", opts, &mnt], &st.mnt, &["upperdir", "workdir", "lowerdir", "overlap", "inside"]);
+        expect_mount_failure(
+            &sc,
+            &["-o", opts, &mnt],
+            &st.mnt,
+            &["upperdir", "workdir", "lowerdir", "overlap", "inside"],
+        );
     }
     lc.verify();
 }
@@ -643,8 +956,18 @@ fn error_upper_inside_a_lower() {
     let st = Stack::new(&sc, 1);
     build(&st.lowers[0], &[E::File("a", b"a"), E::Dir("up")]);
     let lc = LowerCheck::new(&st.lowers);
-    let opts = format!("{},upperdir={},workdir={}", st.lowerdir_opt(), s(&st.lowers[0].join("up")), s(&st.work));
-    expect_mount_failure(&sc, &["-o", &opts, &s(&st.mnt)], &st.mnt, &["upperdir", "overlap", "inside", "lower0/up"]);
+    let opts = format!(
+        "{},upperdir={},workdir={}",
+        st.lowerdir_opt(),
+        s(&st.lowers[0].join("up")),
+        s(&st.work)
+    );
+    expect_mount_failure(
+        &sc,
+        &["-o", &opts, &s(&st.mnt)],
+        &st.mnt,
+        &["upperdir", "overlap", "inside", "lower0/up"],
+    );
     lc.verify();
 }
 
@@ -656,7 +979,12 @@ fn error_missing_mountpoint() {
     let sc = Scratch::new("cli-err-nomnt");
     let st = simple_stack(&sc);
     let mnt = sc.path("no-such-mountpoint");
-    expect_mount_failure(&sc, &["-o", &st.full_opts(), &s(&mnt)], &mnt, &["no-such-mountpoint"]);
+    expect_mount_failure(
+        &sc,
+        &["-o", &st.full_opts(), &s(&mnt)],
+        &mnt,
+        &["no-such-mountpoint"],
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -678,17 +1006,38 @@ fn read_only_view_without_upper_gives_erofs() {
     for root in [&st.mnt, &kmnt] {
         let who = if root == &st.mnt { "ovlfuse" } else { "kernel" };
         check_simple_view(root);
-        let w = |what: &str, r: std::io::Result<()>| expect_errno(r, libc::EROFS, &format!("{who}: {what}"));
+        let w = |what: &str, r: std::io::Result<()>| {
+            expect_errno(r, libc::EROFS, &format!("{who}: {what}"))
+        };
         w("create", fs::write(root.join("new"), b"x"));
         w("mkdir", fs::create_dir(root.join("newdir")));
         w("unlink of a lower file", fs::remove_file(root.join("a")));
         w("rmdir of a lower dir", fs::remove_dir(root.join("d")));
-        w("chmod", fs::set_permissions(root.join("a"), std::os::unix::fs::PermissionsExt::from_mode(0o600)));
+        w(
+            "chmod",
+            fs::set_permissions(
+                root.join("a"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            ),
+        );
         w("chown", lchown(&root.join("a"), 1, 1));
         w("setxattr", lsetxattr(&root.join("a"), "user.x", b"1"));
         w("removexattr", lremovexattr(&root.join("b"), "user.k"));
-        w("open for writing", fs::OpenOptions::new().write(true).open(root.join("a")).map(|_| ()));
-        w("open O_TRUNC", fs::OpenOptions::new().write(true).truncate(true).open(root.join("b")).map(|_| ()));
+        w(
+            "open for writing",
+            fs::OpenOptions::new()
+                .write(true)
+                .open(root.join("a"))
+                .map(|_| ()),
+        );
+        w(
+            "open O_TRUNC",
+            fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(root.join("b"))
+                .map(|_| ()),
+        );
         w("rename", fs::rename(root.join("a"), root.join("a2")));
         w("symlink", std::os::unix::fs::symlink("a", root.join("sl")));
         w("link", fs::hard_link(root.join("a"), root.join("a3")));
@@ -713,12 +1062,22 @@ fn mount_on_top_of_the_highest_lower_itself() {
     let opts = st.full_opts();
     let g = mount_ovlfuse_args(&["-o", &opts, &s(&l0)], &l0);
     check_simple_view(&l0);
-    ok(fs::write(l0.join("c"), b"c"), "create through a mount that covers lower0");
-    ok(fs::write(l0.join("a"), b"changed"), "copy-up through a mount that covers lower0");
+    ok(
+        fs::write(l0.join("c"), b"c"),
+        "create through a mount that covers lower0",
+    );
+    ok(
+        fs::write(l0.join("a"), b"changed"),
+        "copy-up through a mount that covers lower0",
+    );
     assert_eq!(fs::read(st.upper.join("c")).unwrap(), b"c");
     assert_eq!(fs::read(st.upper.join("a")).unwrap(), b"changed");
     g.unmount();
-    assert_eq!(fs::read(l0.join("a")).unwrap(), b"from lower0", "lower0 itself must be unchanged");
+    assert_eq!(
+        fs::read(l0.join("a")).unwrap(),
+        b"from lower0",
+        "lower0 itself must be unchanged"
+    );
     lc.verify();
 }
 
@@ -729,20 +1088,35 @@ fn mount_inside_a_layer_is_not_crossed() {
     }
     let sc = Scratch::new("cli-mount-in-layer");
     let st = Stack::new(&sc, 1);
-    build(&st.lowers[0], &[E::File("top", b"t"), E::File("sub/under", b"u")]);
+    build(
+        &st.lowers[0],
+        &[E::File("top", b"t"), E::File("sub/under", b"u")],
+    );
     let sub = st.lowers[0].join("sub");
     let _tmpfs = mount_tmpfs(&sub);
     fs::write(sub.join("hidden"), b"h").unwrap();
     let lc = LowerCheck::new(&st.lowers);
     // The kernel shares the lower, with its own upper/work.
-    let kst = Stack { lowers: st.lowers.clone(), upper: sc.dir("kupper"), work: sc.dir("kwork"), mnt: sc.dir("kmnt") };
+    let kst = Stack {
+        lowers: st.lowers.clone(),
+        upper: sc.dir("kupper"),
+        work: sc.dir("kwork"),
+        mnt: sc.dir("kmnt"),
+    };
     let kg = mount_kernel(&kst);
     let g = mount_ovlfuse(&st, &[]);
     let kernel_view = ok(names(&kst.mnt.join("sub")), "kernel readdir sub");
     let fuse_view = ok(names(&st.mnt.join("sub")), "ovlfuse readdir sub");
     assert_eq!(kernel_view, vec!["under"], "kernel reference view changed?");
-    assert_eq!(fuse_view, kernel_view, "ovlfuse must show the lower's own sub directory, not the tmpfs mounted on it");
-    expect_errno(fs::metadata(st.mnt.join("sub/hidden")), libc::ENOENT, "lookup of a name only in the mount inside the layer");
+    assert_eq!(
+        fuse_view, kernel_view,
+        "ovlfuse must show the lower's own sub directory, not the tmpfs mounted on it"
+    );
+    expect_errno(
+        fs::metadata(st.mnt.join("sub/hidden")),
+        libc::ENOENT,
+        "lookup of a name only in the mount inside the layer",
+    );
     assert_same_snapshots(
         "merged views",
         "kernel",
@@ -763,10 +1137,22 @@ fn mount_inside_a_layer_is_not_crossed() {
 fn help_prints_usage_and_exits_zero() {
     for flag in ["-h", "--help"] {
         let o = run_ovlfuse(&[flag]);
-        assert!(o.status.success(), "ovlfuse {flag} exited non-zero:\n{}", show_output(&o));
+        assert!(
+            o.status.success(),
+            "ovlfuse {flag} exited non-zero:\n{}",
+            show_output(&o)
+        );
         let out = all_output(&o).to_lowercase();
-        assert!(out.contains("usage"), "ovlfuse {flag} printed no usage:\n{}", show_output(&o));
-        assert!(out.contains("lowerdir"), "ovlfuse {flag} usage does not mention lowerdir:\n{}", show_output(&o));
+        assert!(
+            out.contains("usage"),
+            "ovlfuse {flag} printed no usage:\n{}",
+            show_output(&o)
+        );
+        assert!(
+            out.contains("lowerdir"),
+            "ovlfuse {flag} usage does not mention lowerdir:\n{}",
+            show_output(&o)
+        );
     }
 }
 
@@ -774,7 +1160,11 @@ fn help_prints_usage_and_exits_zero() {
 fn version_prints_a_version_line() {
     for flag in ["-V", "--version"] {
         let o = run_ovlfuse(&[flag]);
-        assert!(o.status.success(), "ovlfuse {flag} exited non-zero:\n{}", show_output(&o));
+        assert!(
+            o.status.success(),
+            "ovlfuse {flag} exited non-zero:\n{}",
+            show_output(&o)
+        );
         let out = all_output(&o);
         assert!(
             out.lines().any(|l| l.contains(env!("CARGO_PKG_VERSION"))),
@@ -788,8 +1178,16 @@ fn version_prints_a_version_line() {
 #[test]
 fn no_arguments_is_an_error() {
     let o = run_ovlfuse(&[]);
-    assert!(!o.status.success(), "ovlfuse without arguments exited 0:\n{}", show_output(&o));
-    assert!(!stderr_of(&o).trim().is_empty(), "no message on stderr:\n{}", show_output(&o));
+    assert!(
+        !o.status.success(),
+        "ovlfuse without arguments exited 0:\n{}",
+        show_output(&o)
+    );
+    assert!(
+        !stderr_of(&o).trim().is_empty(),
+        "no message on stderr:\n{}",
+        show_output(&o)
+    );
 }
 
 #[test]
@@ -799,11 +1197,19 @@ fn stat_of_mount_root_reports_a_directory() {
     }
     let sc = Scratch::new("cli-root-stat");
     let st = simple_stack(&sc);
-    fs::set_permissions(&st.upper, std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    fs::set_permissions(
+        &st.upper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
     let g = mount_ovlfuse(&st, &[]);
     let md = ok(fs::metadata(&st.mnt), "stat mount root");
     assert!(md.is_dir());
-    assert_eq!(md.mode() & 0o7777, 0o750, "the merged root takes the upper root's mode, as the kernel does");
+    assert_eq!(
+        md.mode() & 0o7777,
+        0o750,
+        "the merged root takes the upper root's mode, as the kernel does"
+    );
     g.unmount();
 }
 
@@ -816,22 +1222,41 @@ fn dev_and_suid_options_are_honoured() {
     // restrict it, and a later `-o dev,suid` lifts that again (last one wins, as with mount(8)).
     let sc = Scratch::new("cli-dev-suid");
     let st = simple_stack(&sc);
-    mknod(&st.lowers[0].join("null"), libc::S_IFCHR | 0o666, makedev(1, 3)).unwrap();
+    mknod(
+        &st.lowers[0].join("null"),
+        libc::S_IFCHR | 0o666,
+        makedev(1, 3),
+    )
+    .unwrap();
     let lc = LowerCheck::new(&st.lowers);
     let g = mount_ovlfuse(&st, &["nodev", "nosuid"]);
     let m = mount_at(&st.mnt).unwrap();
-    assert!(m.opts.split(',').any(|o| o == "nodev"), "-o nodev mount should be nodev: {m:?}");
-    expect_errno(fs::OpenOptions::new().write(true).open(st.mnt.join("null")), libc::EACCES, "open a device on a nodev mount");
+    assert!(
+        m.opts.split(',').any(|o| o == "nodev"),
+        "-o nodev mount should be nodev: {m:?}"
+    );
+    expect_errno(
+        fs::OpenOptions::new().write(true).open(st.mnt.join("null")),
+        libc::EACCES,
+        "open a device on a nodev mount",
+    );
     g.unmount();
     for extra in [&[][..], &["nodev", "nosuid", "dev", "suid"][..]] {
         let g = mount_ovlfuse(&st, extra);
         let m = mount_at(&st.mnt).unwrap();
         let opts: Vec<&str> = m.opts.split(',').collect();
-        assert!(!opts.contains(&"nodev") && !opts.contains(&"nosuid"), "mount with {extra:?} still has {:?}", m.opts);
-        let w = fs::OpenOptions::new().write(true).open(st.mnt.join("null")).and_then(|mut f| {
-            use std::io::Write;
-            f.write_all(b"into /dev/null")
-        });
+        assert!(
+            !opts.contains(&"nodev") && !opts.contains(&"nosuid"),
+            "mount with {extra:?} still has {:?}",
+            m.opts
+        );
+        let w = fs::OpenOptions::new()
+            .write(true)
+            .open(st.mnt.join("null"))
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(b"into /dev/null")
+            });
         ok(w, "write to a char 1:3 device node through a dev mount");
         g.unmount();
     }
@@ -847,7 +1272,12 @@ fn mount_inside_the_upper_layer_is_not_crossed() {
     let st = Stack::new(&sc, 1);
     build(&st.lowers[0], &[E::File("low", b"l")]);
     build(&st.upper, &[E::File("sub/under", b"u")]);
-    let kst = Stack { lowers: st.lowers.clone(), upper: sc.dir("kupper"), work: sc.dir("kwork"), mnt: sc.dir("kmnt") };
+    let kst = Stack {
+        lowers: st.lowers.clone(),
+        upper: sc.dir("kupper"),
+        work: sc.dir("kwork"),
+        mnt: sc.dir("kmnt"),
+    };
     build(&kst.upper, &[E::File("sub/under", b"u")]);
     let _t1 = mount_tmpfs(&st.upper.join("sub"));
     let _t2 = mount_tmpfs(&kst.upper.join("sub"));
@@ -859,7 +1289,10 @@ fn mount_inside_the_upper_layer_is_not_crossed() {
     let kv = ok(names(&kst.mnt.join("sub")), "kernel readdir sub");
     let fv = ok(names(&st.mnt.join("sub")), "ovlfuse readdir sub");
     assert_eq!(kv, vec!["under"], "kernel reference view changed?");
-    assert_eq!(fv, kv, "ovlfuse must show the upper's own sub directory, not the tmpfs mounted on it");
+    assert_eq!(
+        fv, kv,
+        "ovlfuse must show the upper's own sub directory, not the tmpfs mounted on it"
+    );
     g.unmount();
     kg.unmount();
     lc.verify();
@@ -931,7 +1364,10 @@ fn workdir_left_by_a_crash_or_by_the_kernel_is_reused() {
     let g = mount_ovlfuse(&st, &[]);
     check_simple_view_with(&st.mnt, &["by-kernel"]);
     ok(fs::write(st.mnt.join("by-ovlfuse"), b"o"), "create");
-    ok(write_at(&st.mnt.join("a"), 0, b"A"), "copy-up using the reused workdir");
+    ok(
+        write_at(&st.mnt.join("a"), 0, b"A"),
+        "copy-up using the reused workdir",
+    );
     g.unmount();
     // And the kernel mounts again over what ovlfuse left in the workdir.
     let kg = mount_kernel(&st);
@@ -949,7 +1385,11 @@ fn read_str_cli(p: &Path) -> String {
 }
 
 fn check_simple_view_with(mnt: &Path, extra: &[&str]) {
-    let mut want: Vec<String> = ["a", "b", "d", "shared"].iter().chain(extra.iter()).map(|s| s.to_string()).collect();
+    let mut want: Vec<String> = ["a", "b", "d", "shared"]
+        .iter()
+        .chain(extra.iter())
+        .map(|s| s.to_string())
+        .collect();
     want.sort();
     assert_eq!(ok(names(mnt), "readdir"), want, "merged root of {mnt:?}");
     assert_eq!(ok(fs::read(mnt.join("shared")), "read shared"), b"top");
@@ -971,16 +1411,30 @@ fn daemon_is_detached_from_the_launcher() {
     // the directory it was started in), stdin not the caller's.
     let sc = Scratch::new("cli-detached");
     let st = simple_stack(&sc);
-    let o = run_ovlfuse_in(&sc.root, &["-o", "lowerdir=lower0:lower1,upperdir=upper,workdir=work", "mnt"]);
+    let o = run_ovlfuse_in(
+        &sc.root,
+        &[
+            "-o",
+            "lowerdir=lower0:lower1,upperdir=upper,workdir=work",
+            "mnt",
+        ],
+    );
     let g = MountGuard::adopt_fuse(&st.mnt);
     assert!(o.status.success(), "{}", show_output(&o));
     let pid = g.pid().expect("daemon pid");
     // stat fields after "(comm) ": 0 state, 1 ppid, 2 pgrp, 3 session
     let my_sid = proc_stat_field(std::process::id(), 3).unwrap();
     let sid = proc_stat_field(pid, 3).unwrap();
-    assert_ne!(sid, my_sid, "the daemon stayed in the launcher's session (no setsid)");
+    assert_ne!(
+        sid, my_sid,
+        "the daemon stayed in the launcher's session (no setsid)"
+    );
     let cwd = fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
-    assert_eq!(cwd, PathBuf::from("/"), "the daemon keeps its cwd at {cwd:?}, pinning that file system");
+    assert_eq!(
+        cwd,
+        PathBuf::from("/"),
+        "the daemon keeps its cwd at {cwd:?}, pinning that file system"
+    );
     check_simple_view(&st.mnt);
     g.unmount();
 }
@@ -998,12 +1452,18 @@ fn sigterm_to_the_daemon_unmounts_cleanly() {
     ok(fs::write(st.mnt.join("c"), b"c"), "write before SIGTERM");
     let pid = g.pid().unwrap();
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
-    assert!(wait_pid_exit(pid, Duration::from_secs(10)), "daemon ignored SIGTERM for 10 s");
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(10)),
+        "daemon ignored SIGTERM for 10 s"
+    );
     let still = mount_at(&st.mnt);
     if still.is_none() {
         g.forget();
     }
-    assert!(still.is_none(), "after SIGTERM the daemon exited but left the mount behind: {still:?}");
+    assert!(
+        still.is_none(),
+        "after SIGTERM the daemon exited but left the mount behind: {still:?}"
+    );
     assert_eq!(fs::read(st.upper.join("c")).unwrap(), b"c");
     lc.verify();
 }
@@ -1021,13 +1481,31 @@ fn remount_changes_flags_of_the_live_mount() {
     let g = mount_ovlfuse(&st, &[]);
     let mnt = st.mnt.to_str().unwrap();
     let out = run_ovlfuse(&["overlay", mnt, "-o", "rw,remount,ro,dev,suid"]);
-    assert!(out.status.success(), "remount,ro: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "remount,ro: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m = mount_at(&st.mnt).unwrap();
-    assert!(m.opts.split(',').any(|o| o == "ro"), "not read-only after remount,ro: {m:?}");
-    expect_errno(fs::write(st.mnt.join("new"), b"x"), libc::EROFS, "write after remount,ro");
+    assert!(
+        m.opts.split(',').any(|o| o == "ro"),
+        "not read-only after remount,ro: {m:?}"
+    );
+    expect_errno(
+        fs::write(st.mnt.join("new"), b"x"),
+        libc::EROFS,
+        "write after remount,ro",
+    );
     let out = run_ovlfuse(&["overlay", mnt, "-o", "remount,rw"]);
-    assert!(out.status.success(), "remount,rw: {}", String::from_utf8_lossy(&out.stderr));
-    ok(fs::write(st.mnt.join("new"), b"x"), "write after remount,rw");
+    assert!(
+        out.status.success(),
+        "remount,rw: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(
+        fs::write(st.mnt.join("new"), b"x"),
+        "write after remount,rw",
+    );
     g.unmount();
     lc.verify();
 }

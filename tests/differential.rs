@@ -21,7 +21,7 @@
 //! * `OVLFUSE_DIFF_SKIP_OPS=a,b` never generate operations of these kinds
 //! * `OVLFUSE_DIFF_NO_ATIME=1` leave atimes out of stat results
 //! * `OVLFUSE_DIFF_STRICT=1`   also generate the kinds whose difference ovlfuse documents as
-//!                             deliberate (DOCUMENTED_DIFFERENCES)
+//!   deliberate (DOCUMENTED_DIFFERENCES)
 //!
 //! A mismatch report names the seed, the step, the operation and both results.  Seeds are
 //! reproducible for a given version of this file (changing the generator changes them).
@@ -172,7 +172,9 @@ impl LE {
     /// The path this entry creates, if it creates one.
     fn creates(&self) -> Option<&str> {
         match self {
-            LE::File(p, _) | LE::Dir(p) | LE::Symlink(p, _) | LE::Fifo(p) | LE::Whiteout(p) => Some(p),
+            LE::File(p, _) | LE::Dir(p) | LE::Symlink(p, _) | LE::Fifo(p) | LE::Whiteout(p) => {
+                Some(p)
+            }
             LE::Hardlink(_, new) => Some(new),
             _ => None,
         }
@@ -188,7 +190,13 @@ impl fmt::Display for LE {
             LE::Fifo(p) => write!(f, "E::Fifo({:?})", p),
             LE::Whiteout(p) => write!(f, "E::Whiteout({:?})", p),
             LE::Opaque(p) => write!(f, "E::Opaque({:?})", p),
-            LE::Xattr(p, n, v) => write!(f, "E::Xattr({:?}, {:?}, b{:?})", p, n, String::from_utf8_lossy(v)),
+            LE::Xattr(p, n, v) => write!(
+                f,
+                "E::Xattr({:?}, {:?}, b{:?})",
+                p,
+                n,
+                String::from_utf8_lossy(v)
+            ),
             LE::Mode(p, m) => write!(f, "E::Mode({:?}, 0o{:o})", p, m),
             LE::Owner(p, u, g) => write!(f, "E::Owner({:?}, {}, {})", p, u, g),
             LE::Hardlink(o, n) => write!(f, "E::Hardlink({:?}, {:?})", o, n),
@@ -204,15 +212,21 @@ fn build_layer(dir: &Path, entries: &[LE]) {
         if let LE::Extend(p, n) = e {
             let c = cpath(dir, p);
             let r = unsafe { libc::truncate(c.as_ptr(), *n as libc::off_t) };
-            assert_eq!(r, 0, "truncate {:?}: {}", dir.join(p), std::io::Error::last_os_error());
+            assert_eq!(
+                r,
+                0,
+                "truncate {:?}: {}",
+                dir.join(p),
+                std::io::Error::last_os_error()
+            );
         }
     }
 }
 
 /// Candidate paths of lower-layer objects, parents before children.
 const LAYER_POOL: &[&str] = &[
-    "a", "b", "c", "d1", "d2", "d3", "e", "a/b", "a/x", "d1/x", "d1/y", "d1/s", "d2/x", "d2/y", "d2/s", "d3/x", "d3/y",
-    "d1/s/z", "d1/s/w", "d2/s/z",
+    "a", "b", "c", "d1", "d2", "d3", "e", "a/b", "a/x", "d1/x", "d1/y", "d1/s", "d2/x", "d2/y",
+    "d2/s", "d3/x", "d3/y", "d1/s/z", "d1/s/w", "d2/s/z",
 ];
 
 fn parent_of(p: &str) -> Option<&str> {
@@ -236,8 +250,12 @@ fn symlink_target(rng: &mut Rng, at: &str) -> String {
     }
 }
 
-const FILE_MODES: &[u32] = &[0o644, 0o600, 0o755, 0o640, 0o444, 0o000, 0o4755, 0o2755, 0o666];
-const DIR_MODES: &[u32] = &[0o755, 0o700, 0o775, 0o2775, 0o1777, 0o555, 0o711, 0o777, 0o1777];
+const FILE_MODES: &[u32] = &[
+    0o644, 0o600, 0o755, 0o640, 0o444, 0o000, 0o4755, 0o2755, 0o666,
+];
+const DIR_MODES: &[u32] = &[
+    0o755, 0o700, 0o775, 0o2775, 0o1777, 0o555, 0o711, 0o777, 0o1777,
+];
 
 /// Generate `n` lower layers; index 0 is the topmost lower (first in `lowerdir=`).
 ///
@@ -278,7 +296,9 @@ fn gen_layers(rng: &mut Rng, n: usize) -> Vec<Vec<LE>> {
             while let Some(par) = parent_of(a) {
                 let merged = kinds.get(par) == Some(&'d')
                     && !opaque.contains(&par)
-                    && below.as_ref().is_some_and(|(bk, _)| bk.get(par) == Some(&'d'));
+                    && below
+                        .as_ref()
+                        .is_some_and(|(bk, _)| bk.get(par) == Some(&'d'));
                 whiteout_ok &= merged;
                 a = par;
             }
@@ -291,7 +311,11 @@ fn gen_layers(rng: &mut Rng, n: usize) -> Vec<Vec<LE>> {
                     5,
                     3,
                     if whiteout_ok { 10 } else { 0 },
-                    if files.is_empty() || !lower_hardlinks { 0 } else { 3 },
+                    if files.is_empty() || !lower_hardlinks {
+                        0
+                    } else {
+                        3
+                    },
                 ]
             } else {
                 [
@@ -300,7 +324,11 @@ fn gen_layers(rng: &mut Rng, n: usize) -> Vec<Vec<LE>> {
                     12,
                     6,
                     if whiteout_ok { 14 } else { 0 },
-                    if files.is_empty() || !lower_hardlinks { 0 } else { 8 },
+                    if files.is_empty() || !lower_hardlinks {
+                        0
+                    } else {
+                        8
+                    },
                 ]
             };
             match rng.weighted(&weights) {
@@ -334,7 +362,10 @@ fn gen_layers(rng: &mut Rng, n: usize) -> Vec<Vec<LE>> {
                     entries.push(LE::File(p.to_string(), data));
                     if rng.pct(8) {
                         // a sparse lower file: copy-up should keep the hole
-                        entries.push(LE::Extend(p.to_string(), len + *rng.pick(&[70_000u64, 1 << 20])));
+                        entries.push(LE::Extend(
+                            p.to_string(),
+                            len + *rng.pick(&[70_000u64, 1 << 20]),
+                        ));
                     }
                     kinds.insert(p, 'f');
                     files.push(p);
@@ -364,7 +395,10 @@ fn gen_layers(rng: &mut Rng, n: usize) -> Vec<Vec<LE>> {
                     entries.push(LE::Fifo(p.to_string()));
                     kinds.insert(p, 'p');
                     if rng.pct(30) {
-                        entries.push(LE::Mode(p.to_string(), *rng.pick(&[0o600u32, 0o644, 0o666])));
+                        entries.push(LE::Mode(
+                            p.to_string(),
+                            *rng.pick(&[0o600u32, 0o644, 0o666]),
+                        ));
                     }
                 }
                 4 => {
@@ -622,7 +656,11 @@ fn show_data(d: &[u8]) -> String {
     if d.len() <= 24 {
         format!("b{:?}", String::from_utf8_lossy(d))
     } else {
-        format!("<{} bytes {:?}..>", d.len(), String::from_utf8_lossy(&d[..12]))
+        format!(
+            "<{} bytes {:?}..>",
+            d.len(),
+            String::from_utf8_lossy(&d[..12])
+        )
     }
 }
 
@@ -640,7 +678,12 @@ fn rename_flags(flags: u32) -> &'static str {
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Op::CreateWrite { path, data, excl, mode } => write!(
+            Op::CreateWrite {
+                path,
+                data,
+                excl,
+                mode,
+            } => write!(
                 f,
                 "open({:?}, O_CREAT|O_WRONLY|O_TRUNC{}, 0o{:o}) + write {}",
                 path,
@@ -648,7 +691,12 @@ impl fmt::Display for Op {
                 mode,
                 show_data(data)
             ),
-            Op::Append { path, data } => write!(f, "open({:?}, O_WRONLY|O_APPEND) + write {}", path, show_data(data)),
+            Op::Append { path, data } => write!(
+                f,
+                "open({:?}, O_WRONLY|O_APPEND) + write {}",
+                path,
+                show_data(data)
+            ),
             Op::OpenTrunc { path } => write!(f, "open({:?}, O_WRONLY|O_TRUNC)", path),
             Op::Truncate { path, size } => write!(f, "truncate({:?}, {})", path, size),
             Op::Pwrite { path, off, data } => write!(
@@ -661,7 +709,13 @@ impl fmt::Display for Op {
             Op::Unlink { path } => write!(f, "unlink({:?})", path),
             Op::Mkdir { path, mode } => write!(f, "mkdir({:?}, 0o{:o})", path, mode),
             Op::Rmdir { path } => write!(f, "rmdir({:?})", path),
-            Op::Rename { from, to, flags } => write!(f, "renameat2({:?}, {:?}, {})", from, to, rename_flags(*flags)),
+            Op::Rename { from, to, flags } => write!(
+                f,
+                "renameat2({:?}, {:?}, {})",
+                from,
+                to,
+                rename_flags(*flags)
+            ),
             Op::Link { from, to } => write!(f, "link({:?}, {:?})", from, to),
             Op::Symlink { target, path } => write!(f, "symlink({:?}, {:?})", target, path),
             Op::Mkfifo { path, mode } => write!(f, "mknod({:?}, S_IFIFO|0o{:o})", path, mode),
@@ -677,7 +731,11 @@ impl fmt::Display for Op {
                 path,
                 *uid as i32,
                 *gid as i32,
-                if *nofollow { "AT_SYMLINK_NOFOLLOW" } else { "0" }
+                if *nofollow {
+                    "AT_SYMLINK_NOFOLLOW"
+                } else {
+                    "0"
+                }
             ),
             Op::Utimens { path, atime, mtime } => {
                 let a = if atime.1 < 0 {
@@ -712,10 +770,14 @@ impl fmt::Display for Op {
             Op::GetXattr { path, name } => write!(f, "getxattr({:?}, {:?})", path, name),
             Op::ListXattr { path } => write!(f, "listxattr({:?})", path),
             Op::Readlink { path } => write!(f, "readlink({:?})", path),
-            Op::Stat { path, follow } => write!(f, "{}({:?})", if *follow { "stat" } else { "lstat" }, path),
+            Op::Stat { path, follow } => {
+                write!(f, "{}({:?})", if *follow { "stat" } else { "lstat" }, path)
+            }
             Op::Readdir { path } => write!(f, "readdir({:?})", path),
             Op::Read { path } => write!(f, "read({:?})", path),
-            Op::OpenHeld { slot, path, mode } => write!(f, "fd{} = open({:?}, {})", slot, path, mode.name()),
+            Op::OpenHeld { slot, path, mode } => {
+                write!(f, "fd{} = open({:?}, {})", slot, path, mode.name())
+            }
             Op::ReadHeld { slot } => write!(f, "pread(fd{}, all, off=0)", slot),
             Op::WriteHeld { slot, data } => write!(f, "write(fd{}, {})", slot, show_data(data)),
             Op::FstatHeld { slot } => write!(f, "fstat(fd{})", slot),
@@ -729,14 +791,26 @@ impl fmt::Display for Op {
                     path, kind, rdev.0, rdev.1
                 )
             }
-            Op::OpenTmpfile { slot, dir } => write!(f, "fd{} = open({:?}, O_TMPFILE|O_RDWR, 0o600)", slot, dir),
-            Op::LinkHeld { slot, path } => write!(f, "linkat(fd{}, \"\", {:?}, AT_EMPTY_PATH)", slot, path),
+            Op::OpenTmpfile { slot, dir } => {
+                write!(f, "fd{} = open({:?}, O_TMPFILE|O_RDWR, 0o600)", slot, dir)
+            }
+            Op::LinkHeld { slot, path } => {
+                write!(f, "linkat(fd{}, \"\", {:?}, AT_EMPTY_PATH)", slot, path)
+            }
             Op::ReaddirHeld { slot } => write!(f, "lseek(fd{}, 0) + getdents64", slot),
             Op::FchmodHeld { slot, mode } => write!(f, "fchmod(fd{}, 0o{:o})", slot, mode),
-            Op::FchownHeld { slot, uid, gid } => write!(f, "fchown(fd{}, {}, {})", slot, *uid as i32, *gid as i32),
-            Op::GetXattrSized { path, name, size } => write!(f, "getxattr({:?}, {:?}, size={})", path, name, size),
+            Op::FchownHeld { slot, uid, gid } => {
+                write!(f, "fchown(fd{}, {}, {})", slot, *uid as i32, *gid as i32)
+            }
+            Op::GetXattrSized { path, name, size } => {
+                write!(f, "getxattr({:?}, {:?}, size={})", path, name, size)
+            }
             Op::ListXattrSized { path, size } => write!(f, "listxattr({:?}, size={})", path, size),
-            Op::Access { path, mode, nofollow } => write!(
+            Op::Access {
+                path,
+                mode,
+                nofollow,
+            } => write!(
                 f,
                 "faccessat({:?}, {}, AT_EACCESS{})",
                 path,
@@ -749,7 +823,11 @@ impl fmt::Display for Op {
                         if m & libc::X_OK != 0 { "X" } else { "" }
                     ),
                 },
-                if *nofollow { "|AT_SYMLINK_NOFOLLOW" } else { "" }
+                if *nofollow {
+                    "|AT_SYMLINK_NOFOLLOW"
+                } else {
+                    ""
+                }
             ),
             Op::LUtimens { path, mtime } => write!(
                 f,
@@ -814,8 +892,9 @@ impl Op {
 
 /// Paths operations act on: the lower-layer pool plus a few names only operations create.
 const OP_POOL: &[&str] = &[
-    "a", "b", "c", "d1", "d2", "d3", "e", "f", "a/b", "a/x", "d1/x", "d1/y", "d1/s", "d2/x", "d2/y", "d2/s", "d3/x",
-    "d3/y", "d1/s/z", "d1/s/w", "d2/s/z", "d1/n", "d3/s", "f/g", "d1/s/z/q",
+    "a", "b", "c", "d1", "d2", "d3", "e", "f", "a/b", "a/x", "d1/x", "d1/y", "d1/s", "d2/x",
+    "d2/y", "d2/s", "d3/x", "d3/y", "d1/s/z", "d1/s/w", "d2/s/z", "d1/n", "d3/s", "f/g",
+    "d1/s/z/q",
 ];
 const XATTR_NAMES: &[&str] = &[
     "user.k1",
@@ -896,7 +975,11 @@ impl PathGen {
             // the longest name ext4 takes, one longer, and the same below a directory
             let n = if rng.pct(50) { 255 } else { 256 };
             let name = "L".repeat(n);
-            return if rng.pct(50) { name } else { format!("d1/{}", name) };
+            return if rng.pct(50) {
+                name
+            } else {
+                format!("d1/{}", name)
+            };
         }
         if !self.known.is_empty() && rng.pct(65) {
             rng.pick(&self.known).clone()
@@ -913,7 +996,9 @@ impl PathGen {
     fn note(&mut self, op: &Op) {
         match op {
             Op::As { op, .. } => self.note(op),
-            Op::CreateWrite { path, .. } | Op::Symlink { path, .. } | Op::Mkfifo { path, .. } => self.add(path),
+            Op::CreateWrite { path, .. } | Op::Symlink { path, .. } | Op::Mkfifo { path, .. } => {
+                self.add(path)
+            }
             Op::Mkdir { path, .. } => {
                 self.add(path);
                 self.dirs.push(path.clone());
@@ -999,10 +1084,16 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
             path: pg.pick_new(rng),
             mode: *rng.pick(&[0o755u32, 0o700, 0o2775, 0o1777]),
         },
-        7 => Op::Rmdir { path: pg.pick_dir(rng) },
+        7 => Op::Rmdir {
+            path: pg.pick_dir(rng),
+        },
         8 => {
             let from = if rng.pct(30) { pg.pick_dir(rng) } else { path };
-            let to = if rng.pct(40) { pg.pick_new(rng) } else { pg.pick(rng) };
+            let to = if rng.pct(40) {
+                pg.pick_new(rng)
+            } else {
+                pg.pick(rng)
+            };
             let flags = match rng.weighted(&[70, 15, 15, 2, 1]) {
                 0 => 0,
                 1 => RENAME_NOREPLACE,
@@ -1028,7 +1119,9 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
         12 => Op::Chmod {
             // sometimes the mount root, so that unprivileged users may create at the top
             path: if rng.pct(5) { ".".into() } else { path },
-            mode: *rng.pick(&[0o600u32, 0o644, 0o755, 0o700, 0o4755, 0o2755, 0o1777, 0o000, 0o444]),
+            mode: *rng.pick(&[
+                0o600u32, 0o644, 0o755, 0o700, 0o4755, 0o2755, 0o1777, 0o000, 0o444,
+            ]),
         },
         13 => {
             let (uid, gid) = *rng.pick(&[
@@ -1056,7 +1149,10 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
                     rng.below(1_000_000_000) as i64
                 },
             ),
-            mtime: (1_200_000_000 + rng.below(1000) as i64, rng.below(1_000_000_000) as i64),
+            mtime: (
+                1_200_000_000 + rng.below(1000) as i64,
+                rng.below(1_000_000_000) as i64,
+            ),
         },
         15 => Op::SetXattr {
             path,
@@ -1149,12 +1245,21 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
         },
         37 => Op::Access {
             path,
-            mode: *rng.pick(&[libc::F_OK, libc::R_OK, libc::W_OK, libc::X_OK, libc::R_OK | libc::W_OK]),
+            mode: *rng.pick(&[
+                libc::F_OK,
+                libc::R_OK,
+                libc::W_OK,
+                libc::X_OK,
+                libc::R_OK | libc::W_OK,
+            ]),
             nofollow: rng.pct(20),
         },
         38 => Op::LUtimens {
             path,
-            mtime: (1_300_000_000 + rng.below(1000) as i64, rng.below(1_000_000_000) as i64),
+            mtime: (
+                1_300_000_000 + rng.below(1000) as i64,
+                rng.below(1_000_000_000) as i64,
+            ),
         },
         _ => Op::CloseHeld {
             slot: rng.below(HELD_SLOTS as u64) as usize,
@@ -1440,8 +1545,21 @@ fn fix_times(layer: &Path) {
             },
         ];
         let c = CString::new(full.as_os_str().as_bytes()).unwrap();
-        let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
-        assert_eq!(r, 0, "utimensat {:?}: {}", full, std::io::Error::last_os_error());
+        let r = unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                ts.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "utimensat {:?}: {}",
+            full,
+            std::io::Error::last_os_error()
+        );
     }
     walk(layer, Path::new(""));
 }
@@ -1522,7 +1640,11 @@ fn read_all(fd: libc::c_int, off: Option<u64>) -> R {
         }
     }
     if out.len() <= 48 {
-        Ok(format!("{} bytes {:?}", out.len(), String::from_utf8_lossy(&out)))
+        Ok(format!(
+            "{} bytes {:?}",
+            out.len(),
+            String::from_utf8_lossy(&out)
+        ))
     } else {
         Ok(format!(
             "{} bytes hash {:016x} head {:?}",
@@ -1537,8 +1659,16 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
     let p = |rel: &str| cpath(root, rel);
     unsafe {
         match op {
-            Op::CreateWrite { path, data, excl, mode } => {
-                let flags = libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC | if *excl { libc::O_EXCL } else { 0 };
+            Op::CreateWrite {
+                path,
+                data,
+                excl,
+                mode,
+            } => {
+                let flags = libc::O_CREAT
+                    | libc::O_WRONLY
+                    | libc::O_TRUNC
+                    | if *excl { libc::O_EXCL } else { 0 };
                 let fd = open(&p(path), flags, *mode)?;
                 let n = write_all(&fd, data, None)?;
                 close_checked(fd)?;
@@ -1614,15 +1744,29 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
                 gid,
                 nofollow,
             } => {
-                let fl = if *nofollow { libc::AT_SYMLINK_NOFOLLOW } else { 0 };
-                chk(libc::fchownat(libc::AT_FDCWD, p(path).as_ptr(), *uid, *gid, fl))?;
+                let fl = if *nofollow {
+                    libc::AT_SYMLINK_NOFOLLOW
+                } else {
+                    0
+                };
+                chk(libc::fchownat(
+                    libc::AT_FDCWD,
+                    p(path).as_ptr(),
+                    *uid,
+                    *gid,
+                    fl,
+                ))?;
                 Ok("ok".into())
             }
             Op::Utimens { path, atime, mtime } => {
                 let ts = [
                     libc::timespec {
                         tv_sec: atime.0 as libc::time_t,
-                        tv_nsec: if atime.1 < 0 { libc::UTIME_OMIT } else { atime.1 as _ },
+                        tv_nsec: if atime.1 < 0 {
+                            libc::UTIME_OMIT
+                        } else {
+                            atime.1 as _
+                        },
                     },
                     libc::timespec {
                         tv_sec: mtime.0 as libc::time_t,
@@ -1768,7 +1912,11 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
                     'b' => libc::S_IFBLK,
                     _ => libc::S_IFSOCK,
                 };
-                chk(libc::mknod(p(path).as_ptr(), t | 0o644, libc::makedev(rdev.0, rdev.1)))?;
+                chk(libc::mknod(
+                    p(path).as_ptr(),
+                    t | 0o644,
+                    libc::makedev(rdev.0, rdev.1),
+                ))?;
                 Ok("ok".into())
             }
             Op::OpenTmpfile { slot, dir } => {
@@ -1813,7 +1961,10 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
                         let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
                         let dtype = buf[off + 18];
                         let name_bytes = &buf[off + 19..off + reclen];
-                        let end = name_bytes.iter().position(|b| *b == 0).unwrap_or(name_bytes.len());
+                        let end = name_bytes
+                            .iter()
+                            .position(|b| *b == 0)
+                            .unwrap_or(name_bytes.len());
                         names.push(format!(
                             "{}:{}",
                             String::from_utf8_lossy(&name_bytes[..end]),
@@ -1835,7 +1986,12 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
             }
             Op::GetXattrSized { path, name, size } => {
                 let mut buf = vec![0u8; (*size).max(1)];
-                let n = libc::getxattr(p(path).as_ptr(), cstr(name).as_ptr(), buf.as_mut_ptr() as *mut _, *size);
+                let n = libc::getxattr(
+                    p(path).as_ptr(),
+                    cstr(name).as_ptr(),
+                    buf.as_mut_ptr() as *mut _,
+                    *size,
+                );
                 if n < 0 {
                     return Err(errno());
                 }
@@ -1854,8 +2010,17 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
                 }
                 Ok(format!("size {}", n))
             }
-            Op::Access { path, mode, nofollow } => {
-                let fl = libc::AT_EACCESS | if *nofollow { libc::AT_SYMLINK_NOFOLLOW } else { 0 };
+            Op::Access {
+                path,
+                mode,
+                nofollow,
+            } => {
+                let fl = libc::AT_EACCESS
+                    | if *nofollow {
+                        libc::AT_SYMLINK_NOFOLLOW
+                    } else {
+                        0
+                    };
                 chk(libc::faccessat(libc::AT_FDCWD, p(path).as_ptr(), *mode, fl))?;
                 Ok("ok".into())
             }
@@ -1895,7 +2060,10 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
 
 /// Run `f` on a helper thread.  Err(None) if it does not finish in time (the thread is
 /// leaked), Err(Some(message)) if it panicked.
-fn with_timeout<T: Send + 'static>(t: Duration, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Option<String>> {
+fn with_timeout<T: Send + 'static>(
+    t: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Option<String>> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(panic_msg);
@@ -1988,7 +2156,9 @@ impl Failure {
     /// Coarse signature: a shrunk case must still show this to count as "the same" failure.
     fn signature(&self) -> String {
         match self {
-            Failure::Step { kind, k, f, .. } => format!("step {} {} vs {}", kind, shape(k), shape(f)),
+            Failure::Step { kind, k, f, .. } => {
+                format!("step {} {} vs {}", kind, shape(k), shape(f))
+            }
             Failure::Final { what, .. } => format!("final {}", what),
             Failure::Panic { .. } => "panic".into(),
         }
@@ -1998,7 +2168,9 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::Step { idx, op, k, f: fr, .. } => {
+            Failure::Step {
+                idx, op, k, f: fr, ..
+            } => {
                 write!(
                     f,
                     "step {}: {}\n      kernel:  {}\n      ovlfuse: {}",
@@ -2040,8 +2212,10 @@ fn is_whiteout(n: &Node) -> bool {
 /// identically, and the link count of whiteouts (the kernel shares one whiteout inode).
 fn normalize_upper(mut m: BTreeMap<PathBuf, Node>) -> BTreeMap<PathBuf, Node> {
     for n in m.values_mut() {
-        n.xattrs
-            .retain(|k, _| !(IGNORED_UPPER_XATTRS.contains(&k.as_str()) || k.starts_with("trusted.overlay.ovlfuse.")));
+        n.xattrs.retain(|k, _| {
+            !(IGNORED_UPPER_XATTRS.contains(&k.as_str())
+                || k.starts_with("trusted.overlay.ovlfuse."))
+        });
         if is_whiteout(n) {
             n.nlink = 0;
         }
@@ -2061,7 +2235,11 @@ fn snapshot_timeout(root: &Path, sel: XattrSel) -> Result<BTreeMap<PathBuf, Node
     })
 }
 
-fn final_check(what: &'static str, a: &BTreeMap<PathBuf, Node>, b: &BTreeMap<PathBuf, Node>) -> Result<(), Failure> {
+fn final_check(
+    what: &'static str,
+    a: &BTreeMap<PathBuf, Node>,
+    b: &BTreeMap<PathBuf, Node>,
+) -> Result<(), Failure> {
     let d = common::diff_snapshots(a, b);
     if d.is_empty() {
         Ok(())
@@ -2091,7 +2269,12 @@ fn drop_caches() {
 }
 
 /// Apply the case's operations to both mounts, comparing step by step.  Err((failure, hung)).
-fn run_ops(case: &Case, kroot: &Path, froot: &Path, verbose: bool) -> Result<Vec<R>, (Failure, bool)> {
+fn run_ops(
+    case: &Case,
+    kroot: &Path,
+    froot: &Path,
+    verbose: bool,
+) -> Result<Vec<R>, (Failure, bool)> {
     let drop_each = std::env::var("OVLFUSE_DIFF_DROP_CACHES")
         .map(|v| v != "0")
         .unwrap_or(false);
@@ -2124,7 +2307,12 @@ fn run_ops(case: &Case, kroot: &Path, froot: &Path, verbose: bool) -> Result<Vec
                 // Descriptors of the hung mount are left alone.
                 return Err((
                     Failure::Panic {
-                        msg: format!("step {}: {} hung on ovlfuse for {:?}", idx, op, op_timeout()),
+                        msg: format!(
+                            "step {}: {} hung on ovlfuse for {:?}",
+                            idx,
+                            op,
+                            op_timeout()
+                        ),
                     },
                     true,
                 ));
@@ -2270,14 +2458,19 @@ fn replay_hint(case: &Case) -> String {
             "replay: OVLFUSE_SEED={} cargo test --test differential replay -- --nocapture",
             s
         ),
-        None => format!("replay: cargo test --test differential {} -- --nocapture", case.name),
+        None => format!(
+            "replay: cargo test --test differential {} -- --nocapture",
+            case.name
+        ),
     }
 }
 
 fn report(case: &Case, fail: &Failure) -> String {
     format!(
         "ovlfuse differs from kernel overlayfs\n  seed: {}\n  {}\n  {}\n{}",
-        case.seed.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+        case.seed
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "-".into()),
         fail,
         replay_hint(case),
         case
@@ -2431,16 +2624,23 @@ fn random_sequences() {
                 e.0 += 1;
                 e.1 += r.is_ok() as usize;
                 if std::env::var("OVLFUSE_DIFF_STATS").is_ok() {
-                    *errs.entry(format!("{} {}", op.kind(), shape(r))).or_insert(0usize) += 1;
+                    *errs
+                        .entry(format!("{} {}", op.kind(), shape(r)))
+                        .or_insert(0usize) += 1;
                 }
             }
         }
         if let Err(f) = res {
             // Rerun to tell deterministic differences from timing-dependent ones.
             let sig = f.signature();
-            let again = (0..RERUNS).filter(|_| reproduces(&case, &sig).is_some()).count();
+            let again = (0..RERUNS)
+                .filter(|_| reproduces(&case, &sig).is_some())
+                .count();
             let msg = report(&case, &f);
-            eprintln!("{}\n  (same kind of difference on {}/{} reruns)", msg, again, RERUNS);
+            eprintln!(
+                "{}\n  (same kind of difference on {}/{} reruns)",
+                msg, again, RERUNS
+            );
             failures.push((seed, f, again));
             if fail_fast {
                 break;
@@ -2458,7 +2658,10 @@ fn random_sequences() {
         .iter()
         .map(|(k, (all, ok))| format!("{} {}/{}", k, ok, all))
         .collect();
-    eprintln!("  ops succeeding on the kernel (passing seeds): {}", stats.join(", "));
+    eprintln!(
+        "  ops succeeding on the kernel (passing seeds): {}",
+        stats.join(", ")
+    );
     if !errs.is_empty() {
         eprintln!("  results: {:?}", errs);
     }
@@ -2525,7 +2728,9 @@ fn replay() {
         Ok(_) => println!("seed {}: no difference in {} tries", seed, tries),
         Err(f) => {
             println!("{}", report(&case, &f));
-            let minimize = std::env::var("OVLFUSE_MINIMIZE").map(|v| v != "0").unwrap_or(true);
+            let minimize = std::env::var("OVLFUSE_MINIMIZE")
+                .map(|v| v != "0")
+                .unwrap_or(true);
             if minimize {
                 let (min, mf) = shrink(&case, &f);
                 println!("minimized:\n  {}\n{}", mf, min);
@@ -2691,7 +2896,11 @@ fn copy_up_then_hardlink() {
     }
     let k = check_case(Case::new(
         "copy_up_then_hardlink",
-        vec![vec![file("a", "lower a"), LE::Hardlink(s("a"), s("h")), dir("d1")]],
+        vec![vec![
+            file("a", "lower a"),
+            LE::Hardlink(s("a"), s("h")),
+            dir("d1"),
+        ]],
         vec![
             op_stat("a"),
             op_append("a", "+more"),
@@ -2714,7 +2923,11 @@ fn copy_up_then_hardlink() {
         ],
     ));
     // nlink of the lower hard-linked file is visible before copy-up.
-    assert!(matches!(&k[0], Ok(v) if v.contains("nlink=2")), "{:?}", k[0]);
+    assert!(
+        matches!(&k[0], Ok(v) if v.contains("nlink=2")),
+        "{:?}",
+        k[0]
+    );
 }
 
 #[test]
@@ -2941,7 +3154,11 @@ fn regress(name: &str, layers: Vec<Vec<LE>>, ops: Vec<Op>) -> Vec<R> {
 }
 
 fn held(slot: usize, p: &str, mode: HeldMode) -> Op {
-    Op::OpenHeld { slot, path: s(p), mode }
+    Op::OpenHeld {
+        slot,
+        path: s(p),
+        mode,
+    }
 }
 
 /// Kernel (index=off): copy-up breaks a lower hard link; the other alias keeps the lower data.
@@ -2968,7 +3185,11 @@ fn regress_lower_hardlink_truncate_alias() {
 fn regress_lower_hardlink_unlink_alias_after_copy_up() {
     regress(
         "regress_lower_hardlink_unlink_alias_after_copy_up",
-        vec![vec![file("c", "c"), dir("d3"), LE::Hardlink(s("c"), s("d3/x"))]],
+        vec![vec![
+            file("c", "c"),
+            dir("d3"),
+            LE::Hardlink(s("c"), s("d3/x")),
+        ]],
         vec![
             Op::Utimens {
                 path: s("c"),
@@ -3110,7 +3331,10 @@ fn regress_fd_before_copy_up_then_unlink() {
 fn regress_fstat_after_rename_replaced_file() {
     regress(
         "regress_fstat_after_rename_replaced_file",
-        vec![vec![file("b", "top b, longer")], vec![dir("d3"), file("d3/x", "x")]],
+        vec![
+            vec![file("b", "top b, longer")],
+            vec![dir("d3"), file("d3/x", "x")],
+        ],
         vec![
             Op::SetXattr {
                 path: s("b"),
@@ -3168,7 +3392,10 @@ fn regress_failed_exchange_copies_nothing_up() {
     regress(
         "regress_failed_exchange_copies_nothing_up",
         vec![vec![dir("a"), LE::Fifo(s("d2")), dir("a/b")]],
-        vec![op_rename("a/b", "d2", RENAME_EXCHANGE), op_rename("a/b", "c", 0)],
+        vec![
+            op_rename("a/b", "d2", RENAME_EXCHANGE),
+            op_rename("a/b", "c", 0),
+        ],
     );
 }
 
@@ -3180,7 +3407,10 @@ fn regress_o_tmpfile() {
         "regress_o_tmpfile",
         vec![vec![dir("d1"), file("d1/x", "x")]],
         vec![
-            Op::OpenTmpfile { slot: 0, dir: s("d1") },
+            Op::OpenTmpfile {
+                slot: 0,
+                dir: s("d1"),
+            },
             Op::WriteHeld {
                 slot: 0,
                 data: b"tmp data".to_vec(),
@@ -3274,11 +3504,17 @@ fn regress_fchown_after_unlink() {
                 uid: 1000,
                 gid: 1000,
             },
-            Op::FchmodHeld { slot: 0, mode: 0o600 },
+            Op::FchmodHeld {
+                slot: 0,
+                mode: 0o600,
+            },
             Op::FstatHeld { slot: 0 },
             held(1, "d1/y", HeldMode::ReadOnly),
             Op::Unlink { path: s("d1/y") },
-            Op::FchmodHeld { slot: 1, mode: 0o600 },
+            Op::FchmodHeld {
+                slot: 1,
+                mode: 0o600,
+            },
             Op::FstatHeld { slot: 1 },
         ],
     );
@@ -3297,7 +3533,10 @@ fn regress_fchown_removed_dir() {
                 uid: 0,
                 gid: 0,
             },
-            Op::FchmodHeld { slot: 0, mode: 0o700 },
+            Op::FchmodHeld {
+                slot: 0,
+                mode: 0o700,
+            },
         ],
     );
 }
@@ -3380,7 +3619,10 @@ fn regress_fchmod_replaced_lower_fifo() {
         vec![
             held(0, "d1/s/z", HeldMode::ReadWrite),
             op_rename("a", "d1/s/z", 0),
-            Op::FchmodHeld { slot: 0, mode: 0o644 },
+            Op::FchmodHeld {
+                slot: 0,
+                mode: 0o644,
+            },
             Op::FstatHeld { slot: 0 },
             op_stat("d1/s/z"),
         ],
@@ -3400,7 +3642,10 @@ fn regress_fchown_unlinked_fifo() {
                 mode: 0o600,
             },
             held(0, "d2/y", HeldMode::ReadOnly),
-            Op::FchmodHeld { slot: 0, mode: 0o4755 },
+            Op::FchmodHeld {
+                slot: 0,
+                mode: 0o4755,
+            },
             Op::Unlink { path: s("d2/y") },
             Op::FchownHeld {
                 slot: 0,

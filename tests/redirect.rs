@@ -15,14 +15,22 @@ fn mount_kernel_redirect(st: &Stack) -> MountGuard {
         .arg(&st.mnt)
         .output()
         .expect("run mount");
-    assert!(o.status.success(), "kernel mount with redirect_dir=on: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "kernel mount with redirect_dir=on: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     MountGuard::adopt_kernel(&st.mnt)
 }
 
 fn layers() -> Vec<Vec<E<'static>>> {
     vec![
         vec![E::File("a/y", b"y from lower0"), E::Dir("keep")],
-        vec![E::File("a/sub/x", b"x from lower1"), E::File("b/z", b"z"), E::File("c/w", b"w")],
+        vec![
+            E::File("a/sub/x", b"x from lower1"),
+            E::File("b/z", b"z"),
+            E::File("c/w", b"w"),
+        ],
     ]
 }
 
@@ -69,13 +77,21 @@ fn merged_directories_rename_like_the_kernel() {
     let strip = |m: &std::collections::BTreeMap<std::path::PathBuf, Node>| {
         let mut m = m.clone();
         for n in m.values_mut() {
-            n.xattrs.retain(|k, _| k == "trusted.overlay.redirect" || k == "trusted.overlay.opaque" || k.starts_with("user."));
+            n.xattrs.retain(|k, _| {
+                k == "trusted.overlay.redirect"
+                    || k == "trusted.overlay.opaque"
+                    || k.starts_with("user.")
+            });
             n.mode = 0;
         }
         m
     };
     let d = diff_snapshots(&strip(&ku), &strip(&fu));
-    assert!(d.is_empty(), "upper layers differ (kernel vs ovlfuse):\n{}", d.join("\n"));
+    assert!(
+        d.is_empty(),
+        "upper layers differ (kernel vs ovlfuse):\n{}",
+        d.join("\n")
+    );
 }
 
 #[test]
@@ -86,21 +102,48 @@ fn redirects_written_by_ovlfuse_read_back_on_both() {
     let (sc, k, f) = run_both(&renames);
     let lc = LowerCheck::new(&f.lowers);
     // The kernel's view of its own upper, as reference.
-    let k2 = Stack { lowers: k.lowers.clone(), upper: k.upper.clone(), work: sc.dir("kw2"), mnt: sc.dir("km2") };
+    let k2 = Stack {
+        lowers: k.lowers.clone(),
+        upper: k.upper.clone(),
+        work: sc.dir("kw2"),
+        mnt: sc.dir("km2"),
+    };
     let g = mount_kernel_redirect(&k2);
     let reference = snapshot(&k2.mnt, XattrSel::User);
     g.unmount();
     // ovlfuse remounted over its own upper, and the kernel over ovlfuse's upper.
-    let f2 = Stack { lowers: f.lowers.clone(), upper: f.upper.clone(), work: sc.dir("fw2"), mnt: sc.dir("fm2") };
+    let f2 = Stack {
+        lowers: f.lowers.clone(),
+        upper: f.upper.clone(),
+        work: sc.dir("fw2"),
+        mnt: sc.dir("fm2"),
+    };
     let g = mount_ovlfuse(&f2, &[]);
     let again = snapshot(&f2.mnt, XattrSel::User);
     g.unmount();
-    assert_same_snapshots("ovlfuse remount of its own upper", "kernel reference", &reference, "ovlfuse", &again);
-    let kf = Stack { lowers: f.lowers.clone(), upper: f.upper.clone(), work: sc.dir("kfw"), mnt: sc.dir("kfm") };
+    assert_same_snapshots(
+        "ovlfuse remount of its own upper",
+        "kernel reference",
+        &reference,
+        "ovlfuse",
+        &again,
+    );
+    let kf = Stack {
+        lowers: f.lowers.clone(),
+        upper: f.upper.clone(),
+        work: sc.dir("kfw"),
+        mnt: sc.dir("kfm"),
+    };
     let g = mount_kernel_redirect(&kf);
     let kernel_on_ours = snapshot(&kf.mnt, XattrSel::User);
     g.unmount();
-    assert_same_snapshots("kernel over ovlfuse's upper", "kernel reference", &reference, "kernel on ovlfuse upper", &kernel_on_ours);
+    assert_same_snapshots(
+        "kernel over ovlfuse's upper",
+        "kernel reference",
+        &reference,
+        "kernel on ovlfuse upper",
+        &kernel_on_ours,
+    );
     lc.verify();
 }
 

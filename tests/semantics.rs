@@ -53,7 +53,16 @@ fn twin_with(name: &str, lowers: &[&[E]], upper: &[E], prep: impl Fn(&Stack)) ->
     let fcheck = LowerCheck::new(&f.lowers);
     let kg = mount_kernel(&k);
     let fg = mount_ovlfuse(&f, &[]);
-    Twin { kg: Some(kg), fg: Some(fg), kcheck, fcheck, k, f, _ks: ks, _fs: fsc }
+    Twin {
+        kg: Some(kg),
+        fg: Some(fg),
+        kcheck,
+        fcheck,
+        k,
+        f,
+        _ks: ks,
+        _fs: fsc,
+    }
 }
 
 impl Twin {
@@ -85,14 +94,26 @@ impl Twin {
     fn compare_views(&self, what: &str) {
         let kv = snapshot(self.km(), XattrSel::User);
         let fv = snapshot(self.fm(), XattrSel::User);
-        assert_same_snapshots(&format!("merged view ({what})"), "kernel", &kv, "ovlfuse", &fv);
+        assert_same_snapshots(
+            &format!("merged view ({what})"),
+            "kernel",
+            &kv,
+            "ovlfuse",
+            &fv,
+        );
     }
 
     #[track_caller]
     fn compare_uppers(&self, what: &str) {
         let ku = normalized_upper(&self.k.upper);
         let fu = normalized_upper(&self.f.upper);
-        assert_same_snapshots(&format!("upper directory ({what})"), "kernel", &ku, "ovlfuse", &fu);
+        assert_same_snapshots(
+            &format!("upper directory ({what})"),
+            "kernel",
+            &ku,
+            "ovlfuse",
+            &fu,
+        );
     }
 
     /// Compares the merged views, unmounts both (asserting clean unmounts), compares the
@@ -123,7 +144,8 @@ impl Twin {
 fn normalized_upper(upper: &Path) -> BTreeMap<PathBuf, Node> {
     let mut s = snapshot(upper, XattrSel::All);
     for n in s.values_mut() {
-        n.xattrs.retain(|k, _| k.starts_with("user.") || k == "trusted.overlay.opaque");
+        n.xattrs
+            .retain(|k, _| k.starts_with("user.") || k == "trusted.overlay.opaque");
         if n.kind == 'c' && n.rdev == 0 {
             // The kernel shares one whiteout inode (nlink > 1) and uses mode 0.
             n.mode = 0;
@@ -156,7 +178,14 @@ fn stat_str(p: &Path) -> String {
     match fs::symlink_metadata(p) {
         // Directory size and link count are not part of overlay semantics.
         Ok(m) if m.is_dir() => format!("dir mode={:o} uid={} gid={}", m.mode(), m.uid(), m.gid()),
-        Ok(m) => format!("mode={:o} uid={} gid={} size={} nlink={}", m.mode(), m.uid(), m.gid(), m.len(), m.nlink()),
+        Ok(m) => format!(
+            "mode={:o} uid={} gid={} size={} nlink={}",
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.len(),
+            m.nlink()
+        ),
         Err(e) => format!("<{}>", describe_err(&e)),
     }
 }
@@ -197,22 +226,57 @@ fn lookup_precedence_upper_then_lower0_then_lower1() {
     let t = twin(
         "sem-precedence",
         &[
-            &[E::File("x", b"lower0"), E::File("y", b"lower0"), E::File("d/a", b"l0"), E::Symlink("s", "lower0")],
-            &[E::File("x", b"lower1"), E::File("y", b"lower1"), E::File("z", b"lower1"), E::File("d/a", b"l1"), E::File("d/b", b"l1"), E::Symlink("s", "lower1")],
+            &[
+                E::File("x", b"lower0"),
+                E::File("y", b"lower0"),
+                E::File("d/a", b"l0"),
+                E::Symlink("s", "lower0"),
+            ],
+            &[
+                E::File("x", b"lower1"),
+                E::File("y", b"lower1"),
+                E::File("z", b"lower1"),
+                E::File("d/a", b"l1"),
+                E::File("d/b", b"l1"),
+                E::Symlink("s", "lower1"),
+            ],
         ],
-        &[E::File("x", b"upper"), E::File("d/c", b"up"), E::Mode("d", 0o700)],
+        &[
+            E::File("x", b"upper"),
+            E::File("d/c", b"up"),
+            E::Mode("d", 0o700),
+        ],
     );
     for root in [t.km(), t.fm()] {
         assert_eq!(read_str(&root.join("x")), "upper", "{root:?}: upper wins");
-        assert_eq!(read_str(&root.join("y")), "lower0", "{root:?}: lower0 wins over lower1");
+        assert_eq!(
+            read_str(&root.join("y")),
+            "lower0",
+            "{root:?}: lower0 wins over lower1"
+        );
         assert_eq!(read_str(&root.join("z")), "lower1");
         assert_eq!(read_str(&root.join("d/a")), "l0");
-        assert_eq!(names_or_err(&root.join("d")), Ok(vec!["a".into(), "b".into(), "c".into()]), "{root:?}: merged d");
-        assert_eq!(fs::read_link(root.join("s")).ok(), Some(PathBuf::from("lower0")));
-        assert_eq!(fs::metadata(root.join("d")).map(|m| m.mode() & 0o7777).ok(), Some(0o700), "{root:?}: dir attrs come from upper");
+        assert_eq!(
+            names_or_err(&root.join("d")),
+            Ok(vec!["a".into(), "b".into(), "c".into()]),
+            "{root:?}: merged d"
+        );
+        assert_eq!(
+            fs::read_link(root.join("s")).ok(),
+            Some(PathBuf::from("lower0"))
+        );
+        assert_eq!(
+            fs::metadata(root.join("d")).map(|m| m.mode() & 0o7777).ok(),
+            Some(0o700),
+            "{root:?}: dir attrs come from upper"
+        );
     }
-    t.both("lookup of a missing name", |r| outcome_unit(&fs::symlink_metadata(r.join("nope"))));
-    t.both("lookup through a file", |r| outcome_unit(&fs::symlink_metadata(r.join("x/sub"))));
+    t.both("lookup of a missing name", |r| {
+        outcome_unit(&fs::symlink_metadata(r.join("nope")))
+    });
+    t.both("lookup through a file", |r| {
+        outcome_unit(&fs::symlink_metadata(r.join("x/sub")))
+    });
     t.finish(true);
 }
 
@@ -224,8 +288,18 @@ fn whiteouts_hide_lower_entries() {
     let t = twin(
         "sem-whiteout",
         &[
-            &[E::Whiteout("gone1"), E::File("d/keep", b"k"), E::Whiteout("d/gone2")],
-            &[E::File("gone0", b"x"), E::File("gone1", b"x"), E::File("d/gone2", b"x"), E::File("dir/inner", b"x"), E::File("kept", b"k")],
+            &[
+                E::Whiteout("gone1"),
+                E::File("d/keep", b"k"),
+                E::Whiteout("d/gone2"),
+            ],
+            &[
+                E::File("gone0", b"x"),
+                E::File("gone1", b"x"),
+                E::File("d/gone2", b"x"),
+                E::File("dir/inner", b"x"),
+                E::File("kept", b"k"),
+            ],
         ],
         &[E::Whiteout("gone0"), E::Whiteout("dir")],
     );
@@ -238,11 +312,23 @@ fn whiteouts_hide_lower_entries() {
                 outcome(&r.map(|m| m.mode()))
             );
         }
-        assert_eq!(names_or_err(root), Ok(vec!["d".into(), "kept".into()]), "{root:?}: root listing");
-        assert_eq!(names_or_err(&root.join("d")), Ok(vec!["keep".into()]), "{root:?}: d listing");
+        assert_eq!(
+            names_or_err(root),
+            Ok(vec!["d".into(), "kept".into()]),
+            "{root:?}: root listing"
+        );
+        assert_eq!(
+            names_or_err(&root.join("d")),
+            Ok(vec!["keep".into()]),
+            "{root:?}: d listing"
+        );
     }
-    t.both("create over an upper whiteout", |r| outcome_unit(&fs::write(r.join("gone0"), b"new")));
-    t.both("mkdir over an upper whiteout of a dir", |r| outcome_unit(&fs::create_dir(r.join("dir"))));
+    t.both("create over an upper whiteout", |r| {
+        outcome_unit(&fs::write(r.join("gone0"), b"new"))
+    });
+    t.both("mkdir over an upper whiteout of a dir", |r| {
+        outcome_unit(&fs::create_dir(r.join("dir")))
+    });
     t.both("list the new dir", |r| names_or_err(&r.join("dir")));
     t.finish(true);
 }
@@ -255,17 +341,50 @@ fn opaque_directories_hide_lower_contents() {
     let t = twin(
         "sem-opaque",
         &[
-            &[E::Opaque("o0"), E::File("o0/mine", b"m"), E::File("u/l0", b"x")],
-            &[E::File("o0/hidden", b"h"), E::File("u/hidden", b"h"), E::File("u/deep/er", b"h"), E::File("plain/l1", b"p")],
+            &[
+                E::Opaque("o0"),
+                E::File("o0/mine", b"m"),
+                E::File("u/l0", b"x"),
+            ],
+            &[
+                E::File("o0/hidden", b"h"),
+                E::File("u/hidden", b"h"),
+                E::File("u/deep/er", b"h"),
+                E::File("plain/l1", b"p"),
+            ],
         ],
-        &[E::Opaque("u"), E::File("u/new", b"n"), E::File("plain/up", b"u")],
+        &[
+            E::Opaque("u"),
+            E::File("u/new", b"n"),
+            E::File("plain/up", b"u"),
+        ],
     );
     for root in [t.km(), t.fm()] {
-        assert_eq!(names_or_err(&root.join("u")), Ok(vec!["new".into()]), "{root:?}: upper opaque dir");
-        assert_eq!(names_or_err(&root.join("o0")), Ok(vec!["mine".into()]), "{root:?}: lower0 opaque dir");
-        assert_eq!(names_or_err(&root.join("plain")), Ok(vec!["l1".into(), "up".into()]), "{root:?}: non-opaque dir merges");
-        expect_errno(fs::symlink_metadata(root.join("u/hidden")), libc::ENOENT, "lookup below an opaque dir");
-        expect_errno(fs::symlink_metadata(root.join("u/deep/er")), libc::ENOENT, "lookup below an opaque dir");
+        assert_eq!(
+            names_or_err(&root.join("u")),
+            Ok(vec!["new".into()]),
+            "{root:?}: upper opaque dir"
+        );
+        assert_eq!(
+            names_or_err(&root.join("o0")),
+            Ok(vec!["mine".into()]),
+            "{root:?}: lower0 opaque dir"
+        );
+        assert_eq!(
+            names_or_err(&root.join("plain")),
+            Ok(vec!["l1".into(), "up".into()]),
+            "{root:?}: non-opaque dir merges"
+        );
+        expect_errno(
+            fs::symlink_metadata(root.join("u/hidden")),
+            libc::ENOENT,
+            "lookup below an opaque dir",
+        );
+        expect_errno(
+            fs::symlink_metadata(root.join("u/deep/er")),
+            libc::ENOENT,
+            "lookup below an opaque dir",
+        );
     }
     t.finish(true);
 }
@@ -292,8 +411,16 @@ fn xattr_whiteouts_in_lower_match_kernel() {
         &[],
     );
     for root in [t.km(), t.fm()] {
-        assert_eq!(names_or_err(&root.join("d")), Ok(vec!["g".into(), "mine".into()]), "{root:?}: d");
-        expect_errno(fs::symlink_metadata(root.join("d/f")), libc::ENOENT, "xattr whiteout");
+        assert_eq!(
+            names_or_err(&root.join("d")),
+            Ok(vec!["g".into(), "mine".into()]),
+            "{root:?}: d"
+        );
+        expect_errno(
+            fs::symlink_metadata(root.join("d/f")),
+            libc::ENOENT,
+            "xattr whiteout",
+        );
     }
     t.finish(true);
 }
@@ -306,39 +433,87 @@ fn oci_whiteouts_in_lower_are_honoured() {
     // The kernel does not read these; assert the expected view directly.
     let sc = Scratch::new("sem-oci-whiteouts");
     let st = Stack::new(&sc, 2);
-    build(&st.lowers[0], &[
-        E::File(".wh.f", b""),
-        E::File("d/.wh..wh..opq", b""),
-        E::File("d/new", b"n"),
-        E::File("e/.wh.x", b""),
-        E::File("e/mine", b"m"),
-        E::File(".wh.gone_dir", b""),
-    ]);
-    build(&st.lowers[1], &[
-        E::File("f", b"hidden"),
-        E::File("g", b"g"),
-        E::File("d/old", b"old"),
-        E::File("d/sub/deep", b"deep"),
-        E::File("e/x", b"x"),
-        E::File("e/y", b"y"),
-        E::File("gone_dir/z", b"z"),
-    ]);
+    build(
+        &st.lowers[0],
+        &[
+            E::File(".wh.f", b""),
+            E::File("d/.wh..wh..opq", b""),
+            E::File("d/new", b"n"),
+            E::File("e/.wh.x", b""),
+            E::File("e/mine", b"m"),
+            E::File(".wh.gone_dir", b""),
+        ],
+    );
+    build(
+        &st.lowers[1],
+        &[
+            E::File("f", b"hidden"),
+            E::File("g", b"g"),
+            E::File("d/old", b"old"),
+            E::File("d/sub/deep", b"deep"),
+            E::File("e/x", b"x"),
+            E::File("e/y", b"y"),
+            E::File("gone_dir/z", b"z"),
+        ],
+    );
     let lc = LowerCheck::new(&st.lowers);
     let g = mount_ovlfuse(&st, &[]);
     let m = &st.mnt;
-    assert_eq!(names_or_err(m), Ok(vec!["d".into(), "e".into(), "g".into()]), "root: .wh.f hides f, .wh.gone_dir hides a dir, .wh.* names are not shown");
-    assert_eq!(names_or_err(&m.join("d")), Ok(vec!["new".into()]), "d has .wh..wh..opq: lower1's d/old and d/sub are hidden");
-    assert_eq!(names_or_err(&m.join("e")), Ok(vec!["mine".into(), "y".into()]), "e/.wh.x hides e/x");
-    expect_errno(fs::symlink_metadata(m.join("f")), libc::ENOENT, "f whited out by .wh.f");
-    expect_errno(fs::symlink_metadata(m.join(".wh.f")), libc::ENOENT, "the .wh.f marker itself");
-    expect_errno(fs::symlink_metadata(m.join("d/old")), libc::ENOENT, "d/old below an OCI-opaque dir");
-    expect_errno(fs::symlink_metadata(m.join("d/.wh..wh..opq")), libc::ENOENT, "the opaque marker itself");
-    expect_errno(fs::symlink_metadata(m.join("gone_dir/z")), libc::ENOENT, "gone_dir/z");
+    assert_eq!(
+        names_or_err(m),
+        Ok(vec!["d".into(), "e".into(), "g".into()]),
+        "root: .wh.f hides f, .wh.gone_dir hides a dir, .wh.* names are not shown"
+    );
+    assert_eq!(
+        names_or_err(&m.join("d")),
+        Ok(vec!["new".into()]),
+        "d has .wh..wh..opq: lower1's d/old and d/sub are hidden"
+    );
+    assert_eq!(
+        names_or_err(&m.join("e")),
+        Ok(vec!["mine".into(), "y".into()]),
+        "e/.wh.x hides e/x"
+    );
+    expect_errno(
+        fs::symlink_metadata(m.join("f")),
+        libc::ENOENT,
+        "f whited out by .wh.f",
+    );
+    expect_errno(
+        fs::symlink_metadata(m.join(".wh.f")),
+        libc::ENOENT,
+        "the .wh.f marker itself",
+    );
+    expect_errno(
+        fs::symlink_metadata(m.join("d/old")),
+        libc::ENOENT,
+        "d/old below an OCI-opaque dir",
+    );
+    expect_errno(
+        fs::symlink_metadata(m.join("d/.wh..wh..opq")),
+        libc::ENOENT,
+        "the opaque marker itself",
+    );
+    expect_errno(
+        fs::symlink_metadata(m.join("gone_dir/z")),
+        libc::ENOENT,
+        "gone_dir/z",
+    );
     // Creating a name hidden by an OCI whiteout works and shows only the new entry.
-    ok(fs::write(m.join("f"), b"fresh"), "create f over an OCI whiteout");
+    ok(
+        fs::write(m.join("f"), b"fresh"),
+        "create f over an OCI whiteout",
+    );
     assert_eq!(read_str(&m.join("f")), "fresh");
-    ok(fs::create_dir(m.join("gone_dir")), "mkdir over an OCI whiteout of a dir");
-    assert_eq!(names_or_err(&m.join("gone_dir")), Ok(vec![]), "a new dir over a whiteout must be empty");
+    ok(
+        fs::create_dir(m.join("gone_dir")),
+        "mkdir over an OCI whiteout of a dir",
+    );
+    assert_eq!(
+        names_or_err(&m.join("gone_dir")),
+        Ok(vec![]),
+        "a new dir over a whiteout must be empty"
+    );
     g.unmount();
     lc.verify();
 }
@@ -350,11 +525,25 @@ fn user_overlay_opaque_in_lower_is_honoured() {
     }
     let sc = Scratch::new("sem-user-opaque");
     let st = Stack::new(&sc, 2);
-    build(&st.lowers[0], &[E::Dir("d"), E::Xattr("d", "user.overlay.opaque", b"y"), E::File("d/mine", b"m")]);
-    build(&st.lowers[1], &[E::File("d/hidden", b"h"), E::File("other", b"o")]);
+    build(
+        &st.lowers[0],
+        &[
+            E::Dir("d"),
+            E::Xattr("d", "user.overlay.opaque", b"y"),
+            E::File("d/mine", b"m"),
+        ],
+    );
+    build(
+        &st.lowers[1],
+        &[E::File("d/hidden", b"h"), E::File("other", b"o")],
+    );
     let lc = LowerCheck::new(&st.lowers);
     let g = mount_ovlfuse(&st, &[]);
-    assert_eq!(names_or_err(&st.mnt.join("d")), Ok(vec!["mine".into()]), "user.overlay.opaque=y hides the lower contents");
+    assert_eq!(
+        names_or_err(&st.mnt.join("d")),
+        Ok(vec!["mine".into()]),
+        "user.overlay.opaque=y hides the lower contents"
+    );
     assert_eq!(names_or_err(&st.mnt), Ok(vec!["d".into(), "other".into()]));
     g.unmount();
     lc.verify();
@@ -370,7 +559,12 @@ fn readdir_check(dir: &Path) -> (Vec<String>, Vec<(String, u8)>) {
     let mut problems = Vec::new();
     let ents = match read_dir_raw(dir) {
         Ok(e) => e,
-        Err(e) => return (vec![format!("opendir/readdir {dir:?}: {}", describe_err(&e))], vec![]),
+        Err(e) => {
+            return (
+                vec![format!("opendir/readdir {dir:?}: {}", describe_err(&e))],
+                vec![],
+            )
+        }
     };
     let mut seen = BTreeSet::new();
     let mut list = Vec::new();
@@ -383,12 +577,23 @@ fn readdir_check(dir: &Path) -> (Vec<String>, Vec<(String, u8)>) {
         if name == ".." {
             continue;
         }
-        let p = if name == "." { dir.to_path_buf() } else { dir.join(&name) };
+        let p = if name == "." {
+            dir.to_path_buf()
+        } else {
+            dir.join(&name)
+        };
         match fs::symlink_metadata(&p) {
-            Err(err) => problems.push(format!("{name:?} listed but lstat fails: {}", describe_err(&err))),
+            Err(err) => problems.push(format!(
+                "{name:?} listed but lstat fails: {}",
+                describe_err(&err)
+            )),
             Ok(m) => {
                 if e.d_type != dtype_of(&m) {
-                    problems.push(format!("{name:?}: d_type {} but lstat says {}", e.d_type, dtype_of(&m)));
+                    problems.push(format!(
+                        "{name:?}: d_type {} but lstat says {}",
+                        e.d_type,
+                        dtype_of(&m)
+                    ));
                 }
                 if e.ino != m.ino() {
                     problems.push(format!("{name:?}: d_ino {} != st_ino {}", e.ino, m.ino()));
@@ -438,7 +643,14 @@ fn readdir_merges_names_once_with_right_types_and_inodes() {
                 E::Hardlink("a", "a_link"),
             ],
         ],
-        &[E::File("c", b"c"), E::Whiteout("hid"), E::Whiteout("dir1/hid"), E::File("dir1/z", b"z"), E::Dir("u"), E::File("both", b"up")],
+        &[
+            E::File("c", b"c"),
+            E::Whiteout("hid"),
+            E::Whiteout("dir1/hid"),
+            E::File("dir1/z", b"z"),
+            E::Dir("u"),
+            E::File("both", b"up"),
+        ],
     );
     for d in [".", "dir1", "x2", "u"] {
         let (kp, kl) = readdir_check(&t.km().join(d));
@@ -448,8 +660,15 @@ fn readdir_merges_names_once_with_right_types_and_inodes() {
             // merged subdirectories; ovlfuse promises it does.
             eprintln!("note: kernel readdir of {d}: {kp:?}");
         }
-        assert!(fp.is_empty(), "ovlfuse readdir of {d} has problems:\n  {}", fp.join("\n  "));
-        assert_eq!(fl, kl, "readdir of {d}: ovlfuse (left) vs kernel (right) (name, d_type)");
+        assert!(
+            fp.is_empty(),
+            "ovlfuse readdir of {d} has problems:\n  {}",
+            fp.join("\n  ")
+        );
+        assert_eq!(
+            fl, kl,
+            "readdir of {d}: ovlfuse (left) vs kernel (right) (name, d_type)"
+        );
     }
     // Readdir after changes in the same directory stream's lifetime.
     t.both("unlink + create + readdir", |r| {
@@ -468,10 +687,17 @@ fn telldir_all(d: *mut libc::DIR) -> Vec<(String, libc::c_long)> {
         let e = unsafe { libc::readdir(d) };
         if e.is_null() {
             let err = io::Error::last_os_error();
-            assert_eq!(err.raw_os_error().unwrap_or(0), 0, "readdir failed: {}", describe_err(&err));
+            assert_eq!(
+                err.raw_os_error().unwrap_or(0),
+                0,
+                "readdir failed: {}",
+                describe_err(&err)
+            );
             break;
         }
-        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) }.to_string_lossy().into_owned();
+        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
         v.push((name, pos));
     }
     v
@@ -482,7 +708,11 @@ fn next_name(d: *mut libc::DIR) -> Option<String> {
     if e.is_null() {
         None
     } else {
-        Some(unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) }.to_string_lossy().into_owned())
+        Some(
+            unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) }
+                .to_string_lossy()
+                .into_owned(),
+        )
     }
 }
 
@@ -504,21 +734,52 @@ fn readdir_of_100k_entries_and_telldir_seekdir() {
     let dir = st.mnt.join("big");
     let c = cpath(&dir);
     let d = unsafe { libc::opendir(c.as_ptr()) };
-    assert!(!d.is_null(), "opendir: {}", describe_err(&io::Error::last_os_error()));
+    assert!(
+        !d.is_null(),
+        "opendir: {}",
+        describe_err(&io::Error::last_os_error())
+    );
     let all = telldir_all(d);
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for (n, _) in &all {
         *counts.entry(n.as_str()).or_default() += 1;
     }
-    let dups: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).map(|(n, c)| format!("{n} x{c}")).take(20).collect();
+    let dups: Vec<_> = counts
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(n, c)| format!("{n} x{c}"))
+        .take(20)
+        .collect();
     assert!(dups.is_empty(), "names returned more than once: {dups:?}");
-    let missing: Vec<String> =
-        (0..N).map(|i| format!("entry-{i:06}")).filter(|n| !counts.contains_key(n.as_str())).take(20).collect();
-    assert!(missing.is_empty(), "{} entries read; missing e.g. {missing:?}", all.len());
-    assert!(counts.contains_key(".") && counts.contains_key(".."), ". or .. missing");
+    let missing: Vec<String> = (0..N)
+        .map(|i| format!("entry-{i:06}"))
+        .filter(|n| !counts.contains_key(n.as_str()))
+        .take(20)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} entries read; missing e.g. {missing:?}",
+        all.len()
+    );
+    assert!(
+        counts.contains_key(".") && counts.contains_key(".."),
+        ". or .. missing"
+    );
     assert_eq!(all.len(), N + 2, "entry count");
     // seekdir back to remembered positions, in scrambled order.
-    let idx = [all.len() - 1, 1, 0, 77_777, 4095, 2, 50_000, 99_999, 1000, 33_333, 65_536];
+    let idx = [
+        all.len() - 1,
+        1,
+        0,
+        77_777,
+        4095,
+        2,
+        50_000,
+        99_999,
+        1000,
+        33_333,
+        65_536,
+    ];
     for &i in &idx {
         unsafe { libc::seekdir(d, all[i].1) };
         for j in i..(i + 5).min(all.len()) {
@@ -535,13 +796,22 @@ fn readdir_of_100k_entries_and_telldir_seekdir() {
         }
     }
     unsafe { libc::rewinddir(d) };
-    assert_eq!(next_name(d).as_deref(), Some(all[0].0.as_str()), "first entry after rewinddir");
+    assert_eq!(
+        next_name(d).as_deref(),
+        Some(all[0].0.as_str()),
+        "first entry after rewinddir"
+    );
     // A second, independent stream sees the same sequence.
     let d2 = unsafe { libc::opendir(c.as_ptr()) };
     assert!(!d2.is_null());
     let again: Vec<String> = telldir_all(d2).into_iter().map(|(n, _)| n).collect();
     let first: Vec<String> = all.iter().map(|(n, _)| n.clone()).collect();
-    assert!(again == first, "a second full readdir returned a different sequence ({} vs {} names)", again.len(), first.len());
+    assert!(
+        again == first,
+        "a second full readdir returned a different sequence ({} vs {} names)",
+        again.len(),
+        first.len()
+    );
     unsafe {
         libc::closedir(d);
         libc::closedir(d2);
@@ -584,8 +854,12 @@ fn copy_up_case(name: &str, mtime_kept: bool, op: impl Fn(&Path) -> io::Result<(
     });
     for p in ["f", "dir/sub/g"] {
         t.both(&format!("{name} on {p}"), |r| outcome_unit(&op(&r.join(p))));
-        t.both(&format!("contents of {p} after {name}"), |r| read_str(&r.join(p)));
-        t.both(&format!("stat of {p} after {name}"), |r| stat_str(&r.join(p)));
+        t.both(&format!("contents of {p} after {name}"), |r| {
+            read_str(&r.join(p))
+        });
+        t.both(&format!("stat of {p} after {name}"), |r| {
+            stat_str(&r.join(p))
+        });
         t.both(&format!("mtime kept after {name} of {p}?"), |r| {
             let m = mtime_of(&r.join(p)).unwrap();
             if mtime_kept {
@@ -596,16 +870,26 @@ fn copy_up_case(name: &str, mtime_kept: bool, op: impl Fn(&Path) -> io::Result<(
         });
         if mtime_kept {
             let m = mtime_of(&t.fm().join(p)).unwrap();
-            assert_eq!(m, OLD_MTIME, "{name} of {p} must keep the lower file's mtime across copy-up");
+            assert_eq!(
+                m, OLD_MTIME,
+                "{name} of {p} must keep the lower file's mtime across copy-up"
+            );
         }
     }
     for p in ["dir", "dir/sub"] {
-        t.both(&format!("stat of parent {p} after copy-up"), |r| stat_str(&r.join(p)));
+        t.both(&format!("stat of parent {p} after copy-up"), |r| {
+            stat_str(&r.join(p))
+        });
     }
     // Something was copied up, with the right attributes.
     for p in ["f", "dir/sub/g"] {
         let up = t.f.upper.join(p);
-        assert!(fs::symlink_metadata(&up).map(|m| m.is_file()).unwrap_or(false), "{name}: {p} not copied up to {up:?}");
+        assert!(
+            fs::symlink_metadata(&up)
+                .map(|m| m.is_file())
+                .unwrap_or(false),
+            "{name}: {p} not copied up to {up:?}"
+        );
     }
     t.finish(true);
 }
@@ -623,7 +907,12 @@ fn copy_up_on_append() {
     if !fuse_available() {
         return;
     }
-    copy_up_case("sem-cu-append", false, |p| fs::OpenOptions::new().append(true).open(p)?.write_all(b"+tail"));
+    copy_up_case("sem-cu-append", false, |p| {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(p)?
+            .write_all(b"+tail")
+    });
 }
 
 #[test]
@@ -631,7 +920,9 @@ fn copy_up_on_chmod() {
     if !fuse_available() {
         return;
     }
-    copy_up_case("sem-cu-chmod", true, |p| fs::set_permissions(p, fs::Permissions::from_mode(0o4751)));
+    copy_up_case("sem-cu-chmod", true, |p| {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o4751))
+    });
 }
 
 #[test]
@@ -651,7 +942,9 @@ fn copy_up_on_utimes() {
         // Setting the same old mtime explicitly; the atime changes.
         set_times(p, (7, 7), OLD_MTIME)
     });
-    copy_up_case("sem-cu-utimes2", false, |p| set_times(p, (7, 7), (2_000_000_000, 5)));
+    copy_up_case("sem-cu-utimes2", false, |p| {
+        set_times(p, (7, 7), (2_000_000_000, 5))
+    });
 }
 
 #[test]
@@ -659,8 +952,12 @@ fn copy_up_on_setxattr() {
     if !fuse_available() {
         return;
     }
-    copy_up_case("sem-cu-setxattr", true, |p| lsetxattr(p, "user.new", b"value"));
-    copy_up_case("sem-cu-removexattr", true, |p| lremovexattr(p, "user.foo").or_else(|_| lremovexattr(p, "user.g")));
+    copy_up_case("sem-cu-setxattr", true, |p| {
+        lsetxattr(p, "user.new", b"value")
+    });
+    copy_up_case("sem-cu-removexattr", true, |p| {
+        lremovexattr(p, "user.foo").or_else(|_| lremovexattr(p, "user.g"))
+    });
 }
 
 #[test]
@@ -668,7 +965,9 @@ fn copy_up_on_truncate() {
     if !fuse_available() {
         return;
     }
-    copy_up_case("sem-cu-truncate", false, |p| fs::OpenOptions::new().write(true).open(p)?.set_len(4));
+    copy_up_case("sem-cu-truncate", false, |p| {
+        fs::OpenOptions::new().write(true).open(p)?.set_len(4)
+    });
     copy_up_case("sem-cu-truncate-path", false, |p| {
         let c = cpath(p);
         cvt(unsafe { libc::truncate(c.as_ptr(), 100) }).map(|_| ())
@@ -693,14 +992,29 @@ fn copy_up_of_sparse_file_keeps_holes() {
         f.write_all_at(b"tail", GIB - 4).unwrap();
     }
     let lower_blocks = fs::metadata(&lf).unwrap().blocks();
-    assert!(lower_blocks < 2048, "the lower file is not sparse on this file system ({lower_blocks} blocks)");
+    assert!(
+        lower_blocks < 2048,
+        "the lower file is not sparse on this file system ({lower_blocks} blocks)"
+    );
     let lc = LowerCheck::new(&st.lowers);
-    let kst = Stack { lowers: st.lowers.clone(), ..kst };
+    let kst = Stack {
+        lowers: st.lowers.clone(),
+        ..kst
+    };
     let kg = mount_kernel(&kst);
     let g = mount_ovlfuse(&st, &[]);
-    for (who, root, upper) in [("kernel", &kst.mnt, &kst.upper), ("ovlfuse", &st.mnt, &st.upper)] {
-        ok(fs::set_permissions(root.join("sparse"), fs::Permissions::from_mode(0o600)), &format!("{who}: chmod"));
-        let m = ok(fs::metadata(upper.join("sparse")), &format!("{who}: copied-up file in upper"));
+    for (who, root, upper) in [
+        ("kernel", &kst.mnt, &kst.upper),
+        ("ovlfuse", &st.mnt, &st.upper),
+    ] {
+        ok(
+            fs::set_permissions(root.join("sparse"), fs::Permissions::from_mode(0o600)),
+            &format!("{who}: chmod"),
+        );
+        let m = ok(
+            fs::metadata(upper.join("sparse")),
+            &format!("{who}: copied-up file in upper"),
+        );
         assert_eq!(m.len(), GIB, "{who}: size after copy-up");
         assert_eq!(m.mode() & 0o7777, 0o600);
         assert!(
@@ -727,13 +1041,29 @@ fn copy_up_of_fifo_keeps_fifo() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-cu-fifo", &[&[E::Fifo("p"), E::Owner("p", 5, 6), E::Fifo("q")]], &[]);
-    t.both("chmod fifo", |r| outcome_unit(&fs::set_permissions(r.join("p"), fs::Permissions::from_mode(0o600))));
+    let t = twin(
+        "sem-cu-fifo",
+        &[&[E::Fifo("p"), E::Owner("p", 5, 6), E::Fifo("q")]],
+        &[],
+    );
+    t.both("chmod fifo", |r| {
+        outcome_unit(&fs::set_permissions(
+            r.join("p"),
+            fs::Permissions::from_mode(0o600),
+        ))
+    });
     t.both("chown fifo", |r| outcome_unit(&lchown(&r.join("q"), 7, 8)));
-    t.both("setxattr on fifo", |r| outcome_unit(&lsetxattr(&r.join("q"), "user.x", b"1")));
+    t.both("setxattr on fifo", |r| {
+        outcome_unit(&lsetxattr(&r.join("q"), "user.x", b"1"))
+    });
     t.both("stat fifo", |r| stat_str(&r.join("p")));
     use std::os::unix::fs::FileTypeExt;
-    assert!(fs::symlink_metadata(t.f.upper.join("p")).map(|m| m.file_type().is_fifo()).unwrap_or(false), "upper p must be a fifo");
+    assert!(
+        fs::symlink_metadata(t.f.upper.join("p"))
+            .map(|m| m.file_type().is_fifo())
+            .unwrap_or(false),
+        "upper p must be a fifo"
+    );
     t.finish(true);
 }
 
@@ -744,21 +1074,48 @@ fn unlink_of_lower_file_leaves_only_a_whiteout() {
     }
     let t = twin(
         "sem-unlink-wh",
-        &[&[E::File("f", b"data"), E::File("d/g", b"g"), E::File("d/h", b"h"), E::Symlink("s", "f")]],
+        &[&[
+            E::File("f", b"data"),
+            E::File("d/g", b"g"),
+            E::File("d/h", b"h"),
+            E::Symlink("s", "f"),
+        ]],
         &[E::File("u", b"upper only")],
     );
-    t.both("unlink lower file", |r| outcome_unit(&fs::remove_file(r.join("f"))));
-    t.both("unlink nested lower file", |r| outcome_unit(&fs::remove_file(r.join("d/g"))));
-    t.both("unlink lower symlink", |r| outcome_unit(&fs::remove_file(r.join("s"))));
-    t.both("unlink upper-only file", |r| outcome_unit(&fs::remove_file(r.join("u"))));
-    t.both("lookup after unlink", |r| outcome_unit(&fs::symlink_metadata(r.join("f"))));
+    t.both("unlink lower file", |r| {
+        outcome_unit(&fs::remove_file(r.join("f")))
+    });
+    t.both("unlink nested lower file", |r| {
+        outcome_unit(&fs::remove_file(r.join("d/g")))
+    });
+    t.both("unlink lower symlink", |r| {
+        outcome_unit(&fs::remove_file(r.join("s")))
+    });
+    t.both("unlink upper-only file", |r| {
+        outcome_unit(&fs::remove_file(r.join("u")))
+    });
+    t.both("lookup after unlink", |r| {
+        outcome_unit(&fs::symlink_metadata(r.join("f")))
+    });
     t.both("readdir d", |r| names_or_err(&r.join("d")));
-    t.both("unlink again", |r| outcome_unit(&fs::remove_file(r.join("f"))));
+    t.both("unlink again", |r| {
+        outcome_unit(&fs::remove_file(r.join("f")))
+    });
     for p in ["f", "d/g", "s"] {
-        assert!(is_whiteout(&t.f.upper.join(p)), "upper/{p} must be a char 0/0 whiteout: {}", stat_str(&t.f.upper.join(p)));
+        assert!(
+            is_whiteout(&t.f.upper.join(p)),
+            "upper/{p} must be a char 0/0 whiteout: {}",
+            stat_str(&t.f.upper.join(p))
+        );
     }
-    assert!(fs::symlink_metadata(t.f.upper.join("u")).is_err(), "upper-only file must be gone, not whited out");
-    assert!(fs::symlink_metadata(t.f.upper.join("d/h")).is_err(), "d/h must not be copied up");
+    assert!(
+        fs::symlink_metadata(t.f.upper.join("u")).is_err(),
+        "upper-only file must be gone, not whited out"
+    );
+    assert!(
+        fs::symlink_metadata(t.f.upper.join("d/h")).is_err(),
+        "d/h must not be copied up"
+    );
     t.finish(true);
 }
 
@@ -767,10 +1124,26 @@ fn o_trunc_open_of_lower_file() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-otrunc", &[&[E::File("f", b"long lower contents"), E::Mode("f", 0o640), E::Owner("f", 3, 4)]], &[]);
+    let t = twin(
+        "sem-otrunc",
+        &[&[
+            E::File("f", b"long lower contents"),
+            E::Mode("f", 0o640),
+            E::Owner("f", 3, 4),
+        ]],
+        &[],
+    );
     t.both("open O_TRUNC and write", |r| {
-        let res = fs::OpenOptions::new().write(true).truncate(true).open(r.join("f")).and_then(|mut f| f.write_all(b"new"));
-        (outcome_unit(&res), read_str(&r.join("f")), stat_str(&r.join("f")))
+        let res = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(r.join("f"))
+            .and_then(|mut f| f.write_all(b"new"));
+        (
+            outcome_unit(&res),
+            read_str(&r.join("f")),
+            stat_str(&r.join("f")),
+        )
     });
     t.both("open O_RDWR|O_TRUNC again", |r| {
         outcome_unit(&open_fd(&r.join("f"), libc::O_RDWR | libc::O_TRUNC, 0))
@@ -789,20 +1162,43 @@ fn rmdir_of_nonempty_merged_dir_and_of_emptied_dir() {
     }
     let t = twin(
         "sem-rmdir",
-        &[&[E::File("d/a", b"a")], &[E::File("d/b", b"b"), E::Dir("e")]],
+        &[
+            &[E::File("d/a", b"a")],
+            &[E::File("d/b", b"b"), E::Dir("e")],
+        ],
         &[E::File("d/c", b"c"), E::Whiteout("d/zz")],
     );
-    t.both("rmdir non-empty merged dir", |r| outcome_unit(&fs::remove_dir(r.join("d"))));
-    t.both("rmdir a file", |r| outcome_unit(&fs::remove_dir(r.join("d/a"))));
+    t.both("rmdir non-empty merged dir", |r| {
+        outcome_unit(&fs::remove_dir(r.join("d")))
+    });
+    t.both("rmdir a file", |r| {
+        outcome_unit(&fs::remove_dir(r.join("d/a")))
+    });
     for n in ["a", "b", "c"] {
-        t.both(&format!("unlink d/{n}"), |r| outcome_unit(&fs::remove_file(r.join("d").join(n))));
+        t.both(&format!("unlink d/{n}"), |r| {
+            outcome_unit(&fs::remove_file(r.join("d").join(n)))
+        });
     }
-    t.both("rmdir emptied dir (only whiteouts left)", |r| outcome_unit(&fs::remove_dir(r.join("d"))));
-    t.both("lookup removed dir", |r| outcome_unit(&fs::symlink_metadata(r.join("d"))));
-    t.both("rmdir empty lower dir", |r| outcome_unit(&fs::remove_dir(r.join("e"))));
-    t.both("rmdir missing", |r| outcome_unit(&fs::remove_dir(r.join("e"))));
-    assert!(is_whiteout(&t.f.upper.join("d")), "upper/d must be a whiteout after rmdir");
-    assert!(is_whiteout(&t.f.upper.join("e")), "upper/e must be a whiteout after rmdir");
+    t.both("rmdir emptied dir (only whiteouts left)", |r| {
+        outcome_unit(&fs::remove_dir(r.join("d")))
+    });
+    t.both("lookup removed dir", |r| {
+        outcome_unit(&fs::symlink_metadata(r.join("d")))
+    });
+    t.both("rmdir empty lower dir", |r| {
+        outcome_unit(&fs::remove_dir(r.join("e")))
+    });
+    t.both("rmdir missing", |r| {
+        outcome_unit(&fs::remove_dir(r.join("e")))
+    });
+    assert!(
+        is_whiteout(&t.f.upper.join("d")),
+        "upper/d must be a whiteout after rmdir"
+    );
+    assert!(
+        is_whiteout(&t.f.upper.join("e")),
+        "upper/e must be a whiteout after rmdir"
+    );
     t.finish(true);
 }
 
@@ -813,7 +1209,11 @@ fn rmdir_then_mkdir_gives_empty_opaque_dir_and_new_dirs_are_not_opaque() {
     }
     let t = twin(
         "sem-mkdir-opaque",
-        &[&[E::File("d/a", b"a"), E::File("d/sub/x", b"x"), E::File("wf", b"file")]],
+        &[&[
+            E::File("d/a", b"a"),
+            E::File("d/sub/x", b"x"),
+            E::File("wf", b"file"),
+        ]],
         &[],
     );
     t.both("rm -r d", |r| {
@@ -826,17 +1226,46 @@ fn rmdir_then_mkdir_gives_empty_opaque_dir_and_new_dirs_are_not_opaque() {
         ]
     });
     t.both("readdir recreated d", |r| names_or_err(&r.join("d")));
-    t.both("lookup old child", |r| outcome_unit(&fs::symlink_metadata(r.join("d/a"))));
-    t.both("mkdir brand-new", |r| outcome_unit(&fs::create_dir(r.join("brandnew"))));
-    t.both("unlink file, mkdir same name", |r| {
-        (outcome_unit(&fs::remove_file(r.join("wf"))), outcome_unit(&fs::create_dir(r.join("wf"))), names_or_err(&r.join("wf")))
+    t.both("lookup old child", |r| {
+        outcome_unit(&fs::symlink_metadata(r.join("d/a")))
     });
-    let opaque = |p: &Path| outcome(&lgetxattr(p, "trusted.overlay.opaque").map(|v| String::from_utf8_lossy(&v).into_owned()));
-    assert_eq!(opaque(&t.f.upper.join("d")), "ok: \"y\"", "recreated d must be opaque in upper");
-    assert_eq!(opaque(&t.f.upper.join("brandnew")), opaque(&t.k.upper.join("brandnew")), "brand-new dir opaque marker vs kernel");
-    assert_eq!(opaque(&t.f.upper.join("brandnew")), format!("err: {}", errno_name(libc::ENODATA)), "a brand-new dir must NOT be opaque");
+    t.both("mkdir brand-new", |r| {
+        outcome_unit(&fs::create_dir(r.join("brandnew")))
+    });
+    t.both("unlink file, mkdir same name", |r| {
+        (
+            outcome_unit(&fs::remove_file(r.join("wf"))),
+            outcome_unit(&fs::create_dir(r.join("wf"))),
+            names_or_err(&r.join("wf")),
+        )
+    });
+    let opaque = |p: &Path| {
+        outcome(
+            &lgetxattr(p, "trusted.overlay.opaque")
+                .map(|v| String::from_utf8_lossy(&v).into_owned()),
+        )
+    };
+    assert_eq!(
+        opaque(&t.f.upper.join("d")),
+        "ok: \"y\"",
+        "recreated d must be opaque in upper"
+    );
+    assert_eq!(
+        opaque(&t.f.upper.join("brandnew")),
+        opaque(&t.k.upper.join("brandnew")),
+        "brand-new dir opaque marker vs kernel"
+    );
+    assert_eq!(
+        opaque(&t.f.upper.join("brandnew")),
+        format!("err: {}", errno_name(libc::ENODATA)),
+        "a brand-new dir must NOT be opaque"
+    );
     t.both("opaque marker is not listed through the mount", |r| {
-        sorted_xattrs(&r.join("d")).map(|v| v.into_iter().filter(|n| n.starts_with("trusted.overlay.")).collect::<Vec<_>>())
+        sorted_xattrs(&r.join("d")).map(|v| {
+            v.into_iter()
+                .filter(|n| n.starts_with("trusted.overlay."))
+                .collect::<Vec<_>>()
+        })
     });
     t.finish(true);
 }
@@ -846,16 +1275,47 @@ fn create_over_whiteout() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-create-over-wh", &[&[E::File("w", b"lower"), E::File("v", b"lower v"), E::Dir("dd")]], &[E::Whiteout("w")]);
-    t.both("create over upper whiteout", |r| outcome_unit(&fs::write(r.join("w"), b"new w")));
-    t.both("unlink + create", |r| (outcome_unit(&fs::remove_file(r.join("v"))), outcome_unit(&fs::write(r.join("v"), b"new v"))));
+    let t = twin(
+        "sem-create-over-wh",
+        &[&[
+            E::File("w", b"lower"),
+            E::File("v", b"lower v"),
+            E::Dir("dd"),
+        ]],
+        &[E::Whiteout("w")],
+    );
+    t.both("create over upper whiteout", |r| {
+        outcome_unit(&fs::write(r.join("w"), b"new w"))
+    });
+    t.both("unlink + create", |r| {
+        (
+            outcome_unit(&fs::remove_file(r.join("v"))),
+            outcome_unit(&fs::write(r.join("v"), b"new v")),
+        )
+    });
     t.both("symlink over whiteout", |r| {
-        (outcome_unit(&fs::remove_dir(r.join("dd"))), outcome_unit(&std::os::unix::fs::symlink("w", r.join("dd"))))
+        (
+            outcome_unit(&fs::remove_dir(r.join("dd"))),
+            outcome_unit(&std::os::unix::fs::symlink("w", r.join("dd"))),
+        )
     });
     t.both("exclusive create over whiteout", |r| {
-        (outcome_unit(&fs::remove_file(r.join("w"))), outcome_unit(&fs::OpenOptions::new().write(true).create_new(true).open(r.join("w"))))
+        (
+            outcome_unit(&fs::remove_file(r.join("w"))),
+            outcome_unit(
+                &fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(r.join("w")),
+            ),
+        )
     });
-    assert!(fs::symlink_metadata(t.f.upper.join("v")).map(|m| m.is_file()).unwrap_or(false), "upper/v must be a regular file");
+    assert!(
+        fs::symlink_metadata(t.f.upper.join("v"))
+            .map(|m| m.is_file())
+            .unwrap_or(false),
+        "upper/v must be a regular file"
+    );
     t.finish(true);
 }
 
@@ -879,11 +1339,27 @@ fn rename_lower_file_to_new_name() {
         return;
     }
     let t = twin("sem-rename-new", &[&rename_lowers()[..]], &[]);
-    t.both("rename a -> a2", |r| outcome_unit(&fs::rename(r.join("a"), r.join("a2"))));
-    t.both("rename into merged subdir", |r| outcome_unit(&fs::rename(r.join("b"), r.join("d/b"))));
-    t.both("rename symlink", |r| outcome_unit(&fs::rename(r.join("s"), r.join("d/s"))));
-    t.both("view", |r| (names_or_err(r), names_or_err(&r.join("d")), read_str(&r.join("a2")), read_str(&r.join("d/b"))));
-    assert!(is_whiteout(&t.f.upper.join("a")), "old name a must be whited out in upper");
+    t.both("rename a -> a2", |r| {
+        outcome_unit(&fs::rename(r.join("a"), r.join("a2")))
+    });
+    t.both("rename into merged subdir", |r| {
+        outcome_unit(&fs::rename(r.join("b"), r.join("d/b")))
+    });
+    t.both("rename symlink", |r| {
+        outcome_unit(&fs::rename(r.join("s"), r.join("d/s")))
+    });
+    t.both("view", |r| {
+        (
+            names_or_err(r),
+            names_or_err(&r.join("d")),
+            read_str(&r.join("a2")),
+            read_str(&r.join("d/b")),
+        )
+    });
+    assert!(
+        is_whiteout(&t.f.upper.join("a")),
+        "old name a must be whited out in upper"
+    );
     t.finish(true);
 }
 
@@ -892,13 +1368,33 @@ fn rename_over_existing() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-rename-over", &[&rename_lowers()[..]], &[E::File("c", b"upper c")]);
-    t.both("rename lower a over lower b", |r| outcome_unit(&fs::rename(r.join("a"), r.join("b"))));
-    t.both("rename upper c over whited-out a", |r| outcome_unit(&fs::rename(r.join("c"), r.join("a"))));
-    t.both("rename file over dir", |r| outcome_unit(&fs::rename(r.join("a"), r.join("empty"))));
-    t.both("rename file over itself", |r| outcome_unit(&fs::rename(r.join("b"), r.join("b"))));
-    t.both("rename missing", |r| outcome_unit(&fs::rename(r.join("nope"), r.join("b"))));
-    t.both("view", |r| (names_or_err(r), read_str(&r.join("a")), read_str(&r.join("b"))));
+    let t = twin(
+        "sem-rename-over",
+        &[&rename_lowers()[..]],
+        &[E::File("c", b"upper c")],
+    );
+    t.both("rename lower a over lower b", |r| {
+        outcome_unit(&fs::rename(r.join("a"), r.join("b")))
+    });
+    t.both("rename upper c over whited-out a", |r| {
+        outcome_unit(&fs::rename(r.join("c"), r.join("a")))
+    });
+    t.both("rename file over dir", |r| {
+        outcome_unit(&fs::rename(r.join("a"), r.join("empty")))
+    });
+    t.both("rename file over itself", |r| {
+        outcome_unit(&fs::rename(r.join("b"), r.join("b")))
+    });
+    t.both("rename missing", |r| {
+        outcome_unit(&fs::rename(r.join("nope"), r.join("b")))
+    });
+    t.both("view", |r| {
+        (
+            names_or_err(r),
+            read_str(&r.join("a")),
+            read_str(&r.join("b")),
+        )
+    });
     t.finish(true);
 }
 
@@ -907,13 +1403,47 @@ fn rename_noreplace() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-rename-noreplace", &[&rename_lowers()[..]], &[E::File("c", b"upper c")]);
-    t.both("NOREPLACE onto lower name", |r| outcome_unit(&renameat2(&r.join("a"), &r.join("b"), libc::RENAME_NOREPLACE)));
-    t.both("NOREPLACE onto upper name", |r| outcome_unit(&renameat2(&r.join("a"), &r.join("c"), libc::RENAME_NOREPLACE)));
+    let t = twin(
+        "sem-rename-noreplace",
+        &[&rename_lowers()[..]],
+        &[E::File("c", b"upper c")],
+    );
+    t.both("NOREPLACE onto lower name", |r| {
+        outcome_unit(&renameat2(
+            &r.join("a"),
+            &r.join("b"),
+            libc::RENAME_NOREPLACE,
+        ))
+    });
+    t.both("NOREPLACE onto upper name", |r| {
+        outcome_unit(&renameat2(
+            &r.join("a"),
+            &r.join("c"),
+            libc::RENAME_NOREPLACE,
+        ))
+    });
     t.both("unlink b", |r| outcome_unit(&fs::remove_file(r.join("b"))));
-    t.both("NOREPLACE onto whited-out name", |r| outcome_unit(&renameat2(&r.join("a"), &r.join("b"), libc::RENAME_NOREPLACE)));
-    t.both("NOREPLACE onto new name", |r| outcome_unit(&renameat2(&r.join("c"), &r.join("c2"), libc::RENAME_NOREPLACE)));
-    t.both("view", |r| (names_or_err(r), read_str(&r.join("b")), read_str(&r.join("c2"))));
+    t.both("NOREPLACE onto whited-out name", |r| {
+        outcome_unit(&renameat2(
+            &r.join("a"),
+            &r.join("b"),
+            libc::RENAME_NOREPLACE,
+        ))
+    });
+    t.both("NOREPLACE onto new name", |r| {
+        outcome_unit(&renameat2(
+            &r.join("c"),
+            &r.join("c2"),
+            libc::RENAME_NOREPLACE,
+        ))
+    });
+    t.both("view", |r| {
+        (
+            names_or_err(r),
+            read_str(&r.join("b")),
+            read_str(&r.join("c2")),
+        )
+    });
     t.finish(true);
 }
 
@@ -922,12 +1452,38 @@ fn rename_exchange() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-rename-exchange", &[&rename_lowers()[..]], &[E::File("c", b"upper c")]);
-    t.both("EXCHANGE lower a with upper c", |r| outcome_unit(&renameat2(&r.join("a"), &r.join("c"), libc::RENAME_EXCHANGE)));
-    t.both("after exchange", |r| (read_str(&r.join("a")), read_str(&r.join("c"))));
-    t.both("EXCHANGE two lower files", |r| outcome_unit(&renameat2(&r.join("b"), &r.join("d/x"), libc::RENAME_EXCHANGE)));
-    t.both("after exchange 2", |r| (read_str(&r.join("b")), read_str(&r.join("d/x"))));
-    t.both("EXCHANGE with missing", |r| outcome_unit(&renameat2(&r.join("a"), &r.join("nope"), libc::RENAME_EXCHANGE)));
+    let t = twin(
+        "sem-rename-exchange",
+        &[&rename_lowers()[..]],
+        &[E::File("c", b"upper c")],
+    );
+    t.both("EXCHANGE lower a with upper c", |r| {
+        outcome_unit(&renameat2(
+            &r.join("a"),
+            &r.join("c"),
+            libc::RENAME_EXCHANGE,
+        ))
+    });
+    t.both("after exchange", |r| {
+        (read_str(&r.join("a")), read_str(&r.join("c")))
+    });
+    t.both("EXCHANGE two lower files", |r| {
+        outcome_unit(&renameat2(
+            &r.join("b"),
+            &r.join("d/x"),
+            libc::RENAME_EXCHANGE,
+        ))
+    });
+    t.both("after exchange 2", |r| {
+        (read_str(&r.join("b")), read_str(&r.join("d/x")))
+    });
+    t.both("EXCHANGE with missing", |r| {
+        outcome_unit(&renameat2(
+            &r.join("a"),
+            &r.join("nope"),
+            libc::RENAME_EXCHANGE,
+        ))
+    });
     t.finish(true);
 }
 
@@ -936,13 +1492,30 @@ fn rename_of_upper_only_directory() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-rename-updir", &[&rename_lowers()[..]], &[E::File("u/x", b"x"), E::File("u/sub/y", b"y")]);
+    let t = twin(
+        "sem-rename-updir",
+        &[&rename_lowers()[..]],
+        &[E::File("u/x", b"x"), E::File("u/sub/y", b"y")],
+    );
     t.both("mkdir + populate new dir", |r| {
-        (outcome_unit(&fs::create_dir(r.join("n"))), outcome_unit(&fs::write(r.join("n/f"), b"f")))
+        (
+            outcome_unit(&fs::create_dir(r.join("n"))),
+            outcome_unit(&fs::write(r.join("n/f"), b"f")),
+        )
     });
-    t.both("rename new dir", |r| outcome_unit(&fs::rename(r.join("n"), r.join("n2"))));
-    t.both("rename upper-only dir into merged dir", |r| outcome_unit(&fs::rename(r.join("u"), r.join("d/u"))));
-    t.both("view", |r| (names_or_err(r), names_or_err(&r.join("n2")), names_or_err(&r.join("d/u/sub"))));
+    t.both("rename new dir", |r| {
+        outcome_unit(&fs::rename(r.join("n"), r.join("n2")))
+    });
+    t.both("rename upper-only dir into merged dir", |r| {
+        outcome_unit(&fs::rename(r.join("u"), r.join("d/u")))
+    });
+    t.both("view", |r| {
+        (
+            names_or_err(r),
+            names_or_err(&r.join("n2")),
+            names_or_err(&r.join("d/u/sub")),
+        )
+    });
     t.finish(true);
 }
 
@@ -963,23 +1536,52 @@ fn rename_of_merged_directory_exdev_or_correct() {
         let r = fs::rename(m.join(from), m.join(to));
         match &r {
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                assert_eq!(names_or_err(&m.join(from)), Ok(kids.iter().map(|s| s.to_string()).collect()), "after EXDEV, {from} unchanged");
-                expect_errno(fs::symlink_metadata(m.join(to)), libc::ENOENT, "EXDEV rename target");
+                assert_eq!(
+                    names_or_err(&m.join(from)),
+                    Ok(kids.iter().map(|s| s.to_string()).collect()),
+                    "after EXDEV, {from} unchanged"
+                );
+                expect_errno(
+                    fs::symlink_metadata(m.join(to)),
+                    libc::ENOENT,
+                    "EXDEV rename target",
+                );
             }
             Ok(()) => {
-                assert_eq!(names_or_err(&m.join(to)), Ok(kids.iter().map(|s| s.to_string()).collect()), "after rename, {to} has all entries");
-                expect_errno(fs::symlink_metadata(m.join(from)), libc::ENOENT, "renamed-away dir");
+                assert_eq!(
+                    names_or_err(&m.join(to)),
+                    Ok(kids.iter().map(|s| s.to_string()).collect()),
+                    "after rename, {to} has all entries"
+                );
+                expect_errno(
+                    fs::symlink_metadata(m.join(from)),
+                    libc::ENOENT,
+                    "renamed-away dir",
+                );
                 for k in &kids {
-                    expect_errno(fs::symlink_metadata(m.join(from).join(k)), libc::ENOENT, "child of the renamed-away dir");
+                    expect_errno(
+                        fs::symlink_metadata(m.join(from).join(k)),
+                        libc::ENOENT,
+                        "child of the renamed-away dir",
+                    );
                 }
             }
-            Err(e) => panic!("rename of a merged dir {from} -> {to}: expected success or EXDEV, got {}", describe_err(e)),
+            Err(e) => panic!(
+                "rename of a merged dir {from} -> {to}: expected success or EXDEV, got {}",
+                describe_err(e)
+            ),
         }
     }
     let view = snapshot(m, XattrSel::User);
     g.unmount();
     let g = mount_ovlfuse(&st, &[]);
-    assert_same_snapshots("view before and after remount", "before", &view, "after", &snapshot(m, XattrSel::User));
+    assert_same_snapshots(
+        "view before and after remount",
+        "before",
+        &view,
+        "after",
+        &snapshot(m, XattrSel::User),
+    );
     g.unmount();
     lc.verify();
 }
@@ -989,7 +1591,9 @@ fn rename_of_merged_directory_exdev_or_correct() {
 // ---------------------------------------------------------------------------------------
 
 fn ino_nlink(p: &Path) -> Result<(u64, u64), String> {
-    fs::symlink_metadata(p).map(|m| (m.ino(), m.nlink())).map_err(|e| describe_err(&e))
+    fs::symlink_metadata(p)
+        .map(|m| (m.ino(), m.nlink()))
+        .map_err(|e| describe_err(&e))
 }
 
 #[test]
@@ -997,21 +1601,46 @@ fn hard_link_of_lower_file() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-link", &[&[E::File("a", b"lower a"), E::File("d/b", b"b")]], &[]);
-    t.both("link a -> a2", |r| outcome_unit(&fs::hard_link(r.join("a"), r.join("a2"))));
-    t.both("link into subdir", |r| outcome_unit(&fs::hard_link(r.join("a"), r.join("d/a3"))));
-    t.both("link over existing", |r| outcome_unit(&fs::hard_link(r.join("a"), r.join("d/b"))));
+    let t = twin(
+        "sem-link",
+        &[&[E::File("a", b"lower a"), E::File("d/b", b"b")]],
+        &[],
+    );
+    t.both("link a -> a2", |r| {
+        outcome_unit(&fs::hard_link(r.join("a"), r.join("a2")))
+    });
+    t.both("link into subdir", |r| {
+        outcome_unit(&fs::hard_link(r.join("a"), r.join("d/a3")))
+    });
+    t.both("link over existing", |r| {
+        outcome_unit(&fs::hard_link(r.join("a"), r.join("d/b")))
+    });
     for root in [t.km(), t.fm()] {
         let (i1, n1) = ino_nlink(&root.join("a")).unwrap();
         let (i2, n2) = ino_nlink(&root.join("a2")).unwrap();
         let (i3, n3) = ino_nlink(&root.join("d/a3")).unwrap();
-        assert!(i1 == i2 && i2 == i3, "{root:?}: st_ino differs across hard-linked names: {i1} {i2} {i3}");
-        assert!(n1 == 3 && n2 == 3 && n3 == 3, "{root:?}: st_nlink should be 3 on all names: {n1} {n2} {n3}");
+        assert!(
+            i1 == i2 && i2 == i3,
+            "{root:?}: st_ino differs across hard-linked names: {i1} {i2} {i3}"
+        );
+        assert!(
+            n1 == 3 && n2 == 3 && n3 == 3,
+            "{root:?}: st_nlink should be 3 on all names: {n1} {n2} {n3}"
+        );
     }
     t.both("write through one name, read through the other", |r| {
-        (outcome_unit(&write_at(&r.join("a2"), 0, b"LINKED")), read_str(&r.join("a")), read_str(&r.join("d/a3")))
+        (
+            outcome_unit(&write_at(&r.join("a2"), 0, b"LINKED")),
+            read_str(&r.join("a")),
+            read_str(&r.join("d/a3")),
+        )
     });
-    t.both("unlink one name", |r| (outcome_unit(&fs::remove_file(r.join("a"))), ino_nlink(&r.join("a2")).map(|x| x.1)));
+    t.both("unlink one name", |r| {
+        (
+            outcome_unit(&fs::remove_file(r.join("a"))),
+            ino_nlink(&r.join("a2")).map(|x| x.1),
+        )
+    });
     t.finish(true);
 }
 
@@ -1020,16 +1649,35 @@ fn lower_hard_linked_pair_shows_nlink_2_and_one_inode() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-lower-links", &[&[E::File("a", b"pair"), E::Hardlink("a", "sub/b"), E::File("single", b"s")]], &[]);
-    t.both("nlink of the pair", |r| (ino_nlink(&r.join("a")).map(|x| x.1), ino_nlink(&r.join("sub/b")).map(|x| x.1)));
+    let t = twin(
+        "sem-lower-links",
+        &[&[
+            E::File("a", b"pair"),
+            E::Hardlink("a", "sub/b"),
+            E::File("single", b"s"),
+        ]],
+        &[],
+    );
+    t.both("nlink of the pair", |r| {
+        (
+            ino_nlink(&r.join("a")).map(|x| x.1),
+            ino_nlink(&r.join("sub/b")).map(|x| x.1),
+        )
+    });
     for root in [t.km(), t.fm()] {
         let (i1, _) = ino_nlink(&root.join("a")).unwrap();
         let (i2, _) = ino_nlink(&root.join("sub/b")).unwrap();
-        assert_eq!(i1, i2, "{root:?}: a lower hard-linked pair must show one st_ino");
+        assert_eq!(
+            i1, i2,
+            "{root:?}: a lower hard-linked pair must show one st_ino"
+        );
     }
     // With index=off the kernel copies up only the name written to (the link is broken).
     t.both("write through one name of the pair", |r| {
-        let w = fs::OpenOptions::new().append(true).open(r.join("a")).and_then(|mut f| f.write_all(b"+more"));
+        let w = fs::OpenOptions::new()
+            .append(true)
+            .open(r.join("a"))
+            .and_then(|mut f| f.write_all(b"+more"));
         (
             outcome_unit(&w),
             read_str(&r.join("a")),
@@ -1046,15 +1694,45 @@ fn symlinks_and_readlink() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-symlink", &[&[E::Symlink("ls", "target/of/lower"), E::Symlink("abs", "/etc/hostname"), E::File("f", b"f")]], &[]);
-    t.both("readlink lower symlink", |r| outcome(&fs::read_link(r.join("ls"))));
-    t.both("create symlink", |r| outcome_unit(&std::os::unix::fs::symlink("f", r.join("new"))));
-    t.both("create long symlink", |r| outcome_unit(&std::os::unix::fs::symlink("x".repeat(4000), r.join("long"))));
-    t.both("readlink new", |r| (outcome(&fs::read_link(r.join("new"))), read_str(&r.join("new"))));
-    t.both("readlink long", |r| outcome(&fs::read_link(r.join("long")).map(|p| p.as_os_str().len())));
-    t.both("readlink of a file", |r| outcome(&fs::read_link(r.join("f"))));
-    t.both("lchown lower symlink (copy-up)", |r| outcome_unit(&lchown(&r.join("ls"), 9, 9)));
-    t.both("symlink over existing", |r| outcome_unit(&std::os::unix::fs::symlink("f", r.join("ls"))));
+    let t = twin(
+        "sem-symlink",
+        &[&[
+            E::Symlink("ls", "target/of/lower"),
+            E::Symlink("abs", "/etc/hostname"),
+            E::File("f", b"f"),
+        ]],
+        &[],
+    );
+    t.both("readlink lower symlink", |r| {
+        outcome(&fs::read_link(r.join("ls")))
+    });
+    t.both("create symlink", |r| {
+        outcome_unit(&std::os::unix::fs::symlink("f", r.join("new")))
+    });
+    t.both("create long symlink", |r| {
+        outcome_unit(&std::os::unix::fs::symlink(
+            "x".repeat(4000),
+            r.join("long"),
+        ))
+    });
+    t.both("readlink new", |r| {
+        (
+            outcome(&fs::read_link(r.join("new"))),
+            read_str(&r.join("new")),
+        )
+    });
+    t.both("readlink long", |r| {
+        outcome(&fs::read_link(r.join("long")).map(|p| p.as_os_str().len()))
+    });
+    t.both("readlink of a file", |r| {
+        outcome(&fs::read_link(r.join("f")))
+    });
+    t.both("lchown lower symlink (copy-up)", |r| {
+        outcome_unit(&lchown(&r.join("ls"), 9, 9))
+    });
+    t.both("symlink over existing", |r| {
+        outcome_unit(&std::os::unix::fs::symlink("f", r.join("ls")))
+    });
     t.finish(true);
 }
 
@@ -1065,13 +1743,27 @@ fn mknod_fifo_char_block_socket() {
     }
     let t = twin("sem-mknod", &[&[E::File("f", b"f")]], &[]);
     t.both("mkfifo", |r| outcome_unit(&mkfifo(&r.join("fifo"), 0o640)));
-    t.both("mknod char 1:3", |r| outcome_unit(&mknod(&r.join("chr"), libc::S_IFCHR | 0o600, makedev(1, 3))));
-    t.both("mknod block 7:0", |r| outcome_unit(&mknod(&r.join("blk"), libc::S_IFBLK | 0o600, makedev(7, 0))));
-    t.both("mknod regular", |r| outcome_unit(&mknod(&r.join("reg"), libc::S_IFREG | 0o644, 0)));
-    t.both("bind a unix socket", |r| outcome_unit(&std::os::unix::net::UnixListener::bind(r.join("sock"))));
-    t.both("mknod over existing", |r| outcome_unit(&mkfifo(&r.join("f"), 0o644)));
-    t.both("stat all", |r| ["fifo", "chr", "blk", "reg", "sock"].map(|n| stat_str(&r.join(n))));
-    t.both("rdev", |r| ["chr", "blk"].map(|n| fs::symlink_metadata(r.join(n)).map(|m| m.rdev()).ok()));
+    t.both("mknod char 1:3", |r| {
+        outcome_unit(&mknod(&r.join("chr"), libc::S_IFCHR | 0o600, makedev(1, 3)))
+    });
+    t.both("mknod block 7:0", |r| {
+        outcome_unit(&mknod(&r.join("blk"), libc::S_IFBLK | 0o600, makedev(7, 0)))
+    });
+    t.both("mknod regular", |r| {
+        outcome_unit(&mknod(&r.join("reg"), libc::S_IFREG | 0o644, 0))
+    });
+    t.both("bind a unix socket", |r| {
+        outcome_unit(&std::os::unix::net::UnixListener::bind(r.join("sock")))
+    });
+    t.both("mknod over existing", |r| {
+        outcome_unit(&mkfifo(&r.join("f"), 0o644))
+    });
+    t.both("stat all", |r| {
+        ["fifo", "chr", "blk", "reg", "sock"].map(|n| stat_str(&r.join(n)))
+    });
+    t.both("rdev", |r| {
+        ["chr", "blk"].map(|n| fs::symlink_metadata(r.join(n)).map(|m| m.rdev()).ok())
+    });
     t.finish(true);
 }
 
@@ -1087,20 +1779,47 @@ fn names_of_255_bytes_work_and_256_is_enametoolong() {
     let inner = format!("{d255}/inner");
     let lower_entries = [E::File(&l255, b"lower long"), E::File(&inner, b"i")];
     let t = twin("sem-names", &[&lower_entries], &[]);
-    t.both("create 255", |r| outcome_unit(&fs::write(r.join(&n255), b"long")));
+    t.both("create 255", |r| {
+        outcome_unit(&fs::write(r.join(&n255), b"long"))
+    });
     t.both("stat 255", |r| stat_str(&r.join(&n255)));
-    t.both("readdir lists 255", |r| names_or_err(r));
-    t.both("rename 255 -> 255", |r| outcome_unit(&fs::rename(r.join(&n255), r.join(n255.replace('n', "m")))));
-    t.both("unlink lower 255", |r| outcome_unit(&fs::remove_file(r.join(&l255))));
-    t.both("write in 255 dir", |r| outcome_unit(&fs::write(r.join(&d255).join(&n255), b"x")));
-    t.both("create 256", |r| outcome_unit(&fs::write(r.join(&n256), b"x")));
-    t.both("stat 256", |r| outcome_unit(&fs::symlink_metadata(r.join(&n256))));
-    t.both("mkdir 256", |r| outcome_unit(&fs::create_dir(r.join(&n256))));
-    t.both("symlink 256", |r| outcome_unit(&std::os::unix::fs::symlink("x", r.join(&n256))));
-    t.both("rename to 256", |r| outcome_unit(&fs::rename(r.join(n255.replace('n', "m")), r.join(&n256))));
-    expect_errno(fs::write(t.fm().join(&n256), b"x"), libc::ENAMETOOLONG, "ovlfuse: create with a 256-byte name");
-    assert!(is_whiteout(&t.f.upper.join(&l255)), "whiteout of a 255-byte name must keep the name");
-    t.both("unlink 255", |r| outcome_unit(&fs::remove_file(r.join(n255.replace('n', "m")))));
+    t.both("readdir lists 255", names_or_err);
+    t.both("rename 255 -> 255", |r| {
+        outcome_unit(&fs::rename(r.join(&n255), r.join(n255.replace('n', "m"))))
+    });
+    t.both("unlink lower 255", |r| {
+        outcome_unit(&fs::remove_file(r.join(&l255)))
+    });
+    t.both("write in 255 dir", |r| {
+        outcome_unit(&fs::write(r.join(&d255).join(&n255), b"x"))
+    });
+    t.both("create 256", |r| {
+        outcome_unit(&fs::write(r.join(&n256), b"x"))
+    });
+    t.both("stat 256", |r| {
+        outcome_unit(&fs::symlink_metadata(r.join(&n256)))
+    });
+    t.both("mkdir 256", |r| {
+        outcome_unit(&fs::create_dir(r.join(&n256)))
+    });
+    t.both("symlink 256", |r| {
+        outcome_unit(&std::os::unix::fs::symlink("x", r.join(&n256)))
+    });
+    t.both("rename to 256", |r| {
+        outcome_unit(&fs::rename(r.join(n255.replace('n', "m")), r.join(&n256)))
+    });
+    expect_errno(
+        fs::write(t.fm().join(&n256), b"x"),
+        libc::ENAMETOOLONG,
+        "ovlfuse: create with a 256-byte name",
+    );
+    assert!(
+        is_whiteout(&t.f.upper.join(&l255)),
+        "whiteout of a 255-byte name must keep the name"
+    );
+    t.both("unlink 255", |r| {
+        outcome_unit(&fs::remove_file(r.join(n255.replace('n', "m"))))
+    });
     t.finish(true);
 }
 
@@ -1109,10 +1828,12 @@ fn names_of_255_bytes_work_and_256_is_enametoolong() {
 // ---------------------------------------------------------------------------------------
 
 fn sorted_xattrs(p: &Path) -> Result<Vec<String>, String> {
-    llistxattr(p).map(|mut v| {
-        v.sort();
-        v
-    }).map_err(|e| describe_err(&e))
+    llistxattr(p)
+        .map(|mut v| {
+            v.sort();
+            v
+        })
+        .map_err(|e| describe_err(&e))
 }
 
 #[test]
@@ -1122,27 +1843,58 @@ fn user_xattrs_set_get_list_remove() {
     }
     let t = twin(
         "sem-xattr-user",
-        &[&[E::File("f", b"f"), E::Xattr("f", "user.old", b"old"), E::Dir("d"), E::Xattr("d", "user.dold", b"1"), E::Symlink("s", "f")]],
+        &[&[
+            E::File("f", b"f"),
+            E::Xattr("f", "user.old", b"old"),
+            E::Dir("d"),
+            E::Xattr("d", "user.dold", b"1"),
+            E::Symlink("s", "f"),
+        ]],
         &[E::File("u", b"u")],
     );
-    t.both("get lower xattr", |r| outcome(&lgetxattr(&r.join("f"), "user.old")));
-    t.both("set on lower file", |r| outcome_unit(&lsetxattr(&r.join("f"), "user.new", b"v1")));
-    t.both("replace", |r| outcome_unit(&lsetxattr(&r.join("f"), "user.new", b"v2-longer")));
+    t.both("get lower xattr", |r| {
+        outcome(&lgetxattr(&r.join("f"), "user.old"))
+    });
+    t.both("set on lower file", |r| {
+        outcome_unit(&lsetxattr(&r.join("f"), "user.new", b"v1"))
+    });
+    t.both("replace", |r| {
+        outcome_unit(&lsetxattr(&r.join("f"), "user.new", b"v2-longer"))
+    });
     t.both("get", |r| outcome(&lgetxattr(&r.join("f"), "user.new")));
     t.both("list", |r| sorted_xattrs(&r.join("f")));
-    t.both("remove lower-origin xattr", |r| outcome_unit(&lremovexattr(&r.join("f"), "user.old")));
-    t.both("get removed", |r| outcome(&lgetxattr(&r.join("f"), "user.old")));
-    t.both("remove missing", |r| outcome_unit(&lremovexattr(&r.join("f"), "user.nope")));
-    t.both("list after remove", |r| sorted_xattrs(&r.join("f")));
-    t.both("set on lower dir", |r| outcome_unit(&lsetxattr(&r.join("d"), "user.dnew", b"2")));
-    t.both("list dir", |r| sorted_xattrs(&r.join("d")));
-    t.both("set on upper file", |r| outcome_unit(&lsetxattr(&r.join("u"), "user.u", &[0, 1, 2, 255])));
-    t.both("binary value", |r| outcome(&lgetxattr(&r.join("u"), "user.u")));
-    t.both("user xattr on symlink", |r| outcome_unit(&lsetxattr(&r.join("s"), "user.x", b"1")));
-    t.both("big value", |r| {
-        (outcome_unit(&lsetxattr(&r.join("u"), "user.big", &vec![b'z'; 3000])), outcome(&lgetxattr(&r.join("u"), "user.big").map(|v| v.len())))
+    t.both("remove lower-origin xattr", |r| {
+        outcome_unit(&lremovexattr(&r.join("f"), "user.old"))
     });
-    t.both("missing file", |r| outcome(&lgetxattr(&r.join("nope"), "user.x")));
+    t.both("get removed", |r| {
+        outcome(&lgetxattr(&r.join("f"), "user.old"))
+    });
+    t.both("remove missing", |r| {
+        outcome_unit(&lremovexattr(&r.join("f"), "user.nope"))
+    });
+    t.both("list after remove", |r| sorted_xattrs(&r.join("f")));
+    t.both("set on lower dir", |r| {
+        outcome_unit(&lsetxattr(&r.join("d"), "user.dnew", b"2"))
+    });
+    t.both("list dir", |r| sorted_xattrs(&r.join("d")));
+    t.both("set on upper file", |r| {
+        outcome_unit(&lsetxattr(&r.join("u"), "user.u", &[0, 1, 2, 255]))
+    });
+    t.both("binary value", |r| {
+        outcome(&lgetxattr(&r.join("u"), "user.u"))
+    });
+    t.both("user xattr on symlink", |r| {
+        outcome_unit(&lsetxattr(&r.join("s"), "user.x", b"1"))
+    });
+    t.both("big value", |r| {
+        (
+            outcome_unit(&lsetxattr(&r.join("u"), "user.big", &vec![b'z'; 3000])),
+            outcome(&lgetxattr(&r.join("u"), "user.big").map(|v| v.len())),
+        )
+    });
+    t.both("missing file", |r| {
+        outcome(&lgetxattr(&r.join("nope"), "user.x"))
+    });
     t.finish(true);
 }
 
@@ -1162,27 +1914,47 @@ fn private_overlay_xattrs_never_show_through_the_mount() {
             E::Dir("d"),
             E::Xattr("d", "trusted.overlay.test", b"p"),
         ]],
-        &[E::Opaque("uo"), E::File("uf", b"u"), E::Xattr("uf", "trusted.overlay.test", b"upper private"), E::Xattr("uf", "trusted.other", b"t")],
+        &[
+            E::Opaque("uo"),
+            E::File("uf", b"u"),
+            E::Xattr("uf", "trusted.overlay.test", b"upper private"),
+            E::Xattr("uf", "trusted.other", b"t"),
+        ],
     );
     let paths = ["f", "lo", "d", "uo", "uf", ""];
     // listxattr first (the main promise), then getxattr of private names.
-    let lists = t.both_ret("listxattr of every entry", |r| paths.map(|p| (p, sorted_xattrs(&r.join(p)))));
+    let lists = t.both_ret("listxattr of every entry", |r| {
+        paths.map(|p| (p, sorted_xattrs(&r.join(p))))
+    });
     for (p, names) in &lists {
         if let Ok(names) = names {
-            assert!(!names.iter().any(|n| n.starts_with("trusted.overlay.")), "{p:?} lists private xattrs: {names:?}");
+            assert!(
+                !names.iter().any(|n| n.starts_with("trusted.overlay.")),
+                "{p:?} lists private xattrs: {names:?}"
+            );
         }
     }
     t.both("getxattr of private names", |r| {
         let mut v = Vec::new();
         for p in paths {
-            for n in ["trusted.overlay.test", "trusted.overlay.opaque", "trusted.overlay.origin"] {
+            for n in [
+                "trusted.overlay.test",
+                "trusted.overlay.opaque",
+                "trusted.overlay.origin",
+            ] {
                 v.push(format!("{p:?} {n}: {}", outcome(&lgetxattr(&r.join(p), n))));
             }
         }
         v
     });
     t.both("copy-up keeps user xattrs, hides private", |r| {
-        (outcome_unit(&fs::set_permissions(r.join("f"), fs::Permissions::from_mode(0o600))), sorted_xattrs(&r.join("f")))
+        (
+            outcome_unit(&fs::set_permissions(
+                r.join("f"),
+                fs::Permissions::from_mode(0o600),
+            )),
+            sorted_xattrs(&r.join("f")),
+        )
     });
     t.finish(false);
 }
@@ -1202,7 +1974,10 @@ fn statfs_reports_the_upper_file_system() {
     let g = mount_ovlfuse(&st, &[]);
     let s = ok(statvfs(&st.mnt), "statvfs of the mount");
     let u = ok(statvfs(&st.upper), "statvfs of upper");
-    assert!(s.f_bsize > 0 && s.f_frsize > 0, "statvfs block sizes are zero");
+    assert!(
+        s.f_bsize > 0 && s.f_frsize > 0,
+        "statvfs block sizes are zero"
+    );
     assert_eq!(s.f_namemax, 255, "f_namemax");
     assert_eq!(
         s.f_blocks as u128 * s.f_frsize as u128,
@@ -1226,16 +2001,38 @@ fn fallocate_matches_kernel() {
     }
     let t = twin("sem-fallocate", &[&[E::File("f", &[b'a'; 20000])]], &[]);
     t.both("fallocate new file", |r| {
-        let f = fs::OpenOptions::new().create(true).read(true).write(true).open(r.join("new")).unwrap();
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(r.join("new"))
+            .unwrap();
         let a = cvt(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) });
-        let b = cvt(unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 1 << 20, 1 << 20) });
+        let b = cvt(unsafe {
+            libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 1 << 20, 1 << 20)
+        });
         let m = f.metadata().unwrap();
-        (outcome_unit(&a), outcome_unit(&b), m.len(), m.blocks() >= 2048)
+        (
+            outcome_unit(&a),
+            outcome_unit(&b),
+            m.len(),
+            m.blocks() >= 2048,
+        )
     });
     t.both("punch hole in lower file", |r| {
-        let f = fs::OpenOptions::new().read(true).write(true).open(r.join("f")).unwrap();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(r.join("f"))
+            .unwrap();
         let a = cvt(unsafe {
-            libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 4096, 8192)
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                4096,
+                8192,
+            )
         });
         let mut buf = vec![0u8; 20000];
         f.read_exact_at(&mut buf, 0).unwrap();
@@ -1243,7 +2040,11 @@ fn fallocate_matches_kernel() {
         (outcome_unit(&a), f.metadata().unwrap().len(), zeros)
     });
     t.both("extend lower file", |r| {
-        let f = fs::OpenOptions::new().read(true).write(true).open(r.join("f")).unwrap();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(r.join("f"))
+            .unwrap();
         let a = cvt(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 65536) });
         (outcome_unit(&a), f.metadata().unwrap().len())
     });
@@ -1269,31 +2070,68 @@ fn seek_data_and_seek_hole() {
             Err(e) => return vec![describe_err(&e)],
         };
         let mut v = Vec::new();
-        for (off, wh) in [(0, libc::SEEK_DATA), (0, libc::SEEK_HOLE), (4096, libc::SEEK_DATA), (MIB as i64, libc::SEEK_HOLE), (MIB as i64 + 4096, libc::SEEK_DATA), (3 * MIB as i64, libc::SEEK_DATA), (3 * MIB as i64 + 1, libc::SEEK_HOLE)] {
-            v.push(format!("{off} {}: {}", if wh == libc::SEEK_DATA { "DATA" } else { "HOLE" }, outcome(&lseek(&f, off, wh))));
+        for (off, wh) in [
+            (0, libc::SEEK_DATA),
+            (0, libc::SEEK_HOLE),
+            (4096, libc::SEEK_DATA),
+            (MIB as i64, libc::SEEK_HOLE),
+            (MIB as i64 + 4096, libc::SEEK_DATA),
+            (3 * MIB as i64, libc::SEEK_DATA),
+            (3 * MIB as i64 + 1, libc::SEEK_HOLE),
+        ] {
+            v.push(format!(
+                "{off} {}: {}",
+                if wh == libc::SEEK_DATA {
+                    "DATA"
+                } else {
+                    "HOLE"
+                },
+                outcome(&lseek(&f, off, wh))
+            ));
         }
         v
     };
-    t.both("SEEK_DATA/SEEK_HOLE on a lower sparse file", |r| probe(r, "sparse"));
+    t.both("SEEK_DATA/SEEK_HOLE on a lower sparse file", |r| {
+        probe(r, "sparse")
+    });
     t.both("write a sparse file through the mount", |r| {
-        let f = fs::OpenOptions::new().create(true).write(true).open(r.join("new")).unwrap();
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(r.join("new"))
+            .unwrap();
         f.write_all_at(&[b'x'; 4096], 0).unwrap();
         f.write_all_at(&[b'y'; 4096], MIB).unwrap();
         f.set_len(3 * MIB).unwrap();
         f.sync_all().unwrap();
         "ok"
     });
-    t.both("SEEK_DATA/SEEK_HOLE on a new sparse file", |r| probe(r, "new"));
+    t.both("SEEK_DATA/SEEK_HOLE on a new sparse file", |r| {
+        probe(r, "new")
+    });
     // Copy-up may allocate holes at a coarser granularity (the kernel copies 1 MiB chunks),
     // so after copy-up only check that SEEK_DATA/SEEK_HOLE stay consistent with the data.
     t.both("copy-up (chmod) then probe", |r| {
-        let ch = outcome_unit(&fs::set_permissions(r.join("sparse"), fs::Permissions::from_mode(0o600)));
+        let ch = outcome_unit(&fs::set_permissions(
+            r.join("sparse"),
+            fs::Permissions::from_mode(0o600),
+        ));
         let f = fs::File::open(r.join("sparse")).unwrap();
         // Every offset holding data must be reported as data.
         let is_data = |off: i64| outcome(&lseek(&f, off, libc::SEEK_DATA).map(|d| d == off));
-        let hole_after_data = outcome(&lseek(&f, MIB as i64, libc::SEEK_HOLE).map(|h| h >= MIB as i64 + 4096));
+        let hole_after_data =
+            outcome(&lseek(&f, MIB as i64, libc::SEEK_HOLE).map(|h| h >= MIB as i64 + 4096));
         let past = lseek(&f, 3 * MIB as i64, libc::SEEK_DATA);
-        (ch, is_data(0), is_data(4095), is_data(MIB as i64), is_data(MIB as i64 + 4095), hole_after_data, outcome_unit(&past))
+        (
+            ch,
+            is_data(0),
+            is_data(4095),
+            is_data(MIB as i64),
+            is_data(MIB as i64 + 4095),
+            hole_after_data,
+            outcome_unit(&past),
+        )
     });
     t.finish(true);
 }
@@ -1304,22 +2142,36 @@ fn copy_file_range_between_files() {
         return;
     }
     let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let t = twin("sem-cfr", &[&[E::File("src", &data)]], &[E::File("up", b"upper data")]);
+    let t = twin(
+        "sem-cfr",
+        &[&[E::File("src", &data)]],
+        &[E::File("up", b"upper data")],
+    );
     let cfr = |from: &Path, to: &Path, off_in: i64, off_out: i64, len: usize| -> String {
         let src = match fs::File::open(from) {
             Ok(f) => f,
             Err(e) => return describe_err(&e),
         };
-        let dst = match fs::OpenOptions::new().create(true).write(true).open(to) {
+        let dst = match fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(to)
+        {
             Ok(f) => f,
             Err(e) => return describe_err(&e),
         };
         let (mut oi, mut oo) = (off_in as libc::loff_t, off_out as libc::loff_t);
         let mut left = len;
         while left > 0 {
-            let n = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut oi, dst.as_raw_fd(), &mut oo, left, 0) };
+            let n = unsafe {
+                libc::copy_file_range(src.as_raw_fd(), &mut oi, dst.as_raw_fd(), &mut oo, left, 0)
+            };
             if n < 0 {
-                return format!("copy_file_range: {}", describe_err(&io::Error::last_os_error()));
+                return format!(
+                    "copy_file_range: {}",
+                    describe_err(&io::Error::last_os_error())
+                );
             }
             if n == 0 {
                 break;
@@ -1328,11 +2180,27 @@ fn copy_file_range_between_files() {
         }
         format!("copied {}", len - left)
     };
-    t.both("lower -> new", |r| (cfr(&r.join("src"), &r.join("dst"), 0, 0, 100_000), read_str(&r.join("dst")).len()));
-    t.both("contents equal", |r| fs::read(r.join("dst")).ok() == fs::read(r.join("src")).ok());
-    t.both("middle of lower -> lower (copy-up dst)", |r| cfr(&r.join("src"), &r.join("src2"), 5000, 100, 3000));
-    t.both("upper -> lower file", |r| cfr(&r.join("up"), &r.join("src"), 0, 99_990, 10));
-    t.both("contents", |r| (read_str(&r.join("src")).len(), fs::read(r.join("src")).map(|v| v[99_990..].to_vec()).ok()));
+    t.both("lower -> new", |r| {
+        (
+            cfr(&r.join("src"), &r.join("dst"), 0, 0, 100_000),
+            read_str(&r.join("dst")).len(),
+        )
+    });
+    t.both("contents equal", |r| {
+        fs::read(r.join("dst")).ok() == fs::read(r.join("src")).ok()
+    });
+    t.both("middle of lower -> lower (copy-up dst)", |r| {
+        cfr(&r.join("src"), &r.join("src2"), 5000, 100, 3000)
+    });
+    t.both("upper -> lower file", |r| {
+        cfr(&r.join("up"), &r.join("src"), 0, 99_990, 10)
+    });
+    t.both("contents", |r| {
+        (
+            read_str(&r.join("src")).len(),
+            fs::read(r.join("src")).map(|v| v[99_990..].to_vec()).ok(),
+        )
+    });
     t.finish(true);
 }
 
@@ -1346,8 +2214,16 @@ fn flock_and_fcntl_locks() {
     // OFD lock of an already closed descriptor alive for a moment.
     let t = twin(
         "sem-locks",
-        &[&[E::File("f", b"lock me"), E::File("f_ofd", b"lock me"), E::File("f_posix", b"lock me")]],
-        &[E::File("u", b"upper"), E::File("u_ofd", b"upper"), E::File("u_posix", b"upper")],
+        &[&[
+            E::File("f", b"lock me"),
+            E::File("f_ofd", b"lock me"),
+            E::File("f_posix", b"lock me"),
+        ]],
+        &[
+            E::File("u", b"upper"),
+            E::File("u_ofd", b"upper"),
+            E::File("u_posix", b"upper"),
+        ],
     );
     for name in ["f", "u"] {
         let ofd_name = format!("{name}_ofd");
@@ -1363,8 +2239,16 @@ fn flock_and_fcntl_locks() {
             [a, b, c, d, e].map(|x| outcome_unit(&x))
         });
         t.both(&format!("OFD locks on {name}"), |r| {
-            let f1 = fs::OpenOptions::new().read(true).write(true).open(r.join(&ofd_name)).unwrap();
-            let f2 = fs::OpenOptions::new().read(true).write(true).open(r.join(&ofd_name)).unwrap();
+            let f1 = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(r.join(&ofd_name))
+                .unwrap();
+            let f2 = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(r.join(&ofd_name))
+                .unwrap();
             let lk = |ty: i32, start: i64, len: i64| libc::flock {
                 l_type: ty as i16,
                 l_whence: libc::SEEK_SET as i16,
@@ -1385,35 +2269,64 @@ fn flock_and_fcntl_locks() {
                 (l3.l_type as i32 == libc::F_WRLCK, l3.l_start, l3.l_len),
             )
         });
-        t.both(&format!("POSIX locks on {name} seen from a child process"), |r| {
-            let f = fs::OpenOptions::new().read(true).write(true).open(r.join(&posix_name)).unwrap();
-            let mut l = libc::flock { l_type: libc::F_WRLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 0, l_pid: 0 };
-            let a = cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &mut l) });
-            let fd = f.as_raw_fd();
-            let parent = std::process::id() as i32;
-            let pid = unsafe { libc::fork() };
-            if pid == 0 {
-                // Child: only async-signal-safe calls.
-                let mut q = libc::flock { l_type: libc::F_RDLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 1, l_pid: 0 };
-                let mut code = 0;
-                if unsafe { libc::fcntl(fd, libc::F_GETLK, &mut q) } != 0 {
-                    code |= 1;
-                } else if !(q.l_type as i32 == libc::F_WRLCK && q.l_pid == parent) {
-                    code |= 2;
+        t.both(
+            &format!("POSIX locks on {name} seen from a child process"),
+            |r| {
+                let f = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(r.join(&posix_name))
+                    .unwrap();
+                let mut l = libc::flock {
+                    l_type: libc::F_WRLCK as i16,
+                    l_whence: libc::SEEK_SET as i16,
+                    l_start: 0,
+                    l_len: 0,
+                    l_pid: 0,
+                };
+                let a = cvt(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &mut l) });
+                let fd = f.as_raw_fd();
+                let parent = std::process::id() as i32;
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    // Child: only async-signal-safe calls.
+                    let mut q = libc::flock {
+                        l_type: libc::F_RDLCK as i16,
+                        l_whence: libc::SEEK_SET as i16,
+                        l_start: 0,
+                        l_len: 1,
+                        l_pid: 0,
+                    };
+                    let mut code = 0;
+                    if unsafe { libc::fcntl(fd, libc::F_GETLK, &mut q) } != 0 {
+                        code |= 1;
+                    } else if !(q.l_type as i32 == libc::F_WRLCK && q.l_pid == parent) {
+                        code |= 2;
+                    }
+                    let mut w = libc::flock {
+                        l_type: libc::F_WRLCK as i16,
+                        l_whence: libc::SEEK_SET as i16,
+                        l_start: 0,
+                        l_len: 1,
+                        l_pid: 0,
+                    };
+                    let rr = unsafe { libc::fcntl(fd, libc::F_SETLK, &mut w) };
+                    if rr == 0 {
+                        code |= 4;
+                    }
+                    unsafe { libc::_exit(code) };
                 }
-                let mut w = libc::flock { l_type: libc::F_WRLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 1, l_pid: 0 };
-                let rr = unsafe { libc::fcntl(fd, libc::F_SETLK, &mut w) };
-                if rr == 0 {
-                    code |= 4;
-                }
-                unsafe { libc::_exit(code) };
-            }
-            assert!(pid > 0, "fork failed");
-            let mut status = 0;
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
-            (outcome_unit(&a), code)
-        });
+                assert!(pid > 0, "fork failed");
+                let mut status = 0;
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                let code = if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    -1
+                };
+                (outcome_unit(&a), code)
+            },
+        );
     }
     t.finish(true);
 }
@@ -1423,17 +2336,29 @@ fn o_append_writes_at_end() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-append", &[&[E::File("f", b"abc")]], &[E::File("u", b"123")]);
+    let t = twin(
+        "sem-append",
+        &[&[E::File("f", b"abc")]],
+        &[E::File("u", b"123")],
+    );
     for name in ["f", "u", "new"] {
         t.both(&format!("O_APPEND on {name}"), |r| {
-            let f = fs::OpenOptions::new().append(true).create(true).open(r.join(name)).unwrap();
+            let f = fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(r.join(name))
+                .unwrap();
             let a = (&f).write_all(b"def");
             let b = f.write_at(b"ghi", 0); // O_APPEND: pwrite appends on Linux
             (outcome_unit(&a), outcome(&b), read_str(&r.join(name)))
         });
     }
     t.both("O_APPEND read+write with seek", |r| {
-        let mut f = fs::OpenOptions::new().read(true).append(true).open(r.join("f")).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(r.join("f"))
+            .unwrap();
         f.seek(SeekFrom::Start(0)).unwrap();
         f.write_all(b"X").unwrap();
         let pos = f.stream_position().unwrap();
@@ -1480,18 +2405,29 @@ fn o_direct_write_and_read() {
             for (i, b) in w.buf().iter_mut().enumerate() {
                 *b = b'A' + (i % 26) as u8;
             }
-            let f = match open_fd(&r.join(name), libc::O_RDWR | libc::O_CREAT | libc::O_DIRECT, 0o644) {
+            let f = match open_fd(
+                &r.join(name),
+                libc::O_RDWR | libc::O_CREAT | libc::O_DIRECT,
+                0o644,
+            ) {
                 Ok(f) => f,
                 Err(e) => return format!("open O_DIRECT: {}", describe_err(&e)),
             };
-            let n = unsafe { libc::pwrite(f.as_raw_fd(), w.ptr as *const libc::c_void, 4096, 4096) };
+            let n =
+                unsafe { libc::pwrite(f.as_raw_fd(), w.ptr as *const libc::c_void, 4096, 4096) };
             if n != 4096 {
-                return format!("pwrite O_DIRECT: {n} {}", describe_err(&io::Error::last_os_error()));
+                return format!(
+                    "pwrite O_DIRECT: {n} {}",
+                    describe_err(&io::Error::last_os_error())
+                );
             }
             let mut rb = Aligned::new(8192);
             let n = unsafe { libc::pread(f.as_raw_fd(), rb.ptr as *mut libc::c_void, 8192, 0) };
             if n < 0 {
-                return format!("pread O_DIRECT: {}", describe_err(&io::Error::last_os_error()));
+                return format!(
+                    "pread O_DIRECT: {}",
+                    describe_err(&io::Error::last_os_error())
+                );
             }
             let got = rb.buf()[..n as usize].to_vec();
             drop(f);
@@ -1512,13 +2448,28 @@ fn mmap_shared_write_reaches_the_file() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-mmap", &[&[E::File("f", &[b'a'; 8192])]], &[E::File("u", &[b'u'; 4096])]);
+    let t = twin(
+        "sem-mmap",
+        &[&[E::File("f", &[b'a'; 8192])]],
+        &[E::File("u", &[b'u'; 4096])],
+    );
     for name in ["f", "u"] {
         t.both(&format!("mmap MAP_SHARED write on {name}"), |r| {
-            let f = fs::OpenOptions::new().read(true).write(true).open(r.join(name)).unwrap();
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(r.join(name))
+                .unwrap();
             let len = f.metadata().unwrap().len() as usize;
             let p = unsafe {
-                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    f.as_raw_fd(),
+                    0,
+                )
             };
             if p == libc::MAP_FAILED {
                 return format!("mmap: {}", describe_err(&io::Error::last_os_error()));
@@ -1530,14 +2481,23 @@ fn mmap_shared_write_reaches_the_file() {
             unsafe { libc::munmap(p, len) };
             drop(f);
             let v = fs::read(r.join(name)).unwrap_or_default();
-            format!("msync {}; new fd sees HELLO: {}", outcome_unit(&ms), v.get(100..105) == Some(b"HELLO"))
+            format!(
+                "msync {}; new fd sees HELLO: {}",
+                outcome_unit(&ms),
+                v.get(100..105) == Some(b"HELLO")
+            )
         });
     }
     t.finish_with(true, |k, f| {
         for (who, u) in [("ovlfuse", &f.upper), ("kernel", &k.upper)] {
             for name in ["f", "u"] {
-                let v = fs::read(u.join(name)).unwrap_or_else(|e| panic!("{who}: read upper/{name}: {}", describe_err(&e)));
-                assert_eq!(v.get(100..105), Some(&b"HELLO"[..]), "{who}: upper/{name} after unmount lacks the mmap write");
+                let v = fs::read(u.join(name))
+                    .unwrap_or_else(|e| panic!("{who}: read upper/{name}: {}", describe_err(&e)));
+                assert_eq!(
+                    v.get(100..105),
+                    Some(&b"HELLO"[..]),
+                    "{who}: upper/{name} after unmount lacks the mmap write"
+                );
             }
         }
     });
@@ -1548,7 +2508,11 @@ fn read_only_fd_opened_before_copy_up() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-ro-fd", &[&[E::File("f", b"original lower data"), E::File("g", b"gggg")]], &[]);
+    let t = twin(
+        "sem-ro-fd",
+        &[&[E::File("f", b"original lower data"), E::File("g", b"gggg")]],
+        &[],
+    );
     t.both("ro fd, then write through another fd", |r| {
         let ro = fs::File::open(r.join("f")).unwrap();
         let mut b = [0u8; 8];
@@ -1557,15 +2521,26 @@ fn read_only_fd_opened_before_copy_up() {
         let mut after = vec![0u8; 40];
         let n = ro.read_at(&mut after, 0).unwrap_or(0);
         after.truncate(n);
-        (outcome_unit(&w), String::from_utf8_lossy(&after).into_owned(), ro.metadata().map(|m| m.len()).ok())
+        (
+            outcome_unit(&w),
+            String::from_utf8_lossy(&after).into_owned(),
+            ro.metadata().map(|m| m.len()).ok(),
+        )
     });
     t.both("ro fd, then truncate by path", |r| {
         let ro = fs::File::open(r.join("g")).unwrap();
-        let tr = fs::OpenOptions::new().write(true).open(r.join("g")).and_then(|f| f.set_len(2));
+        let tr = fs::OpenOptions::new()
+            .write(true)
+            .open(r.join("g"))
+            .and_then(|f| f.set_len(2));
         let mut after = vec![0u8; 40];
         let n = ro.read_at(&mut after, 0).unwrap_or(0);
         after.truncate(n);
-        (outcome_unit(&tr), String::from_utf8_lossy(&after).into_owned(), ro.metadata().map(|m| m.len()).ok())
+        (
+            outcome_unit(&tr),
+            String::from_utf8_lossy(&after).into_owned(),
+            ro.metadata().map(|m| m.len()).ok(),
+        )
     });
     t.finish(true);
 }
@@ -1581,22 +2556,52 @@ fn st_ino_stable_across_copy_up_and_remount() {
     }
     let sc = Scratch::new("sem-ino");
     let st = Stack::new(&sc, 2);
-    build(&st.lowers[0], &[E::File("f", b"f"), E::File("d/g", b"g"), E::Symlink("s", "f")]);
-    build(&st.lowers[1], &[E::File("d/h", b"h"), E::File("low1", b"l")]);
+    build(
+        &st.lowers[0],
+        &[
+            E::File("f", b"f"),
+            E::File("d/g", b"g"),
+            E::Symlink("s", "f"),
+        ],
+    );
+    build(
+        &st.lowers[1],
+        &[E::File("d/h", b"h"), E::File("low1", b"l")],
+    );
     build(&st.upper, &[E::File("u", b"u")]);
     let lc = LowerCheck::new(&st.lowers);
     let names = ["", "f", "d", "d/g", "d/h", "s", "low1", "u"];
     let inos = |m: &Path| -> Vec<(String, u64)> {
-        names.iter().map(|n| (n.to_string(), ok(fs::symlink_metadata(m.join(n)), &format!("stat {n}")).ino())).collect()
+        names
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    ok(fs::symlink_metadata(m.join(n)), &format!("stat {n}")).ino(),
+                )
+            })
+            .collect()
     };
     let g = mount_ovlfuse(&st, &[]);
     let before = inos(&st.mnt);
     // Copy up everything.
-    ok(fs::set_permissions(st.mnt.join("f"), fs::Permissions::from_mode(0o600)), "chmod f");
+    ok(
+        fs::set_permissions(st.mnt.join("f"), fs::Permissions::from_mode(0o600)),
+        "chmod f",
+    );
     ok(write_at(&st.mnt.join("d/g"), 0, b"G"), "write d/g");
-    ok(lsetxattr(&st.mnt.join("d/h"), "user.x", b"1"), "setxattr d/h");
+    ok(
+        lsetxattr(&st.mnt.join("d/h"), "user.x", b"1"),
+        "setxattr d/h",
+    );
     ok(lchown(&st.mnt.join("s"), 1, 1), "lchown s");
-    ok(fs::OpenOptions::new().append(true).open(st.mnt.join("low1")).and_then(|mut f| f.write_all(b"+")), "append low1");
+    ok(
+        fs::OpenOptions::new()
+            .append(true)
+            .open(st.mnt.join("low1"))
+            .and_then(|mut f| f.write_all(b"+")),
+        "append low1",
+    );
     ok(fs::write(st.mnt.join("new"), b"n"), "create new");
     let new_ino = fs::symlink_metadata(st.mnt.join("new")).unwrap().ino();
     let after = inos(&st.mnt);
@@ -1605,14 +2610,22 @@ fn st_ino_stable_across_copy_up_and_remount() {
     let g = mount_ovlfuse(&st, &[]);
     let remounted = inos(&st.mnt);
     assert_eq!(remounted, before, "st_ino changed across unmount/remount");
-    assert_eq!(fs::symlink_metadata(st.mnt.join("new")).unwrap().ino(), new_ino, "st_ino of a new file changed across remount");
+    assert_eq!(
+        fs::symlink_metadata(st.mnt.join("new")).unwrap().ino(),
+        new_ino,
+        "st_ino of a new file changed across remount"
+    );
     // Distinct files have distinct inode numbers.
     let mut uniq: Vec<u64> = remounted.iter().map(|x| x.1).collect();
     uniq.push(new_ino);
     let n = uniq.len();
     uniq.sort();
     uniq.dedup();
-    assert_eq!(uniq.len(), n, "distinct files share an st_ino: {remounted:?} new={new_ino}");
+    assert_eq!(
+        uniq.len(),
+        n,
+        "distinct files share an st_ino: {remounted:?} new={new_ino}"
+    );
     g.unmount();
     lc.verify();
 }
@@ -1651,27 +2664,54 @@ fn cross_ops(r: &Path) {
     ok(fs::remove_file(r.join("redo/old")), "unlink redo/old");
     ok(fs::remove_dir(r.join("redo")), "rmdir redo");
     ok(fs::create_dir(r.join("redo")), "mkdir redo");
-    ok(fs::write(r.join("redo/fresh"), b"fresh"), "create redo/fresh");
-    ok(fs::set_permissions(r.join("perm"), fs::Permissions::from_mode(0o600)), "chmod");
+    ok(
+        fs::write(r.join("redo/fresh"), b"fresh"),
+        "create redo/fresh",
+    );
+    ok(
+        fs::set_permissions(r.join("perm"), fs::Permissions::from_mode(0o600)),
+        "chmod",
+    );
     ok(lchown(&r.join("own"), 77, 88), "chown");
     ok(lsetxattr(&r.join("x"), "user.added", b"v"), "setxattr");
     ok(lremovexattr(&r.join("xr"), "user.old"), "removexattr");
     ok(std::os::unix::fs::symlink("new", r.join("sl")), "symlink");
-    ok(fs::OpenOptions::new().write(true).open(r.join("tr")).and_then(|f| f.set_len(1)), "truncate");
-    ok(fs::OpenOptions::new().append(true).open(r.join("ap")).and_then(|mut f| f.write_all(b"+more")), "append");
+    ok(
+        fs::OpenOptions::new()
+            .write(true)
+            .open(r.join("tr"))
+            .and_then(|f| f.set_len(1)),
+        "truncate",
+    );
+    ok(
+        fs::OpenOptions::new()
+            .append(true)
+            .open(r.join("ap"))
+            .and_then(|mut f| f.write_all(b"+more")),
+        "append",
+    );
     ok(fs::rename(r.join("mv"), r.join("mv2")), "rename");
     ok(fs::hard_link(r.join("new"), r.join("newlink")), "link");
     ok(mkfifo(&r.join("ff"), 0o600), "mkfifo");
     ok(fs::remove_file(r.join("sub/a")), "unlink sub/a");
     ok(fs::write(r.join("sub/a"), b"recreated"), "recreate sub/a");
-    ok(mknod(&r.join("cdev"), libc::S_IFCHR | 0o600, makedev(1, 7)), "mknod");
+    ok(
+        mknod(&r.join("cdev"), libc::S_IFCHR | 0o600, makedev(1, 7)),
+        "mknod",
+    );
     ok(fs::write(r.join(&long), b"long name"), "create 255");
     ok(fs::remove_file(r.join("fifo")), "unlink lower fifo");
     ok(fs::remove_file(r.join("lnk")), "unlink lower symlink");
     ok(fs::remove_dir(r.join("emptydir")), "rmdir empty lower dir");
     ok(fs::create_dir(r.join("emptydir")), "mkdir emptydir again");
-    ok(fs::hard_link(r.join("perm"), r.join("sub/permlink")), "link a copied-up lower file");
-    ok(fs::hard_link(r.join("own"), r.join("ownlink")), "link a lower file");
+    ok(
+        fs::hard_link(r.join("perm"), r.join("sub/permlink")),
+        "link a copied-up lower file",
+    );
+    ok(
+        fs::hard_link(r.join("own"), r.join("ownlink")),
+        "link a lower file",
+    );
 }
 
 /// One implementation writes, then both read the resulting upper directory.
@@ -1679,22 +2719,49 @@ fn cross_check(name: &str, writer_is_ovlfuse: bool) {
     let sc = Scratch::new(name);
     let st = Stack::new(&sc, 2);
     build(&st.lowers[0], &cross_lowers());
-    build(&st.lowers[1], &[E::File("sub/low1", b"l1"), E::File("redo/older", b"older"), E::File("deldir/c", b"c")]);
+    build(
+        &st.lowers[1],
+        &[
+            E::File("sub/low1", b"l1"),
+            E::File("redo/older", b"older"),
+            E::File("deldir/c", b"c"),
+        ],
+    );
     let lc = LowerCheck::new(&st.lowers);
     // Remove deldir/c first too, so that rmdir deldir can succeed.
     let writer_view = {
-        let g = if writer_is_ovlfuse { mount_ovlfuse(&st, &[]) } else { mount_kernel(&st) };
+        let g = if writer_is_ovlfuse {
+            mount_ovlfuse(&st, &[])
+        } else {
+            mount_kernel(&st)
+        };
         ok(fs::remove_file(st.mnt.join("deldir/c")), "unlink deldir/c");
-        ok(fs::remove_file(st.mnt.join("redo/older")), "unlink redo/older");
+        ok(
+            fs::remove_file(st.mnt.join("redo/older")),
+            "unlink redo/older",
+        );
         cross_ops(&st.mnt);
         let v = snapshot(&st.mnt, XattrSel::User);
         g.unmount();
         v
     };
-    let (writer, reader) = if writer_is_ovlfuse { ("ovlfuse", "kernel") } else { ("kernel", "ovlfuse") };
+    let (writer, reader) = if writer_is_ovlfuse {
+        ("ovlfuse", "kernel")
+    } else {
+        ("kernel", "ovlfuse")
+    };
     // The other implementation, fresh workdir and mount point, same lowers and upper.
-    let other = Stack { lowers: st.lowers.clone(), upper: st.upper.clone(), work: sc.dir("work2"), mnt: sc.dir("mnt2") };
-    let g = if writer_is_ovlfuse { mount_kernel(&other) } else { mount_ovlfuse(&other, &[]) };
+    let other = Stack {
+        lowers: st.lowers.clone(),
+        upper: st.upper.clone(),
+        work: sc.dir("work2"),
+        mnt: sc.dir("mnt2"),
+    };
+    let g = if writer_is_ovlfuse {
+        mount_kernel(&other)
+    } else {
+        mount_ovlfuse(&other, &[])
+    };
     let reader_view = snapshot(&other.mnt, XattrSel::User);
     g.unmount();
     assert_same_snapshots(
@@ -1705,11 +2772,26 @@ fn cross_check(name: &str, writer_is_ovlfuse: bool) {
         &reader_view,
     );
     // And the writer itself sees the same after a remount.
-    let same = Stack { lowers: st.lowers.clone(), upper: st.upper.clone(), work: sc.dir("work3"), mnt: sc.dir("mnt3") };
-    let g = if writer_is_ovlfuse { mount_ovlfuse(&same, &[]) } else { mount_kernel(&same) };
+    let same = Stack {
+        lowers: st.lowers.clone(),
+        upper: st.upper.clone(),
+        work: sc.dir("work3"),
+        mnt: sc.dir("mnt3"),
+    };
+    let g = if writer_is_ovlfuse {
+        mount_ovlfuse(&same, &[])
+    } else {
+        mount_kernel(&same)
+    };
     let again = snapshot(&same.mnt, XattrSel::User);
     g.unmount();
-    assert_same_snapshots(&format!("{writer} remounted"), "before", &writer_view, "after remount", &again);
+    assert_same_snapshots(
+        &format!("{writer} remounted"),
+        "before",
+        &writer_view,
+        "after remount",
+        &again,
+    );
     lc.verify();
 }
 
@@ -1737,11 +2819,21 @@ fn same_operations_give_same_views_and_uppers() {
     let lowers = cross_lowers();
     let t = twin(
         "sem-ops-compare",
-        &[&lowers[..], &[E::File("sub/low1", b"l1"), E::File("redo/older", b"older"), E::File("deldir/c", b"c")]],
+        &[
+            &lowers[..],
+            &[
+                E::File("sub/low1", b"l1"),
+                E::File("redo/older", b"older"),
+                E::File("deldir/c", b"c"),
+            ],
+        ],
         &[],
     );
     t.both("prepare", |r| {
-        (outcome_unit(&fs::remove_file(r.join("deldir/c"))), outcome_unit(&fs::remove_file(r.join("redo/older"))))
+        (
+            outcome_unit(&fs::remove_file(r.join("deldir/c"))),
+            outcome_unit(&fs::remove_file(r.join("redo/older"))),
+        )
     });
     cross_ops(t.km());
     cross_ops(t.fm());
@@ -1770,12 +2862,17 @@ enum Op {
 /// of each. The child only makes raw system calls (safe after fork in a threaded process).
 fn run_as(uid: u32, gid: u32, ops: &[Op]) -> Vec<String> {
     let mut pipe = [0i32; 2];
-    assert_eq!(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    assert_eq!(
+        unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) },
+        0
+    );
     let xname = c"user.x";
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         unsafe {
-            let ok = libc::setgroups(0, std::ptr::null()) == 0 && libc::setresgid(gid, gid, gid) == 0 && libc::setresuid(uid, uid, uid) == 0;
+            let ok = libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setresgid(gid, gid, gid) == 0
+                && libc::setresuid(uid, uid, uid) == 0;
             if !ok {
                 libc::_exit(99);
             }
@@ -1796,8 +2893,16 @@ fn run_as(uid: u32, gid: u32, ops: &[Op]) -> Vec<String> {
                     Op::Chmod(p, m) => libc::chmod(p.as_ptr(), *m),
                     Op::Access(p, m) => libc::access(p.as_ptr(), *m),
                     Op::Rename(a, b) => libc::rename(a.as_ptr(), b.as_ptr()),
-                    Op::UtimesNow(p) => libc::utimensat(libc::AT_FDCWD, p.as_ptr(), std::ptr::null(), 0),
-                    Op::Setxattr(p) => libc::setxattr(p.as_ptr(), xname.as_ptr(), b"1".as_ptr() as *const libc::c_void, 1, 0),
+                    Op::UtimesNow(p) => {
+                        libc::utimensat(libc::AT_FDCWD, p.as_ptr(), std::ptr::null(), 0)
+                    }
+                    Op::Setxattr(p) => libc::setxattr(
+                        p.as_ptr(),
+                        xname.as_ptr(),
+                        b"1".as_ptr() as *const libc::c_void,
+                        1,
+                        0,
+                    ),
                     Op::Umask(m) => {
                         libc::umask(*m);
                         0
@@ -1817,10 +2922,17 @@ fn run_as(uid: u32, gid: u32, ops: &[Op]) -> Vec<String> {
     f.read_to_end(&mut buf).unwrap();
     let mut status = 0;
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child failed to switch credentials (status {status})");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child failed to switch credentials (status {status})"
+    );
     for c in buf.chunks(4) {
         let e = i32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
-        out.push(if e == 0 { "ok".to_string() } else { errno_name(e) });
+        out.push(if e == 0 {
+            "ok".to_string()
+        } else {
+            errno_name(e)
+        });
     }
     out
 }
@@ -1906,15 +3018,35 @@ fn permission_checks_for_an_unprivileged_user() {
     ];
     let res = t.both_ret("operations as uid/gid 65534", |r| {
         let res = run_as(NOBODY, NOBODY, &ops(r));
-        labels.iter().zip(res).map(|(l, r)| format!("{l}: {r}")).collect::<Vec<_>>()
+        labels
+            .iter()
+            .zip(res)
+            .map(|(l, r)| format!("{l}: {r}"))
+            .collect::<Vec<_>>()
     });
     // Both agree; make sure they agree on the obvious answers too.
     let eacces = errno_name(libc::EACCES);
     let eperm = errno_name(libc::EPERM);
-    for (i, want) in [(0, eacces.as_str()), (1, "ok"), (2, &eacces), (3, &eacces), (4, "ok"), (5, &eperm), (6, &eperm), (7, "ok"), (13, &eacces)] {
-        assert_eq!(res[i], format!("{}: {want}", labels[i]), "unprivileged user, both implementations");
+    for (i, want) in [
+        (0, eacces.as_str()),
+        (1, "ok"),
+        (2, &eacces),
+        (3, &eacces),
+        (4, "ok"),
+        (5, &eperm),
+        (6, &eperm),
+        (7, "ok"),
+        (13, &eacces),
+    ] {
+        assert_eq!(
+            res[i],
+            format!("{}: {want}", labels[i]),
+            "unprivileged user, both implementations"
+        );
     }
-    t.both("owner of files created by the unprivileged user", |r| stat_str(&r.join("pub/d")));
+    t.both("owner of files created by the unprivileged user", |r| {
+        stat_str(&r.join("pub/d"))
+    });
     t.finish(true);
 }
 
@@ -1948,11 +3080,21 @@ fn concurrent_copy_up_of_one_file_and_of_siblings() {
                 })
             })
             .collect();
-        let res: Vec<String> = hs.into_iter().map(|h| outcome_unit(&h.join().unwrap())).collect();
+        let res: Vec<String> = hs
+            .into_iter()
+            .map(|h| outcome_unit(&h.join().unwrap()))
+            .collect();
         let data = fs::read(r.join("f")).unwrap_or_default();
-        let chunks: Vec<String> = data.chunks(4096).map(|c| {
-            if c.iter().all(|b| *b == c[0]) { (c[0] as char).to_string() } else { "mixed".into() }
-        }).collect();
+        let chunks: Vec<String> = data
+            .chunks(4096)
+            .map(|c| {
+                if c.iter().all(|b| *b == c[0]) {
+                    (c[0] as char).to_string()
+                } else {
+                    "mixed".into()
+                }
+            })
+            .collect();
         (res, chunks)
     });
     t.both("8 threads copy up siblings in one lower dir", |r| {
@@ -1967,7 +3109,9 @@ fn concurrent_copy_up_of_one_file_and_of_siblings() {
                 })
             })
             .collect();
-        hs.into_iter().map(|h| outcome_unit(&h.join().unwrap())).collect::<Vec<_>>()
+        hs.into_iter()
+            .map(|h| outcome_unit(&h.join().unwrap()))
+            .collect::<Vec<_>>()
     });
     t.finish(true);
 }
@@ -1993,8 +3137,12 @@ fn large_file_roundtrip_and_copy_up() {
         (outcome_unit(&w), outcome(&back))
     });
     t.both("append to a 6 MiB lower file", |r| {
-        let a = fs::OpenOptions::new().append(true).open(r.join("lowbig")).and_then(|mut f| f.write_all(b"END"));
-        let back = fs::read(r.join("lowbig")).map(|v| v.len() == big.len() + 3 && v[..big.len()] == big[..] && v.ends_with(b"END"));
+        let a = fs::OpenOptions::new()
+            .append(true)
+            .open(r.join("lowbig"))
+            .and_then(|mut f| f.write_all(b"END"));
+        let back = fs::read(r.join("lowbig"))
+            .map(|v| v.len() == big.len() + 3 && v[..big.len()] == big[..] && v.ends_with(b"END"));
         (outcome_unit(&a), outcome(&back))
     });
     t.finish(true);
@@ -2005,16 +3153,29 @@ fn open_files_survive_unlink_and_rename() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-open-unlink", &[&[E::File("f", b"lower data"), E::File("g", b"gg")]], &[E::File("u", b"upper data")]);
+    let t = twin(
+        "sem-open-unlink",
+        &[&[E::File("f", b"lower data"), E::File("g", b"gg")]],
+        &[E::File("u", b"upper data")],
+    );
     t.both("read a lower file after unlinking it", |r| {
         let mut f = fs::File::open(r.join("f")).unwrap();
         let un = fs::remove_file(r.join("f"));
         let mut s = String::new();
         let rd = f.read_to_string(&mut s);
-        (outcome_unit(&un), outcome_unit(&rd), s, f.metadata().map(|m| m.len()).ok())
+        (
+            outcome_unit(&un),
+            outcome_unit(&rd),
+            s,
+            f.metadata().map(|m| m.len()).ok(),
+        )
     });
     t.both("write+read an upper file after unlinking it", |r| {
-        let mut f = fs::OpenOptions::new().read(true).write(true).open(r.join("u")).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(r.join("u"))
+            .unwrap();
         let un = fs::remove_file(r.join("u"));
         let w = f.write_all(b"UPPER");
         f.seek(SeekFrom::Start(0)).unwrap();
@@ -2024,14 +3185,28 @@ fn open_files_survive_unlink_and_rename() {
     });
     t.both("fd follows a file in a renamed upper dir", |r| {
         let mk = fs::create_dir(r.join("n")).and_then(|_| fs::write(r.join("n/f"), b"nf"));
-        let f = fs::OpenOptions::new().read(true).write(true).open(r.join("n/f")).unwrap();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(r.join("n/f"))
+            .unwrap();
         let rn = fs::rename(r.join("n"), r.join("n2"));
         let w = f.write_all_at(b"NF", 0);
         drop(f);
-        (outcome_unit(&mk), outcome_unit(&rn), outcome_unit(&w), read_str(&r.join("n2/f")), names_or_err(&r.join("n2")))
+        (
+            outcome_unit(&mk),
+            outcome_unit(&rn),
+            outcome_unit(&w),
+            read_str(&r.join("n2/f")),
+            names_or_err(&r.join("n2")),
+        )
     });
     t.both("fd follows a renamed file", |r| {
-        let f = fs::OpenOptions::new().read(true).write(true).open(r.join("g")).unwrap();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(r.join("g"))
+            .unwrap();
         let rn = fs::rename(r.join("g"), r.join("g2"));
         let w = f.write_all_at(b"G", 0);
         drop(f);
@@ -2047,17 +3222,35 @@ fn directory_attribute_changes_copy_up_the_directory() {
     }
     let t = twin_with(
         "sem-dir-attrs",
-        &[&[E::File("d/x", b"x"), E::File("e/y", b"y"), E::File("g/z", b"z"), E::Xattr("g", "user.g", b"1")]],
+        &[&[
+            E::File("d/x", b"x"),
+            E::File("e/y", b"y"),
+            E::File("g/z", b"z"),
+            E::Xattr("g", "user.g", b"1"),
+        ]],
         &[],
         |st| set_times(&st.lowers[0].join("e"), OLD_MTIME, OLD_MTIME).unwrap(),
     );
-    t.both("chmod lower dir", |r| outcome_unit(&fs::set_permissions(r.join("d"), fs::Permissions::from_mode(0o711))));
-    t.both("chown lower dir", |r| outcome_unit(&lchown(&r.join("g"), 5, 6)));
-    t.both("mtime of a lower dir after chown of another", |r| outcome(&mtime_of(&r.join("e"))));
-    t.both("utimes lower dir", |r| outcome_unit(&set_times(&r.join("e"), (1, 0), (1_500_000_000, 0))));
+    t.both("chmod lower dir", |r| {
+        outcome_unit(&fs::set_permissions(
+            r.join("d"),
+            fs::Permissions::from_mode(0o711),
+        ))
+    });
+    t.both("chown lower dir", |r| {
+        outcome_unit(&lchown(&r.join("g"), 5, 6))
+    });
+    t.both("mtime of a lower dir after chown of another", |r| {
+        outcome(&mtime_of(&r.join("e")))
+    });
+    t.both("utimes lower dir", |r| {
+        outcome_unit(&set_times(&r.join("e"), (1, 0), (1_500_000_000, 0)))
+    });
     t.both("stat", |r| ["d", "e", "g"].map(|n| stat_str(&r.join(n))));
     t.both("mtime after utimes", |r| outcome(&mtime_of(&r.join("e"))));
-    t.both("contents still merged", |r| ["d", "e", "g"].map(|n| names_or_err(&r.join(n))));
+    t.both("contents still merged", |r| {
+        ["d", "e", "g"].map(|n| names_or_err(&r.join(n)))
+    });
     t.finish(true);
 }
 
@@ -2071,13 +3264,30 @@ fn o_tmpfile_matches_kernel() {
     t.both("O_TMPFILE in a merged dir", |r| {
         let f = open_fd(&r.join("d"), libc::O_TMPFILE | libc::O_RDWR, 0o600);
         match f {
-            Err(e) => vec![format!("open: {}", errno_name(e.raw_os_error().unwrap_or(0)))],
+            Err(e) => vec![format!(
+                "open: {}",
+                errno_name(e.raw_os_error().unwrap_or(0))
+            )],
             Ok(f) => {
                 let w = f.write_all_at(b"tmp", 0);
                 let c = cpath(&r.join("d/linked"));
-                let proc = std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
-                let l = cvt(unsafe { libc::linkat(libc::AT_FDCWD, proc.as_ptr(), libc::AT_FDCWD, c.as_ptr(), libc::AT_SYMLINK_FOLLOW) });
-                vec!["open: ok".into(), outcome_unit(&w), outcome_unit(&l), read_str(&r.join("d/linked"))]
+                let proc =
+                    std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
+                let l = cvt(unsafe {
+                    libc::linkat(
+                        libc::AT_FDCWD,
+                        proc.as_ptr(),
+                        libc::AT_FDCWD,
+                        c.as_ptr(),
+                        libc::AT_SYMLINK_FOLLOW,
+                    )
+                });
+                vec![
+                    "open: ok".into(),
+                    outcome_unit(&w),
+                    outcome_unit(&l),
+                    read_str(&r.join("d/linked")),
+                ]
             }
         }
     });
@@ -2096,7 +3306,14 @@ fn hard_links_across_lower_layers() {
     // Container layers are often deduplicated with hard links between layers.
     let t = twin_with(
         "sem-xlayer-links",
-        &[&[E::Dir("d0")], &[E::File("b", b"shared inode"), E::File("x", b"same name, same inode"), E::Dir("d1")]],
+        &[
+            &[E::Dir("d0")],
+            &[
+                E::File("b", b"shared inode"),
+                E::File("x", b"same name, same inode"),
+                E::Dir("d1"),
+            ],
+        ],
         &[],
         |st| {
             fs::hard_link(st.lowers[1].join("b"), st.lowers[0].join("a")).unwrap();
@@ -2104,17 +3321,47 @@ fn hard_links_across_lower_layers() {
             fs::hard_link(st.lowers[1].join("b"), st.lowers[0].join("d0/c")).unwrap();
         },
     );
-    t.both("view", |r| (names_or_err(r), read_str(&r.join("a")), read_str(&r.join("b")), read_str(&r.join("x")), stat_str(&r.join("a"))));
+    t.both("view", |r| {
+        (
+            names_or_err(r),
+            read_str(&r.join("a")),
+            read_str(&r.join("b")),
+            read_str(&r.join("x")),
+            stat_str(&r.join("a")),
+        )
+    });
     t.both("stat b, then write through a", |r| {
         let _ = fs::symlink_metadata(r.join("b"));
         let _ = fs::symlink_metadata(r.join("d0/c"));
-        let w = fs::OpenOptions::new().append(true).open(r.join("a")).and_then(|mut f| f.write_all(b"+a"));
-        (outcome_unit(&w), read_str(&r.join("a")), read_str(&r.join("b")), read_str(&r.join("d0/c")))
+        let w = fs::OpenOptions::new()
+            .append(true)
+            .open(r.join("a"))
+            .and_then(|mut f| f.write_all(b"+a"));
+        (
+            outcome_unit(&w),
+            read_str(&r.join("a")),
+            read_str(&r.join("b")),
+            read_str(&r.join("d0/c")),
+        )
     });
     t.both("unlink b, the other names stay", |r| {
-        (outcome_unit(&fs::remove_file(r.join("b"))), read_str(&r.join("a")), read_str(&r.join("d0/c")), outcome_unit(&fs::symlink_metadata(r.join("b"))))
+        (
+            outcome_unit(&fs::remove_file(r.join("b"))),
+            read_str(&r.join("a")),
+            read_str(&r.join("d0/c")),
+            outcome_unit(&fs::symlink_metadata(r.join("b"))),
+        )
     });
-    t.both("chmod d0/c", |r| (outcome_unit(&fs::set_permissions(r.join("d0/c"), fs::Permissions::from_mode(0o600))), stat_str(&r.join("d0/c")), read_str(&r.join("a"))));
+    t.both("chmod d0/c", |r| {
+        (
+            outcome_unit(&fs::set_permissions(
+                r.join("d0/c"),
+                fs::Permissions::from_mode(0o600),
+            )),
+            stat_str(&r.join("d0/c")),
+            read_str(&r.join("a")),
+        )
+    });
     t.finish(true);
 }
 
@@ -2123,7 +3370,10 @@ fn check_seekdir(dir: &Path) -> Result<usize, String> {
     let c = cpath(dir);
     let d = unsafe { libc::opendir(c.as_ptr()) };
     if d.is_null() {
-        return Err(format!("opendir: {}", describe_err(&io::Error::last_os_error())));
+        return Err(format!(
+            "opendir: {}",
+            describe_err(&io::Error::last_os_error())
+        ));
     }
     let all = telldir_all(d);
     let res = (|| {
@@ -2133,7 +3383,10 @@ fn check_seekdir(dir: &Path) -> Result<usize, String> {
             for j in i..(i + 3).min(n) {
                 let got = next_name(d);
                 if got.as_deref() != Some(all[j].0.as_str()) {
-                    return Err(format!("after seekdir to #{i} ({:?}): read #{j} gave {got:?}, expected {:?}", all[i].0, all[j].0));
+                    return Err(format!(
+                        "after seekdir to #{i} ({:?}): read #{j} gave {got:?}, expected {:?}",
+                        all[i].0, all[j].0
+                    ));
                 }
             }
         }
@@ -2148,29 +3401,47 @@ fn readdir_of_large_merged_dir_with_whiteouts_and_seekdir() {
     if !fuse_available() {
         return;
     }
-    let t = twin_with("sem-readdir-merged-big", &[&[E::Dir("big")], &[E::Dir("big")]], &[E::Dir("big")], |st| {
-        for i in 0..6000 {
-            fs::write(st.lowers[1].join(format!("big/a{i:05}")), b"").unwrap();
-        }
-        for i in 3000..6000 {
-            fs::write(st.lowers[0].join(format!("big/a{i:05}")), b"l0").unwrap();
-        }
-        for i in 0..2000 {
-            fs::write(st.lowers[0].join(format!("big/b{i:05}")), b"").unwrap();
-        }
-        for i in (0..6000).step_by(7) {
-            mknod(&st.upper.join(format!("big/a{i:05}")), libc::S_IFCHR, 0).unwrap();
-        }
-        for i in 0..1000 {
-            fs::write(st.upper.join(format!("big/c{i:05}")), b"").unwrap();
-        }
-    });
+    let t = twin_with(
+        "sem-readdir-merged-big",
+        &[&[E::Dir("big")], &[E::Dir("big")]],
+        &[E::Dir("big")],
+        |st| {
+            for i in 0..6000 {
+                fs::write(st.lowers[1].join(format!("big/a{i:05}")), b"").unwrap();
+            }
+            for i in 3000..6000 {
+                fs::write(st.lowers[0].join(format!("big/a{i:05}")), b"l0").unwrap();
+            }
+            for i in 0..2000 {
+                fs::write(st.lowers[0].join(format!("big/b{i:05}")), b"").unwrap();
+            }
+            for i in (0..6000).step_by(7) {
+                mknod(&st.upper.join(format!("big/a{i:05}")), libc::S_IFCHR, 0).unwrap();
+            }
+            for i in 0..1000 {
+                fs::write(st.upper.join(format!("big/c{i:05}")), b"").unwrap();
+            }
+        },
+    );
     t.both("names of the merged dir", |r| {
         let (problems, list) = readdir_check(&r.join("big"));
-        (list.len(), problems.iter().filter(|p| p.contains("more than once") || p.contains("lstat")).cloned().collect::<Vec<_>>(), list)
+        (
+            list.len(),
+            problems
+                .iter()
+                .filter(|p| p.contains("more than once") || p.contains("lstat"))
+                .cloned()
+                .collect::<Vec<_>>(),
+            list,
+        )
     });
     t.both("telldir/seekdir", |r| check_seekdir(&r.join("big")));
-    t.both("rm -rf while iterating", |r| (outcome_unit(&fs::remove_dir_all(r.join("big"))), outcome_unit(&fs::symlink_metadata(r.join("big")))));
+    t.both("rm -rf while iterating", |r| {
+        (
+            outcome_unit(&fs::remove_dir_all(r.join("big"))),
+            outcome_unit(&fs::symlink_metadata(r.join("big"))),
+        )
+    });
     t.finish(true);
 }
 
@@ -2182,14 +3453,40 @@ fn recursive_removal_of_a_merged_tree() {
     let t = twin(
         "sem-rm-rf",
         &[
-            &[E::File("tree/a/1", b"1"), E::File("tree/a/b/2", b"2"), E::Symlink("tree/l", "a"), E::Fifo("tree/a/p")],
-            &[E::File("tree/a/3", b"3"), E::File("tree/c/d/e/4", b"4"), E::Opaque("tree/c/d"), E::File("tree/a/b/5", b"5")],
+            &[
+                E::File("tree/a/1", b"1"),
+                E::File("tree/a/b/2", b"2"),
+                E::Symlink("tree/l", "a"),
+                E::Fifo("tree/a/p"),
+            ],
+            &[
+                E::File("tree/a/3", b"3"),
+                E::File("tree/c/d/e/4", b"4"),
+                E::Opaque("tree/c/d"),
+                E::File("tree/a/b/5", b"5"),
+            ],
         ],
-        &[E::File("tree/a/6", b"6"), E::Whiteout("tree/a/3"), E::Dir("tree/u/v")],
+        &[
+            E::File("tree/a/6", b"6"),
+            E::Whiteout("tree/a/3"),
+            E::Dir("tree/u/v"),
+        ],
     );
-    t.both("rm -rf tree", |r| outcome_unit(&fs::remove_dir_all(r.join("tree"))));
-    t.both("gone", |r| (outcome_unit(&fs::symlink_metadata(r.join("tree"))), names_or_err(r)));
-    t.both("mkdir tree again is empty", |r| (outcome_unit(&fs::create_dir(r.join("tree"))), names_or_err(&r.join("tree"))));
+    t.both("rm -rf tree", |r| {
+        outcome_unit(&fs::remove_dir_all(r.join("tree")))
+    });
+    t.both("gone", |r| {
+        (
+            outcome_unit(&fs::symlink_metadata(r.join("tree"))),
+            names_or_err(r),
+        )
+    });
+    t.both("mkdir tree again is empty", |r| {
+        (
+            outcome_unit(&fs::create_dir(r.join("tree"))),
+            names_or_err(&r.join("tree")),
+        )
+    });
     t.finish(true);
 }
 
@@ -2223,7 +3520,12 @@ fn odd_file_names() {
     });
     let list = |r: &Path, d: &str| -> Vec<Vec<u8>> {
         let mut v: Vec<Vec<u8>> = read_dir_raw(&r.join(d))
-            .map(|es| es.into_iter().map(|e| e.name.as_bytes().to_vec()).filter(|n| n != b"." && n != b"..").collect())
+            .map(|es| {
+                es.into_iter()
+                    .map(|e| e.name.as_bytes().to_vec())
+                    .filter(|n| n != b"." && n != b"..")
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -2231,7 +3533,10 @@ fn odd_file_names() {
     t.both("lower names listed", |r| list(r, "d"));
     t.both("create the same names in a new dir", |r| {
         let mk = fs::create_dir(r.join("n"));
-        let res: Vec<String> = raw.iter().map(|n| outcome_unit(&fs::write(r.join("n").join(OsStr::from_bytes(n)), n))).collect();
+        let res: Vec<String> = raw
+            .iter()
+            .map(|n| outcome_unit(&fs::write(r.join("n").join(OsStr::from_bytes(n)), n)))
+            .collect();
         (outcome_unit(&mk), res, list(r, "n"))
     });
     t.both("read, rename and unlink lower odd names", |r| {
@@ -2239,10 +3544,17 @@ fn odd_file_names() {
             .map(|n| {
                 let p = r.join("d").join(OsStr::from_bytes(n));
                 let content = fs::read(&p).map(|c| c == *n);
-                let q = r.join("d").join(OsStr::from_bytes(&[n, &b".renamed"[..]].concat()));
+                let q = r
+                    .join("d")
+                    .join(OsStr::from_bytes(&[n, &b".renamed"[..]].concat()));
                 let rn = fs::rename(&p, &q);
                 let un = fs::remove_file(&q);
-                format!("{} {} {}", outcome(&content), outcome_unit(&rn), outcome_unit(&un))
+                format!(
+                    "{} {} {}",
+                    outcome(&content),
+                    outcome_unit(&rn),
+                    outcome_unit(&un)
+                )
             })
             .collect::<Vec<_>>()
     });
@@ -2259,21 +3571,56 @@ fn dot_wh_names_cannot_be_created_through_the_mount() {
     // would read back as a whiteout. The kernel would create plain files.
     let sc = Scratch::new("sem-dot-wh");
     let st = Stack::new(&sc, 1);
-    build(&st.lowers[0], &[E::File("foo", b"lower foo"), E::Dir("d"), E::File("d/bar", b"bar")]);
+    build(
+        &st.lowers[0],
+        &[
+            E::File("foo", b"lower foo"),
+            E::Dir("d"),
+            E::File("d/bar", b"bar"),
+        ],
+    );
     let lc = LowerCheck::new(&st.lowers);
     let g = mount_ovlfuse(&st, &[]);
     let m = &st.mnt;
-    expect_errno(fs::write(m.join(".wh.foo"), b"x"), libc::EPERM, "create .wh.foo");
-    expect_errno(fs::write(m.join("d/.wh..wh..opq"), b"x"), libc::EPERM, "create d/.wh..wh..opq");
-    expect_errno(fs::create_dir(m.join(".wh.dir")), libc::EPERM, "mkdir .wh.dir");
-    expect_errno(std::os::unix::fs::symlink("foo", m.join(".wh.sym")), libc::EPERM, "symlink .wh.sym");
-    expect_errno(fs::rename(m.join("foo"), m.join(".wh.foo2")), libc::EPERM, "rename to .wh.foo2");
-    expect_errno(fs::hard_link(m.join("foo"), m.join(".wh.foo3")), libc::EPERM, "link to .wh.foo3");
+    expect_errno(
+        fs::write(m.join(".wh.foo"), b"x"),
+        libc::EPERM,
+        "create .wh.foo",
+    );
+    expect_errno(
+        fs::write(m.join("d/.wh..wh..opq"), b"x"),
+        libc::EPERM,
+        "create d/.wh..wh..opq",
+    );
+    expect_errno(
+        fs::create_dir(m.join(".wh.dir")),
+        libc::EPERM,
+        "mkdir .wh.dir",
+    );
+    expect_errno(
+        std::os::unix::fs::symlink("foo", m.join(".wh.sym")),
+        libc::EPERM,
+        "symlink .wh.sym",
+    );
+    expect_errno(
+        fs::rename(m.join("foo"), m.join(".wh.foo2")),
+        libc::EPERM,
+        "rename to .wh.foo2",
+    );
+    expect_errno(
+        fs::hard_link(m.join("foo"), m.join(".wh.foo3")),
+        libc::EPERM,
+        "link to .wh.foo3",
+    );
     assert_eq!(read_str(&m.join("foo")), "lower foo");
     assert_eq!(names_or_err(m), Ok(vec!["d".into(), "foo".into()]));
     assert_eq!(names_or_err(&m.join("d")), Ok(vec!["bar".into()]));
     g.unmount();
-    assert_eq!(names_or_err(&st.upper), Ok(vec![]), "nothing may have been written to upper");
+    assert_eq!(
+        names_or_err(&st.upper),
+        Ok(vec![]),
+        "nothing may have been written to upper"
+    );
     lc.verify();
 }
 
@@ -2284,15 +3631,42 @@ fn paths_through_symlinked_directories() {
     }
     let t = twin(
         "sem-symlinked-dirs",
-        &[&[E::File("real/f", b"real f"), E::Symlink("link", "real"), E::Symlink("loop1", "loop2"), E::Symlink("loop2", "loop1"), E::Symlink("dangling", "nowhere")]],
+        &[&[
+            E::File("real/f", b"real f"),
+            E::Symlink("link", "real"),
+            E::Symlink("loop1", "loop2"),
+            E::Symlink("loop2", "loop1"),
+            E::Symlink("dangling", "nowhere"),
+        ]],
         &[],
     );
-    t.both("read through a symlinked dir", |r| read_str(&r.join("link/f")));
-    t.both("write through a symlinked dir", |r| (outcome_unit(&write_at(&r.join("link/f"), 0, b"R")), read_str(&r.join("real/f"))));
-    t.both("create through a symlinked dir", |r| (outcome_unit(&fs::write(r.join("link/new"), b"n")), names_or_err(&r.join("real"))));
-    t.both("symlink loop", |r| outcome_unit(&fs::metadata(r.join("loop1"))));
-    t.both("dangling", |r| (outcome_unit(&fs::metadata(r.join("dangling"))), outcome_unit(&fs::write(r.join("dangling"), b"d"))));
-    t.both("view after creating through dangling symlink", |r| (names_or_err(r), read_str(&r.join("nowhere"))));
+    t.both("read through a symlinked dir", |r| {
+        read_str(&r.join("link/f"))
+    });
+    t.both("write through a symlinked dir", |r| {
+        (
+            outcome_unit(&write_at(&r.join("link/f"), 0, b"R")),
+            read_str(&r.join("real/f")),
+        )
+    });
+    t.both("create through a symlinked dir", |r| {
+        (
+            outcome_unit(&fs::write(r.join("link/new"), b"n")),
+            names_or_err(&r.join("real")),
+        )
+    });
+    t.both("symlink loop", |r| {
+        outcome_unit(&fs::metadata(r.join("loop1")))
+    });
+    t.both("dangling", |r| {
+        (
+            outcome_unit(&fs::metadata(r.join("dangling"))),
+            outcome_unit(&fs::write(r.join("dangling"), b"d")),
+        )
+    });
+    t.both("view after creating through dangling symlink", |r| {
+        (names_or_err(r), read_str(&r.join("nowhere")))
+    });
     t.finish(true);
 }
 
@@ -2304,22 +3678,48 @@ fn offsets_beyond_4_gib() {
     const G5: u64 = 5 << 30;
     let t = twin("sem-5gib", &[&[E::File("low", b"lower")]], &[]);
     t.both("pwrite at 5 GiB in a new file", |r| {
-        let f = fs::OpenOptions::new().create(true).read(true).write(true).open(r.join("huge")).unwrap();
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(r.join("huge"))
+            .unwrap();
         let w = f.write_all_at(b"FAR", G5);
         let mut b = [0u8; 3];
         let rd = f.read_exact_at(&mut b, G5);
-        (outcome_unit(&w), outcome_unit(&rd), b, f.metadata().map(|m| m.len()).ok())
+        (
+            outcome_unit(&w),
+            outcome_unit(&rd),
+            b,
+            f.metadata().map(|m| m.len()).ok(),
+        )
     });
     t.both("extend a lower file to 5 GiB and write at the end", |r| {
-        let f = fs::OpenOptions::new().read(true).write(true).open(r.join("low")).unwrap();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(r.join("low"))
+            .unwrap();
         let e = f.set_len(G5);
         let w = f.write_all_at(b"END", G5 - 3);
         let mut b = [0u8; 5];
         let rd = f.read_exact_at(&mut b, 0);
-        (outcome_unit(&e), outcome_unit(&w), outcome_unit(&rd), b, fs::metadata(r.join("low")).map(|m| m.len()).ok())
+        (
+            outcome_unit(&e),
+            outcome_unit(&w),
+            outcome_unit(&rd),
+            b,
+            fs::metadata(r.join("low")).map(|m| m.len()).ok(),
+        )
     });
     t.both("sizes", |r| ["huge", "low"].map(|n| stat_str(&r.join(n))));
-    t.both("remove the big files", |r| (outcome_unit(&fs::remove_file(r.join("huge"))), outcome_unit(&fs::remove_file(r.join("low")))));
+    t.both("remove the big files", |r| {
+        (
+            outcome_unit(&fs::remove_file(r.join("huge"))),
+            outcome_unit(&fs::remove_file(r.join("low"))),
+        )
+    });
     t.finish(true);
 }
 
@@ -2330,7 +3730,10 @@ fn fsync_and_fdatasync_on_files_and_directories() {
     }
     let t = twin("sem-fsync", &[&[E::File("f", b"f"), E::Dir("d")]], &[]);
     t.both("fsync", |r| {
-        let f = fs::OpenOptions::new().write(true).open(r.join("f")).unwrap();
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(r.join("f"))
+            .unwrap();
         let a = (&f).write_all(b"F").and_then(|_| f.sync_all());
         let b = f.sync_data();
         let ro = fs::File::open(r.join("f")).unwrap().sync_all();
@@ -2360,29 +3763,82 @@ fn posix_acls_are_visible_copied_up_and_enforced() {
     const U: u32 = u32::MAX;
     const NOBODY: u32 = 65534;
     // user::rw- user:65534:r-- group::--- mask::r-- other::---
-    let file_acl = acl(&[(1, 6, U), (2, 4, NOBODY), (4, 0, U), (0x10, 4, U), (0x20, 0, U)]);
+    let file_acl = acl(&[
+        (1, 6, U),
+        (2, 4, NOBODY),
+        (4, 0, U),
+        (0x10, 4, U),
+        (0x20, 0, U),
+    ]);
     // default: user::rwx user:65534:rwx group::r-x mask::rwx other::---
-    let dir_default = acl(&[(1, 7, U), (2, 7, NOBODY), (4, 5, U), (0x10, 7, U), (0x20, 0, U)]);
+    let dir_default = acl(&[
+        (1, 7, U),
+        (2, 7, NOBODY),
+        (4, 5, U),
+        (0x10, 7, U),
+        (0x20, 0, U),
+    ]);
     let fa = file_acl.clone();
     let dd = dir_default.clone();
-    let t = twin_with("sem-acl", &[&[E::File("acl", b"acl protected"), E::Mode("acl", 0o640), E::Dir("dd"), E::Mode("dd", 0o770)]], &[], move |st| {
-        lsetxattr(&st.lowers[0].join("acl"), "system.posix_acl_access", &fa).expect("ext4 without ACL support?");
-        lsetxattr(&st.lowers[0].join("dd"), "system.posix_acl_default", &dd).unwrap();
-        lsetxattr(&st.lowers[0].join("dd"), "system.posix_acl_access", &acl(&[(1, 7, U), (2, 7, NOBODY), (4, 7, U), (0x10, 7, U), (0x20, 0, U)])).unwrap();
+    let t = twin_with(
+        "sem-acl",
+        &[&[
+            E::File("acl", b"acl protected"),
+            E::Mode("acl", 0o640),
+            E::Dir("dd"),
+            E::Mode("dd", 0o770),
+        ]],
+        &[],
+        move |st| {
+            lsetxattr(&st.lowers[0].join("acl"), "system.posix_acl_access", &fa)
+                .expect("ext4 without ACL support?");
+            lsetxattr(&st.lowers[0].join("dd"), "system.posix_acl_default", &dd).unwrap();
+            lsetxattr(
+                &st.lowers[0].join("dd"),
+                "system.posix_acl_access",
+                &acl(&[
+                    (1, 7, U),
+                    (2, 7, NOBODY),
+                    (4, 7, U),
+                    (0x10, 7, U),
+                    (0x20, 0, U),
+                ]),
+            )
+            .unwrap();
+        },
+    );
+    t.both("getxattr access ACL through the mount", |r| {
+        outcome(&lgetxattr(&r.join("acl"), "system.posix_acl_access"))
     });
-    t.both("getxattr access ACL through the mount", |r| outcome(&lgetxattr(&r.join("acl"), "system.posix_acl_access")));
-    t.both("getxattr default ACL of a dir", |r| outcome(&lgetxattr(&r.join("dd"), "system.posix_acl_default")));
+    t.both("getxattr default ACL of a dir", |r| {
+        outcome(&lgetxattr(&r.join("dd"), "system.posix_acl_default"))
+    });
     t.both("ACL grants the named user read access", |r| {
-        run_as(NOBODY, NOBODY, &[Op::Open(cpath(&r.join("acl")), libc::O_RDONLY), Op::Open(cpath(&r.join("acl")), libc::O_WRONLY), Op::Open(cpath(&r.join("dd/new")), libc::O_CREAT | libc::O_WRONLY)])
+        run_as(
+            NOBODY,
+            NOBODY,
+            &[
+                Op::Open(cpath(&r.join("acl")), libc::O_RDONLY),
+                Op::Open(cpath(&r.join("acl")), libc::O_WRONLY),
+                Op::Open(cpath(&r.join("dd/new")), libc::O_CREAT | libc::O_WRONLY),
+            ],
+        )
     });
-    t.both("new file inherits the default ACL", |r| outcome(&lgetxattr(&r.join("dd/new"), "system.posix_acl_access")));
+    t.both("new file inherits the default ACL", |r| {
+        outcome(&lgetxattr(&r.join("dd/new"), "system.posix_acl_access"))
+    });
     t.both("copy-up keeps the ACL", |r| {
-        (outcome_unit(&lsetxattr(&r.join("acl"), "user.x", b"1")), outcome(&lgetxattr(&r.join("acl"), "system.posix_acl_access")))
+        (
+            outcome_unit(&lsetxattr(&r.join("acl"), "user.x", b"1")),
+            outcome(&lgetxattr(&r.join("acl"), "system.posix_acl_access")),
+        )
     });
     t.finish_with(true, |k, f| {
         for (who, st) in [("kernel", k), ("ovlfuse", f)] {
             assert_eq!(
-                lgetxattr(&st.upper.join("acl"), "system.posix_acl_access").ok().as_deref(),
+                lgetxattr(&st.upper.join("acl"), "system.posix_acl_access")
+                    .ok()
+                    .as_deref(),
                 Some(&file_acl[..]),
                 "{who}: ACL of the copied-up file in upper"
             );
@@ -2396,7 +3852,16 @@ fn posix_acls_are_visible_copied_up_and_enforced() {
 
 fn lsetxattr_flags(p: &Path, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
     let (cp, cn) = (cpath(p), std::ffi::CString::new(name).unwrap());
-    cvt(unsafe { libc::lsetxattr(cp.as_ptr(), cn.as_ptr(), value.as_ptr() as *const libc::c_void, value.len(), flags) }).map(|_| ())
+    cvt(unsafe {
+        libc::lsetxattr(
+            cp.as_ptr(),
+            cn.as_ptr(),
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
+            flags,
+        )
+    })
+    .map(|_| ())
 }
 
 #[test]
@@ -2419,37 +3884,124 @@ fn error_codes_match_kernel() {
     t.both("error matrix", |r| {
         let j = |p: &str| r.join(p);
         let mut v: Vec<(&str, String)> = Vec::new();
-        v.push(("mkdir over lower file", outcome_unit(&fs::create_dir(j("f")))));
-        v.push(("mkdir over lower dir", outcome_unit(&fs::create_dir(j("d")))));
+        v.push((
+            "mkdir over lower file",
+            outcome_unit(&fs::create_dir(j("f"))),
+        ));
+        v.push((
+            "mkdir over lower dir",
+            outcome_unit(&fs::create_dir(j("d"))),
+        ));
         v.push(("rmdir a file", outcome_unit(&fs::remove_dir(j("f")))));
         v.push(("unlink a dir", outcome_unit(&fs::remove_file(j("d")))));
-        v.push(("open dir O_WRONLY", outcome_unit(&open_fd(&j("d"), libc::O_WRONLY, 0))));
-        v.push(("open file O_DIRECTORY", outcome_unit(&open_fd(&j("f"), libc::O_RDONLY | libc::O_DIRECTORY, 0))));
-        v.push(("open missing", outcome_unit(&open_fd(&j("missing"), libc::O_RDONLY, 0))));
-        v.push(("O_CREAT|O_EXCL on lower file", outcome_unit(&open_fd(&j("f"), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644))));
-        v.push(("O_CREAT|O_EXCL on lower symlink", outcome_unit(&open_fd(&j("s"), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644))));
-        v.push(("O_NOFOLLOW on symlink", outcome_unit(&open_fd(&j("s"), libc::O_RDONLY | libc::O_NOFOLLOW, 0))));
-        v.push(("rename dir over file", outcome_unit(&fs::rename(j("v"), j("f")))));
-        v.push(("rename file over non-empty dir", outcome_unit(&fs::rename(j("f"), j("u")))));
-        v.push(("rename dir over non-empty dir", outcome_unit(&fs::rename(j("v"), j("w")))));
-        v.push(("rename dir into itself", outcome_unit(&fs::rename(j("u"), j("u/sub")))));
-        v.push(("rename below a file", outcome_unit(&fs::rename(j("e"), j("f/x")))));
+        v.push((
+            "open dir O_WRONLY",
+            outcome_unit(&open_fd(&j("d"), libc::O_WRONLY, 0)),
+        ));
+        v.push((
+            "open file O_DIRECTORY",
+            outcome_unit(&open_fd(&j("f"), libc::O_RDONLY | libc::O_DIRECTORY, 0)),
+        ));
+        v.push((
+            "open missing",
+            outcome_unit(&open_fd(&j("missing"), libc::O_RDONLY, 0)),
+        ));
+        v.push((
+            "O_CREAT|O_EXCL on lower file",
+            outcome_unit(&open_fd(
+                &j("f"),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                0o644,
+            )),
+        ));
+        v.push((
+            "O_CREAT|O_EXCL on lower symlink",
+            outcome_unit(&open_fd(
+                &j("s"),
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                0o644,
+            )),
+        ));
+        v.push((
+            "O_NOFOLLOW on symlink",
+            outcome_unit(&open_fd(&j("s"), libc::O_RDONLY | libc::O_NOFOLLOW, 0)),
+        ));
+        v.push((
+            "rename dir over file",
+            outcome_unit(&fs::rename(j("v"), j("f"))),
+        ));
+        v.push((
+            "rename file over non-empty dir",
+            outcome_unit(&fs::rename(j("f"), j("u"))),
+        ));
+        v.push((
+            "rename dir over non-empty dir",
+            outcome_unit(&fs::rename(j("v"), j("w"))),
+        ));
+        v.push((
+            "rename dir into itself",
+            outcome_unit(&fs::rename(j("u"), j("u/sub"))),
+        ));
+        v.push((
+            "rename below a file",
+            outcome_unit(&fs::rename(j("e"), j("f/x"))),
+        ));
         v.push(("link a dir", outcome_unit(&fs::hard_link(j("d"), j("d2")))));
-        v.push(("link onto existing", outcome_unit(&fs::hard_link(j("f"), j("s")))));
-        v.push(("symlink onto existing", outcome_unit(&std::os::unix::fs::symlink("x", j("d")))));
+        v.push((
+            "link onto existing",
+            outcome_unit(&fs::hard_link(j("f"), j("s"))),
+        ));
+        v.push((
+            "symlink onto existing",
+            outcome_unit(&std::os::unix::fs::symlink("x", j("d"))),
+        ));
         v.push(("readlink of dir", outcome_unit(&fs::read_link(j("d")))));
-        v.push(("lookup below a file", outcome_unit(&fs::symlink_metadata(j("f/x")))));
-        v.push(("rmdir non-empty upper dir", outcome_unit(&fs::remove_dir(j("u")))));
-        v.push(("unlink missing", outcome_unit(&fs::remove_file(j("missing")))));
-        v.push(("getxattr missing", outcome_unit(&lgetxattr(&j("f"), "user.nope"))));
-        v.push(("setxattr XATTR_CREATE existing", outcome_unit(&lsetxattr_flags(&j("f"), "user.have", b"2", libc::XATTR_CREATE))));
-        v.push(("setxattr XATTR_REPLACE missing", outcome_unit(&lsetxattr_flags(&j("f"), "user.nope", b"2", libc::XATTR_REPLACE))));
-        v.push(("setxattr bad namespace", outcome_unit(&lsetxattr(&j("f"), "bogus.x", b"1"))));
+        v.push((
+            "lookup below a file",
+            outcome_unit(&fs::symlink_metadata(j("f/x"))),
+        ));
+        v.push((
+            "rmdir non-empty upper dir",
+            outcome_unit(&fs::remove_dir(j("u"))),
+        ));
+        v.push((
+            "unlink missing",
+            outcome_unit(&fs::remove_file(j("missing"))),
+        ));
+        v.push((
+            "getxattr missing",
+            outcome_unit(&lgetxattr(&j("f"), "user.nope")),
+        ));
+        v.push((
+            "setxattr XATTR_CREATE existing",
+            outcome_unit(&lsetxattr_flags(
+                &j("f"),
+                "user.have",
+                b"2",
+                libc::XATTR_CREATE,
+            )),
+        ));
+        v.push((
+            "setxattr XATTR_REPLACE missing",
+            outcome_unit(&lsetxattr_flags(
+                &j("f"),
+                "user.nope",
+                b"2",
+                libc::XATTR_REPLACE,
+            )),
+        ));
+        v.push((
+            "setxattr bad namespace",
+            outcome_unit(&lsetxattr(&j("f"), "bogus.x", b"1")),
+        ));
         v.push(("mknod over existing", outcome_unit(&mkfifo(&j("f"), 0o644))));
-        v.push(("truncate a dir", outcome_unit(&{
-            let c = cpath(&j("d"));
-            cvt(unsafe { libc::truncate(c.as_ptr(), 0) })
-        })));
+        v.push((
+            "truncate a dir",
+            outcome_unit(&{
+                let c = cpath(&j("d"));
+                cvt(unsafe { libc::truncate(c.as_ptr(), 0) })
+            }),
+        ));
         let fr = fs::File::open(j("f")).unwrap();
         v.push(("write to O_RDONLY fd", outcome_unit(&(&fr).write(b"x"))));
         v.push(("ftruncate O_RDONLY fd", outcome_unit(&fr.set_len(0))));
@@ -2462,11 +4014,18 @@ fn error_codes_match_kernel() {
             let mut w: &fs::File = pf;
             let wr = w.write_all(b"via fifo");
             let mut b = [0u8; 8];
-            let rd = w.read_exact(&mut b).map(|_| String::from_utf8_lossy(&b).into_owned());
-            v.push(("fifo write+read", format!("{} {}", outcome_unit(&wr), outcome(&rd))));
+            let rd = w
+                .read_exact(&mut b)
+                .map(|_| String::from_utf8_lossy(&b).into_owned());
+            v.push((
+                "fifo write+read",
+                format!("{} {}", outcome_unit(&wr), outcome(&rd)),
+            ));
         }
         v.push(("rmdir mount root", outcome_unit(&fs::remove_dir(r))));
-        v.into_iter().map(|(a, b)| format!("{a}: {b}")).collect::<Vec<_>>()
+        v.into_iter()
+            .map(|(a, b)| format!("{a}: {b}"))
+            .collect::<Vec<_>>()
     });
     // Not comparing uppers: the kernel marks a pure-upper dir opaque before a dir rename
     // into a merged parent even when the rename then fails (ENOTDIR/ENOTEMPTY), an invisible
@@ -2479,40 +4038,74 @@ fn attributes_follow_writes_and_changes() {
     if !fuse_available() {
         return;
     }
-    let t = twin_with("sem-attr-fresh", &[&[E::File("f", b"0123456789"), E::File("g", b"g")]], &[], |st| {
-        set_times(&st.lowers[0].join("f"), OLD_MTIME, OLD_MTIME).unwrap();
-    });
-    t.both("size and mtime seen by path while the writer keeps the fd open", |r| {
-        let f = fs::OpenOptions::new().read(true).write(true).open(r.join("f")).unwrap();
-        f.write_all_at(&[b'x'; 100], 50).unwrap();
-        let s1 = fs::metadata(r.join("f")).map(|m| (m.len(), (m.mtime(), m.mtime_nsec()) != OLD_MTIME)).ok();
-        f.set_len(20).unwrap();
-        let s2 = fs::metadata(r.join("f")).map(|m| m.len()).ok();
-        let fst = f.metadata().map(|m| m.len()).ok();
-        (s1, s2, fst)
-    });
+    let t = twin_with(
+        "sem-attr-fresh",
+        &[&[E::File("f", b"0123456789"), E::File("g", b"g")]],
+        &[],
+        |st| {
+            set_times(&st.lowers[0].join("f"), OLD_MTIME, OLD_MTIME).unwrap();
+        },
+    );
+    t.both(
+        "size and mtime seen by path while the writer keeps the fd open",
+        |r| {
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(r.join("f"))
+                .unwrap();
+            f.write_all_at(&[b'x'; 100], 50).unwrap();
+            let s1 = fs::metadata(r.join("f"))
+                .map(|m| (m.len(), (m.mtime(), m.mtime_nsec()) != OLD_MTIME))
+                .ok();
+            f.set_len(20).unwrap();
+            let s2 = fs::metadata(r.join("f")).map(|m| m.len()).ok();
+            let fst = f.metadata().map(|m| m.len()).ok();
+            (s1, s2, fst)
+        },
+    );
     t.both("ctime moves on chmod", |r| {
         let before = fs::metadata(r.join("g")).unwrap();
         let c0 = (before.ctime(), before.ctime_nsec());
         std::thread::sleep(std::time::Duration::from_millis(20)); // let the clock tick, not synchronization
         fs::set_permissions(r.join("g"), fs::Permissions::from_mode(0o600)).unwrap();
         let after = fs::metadata(r.join("g")).unwrap();
-        ((after.ctime(), after.ctime_nsec()) > c0, after.mode() & 0o7777)
+        (
+            (after.ctime(), after.ctime_nsec()) > c0,
+            after.mode() & 0o7777,
+        )
     });
     t.both("utimensat UTIME_OMIT / UTIME_NOW", |r| {
         let c = cpath(&r.join("g"));
         let ts = [
-            libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-            libc::timespec { tv_sec: 1_234_567_890, tv_nsec: 5 },
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            libc::timespec {
+                tv_sec: 1_234_567_890,
+                tv_nsec: 5,
+            },
         ];
         let a = cvt(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) });
         let m = mtime_of(&r.join("g")).ok();
         let ts2 = [
-            libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-            libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
         ];
         let b = cvt(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts2.as_ptr(), 0) });
-        (outcome_unit(&a), m, outcome_unit(&b), mtime_of(&r.join("g")).ok())
+        (
+            outcome_unit(&a),
+            m,
+            outcome_unit(&b),
+            mtime_of(&r.join("g")).ok(),
+        )
     });
     t.both("dir mtime changes when an entry is created", |r| {
         let d0 = mtime_of(r).unwrap();
@@ -2525,7 +4118,8 @@ fn attributes_follow_writes_and_changes() {
 
 fn drop_kernel_caches() {
     // 2 = dentries and inodes: the FUSE client forgets its nodes (FUSE_FORGET).
-    fs::write("/proc/sys/vm/drop_caches", b"2").expect("write /proc/sys/vm/drop_caches (needs root)");
+    fs::write("/proc/sys/vm/drop_caches", b"2")
+        .expect("write /proc/sys/vm/drop_caches (needs root)");
 }
 
 #[test]
@@ -2535,8 +4129,19 @@ fn forgotten_nodes_come_back_with_the_same_identity() {
     }
     let sc = Scratch::new("sem-forget");
     let st = Stack::new(&sc, 2);
-    build(&st.lowers[0], &[E::File("a", b"a"), E::File("d/b", b"b"), E::Hardlink("a", "d/a2"), E::Symlink("s", "a")]);
-    build(&st.lowers[1], &[E::File("d/c", b"c"), E::File("low1", b"l")]);
+    build(
+        &st.lowers[0],
+        &[
+            E::File("a", b"a"),
+            E::File("d/b", b"b"),
+            E::Hardlink("a", "d/a2"),
+            E::Symlink("s", "a"),
+        ],
+    );
+    build(
+        &st.lowers[1],
+        &[E::File("d/c", b"c"), E::File("low1", b"l")],
+    );
     let lc = LowerCheck::new(&st.lowers);
     let g = mount_ovlfuse(&st, &[]);
     let m = &st.mnt;
@@ -2550,7 +4155,15 @@ fn forgotten_nodes_come_back_with_the_same_identity() {
         .iter()
         .map(|n| {
             let md = ok(fs::symlink_metadata(m.join(n)), n);
-            (md.ino(), md.nlink(), if md.is_file() { read_str(&m.join(n)) } else { String::new() })
+            (
+                md.ino(),
+                md.nlink(),
+                if md.is_file() {
+                    read_str(&m.join(n))
+                } else {
+                    String::new()
+                },
+            )
         })
         .collect();
     let view = snapshot(m, XattrSel::User);
@@ -2559,17 +4172,37 @@ fn forgotten_nodes_come_back_with_the_same_identity() {
         let after: Vec<(u64, u64, String)> = names
             .iter()
             .map(|n| {
-                let md = ok(fs::symlink_metadata(m.join(n)), &format!("round {round}: stat {n} after drop_caches"));
-                (md.ino(), md.nlink(), if md.is_file() { read_str(&m.join(n)) } else { String::new() })
+                let md = ok(
+                    fs::symlink_metadata(m.join(n)),
+                    &format!("round {round}: stat {n} after drop_caches"),
+                );
+                (
+                    md.ino(),
+                    md.nlink(),
+                    if md.is_file() {
+                        read_str(&m.join(n))
+                    } else {
+                        String::new()
+                    },
+                )
             })
             .collect();
         assert_eq!(after, before, "round {round}: (ino, nlink, contents) of {names:?} changed after the kernel forgot its nodes");
-        assert_same_snapshots(&format!("round {round}: view after drop_caches"), "before", &view, "after", &snapshot(m, XattrSel::User));
+        assert_same_snapshots(
+            &format!("round {round}: view after drop_caches"),
+            "before",
+            &view,
+            "after",
+            &snapshot(m, XattrSel::User),
+        );
         let mut s = String::new();
         (&held).read_to_string(&mut s).ok();
         let _ = s;
         let mut b = [0u8; 1];
-        ok(held.read_at(&mut b, 0), "read an unlinked open file after drop_caches");
+        ok(
+            held.read_at(&mut b, 0),
+            "read an unlinked open file after drop_caches",
+        );
         assert_eq!(&b, b"b");
     }
     drop(held);
@@ -2599,39 +4232,79 @@ fn readdir_while_another_thread_modifies_the_directory() {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 20_000 {
                 let i = n % 500;
-                fs::write(d.join(format!("u{i:03}")), b"u").map_err(|e| format!("create u{i:03}: {}", describe_err(&e)))?;
+                fs::write(d.join(format!("u{i:03}")), b"u")
+                    .map_err(|e| format!("create u{i:03}: {}", describe_err(&e)))?;
                 if i % 2 == 0 {
-                    fs::remove_file(d.join(format!("l{i:03}"))).or_else(|e| if e.raw_os_error() == Some(libc::ENOENT) { Ok(()) } else { Err(e) }).map_err(|e| format!("unlink l{i:03}: {}", describe_err(&e)))?;
+                    fs::remove_file(d.join(format!("l{i:03}")))
+                        .or_else(|e| {
+                            if e.raw_os_error() == Some(libc::ENOENT) {
+                                Ok(())
+                            } else {
+                                Err(e)
+                            }
+                        })
+                        .map_err(|e| format!("unlink l{i:03}: {}", describe_err(&e)))?;
                 }
-                fs::remove_file(d.join(format!("u{i:03}"))).map_err(|e| format!("unlink u{i:03}: {}", describe_err(&e)))?;
+                fs::remove_file(d.join(format!("u{i:03}")))
+                    .map_err(|e| format!("unlink u{i:03}: {}", describe_err(&e)))?;
                 n += 1;
             }
             Ok(n)
         })
     };
     // Entries that exist throughout (odd l's) must be seen exactly once in every listing.
-    let stable: Vec<String> = (0..500).filter(|i| i % 2 == 1).map(|i| format!("l{i:03}")).collect();
+    let stable: Vec<String> = (0..500)
+        .filter(|i| i % 2 == 1)
+        .map(|i| format!("l{i:03}"))
+        .collect();
     for round in 0..40 {
         let ents = match read_dir_raw(&d) {
             Ok(e) => e,
-            Err(e) => panic!("round {round}: readdir failed during concurrent changes: {}", describe_err(&e)),
+            Err(e) => panic!(
+                "round {round}: readdir failed during concurrent changes: {}",
+                describe_err(&e)
+            ),
         };
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for e in &ents {
-            *counts.entry(e.name.to_string_lossy().into_owned()).or_default() += 1;
+            *counts
+                .entry(e.name.to_string_lossy().into_owned())
+                .or_default() += 1;
         }
-        let dups: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).map(|(n, _)| n.clone()).collect();
-        assert!(dups.is_empty(), "round {round}: names listed twice while the dir changed: {dups:?}");
-        let missing: Vec<&String> = stable.iter().filter(|n| !counts.contains_key(n.as_str())).collect();
-        assert!(missing.is_empty(), "round {round}: entries that never changed are missing: {missing:?}");
+        let dups: Vec<_> = counts
+            .iter()
+            .filter(|(_, c)| **c > 1)
+            .map(|(n, _)| n.clone())
+            .collect();
+        assert!(
+            dups.is_empty(),
+            "round {round}: names listed twice while the dir changed: {dups:?}"
+        );
+        let missing: Vec<&String> = stable
+            .iter()
+            .filter(|n| !counts.contains_key(n.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: entries that never changed are missing: {missing:?}"
+        );
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let n = writer.join().unwrap().unwrap_or_else(|e| panic!("writer thread: {e}"));
+    let n = writer
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("writer thread: {e}"));
     assert!(n > 0);
     let listing = ok(names(&d), "final readdir");
     // Odd lower entries stay; even ones were removed unless the writer stopped before them.
-    let want: Vec<String> = (0..500).filter(|i| i % 2 == 1 || *i >= n).map(|i| format!("l{i:03}")).collect();
-    assert_eq!(listing, want, "final listing: only the odd lower entries remain");
+    let want: Vec<String> = (0..500)
+        .filter(|i| i % 2 == 1 || *i >= n)
+        .map(|i| format!("l{i:03}"))
+        .collect();
+    assert_eq!(
+        listing, want,
+        "final listing: only the odd lower entries remain"
+    );
     g.unmount();
     lc.verify();
 }
@@ -2643,7 +4316,10 @@ fn readdir_while_another_thread_modifies_the_directory() {
 fn cross_fs_ops(r: &Path) -> Vec<String> {
     vec![
         outcome_unit(&write_at(&r.join("f"), 2, b"XY")),
-        outcome_unit(&fs::set_permissions(r.join("g"), fs::Permissions::from_mode(0o600))),
+        outcome_unit(&fs::set_permissions(
+            r.join("g"),
+            fs::Permissions::from_mode(0o600),
+        )),
         outcome_unit(&lsetxattr(&r.join("d/h"), "user.k", b"v")),
         outcome_unit(&fs::remove_file(r.join("d/i"))),
         outcome_unit(&fs::write(r.join("d/new"), b"new")),
@@ -2660,7 +4336,13 @@ fn upper_on_a_different_file_system_than_the_lowers() {
     }
     // Lower on ext4 (/tmp), upper and work on a tmpfs: copy-up crosses file systems.
     let sc = Scratch::new("sem-cross-fs");
-    let lowers: Vec<E> = vec![E::File("f", b"lower f"), E::File("g", b"g"), E::File("d/h", b"h"), E::File("d/i", b"i"), E::Xattr("f", "user.a", b"1")];
+    let lowers: Vec<E> = vec![
+        E::File("f", b"lower f"),
+        E::File("g", b"g"),
+        E::File("d/h", b"h"),
+        E::File("d/i", b"i"),
+        E::Xattr("f", "user.a", b"1"),
+    ];
     let mut stacks = Vec::new();
     let mut guards = Vec::new();
     for who in ["k", "f"] {
@@ -2670,7 +4352,12 @@ fn upper_on_a_different_file_system_than_the_lowers() {
         build(&l, &lowers);
         let t = sc.dir(&format!("{who}/tmpfs"));
         guards.push(mount_tmpfs(&t));
-        let st = Stack { lowers: vec![l], upper: t.join("upper"), work: t.join("work"), mnt: sc.dir(&format!("{who}/mnt")) };
+        let st = Stack {
+            lowers: vec![l],
+            upper: t.join("upper"),
+            work: t.join("work"),
+            mnt: sc.dir(&format!("{who}/mnt")),
+        };
         fs::create_dir(&st.upper).unwrap();
         fs::create_dir(&st.work).unwrap();
         stacks.push(st);
@@ -2681,8 +4368,15 @@ fn upper_on_a_different_file_system_than_the_lowers() {
     let ino_f = fs::symlink_metadata(stacks[1].mnt.join("f")).unwrap().ino();
     let kr = cross_fs_ops(&stacks[0].mnt);
     let fr = cross_fs_ops(&stacks[1].mnt);
-    assert_eq!(fr, kr, "operations with the upper on another file system: ovlfuse (left) vs kernel (right)");
-    assert_eq!(fs::symlink_metadata(stacks[1].mnt.join("f")).unwrap().ino(), ino_f, "ovlfuse: st_ino changed across a cross-fs copy-up");
+    assert_eq!(
+        fr, kr,
+        "operations with the upper on another file system: ovlfuse (left) vs kernel (right)"
+    );
+    assert_eq!(
+        fs::symlink_metadata(stacks[1].mnt.join("f")).unwrap().ino(),
+        ino_f,
+        "ovlfuse: st_ino changed across a cross-fs copy-up"
+    );
     assert_same_snapshots(
         "merged views, upper on tmpfs",
         "kernel",
@@ -2712,28 +4406,69 @@ fn read_only_lower_file_system_is_fine() {
     // write there, copy-up included.
     let sc = Scratch::new("sem-ro-lower");
     let st = Stack::new(&sc, 2);
-    build(&st.lowers[0], &[E::File("f", b"ro lower"), E::File("d/g", b"g"), E::Fifo("p"), E::Symlink("s", "f")]);
+    build(
+        &st.lowers[0],
+        &[
+            E::File("f", b"ro lower"),
+            E::File("d/g", b"g"),
+            E::Fifo("p"),
+            E::Symlink("s", "f"),
+        ],
+    );
     build(&st.lowers[1], &[E::File("d/h", b"h")]);
     let mut binds = Vec::new();
     for l in &st.lowers {
-        let o = std::process::Command::new("mount").args(["--bind"]).arg(l).arg(l).output().unwrap();
-        assert!(o.status.success(), "bind mount: {}", String::from_utf8_lossy(&o.stderr));
+        let o = std::process::Command::new("mount")
+            .args(["--bind"])
+            .arg(l)
+            .arg(l)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "bind mount: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         binds.push(MountGuard::adopt_kernel(l));
-        let o = std::process::Command::new("mount").args(["-o", "remount,bind,ro"]).arg(l).output().unwrap();
-        assert!(o.status.success(), "remount ro: {}", String::from_utf8_lossy(&o.stderr));
+        let o = std::process::Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(l)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "remount ro: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
-    expect_errno(fs::write(st.lowers[0].join("probe"), b"x"), libc::EROFS, "the lower is really read-only");
+    expect_errno(
+        fs::write(st.lowers[0].join("probe"), b"x"),
+        libc::EROFS,
+        "the lower is really read-only",
+    );
     let lc = LowerCheck::new(&st.lowers);
     let g = mount_ovlfuse(&st, &[]);
     let m = &st.mnt;
     assert_eq!(read_str(&m.join("f")), "ro lower");
-    ok(write_at(&m.join("f"), 0, b"RW"), "copy-up from a read-only lower");
-    ok(fs::set_permissions(m.join("p"), fs::Permissions::from_mode(0o600)), "copy-up of a fifo");
+    ok(
+        write_at(&m.join("f"), 0, b"RW"),
+        "copy-up from a read-only lower",
+    );
+    ok(
+        fs::set_permissions(m.join("p"), fs::Permissions::from_mode(0o600)),
+        "copy-up of a fifo",
+    );
     ok(lchown(&m.join("s"), 3, 3), "copy-up of a symlink");
-    ok(fs::remove_file(m.join("d/h")), "whiteout over the second lower");
+    ok(
+        fs::remove_file(m.join("d/h")),
+        "whiteout over the second lower",
+    );
     ok(fs::write(m.join("d/new"), b"n"), "create in a merged dir");
     assert_eq!(read_str(&m.join("f")), "RW lower");
-    assert_eq!(names_or_err(&m.join("d")), Ok(vec!["g".into(), "new".into()]));
+    assert_eq!(
+        names_or_err(&m.join("d")),
+        Ok(vec!["g".into(), "new".into()])
+    );
     g.unmount();
     lc.verify();
     drop(binds);
@@ -2747,7 +4482,13 @@ fn setgid_directories_and_umask_for_new_files() {
     const NOBODY: u32 = 65534;
     let t = twin(
         "sem-setgid-umask",
-        &[&[E::Dir("sg"), E::Owner("sg", 0, 4242), E::Mode("sg", 0o2777), E::Dir("plain"), E::Mode("plain", 0o777)]],
+        &[&[
+            E::Dir("sg"),
+            E::Owner("sg", 0, 4242),
+            E::Mode("sg", 0o2777),
+            E::Dir("plain"),
+            E::Mode("plain", 0o777),
+        ]],
         &[],
     );
     t.both("create as nobody with umask 027", |r| {
@@ -2764,7 +4505,9 @@ fn setgid_directories_and_umask_for_new_files() {
             ],
         )
     });
-    t.both("resulting owners and modes", |r| ["sg/f", "sg/d", "plain/f", "plain/d"].map(|n| stat_str(&r.join(n))));
+    t.both("resulting owners and modes", |r| {
+        ["sg/f", "sg/d", "plain/f", "plain/d"].map(|n| stat_str(&r.join(n)))
+    });
     t.finish(true);
 }
 
@@ -2773,46 +4516,100 @@ fn attribute_changes_through_a_read_only_descriptor() {
     if !fuse_available() {
         return;
     }
-    let t = twin("sem-fd-attrs", &[&[E::File("f", b"lower f"), E::File("g", b"lower g"), E::File("h", b"lower h")]], &[]);
-    t.both("fchmod/fchown/futimens/fsetxattr on an O_RDONLY fd of a lower file", |r| {
-        let f = fs::File::open(r.join("f")).unwrap();
-        let fd = f.as_raw_fd();
-        let a = cvt(unsafe { libc::fchmod(fd, 0o604) });
-        let b = cvt(unsafe { libc::fchown(fd, 21, 22) });
-        let ts = [libc::timespec { tv_sec: 11, tv_nsec: 0 }, libc::timespec { tv_sec: 1_111_111_111, tv_nsec: 0 }];
-        let c = cvt(unsafe { libc::futimens(fd, ts.as_ptr()) });
-        let name = c"user.viafd";
-        let d = cvt(unsafe { libc::fsetxattr(fd, name.as_ptr(), b"v".as_ptr() as *const libc::c_void, 1, 0) });
-        let mut buf = String::new();
-        let rd = (&f).read_to_string(&mut buf);
-        let fst = f.metadata().map(|m| (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime())).ok();
-        (
-            [a, b, c, d].map(|x| outcome_unit(&x)),
-            outcome_unit(&rd),
-            buf,
-            fst,
-            stat_str(&r.join("f")),
-            mtime_of(&r.join("f")).ok(),
-            outcome(&lgetxattr(&r.join("f"), "user.viafd")),
-        )
-    });
-    t.both("ftruncate on an O_RDWR fd, then read through an older O_RDONLY fd", |r| {
-        let old = fs::File::open(r.join("g")).unwrap();
-        let rw = fs::OpenOptions::new().read(true).write(true).open(r.join("g")).unwrap();
-        let tr = rw.set_len(3);
-        let mut b = Vec::new();
-        let rd = (&old).read_to_end(&mut b);
-        (outcome_unit(&tr), outcome_unit(&rd), String::from_utf8_lossy(&b).into_owned(), old.metadata().map(|m| m.len()).ok())
-    });
-    t.both("unlink then recreate the name while an fd holds the old file", |r| {
-        let old = fs::File::open(r.join("h")).unwrap();
-        let un = fs::remove_file(r.join("h"));
-        let cr = fs::write(r.join("h"), b"new h");
-        let mut b = String::new();
-        let rd = (&old).read_to_string(&mut b);
-        let same = old.metadata().ok().map(|m| m.ino()) == fs::metadata(r.join("h")).ok().map(|m| m.ino());
-        (outcome_unit(&un), outcome_unit(&cr), outcome_unit(&rd), b, read_str(&r.join("h")), same)
-    });
+    let t = twin(
+        "sem-fd-attrs",
+        &[&[
+            E::File("f", b"lower f"),
+            E::File("g", b"lower g"),
+            E::File("h", b"lower h"),
+        ]],
+        &[],
+    );
+    t.both(
+        "fchmod/fchown/futimens/fsetxattr on an O_RDONLY fd of a lower file",
+        |r| {
+            let f = fs::File::open(r.join("f")).unwrap();
+            let fd = f.as_raw_fd();
+            let a = cvt(unsafe { libc::fchmod(fd, 0o604) });
+            let b = cvt(unsafe { libc::fchown(fd, 21, 22) });
+            let ts = [
+                libc::timespec {
+                    tv_sec: 11,
+                    tv_nsec: 0,
+                },
+                libc::timespec {
+                    tv_sec: 1_111_111_111,
+                    tv_nsec: 0,
+                },
+            ];
+            let c = cvt(unsafe { libc::futimens(fd, ts.as_ptr()) });
+            let name = c"user.viafd";
+            let d = cvt(unsafe {
+                libc::fsetxattr(
+                    fd,
+                    name.as_ptr(),
+                    b"v".as_ptr() as *const libc::c_void,
+                    1,
+                    0,
+                )
+            });
+            let mut buf = String::new();
+            let rd = (&f).read_to_string(&mut buf);
+            let fst = f
+                .metadata()
+                .map(|m| (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime()))
+                .ok();
+            (
+                [a, b, c, d].map(|x| outcome_unit(&x)),
+                outcome_unit(&rd),
+                buf,
+                fst,
+                stat_str(&r.join("f")),
+                mtime_of(&r.join("f")).ok(),
+                outcome(&lgetxattr(&r.join("f"), "user.viafd")),
+            )
+        },
+    );
+    t.both(
+        "ftruncate on an O_RDWR fd, then read through an older O_RDONLY fd",
+        |r| {
+            let old = fs::File::open(r.join("g")).unwrap();
+            let rw = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(r.join("g"))
+                .unwrap();
+            let tr = rw.set_len(3);
+            let mut b = Vec::new();
+            let rd = (&old).read_to_end(&mut b);
+            (
+                outcome_unit(&tr),
+                outcome_unit(&rd),
+                String::from_utf8_lossy(&b).into_owned(),
+                old.metadata().map(|m| m.len()).ok(),
+            )
+        },
+    );
+    t.both(
+        "unlink then recreate the name while an fd holds the old file",
+        |r| {
+            let old = fs::File::open(r.join("h")).unwrap();
+            let un = fs::remove_file(r.join("h"));
+            let cr = fs::write(r.join("h"), b"new h");
+            let mut b = String::new();
+            let rd = (&old).read_to_string(&mut b);
+            let same = old.metadata().ok().map(|m| m.ino())
+                == fs::metadata(r.join("h")).ok().map(|m| m.ino());
+            (
+                outcome_unit(&un),
+                outcome_unit(&cr),
+                outcome_unit(&rd),
+                b,
+                read_str(&r.join("h")),
+                same,
+            )
+        },
+    );
     t.finish(true);
 }
 
@@ -2821,21 +4618,28 @@ fn readdir_of_many_long_names() {
     if !fuse_available() {
         return;
     }
-    let t = twin_with("sem-long-names", &[&[E::Dir("d")], &[E::Dir("d")]], &[E::Dir("d")], |st| {
-        for i in 0..1500 {
-            let base = format!("{i:04}-{}", "n".repeat(200 + i % 50));
-            let layer = match i % 3 {
-                0 => &st.lowers[0],
-                1 => &st.lowers[1],
-                _ => &st.upper,
-            };
-            fs::write(layer.join("d").join(&base), b"").unwrap();
-            if i % 5 == 0 {
-                fs::write(st.lowers[1].join("d").join(&base), b"dup").unwrap_or(());
+    let t = twin_with(
+        "sem-long-names",
+        &[&[E::Dir("d")], &[E::Dir("d")]],
+        &[E::Dir("d")],
+        |st| {
+            for i in 0..1500 {
+                let base = format!("{i:04}-{}", "n".repeat(200 + i % 50));
+                let layer = match i % 3 {
+                    0 => &st.lowers[0],
+                    1 => &st.lowers[1],
+                    _ => &st.upper,
+                };
+                fs::write(layer.join("d").join(&base), b"").unwrap();
+                if i % 5 == 0 {
+                    fs::write(st.lowers[1].join("d").join(&base), b"dup").unwrap_or(());
+                }
             }
-        }
+        },
+    );
+    t.both("names", |r| {
+        names_or_err(&r.join("d")).map(|v| (v.len(), v))
     });
-    t.both("names", |r| names_or_err(&r.join("d")).map(|v| (v.len(), v)));
     t.both("seekdir", |r| check_seekdir(&r.join("d")));
     t.finish(true);
 }
@@ -2847,13 +4651,21 @@ fn inode_flags_ioctl_matches_kernel() {
     }
     // lsattr/chattr go through FS_IOC_GETFLAGS/SETFLAGS; kernel overlayfs forwards them.
     const FS_IOC_GETFLAGS: libc::c_ulong = 0x80086601;
-    let t = twin("sem-ioctl-flags", &[&[E::File("f", b"f"), E::Dir("d")]], &[E::File("u", b"u")]);
+    let t = twin(
+        "sem-ioctl-flags",
+        &[&[E::File("f", b"f"), E::Dir("d")]],
+        &[E::File("u", b"u")],
+    );
     t.both("FS_IOC_GETFLAGS", |r| {
         ["f", "d", "u"].map(|n| {
             let f = fs::File::open(r.join(n)).unwrap();
             let mut flags: libc::c_long = 0;
             let rr = cvt(unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) });
-            format!("{n}: {} {:#x}", outcome_unit(&rr), if rr.is_ok() { flags } else { 0 })
+            format!(
+                "{n}: {} {:#x}",
+                outcome_unit(&rr),
+                if rr.is_ok() { flags } else { 0 }
+            )
         })
     });
     t.finish(true);
@@ -2862,7 +4674,14 @@ fn inode_flags_ioctl_matches_kernel() {
 /// openat() relative to a directory fd.
 fn openat(dir: &fs::File, name: &str, flags: i32, mode: u32) -> io::Result<fs::File> {
     let c = std::ffi::CString::new(name).unwrap();
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
     if fd < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -2887,7 +4706,11 @@ fn paths_longer_than_path_max() {
         let mut d = fs::File::open(st.lowers[0].join("top")).unwrap();
         for i in 0..DEEP_LEVELS {
             let n = std::ffi::CString::new(deep_name(i)).unwrap();
-            assert_eq!(unsafe { libc::mkdirat(d.as_raw_fd(), n.as_ptr(), 0o755) }, 0, "mkdirat level {i}");
+            assert_eq!(
+                unsafe { libc::mkdirat(d.as_raw_fd(), n.as_ptr(), 0o755) },
+                0,
+                "mkdirat level {i}"
+            );
             d = openat(&d, &deep_name(i), libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
         }
         let mut f = openat(&d, "leaf", libc::O_CREAT | libc::O_WRONLY, 0o644).unwrap();
@@ -2913,9 +4736,19 @@ fn paths_longer_than_path_max() {
             v.push(format!("read: {} {s:?}", outcome_unit(&rd)));
         }
         let n = std::ffi::CString::new("newdir").unwrap();
-        v.push(format!("mkdirat: {}", outcome_unit(&cvt(unsafe { libc::mkdirat(d.as_raw_fd(), n.as_ptr(), 0o755) }))));
+        v.push(format!(
+            "mkdirat: {}",
+            outcome_unit(&cvt(unsafe {
+                libc::mkdirat(d.as_raw_fd(), n.as_ptr(), 0o755)
+            }))
+        ));
         let o = std::ffi::CString::new("other").unwrap();
-        v.push(format!("unlinkat other: {}", outcome_unit(&cvt(unsafe { libc::unlinkat(d.as_raw_fd(), o.as_ptr(), 0) }))));
+        v.push(format!(
+            "unlinkat other: {}",
+            outcome_unit(&cvt(unsafe {
+                libc::unlinkat(d.as_raw_fd(), o.as_ptr(), 0)
+            }))
+        ));
         // readdir of the bottom directory through /proc/self/fd (a short path).
         let pfd = PathBuf::from(format!("/proc/self/fd/{}", d.as_raw_fd()));
         v.push(format!("names: {:?}", names_or_err(&pfd)));
@@ -2958,41 +4791,68 @@ fn setuid_bits_and_file_capabilities_follow_kernel_rules() {
             lsetxattr(&st.lowers[0].join("ping2"), "security.capability", &c2).unwrap();
         },
     );
-    t.both("file capability visible", |r| outcome(&lgetxattr(&r.join("ping"), "security.capability")));
+    t.both("file capability visible", |r| {
+        outcome(&lgetxattr(&r.join("ping"), "security.capability"))
+    });
     t.both("copy-up keeps the capability", |r| {
-        (outcome_unit(&lsetxattr(&r.join("ping"), "user.x", b"1")), outcome(&lgetxattr(&r.join("ping"), "security.capability")))
+        (
+            outcome_unit(&lsetxattr(&r.join("ping"), "user.x", b"1")),
+            outcome(&lgetxattr(&r.join("ping"), "security.capability")),
+        )
     });
     t.both("write drops the capability", |r| {
-        (outcome_unit(&write_at(&r.join("ping2"), 0, b"X")), outcome(&lgetxattr(&r.join("ping2"), "security.capability")))
+        (
+            outcome_unit(&write_at(&r.join("ping2"), 0, b"X")),
+            outcome(&lgetxattr(&r.join("ping2"), "security.capability")),
+        )
     });
     t.both("chown clears setuid/setgid", |r| {
-        (outcome_unit(&lchown(&r.join("suid"), 1, 1)), outcome_unit(&lchown(&r.join("sgid"), 2, 2)), stat_str(&r.join("suid")), stat_str(&r.join("sgid")))
+        (
+            outcome_unit(&lchown(&r.join("suid"), 1, 1)),
+            outcome_unit(&lchown(&r.join("sgid"), 2, 2)),
+            stat_str(&r.join("suid")),
+            stat_str(&r.join("sgid")),
+        )
     });
     t.both("an unprivileged write clears setuid", |r| {
-        (run_as(NOBODY, NOBODY, &[Op::Open(cpath(&r.join("opensuid")), libc::O_WRONLY | libc::O_APPEND)]), {
-            // run_as only opens; write as nobody too:
-            let c = cpath(&r.join("opensuid"));
-            let mut pipe = [0i32; 2];
-            unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) };
-            let pid = unsafe { libc::fork() };
-            if pid == 0 {
-                unsafe {
-                    if libc::setgroups(0, std::ptr::null()) != 0 || libc::setresgid(NOBODY, NOBODY, NOBODY) != 0 || libc::setresuid(NOBODY, NOBODY, NOBODY) != 0 {
-                        libc::_exit(99);
+        (
+            run_as(
+                NOBODY,
+                NOBODY,
+                &[Op::Open(
+                    cpath(&r.join("opensuid")),
+                    libc::O_WRONLY | libc::O_APPEND,
+                )],
+            ),
+            {
+                // run_as only opens; write as nobody too:
+                let c = cpath(&r.join("opensuid"));
+                let mut pipe = [0i32; 2];
+                unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) };
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    unsafe {
+                        if libc::setgroups(0, std::ptr::null()) != 0
+                            || libc::setresgid(NOBODY, NOBODY, NOBODY) != 0
+                            || libc::setresuid(NOBODY, NOBODY, NOBODY) != 0
+                        {
+                            libc::_exit(99);
+                        }
+                        let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
+                        let ok = fd >= 0
+                            && libc::write(fd, b"+".as_ptr() as *const libc::c_void, 1) == 1;
+                        libc::_exit(if ok { 0 } else { 1 });
                     }
-                    let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
-                    let ok = fd >= 0 && libc::write(fd, b"+".as_ptr() as *const libc::c_void, 1) == 1;
-                    libc::_exit(if ok { 0 } else { 1 });
                 }
-            }
-            let mut status = 0;
-            unsafe {
-                libc::close(pipe[0]);
-                libc::close(pipe[1]);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            (libc::WEXITSTATUS(status), stat_str(&r.join("opensuid")))
-        })
+                let mut status = 0;
+                unsafe {
+                    libc::close(pipe[0]);
+                    libc::close(pipe[1]);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                (libc::WEXITSTATUS(status), stat_str(&r.join("opensuid")))
+            },
+        )
     });
     t.finish(true);
 }
@@ -3016,14 +4876,33 @@ fn copy_up_keeps_xattrs_of_every_namespace() {
         },
     );
     let names_of = |r: &Path, p: &str| -> Vec<String> {
-        let mut v: Vec<String> = llistxattr(&r.join(p)).unwrap_or_default().into_iter().filter(|n| !n.starts_with("trusted.overlay.")).collect();
+        let mut v: Vec<String> = llistxattr(&r.join(p))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| !n.starts_with("trusted.overlay."))
+            .collect();
         v.sort();
-        v.into_iter().map(|n| format!("{n}={}", outcome(&lgetxattr(&r.join(p), &n).map(|v| String::from_utf8_lossy(&v).into_owned())))).collect()
+        v.into_iter()
+            .map(|n| {
+                format!(
+                    "{n}={}",
+                    outcome(
+                        &lgetxattr(&r.join(p), &n)
+                            .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    )
+                )
+            })
+            .collect()
     };
-    t.both("xattrs before copy-up", |r| (names_of(r, "f"), names_of(r, "d")));
+    t.both("xattrs before copy-up", |r| {
+        (names_of(r, "f"), names_of(r, "d"))
+    });
     t.both("copy up f (chmod) and d (create inside)", |r| {
         (
-            outcome_unit(&fs::set_permissions(r.join("f"), fs::Permissions::from_mode(0o600))),
+            outcome_unit(&fs::set_permissions(
+                r.join("f"),
+                fs::Permissions::from_mode(0o600),
+            )),
             outcome_unit(&fs::write(r.join("d/new"), b"n")),
             names_of(r, "f"),
             names_of(r, "d"),
@@ -3039,27 +4918,49 @@ fn overlay_prefixed_xattrs_set_through_the_mount_are_escaped() {
     }
     // Kernel >= 6.7 stores trusted.overlay.X set by a user as trusted.overlay.overlay.X in the
     // upper layer and shows it back as trusted.overlay.X (nested overlays rely on this).
-    let t = twin("sem-xattr-escape", &[&[E::File("f", b"f")]], &[E::File("u", b"u")]);
+    let t = twin(
+        "sem-xattr-escape",
+        &[&[E::File("f", b"f")]],
+        &[E::File("u", b"u")],
+    );
     for p in ["f", "u"] {
-        t.both(&format!("set/get/list/remove trusted.overlay.foo on {p}"), |r| {
-            let q = r.join(p);
-            let s = lsetxattr(&q, "trusted.overlay.foo", b"bar");
-            let g = lgetxattr(&q, "trusted.overlay.foo");
-            let l = sorted_xattrs(&q);
-            let s2 = lsetxattr(&q, "trusted.overlay.opaque", b"y");
-            let l2 = sorted_xattrs(&q);
-            let rm = lremovexattr(&q, "trusted.overlay.opaque");
-            (outcome_unit(&s), outcome(&g), l, outcome_unit(&s2), l2, outcome_unit(&rm))
-        });
+        t.both(
+            &format!("set/get/list/remove trusted.overlay.foo on {p}"),
+            |r| {
+                let q = r.join(p);
+                let s = lsetxattr(&q, "trusted.overlay.foo", b"bar");
+                let g = lgetxattr(&q, "trusted.overlay.foo");
+                let l = sorted_xattrs(&q);
+                let s2 = lsetxattr(&q, "trusted.overlay.opaque", b"y");
+                let l2 = sorted_xattrs(&q);
+                let rm = lremovexattr(&q, "trusted.overlay.opaque");
+                (
+                    outcome_unit(&s),
+                    outcome(&g),
+                    l,
+                    outcome_unit(&s2),
+                    l2,
+                    outcome_unit(&rm),
+                )
+            },
+        );
     }
     t.finish_with(true, |k, f| {
         for p in ["f", "u"] {
             let raw = |st: &Stack| {
-                let mut v: Vec<String> = llistxattr(&st.upper.join(p)).unwrap_or_default().into_iter().filter(|n| n.starts_with("trusted.overlay.overlay.")).collect();
+                let mut v: Vec<String> = llistxattr(&st.upper.join(p))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|n| n.starts_with("trusted.overlay.overlay."))
+                    .collect();
                 v.sort();
                 v
             };
-            assert_eq!(raw(f), raw(k), "escaped names stored in upper/{p}: ovlfuse (left) vs kernel (right)");
+            assert_eq!(
+                raw(f),
+                raw(k),
+                "escaped names stored in upper/{p}: ovlfuse (left) vs kernel (right)"
+            );
         }
     });
 }
@@ -3070,16 +4971,38 @@ fn executing_binaries_from_the_mount() {
         return;
     }
     let cat = fs::read("/bin/cat").expect("read /bin/cat");
-    let t = twin_with("sem-exec", &[&[E::File("script", b"#!/bin/sh\necho script-ran \"$1\"\n"), E::Mode("script", 0o755)]], &[], move |st| {
-        fs::write(st.lowers[0].join("cat"), &cat).unwrap();
-        fs::set_permissions(st.lowers[0].join("cat"), fs::Permissions::from_mode(0o755)).unwrap();
-    });
+    let t = twin_with(
+        "sem-exec",
+        &[&[
+            E::File("script", b"#!/bin/sh\necho script-ran \"$1\"\n"),
+            E::Mode("script", 0o755),
+        ]],
+        &[],
+        move |st| {
+            fs::write(st.lowers[0].join("cat"), &cat).unwrap();
+            fs::set_permissions(st.lowers[0].join("cat"), fs::Permissions::from_mode(0o755))
+                .unwrap();
+        },
+    );
     t.both("run a lower script and a lower binary", |r| {
-        let s = std::process::Command::new(r.join("script")).arg("x").output();
-        let c = std::process::Command::new(r.join("cat")).arg(r.join("script")).output();
+        let s = std::process::Command::new(r.join("script"))
+            .arg("x")
+            .output();
+        let c = std::process::Command::new(r.join("cat"))
+            .arg(r.join("script"))
+            .output();
         (
-            s.as_ref().map(|o| (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())).map_err(describe_err),
-            c.as_ref().map(|o| (o.status.code(), o.stdout.len())).map_err(describe_err),
+            s.as_ref()
+                .map(|o| {
+                    (
+                        o.status.code(),
+                        String::from_utf8_lossy(&o.stdout).into_owned(),
+                    )
+                })
+                .map_err(describe_err),
+            c.as_ref()
+                .map(|o| (o.status.code(), o.stdout.len()))
+                .map_err(describe_err),
         )
     });
     t.both("writing a running binary is ETXTBSY", |r| {
@@ -3096,8 +5019,14 @@ fn executing_binaries_from_the_mount() {
     });
     t.both("copy up (chmod) then run", |r| {
         let ch = fs::set_permissions(r.join("script"), fs::Permissions::from_mode(0o700));
-        let s = std::process::Command::new(r.join("script")).arg("y").output();
-        (outcome_unit(&ch), s.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).map_err(|e| describe_err(&e)))
+        let s = std::process::Command::new(r.join("script"))
+            .arg("y")
+            .output();
+        (
+            outcome_unit(&ch),
+            s.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .map_err(|e| describe_err(&e)),
+        )
     });
     t.finish(true);
 }
@@ -3110,39 +5039,82 @@ fn redirects_written_by_a_kernel_with_redirect_dir_on_are_followed() {
     // With redirect_always_follow=Y (this kernel's default) overlayfs follows
     // trusted.overlay.redirect even when mounted redirect_dir=off; layers written by a
     // redirect_dir=on mount (a renamed merged dir) must read the same through ovlfuse.
-    let follow = fs::read_to_string("/sys/module/overlay/parameters/redirect_always_follow").unwrap_or_default();
+    let follow = fs::read_to_string("/sys/module/overlay/parameters/redirect_always_follow")
+        .unwrap_or_default();
     let sc = Scratch::new("sem-redirect");
     let st = Stack::new(&sc, 1);
-    build(&st.lowers[0], &[E::File("d/x", b"x"), E::File("d/sub/y", b"y"), E::File("keep", b"k")]);
+    build(
+        &st.lowers[0],
+        &[
+            E::File("d/x", b"x"),
+            E::File("d/sub/y", b"y"),
+            E::File("keep", b"k"),
+        ],
+    );
     build(&st.upper, &[E::File("d/z", b"z")]);
     let lc = LowerCheck::new(&st.lowers);
     // Kernel with redirect_dir=on renames the merged dir.
     let o = std::process::Command::new("mount")
         .args(["-t", "overlay", "overlay", "-o"])
-        .arg(format!("{},redirect_dir=on,index=off,metacopy=off", st.full_opts()))
+        .arg(format!(
+            "{},redirect_dir=on,index=off,metacopy=off",
+            st.full_opts()
+        ))
         .arg(&st.mnt)
         .output()
         .unwrap();
-    assert!(o.status.success(), "mount redirect_dir=on: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "mount redirect_dir=on: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let g = MountGuard::adopt_kernel(&st.mnt);
-    ok(fs::rename(st.mnt.join("d"), st.mnt.join("e")), "kernel rename of a merged dir with redirect_dir=on");
+    ok(
+        fs::rename(st.mnt.join("d"), st.mnt.join("e")),
+        "kernel rename of a merged dir with redirect_dir=on",
+    );
     let written = snapshot(&st.mnt, XattrSel::User);
     g.unmount();
-    assert!(lgetxattr(&st.upper.join("e"), "trusted.overlay.redirect").is_ok(), "the kernel wrote no redirect; test setup is wrong");
+    assert!(
+        lgetxattr(&st.upper.join("e"), "trusted.overlay.redirect").is_ok(),
+        "the kernel wrote no redirect; test setup is wrong"
+    );
     // The kernel in this test's configuration (redirect_dir=off) reads it back...
-    let k2 = Stack { lowers: st.lowers.clone(), upper: st.upper.clone(), work: sc.dir("work2"), mnt: sc.dir("mnt2") };
+    let k2 = Stack {
+        lowers: st.lowers.clone(),
+        upper: st.upper.clone(),
+        work: sc.dir("work2"),
+        mnt: sc.dir("mnt2"),
+    };
     let kg = mount_kernel(&k2);
     let kernel_view = snapshot(&k2.mnt, XattrSel::User);
     kg.unmount();
     if follow.trim() == "Y" {
-        assert_same_snapshots("kernel redirect_dir=off view of the redirect_dir=on upper", "as written", &written, "kernel re-read", &kernel_view);
+        assert_same_snapshots(
+            "kernel redirect_dir=off view of the redirect_dir=on upper",
+            "as written",
+            &written,
+            "kernel re-read",
+            &kernel_view,
+        );
     }
     // ...and so must ovlfuse.
-    let f2 = Stack { lowers: st.lowers.clone(), upper: st.upper.clone(), work: sc.dir("work3"), mnt: sc.dir("mnt3") };
+    let f2 = Stack {
+        lowers: st.lowers.clone(),
+        upper: st.upper.clone(),
+        work: sc.dir("work3"),
+        mnt: sc.dir("mnt3"),
+    };
     let fg = mount_ovlfuse(&f2, &[]);
     let fuse_view = snapshot(&f2.mnt, XattrSel::User);
     fg.unmount();
-    assert_same_snapshots("view of an upper with a kernel redirect", "kernel", &kernel_view, "ovlfuse", &fuse_view);
+    assert_same_snapshots(
+        "view of an upper with a kernel redirect",
+        "kernel",
+        &kernel_view,
+        "ovlfuse",
+        &fuse_view,
+    );
     lc.verify();
 }
 
@@ -3169,7 +5141,12 @@ fn lowers_on_different_file_systems_with_colliding_inode_numbers() {
         fs::create_dir(l1.join("e")).unwrap();
         fs::write(l0.join("d/x"), b"x in lower0").unwrap();
         fs::write(l1.join("e/y"), b"y in lower1").unwrap();
-        let st = Stack { lowers: vec![l0, l1], upper: sc.dir(&format!("{who}/upper")), work: sc.dir(&format!("{who}/work")), mnt: sc.dir(&format!("{who}/mnt")) };
+        let st = Stack {
+            lowers: vec![l0, l1],
+            upper: sc.dir(&format!("{who}/upper")),
+            work: sc.dir(&format!("{who}/work")),
+            mnt: sc.dir(&format!("{who}/mnt")),
+        };
         stacks.push(st);
     }
     let (k, f) = (&stacks[0], &stacks[1]);
@@ -3182,22 +5159,49 @@ fn lowers_on_different_file_systems_with_colliding_inode_numbers() {
     let kg = mount_kernel(k);
     let fg = mount_ovlfuse(f, &[]);
     let view = |r: &Path| -> Vec<String> {
-        ["a", "b", "d/x", "e/y"].iter().map(|n| format!("{n}: {}", read_str(&r.join(n)))).chain(["d", "e"].iter().map(|n| format!("{n}: {:?}", names_or_err(&r.join(n))))).collect()
+        ["a", "b", "d/x", "e/y"]
+            .iter()
+            .map(|n| format!("{n}: {}", read_str(&r.join(n))))
+            .chain(
+                ["d", "e"]
+                    .iter()
+                    .map(|n| format!("{n}: {:?}", names_or_err(&r.join(n)))),
+            )
+            .collect()
     };
     let kv = view(&k.mnt);
     let fv = view(&f.mnt);
-    assert_eq!(fv, kv, "contents with colliding lower inode numbers: ovlfuse (left) vs kernel (right)");
-    let inos: Vec<(String, u64)> = ["a", "b", "d", "e", "d/x", "e/y"].iter().map(|n| (n.to_string(), fs::symlink_metadata(f.mnt.join(n)).unwrap().ino())).collect();
+    assert_eq!(
+        fv, kv,
+        "contents with colliding lower inode numbers: ovlfuse (left) vs kernel (right)"
+    );
+    let inos: Vec<(String, u64)> = ["a", "b", "d", "e", "d/x", "e/y"]
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                fs::symlink_metadata(f.mnt.join(n)).unwrap().ino(),
+            )
+        })
+        .collect();
     let mut u: Vec<u64> = inos.iter().map(|x| x.1).collect();
     u.sort();
     u.dedup();
-    assert_eq!(u.len(), inos.len(), "ovlfuse shows one st_ino for different files: {inos:?}");
+    assert_eq!(
+        u.len(),
+        inos.len(),
+        "ovlfuse shows one st_ino for different files: {inos:?}"
+    );
     // Copy-up and writes must reach the right object.
     for r in [&k.mnt, &f.mnt] {
         write_at(&r.join("b"), 0, b"FILE").unwrap();
         fs::set_permissions(r.join("a"), fs::Permissions::from_mode(0o600)).unwrap();
     }
-    assert_eq!(view(&f.mnt), view(&k.mnt), "after copy-up: ovlfuse (left) vs kernel (right)");
+    assert_eq!(
+        view(&f.mnt),
+        view(&k.mnt),
+        "after copy-up: ovlfuse (left) vs kernel (right)"
+    );
     let (fr, kr) = (readdir_check(&f.mnt), readdir_check(&k.mnt));
     assert!(fr.0.is_empty(), "ovlfuse readdir problems: {:?}", fr.0);
     assert_eq!(fr.1, kr.1);
@@ -3247,7 +5251,15 @@ fn parallel_creates_renames_and_unlinks_in_one_directory() {
             })
             .collect();
         let errs: Vec<String> = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
-        (errs, names_or_err(&r.join("d")), readdir_check(&r.join("d")).0.iter().filter(|p| p.contains("more than once")).count())
+        (
+            errs,
+            names_or_err(&r.join("d")),
+            readdir_check(&r.join("d"))
+                .0
+                .iter()
+                .filter(|p| p.contains("more than once"))
+                .count(),
+        )
     });
     t.finish(true);
 }
@@ -3259,39 +5271,102 @@ fn posix_acl_changes_and_inheritance() {
     }
     const U: u32 = u32::MAX;
     const NOBODY: u32 = 65534;
-    let dflt = acl(&[(1, 7, U), (2, 5, NOBODY), (4, 5, U), (0x10, 7, U), (0x20, 0, U)]);
+    let dflt = acl(&[
+        (1, 7, U),
+        (2, 5, NOBODY),
+        (4, 5, U),
+        (0x10, 7, U),
+        (0x20, 0, U),
+    ]);
     let d2 = dflt.clone();
     let t = twin_with(
         "sem-acl2",
-        &[&[E::File("f", b"f"), E::Mode("f", 0o644), E::Dir("dd"), E::Mode("dd", 0o777), E::File("g", b"g"), E::Mode("g", 0o600)]],
+        &[&[
+            E::File("f", b"f"),
+            E::Mode("f", 0o644),
+            E::Dir("dd"),
+            E::Mode("dd", 0o777),
+            E::File("g", b"g"),
+            E::Mode("g", 0o600),
+        ]],
         &[],
         move |st| lsetxattr(&st.lowers[0].join("dd"), "system.posix_acl_default", &d2).unwrap(),
     );
     let get = |p: &Path, n: &str| outcome(&lgetxattr(p, n));
-    t.both("set an access ACL through the mount (copy-up), mode follows the mask", |r| {
-        let s = lsetxattr(&r.join("f"), "system.posix_acl_access", &acl(&[(1, 6, U), (2, 6, NOBODY), (4, 4, U), (0x10, 6, U), (0x20, 4, U)]));
-        (outcome_unit(&s), stat_str(&r.join("f")), get(&r.join("f"), "system.posix_acl_access"))
-    });
+    t.both(
+        "set an access ACL through the mount (copy-up), mode follows the mask",
+        |r| {
+            let s = lsetxattr(
+                &r.join("f"),
+                "system.posix_acl_access",
+                &acl(&[
+                    (1, 6, U),
+                    (2, 6, NOBODY),
+                    (4, 4, U),
+                    (0x10, 6, U),
+                    (0x20, 4, U),
+                ]),
+            );
+            (
+                outcome_unit(&s),
+                stat_str(&r.join("f")),
+                get(&r.join("f"), "system.posix_acl_access"),
+            )
+        },
+    );
     t.both("chmod rewrites the ACL mask", |r| {
         let c = fs::set_permissions(r.join("f"), fs::Permissions::from_mode(0o640));
-        (outcome_unit(&c), stat_str(&r.join("f")), get(&r.join("f"), "system.posix_acl_access"))
-    });
-    t.both("remove the ACL", |r| (outcome_unit(&lremovexattr(&r.join("f"), "system.posix_acl_access")), stat_str(&r.join("f"))));
-    t.both("files and dirs created under a default ACL, umask 077 ignored", |r| {
-        let c = |n: &str| cpath(&r.join(n));
-        let res = run_as(NOBODY, NOBODY, &[Op::Umask(0o077), Op::Open(c("dd/file"), libc::O_CREAT | libc::O_WRONLY), Op::Mkdir(c("dd/sub"))]);
         (
-            res,
-            stat_str(&r.join("dd/file")),
-            stat_str(&r.join("dd/sub")),
-            get(&r.join("dd/file"), "system.posix_acl_access"),
-            get(&r.join("dd/sub"), "system.posix_acl_default"),
-            get(&r.join("dd/sub"), "system.posix_acl_access"),
+            outcome_unit(&c),
+            stat_str(&r.join("f")),
+            get(&r.join("f"), "system.posix_acl_access"),
         )
     });
+    t.both("remove the ACL", |r| {
+        (
+            outcome_unit(&lremovexattr(&r.join("f"), "system.posix_acl_access")),
+            stat_str(&r.join("f")),
+        )
+    });
+    t.both(
+        "files and dirs created under a default ACL, umask 077 ignored",
+        |r| {
+            let c = |n: &str| cpath(&r.join(n));
+            let res = run_as(
+                NOBODY,
+                NOBODY,
+                &[
+                    Op::Umask(0o077),
+                    Op::Open(c("dd/file"), libc::O_CREAT | libc::O_WRONLY),
+                    Op::Mkdir(c("dd/sub")),
+                ],
+            );
+            (
+                res,
+                stat_str(&r.join("dd/file")),
+                stat_str(&r.join("dd/sub")),
+                get(&r.join("dd/file"), "system.posix_acl_access"),
+                get(&r.join("dd/sub"), "system.posix_acl_default"),
+                get(&r.join("dd/sub"), "system.posix_acl_access"),
+            )
+        },
+    );
     t.both("umask 027 applies where there is no default ACL", |r| {
-        let res = run_as(NOBODY, NOBODY, &[Op::Umask(0o027), Op::Open(cpath(&r.join("dd/sub/../../newfile_denied")), libc::O_CREAT | libc::O_WRONLY)]);
-        (res, outcome_unit(&fs::symlink_metadata(r.join("newfile_denied"))))
+        let res = run_as(
+            NOBODY,
+            NOBODY,
+            &[
+                Op::Umask(0o027),
+                Op::Open(
+                    cpath(&r.join("dd/sub/../../newfile_denied")),
+                    libc::O_CREAT | libc::O_WRONLY,
+                ),
+            ],
+        );
+        (
+            res,
+            outcome_unit(&fs::symlink_metadata(r.join("newfile_denied"))),
+        )
     });
     t.finish(true);
 }
@@ -3337,7 +5412,11 @@ fn many_open_directory_streams_read_interleaved() {
     for i in 0..DIRS {
         let c = cpath(&st.mnt.join(format!("d{i:04}")));
         let d = unsafe { libc::opendir(c.as_ptr()) };
-        assert!(!d.is_null(), "opendir d{i:04}: {}", describe_err(&io::Error::last_os_error()));
+        assert!(
+            !d.is_null(),
+            "opendir d{i:04}: {}",
+            describe_err(&io::Error::last_os_error())
+        );
         let mut got = Vec::new();
         read_some(d, 2, &mut got);
         streams.push((d, got));
@@ -3351,7 +5430,12 @@ fn many_open_directory_streams_read_interleaved() {
         }
         unsafe { libc::closedir(*d) };
     }
-    assert!(bad.is_empty(), "{} of {DIRS} interleaved listings wrong, e.g. {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    assert!(
+        bad.is_empty(),
+        "{} of {DIRS} interleaved listings wrong, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
     // Part 2: four streams over one 120k-entry merged directory, read in turns.
     let c = cpath(&st.mnt.join("big"));
     let mut big: Vec<(*mut libc::DIR, Vec<String>, bool)> = (0..4)

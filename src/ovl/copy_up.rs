@@ -85,12 +85,25 @@ impl Overlay {
     }
 
     /// Builds the upper copy of lower entry `name` (in `lpfd`) as `tmp` in the work dir.
-    fn build_copy(&self, lpfd: BorrowedFd<'_>, name: &OsStr, st: &Stat, work: BorrowedFd<'_>, tmp: &OsStr, with_data: bool) -> SysResult<()> {
+    fn build_copy(
+        &self,
+        lpfd: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &Stat,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        with_data: bool,
+    ) -> SysResult<()> {
         let kind = fs::ifmt(st.st_mode);
         match kind {
             libc::S_IFDIR => fs::mkdirat(work, tmp, 0o700)?,
             libc::S_IFREG => {
-                let dst = fs::openat(work, tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
+                let dst = fs::openat(
+                    work,
+                    tmp,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                    0o600,
+                )?;
                 if with_data && st.st_size > 0 {
                     let src = fs::openat_noatime(lpfd, name, libc::O_RDONLY)?;
                     copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
@@ -110,7 +123,9 @@ impl Overlay {
         match fs::fchownat(work, tmp, Some(st.st_uid), Some(st.st_gid)) {
             // An unprivileged mount cannot give a copy away; it stays the mounter's, as
             // with fuse-overlayfs.
-            Err(Errno::EPERM) if crate::sys::geteuid() != 0 => debug!("copy-up of {:?}: owner not kept", name),
+            Err(Errno::EPERM) if crate::sys::geteuid() != 0 => {
+                debug!("copy-up of {:?}: owner not kept", name)
+            }
             other => other?,
         }
         copy_xattrs(lpfd, name, work, tmp, self.layers.xattr_prefix)?;
@@ -125,8 +140,14 @@ impl Overlay {
                 debug!("cannot record origin of {:?}: {e:?}", name);
             }
         }
-        let at = libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec };
-        let mt = libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec };
+        let at = libc::timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec,
+        };
+        let mt = libc::timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec,
+        };
         fs::utimensat(work, tmp, Some(at), Some(mt))?;
         Ok(())
     }
@@ -206,17 +227,27 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut pos: u64, end: u64) 
 /// Copies every xattr of `sname` in `sdir` to `dname` in `ddir`, except overlay-private
 /// ones (under `prefix`, unless escaped). Attributes the upper filesystem does not support
 /// are skipped with a warning.
-pub fn copy_xattrs(sdir: BorrowedFd<'_>, sname: &OsStr, ddir: BorrowedFd<'_>, dname: &OsStr, prefix: &str) -> SysResult<()> {
+pub fn copy_xattrs(
+    sdir: BorrowedFd<'_>,
+    sname: &OsStr,
+    ddir: BorrowedFd<'_>,
+    dname: &OsStr,
+    prefix: &str,
+) -> SysResult<()> {
     let list = match xattr::list(sdir, sname) {
         Ok(l) => l,
         Err(Errno::EOPNOTSUPP) => return Ok(()),
         Err(e) => return Err(e),
     };
     for raw in xattr::split_names(&list) {
-        if super::xattr::is_private(prefix, raw) || raw.starts_with(b"trusted.overlay.") && !raw.starts_with(b"trusted.overlay.overlay.") {
+        if super::xattr::is_private(prefix, raw)
+            || raw.starts_with(b"trusted.overlay.") && !raw.starts_with(b"trusted.overlay.overlay.")
+        {
             continue;
         }
-        let Ok(attr) = std::str::from_utf8(raw) else { continue };
+        let Ok(attr) = std::str::from_utf8(raw) else {
+            continue;
+        };
         let val = match xattr::get_vec(sdir, sname, attr) {
             Ok(v) => v,
             Err(Errno::ENODATA) => continue,
@@ -224,7 +255,9 @@ pub fn copy_xattrs(sdir: BorrowedFd<'_>, sname: &OsStr, ddir: BorrowedFd<'_>, dn
         };
         match xattr::set(ddir, dname, attr, &val, 0) {
             Ok(()) => {}
-            Err(e) if e == Errno::EOPNOTSUPP || (e == Errno::EPERM && !attr.starts_with("user.")) => {
+            Err(e)
+                if e == Errno::EOPNOTSUPP || (e == Errno::EPERM && !attr.starts_with("user.")) =>
+            {
                 warn!("copy-up: xattr {attr} of {:?} not copied: {e:?}", sname);
             }
             Err(e) => return Err(e),

@@ -25,11 +25,21 @@ use std::sync::Arc;
 #[derive(Clone, Copy, Debug)]
 pub enum NewObject<'a> {
     /// A regular file, opened with these flags (create).
-    File { mode: u32, flags: i32 },
-    Dir { mode: u32 },
+    File {
+        mode: u32,
+        flags: i32,
+    },
+    Dir {
+        mode: u32,
+    },
     /// mknod: fifo, socket, device, or regular file.
-    Special { mode: u32, rdev: u64 },
-    Symlink { target: &'a OsStr },
+    Special {
+        mode: u32,
+        rdev: u64,
+    },
+    Symlink {
+        target: &'a OsStr,
+    },
 }
 
 impl NewObject<'_> {
@@ -44,7 +54,9 @@ impl NewObject<'_> {
 
     fn perm(&self) -> u32 {
         match self {
-            NewObject::File { mode, .. } | NewObject::Dir { mode } | NewObject::Special { mode, .. } => mode & 0o7777,
+            NewObject::File { mode, .. }
+            | NewObject::Dir { mode }
+            | NewObject::Special { mode, .. } => mode & 0o7777,
             NewObject::Symlink { .. } => 0o777,
         }
     }
@@ -58,7 +70,9 @@ impl NewObject<'_> {
                 Ok(Some(fs::openat(dir, name, f, perm)?))
             }
             NewObject::Dir { .. } => fs::mkdirat(dir, name, perm).map(|()| None),
-            NewObject::Special { mode, rdev } => fs::mknodat(dir, name, fs::ifmt(mode) | perm, rdev).map(|()| None),
+            NewObject::Special { mode, rdev } => {
+                fs::mknodat(dir, name, fs::ifmt(mode) | perm, rdev).map(|()| None)
+            }
             NewObject::Symlink { target } => fs::symlinkat(target, dir, name).map(|()| None),
         }
     }
@@ -66,7 +80,11 @@ impl NewObject<'_> {
 
 /// Locks the directories of a rename: ancestor first, else by id, so that the order agrees
 /// with the parent-then-child order every other operation uses.
-fn lock_pair<'a>(ovl: &Overlay, a: &'a Node, b: &'a Node) -> (MutexGuard<'a, ()>, Option<MutexGuard<'a, ()>>) {
+fn lock_pair<'a>(
+    ovl: &Overlay,
+    a: &'a Node,
+    b: &'a Node,
+) -> (MutexGuard<'a, ()>, Option<MutexGuard<'a, ()>>) {
     if a.id == b.id {
         return (a.dir_lock.lock(), None);
     }
@@ -133,7 +151,13 @@ impl Overlay {
     }
 
     /// Creates a new object named `name` in `parent`, owned by the caller.
-    pub fn create_object(&self, ctx: &Ctx, parent_id: u64, name: &OsStr, what: NewObject<'_>) -> SysResult<(Arc<Node>, Attr, Option<OwnedFd>)> {
+    pub fn create_object(
+        &self,
+        ctx: &Ctx,
+        parent_id: u64,
+        name: &OsStr,
+        what: NewObject<'_>,
+    ) -> SysResult<(Arc<Node>, Attr, Option<OwnedFd>)> {
         self.require_upper()?;
         self.check_create_name(name)?;
         let parent = self.node(parent_id)?;
@@ -146,7 +170,12 @@ impl Overlay {
         let upfd = self.nodes.dir_fd(&parent, UPPER)?;
         let upfd = upfd.as_fd();
         let upper_whiteout = match fs::fstatat(upfd, name) {
-            Ok(st) if whiteout::is_whiteout_stat(&st) || self.is_whiteout_in(upfd, name, &st, UPPER) => true,
+            Ok(st)
+                if whiteout::is_whiteout_stat(&st)
+                    || self.is_whiteout_in(upfd, name, &st, UPPER) =>
+            {
+                true
+            }
             Ok(_) => return Err(Errno::EEXIST),
             Err(Errno::ENOENT) => false,
             Err(e) => return Err(e),
@@ -159,9 +188,15 @@ impl Overlay {
         // Owner: the caller; group: the directory's if it is set-group-ID, as the upper
         // filesystem would decide for a process creating the file itself.
         let pst = fs::fstat(upfd)?;
-        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { ctx.gid };
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            ctx.gid
+        };
         let mut perm = what.perm();
-        if kind != libc::S_IFLNK && crate::sys::xattr::get_on_dir(upfd, "system.posix_acl_default").is_err() {
+        if kind != libc::S_IFLNK
+            && crate::sys::xattr::get_on_dir(upfd, "system.posix_acl_default").is_err()
+        {
             perm &= !ctx.umask;
         }
         if kind == libc::S_IFDIR && pst.st_mode & libc::S_ISGID != 0 {
@@ -207,39 +242,83 @@ impl Overlay {
         let st = fs::fstatat(upfd, name)?;
         let ino = self.layers.ino.map(st.st_dev, st.st_ino);
         let upper_key = (kind != libc::S_IFDIR).then_some((st.st_dev, st.st_ino));
-        let init = NodeInit { kind, ino, state: NodeState { upper: true, lowers: vec![], ..Default::default() }, upper_key };
+        let init = NodeInit {
+            kind,
+            ino,
+            state: NodeState {
+                upper: true,
+                lowers: vec![],
+                ..Default::default()
+            },
+            upper_key,
+        };
         let node = self.nodes.insert(parent.id, name, init);
         if let Some(m) = parent.merged.lock().clone() {
-            m.insert(name, Entry { layer: UPPER, kind, ino });
+            m.insert(
+                name,
+                Entry {
+                    layer: UPPER,
+                    kind,
+                    ino,
+                },
+            );
         }
         let attr = self.attr_of(&node, &st);
         Ok((node, attr, file))
     }
 
-    pub fn mkdir(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32) -> SysResult<(Arc<Node>, Attr)> {
+    pub fn mkdir(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> SysResult<(Arc<Node>, Attr)> {
         let (n, a, _) = self.create_object(ctx, parent, name, NewObject::Dir { mode })?;
         Ok((n, a))
     }
 
-    pub fn mknod(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, rdev: u64) -> SysResult<(Arc<Node>, Attr)> {
+    pub fn mknod(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+    ) -> SysResult<(Arc<Node>, Attr)> {
         let what = match fs::ifmt(mode) {
             libc::S_IFDIR => return Err(Errno::EINVAL),
             // That is a whiteout: the kernel refuses to make one through the overlay.
             libc::S_IFCHR if rdev == 0 => return Err(Errno::EPERM),
-            libc::S_IFREG | 0 => NewObject::Special { mode: libc::S_IFREG | (mode & 0o7777), rdev: 0 },
+            libc::S_IFREG | 0 => NewObject::Special {
+                mode: libc::S_IFREG | (mode & 0o7777),
+                rdev: 0,
+            },
             _ => NewObject::Special { mode, rdev },
         };
         let (n, a, _) = self.create_object(ctx, parent, name, what)?;
         Ok((n, a))
     }
 
-    pub fn symlink(&self, ctx: &Ctx, parent: u64, name: &OsStr, target: &OsStr) -> SysResult<(Arc<Node>, Attr)> {
+    pub fn symlink(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> SysResult<(Arc<Node>, Attr)> {
         let (n, a, _) = self.create_object(ctx, parent, name, NewObject::Symlink { target })?;
         Ok((n, a))
     }
 
     /// Makes a new name for an existing object (hard link); copies it up first.
-    pub fn link(&self, _ctx: &Ctx, id: u64, parent_id: u64, name: &OsStr) -> SysResult<(Arc<Node>, Attr)> {
+    pub fn link(
+        &self,
+        _ctx: &Ctx,
+        id: u64,
+        parent_id: u64,
+        name: &OsStr,
+    ) -> SysResult<(Arc<Node>, Attr)> {
         self.require_upper()?;
         self.check_create_name(name)?;
         let node = self.node(id)?;
@@ -280,7 +359,14 @@ impl Overlay {
             self.mark_impure(&parent);
         }
         if let Some(m) = parent.merged.lock().clone() {
-            m.insert(name, Entry { layer: UPPER, kind: node.kind, ino: node.ino });
+            m.insert(
+                name,
+                Entry {
+                    layer: UPPER,
+                    kind: node.kind,
+                    ino: node.ino,
+                },
+            );
         }
         Ok((node.clone(), self.attr_of(&node, &st)))
     }
@@ -333,10 +419,17 @@ impl Overlay {
         Ok(())
     }
 
-    fn remove_locked(&self, parent: &Arc<Node>, name: &OsStr, child: &Arc<Node>, want_dir: bool) -> SysResult<()> {
+    fn remove_locked(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+        child: &Arc<Node>,
+        want_dir: bool,
+    ) -> SysResult<()> {
         self.check_removable(child, want_dir)?;
         let cst = child.state();
-        let needs_whiteout = (!cst.lowers.is_empty() && !cst.upper) || self.lower_positive(parent, name)?;
+        let needs_whiteout =
+            (!cst.lowers.is_empty() && !cst.upper) || self.lower_positive(parent, name)?;
         let upfd = self.nodes.dir_fd(parent, UPPER)?;
         let upfd = upfd.as_fd();
         let top = cst.top().ok_or(Errno::ESTALE)?;
@@ -347,7 +440,9 @@ impl Overlay {
             } else {
                 match fs::unlinkat(upfd, name, child.is_dir()) {
                     // An upper directory that still holds stale whiteouts of nothing.
-                    Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) if child.is_dir() => remove_tree(upfd, name)?,
+                    Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) if child.is_dir() => {
+                        remove_tree(upfd, name)?
+                    }
                     other => other?,
                 }
             }
@@ -392,7 +487,14 @@ impl Overlay {
     }
 
     /// rename(2) and renameat2(2) with RENAME_NOREPLACE / RENAME_EXCHANGE.
-    pub fn rename(&self, op_id: u64, oname: &OsStr, np_id: u64, nname: &OsStr, flags: u32) -> SysResult<()> {
+    pub fn rename(
+        &self,
+        op_id: u64,
+        oname: &OsStr,
+        np_id: u64,
+        nname: &OsStr,
+        flags: u32,
+    ) -> SysResult<()> {
         self.require_upper()?;
         let exchange = flags & fs::RENAME_EXCHANGE != 0;
         let noreplace = flags & fs::RENAME_NOREPLACE != 0;
@@ -423,7 +525,16 @@ impl Overlay {
                 return Err(e);
             }
         };
-        let res = self.rename_locked(&op, oname, &np, nname, &src, dst.as_ref().map(|d| &d.0), exchange, noreplace);
+        let res = self.rename_locked(
+            &op,
+            oname,
+            &np,
+            nname,
+            &src,
+            dst.as_ref().map(|d| &d.0),
+            exchange,
+            noreplace,
+        );
         self.release_temp(&src, src_made);
         if let Some((d, made)) = dst {
             self.release_temp(&d, made);
@@ -536,10 +647,24 @@ impl Overlay {
             self.nodes.move_node(src, op.id, oname, np.id, nname);
             self.nodes.move_node(d, np.id, nname, op.id, oname);
             if let Some(m) = op.merged.lock().clone() {
-                m.insert(oname, Entry { layer: UPPER, kind: d.kind, ino: d.ino });
+                m.insert(
+                    oname,
+                    Entry {
+                        layer: UPPER,
+                        kind: d.kind,
+                        ino: d.ino,
+                    },
+                );
             }
             if let Some(m) = np.merged.lock().clone() {
-                m.insert(nname, Entry { layer: UPPER, kind: src.kind, ino: src.ino });
+                m.insert(
+                    nname,
+                    Entry {
+                        layer: UPPER,
+                        kind: src.kind,
+                        ino: src.ino,
+                    },
+                );
             }
             if !src.is_dir() {
                 self.mark_impure(np);
@@ -563,7 +688,11 @@ impl Overlay {
             use std::os::unix::ffi::OsStrExt;
             let first = moved_redirects[0].1.as_bytes();
             let v = if op.id == np.id {
-                first.rsplit(|b| *b == b'/').next().unwrap_or(first).to_vec()
+                first
+                    .rsplit(|b| *b == b'/')
+                    .next()
+                    .unwrap_or(first)
+                    .to_vec()
             } else {
                 [b"/", first].concat()
             };
@@ -601,7 +730,9 @@ impl Overlay {
             }
         }
         let target_is_whiteout = dst.is_none()
-            && fs::fstatat(nfd, nname).map(|st| whiteout::is_whiteout_stat(&st)).unwrap_or(false);
+            && fs::fstatat(nfd, nname)
+                .map(|st| whiteout::is_whiteout_stat(&st))
+                .unwrap_or(false);
         if src.is_dir() && target_is_whiteout {
             // A directory cannot replace a char device: exchange them, and keep the
             // whiteout at the old name only if that name needs one.
@@ -647,7 +778,14 @@ impl Overlay {
             m.remove(oname, old_needs_whiteout);
         }
         if let Some(m) = np.merged.lock().clone() {
-            m.insert(nname, Entry { layer: UPPER, kind: src.kind, ino: src.ino });
+            m.insert(
+                nname,
+                Entry {
+                    layer: UPPER,
+                    kind: src.kind,
+                    ino: src.ino,
+                },
+            );
         }
         Ok(())
     }

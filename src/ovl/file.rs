@@ -61,7 +61,12 @@ impl Overlay {
     fn add_handle(&self, node: Arc<Node>, fd: OwnedFd, upper: bool, flags: i32) -> u64 {
         node.open_count.fetch_add(1, Ordering::Relaxed);
         let fh = self.new_fh();
-        let h = FileHandle { node, fd: RwLock::new(Arc::new(fd)), upper: RwLock::new(upper), flags };
+        let h = FileHandle {
+            node,
+            fd: RwLock::new(Arc::new(fd)),
+            upper: RwLock::new(upper),
+            flags,
+        };
         self.files.insert(fh, Arc::new(h));
         fh
     }
@@ -91,20 +96,33 @@ impl Overlay {
                 fs::openat_noatime(pfd.as_fd(), name, rflags)
             }
         };
-        let fd = match self.parent_fd(&node, top).and_then(|(pfd, name)| open_at(&pfd, &name)) {
+        let fd = match self
+            .parent_fd(&node, top)
+            .and_then(|(pfd, name)| open_at(&pfd, &name))
+        {
             Ok(fd) => fd,
-            Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => match node.detached.lock().clone() {
-                Some(d) => fs::reopen(d.as_fd(), rflags)?,
-                None => return Err(e),
-            },
+            Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => {
+                match node.detached.lock().clone() {
+                    Some(d) => fs::reopen(d.as_fd(), rflags)?,
+                    None => return Err(e),
+                }
+            }
             Err(e) => return Err(e),
         };
         Ok(self.add_handle(node, fd, top == UPPER, flags))
     }
 
     /// create(2) through open(O_CREAT): makes the file and returns it open.
-    pub fn create(&self, ctx: &Ctx, parent: u64, name: &OsStr, mode: u32, flags: i32) -> SysResult<(Arc<Node>, Attr, u64)> {
-        let (node, attr, fd) = self.create_object(ctx, parent, name, NewObject::File { mode, flags })?;
+    pub fn create(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> SysResult<(Arc<Node>, Attr, u64)> {
+        let (node, attr, fd) =
+            self.create_object(ctx, parent, name, NewObject::File { mode, flags })?;
         let fd = fd.ok_or(Errno::EIO)?;
         let fh = self.add_handle(node.clone(), fd, true, flags);
         Ok((node, attr, fh))
@@ -123,7 +141,8 @@ impl Overlay {
                         None => Err(Errno::ENOENT),
                     }
                 } else {
-                    self.parent_fd(&h.node, UPPER).and_then(|(pfd, name)| fs::openat(pfd.as_fd(), &name, flags, 0))
+                    self.parent_fd(&h.node, UPPER)
+                        .and_then(|(pfd, name)| fs::openat(pfd.as_fd(), &name, flags, 0))
                 };
                 match res {
                     Ok(fd) => {
@@ -190,7 +209,14 @@ impl Overlay {
         fs::lseek(fd.as_fd(), offset, whence)
     }
 
-    pub fn copy_file_range(&self, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> SysResult<u32> {
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> SysResult<u32> {
         let hi = self.file_handle(fh_in).ok_or(Errno::EBADF)?;
         let ho = self.file_handle(fh_out).ok_or(Errno::EBADF)?;
         let fi = self.read_fd(&hi)?;

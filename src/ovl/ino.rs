@@ -23,7 +23,11 @@ impl InoMap {
             fs_of_dev.entry(d).or_insert(n);
         }
         let n = fs_of_dev.len() as u64;
-        let bits = if n <= 1 { 0 } else { 64 - (n - 1).leading_zeros() };
+        let bits = if n <= 1 {
+            0
+        } else {
+            64 - (n - 1).leading_zeros()
+        };
         InoMap { fs_of_dev, bits }
     }
 

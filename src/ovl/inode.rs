@@ -42,9 +42,18 @@ impl Attr {
             ino,
             size: st.st_size as u64,
             blocks: st.st_blocks as u64,
-            atime: Time { sec: st.st_atime, nsec: st.st_atime_nsec as u32 },
-            mtime: Time { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 },
-            ctime: Time { sec: st.st_ctime, nsec: st.st_ctime_nsec as u32 },
+            atime: Time {
+                sec: st.st_atime,
+                nsec: st.st_atime_nsec as u32,
+            },
+            mtime: Time {
+                sec: st.st_mtime,
+                nsec: st.st_mtime_nsec as u32,
+            },
+            ctime: Time {
+                sec: st.st_ctime,
+                nsec: st.st_ctime_nsec as u32,
+            },
             mode: st.st_mode,
             nlink: st.st_nlink as u32,
             uid: st.st_uid,
@@ -65,8 +74,14 @@ pub enum TimeSet {
 impl TimeSet {
     fn timespec(self) -> libc::timespec {
         match self {
-            TimeSet::Now => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-            TimeSet::At(t) => libc::timespec { tv_sec: t.sec, tv_nsec: t.nsec as i64 },
+            TimeSet::Now => libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_NOW,
+            },
+            TimeSet::At(t) => libc::timespec {
+                tv_sec: t.sec,
+                tv_nsec: t.nsec as i64,
+            },
         }
     }
 }
@@ -119,12 +134,16 @@ impl Overlay {
         if node.id == ROOT_ID {
             return fs::fstat(self.nodes.dir_fd(node, top)?.as_fd());
         }
-        let res = self.parent_fd(node, top).and_then(|(pfd, name)| fs::fstatat(pfd.as_fd(), &name));
+        let res = self
+            .parent_fd(node, top)
+            .and_then(|(pfd, name)| fs::fstatat(pfd.as_fd(), &name));
         match res {
-            Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => match node.detached.lock().clone() {
-                Some(fd) => fs::fstat(fd.as_fd()),
-                None => Err(e),
-            },
+            Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => {
+                match node.detached.lock().clone() {
+                    Some(fd) => fs::fstat(fd.as_fd()),
+                    None => Err(e),
+                }
+            }
             other => other,
         }
     }
@@ -170,7 +189,10 @@ impl Overlay {
         let skip_data = set.size == Some(0);
         self.copy_up(&node, !skip_data)?;
 
-        let handle = set.fh.and_then(|fh| self.file_handle(fh)).filter(|h| h.is_upper());
+        let handle = set
+            .fh
+            .and_then(|fh| self.file_handle(fh))
+            .filter(|h| h.is_upper());
         // The upper copy is reached by name, or — for the root, and for an object whose
         // last name is gone — through an `O_PATH` fd of its own. Nothing here opens the
         // object for I/O (a fifo would block).
@@ -195,7 +217,11 @@ impl Overlay {
         if set.uid.is_some() || set.gid.is_some() || touch_ctime_only {
             match &target {
                 Target::Name(pfd, name) => fs::fchownat(pfd.as_fd(), name, set.uid, set.gid)?,
-                Target::Fd(fd) => fs::fchown(fd.as_fd(), set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?,
+                Target::Fd(fd) => fs::fchown(
+                    fd.as_fd(),
+                    set.uid.unwrap_or(u32::MAX),
+                    set.gid.unwrap_or(u32::MAX),
+                )?,
             }
         }
         if let Some(mut mode) = set.mode {
@@ -218,7 +244,9 @@ impl Overlay {
         if let Some(size) = set.size {
             let fd = match (&handle, &target) {
                 (Some(h), _) => h.fd(),
-                (None, Target::Name(pfd, name)) => Arc::new(fs::openat(pfd.as_fd(), name, libc::O_WRONLY, 0)?),
+                (None, Target::Name(pfd, name)) => {
+                    Arc::new(fs::openat(pfd.as_fd(), name, libc::O_WRONLY, 0)?)
+                }
                 (None, Target::Fd(fd)) => Arc::new(fs::reopen(fd.as_fd(), libc::O_WRONLY)?),
             };
             fs::ftruncate(fd.as_fd(), size)?;
@@ -290,7 +318,13 @@ impl Overlay {
 impl Overlay {
     /// The inode-attribute ioctls (`lsattr`/`chattr`, FS_IOC_FSGETXATTR): forwarded to the
     /// copy that is seen; setting copies up first. Returns the bytes to hand back.
-    pub fn attr_ioctl(&self, id: u64, cmd: u32, input: &[u8], out_size: usize) -> SysResult<Vec<u8>> {
+    pub fn attr_ioctl(
+        &self,
+        id: u64,
+        cmd: u32,
+        input: &[u8],
+        out_size: usize,
+    ) -> SysResult<Vec<u8>> {
         let (set, size) = match cmd {
             fs::FS_IOC_GETFLAGS => (false, 4),
             fs::FS_IOC_SETFLAGS => (true, 4),
@@ -307,7 +341,8 @@ impl Overlay {
             self.copy_up(&node, true)?;
         }
         let top = node.state().top().ok_or(Errno::ESTALE)?;
-        let flags = libc::O_RDONLY | libc::O_NONBLOCK | if node.is_dir() { libc::O_DIRECTORY } else { 0 };
+        let flags =
+            libc::O_RDONLY | libc::O_NONBLOCK | if node.is_dir() { libc::O_DIRECTORY } else { 0 };
         let fd = if node.id == ROOT_ID {
             fs::reopen(self.nodes.dir_fd(&node, top)?.as_fd(), flags)?
         } else {

@@ -49,7 +49,9 @@ pub struct Layers {
 impl Layers {
     pub fn get(&self, id: LayerId) -> &Layer {
         if id == UPPER {
-            self.upper.as_ref().expect("upper layer requested on a read-only overlay")
+            self.upper
+                .as_ref()
+                .expect("upper layer requested on a read-only overlay")
         } else {
             &self.lowers[id as usize - 1]
         }
@@ -67,12 +69,26 @@ impl Layers {
     /// as a message naming the option and path, before anything is mounted.
     pub fn open(p: &Params) -> Result<Layers, String> {
         if p.lowerdirs.len() > MAX_LOWERS {
-            return Err(format!("lowerdir: {} layers given, at most {MAX_LOWERS} are supported", p.lowerdirs.len()));
+            return Err(format!(
+                "lowerdir: {} layers given, at most {MAX_LOWERS} are supported",
+                p.lowerdirs.len()
+            ));
         }
-        let lower_paths: Vec<PathBuf> =
-            p.lowerdirs.iter().map(|l| resolve_dir("lowerdir", l)).collect::<Result<_, _>>()?;
-        let upper_path = p.upperdir.as_ref().map(|u| resolve_dir("upperdir", u)).transpose()?;
-        let work_path = p.workdir.as_ref().map(|w| resolve_dir("workdir", w)).transpose()?;
+        let lower_paths: Vec<PathBuf> = p
+            .lowerdirs
+            .iter()
+            .map(|l| resolve_dir("lowerdir", l))
+            .collect::<Result<_, _>>()?;
+        let upper_path = p
+            .upperdir
+            .as_ref()
+            .map(|u| resolve_dir("upperdir", u))
+            .transpose()?;
+        let work_path = p
+            .workdir
+            .as_ref()
+            .map(|w| resolve_dir("workdir", w))
+            .transpose()?;
 
         if let (Some(u), Some(w)) = (&upper_path, &work_path) {
             check_overlap(u, &lower_paths, w)?;
@@ -99,14 +115,23 @@ impl Layers {
                     u.path.display()
                 ));
             }
-            let vfs = fs::fstatvfs(u.fd()).map_err(|e| format!("upperdir {}: statfs: {e}", u.path.display()))?;
+            let vfs = fs::fstatvfs(u.fd())
+                .map_err(|e| format!("upperdir {}: statfs: {e}", u.path.display()))?;
             if vfs.f_flag & libc::ST_RDONLY != 0 {
-                return Err(format!("upperdir {} is on a read-only filesystem", u.path.display()));
+                return Err(format!(
+                    "upperdir {} is on a read-only filesystem",
+                    u.path.display()
+                ));
             }
-            work = Some(prepare_work(&w).map_err(|e| format!("workdir {}: {e}", w.path.display()))?);
+            work =
+                Some(prepare_work(&w).map_err(|e| format!("workdir {}: {e}", w.path.display()))?);
             upper = Some(u);
         }
-        let mut prefix = if sys::geteuid() == 0 { "trusted.overlay." } else { "user.overlay." };
+        let mut prefix = if sys::geteuid() == 0 {
+            "trusted.overlay."
+        } else {
+            "user.overlay."
+        };
         if let Some(w) = &work {
             prefix = pick_xattr_prefix(w.as_fd(), prefix);
         }
@@ -125,8 +150,10 @@ impl Layers {
 /// Resolves a layer path once: relative paths against the cwd, symlinks followed (container
 /// engines pass short links such as `l/ABCD -> ../ID/diff`). Must be a directory.
 fn resolve_dir(opt: &str, p: &Path) -> Result<PathBuf, String> {
-    let canon = std::fs::canonicalize(p).map_err(|e| format!("{opt}: {}: {}", p.display(), plain(&e)))?;
-    let md = std::fs::metadata(&canon).map_err(|e| format!("{opt}: {}: {}", p.display(), plain(&e)))?;
+    let canon =
+        std::fs::canonicalize(p).map_err(|e| format!("{opt}: {}: {}", p.display(), plain(&e)))?;
+    let md =
+        std::fs::metadata(&canon).map_err(|e| format!("{opt}: {}: {}", p.display(), plain(&e)))?;
     if !md.is_dir() {
         return Err(format!("{opt}: {} is not a directory", p.display()));
     }
@@ -149,21 +176,40 @@ fn is_within(inner: &Path, outer: &Path) -> bool {
 /// overlay would then see its own changes through a lower layer, or hide its workdir.
 fn check_overlap(upper: &Path, lowers: &[PathBuf], work: &Path) -> Result<(), String> {
     if upper == work {
-        return Err(format!("upperdir and workdir are the same directory {}", upper.display()));
+        return Err(format!(
+            "upperdir and workdir are the same directory {}",
+            upper.display()
+        ));
     }
     if is_within(work, upper) {
-        return Err(format!("workdir {} is inside upperdir {}; they must be separate", work.display(), upper.display()));
+        return Err(format!(
+            "workdir {} is inside upperdir {}; they must be separate",
+            work.display(),
+            upper.display()
+        ));
     }
     if is_within(upper, work) {
-        return Err(format!("upperdir {} is inside workdir {}; they must be separate", upper.display(), work.display()));
+        return Err(format!(
+            "upperdir {} is inside workdir {}; they must be separate",
+            upper.display(),
+            work.display()
+        ));
     }
     for l in lowers {
         for (name, p) in [("upperdir", upper), ("workdir", work)] {
             if is_within(p, l) {
-                return Err(format!("{name} {} is inside lowerdir {}; layers must not overlap", p.display(), l.display()));
+                return Err(format!(
+                    "{name} {} is inside lowerdir {}; layers must not overlap",
+                    p.display(),
+                    l.display()
+                ));
             }
             if is_within(l, p) {
-                return Err(format!("lowerdir {} is inside {name} {}; layers must not overlap", l.display(), p.display()));
+                return Err(format!(
+                    "lowerdir {} is inside {name} {}; layers must not overlap",
+                    l.display(),
+                    p.display()
+                ));
             }
         }
     }
@@ -183,7 +229,12 @@ fn open_upper_and_work(up: PathBuf, wp: PathBuf) -> Result<(Layer, Layer), Strin
             up.display()
         ));
     }
-    let common: PathBuf = up.components().zip(wp.components()).take_while(|(a, b)| a == b).map(|(a, _)| a).collect();
+    let common: PathBuf = up
+        .components()
+        .zip(wp.components())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
     let Ok(c) = CString::new(common.as_os_str().as_bytes()) else {
         return Ok((plain_u, plain_w));
     };
@@ -192,9 +243,20 @@ fn open_upper_and_work(up: PathBuf, wp: PathBuf) -> Result<(Layer, Layer), Strin
     };
     let sub = |p: &Path| -> Option<Layer> {
         let rel = p.strip_prefix(&common).ok()?;
-        let fd = fs::open_beneath(base.as_fd(), rel.as_os_str(), libc::O_PATH | libc::O_DIRECTORY, 0).ok()?;
+        let fd = fs::open_beneath(
+            base.as_fd(),
+            rel.as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )
+        .ok()?;
         let st = fs::fstat(fd.as_fd()).ok()?;
-        Some(Layer { root: fd, path: p.to_path_buf(), dev: st.st_dev, ino: st.st_ino })
+        Some(Layer {
+            root: fd,
+            path: p.to_path_buf(),
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
     };
     match (sub(&up), sub(&wp)) {
         (Some(u), Some(w)) if u.ino == plain_u.ino && w.ino == plain_w.ino => Ok((u, w)),
@@ -221,7 +283,12 @@ fn open_layer(opt: &str, path: PathBuf) -> Result<Layer, String> {
     if !fs::is_dir(&st) {
         return Err(format!("{opt}: {} is not a directory", path.display()));
     }
-    Ok(Layer { root, path, dev: st.st_dev, ino: st.st_ino })
+    Ok(Layer {
+        root,
+        path,
+        dev: st.st_dev,
+        ino: st.st_ino,
+    })
 }
 
 /// Checks that the upper filesystem takes the private xattrs (opaque directories need them);
@@ -251,8 +318,11 @@ fn prepare_work(w: &Layer) -> Result<OwnedFd, String> {
     }
     let fd = fs::openat(w.fd(), name, libc::O_PATH | libc::O_DIRECTORY, 0)
         .map_err(|e| format!("cannot open work directory: {e}"))?;
-    for ent in fs::read_dir_all(fd.as_fd()).map_err(|e| format!("cannot read work directory: {e}"))? {
-        remove_tree(fd.as_fd(), &ent.name).map_err(|e| format!("cannot clean {:?} from the work directory: {e}", ent.name))?;
+    for ent in
+        fs::read_dir_all(fd.as_fd()).map_err(|e| format!("cannot read work directory: {e}"))?
+    {
+        remove_tree(fd.as_fd(), &ent.name)
+            .map_err(|e| format!("cannot clean {:?} from the work directory: {e}", ent.name))?;
     }
     Ok(fd)
 }

@@ -56,7 +56,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { fsync: true, redirect_dir: false }
+        Config {
+            fsync: true,
+            redirect_dir: false,
+        }
     }
 }
 

@@ -21,7 +21,9 @@ pub enum Found {
     Node(NodeInit),
     /// Absent; `whiteout` tells whether a whiteout hid it (a directory made there later is
     /// opaque, as the kernel makes it).
-    Missing { whiteout: bool },
+    Missing {
+        whiteout: bool,
+    },
 }
 
 /// Name of the xattr (after the private prefix) where we record the origin of a copied-up
@@ -97,7 +99,9 @@ impl Overlay {
         match self.find_child(parent, name)? {
             None => Ok(None),
             Some(ChildRef::Live(n)) => Ok(Some((n, false))),
-            Some(ChildRef::Fresh(init)) => Ok(Some((self.nodes.insert(parent.id, name, init), true))),
+            Some(ChildRef::Fresh(init)) => {
+                Ok(Some((self.nodes.insert(parent.id, name, init), true)))
+            }
         }
     }
 
@@ -143,18 +147,34 @@ impl Overlay {
                     }
                     let upper = self.layers.get(UPPER);
                     if !fs::is_dir(&st) {
-                        let ino = self.origin_ino(pfd.as_fd(), name).unwrap_or_else(|| self.layers.ino.map(upper.dev, st.st_ino));
+                        let ino = self
+                            .origin_ino(pfd.as_fd(), name)
+                            .unwrap_or_else(|| self.layers.ino.map(upper.dev, st.st_ino));
                         return Ok(Found::Node(NodeInit {
                             kind: fs::ifmt(st.st_mode),
                             ino,
-                            state: NodeState { upper: true, lowers: vec![], ..Default::default() },
+                            state: NodeState {
+                                upper: true,
+                                lowers: vec![],
+                                ..Default::default()
+                            },
                             upper_key: Some((st.st_dev, st.st_ino)),
                         }));
                     }
-                    let state = NodeState { upper: true, lowers: vec![], ..Default::default() };
+                    let state = NodeState {
+                        upper: true,
+                        lowers: vec![],
+                        ..Default::default()
+                    };
                     let ino = self.layers.ino.map(upper.dev, st.st_ino);
-                    if self.dir_is_opaque(pfd.as_fd(), name)? || self.oci_hidden(pfd.as_fd(), name) {
-                        return Ok(Found::Node(NodeInit { kind: libc::S_IFDIR, ino, state, upper_key: None }));
+                    if self.dir_is_opaque(pfd.as_fd(), name)? || self.oci_hidden(pfd.as_fd(), name)
+                    {
+                        return Ok(Found::Node(NodeInit {
+                            kind: libc::S_IFDIR,
+                            ino,
+                            state,
+                            upper_key: None,
+                        }));
                     }
                     dir = Some((state, ino));
                 }
@@ -174,7 +194,8 @@ impl Overlay {
         };
         // An absolute redirect is looked up from the root, so in every lower layer (below
         // the one that holds it), not only in the parent's stack.
-        let all_below = |l: LayerId| -> Vec<LayerId> { self.layers.lower_ids().filter(|x| *x > l).collect() };
+        let all_below =
+            |l: LayerId| -> Vec<LayerId> { self.layers.lower_ids().filter(|x| *x > l).collect() };
         let mut order: Vec<LayerId> = match &redirect {
             Some(Redirect::Abs(_)) => all_below(UPPER),
             _ => ps.lowers.clone(),
@@ -203,12 +224,18 @@ impl Overlay {
                     if fs::is_dir(&st) {
                         let at = match &redirect {
                             None => None,
-                            Some(Redirect::Rel(r)) => Some(join(&self.nodes.layer_path(parent, l)?, r)),
+                            Some(Redirect::Rel(r)) => {
+                                Some(join(&self.nodes.layer_path(parent, l)?, r))
+                            }
                             Some(Redirect::Abs(p)) => Some(p.clone()),
                         };
                         match &mut dir {
                             None => {
-                                let state = NodeState { upper: false, lowers: vec![l], ..Default::default() };
+                                let state = NodeState {
+                                    upper: false,
+                                    lowers: vec![l],
+                                    ..Default::default()
+                                };
                                 dir = Some((state, self.layers.ino.map(layer.dev, st.st_ino)));
                             }
                             Some((state, ino)) => {
@@ -223,7 +250,9 @@ impl Overlay {
                         if let (Some(at), Some((state, _))) = (at, &mut dir) {
                             state.redirects.push((l, at));
                         }
-                        if self.dir_is_opaque(pfd.as_fd(), look)? || self.oci_hidden(pfd.as_fd(), look) {
+                        if self.dir_is_opaque(pfd.as_fd(), look)?
+                            || self.oci_hidden(pfd.as_fd(), look)
+                        {
                             break;
                         }
                         if let Some(r) = self.redirect_of(pfd.as_fd(), look) {
@@ -241,7 +270,11 @@ impl Overlay {
                             kind: fs::ifmt(st.st_mode),
                             ino: self.layers.ino.map(layer.dev, st.st_ino),
                             upper_key: None,
-                            state: NodeState { upper: false, lowers: vec![l], ..Default::default() },
+                            state: NodeState {
+                                upper: false,
+                                lowers: vec![l],
+                                ..Default::default()
+                            },
                         }));
                     }
                 }
@@ -256,8 +289,15 @@ impl Overlay {
             }
         }
         Ok(match dir {
-            Some((state, ino)) => Found::Node(NodeInit { kind: libc::S_IFDIR, ino, state, upper_key: None }),
-            None => Found::Missing { whiteout: whiteout_seen },
+            Some((state, ino)) => Found::Node(NodeInit {
+                kind: libc::S_IFDIR,
+                ino,
+                state,
+                upper_key: None,
+            }),
+            None => Found::Missing {
+                whiteout: whiteout_seen,
+            },
         })
     }
 
@@ -270,7 +310,9 @@ impl Overlay {
                 }
                 return Some(match v.strip_prefix(b"/") {
                     Some(abs) => Redirect::Abs(OsStr::from_bytes(abs).to_os_string()),
-                    None if !v.contains(&b'/') => Redirect::Rel(OsStr::from_bytes(&v).to_os_string()),
+                    None if !v.contains(&b'/') => {
+                        Redirect::Rel(OsStr::from_bytes(&v).to_os_string())
+                    }
                     None => continue,
                 });
             }
@@ -280,19 +322,34 @@ impl Overlay {
 
     /// For an absolute redirect `p` (layer-relative), the fd of its parent directory in
     /// layer `l` and its last component.
-    fn open_redirect_parent(&self, l: LayerId, p: &OsStr) -> SysResult<(Arc<OwnedFd>, std::ffi::OsString)> {
+    fn open_redirect_parent(
+        &self,
+        l: LayerId,
+        p: &OsStr,
+    ) -> SysResult<(Arc<OwnedFd>, std::ffi::OsString)> {
         let b = p.as_bytes();
         let (dir, base) = match b.iter().rposition(|c| *c == b'/') {
             Some(i) => (&b[..i], &b[i + 1..]),
             None => (&b[..0], b),
         };
         let root = self.layers.get(l).fd();
-        let fd = fs::open_beneath(root, OsStr::from_bytes(dir), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let fd = fs::open_beneath(
+            root,
+            OsStr::from_bytes(dir),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
         Ok((Arc::new(fd), OsStr::from_bytes(base).to_os_string()))
     }
 
     /// Whether the entry `name` (already stat-ed) of a layer directory is a whiteout.
-    pub fn is_whiteout_in(&self, dir: BorrowedFd<'_>, name: &OsStr, st: &Stat, _layer: LayerId) -> bool {
+    pub fn is_whiteout_in(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &Stat,
+        _layer: LayerId,
+    ) -> bool {
         if whiteout::is_whiteout_stat(st) {
             return true;
         }
@@ -348,7 +405,11 @@ impl Overlay {
     }
 
     /// The parent node of `node` and the fd of that parent directory in `layer`.
-    pub fn parent_fd(&self, node: &Node, layer: LayerId) -> SysResult<(Arc<OwnedFd>, std::ffi::OsString)> {
+    pub fn parent_fd(
+        &self,
+        node: &Node,
+        layer: LayerId,
+    ) -> SysResult<(Arc<OwnedFd>, std::ffi::OsString)> {
         if node.id == ROOT_ID {
             return Err(Errno::EINVAL);
         }

@@ -150,7 +150,9 @@ impl NodeTable {
             roots.push(Arc::new(u.root.try_clone().map_err(Errno::from)?));
         } else {
             // Keeps layer ids as indexes; never handed out, as a read-only mount has no upper.
-            roots.push(Arc::new(layers.lowers[0].root.try_clone().map_err(Errno::from)?));
+            roots.push(Arc::new(
+                layers.lowers[0].root.try_clone().map_err(Errno::from)?,
+            ));
         }
         for l in &layers.lowers {
             roots.push(Arc::new(l.root.try_clone().map_err(Errno::from)?));
@@ -166,8 +168,21 @@ impl NodeTable {
             Some(u) => layers.ino.map(u.dev, u.ino),
             None => layers.ino.map(layers.lowers[0].dev, layers.lowers[0].ino),
         };
-        let state = NodeState { upper: layers.upper.is_some(), lowers: layers.lower_ids().collect(), ..Default::default() };
-        let root = Arc::new(Node::new(ROOT_ID, libc::S_IFDIR, root_ino, Loc { parent: ROOT_ID, name: OsString::new() }, state));
+        let state = NodeState {
+            upper: layers.upper.is_some(),
+            lowers: layers.lower_ids().collect(),
+            ..Default::default()
+        };
+        let root = Arc::new(Node::new(
+            ROOT_ID,
+            libc::S_IFDIR,
+            root_ino,
+            Loc {
+                parent: ROOT_ID,
+                name: OsString::new(),
+            },
+            state,
+        ));
         // The root is never forgotten: give it a reference of its own.
         root.lookups.store(1, Ordering::Relaxed);
         t.nodes.insert(ROOT_ID, root);
@@ -208,7 +223,10 @@ impl NodeTable {
     /// entry replies then carry no attribute lifetime, so the kernel asks getattr at once
     /// and learns the real `st_ino` from it.
     pub fn insert(&self, parent: NodeId, name: &OsStr, init: NodeInit) -> Arc<Node> {
-        let loc = Loc { parent, name: name.to_os_string() };
+        let loc = Loc {
+            parent,
+            name: name.to_os_string(),
+        };
         let key = (parent, name.to_os_string());
         let mut id = init.ino;
         if id == ROOT_ID || id == 0 {
@@ -226,9 +244,11 @@ impl NodeTable {
                 }
                 dashmap::Entry::Occupied(o) => {
                     let n = o.get().clone();
-                    let same_upper = init.upper_key.is_some() && *n.upper_key.lock() == init.upper_key;
-                    let same_object =
-                        n.kind == init.kind && !n.unlinked.load(Ordering::Relaxed) && (n.loc() == loc || same_upper);
+                    let same_upper =
+                        init.upper_key.is_some() && *n.upper_key.lock() == init.upper_key;
+                    let same_object = n.kind == init.kind
+                        && !n.unlinked.load(Ordering::Relaxed)
+                        && (n.loc() == loc || same_upper);
                     if same_object {
                         n.lookups.fetch_add(1, Ordering::Relaxed);
                         if n.loc() != loc {
@@ -254,7 +274,10 @@ impl NodeTable {
     /// Takes one more lookup reference on a node (a hard link made through the mount).
     pub fn add_link(&self, node: &Arc<Node>, parent: NodeId, name: &OsStr) {
         node.lookups.fetch_add(1, Ordering::Relaxed);
-        node.aliases.lock().push(Loc { parent, name: name.to_os_string() });
+        node.aliases.lock().push(Loc {
+            parent,
+            name: name.to_os_string(),
+        });
         self.children.insert((parent, name.to_os_string()), node.id);
     }
 
@@ -264,14 +287,19 @@ impl NodeTable {
             return;
         }
         let removed = self.nodes.remove_if(&id, |_, node| {
-            let prev = node.lookups.fetch_sub(n.min(node.lookups.load(Ordering::Relaxed)), Ordering::Relaxed);
+            let prev = node.lookups.fetch_sub(
+                n.min(node.lookups.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
             prev <= n
         });
         if let Some((_, node)) = removed {
             let loc = node.loc();
-            self.children.remove_if(&(loc.parent, loc.name), |_, v| *v == id);
+            self.children
+                .remove_if(&(loc.parent, loc.name), |_, v| *v == id);
             for a in node.aliases.lock().drain(..) {
-                self.children.remove_if(&(a.parent, a.name), |_, v| *v == id);
+                self.children
+                    .remove_if(&(a.parent, a.name), |_, v| *v == id);
             }
             self.drop_dirfds(&node);
         }
@@ -280,8 +308,12 @@ impl NodeTable {
     /// Records that `name` in `parent` no longer names `node` (unlink, rmdir, or the target
     /// of a rename). Returns whether the node has no name left.
     pub fn unlink_name(&self, node: &Node, parent: NodeId, name: &OsStr) -> bool {
-        self.children.remove_if(&(parent, name.to_os_string()), |_, v| *v == node.id);
-        let gone = Loc { parent, name: name.to_os_string() };
+        self.children
+            .remove_if(&(parent, name.to_os_string()), |_, v| *v == node.id);
+        let gone = Loc {
+            parent,
+            name: name.to_os_string(),
+        };
         let mut al = node.aliases.lock();
         al.retain(|l| *l != gone);
         let mut loc = node.loc.write();
@@ -297,10 +329,24 @@ impl NodeTable {
     }
 
     /// Moves a node to a new name (rename).
-    pub fn move_node(&self, node: &Node, old_parent: NodeId, old_name: &OsStr, parent: NodeId, name: &OsStr) {
-        self.children.remove_if(&(old_parent, old_name.to_os_string()), |_, v| *v == node.id);
-        let old = Loc { parent: old_parent, name: old_name.to_os_string() };
-        let new = Loc { parent, name: name.to_os_string() };
+    pub fn move_node(
+        &self,
+        node: &Node,
+        old_parent: NodeId,
+        old_name: &OsStr,
+        parent: NodeId,
+        name: &OsStr,
+    ) {
+        self.children
+            .remove_if(&(old_parent, old_name.to_os_string()), |_, v| *v == node.id);
+        let old = Loc {
+            parent: old_parent,
+            name: old_name.to_os_string(),
+        };
+        let new = Loc {
+            parent,
+            name: name.to_os_string(),
+        };
         {
             let mut loc = node.loc.write();
             if *loc == old {
@@ -323,7 +369,10 @@ impl NodeTable {
             return Ok(loc);
         }
         let mut al = node.aliases.lock();
-        let Some(i) = al.iter().position(|l| l.parent == ROOT_ID || self.nodes.contains_key(&l.parent)) else {
+        let Some(i) = al
+            .iter()
+            .position(|l| l.parent == ROOT_ID || self.nodes.contains_key(&l.parent))
+        else {
             return Err(Errno::ESTALE);
         };
         let alt = al.swap_remove(i);
@@ -409,7 +458,11 @@ impl NodeTable {
         if let Some(fd) = self.dirfds.lock().get(&(node.id, layer)) {
             return Ok(fd.clone());
         }
-        let rel = if layer == UPPER { self.rel_path(node)? } else { self.layer_path(node, layer)? };
+        let rel = if layer == UPPER {
+            self.rel_path(node)?
+        } else {
+            self.layer_path(node, layer)?
+        };
         let flags = libc::O_PATH | libc::O_DIRECTORY;
         let fd = if rel.len() < DEEP_PATH || layer != UPPER && self.has_redirect(node, layer)? {
             fs::open_beneath(self.roots[layer as usize].as_fd(), &rel, flags, 0)?
@@ -440,7 +493,10 @@ impl NodeTable {
 
     /// Lookup references the kernel holds on a node (for tests and diagnostics).
     pub fn lookups(&self, id: NodeId) -> u64 {
-        self.nodes.get(&id).map(|n| n.lookups.load(Ordering::Relaxed)).unwrap_or(0)
+        self.nodes
+            .get(&id)
+            .map(|n| n.lookups.load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 }
 
@@ -467,6 +523,10 @@ impl Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("id", &self.id).field("kind", &self.kind).field("loc", &self.loc()).finish()
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("loc", &self.loc())
+            .finish()
     }
 }

@@ -1302,11 +1302,7 @@ mod tests {
 
     #[test]
     fn unsupported_features_rejected() {
-        for o in [
-            "index=on",
-            "metacopy=on",
-            "nfs_export=on",
-        ] {
+        for o in ["index=on", "metacopy=on", "nfs_export=on"] {
             let e = err(&[&format!("lowerdir=/l,{o}")]);
             assert!(e.contains("not supported") && e.contains(o), "{o}: {e}");
         }

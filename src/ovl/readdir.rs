@@ -115,8 +115,15 @@ impl MergedDir {
         if let Some(l) = i.listing.clone() {
             return l;
         }
-        let mut v: Vec<Listed> =
-            i.entries.iter().map(|(n, e)| Listed { name: n.clone(), kind: e.kind, ino: e.ino }).collect();
+        let mut v: Vec<Listed> = i
+            .entries
+            .iter()
+            .map(|(n, e)| Listed {
+                name: n.clone(),
+                kind: e.kind,
+                ino: e.ino,
+            })
+            .collect();
         v.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         let l = Arc::new(v);
         i.listing = Some(l.clone());
@@ -222,7 +229,11 @@ impl Overlay {
             let xwhiteouts = self.dir_has_xwhiteouts(dfd);
             let impure = layer == UPPER
                 && (st.impure
-                    || xattr::get_on_dir(dfd, &format!("{}{}", self.layers.xattr_prefix, IMPURE_XATTR)).is_ok());
+                    || xattr::get_on_dir(
+                        dfd,
+                        &format!("{}{}", self.layers.xattr_prefix, IMPURE_XATTR),
+                    )
+                    .is_ok());
             let mut markers: Vec<OsString> = Vec::new();
             for e in raw {
                 if whiteout::is_marker_name(&e.name) {
@@ -239,7 +250,9 @@ impl Overlay {
                     },
                 };
                 let is_wh = match kind {
-                    libc::S_IFCHR => fs::fstatat(dfd, &e.name).map(|s| whiteout::is_whiteout_stat(&s)).unwrap_or(false),
+                    libc::S_IFCHR => fs::fstatat(dfd, &e.name)
+                        .map(|s| whiteout::is_whiteout_stat(&s))
+                        .unwrap_or(false),
                     libc::S_IFREG if xwhiteouts => fs::fstatat(dfd, &e.name)
                         .map(|s| whiteout::is_whiteout(dfd, &e.name, &s))
                         .unwrap_or(false),
@@ -249,7 +262,10 @@ impl Overlay {
                     inner.lower_positive.insert(e.name.clone());
                 }
                 if let Some(ent) = inner.entries.get_mut(&e.name) {
-                    if kind == libc::S_IFDIR && maybe_merged.remove(&e.name) && ent.kind == libc::S_IFDIR {
+                    if kind == libc::S_IFDIR
+                        && maybe_merged.remove(&e.name)
+                        && ent.kind == libc::S_IFDIR
+                    {
                         ent.ino = self.layers.ino.map(dev, e.ino);
                     } else {
                         maybe_merged.remove(&e.name);
@@ -292,7 +308,9 @@ impl Overlay {
                 e.ino = n.ino;
             }
         }
-        Ok(MergedDir { inner: RwLock::new(inner) })
+        Ok(MergedDir {
+            inner: RwLock::new(inner),
+        })
     }
 
     pub fn opendir(&self, id: u64) -> SysResult<u64> {
@@ -301,7 +319,13 @@ impl Overlay {
             return Err(Errno::ENOTDIR);
         }
         let fh = self.new_fh();
-        self.dirs.insert(fh, Arc::new(DirHandle { node, snapshot: Mutex::new(None) }));
+        self.dirs.insert(
+            fh,
+            Arc::new(DirHandle {
+                node,
+                snapshot: Mutex::new(None),
+            }),
+        );
         Ok(fh)
     }
 
@@ -316,11 +340,21 @@ impl Overlay {
             let parent_ino = if h.node.id == ROOT_ID {
                 h.node.ino
             } else {
-                self.node(h.node.parent()).map(|p| p.ino).unwrap_or(h.node.ino)
+                self.node(h.node.parent())
+                    .map(|p| p.ino)
+                    .unwrap_or(h.node.ino)
             };
             let mut v = Vec::with_capacity(listing.len() + 2);
-            v.push(Listed { name: OsString::from("."), kind: libc::S_IFDIR, ino: h.node.ino });
-            v.push(Listed { name: OsString::from(".."), kind: libc::S_IFDIR, ino: parent_ino });
+            v.push(Listed {
+                name: OsString::from("."),
+                kind: libc::S_IFDIR,
+                ino: h.node.ino,
+            });
+            v.push(Listed {
+                name: OsString::from(".."),
+                kind: libc::S_IFDIR,
+                ino: parent_ino,
+            });
             v.extend(listing.iter().cloned());
             *snap = Some(Arc::new(v));
         }

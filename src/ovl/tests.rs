@@ -19,7 +19,11 @@ struct Fixture {
 
 impl Fixture {
     fn new(n_lowers: usize) -> Fixture {
-        let root = PathBuf::from(format!("/tmp/ovlfuse-unit-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let root = PathBuf::from(format!(
+            "/tmp/ovlfuse-unit-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&root);
         for d in ["upper", "work"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
@@ -46,7 +50,14 @@ impl Fixture {
         p.upperdir = Some(self.p("upper"));
         p.workdir = Some(self.p("work"));
         let layers = Layers::open(&p).expect("layers open");
-        Overlay::new(layers, Config { fsync: false, redirect_dir: false }).unwrap()
+        Overlay::new(
+            layers,
+            Config {
+                fsync: false,
+                redirect_dir: false,
+            },
+        )
+        .unwrap()
     }
 }
 
@@ -65,11 +76,19 @@ fn names(ovl: &Overlay, id: u64) -> Vec<String> {
     let fh = ovl.opendir(id).unwrap();
     let l = ovl.readdir(fh, 0).unwrap();
     ovl.releasedir(fh);
-    l.iter().skip(2).map(|e| e.name.to_string_lossy().into_owned()).collect()
+    l.iter()
+        .skip(2)
+        .map(|e| e.name.to_string_lossy().into_owned())
+        .collect()
 }
 
 fn ctx() -> Ctx {
-    Ctx { uid: 0, gid: 0, pid: std::process::id(), umask: 0 }
+    Ctx {
+        uid: 0,
+        gid: 0,
+        pid: std::process::id(),
+        umask: 0,
+    }
 }
 
 #[test]
@@ -93,10 +112,16 @@ fn whiteout_hides_and_readdir_agrees_with_lookup() {
     f.write("l1/kept", "x");
     whiteout(&f.p("l0/gone"));
     let ovl = f.overlay(2);
-    assert_eq!(ovl.lookup(ROOT_ID, OsStr::new("gone")).unwrap_err(), Errno::ENOENT);
+    assert_eq!(
+        ovl.lookup(ROOT_ID, OsStr::new("gone")).unwrap_err(),
+        Errno::ENOENT
+    );
     assert_eq!(names(&ovl, ROOT_ID), vec!["kept"]);
     // After the listing is built, lookup answers from it.
-    assert_eq!(ovl.lookup(ROOT_ID, OsStr::new("gone")).unwrap_err(), Errno::ENOENT);
+    assert_eq!(
+        ovl.lookup(ROOT_ID, OsStr::new("gone")).unwrap_err(),
+        Errno::ENOENT
+    );
 }
 
 #[test]
@@ -111,7 +136,10 @@ fn oci_markers_are_read_and_never_shown() {
     let ovl = f.overlay(2);
     let (d, _) = ovl.lookup(ROOT_ID, OsStr::new("d")).unwrap();
     assert_eq!(names(&ovl, d.id), vec!["keep"]);
-    assert_eq!(ovl.lookup(d.id, OsStr::new("old")).unwrap_err(), Errno::ENOENT);
+    assert_eq!(
+        ovl.lookup(d.id, OsStr::new("old")).unwrap_err(),
+        Errno::ENOENT
+    );
     let (o, _) = ovl.lookup(ROOT_ID, OsStr::new("o")).unwrap();
     assert_eq!(names(&ovl, o.id), vec!["mine"]);
 }
@@ -126,8 +154,15 @@ fn unlink_of_lower_file_writes_only_a_whiteout() {
     let md = std::fs::symlink_metadata(f.p("upper/dir/big")).unwrap();
     assert!(md.file_type().is_char_device());
     assert_eq!(md.rdev(), 0);
-    assert_eq!(std::fs::read(f.p("l0/dir/big")).unwrap(), b"data", "lower untouched");
-    assert_eq!(ovl.lookup(d.id, OsStr::new("big")).unwrap_err(), Errno::ENOENT);
+    assert_eq!(
+        std::fs::read(f.p("l0/dir/big")).unwrap(),
+        b"data",
+        "lower untouched"
+    );
+    assert_eq!(
+        ovl.lookup(d.id, OsStr::new("big")).unwrap_err(),
+        Errno::ENOENT
+    );
     assert!(names(&ovl, d.id).is_empty());
 }
 
@@ -135,7 +170,11 @@ fn unlink_of_lower_file_writes_only_a_whiteout() {
 fn copy_up_on_write_keeps_metadata_and_lower() {
     let f = Fixture::new(1);
     f.write("l0/f", "hello");
-    std::fs::set_permissions(f.p("l0/f"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(
+        f.p("l0/f"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
     let ovl = f.overlay(1);
     let (n, before) = ovl.lookup(ROOT_ID, OsStr::new("f")).unwrap();
     let fh = ovl.open(&ctx(), n.id, libc::O_WRONLY).unwrap();
@@ -154,7 +193,9 @@ fn open_trunc_skips_the_data_copy() {
     f.write("l0/f", "old contents");
     let ovl = f.overlay(1);
     let (n, _) = ovl.lookup(ROOT_ID, OsStr::new("f")).unwrap();
-    let fh = ovl.open(&ctx(), n.id, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    let fh = ovl
+        .open(&ctx(), n.id, libc::O_WRONLY | libc::O_TRUNC)
+        .unwrap();
     ovl.release(fh);
     assert_eq!(std::fs::metadata(f.p("upper/f")).unwrap().len(), 0);
 }
@@ -165,17 +206,33 @@ fn rmdir_then_mkdir_gives_an_opaque_dir_and_mkdir_elsewhere_does_not() {
     f.write("l0/d/x", "x");
     let ovl = f.overlay(1);
     let (d, _) = ovl.lookup(ROOT_ID, OsStr::new("d")).unwrap();
-    assert_eq!(ovl.rmdir(ROOT_ID, OsStr::new("d")).unwrap_err(), Errno::ENOTEMPTY);
+    assert_eq!(
+        ovl.rmdir(ROOT_ID, OsStr::new("d")).unwrap_err(),
+        Errno::ENOTEMPTY
+    );
     ovl.unlink(d.id, OsStr::new("x")).unwrap();
     ovl.rmdir(ROOT_ID, OsStr::new("d")).unwrap();
     let (d2, _) = ovl.mkdir(&ctx(), ROOT_ID, OsStr::new("d"), 0o755).unwrap();
     assert!(names(&ovl, d2.id).is_empty());
     let dir = std::fs::File::open(f.p("upper")).unwrap();
     let mut v = [0u8; 4];
-    let n = crate::sys::xattr::get(dir.as_fd(), OsStr::new("d"), "trusted.overlay.opaque", &mut v).unwrap();
+    let n = crate::sys::xattr::get(
+        dir.as_fd(),
+        OsStr::new("d"),
+        "trusted.overlay.opaque",
+        &mut v,
+    )
+    .unwrap();
     assert_eq!(&v[..n], b"y");
-    ovl.mkdir(&ctx(), ROOT_ID, OsStr::new("fresh"), 0o755).unwrap();
-    assert!(crate::sys::xattr::get(dir.as_fd(), OsStr::new("fresh"), "trusted.overlay.opaque", &mut v).is_err());
+    ovl.mkdir(&ctx(), ROOT_ID, OsStr::new("fresh"), 0o755)
+        .unwrap();
+    assert!(crate::sys::xattr::get(
+        dir.as_fd(),
+        OsStr::new("fresh"),
+        "trusted.overlay.opaque",
+        &mut v
+    )
+    .is_err());
 }
 
 #[test]
@@ -184,9 +241,14 @@ fn rename_of_merged_dir_is_exdev_and_of_upper_dir_works() {
     f.write("l0/merged/x", "x");
     let ovl = f.overlay(1);
     ovl.lookup(ROOT_ID, OsStr::new("merged")).unwrap();
-    assert_eq!(ovl.rename(ROOT_ID, OsStr::new("merged"), ROOT_ID, OsStr::new("m2"), 0).unwrap_err(), Errno::EXDEV);
+    assert_eq!(
+        ovl.rename(ROOT_ID, OsStr::new("merged"), ROOT_ID, OsStr::new("m2"), 0)
+            .unwrap_err(),
+        Errno::EXDEV
+    );
     ovl.mkdir(&ctx(), ROOT_ID, OsStr::new("up"), 0o755).unwrap();
-    ovl.rename(ROOT_ID, OsStr::new("up"), ROOT_ID, OsStr::new("up2"), 0).unwrap();
+    ovl.rename(ROOT_ID, OsStr::new("up"), ROOT_ID, OsStr::new("up2"), 0)
+        .unwrap();
     assert_eq!(names(&ovl, ROOT_ID), vec!["merged", "up2"]);
 }
 
@@ -197,13 +259,31 @@ fn rename_of_lower_file_leaves_whiteout_and_noreplace_exchange_work() {
     f.write("l0/b", "B");
     let ovl = f.overlay(1);
     assert_eq!(
-        ovl.rename(ROOT_ID, OsStr::new("a"), ROOT_ID, OsStr::new("b"), fs::RENAME_NOREPLACE).unwrap_err(),
+        ovl.rename(
+            ROOT_ID,
+            OsStr::new("a"),
+            ROOT_ID,
+            OsStr::new("b"),
+            fs::RENAME_NOREPLACE
+        )
+        .unwrap_err(),
         Errno::EEXIST
     );
-    ovl.rename(ROOT_ID, OsStr::new("a"), ROOT_ID, OsStr::new("b"), fs::RENAME_EXCHANGE).unwrap();
+    ovl.rename(
+        ROOT_ID,
+        OsStr::new("a"),
+        ROOT_ID,
+        OsStr::new("b"),
+        fs::RENAME_EXCHANGE,
+    )
+    .unwrap();
     assert_eq!(std::fs::read(f.p("upper/a")).unwrap(), b"B");
-    ovl.rename(ROOT_ID, OsStr::new("a"), ROOT_ID, OsStr::new("c"), 0).unwrap();
-    assert!(std::fs::symlink_metadata(f.p("upper/a")).unwrap().file_type().is_char_device());
+    ovl.rename(ROOT_ID, OsStr::new("a"), ROOT_ID, OsStr::new("c"), 0)
+        .unwrap();
+    assert!(std::fs::symlink_metadata(f.p("upper/a"))
+        .unwrap()
+        .file_type()
+        .is_char_device());
     assert_eq!(names(&ovl, ROOT_ID), vec!["b", "c"]);
 }
 
@@ -212,12 +292,23 @@ fn names_of_255_bytes_work_and_256_are_refused() {
     let f = Fixture::new(1);
     let ovl = f.overlay(1);
     let long = "n".repeat(255);
-    ovl.create(&ctx(), ROOT_ID, OsStr::new(&long), 0o644, libc::O_WRONLY).unwrap();
+    ovl.create(&ctx(), ROOT_ID, OsStr::new(&long), 0o644, libc::O_WRONLY)
+        .unwrap();
     assert!(ovl.lookup(ROOT_ID, OsStr::new(&long)).is_ok());
     let too_long = "n".repeat(256);
-    assert_eq!(ovl.lookup(ROOT_ID, OsStr::new(&too_long)).unwrap_err(), Errno::ENAMETOOLONG);
     assert_eq!(
-        ovl.create(&ctx(), ROOT_ID, OsStr::new(&too_long), 0o644, libc::O_WRONLY).unwrap_err(),
+        ovl.lookup(ROOT_ID, OsStr::new(&too_long)).unwrap_err(),
+        Errno::ENAMETOOLONG
+    );
+    assert_eq!(
+        ovl.create(
+            &ctx(),
+            ROOT_ID,
+            OsStr::new(&too_long),
+            0o644,
+            libc::O_WRONLY
+        )
+        .unwrap_err(),
         Errno::ENAMETOOLONG
     );
 }
@@ -227,21 +318,47 @@ fn private_xattrs_are_hidden() {
     let f = Fixture::new(1);
     f.write("l0/f", "x");
     let dir = std::fs::File::open(f.p("l0")).unwrap();
-    crate::sys::xattr::set(dir.as_fd(), OsStr::new("f"), "trusted.overlay.secret", b"1", 0).unwrap();
+    crate::sys::xattr::set(
+        dir.as_fd(),
+        OsStr::new("f"),
+        "trusted.overlay.secret",
+        b"1",
+        0,
+    )
+    .unwrap();
     crate::sys::xattr::set(dir.as_fd(), OsStr::new("f"), "user.visible", b"2", 0).unwrap();
     let ovl = f.overlay(1);
     let (n, _) = ovl.lookup(ROOT_ID, OsStr::new("f")).unwrap();
     let list = ovl.listxattr(n.id).unwrap();
     assert_eq!(list, b"user.visible\0");
-    assert_eq!(ovl.getxattr(n.id, OsStr::new("trusted.overlay.secret")).unwrap_err(), Errno::ENODATA);
+    assert_eq!(
+        ovl.getxattr(n.id, OsStr::new("trusted.overlay.secret"))
+            .unwrap_err(),
+        Errno::ENODATA
+    );
     // A caller's own attribute under the private prefix is stored escaped.
-    ovl.setxattr(n.id, OsStr::new("trusted.overlay.mine"), b"3", 0).unwrap();
-    assert_eq!(ovl.getxattr(n.id, OsStr::new("trusted.overlay.mine")).unwrap(), b"3");
+    ovl.setxattr(n.id, OsStr::new("trusted.overlay.mine"), b"3", 0)
+        .unwrap();
+    assert_eq!(
+        ovl.getxattr(n.id, OsStr::new("trusted.overlay.mine"))
+            .unwrap(),
+        b"3"
+    );
     let up = std::fs::File::open(f.p("upper")).unwrap();
     let mut v = [0u8; 4];
-    assert!(crate::sys::xattr::get(up.as_fd(), OsStr::new("f"), "trusted.overlay.overlay.mine", &mut v).is_ok());
+    assert!(crate::sys::xattr::get(
+        up.as_fd(),
+        OsStr::new("f"),
+        "trusted.overlay.overlay.mine",
+        &mut v
+    )
+    .is_ok());
     let list = ovl.listxattr(n.id).unwrap();
-    assert!(list.windows(20).any(|w| w == b"trusted.overlay.mine"), "{:?}", String::from_utf8_lossy(&list));
+    assert!(
+        list.windows(20).any(|w| w == b"trusted.overlay.mine"),
+        "{:?}",
+        String::from_utf8_lossy(&list)
+    );
 }
 
 #[test]
@@ -252,7 +369,10 @@ fn lower_hard_links_show_one_inode_but_stay_separate_objects() {
     let ovl = f.overlay(1);
     let (a, aa) = ovl.lookup(ROOT_ID, OsStr::new("a")).unwrap();
     let (b, ba) = ovl.lookup(ROOT_ID, OsStr::new("b")).unwrap();
-    assert_ne!(a.id, b.id, "kernel overlayfs (index=off) breaks lower links on copy-up");
+    assert_ne!(
+        a.id, b.id,
+        "kernel overlayfs (index=off) breaks lower links on copy-up"
+    );
     assert_eq!(aa.ino, ba.ino);
     assert_eq!(aa.nlink, 2);
     let fh = ovl.open(&ctx(), a.id, libc::O_WRONLY).unwrap();
@@ -260,7 +380,11 @@ fn lower_hard_links_show_one_inode_but_stay_separate_objects() {
     ovl.release(fh);
     assert_eq!(ovl.getattr(a.id, None).unwrap().nlink, 1);
     assert_eq!(ovl.getattr(b.id, None).unwrap().nlink, 2);
-    assert_eq!(ovl.getattr(a.id, None).unwrap().ino, ba.ino, "st_ino kept across copy-up");
+    assert_eq!(
+        ovl.getattr(a.id, None).unwrap().ino,
+        ba.ino,
+        "st_ino kept across copy-up"
+    );
 }
 
 #[test]
@@ -286,9 +410,19 @@ fn read_only_overlay_refuses_writes() {
     p.lowerdirs = vec![f.p("l0")];
     let ovl = Overlay::new(Layers::open(&p).unwrap(), Config::default()).unwrap();
     let (n, _) = ovl.lookup(ROOT_ID, OsStr::new("f")).unwrap();
-    assert_eq!(ovl.open(&ctx(), n.id, libc::O_RDWR).unwrap_err(), Errno::EROFS);
-    assert_eq!(ovl.unlink(ROOT_ID, OsStr::new("f")).unwrap_err(), Errno::EROFS);
-    assert_eq!(ovl.mkdir(&ctx(), ROOT_ID, OsStr::new("d"), 0o755).unwrap_err(), Errno::EROFS);
+    assert_eq!(
+        ovl.open(&ctx(), n.id, libc::O_RDWR).unwrap_err(),
+        Errno::EROFS
+    );
+    assert_eq!(
+        ovl.unlink(ROOT_ID, OsStr::new("f")).unwrap_err(),
+        Errno::EROFS
+    );
+    assert_eq!(
+        ovl.mkdir(&ctx(), ROOT_ID, OsStr::new("d"), 0o755)
+            .unwrap_err(),
+        Errno::EROFS
+    );
 }
 
 #[test]
@@ -299,7 +433,14 @@ fn forgotten_nodes_leave_the_table() {
     }
     let ovl = f.overlay(1);
     let base = ovl.nodes.len();
-    let ids: Vec<u64> = (0..50).map(|i| ovl.lookup(ROOT_ID, OsStr::new(&format!("f{i}"))).unwrap().0.id).collect();
+    let ids: Vec<u64> = (0..50)
+        .map(|i| {
+            ovl.lookup(ROOT_ID, OsStr::new(&format!("f{i}")))
+                .unwrap()
+                .0
+                .id
+        })
+        .collect();
     assert_eq!(ovl.nodes.len(), base + 50);
     for id in ids {
         ovl.forget(id, 1);
@@ -329,10 +470,22 @@ fn chmod_by_a_non_member_cannot_set_setgid() {
     std::os::unix::fs::chown(f.p("l0/f"), Some(1000), Some(4242)).unwrap();
     let ovl = f.overlay(1);
     let (n, _) = ovl.lookup(ROOT_ID, OsStr::new("f")).unwrap();
-    let user = Ctx { uid: 1000, gid: 1000, pid: std::process::id(), umask: 0 };
-    let set = super::SetAttr { mode: Some(0o2755), ..Default::default() };
+    let user = Ctx {
+        uid: 1000,
+        gid: 1000,
+        pid: std::process::id(),
+        umask: 0,
+    };
+    let set = super::SetAttr {
+        mode: Some(0o2755),
+        ..Default::default()
+    };
     let a = ovl.setattr(&user, n.id, &set).unwrap();
-    assert_eq!(a.mode & 0o7777, 0o755, "set-group-ID dropped for a caller outside group 4242");
+    assert_eq!(
+        a.mode & 0o7777,
+        0o755,
+        "set-group-ID dropped for a caller outside group 4242"
+    );
     let a = ovl.setattr(&ctx(), n.id, &set).unwrap();
     assert_eq!(a.mode & 0o7777, 0o2755, "root may set it");
 }

@@ -18,7 +18,11 @@ use std::os::unix::ffi::OsStrExt;
 pub const OCI_PREFIX: &[u8] = b".wh.";
 pub const OCI_OPAQUE: &[u8] = b".wh..wh..opq";
 
-const OPAQUE_XATTRS: [&str; 3] = ["trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque"];
+const OPAQUE_XATTRS: [&str; 3] = [
+    "trusted.overlay.opaque",
+    "user.overlay.opaque",
+    "user.fuseoverlayfs.opaque",
+];
 const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overlay.whiteout"];
 
 /// Whether the stat result is a kernel-format whiteout (char device 0/0).
@@ -33,7 +37,9 @@ pub fn is_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> bool {
         return true;
     }
     if fs::ifmt(st.st_mode) == libc::S_IFREG && st.st_size == 0 {
-        return WHITEOUT_XATTRS.iter().any(|a| xattr::get(dir, name, a, &mut []).is_ok());
+        return WHITEOUT_XATTRS
+            .iter()
+            .any(|a| xattr::get(dir, name, a, &mut []).is_ok());
     }
     false
 }
@@ -49,7 +55,9 @@ pub fn oci_hidden_name(name: &OsStr) -> Option<&OsStr> {
     if b == OCI_OPAQUE {
         return None;
     }
-    b.strip_prefix(OCI_PREFIX).filter(|r| !r.is_empty()).map(OsStr::from_bytes)
+    b.strip_prefix(OCI_PREFIX)
+        .filter(|r| !r.is_empty())
+        .map(OsStr::from_bytes)
 }
 
 /// The OCI marker name that hides `name`.
@@ -120,7 +128,10 @@ mod tests {
 
     #[test]
     fn oci_names() {
-        assert_eq!(oci_hidden_name(OsStr::new(".wh.foo")), Some(OsStr::new("foo")));
+        assert_eq!(
+            oci_hidden_name(OsStr::new(".wh.foo")),
+            Some(OsStr::new("foo"))
+        );
         assert_eq!(oci_hidden_name(OsStr::new(".wh..wh..opq")), None);
         assert_eq!(oci_hidden_name(OsStr::new("foo")), None);
         assert!(is_marker_name(OsStr::new(".wh..wh..opq")));

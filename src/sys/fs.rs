@@ -30,7 +30,12 @@ fn raw_openat(dir: RawFd, path: &CStr, flags: i32, mode: u32) -> SysResult<Owned
 
 /// Opens `rel` (a relative path of plain components) beneath `root` without following any
 /// symlink, magic link or mount crossing, so the result is always inside the layer.
-pub fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
+pub fn open_beneath(
+    root: BorrowedFd<'_>,
+    rel: &OsStr,
+    flags: i32,
+    mode: u32,
+) -> SysResult<OwnedFd> {
     if rel.is_empty() || rel == "." {
         return raw_openat(root.as_raw_fd(), c".", flags, mode);
     }
@@ -39,7 +44,10 @@ pub fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: i32, mode: u32) ->
         let how = OpenHow {
             flags: (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
             mode: mode as u64,
-            resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+            resolve: RESOLVE_BENEATH
+                | RESOLVE_NO_SYMLINKS
+                | RESOLVE_NO_MAGICLINKS
+                | RESOLVE_NO_XDEV,
         };
         let ret = unsafe {
             libc::syscall(
@@ -65,13 +73,20 @@ pub fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: i32, mode: u32) ->
         HAVE_OPENAT2.store(false, Ordering::Relaxed);
     }
     // Old kernels: walk one component at a time with O_NOFOLLOW.
-    let comps: Vec<&[u8]> = rel.as_bytes().split(|b| *b == b'/').filter(|c| !c.is_empty()).collect();
+    let comps: Vec<&[u8]> = rel
+        .as_bytes()
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
     let mut cur: Option<OwnedFd> = None;
     for (i, comp) in comps.iter().enumerate() {
         if *comp == b".." {
             return Err(Errno::EPERM);
         }
-        let dir = cur.as_ref().map(|f| f.as_raw_fd()).unwrap_or(root.as_raw_fd());
+        let dir = cur
+            .as_ref()
+            .map(|f| f.as_raw_fd())
+            .unwrap_or(root.as_raw_fd());
         let name = cstr(OsStr::from_bytes(comp))?;
         let last = i + 1 == comps.len();
         let f = if last {
@@ -86,7 +101,12 @@ pub fn open_beneath(root: BorrowedFd<'_>, rel: &OsStr, flags: i32, mode: u32) ->
 
 /// Opens `name` inside the directory `dir`, never following a final symlink.
 pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mode: u32) -> SysResult<OwnedFd> {
-    raw_openat(dir.as_raw_fd(), &cstr(name)?, flags | libc::O_NOFOLLOW, mode)
+    raw_openat(
+        dir.as_raw_fd(),
+        &cstr(name)?,
+        flags | libc::O_NOFOLLOW,
+        mode,
+    )
 }
 
 /// Opens `name` in `dir` for reading without touching its atime where the kernel lets us
@@ -103,20 +123,37 @@ pub fn openat_noatime(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> SysResul
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
     let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
     let c = std::ffi::CString::new(p).map_err(|_| Errno::EINVAL)?;
-    raw_openat(libc::AT_FDCWD, &c, flags & !libc::O_NOFOLLOW & !libc::O_CREAT, 0)
+    raw_openat(
+        libc::AT_FDCWD,
+        &c,
+        flags & !libc::O_NOFOLLOW & !libc::O_CREAT,
+        0,
+    )
 }
 
 pub fn fstatat(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Stat> {
     let c = cstr(name)?;
     let mut st: Stat = unsafe { std::mem::zeroed() };
-    check(unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) })?;
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
     Ok(st)
 }
 
 pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<Stat> {
     let mut st: Stat = unsafe { std::mem::zeroed() };
     check(unsafe {
-        libc::fstatat(fd.as_raw_fd(), empty_path().as_ptr(), &mut st, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+        libc::fstatat(
+            fd.as_raw_fd(),
+            empty_path().as_ptr(),
+            &mut st,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
     })?;
     Ok(st)
 }
@@ -128,7 +165,15 @@ pub fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> SysResult<()> {
 
 pub fn mknodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, rdev: u64) -> SysResult<()> {
     let c = cstr(name)?;
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) }).map(drop)
+    check(unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            mode as libc::mode_t,
+            rdev as libc::dev_t,
+        )
+    })
+    .map(drop)
 }
 
 pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
@@ -137,10 +182,24 @@ pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult
     check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(drop)
 }
 
-pub fn linkat(odir: BorrowedFd<'_>, oname: &OsStr, ndir: BorrowedFd<'_>, nname: &OsStr) -> SysResult<()> {
+pub fn linkat(
+    odir: BorrowedFd<'_>,
+    oname: &OsStr,
+    ndir: BorrowedFd<'_>,
+    nname: &OsStr,
+) -> SysResult<()> {
     let o = cstr(oname)?;
     let n = cstr(nname)?;
-    check(unsafe { libc::linkat(odir.as_raw_fd(), o.as_ptr(), ndir.as_raw_fd(), n.as_ptr(), 0) }).map(drop)
+    check(unsafe {
+        libc::linkat(
+            odir.as_raw_fd(),
+            o.as_ptr(),
+            ndir.as_raw_fd(),
+            n.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
 }
 
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> SysResult<()> {
@@ -153,11 +212,24 @@ pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 2;
 pub const RENAME_WHITEOUT: u32 = 4;
 
-pub fn renameat2(odir: BorrowedFd<'_>, oname: &OsStr, ndir: BorrowedFd<'_>, nname: &OsStr, flags: u32) -> SysResult<()> {
+pub fn renameat2(
+    odir: BorrowedFd<'_>,
+    oname: &OsStr,
+    ndir: BorrowedFd<'_>,
+    nname: &OsStr,
+    flags: u32,
+) -> SysResult<()> {
     let o = cstr(oname)?;
     let n = cstr(nname)?;
     let ret = unsafe {
-        libc::syscall(libc::SYS_renameat2, odir.as_raw_fd(), o.as_ptr(), ndir.as_raw_fd(), n.as_ptr(), flags)
+        libc::syscall(
+            libc::SYS_renameat2,
+            odir.as_raw_fd(),
+            o.as_ptr(),
+            ndir.as_raw_fd(),
+            n.as_ptr(),
+            flags,
+        )
     };
     if ret < 0 {
         Err(Errno::last())
@@ -170,18 +242,29 @@ pub fn readlinkat(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<OsString> {
     let c = cstr(name)?;
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     let n = check_size(unsafe {
-        libc::readlinkat(dir.as_raw_fd(), c.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len())
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+        )
     })?;
     buf.truncate(n);
     Ok(OsString::from_vec(buf))
 }
 
 /// chown of `name` in `dir`, not following a symlink (so symlinks themselves change owner).
-pub fn fchownat(dir: BorrowedFd<'_>, name: &OsStr, uid: Option<u32>, gid: Option<u32>) -> SysResult<()> {
+pub fn fchownat(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> SysResult<()> {
     let c = cstr(name)?;
     let u = uid.unwrap_or(u32::MAX);
     let g = gid.unwrap_or(u32::MAX);
-    check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), u, g, libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), c.as_ptr(), u, g, libc::AT_SYMLINK_NOFOLLOW) })
+        .map(drop)
 }
 
 /// chmod of a non-symlink `name` in `dir` (Linux cannot chmod a symlink).
@@ -201,9 +284,16 @@ pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
 }
 
 /// Sets times of what an (`O_PATH`) fd refers to, through its /proc link; `None` omits.
-pub fn utimens_fd(fd: BorrowedFd<'_>, atime: Option<libc::timespec>, mtime: Option<libc::timespec>) -> SysResult<()> {
+pub fn utimens_fd(
+    fd: BorrowedFd<'_>,
+    atime: Option<libc::timespec>,
+    mtime: Option<libc::timespec>,
+) -> SysResult<()> {
     let p = proc_fd(fd)?;
-    let omit = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT };
+    let omit = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_OMIT,
+    };
     let ts = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
     check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), 0) }).map(drop)
 }
@@ -211,25 +301,61 @@ pub fn utimens_fd(fd: BorrowedFd<'_>, atime: Option<libc::timespec>, mtime: Opti
 /// chown of what `fd` refers to; works on `O_PATH` fds too (AT_EMPTY_PATH).
 pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> SysResult<()> {
     check(unsafe {
-        libc::fchownat(fd.as_raw_fd(), empty_path().as_ptr(), uid, gid, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+        libc::fchownat(
+            fd.as_raw_fd(),
+            empty_path().as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
     })
     .map(drop)
 }
 
 /// Sets atime/mtime of `name` in `dir` without following a symlink; `None` leaves one alone.
-pub fn utimensat(dir: BorrowedFd<'_>, name: &OsStr, atime: Option<libc::timespec>, mtime: Option<libc::timespec>) -> SysResult<()> {
+pub fn utimensat(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    atime: Option<libc::timespec>,
+    mtime: Option<libc::timespec>,
+) -> SysResult<()> {
     let c = cstr(name)?;
-    let omit = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT };
+    let omit = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_OMIT,
+    };
     let ts = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
-    check(unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
+    check(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
 }
 
 pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> SysResult<usize> {
-    check_size(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len(), off as i64) })
+    check_size(unsafe {
+        libc::pread(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr() as *mut _,
+            buf.len(),
+            off as i64,
+        )
+    })
 }
 
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], off: u64) -> SysResult<usize> {
-    check_size(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr() as *const _, buf.len(), off as i64) })
+    check_size(unsafe {
+        libc::pwrite(
+            fd.as_raw_fd(),
+            buf.as_ptr() as *const _,
+            buf.len(),
+            off as i64,
+        )
+    })
 }
 
 pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> SysResult<usize> {
@@ -264,10 +390,18 @@ pub fn lseek(fd: BorrowedFd<'_>, off: i64, whence: i32) -> SysResult<i64> {
     }
 }
 
-pub fn copy_file_range(fin: BorrowedFd<'_>, off_in: u64, fout: BorrowedFd<'_>, off_out: u64, len: usize) -> SysResult<usize> {
+pub fn copy_file_range(
+    fin: BorrowedFd<'_>,
+    off_in: u64,
+    fout: BorrowedFd<'_>,
+    off_out: u64,
+    len: usize,
+) -> SysResult<usize> {
     let mut oi = off_in as i64;
     let mut oo = off_out as i64;
-    check_size(unsafe { libc::copy_file_range(fin.as_raw_fd(), &mut oi, fout.as_raw_fd(), &mut oo, len, 0) })
+    check_size(unsafe {
+        libc::copy_file_range(fin.as_raw_fd(), &mut oi, fout.as_raw_fd(), &mut oo, len, 0)
+    })
 }
 
 /// Shares all blocks of `src` with `dst` (reflink) where the filesystem can.
@@ -307,7 +441,14 @@ pub fn read_dir_all(dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirent>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                fd.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
         if n < 0 {
             return Err(Errno::last());
         }
@@ -322,10 +463,17 @@ pub fn read_dir_all(dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirent>> {
             let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
             let dtype = rec[18];
             let name_bytes = &rec[19..reclen.min(rec.len())];
-            let len = name_bytes.iter().position(|b| *b == 0).unwrap_or(name_bytes.len());
+            let len = name_bytes
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(name_bytes.len());
             let name = &name_bytes[..len];
             if name != b"." && name != b".." {
-                out.push(RawDirent { name: OsStr::from_bytes(name).to_os_string(), ino, dtype });
+                out.push(RawDirent {
+                    name: OsStr::from_bytes(name).to_os_string(),
+                    ino,
+                    dtype,
+                });
             }
             if reclen == 0 {
                 return Err(Errno::EIO);
@@ -375,7 +523,15 @@ pub fn makedev(major: u32, minor: u32) -> u64 {
 /// The id of the mount a path is on (`statx` with `STATX_MNT_ID`).
 pub fn statx_mnt_id(path: &CStr) -> Option<u64> {
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::statx(libc::AT_FDCWD, path.as_ptr(), 0, libc::STATX_MNT_ID, &mut stx) };
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            0,
+            libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
     if r < 0 || stx.stx_mask & libc::STATX_MNT_ID == 0 {
         return None;
     }

@@ -57,7 +57,11 @@ pub fn get(dir: BorrowedFd<'_>, name: &OsStr, attr: &str, buf: &mut [u8]) -> Sys
     let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
     if HAVE_XATTRAT.load(Ordering::Relaxed) {
         let n = cstr(name)?;
-        let mut args = XattrArgs { value: buf.as_mut_ptr() as u64, size: buf.len() as u32, flags: 0 };
+        let mut args = XattrArgs {
+            value: buf.as_mut_ptr() as u64,
+            size: buf.len() as u32,
+            flags: 0,
+        };
         let ret = unsafe {
             libc::syscall(
                 nr::GETXATTRAT,
@@ -74,7 +78,14 @@ pub fn get(dir: BorrowedFd<'_>, name: &OsStr, attr: &str, buf: &mut [u8]) -> Sys
         }
     }
     let p = proc_path(dir, name)?;
-    check_size(unsafe { libc::lgetxattr(p.as_ptr(), a.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len()) })
+    check_size(unsafe {
+        libc::lgetxattr(
+            p.as_ptr(),
+            a.as_ptr(),
+            buf.as_mut_ptr() as *mut _,
+            buf.len(),
+        )
+    })
 }
 
 /// Reads a whole attribute value, growing the buffer as needed.
@@ -93,11 +104,21 @@ pub fn get_vec(dir: BorrowedFd<'_>, name: &OsStr, attr: &str) -> SysResult<Vec<u
     }
 }
 
-pub fn set(dir: BorrowedFd<'_>, name: &OsStr, attr: &str, value: &[u8], flags: i32) -> SysResult<()> {
+pub fn set(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    attr: &str,
+    value: &[u8],
+    flags: i32,
+) -> SysResult<()> {
     let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
     if HAVE_XATTRAT.load(Ordering::Relaxed) {
         let n = cstr(name)?;
-        let args = XattrArgs { value: value.as_ptr() as u64, size: value.len() as u32, flags: flags as u32 };
+        let args = XattrArgs {
+            value: value.as_ptr() as u64,
+            size: value.len() as u32,
+            flags: flags as u32,
+        };
         let ret = unsafe {
             libc::syscall(
                 nr::SETXATTRAT,
@@ -114,7 +135,16 @@ pub fn set(dir: BorrowedFd<'_>, name: &OsStr, attr: &str, value: &[u8], flags: i
         }
     }
     let p = proc_path(dir, name)?;
-    check(unsafe { libc::lsetxattr(p.as_ptr(), a.as_ptr(), value.as_ptr() as *const _, value.len(), flags) }).map(drop)
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            a.as_ptr(),
+            value.as_ptr() as *const _,
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
 }
 
 /// Lists attribute names (NUL-separated, as the kernel returns them).
@@ -160,7 +190,13 @@ pub fn remove(dir: BorrowedFd<'_>, name: &OsStr, attr: &str) -> SysResult<()> {
     if HAVE_XATTRAT.load(Ordering::Relaxed) {
         let n = cstr(name)?;
         let ret = unsafe {
-            libc::syscall(nr::REMOVEXATTRAT, dir.as_raw_fd(), n.as_ptr(), libc::AT_SYMLINK_NOFOLLOW, a.as_ptr())
+            libc::syscall(
+                nr::REMOVEXATTRAT,
+                dir.as_raw_fd(),
+                n.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                a.as_ptr(),
+            )
         };
         if let Some(r) = use_at(ret) {
             return r.map(drop);
@@ -183,7 +219,16 @@ fn proc_fd_path(fd: BorrowedFd<'_>) -> SysResult<CString> {
 pub fn set_on_dir(dir: BorrowedFd<'_>, attr: &str, value: &[u8]) -> SysResult<()> {
     let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
     let p = proc_fd_path(dir)?;
-    check(unsafe { libc::setxattr(p.as_ptr(), a.as_ptr(), value.as_ptr() as *const _, value.len(), 0) }).map(drop)
+    check(unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            a.as_ptr(),
+            value.as_ptr() as *const _,
+            value.len(),
+            0,
+        )
+    })
+    .map(drop)
 }
 
 /// Reads an attribute of the directory an (`O_PATH`) fd refers to.
@@ -191,7 +236,14 @@ pub fn get_on_dir(dir: BorrowedFd<'_>, attr: &str) -> SysResult<Vec<u8>> {
     let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
     let p = proc_fd_path(dir)?;
     let mut buf = vec![0u8; 256];
-    let n = check_size(unsafe { libc::getxattr(p.as_ptr(), a.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len()) })?;
+    let n = check_size(unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            a.as_ptr(),
+            buf.as_mut_ptr() as *mut _,
+            buf.len(),
+        )
+    })?;
     buf.truncate(n);
     Ok(buf)
 }

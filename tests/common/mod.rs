@@ -147,9 +147,16 @@ pub fn outcome_unit<T>(r: &io::Result<T>) -> String {
 #[track_caller]
 pub fn expect_errno<T: fmt::Debug>(r: io::Result<T>, want: i32, what: &str) {
     match r {
-        Ok(v) => panic!("{what}: expected {}, but it succeeded ({v:?})", errno_name(want)),
+        Ok(v) => panic!(
+            "{what}: expected {}, but it succeeded ({v:?})",
+            errno_name(want)
+        ),
         Err(e) if e.raw_os_error() == Some(want) => {}
-        Err(e) => panic!("{what}: expected {}, got {}", errno_name(want), describe_err(&e)),
+        Err(e) => panic!(
+            "{what}: expected {}, got {}",
+            errno_name(want),
+            describe_err(&e)
+        ),
     }
 }
 
@@ -230,7 +237,13 @@ pub fn llistxattr(p: &Path) -> io::Result<Vec<String>> {
             return Ok(Vec::new());
         }
         let mut buf = vec![0u8; size];
-        let r = unsafe { libc::llistxattr(cp.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+        let r = unsafe {
+            libc::llistxattr(
+                cp.as_ptr(),
+                buf.as_mut_ptr() as *mut libc::c_char,
+                buf.len(),
+            )
+        };
         match cvt(r) {
             Ok(n) => {
                 buf.truncate(n as usize);
@@ -307,7 +320,15 @@ pub fn set_times(p: &Path, atime: (i64, i64), mtime: (i64, i64)) -> io::Result<(
             tv_nsec: mtime.1 as _,
         },
     ];
-    cvt(unsafe { libc::utimensat(libc::AT_FDCWD, cp.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) }).map(|_| ())
+    cvt(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            cp.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(|_| ())
 }
 
 /// (mtime sec, mtime nsec) of `p` without following symlinks.
@@ -427,7 +448,9 @@ fn unescape_mountinfo(s: &str) -> OsString {
         if b[i] == b'\\' && i + 4 <= b.len() {
             let oct = &b[i + 1..(i + 4).min(b.len())];
             if oct.len() == 3 && oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = (oct[0] - b'0') as u32 * 64 + (oct[1] - b'0') as u32 * 8 + (oct[2] - b'0') as u32;
+                let v = (oct[0] - b'0') as u32 * 64
+                    + (oct[1] - b'0') as u32 * 8
+                    + (oct[2] - b'0') as u32;
                 out.push(v as u8);
                 i += 4;
                 continue;
@@ -456,8 +479,13 @@ pub fn mounts() -> Vec<MountEntry> {
             mount_point: PathBuf::from(unescape_mountinfo(fields[4])),
             opts: fields[5].to_string(),
             fstype: fields[sep + 1].to_string(),
-            source: unescape_mountinfo(fields[sep + 2]).to_string_lossy().into_owned(),
-            super_opts: fields.get(sep + 3).map(|s| s.to_string()).unwrap_or_default(),
+            source: unescape_mountinfo(fields[sep + 2])
+                .to_string_lossy()
+                .into_owned(),
+            super_opts: fields
+                .get(sep + 3)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
         });
     }
     v
@@ -487,7 +515,7 @@ pub fn absolute(p: &Path) -> PathBuf {
 /// The topmost mount whose mount point is exactly `p`.
 pub fn mount_at(p: &Path) -> Option<MountEntry> {
     let p = absolute(p);
-    mounts().into_iter().filter(|m| m.mount_point == p).last()
+    mounts().into_iter().rfind(|m| m.mount_point == p)
 }
 
 /// Whether a FUSE file system is the topmost mount at `p`.
@@ -543,7 +571,9 @@ pub fn pid_alive(pid: u32) -> bool {
         Err(_) => false,
         Ok(s) => {
             // "pid (comm) S ..." — comm may contain spaces and parens.
-            let state = s.rfind(')').and_then(|i| s[i + 1..].trim_start().chars().next());
+            let state = s
+                .rfind(')')
+                .and_then(|i| s[i + 1..].trim_start().chars().next());
             !matches!(state, Some('Z') | Some('X') | None)
         }
     }
@@ -639,7 +669,9 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     let out_f = fs::File::create(&out_p).expect("create stdout capture file");
     let err_f = fs::File::create(&err_p).expect("create stderr capture file");
     cmd.stdin(Stdio::null()).stdout(out_f).stderr(err_f);
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let deadline = Instant::now() + timeout;
     let mut killed = false;
     let status = loop {
@@ -661,10 +693,15 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     let _ = fs::remove_file(&err_p);
     if killed {
         stderr.extend_from_slice(
-            format!("\n[test harness: killed {cmd:?} after {timeout:?} without exiting]\n").as_bytes(),
+            format!("\n[test harness: killed {cmd:?} after {timeout:?} without exiting]\n")
+                .as_bytes(),
         );
     }
-    Output { status, stdout, stderr }
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
 }
 
 /// Runs the ovlfuse binary with `args` (60 s limit). If it mounted something, the caller's
@@ -679,12 +716,17 @@ pub fn run_ovlfuse(args: &[&str]) -> Output {
 pub fn run_ovlfuse_in(cwd: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(ovlfuse_bin());
     // Recorded so that find_daemon_pid can resolve the daemon's relative arguments.
-    cmd.args(args).current_dir(cwd).env(LAUNCH_CWD_ENV, absolute(cwd));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env(LAUNCH_CWD_ENV, absolute(cwd));
     run_with_timeout(cmd, Duration::from_secs(60))
 }
 
 /// Bounded wait for a spawned child; None if it is still running after `timeout`.
-pub fn wait_child(child: &mut std::process::Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+pub fn wait_child(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(st)) = child.try_wait() {
@@ -724,7 +766,9 @@ pub fn run_unmount(prog: &str, args: &[&OsStr]) -> Output {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let o = run_tool(prog, args);
-        let busy = String::from_utf8_lossy(&o.stderr).to_lowercase().contains("busy");
+        let busy = String::from_utf8_lossy(&o.stderr)
+            .to_lowercase()
+            .contains("busy");
         if o.status.success() || !busy || Instant::now() >= deadline {
             return o;
         }
@@ -822,7 +866,8 @@ pub enum E<'a> {
 
 fn mkparents(p: &Path) {
     if let Some(parent) = p.parent() {
-        fs::create_dir_all(parent).unwrap_or_else(|e| panic!("build: mkdir -p {parent:?}: {}", describe_err(&e)));
+        fs::create_dir_all(parent)
+            .unwrap_or_else(|e| panic!("build: mkdir -p {parent:?}: {}", describe_err(&e)));
     }
 }
 
@@ -857,7 +902,9 @@ pub fn build(dir: &Path, entries: &[E]) {
                 fs::create_dir_all(&p).unwrap_or_else(|x| ctx(x));
                 lsetxattr(&p, "trusted.overlay.opaque", b"y").unwrap_or_else(|x| ctx(x));
             }
-            E::Xattr(p, name, value) => lsetxattr(&dir.join(p), name, value).unwrap_or_else(|x| ctx(x)),
+            E::Xattr(p, name, value) => {
+                lsetxattr(&dir.join(p), name, value).unwrap_or_else(|x| ctx(x))
+            }
             E::Mode(p, mode) => chmod_nofollow_dir(&dir.join(p), mode).unwrap_or_else(|x| ctx(x)),
             E::Owner(p, uid, gid) => lchown(&dir.join(p), uid, gid).unwrap_or_else(|x| ctx(x)),
             E::Hardlink(existing, new) => {
@@ -875,7 +922,9 @@ pub fn build(dir: &Path, entries: &[E]) {
 
 /// Escapes `\`, `:` and `,` in a layer path for an option value.
 pub fn escape_layer(p: &Path) -> String {
-    let s = p.to_str().unwrap_or_else(|| panic!("non-UTF-8 layer path {p:?}"));
+    let s = p
+        .to_str()
+        .unwrap_or_else(|| panic!("non-UTF-8 layer path {p:?}"));
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '\\' | ':' | ',') {
@@ -1123,7 +1172,10 @@ fn mount_kernel_opts(opts: &str, mnt: &Path) -> MountGuard {
         ],
     );
     if !o.status.success() {
-        panic!("kernel overlay mount -o {opts} {mnt:?} failed:\n{}", show_output(&o));
+        panic!(
+            "kernel overlay mount -o {opts} {mnt:?} failed:\n{}",
+            show_output(&o)
+        );
     }
     let g = MountGuard::adopt_kernel(mnt);
     match mount_at(mnt) {
@@ -1136,7 +1188,10 @@ fn mount_kernel_opts(opts: &str, mnt: &Path) -> MountGuard {
 /// mount -t overlay overlay -o lowerdir=..,upperdir=..,workdir=.. MNT (index, redirect_dir
 /// and metacopy explicitly off).
 pub fn mount_kernel(stack: &Stack) -> MountGuard {
-    let opts = format!("{},index=off,redirect_dir=off,metacopy=off", stack.full_opts());
+    let opts = format!(
+        "{},index=off,redirect_dir=off,metacopy=off",
+        stack.full_opts()
+    );
     mount_kernel_opts(&opts, &stack.mnt)
 }
 
@@ -1207,10 +1262,26 @@ impl Node {
     pub fn brief(&self) -> String {
         let mut s = format!("{} {:04o} {}:{}", self.kind, self.mode, self.uid, self.gid);
         match self.kind {
-            'f' => s += &format!(" size={} hash={:016x} nlink={}", self.size, self.data_hash, self.nlink),
+            'f' => {
+                s += &format!(
+                    " size={} hash={:016x} nlink={}",
+                    self.size, self.data_hash, self.nlink
+                )
+            }
             'l' => s += &format!(" -> {:?}", self.target.as_deref().unwrap_or(Path::new(""))),
-            'c' | 'b' => s += &format!(" rdev={}:{}", libc::major(self.rdev as _), libc::minor(self.rdev as _)),
-            '!' => s += &format!(" {}", self.target.as_deref().unwrap_or(Path::new("")).display()),
+            'c' | 'b' => {
+                s += &format!(
+                    " rdev={}:{}",
+                    libc::major(self.rdev as _),
+                    libc::minor(self.rdev as _)
+                )
+            }
+            '!' => {
+                s += &format!(
+                    " {}",
+                    self.target.as_deref().unwrap_or(Path::new("")).display()
+                )
+            }
             _ => {}
         }
         if self.kind != 'd' && self.kind != 'f' && self.kind != '!' {
@@ -1231,7 +1302,10 @@ impl Node {
 pub fn show_bytes(v: &[u8]) -> String {
     match std::str::from_utf8(v) {
         Ok(s) if s.chars().all(|c| !c.is_control()) => format!("{s:?}"),
-        _ => format!("0x{}", v.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        _ => format!(
+            "0x{}",
+            v.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
     }
 }
 
@@ -1279,7 +1353,11 @@ pub fn hash_file(p: &Path) -> io::Result<u64> {
             d as u64
         };
         let hole = unsafe { libc::lseek(fd, start as libc::off_t, libc::SEEK_HOLE) };
-        let end = if hole < 0 { size } else { (hole as u64).min(size) };
+        let end = if hole < 0 {
+            size
+        } else {
+            (hole as u64).min(size)
+        };
         let mut off = start / CHUNK * CHUNK;
         let end = end.div_ceil(CHUNK) * CHUNK;
         if end <= off {
@@ -1401,7 +1479,13 @@ pub fn snapshot(root: &Path, xattrs: XattrSel) -> BTreeMap<PathBuf, Node> {
     out
 }
 
-fn walk(root: &Path, rel: PathBuf, skip: &BTreeSet<PathBuf>, sel: XattrSel, out: &mut BTreeMap<PathBuf, Node>) {
+fn walk(
+    root: &Path,
+    rel: PathBuf,
+    skip: &BTreeSet<PathBuf>,
+    sel: XattrSel,
+    out: &mut BTreeMap<PathBuf, Node>,
+) {
     let full = if rel.as_os_str().is_empty() {
         root.to_path_buf()
     } else {
@@ -1410,7 +1494,10 @@ fn walk(root: &Path, rel: PathBuf, skip: &BTreeSet<PathBuf>, sel: XattrSel, out:
     let md = match fs::symlink_metadata(&full) {
         Ok(m) => m,
         Err(e) => {
-            out.insert(rel, Node::error(format!("<lstat error: {}>", describe_err(&e))));
+            out.insert(
+                rel,
+                Node::error(format!("<lstat error: {}>", describe_err(&e))),
+            );
             return;
         }
     };
@@ -1465,7 +1552,9 @@ pub fn diff_snapshots(a: &BTreeMap<PathBuf, Node>, b: &BTreeMap<PathBuf, Node>) 
     for k in keys {
         match (a.get(k), b.get(k)) {
             (Some(x), None) => out.push(format!("- {}: only in first: {}", show_rel(k), x.brief())),
-            (None, Some(y)) => out.push(format!("+ {}: only in second: {}", show_rel(k), y.brief())),
+            (None, Some(y)) => {
+                out.push(format!("+ {}: only in second: {}", show_rel(k), y.brief()))
+            }
             (Some(x), Some(y)) if x != y => {
                 let mut d = Vec::new();
                 if x.kind != y.kind {
@@ -1502,8 +1591,10 @@ pub fn diff_snapshots(a: &BTreeMap<PathBuf, Node>, b: &BTreeMap<PathBuf, Node>) 
                         if vx != vy {
                             d.push(format!(
                                 "xattr {n}: {} vs {}",
-                                vx.map(|v| show_bytes(v)).unwrap_or_else(|| "<absent>".into()),
-                                vy.map(|v| show_bytes(v)).unwrap_or_else(|| "<absent>".into())
+                                vx.map(|v| show_bytes(v))
+                                    .unwrap_or_else(|| "<absent>".into()),
+                                vy.map(|v| show_bytes(v))
+                                    .unwrap_or_else(|| "<absent>".into())
                             ));
                         }
                     }
@@ -1531,7 +1622,11 @@ pub fn assert_same_snapshots(
         panic!(
             "{what}: {a_label} (first) and {b_label} (second) differ in {} place(s):\n  {}{}",
             d.len(),
-            shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n  "),
+            shown
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  "),
             if d.len() > 60 {
                 format!("\n  ... and {} more", d.len() - 60)
             } else {
@@ -1563,7 +1658,10 @@ pub struct LowerCheck {
 impl LowerCheck {
     pub fn new(lowers: &[PathBuf]) -> LowerCheck {
         LowerCheck {
-            layers: lowers.iter().map(|l| (l.clone(), snapshot(l, XattrSel::All))).collect(),
+            layers: lowers
+                .iter()
+                .map(|l| (l.clone(), snapshot(l, XattrSel::All)))
+                .collect(),
             verified: std::cell::Cell::new(false),
         }
     }
