@@ -626,7 +626,7 @@ impl Filesystem for OvlFs {
 
     fn destroy(&mut self) {
         if self.debug {
-            debug!("destroy: {} nodes live", self.ovl.nodes.len());
+            debug!("destroy: {} nodes live", self.ovl.nodes.live_count());
         }
     }
 }

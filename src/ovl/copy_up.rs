@@ -75,9 +75,6 @@ impl Overlay {
             }
         }
         node.state.write().upper = true;
-        if let Some(m) = parent.merged.lock().clone() {
-            m.set_layer(&name, UPPER);
-        }
         // The kernel's cached attributes came from the lower copy: a directory that becomes
         // merged reports nlink 1 from now on, a lower hard link's copy has nlink 1.
         self.notify_attr_changed(node.id);

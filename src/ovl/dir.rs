@@ -11,7 +11,6 @@
 use super::copy_up::temp_name;
 use super::inode::Attr;
 use super::layers::{remove_tree, UPPER};
-use super::namei::Found;
 use super::node::{Node, NodeInit, NodeState, ROOT_ID};
 use super::readdir::Entry;
 use super::{check_new_name, whiteout, Ctx, Errno, Overlay, SysResult};
@@ -133,20 +132,11 @@ impl Overlay {
         Ok(())
     }
 
-    /// Whether `name` is absent from `parent` because a whiteout hides it; EEXIST if present.
-    fn absent_name(&self, parent: &Node, name: &OsStr) -> SysResult<bool> {
-        if self.nodes.peek_child(parent.id, name).is_some() {
-            return Err(Errno::EEXIST);
-        }
-        if let Some(m) = parent.merged.lock().clone() {
-            if m.contains(name) {
-                return Err(Errno::EEXIST);
-            }
-            return Ok(m.was_whiteout(name));
-        }
-        match self.probe(parent, name)? {
-            Found::Node(_) => Err(Errno::EEXIST),
-            Found::Missing { whiteout } => Ok(whiteout),
+    /// EEXIST unless `name` is absent from the merged directory `parent`.
+    fn require_absent(&self, parent: &Node, name: &OsStr) -> SysResult<()> {
+        match self.find_child(parent, name)? {
+            Some(_) => Err(Errno::EEXIST),
+            None => Ok(()),
         }
     }
 
@@ -166,16 +156,11 @@ impl Overlay {
         }
         self.copy_up(&parent, true)?;
         let _g = parent.dir_lock.lock();
-        self.absent_name(&parent, name)?;
+        self.require_absent(&parent, name)?;
         let upfd = self.nodes.dir_fd(&parent, UPPER)?;
         let upfd = upfd.as_fd();
         let upper_whiteout = match fs::fstatat(upfd, name) {
-            Ok(st)
-                if whiteout::is_whiteout_stat(&st)
-                    || self.is_whiteout_in(upfd, name, &st, UPPER) =>
-            {
-                true
-            }
+            Ok(st) if whiteout::is_whiteout_in(upfd, name, &st) => true,
             Ok(_) => return Err(Errno::EEXIST),
             Err(Errno::ENOENT) => false,
             Err(e) => return Err(e),
@@ -254,14 +239,7 @@ impl Overlay {
         };
         let node = self.nodes.insert(parent.id, name, init);
         if let Some(m) = parent.merged.lock().clone() {
-            m.insert(
-                name,
-                Entry {
-                    layer: UPPER,
-                    kind,
-                    ino,
-                },
-            );
+            m.insert(name, Entry { kind, ino });
         }
         let attr = self.attr_of(&node, &st);
         Ok((node, attr, file))
@@ -333,7 +311,7 @@ impl Overlay {
         self.copy_up(&node, true)?;
         self.copy_up(&parent, true)?;
         let _g = parent.dir_lock.lock();
-        self.absent_name(&parent, name)?;
+        self.require_absent(&parent, name)?;
         let (opfd, oname) = self.parent_fd(&node, UPPER)?;
         let nfd = self.nodes.dir_fd(&parent, UPPER)?;
         let nfd = nfd.as_fd();
@@ -362,7 +340,6 @@ impl Overlay {
             m.insert(
                 name,
                 Entry {
-                    layer: UPPER,
                     kind: node.kind,
                     ino: node.ino,
                 },
@@ -457,7 +434,7 @@ impl Overlay {
             *child.merged.lock() = None;
         }
         if let Some(m) = parent.merged.lock().clone() {
-            m.remove(name, needs_whiteout);
+            m.remove(name);
         }
         Ok(())
     }
@@ -637,10 +614,10 @@ impl Overlay {
             let d = dst.ok_or(Errno::ENOENT)?;
             // A directory moved into a merged directory must not merge with a lower
             // directory of its new name.
-            if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname, None) {
+            if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname) {
                 whiteout::set_opaque(ofd, oname, prefix)?;
             }
-            if d.is_dir() && op_merged && !whiteout::is_opaque_dir(nfd, nname, None) {
+            if d.is_dir() && op_merged && !whiteout::is_opaque_dir(nfd, nname) {
                 whiteout::set_opaque(nfd, nname, prefix)?;
             }
             fs::renameat2(ofd, oname, nfd, nname, fs::RENAME_EXCHANGE)?;
@@ -650,7 +627,6 @@ impl Overlay {
                 m.insert(
                     oname,
                     Entry {
-                        layer: UPPER,
                         kind: d.kind,
                         ino: d.ino,
                     },
@@ -660,7 +636,6 @@ impl Overlay {
                 m.insert(
                     nname,
                     Entry {
-                        layer: UPPER,
                         kind: src.kind,
                         ino: src.ino,
                     },
@@ -697,7 +672,7 @@ impl Overlay {
                 [b"/", first].concat()
             };
             crate::sys::xattr::set(ofd, oname, &format!("{prefix}redirect"), &v, 0)?;
-        } else if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname, None) {
+        } else if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname) {
             whiteout::set_opaque(ofd, oname, prefix)?;
         }
         if target_not_empty {
@@ -775,13 +750,12 @@ impl Overlay {
             self.mark_impure(np);
         }
         if let Some(m) = op.merged.lock().clone() {
-            m.remove(oname, old_needs_whiteout);
+            m.remove(oname);
         }
         if let Some(m) = np.merged.lock().clone() {
             m.insert(
                 nname,
                 Entry {
-                    layer: UPPER,
                     kind: src.kind,
                     ino: src.ino,
                 },

@@ -32,17 +32,6 @@ impl FileHandle {
     pub fn is_upper(&self) -> bool {
         *self.upper.read()
     }
-
-    /// The open flags the caller asked for.
-    pub fn flags(&self) -> i32 {
-        self.flags
-    }
-}
-
-impl Drop for FileHandle {
-    fn drop(&mut self) {
-        self.node.open_count.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Flags passed to the real open: access mode and the few that change I/O semantics.
@@ -59,7 +48,6 @@ impl Overlay {
     }
 
     fn add_handle(&self, node: Arc<Node>, fd: OwnedFd, upper: bool, flags: i32) -> u64 {
-        node.open_count.fetch_add(1, Ordering::Relaxed);
         let fh = self.new_fh();
         let h = FileHandle {
             node,

@@ -308,11 +308,6 @@ impl Overlay {
     pub fn forget(&self, id: u64, n: u64) {
         self.nodes.forget(id, n);
     }
-
-    /// A node by id, for callers outside the core that hold one.
-    pub fn node_arc(&self, id: u64) -> SysResult<Arc<Node>> {
-        self.node(id)
-    }
 }
 
 impl Overlay {

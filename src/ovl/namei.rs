@@ -9,7 +9,7 @@
 use super::layers::{LayerId, UPPER};
 use super::node::{Node, NodeInit, NodeState, ROOT_ID};
 use super::{whiteout, Attr, Errno, Overlay, SysResult};
-use crate::sys::fs::{self, Stat};
+use crate::sys::fs;
 use crate::sys::xattr;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -19,11 +19,8 @@ use std::sync::Arc;
 /// What the layers hold for one name.
 pub enum Found {
     Node(NodeInit),
-    /// Absent; `whiteout` tells whether a whiteout hid it (a directory made there later is
-    /// opaque, as the kernel makes it).
-    Missing {
-        whiteout: bool,
-    },
+    /// Absent (or hidden by a whiteout).
+    Missing,
 }
 
 /// Name of the xattr (after the private prefix) where we record the origin of a copied-up
@@ -62,7 +59,7 @@ impl Overlay {
             }
         }
         match self.probe(&p, name)? {
-            Found::Missing { .. } => Err(Errno::ENOENT),
+            Found::Missing => Err(Errno::ENOENT),
             Found::Node(init) => {
                 let n = self.nodes.insert(parent, name, init);
                 match self.getattr_node(&n) {
@@ -88,7 +85,7 @@ impl Overlay {
             }
         }
         match self.probe(parent, name)? {
-            Found::Missing { .. } => Ok(None),
+            Found::Missing => Ok(None),
             Found::Node(init) => Ok(Some(ChildRef::Fresh(init))),
         }
     }
@@ -122,7 +119,7 @@ impl Overlay {
         for l in lowers {
             let pfd = self.nodes.dir_fd(parent, l)?;
             match fs::fstatat(pfd.as_fd(), name) {
-                Ok(st) => return Ok(!self.is_whiteout_in(pfd.as_fd(), name, &st, l)),
+                Ok(st) => return Ok(!whiteout::is_whiteout_in(pfd.as_fd(), name, &st)),
                 Err(Errno::ENOENT) => {
                     if self.oci_hidden(pfd.as_fd(), name) {
                         return Ok(false);
@@ -142,8 +139,8 @@ impl Overlay {
             let pfd = self.nodes.dir_fd(parent, UPPER)?;
             match fs::fstatat(pfd.as_fd(), name) {
                 Ok(st) => {
-                    if self.is_whiteout_in(pfd.as_fd(), name, &st, UPPER) {
-                        return Ok(Found::Missing { whiteout: true });
+                    if whiteout::is_whiteout_in(pfd.as_fd(), name, &st) {
+                        return Ok(Found::Missing);
                     }
                     let upper = self.layers.get(UPPER);
                     if !fs::is_dir(&st) {
@@ -180,13 +177,12 @@ impl Overlay {
                 }
                 Err(Errno::ENOENT) => {
                     if self.oci_hidden(pfd.as_fd(), name) {
-                        return Ok(Found::Missing { whiteout: true });
+                        return Ok(Found::Missing);
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
-        let mut whiteout_seen = false;
         // Where to look in the layers below: the name itself, or where a redirect points.
         let mut redirect: Option<Redirect> = match &dir {
             Some(_) => self.redirect_of(self.nodes.dir_fd(parent, UPPER)?.as_fd(), name),
@@ -216,8 +212,7 @@ impl Overlay {
             let look = look.as_os_str();
             match fs::fstatat(pfd.as_fd(), look) {
                 Ok(st) => {
-                    if self.is_whiteout_in(pfd.as_fd(), look, &st, l) {
-                        whiteout_seen = true;
+                    if whiteout::is_whiteout_in(pfd.as_fd(), look, &st) {
                         break;
                     }
                     let layer = self.layers.get(l);
@@ -280,7 +275,6 @@ impl Overlay {
                 }
                 Err(Errno::ENOENT) => {
                     if self.oci_hidden(pfd.as_fd(), look) {
-                        whiteout_seen = dir.is_none();
                         break;
                     }
                 }
@@ -295,9 +289,7 @@ impl Overlay {
                 state,
                 upper_key: None,
             }),
-            None => Found::Missing {
-                whiteout: whiteout_seen,
-            },
+            None => Found::Missing,
         })
     }
 
@@ -342,35 +334,6 @@ impl Overlay {
         Ok((Arc::new(fd), OsStr::from_bytes(base).to_os_string()))
     }
 
-    /// Whether the entry `name` (already stat-ed) of a layer directory is a whiteout.
-    pub fn is_whiteout_in(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &OsStr,
-        st: &Stat,
-        _layer: LayerId,
-    ) -> bool {
-        if whiteout::is_whiteout_stat(st) {
-            return true;
-        }
-        // Xattr whiteouts count only inside a directory marked `opaque=x`, as in the kernel.
-        fs::ifmt(st.st_mode) == libc::S_IFREG
-            && st.st_size == 0
-            && whiteout::is_whiteout(dir, name, st)
-            && self.dir_has_xwhiteouts(dir)
-    }
-
-    /// Whether the layer directory `dir` is marked as holding xattr whiteouts (`opaque=x`).
-    pub fn dir_has_xwhiteouts(&self, dir: BorrowedFd<'_>) -> bool {
-        ["trusted.overlay.opaque", "user.overlay.opaque"]
-            .iter()
-            .any(|a| self.xattr_of_dir(dir, a).is_some_and(|v| v == b"x"))
-    }
-
-    fn xattr_of_dir(&self, dir: BorrowedFd<'_>, attr: &str) -> Option<Vec<u8>> {
-        xattr::get_on_dir(dir, attr).ok()
-    }
-
     /// Whether the OCI marker `.wh.NAME` sits in `dir`.
     pub fn oci_hidden(&self, dir: BorrowedFd<'_>, name: &OsStr) -> bool {
         let marker = whiteout::oci_marker_for(name);
@@ -379,7 +342,7 @@ impl Overlay {
 
     /// Whether directory `name` in layer directory `parent` is opaque.
     fn dir_is_opaque(&self, parent: BorrowedFd<'_>, name: &OsStr) -> SysResult<bool> {
-        if whiteout::is_opaque_dir(parent, name, None) {
+        if whiteout::is_opaque_dir(parent, name) {
             return Ok(true);
         }
         let opq = OsStr::from_bytes(whiteout::OCI_OPAQUE);
@@ -413,9 +376,8 @@ impl Overlay {
         if node.id == ROOT_ID {
             return Err(Errno::EINVAL);
         }
-        let loc = self.nodes.live_loc(node)?;
-        let parent = self.node(loc.parent)?;
-        Ok((self.nodes.dir_fd(&parent, layer)?, loc.name))
+        let (parent, name) = self.nodes.live_parent(node)?;
+        Ok((self.nodes.dir_fd(&parent, layer)?, name))
     }
 }
 
@@ -440,13 +402,4 @@ fn join(dir: &OsStr, name: &OsStr) -> std::ffi::OsString {
 pub enum ChildRef {
     Live(Arc<Node>),
     Fresh(NodeInit),
-}
-
-impl ChildRef {
-    pub fn kind(&self) -> u32 {
-        match self {
-            ChildRef::Live(n) => n.kind,
-            ChildRef::Fresh(i) => i.kind,
-        }
-    }
 }

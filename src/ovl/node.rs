@@ -17,7 +17,7 @@ use std::ffi::{OsStr, OsString};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub type NodeId = u64;
@@ -89,8 +89,6 @@ pub struct Node {
     /// An fd to the object kept when its last name goes while it is open, so attributes
     /// can still be read and changed through it.
     pub detached: Mutex<Option<Arc<OwnedFd>>>,
-    /// Open file handles on this node.
-    pub open_count: AtomicU32,
     /// The object has no name left in the merged tree.
     pub unlinked: AtomicBool,
     /// (st_dev, st_ino) of the upper copy, once there is one (see `NodeInit::upper_key`).
@@ -193,12 +191,9 @@ impl NodeTable {
         self.nodes.get(&id).map(|n| n.clone()).ok_or(Errno::ESTALE)
     }
 
-    pub fn len(&self) -> usize {
+    /// How many nodes are live (held by the kernel).
+    pub fn live_count(&self) -> usize {
         self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
     }
 
     /// The live node for `name` in `parent`, with one more lookup reference taken.
@@ -360,94 +355,67 @@ impl NodeTable {
         self.children.insert((parent, name.to_os_string()), node.id);
     }
 
-    /// A name of `node` whose parent the kernel still holds. The first-known name of a
-    /// hard-linked file may sit in a directory that has since been forgotten; another name
-    /// then takes its place.
-    pub fn live_loc(&self, node: &Node) -> SysResult<Loc> {
+    /// A name of `node` whose parent the kernel still holds, with that parent. The
+    /// first-known name of a hard-linked file may sit in a directory that has since been
+    /// forgotten; another name then takes its place.
+    pub fn live_parent(&self, node: &Node) -> SysResult<(Arc<Node>, OsString)> {
         let loc = node.loc();
-        if loc.parent == ROOT_ID || self.nodes.contains_key(&loc.parent) {
-            return Ok(loc);
+        if let Ok(p) = self.get(loc.parent) {
+            return Ok((p, loc.name));
         }
         let mut al = node.aliases.lock();
-        let Some(i) = al
+        let Some((i, parent)) = al
             .iter()
-            .position(|l| l.parent == ROOT_ID || self.nodes.contains_key(&l.parent))
+            .enumerate()
+            .find_map(|(i, l)| self.get(l.parent).ok().map(|p| (i, p)))
         else {
             return Err(Errno::ESTALE);
         };
         let alt = al.swap_remove(i);
         let mut primary = node.loc.write();
         al.push(std::mem::replace(&mut *primary, alt.clone()));
-        Ok(alt)
+        Ok((parent, alt.name))
     }
 
-    /// The node's path relative to a layer root, rebuilt from its parent chain.
-    pub fn rel_path(&self, node: &Node) -> SysResult<OsString> {
+    /// Path of `node` relative to the root of `layer`, rebuilt from its parent chain. In a
+    /// lower layer it starts from the nearest ancestor (or the node) that a redirect put
+    /// elsewhere there; the flag tells whether one did.
+    fn path_in(&self, node: &Node, layer: LayerId) -> SysResult<(OsString, bool)> {
         let mut parts: Vec<OsString> = Vec::new();
-        let mut cur = self.live_loc(node)?;
-        let mut id = node.id;
-        let mut depth = 0;
-        while id != ROOT_ID {
-            parts.push(cur.name.clone());
-            id = cur.parent;
-            if id == ROOT_ID {
+        let mut base: Option<OsString> = None;
+        let mut next: Option<Arc<Node>> = None;
+        loop {
+            let cur: &Node = next.as_deref().unwrap_or(node);
+            if cur.id == ROOT_ID {
                 break;
             }
-            cur = self.get(id)?.loc();
-            depth += 1;
-            if depth > 4096 {
+            if layer != UPPER {
+                if let Some((_, p)) = cur.state.read().redirects.iter().find(|(l, _)| *l == layer) {
+                    base = Some(p.clone());
+                    break;
+                }
+            }
+            let (parent, name) = self.live_parent(cur)?;
+            parts.push(name);
+            next = Some(parent);
+            if parts.len() > 4096 {
                 return Err(Errno::ELOOP);
             }
         }
-        let mut out = Vec::new();
-        for (i, p) in parts.iter().rev().enumerate() {
-            if i > 0 {
-                out.push(b'/');
-            }
-            out.extend_from_slice(p.as_bytes());
-        }
-        Ok(OsString::from_vec(out))
-    }
-
-    /// Path of directory `node` in lower `layer`: its own path, unless it or an ancestor
-    /// was redirected there.
-    pub fn layer_path(&self, node: &Node, layer: LayerId) -> SysResult<OsString> {
-        let mut parts: Vec<OsString> = Vec::new();
-        let mut cur: Arc<Node> = self.get(node.id)?;
-        let mut base = OsString::new();
-        let mut depth = 0;
-        while cur.id != ROOT_ID {
-            if let Some((_, p)) = cur.state.read().redirects.iter().find(|(l, _)| *l == layer) {
-                base = p.clone();
-                break;
-            }
-            let loc = self.live_loc(&cur)?;
-            parts.push(loc.name);
-            cur = self.get(loc.parent)?;
-            depth += 1;
-            if depth > 4096 {
-                return Err(Errno::ELOOP);
-            }
-        }
-        let mut out = base.into_vec();
+        let redirected = base.is_some();
+        let mut out = base.unwrap_or_default().into_vec();
         for p in parts.iter().rev() {
             if !out.is_empty() {
                 out.push(b'/');
             }
             out.extend_from_slice(p.as_bytes());
         }
-        Ok(OsString::from_vec(out))
+        Ok((OsString::from_vec(out), redirected))
     }
 
-    fn has_redirect(&self, node: &Node, layer: LayerId) -> SysResult<bool> {
-        let mut cur: Arc<Node> = self.get(node.id)?;
-        while cur.id != ROOT_ID {
-            if cur.state.read().redirects.iter().any(|(l, _)| *l == layer) {
-                return Ok(true);
-            }
-            cur = self.get(self.live_loc(&cur)?.parent)?;
-        }
-        Ok(false)
+    /// Path of directory `node` in lower `layer` (see `path_in`).
+    pub fn layer_path(&self, node: &Node, layer: LayerId) -> SysResult<OsString> {
+        Ok(self.path_in(node, layer)?.0)
     }
 
     /// An `O_PATH` fd for directory `node` in `layer`, from the bounded cache when it can.
@@ -458,20 +426,15 @@ impl NodeTable {
         if let Some(fd) = self.dirfds.lock().get(&(node.id, layer)) {
             return Ok(fd.clone());
         }
-        let rel = if layer == UPPER {
-            self.rel_path(node)?
-        } else {
-            self.layer_path(node, layer)?
-        };
+        let (rel, redirected) = self.path_in(node, layer)?;
         let flags = libc::O_PATH | libc::O_DIRECTORY;
-        let fd = if rel.len() < DEEP_PATH || layer != UPPER && self.has_redirect(node, layer)? {
+        let fd = if rel.len() < DEEP_PATH || redirected {
             fs::open_beneath(self.roots[layer as usize].as_fd(), &rel, flags, 0)?
         } else {
             // Too long for one path walk (PATH_MAX): continue from the parent's fd.
-            let loc = self.live_loc(node)?;
-            let parent = self.get(loc.parent)?;
+            let (parent, name) = self.live_parent(node)?;
             let pfd = self.dir_fd(&parent, layer)?;
-            fs::open_beneath(pfd.as_fd(), &loc.name, flags, 0)?
+            fs::open_beneath(pfd.as_fd(), &name, flags, 0)?
         };
         let fd = Arc::new(fd);
         self.dirfds.lock().put((node.id, layer), fd.clone());
@@ -490,14 +453,6 @@ impl NodeTable {
             c.pop(&(node.id, l));
         }
     }
-
-    /// Lookup references the kernel holds on a node (for tests and diagnostics).
-    pub fn lookups(&self, id: NodeId) -> u64 {
-        self.nodes
-            .get(&id)
-            .map(|n| n.lookups.load(Ordering::Relaxed))
-            .unwrap_or(0)
-    }
 }
 
 impl Node {
@@ -514,7 +469,6 @@ impl Node {
             dir_lock: Mutex::new(()),
             merged: Mutex::new(None),
             detached: Mutex::new(None),
-            open_count: AtomicU32::new(0),
             unlinked: AtomicBool::new(false),
             upper_key: Mutex::new(None),
         }

@@ -1,7 +1,7 @@
 //! Merged directories: the union listing of a directory, built once from all its layers
 //! and then patched per entry by our own changes, plus open directory handles.
 //!
-//! The listing (name → layer, type, inode number) is what readdir shows and what lookup
+//! The listing (name → type, inode number) is what readdir shows and what lookup
 //! consults for names that do not exist, so the two always agree. Nothing re-reads a whole
 //! directory because one name changed: create, unlink and rename patch one entry, so their
 //! cost does not grow with the size of the directory. An open directory handle holds a
@@ -28,7 +28,6 @@ const MERGED_DIRS: usize = 8192;
 /// One visible entry of a merged directory.
 #[derive(Clone, Copy, Debug)]
 pub struct Entry {
-    pub layer: LayerId,
     /// `S_IFMT` bits.
     pub kind: u32,
     /// The inode number shown as `d_ino` (equal to the entry's `st_ino`).
@@ -46,8 +45,6 @@ pub struct Listed {
 #[derive(Default)]
 struct Inner {
     entries: HashMap<OsString, Entry>,
-    /// Names hidden by a whiteout in some layer (a directory made there becomes opaque).
-    hidden: HashSet<OsString>,
     /// Names whose highest lower copy is a real object: removing them needs a whiteout.
     lower_positive: HashSet<OsString>,
     listing: Option<Arc<Vec<Listed>>>,
@@ -62,10 +59,6 @@ impl MergedDir {
         self.inner.read().entries.contains_key(name)
     }
 
-    pub fn get(&self, name: &OsStr) -> Option<Entry> {
-        self.inner.read().entries.get(name).copied()
-    }
-
     pub fn len(&self) -> usize {
         self.inner.read().entries.len()
     }
@@ -78,31 +71,17 @@ impl MergedDir {
         self.inner.read().lower_positive.contains(name)
     }
 
-    pub fn was_whiteout(&self, name: &OsStr) -> bool {
-        self.inner.read().hidden.contains(name)
-    }
-
-    pub fn set_layer(&self, name: &OsStr, layer: LayerId) {
-        if let Some(e) = self.inner.write().entries.get_mut(name) {
-            e.layer = layer;
-        }
-    }
-
     /// A name now exists (create, mkdir, rename target, ...).
     pub fn insert(&self, name: &OsStr, e: Entry) {
         let mut i = self.inner.write();
-        i.hidden.remove(name);
         i.entries.insert(name.to_os_string(), e);
         i.listing = None;
     }
 
-    /// A name is gone; `whiteout` tells whether a whiteout now hides a lower copy.
-    pub fn remove(&self, name: &OsStr, whiteout: bool) {
+    /// A name is gone.
+    pub fn remove(&self, name: &OsStr) {
         let mut i = self.inner.write();
         i.entries.remove(name);
-        if whiteout {
-            i.hidden.insert(name.to_os_string());
-        }
         i.listing = None;
     }
 
@@ -197,17 +176,6 @@ impl Overlay {
         }
     }
 
-    /// Like `merged_dir`, for callers that already hold the directory's lock.
-    pub fn merged_dir_locked(&self, node: &Arc<Node>) -> SysResult<Arc<MergedDir>> {
-        if let Some(m) = node.merged.lock().clone() {
-            return Ok(m);
-        }
-        let m = Arc::new(self.build_merged(node)?);
-        *node.merged.lock() = Some(m.clone());
-        self.remember_merged(node, m.len());
-        Ok(m)
-    }
-
     fn build_merged(&self, node: &Arc<Node>) -> SysResult<MergedDir> {
         let st = node.state();
         let mut order: Vec<LayerId> = Vec::with_capacity(st.lowers.len() + 1);
@@ -217,6 +185,8 @@ impl Overlay {
         order.extend(st.lowers.iter().copied());
 
         let mut inner = Inner::default();
+        // Names a whiteout hid in a higher layer: lower copies of them stay hidden.
+        let mut hidden: HashSet<OsString> = HashSet::new();
         let mut lower_seen: HashSet<OsString> = HashSet::new();
         // Upper directories that may merge with a lower one: their d_ino is the lower's.
         let mut maybe_merged: HashSet<OsString> = HashSet::new();
@@ -226,7 +196,7 @@ impl Overlay {
             let raw = fs::read_dir_all(dfd)?;
             let is_lower = layer != UPPER;
             let dev = self.layers.get(layer).dev;
-            let xwhiteouts = self.dir_has_xwhiteouts(dfd);
+            let xwhiteouts = whiteout::dir_has_xwhiteouts(dfd);
             let impure = layer == UPPER
                 && (st.impure
                     || xattr::get_on_dir(
@@ -254,7 +224,7 @@ impl Overlay {
                         .map(|s| whiteout::is_whiteout_stat(&s))
                         .unwrap_or(false),
                     libc::S_IFREG if xwhiteouts => fs::fstatat(dfd, &e.name)
-                        .map(|s| whiteout::is_whiteout(dfd, &e.name, &s))
+                        .map(|s| whiteout::is_xattr_whiteout(dfd, &e.name, &s))
                         .unwrap_or(false),
                     _ => false,
                 };
@@ -272,17 +242,17 @@ impl Overlay {
                     }
                     continue;
                 }
-                if inner.hidden.contains(&e.name) {
+                if hidden.contains(&e.name) {
                     continue;
                 }
                 if is_wh {
-                    inner.hidden.insert(e.name);
+                    hidden.insert(e.name);
                     continue;
                 }
                 let mut ino = self.layers.ino.map(dev, e.ino);
                 if layer == UPPER {
                     if kind == libc::S_IFDIR {
-                        if !st.lowers.is_empty() && !whiteout::is_opaque_dir(dfd, &e.name, None) {
+                        if !st.lowers.is_empty() && !whiteout::is_opaque_dir(dfd, &e.name) {
                             maybe_merged.insert(e.name.clone());
                         }
                     } else if impure {
@@ -291,14 +261,14 @@ impl Overlay {
                         }
                     }
                 }
-                inner.entries.insert(e.name, Entry { layer, kind, ino });
+                inner.entries.insert(e.name, Entry { kind, ino });
             }
             for h in markers {
                 if is_lower {
                     lower_seen.insert(h.clone());
                 }
                 if !inner.entries.contains_key(&h) {
-                    inner.hidden.insert(h);
+                    hidden.insert(h);
                 }
             }
         }

@@ -30,18 +30,28 @@ pub fn is_whiteout_stat(st: &Stat) -> bool {
     fs::ifmt(st.st_mode) == libc::S_IFCHR && st.st_rdev == 0
 }
 
-/// Whether `name` in `dir` is a whiteout in any format that an entry itself can carry
-/// (char 0/0, or an empty file tagged with the whiteout xattr).
-pub fn is_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> bool {
-    if is_whiteout_stat(st) {
-        return true;
-    }
-    if fs::ifmt(st.st_mode) == libc::S_IFREG && st.st_size == 0 {
-        return WHITEOUT_XATTRS
+/// Whether `name` in `dir` is an xattr whiteout: an empty regular file tagged with the
+/// whiteout xattr. It counts only inside a directory marked `opaque=x` (see
+/// `dir_has_xwhiteouts`), as in the kernel.
+pub fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> bool {
+    fs::ifmt(st.st_mode) == libc::S_IFREG
+        && st.st_size == 0
+        && WHITEOUT_XATTRS
             .iter()
-            .any(|a| xattr::get(dir, name, a, &mut []).is_ok());
-    }
-    false
+            .any(|a| xattr::get(dir, name, a, &mut []).is_ok())
+}
+
+/// Whether the layer directory `dir` is marked as holding xattr whiteouts (`opaque=x`).
+pub fn dir_has_xwhiteouts(dir: BorrowedFd<'_>) -> bool {
+    ["trusted.overlay.opaque", "user.overlay.opaque"]
+        .iter()
+        .any(|a| xattr::get_on_dir(dir, a).is_ok_and(|v| v == b"x"))
+}
+
+/// Whether the entry `name` (already stat-ed) of layer directory `dir` is a whiteout, in
+/// any format an entry itself can carry.
+pub fn is_whiteout_in(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> bool {
+    is_whiteout_stat(st) || is_xattr_whiteout(dir, name, st) && dir_has_xwhiteouts(dir)
 }
 
 /// Whether a name is one of the OCI marker names, which are never shown.
@@ -67,9 +77,9 @@ pub fn oci_marker_for(name: &OsStr) -> OsString {
     OsString::from(OsStr::from_bytes(&v))
 }
 
-/// Whether the directory `name` inside `parent` (both in one layer) hides the layers
-/// below it: an opaque xattr with value `y`, or an OCI `.wh..wh..opq` marker inside.
-pub fn is_opaque_dir(parent: BorrowedFd<'_>, name: &OsStr, dir: Option<BorrowedFd<'_>>) -> bool {
+/// Whether the directory `name` inside `parent` (both in one layer) carries an opaque
+/// xattr with value `y` (the OCI `.wh..wh..opq` marker inside is checked by lookup).
+pub fn is_opaque_dir(parent: BorrowedFd<'_>, name: &OsStr) -> bool {
     for a in OPAQUE_XATTRS {
         let mut v = [0u8; 4];
         if let Ok(n) = xattr::get(parent, name, a, &mut v) {
@@ -78,10 +88,7 @@ pub fn is_opaque_dir(parent: BorrowedFd<'_>, name: &OsStr, dir: Option<BorrowedF
             }
         }
     }
-    match dir {
-        Some(d) => fs::fstatat(d, OsStr::from_bytes(OCI_OPAQUE)).is_ok(),
-        None => false,
-    }
+    false
 }
 
 /// Marks `name` in `dir` opaque in the format this mount writes.
