@@ -358,7 +358,7 @@ impl Filesystem for OvlFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -368,7 +368,7 @@ impl Filesystem for OvlFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.ovl.write(fh.0, offset, data) {
+        match self.ovl.write(&ctx(req), fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
         }
@@ -556,7 +556,7 @@ impl Filesystem for OvlFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -564,7 +564,7 @@ impl Filesystem for OvlFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.ovl.fallocate(fh.0, offset, length, mode) {
+        match self.ovl.fallocate(&ctx(req), fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -587,7 +587,7 @@ impl Filesystem for OvlFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -600,7 +600,7 @@ impl Filesystem for OvlFs {
     ) {
         match self
             .ovl
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+            .copy_file_range(&ctx(req), fh_in.0, offset_in, fh_out.0, offset_out, len)
         {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),

@@ -8,29 +8,62 @@
 # - optionally (--tmpfs) also mounts a tmpfs on $BASE/tmpfs with its own
 #   layer directories, used by local-tmpfs.config (ovlfuse layers on tmpfs,
 #   the same base fs as overlay.config gives kernel overlayfs)
-# Usage: setup.sh [--reset] [--tmpfs] [--cleanup]
-#   --cleanup: unmount everything under $BASE (incl. the tmpfs) and exit
+# - optionally (--xfs) creates four sparse image files under $BASE/xfs-img,
+#   attaches them to loop devices and makes xfs on them (like a real test box):
+#     test.img, scratch.img       -> mounted on $BASE/xfs/{test,scratch}, with
+#                                    lower/upper/work inside (local-xfs.config)
+#     kovl-test.img, kovl-scratch.img -> left unmounted; xfstests mounts them
+#                                    itself as the base of kernel overlayfs
+#                                    (overlay-xfs.config)
+#   Re-running it is safe: existing images/loop devices/mounts are reused;
+#   with --reset the four images are re-made (mkfs.xfs) from scratch.
+#   Image size: OVLFUSE_XFS_IMG_SIZE (default 8G; sparse, grows with use).
+# Usage: setup.sh [--reset] [--tmpfs] [--xfs] [--cleanup]
+#   --cleanup: unmount everything under $BASE (incl. the tmpfs and the xfs
+#              loop filesystems), detach the loop devices of $BASE/xfs-img
+#              and delete those images, and exit
 # It does NOT fetch or build xfstests; see README.md for that.
 set -eu
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${OVLFUSE_BIN:-$REPO/target/release/ovlfuse}
 BASE=${OVLFUSE_XFS_BASE:-/var/tmp/ovlfuse-xfstests}
-RESET=0 TMPFS=0 CLEANUP=0
+IMG_DIR=$BASE/xfs-img
+IMG_SIZE=${OVLFUSE_XFS_IMG_SIZE:-8G}
+RESET=0 TMPFS=0 XFS=0 CLEANUP=0
 for a in "$@"; do
 	case "$a" in
 	--reset) RESET=1 ;;
 	--tmpfs) TMPFS=1 ;;
+	--xfs) XFS=1 ;;
 	--cleanup) CLEANUP=1 ;;
-	*) echo "usage: $0 [--reset] [--tmpfs] [--cleanup]" >&2; exit 2 ;;
+	*) echo "usage: $0 [--reset] [--tmpfs] [--xfs] [--cleanup]" >&2; exit 2 ;;
 	esac
 done
+
+# loop device currently backed by image $1 (empty if none)
+loopdev_of()
+{
+	losetup -n -O NAME -j "$1" 2>/dev/null | head -n 1
+}
+
+# detach the loop devices of all images in $IMG_DIR
+detach_loops()
+{
+	for img in "$IMG_DIR"/*.img; do
+		[ -e "$img" ] || continue
+		losetup -n -O NAME -j "$img" | while read -r dev; do
+			losetup -d "$dev"
+		done
+	done
+}
 
 unmount_all()
 {
 	# deepest first; only mounts under $BASE
 	findmnt -rn -o TARGET | grep -F "$BASE/" | sort -r | while read -r m; do
-		umount "$m" 2>/dev/null || fusermount3 -u "$m" 2>/dev/null || umount -l "$m"
+		umount "$m" 2>/dev/null || fusermount3 -u "$m" 2>/dev/null ||
+		{ sleep 1; umount "$m" 2>/dev/null; } || umount -l "$m"
 	done
 	if mountpoint -q "$BASE/tmpfs" 2>/dev/null; then umount "$BASE/tmpfs"; fi
 }
@@ -38,6 +71,12 @@ unmount_all()
 if [ "$CLEANUP" = 1 ]; then
 	unmount_all
 	echo "unmounted everything under $BASE"
+	if [ -d "$IMG_DIR" ]; then
+		detach_loops
+		rm -f "$IMG_DIR"/*.img
+		rmdir "$IMG_DIR" 2>/dev/null || true
+		echo "detached and deleted the xfs images in $IMG_DIR"
+	fi
 	exit 0
 fi
 
@@ -56,8 +95,19 @@ done
 ln -sfn "$BIN" /usr/local/bin/ovlfuse
 echo "linked /usr/local/bin/ovlfuse -> $BIN"
 
+if [ "$XFS" = 1 ]; then
+	command -v mkfs.xfs >/dev/null 2>&1 || {
+		echo "setup.sh: mkfs.xfs missing (apt-get install xfsprogs)" >&2
+		exit 1
+	}
+fi
+
 if [ "$RESET" = 1 ]; then
 	unmount_all
+	if [ "$XFS" = 1 ] && [ -d "$IMG_DIR" ]; then
+		detach_loops
+		rm -f "$IMG_DIR"/*.img
+	fi
 	# only remove what we created, never anything outside $BASE
 	case "$BASE" in /*/*) ;; *) echo "refusing to reset BASE=$BASE" >&2; exit 1;; esac
 	rm -rf "$BASE/test" "$BASE/scratch" "$BASE/kovl" \
@@ -77,6 +127,35 @@ if [ "$TMPFS" = 1 ]; then
 			 "$BASE/tmpfs/$fs/work" "$BASE/tmpfs/$fs-mnt"
 	done
 	echo "  tmpfs   : $BASE/tmpfs/{test,scratch}/{lower,upper,work} (local-tmpfs.config)"
+fi
+if [ "$XFS" = 1 ]; then
+	mkdir -p "$IMG_DIR"
+	for name in test scratch kovl-test kovl-scratch; do
+		img=$IMG_DIR/$name.img
+		if [ ! -e "$img" ]; then
+			truncate -s "$IMG_SIZE" "$img"
+			NEW_IMG=1
+		else
+			NEW_IMG=0
+		fi
+		dev=$(loopdev_of "$img")
+		[ -n "$dev" ] || dev=$(losetup -f --show "$img")
+		if [ "$NEW_IMG" = 1 ]; then
+			mkfs.xfs -q -f "$dev"
+		fi
+		echo "  xfs     : $img on $dev"
+	done
+	# ovlfuse layers: mount the xfs fs, then make the layer dirs inside it
+	for fs in test scratch; do
+		mnt=$BASE/xfs/$fs
+		mkdir -p "$mnt" "$BASE/xfs/$fs-mnt"
+		mountpoint -q "$mnt" || mount -t xfs "$(loopdev_of "$IMG_DIR/$fs.img")" "$mnt"
+		mkdir -p "$mnt/lower" "$mnt/upper" "$mnt/work"
+	done
+	# kernel overlayfs: only the mount points of the base fs
+	mkdir -p "$BASE/xfs/kovl/test" "$BASE/xfs/kovl/scratch"
+	echo "  ovlfuse on xfs: $BASE/xfs/{test,scratch}/{lower,upper,work}, mounts $BASE/xfs/{test,scratch}-mnt (local-xfs.config)"
+	echo "  overlay on xfs: loop devs of $IMG_DIR/kovl-{test,scratch}.img, base mounted by xfstests on $BASE/xfs/kovl/{test,scratch} (overlay-xfs.config)"
 fi
 echo "layer directories ready under $BASE:"
 echo "  ovlfuse : $BASE/{test,scratch}/{lower,upper,work}, mounts $BASE/{test,scratch}-mnt"

@@ -64,8 +64,7 @@ impl NewObject<'_> {
     fn make(&self, dir: BorrowedFd<'_>, name: &OsStr, perm: u32) -> SysResult<Option<OwnedFd>> {
         match *self {
             NewObject::File { flags, .. } => {
-                let keep = libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
-                let f = (flags & keep) | libc::O_CREAT | libc::O_EXCL;
+                let f = super::file::real_open_flags(flags) | libc::O_CREAT | libc::O_EXCL;
                 Ok(Some(fs::openat(dir, name, f, perm)?))
             }
             NewObject::Dir { .. } => fs::mkdirat(dir, name, perm).map(|()| None),
@@ -186,13 +185,18 @@ impl Overlay {
         }
         if kind == libc::S_IFDIR && pst.st_mode & libc::S_ISGID != 0 {
             perm |= libc::S_ISGID;
+        } else if perm & libc::S_ISGID != 0 && !ctx.in_group_or_root(gid) {
+            // A file may not be made set-group-ID for a group its creator is not in.
+            perm &= !libc::S_ISGID;
         }
 
         let finish = |dir: BorrowedFd<'_>, n: &OsStr| -> SysResult<()> {
             fs::fchownat(dir, n, Some(ctx.uid), Some(gid))?;
-            // chown clears set-user/group-ID bits; put back what was asked for.
+            // chown clears set-user/group-ID bits; put them back. The permission bits stay
+            // as the upper filesystem made them: a default ACL may have narrowed them.
             if kind != libc::S_IFLNK && perm & 0o7000 != 0 {
-                fs::fchmodat(dir, n, perm)?;
+                let now = fs::fstatat(dir, n)?.st_mode & 0o777;
+                fs::fchmodat(dir, n, now | (perm & 0o7000))?;
             }
             if opaque {
                 whiteout::set_opaque(dir, n, self.layers.xattr_prefix)?;
@@ -384,6 +388,23 @@ impl Overlay {
     }
 
     fn check_removable(&self, child: &Arc<Node>, want_dir: bool) -> SysResult<()> {
+        let res = self.check_removable_kind(child, want_dir);
+        // The VFS refuses to remove an immutable or append-only object, or anything from
+        // an append-only or immutable directory, before it looks at the type or contents.
+        // On success the upper filesystem enforces the flags itself, so only a refusal
+        // needs a look at them.
+        if res.is_err() {
+            let parent = self.node(child.parent());
+            if self.is_immutable_or_append(child)
+                || parent.is_ok_and(|p| self.is_immutable_or_append(&p))
+            {
+                return Err(Errno::EPERM);
+            }
+        }
+        res
+    }
+
+    fn check_removable_kind(&self, child: &Arc<Node>, want_dir: bool) -> SysResult<()> {
         if want_dir && !child.is_dir() {
             return Err(Errno::ENOTDIR);
         }

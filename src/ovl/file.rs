@@ -35,10 +35,17 @@ impl FileHandle {
 }
 
 /// Flags passed to the real open: access mode and the few that change I/O semantics.
-/// O_APPEND is left out because the kernel gives every write its offset; O_DIRECT because
-/// our buffers are not aligned (the kernel does the direct I/O towards the caller).
-fn real_open_flags(flags: i32) -> i32 {
-    let keep = libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME | libc::O_NONBLOCK;
+/// O_APPEND is kept although the kernel gives every write its offset (the end of the
+/// file, for an append handle): an append-only file refuses a writable open without it.
+/// O_DIRECT is left out because our buffers are not aligned (the kernel does the direct
+/// I/O towards the caller).
+pub(super) fn real_open_flags(flags: i32) -> i32 {
+    let keep = libc::O_ACCMODE
+        | libc::O_APPEND
+        | libc::O_SYNC
+        | libc::O_DSYNC
+        | libc::O_NOATIME
+        | libc::O_NONBLOCK;
     flags & keep
 }
 
@@ -160,7 +167,36 @@ impl Overlay {
         Ok(buf)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> SysResult<u32> {
+    /// After a write by an unprivileged caller: clear set-user-ID, and set-group-ID where
+    /// the VFS would (group-executable, or the caller outside the file's group). The
+    /// kernel's FUSE client clears only the first two cases itself, and our writes run
+    /// with CAP_FSETID, so the upper filesystem would keep the bits.
+    pub(super) fn kill_suid_sgid(&self, ctx: &Ctx, node: &Node, fd: &OwnedFd) {
+        if ctx.uid == 0 {
+            return;
+        }
+        let Ok(st) = fs::fstat(fd.as_fd()) else {
+            return;
+        };
+        let mode = st.st_mode & 0o7777;
+        let mut keep = mode;
+        if mode & libc::S_ISUID != 0 {
+            keep &= !libc::S_ISUID;
+        }
+        if mode & libc::S_ISGID != 0
+            && (mode & libc::S_IXGRP != 0 || !ctx.in_group_or_root(st.st_gid))
+        {
+            keep &= !libc::S_ISGID;
+        }
+        if keep != mode {
+            match fs::chmod_fd(fd.as_fd(), keep) {
+                Ok(()) => self.notify_attr_changed(node.id),
+                Err(e) => log::warn!("cannot clear set-ID bits after a write: {e:?}"),
+            }
+        }
+    }
+
+    pub fn write(&self, ctx: &Ctx, fh: u64, offset: u64, data: &[u8]) -> SysResult<u32> {
         let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
         let fd = h.fd();
         let mut done = 0;
@@ -170,6 +206,9 @@ impl Overlay {
                 break;
             }
             done += n;
+        }
+        if done > 0 {
+            self.kill_suid_sgid(ctx, &h.node, &fd);
         }
         Ok(done as u32)
     }
@@ -186,9 +225,19 @@ impl Overlay {
         fs::fsync(h.fd().as_fd(), datasync)
     }
 
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> SysResult<()> {
+    pub fn fallocate(
+        &self,
+        ctx: &Ctx,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> SysResult<()> {
         let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
-        fs::fallocate(h.fd().as_fd(), mode, offset, len)
+        let fd = h.fd();
+        fs::fallocate(fd.as_fd(), mode, offset, len)?;
+        self.kill_suid_sgid(ctx, &h.node, &fd);
+        Ok(())
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> SysResult<i64> {
@@ -199,6 +248,7 @@ impl Overlay {
 
     pub fn copy_file_range(
         &self,
+        ctx: &Ctx,
         fh_in: u64,
         off_in: u64,
         fh_out: u64,
@@ -211,6 +261,9 @@ impl Overlay {
         let fo = ho.fd();
         let len = len.min(u32::MAX as u64 & !0xfff) as usize;
         let n = fs::copy_file_range(fi.as_fd(), off_in, fo.as_fd(), off_out, len)?;
+        if n > 0 {
+            self.kill_suid_sgid(ctx, &ho.node, &fo);
+        }
         Ok(n as u32)
     }
 }

@@ -9,7 +9,7 @@ use super::layers::UPPER;
 use super::node::{Node, ROOT_ID};
 use super::{Ctx, Errno, Overlay, SysResult};
 use crate::sys::fs::{self, Stat};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,11 +230,11 @@ impl Overlay {
             }
             // chmod by someone outside the file's group cannot set set-group-ID (the VFS
             // strips it in the filesystem's setattr; we chmod as root, so strip it here).
-            if mode & libc::S_ISGID != 0 && ctx.uid != 0 {
-                let gid = self.stat_node(&node)?.st_gid;
-                if gid != ctx.gid && !crate::sys::process_groups(ctx.pid).contains(&gid) {
-                    mode &= !libc::S_ISGID;
-                }
+            if mode & libc::S_ISGID != 0
+                && ctx.uid != 0
+                && !ctx.in_group_or_root(self.stat_node(&node)?.st_gid)
+            {
+                mode &= !libc::S_ISGID;
             }
             match &target {
                 Target::Name(pfd, name) => fs::fchmodat(pfd.as_fd(), name, mode & 0o7777)?,
@@ -250,6 +250,7 @@ impl Overlay {
                 (None, Target::Fd(fd)) => Arc::new(fs::reopen(fd.as_fd(), libc::O_WRONLY)?),
             };
             fs::ftruncate(fd.as_fd(), size)?;
+            self.kill_suid_sgid(ctx, &node, &fd);
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let a = set.atime.map(TimeSet::timespec);
@@ -335,15 +336,7 @@ impl Overlay {
             self.require_upper()?;
             self.copy_up(&node, true)?;
         }
-        let top = node.state().top().ok_or(Errno::ESTALE)?;
-        let flags =
-            libc::O_RDONLY | libc::O_NONBLOCK | if node.is_dir() { libc::O_DIRECTORY } else { 0 };
-        let fd = if node.id == ROOT_ID {
-            fs::reopen(self.nodes.dir_fd(&node, top)?.as_fd(), flags)?
-        } else {
-            let (pfd, name) = self.parent_fd(&node, top)?;
-            fs::openat(pfd.as_fd(), &name, flags, 0)?
-        };
+        let fd = self.open_for_ioctl(&node)?;
         // The kernel's FS_IOC_*FLAGS take an int whatever the command's encoded size says.
         let mut buf = vec![0u8; size.max(8)];
         let n = input.len().min(size);
@@ -355,5 +348,36 @@ impl Overlay {
         }
         buf.truncate(size.min(out_size.max(size)));
         Ok(buf)
+    }
+
+    /// The copy that is seen, opened just far enough for an inode-attribute ioctl.
+    fn open_for_ioctl(&self, node: &Node) -> SysResult<OwnedFd> {
+        let top = node.state().top().ok_or(Errno::ESTALE)?;
+        let flags =
+            libc::O_RDONLY | libc::O_NONBLOCK | if node.is_dir() { libc::O_DIRECTORY } else { 0 };
+        if node.id == ROOT_ID {
+            fs::reopen(self.nodes.dir_fd(node, top)?.as_fd(), flags)
+        } else {
+            let (pfd, name) = self.parent_fd(node, top)?;
+            fs::openat(pfd.as_fd(), &name, flags, 0)
+        }
+    }
+
+    /// Whether `node` carries the immutable or append-only attribute. The kernel's FUSE
+    /// client does not know these flags, so the checks the VFS makes on them before a
+    /// removal (EPERM, ahead of ENOTEMPTY or EISDIR) are ours to make.
+    pub fn is_immutable_or_append(&self, node: &Node) -> bool {
+        if node.kind != libc::S_IFREG && node.kind != libc::S_IFDIR {
+            return false;
+        }
+        let Ok(fd) = self.open_for_ioctl(node) else {
+            return false;
+        };
+        let mut buf = [0u8; 8];
+        if fs::attr_ioctl(fd.as_fd(), fs::FS_IOC_GETFLAGS, &mut buf).is_err() {
+            return false;
+        }
+        let flags = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        flags & (fs::FS_IMMUTABLE_FL | fs::FS_APPEND_FL) != 0
     }
 }

@@ -45,6 +45,14 @@ pub struct Ctx {
     pub umask: u32,
 }
 
+impl Ctx {
+    /// Whether the caller is root or a member of group `gid` (its own or a supplementary
+    /// one): the test the VFS makes before it keeps a set-group-ID bit.
+    pub fn in_group_or_root(&self, gid: u32) -> bool {
+        self.uid == 0 || gid == self.gid || crate::sys::process_groups(self.pid).contains(&gid)
+    }
+}
+
 /// Behaviour switches that come from mount options.
 #[derive(Clone, Debug)]
 pub struct Config {

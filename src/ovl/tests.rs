@@ -178,7 +178,7 @@ fn copy_up_on_write_keeps_metadata_and_lower() {
     let ovl = f.overlay(1);
     let (n, before) = ovl.lookup(ROOT_ID, OsStr::new("f")).unwrap();
     let fh = ovl.open(&ctx(), n.id, libc::O_WRONLY).unwrap();
-    ovl.write(fh, 5, b" world").unwrap();
+    ovl.write(&ctx(), fh, 5, b" world").unwrap();
     ovl.release(fh);
     assert_eq!(std::fs::read(f.p("upper/f")).unwrap(), b"hello world");
     assert_eq!(std::fs::read(f.p("l0/f")).unwrap(), b"hello");
@@ -376,7 +376,7 @@ fn lower_hard_links_show_one_inode_but_stay_separate_objects() {
     assert_eq!(aa.ino, ba.ino);
     assert_eq!(aa.nlink, 2);
     let fh = ovl.open(&ctx(), a.id, libc::O_WRONLY).unwrap();
-    ovl.write(fh, 1, b"y").unwrap();
+    ovl.write(&ctx(), fh, 1, b"y").unwrap();
     ovl.release(fh);
     assert_eq!(ovl.getattr(a.id, None).unwrap().nlink, 1);
     assert_eq!(ovl.getattr(b.id, None).unwrap().nlink, 2);
@@ -488,4 +488,128 @@ fn chmod_by_a_non_member_cannot_set_setgid() {
     );
     let a = ovl.setattr(&ctx(), n.id, &set).unwrap();
     assert_eq!(a.mode & 0o7777, 0o2755, "root may set it");
+}
+
+fn user(uid: u32, gid: u32) -> Ctx {
+    Ctx {
+        uid,
+        gid,
+        pid: std::process::id(),
+        umask: 0,
+    }
+}
+
+fn mode_of(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().mode() & 0o7777
+}
+
+#[test]
+fn writes_by_unprivileged_callers_clear_set_id_bits_as_the_vfs_does() {
+    let f = Fixture::new(1);
+    for name in ["plain", "grpexec", "member"] {
+        f.write(&format!("l0/{name}"), "data");
+        std::os::unix::fs::chown(f.p(&format!("l0/{name}")), Some(0), Some(4242)).unwrap();
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let set = |n: &str, m: u32| {
+        std::fs::set_permissions(f.p(n), std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    set("l0/plain", 0o6666);
+    set("l0/grpexec", 0o2676);
+    set("l0/member", 0o2666);
+    let ovl = f.overlay(1);
+    let write_as = |who: &Ctx, name: &str| {
+        let (n, _) = ovl.lookup(ROOT_ID, OsStr::new(name)).unwrap();
+        let fh = ovl.open(who, n.id, libc::O_WRONLY).unwrap();
+        assert_eq!(ovl.write(who, fh, 0, b"x").unwrap(), 1);
+        ovl.release(fh);
+    };
+    // Outside the file's group: set-user-ID and set-group-ID both go.
+    write_as(&user(1000, 1000), "plain");
+    assert_eq!(mode_of(&f.p("upper/plain")), 0o666);
+    // Group-executable: set-group-ID goes whoever writes (unless privileged).
+    write_as(&user(1000, 4242), "grpexec");
+    assert_eq!(mode_of(&f.p("upper/grpexec")), 0o676);
+    // A member of the group writing a non-group-executable file keeps it.
+    write_as(&user(1000, 4242), "member");
+    assert_eq!(mode_of(&f.p("upper/member")), 0o2666);
+    // Root keeps everything.
+    std::fs::set_permissions(f.p("upper/plain"), std::fs::Permissions::from_mode(0o6666)).unwrap();
+    write_as(&ctx(), "plain");
+    assert_eq!(mode_of(&f.p("upper/plain")), 0o6666);
+}
+
+/// Runs `f`, then clears the immutable flag of `dir` whatever happened, so the fixture
+/// can be removed.
+fn with_immutable(dir: &Path, f: impl FnOnce()) {
+    let set = |flags: u32| {
+        let d = std::fs::File::open(dir).unwrap();
+        let mut buf = [0u8; 8];
+        buf[..4].copy_from_slice(&flags.to_ne_bytes());
+        fs::attr_ioctl(d.as_fd(), fs::FS_IOC_SETFLAGS, &mut buf)
+    };
+    if set(fs::FS_IMMUTABLE_FL).is_err() {
+        eprintln!("SKIPPED: the filesystem under /tmp has no immutable flag");
+        return;
+    }
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    set(0).unwrap();
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}
+
+#[test]
+fn removal_from_an_immutable_directory_is_eperm_before_enotempty() {
+    let f = Fixture::new(1);
+    f.write("upper/d/full/file", "x");
+    f.write("upper/d/file", "x");
+    let ovl = f.overlay(1);
+    let (d, _) = ovl.lookup(ROOT_ID, OsStr::new("d")).unwrap();
+    with_immutable(&f.p("upper/d"), || {
+        assert_eq!(ovl.rmdir(d.id, OsStr::new("full")), Err(Errno::EPERM));
+        assert_eq!(ovl.rmdir(d.id, OsStr::new("file")), Err(Errno::EPERM));
+        assert_eq!(ovl.unlink(d.id, OsStr::new("full")), Err(Errno::EPERM));
+    });
+    // Without the flag, the usual errors come back.
+    assert_eq!(ovl.rmdir(d.id, OsStr::new("full")), Err(Errno::ENOTEMPTY));
+    assert_eq!(ovl.unlink(d.id, OsStr::new("full")), Err(Errno::EISDIR));
+}
+
+/// A POSIX ACL xattr value: version 2, then (tag, perm, id) entries.
+fn acl_value(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn mkdir_in_a_setgid_directory_keeps_what_the_default_acl_allows() {
+    let f = Fixture::new(1);
+    std::fs::create_dir_all(f.p("upper/d")).unwrap();
+    std::os::unix::fs::chown(f.p("upper/d"), Some(100), Some(100)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(f.p("upper/d"), std::fs::Permissions::from_mode(0o2755)).unwrap();
+    // user::rwx user:101:rwx group::r-x mask::rwx other::r-x
+    let acl = acl_value(&[
+        (0x01, 7, u32::MAX),
+        (0x02, 7, 101),
+        (0x04, 5, u32::MAX),
+        (0x10, 7, u32::MAX),
+        (0x20, 5, u32::MAX),
+    ]);
+    let d = std::fs::File::open(f.p("upper/d")).unwrap();
+    if crate::sys::xattr::set_on_dir(d.as_fd(), "system.posix_acl_default", &acl).is_err() {
+        eprintln!("SKIPPED: the filesystem under /tmp has no POSIX ACLs");
+        return;
+    }
+    let ovl = f.overlay(1);
+    let (dn, _) = ovl.lookup(ROOT_ID, OsStr::new("d")).unwrap();
+    let (_, a) = ovl.mkdir(&user(100, 101), dn.id, OsStr::new("sub"), 0o777).unwrap();
+    assert_eq!(a.mode & 0o7777, 0o2775, "other bits come from the default ACL");
+    assert_eq!(mode_of(&f.p("upper/d/sub")), 0o2775);
 }

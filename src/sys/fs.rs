@@ -542,6 +542,8 @@ pub const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
 pub const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
 pub const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
 pub const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+pub const FS_IMMUTABLE_FL: u32 = 0x10;
+pub const FS_APPEND_FL: u32 = 0x20;
 
 /// An inode-attribute ioctl (FS_IOC_{GET,SET}FLAGS, FS_IOC_FS{GET,SET}XATTR) on `fd`, with
 /// `buf` as its argument (read and written).
