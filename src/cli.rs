@@ -195,9 +195,12 @@ Mount flags:
   rw                     read-write mount (default)
   remount                change the flags (ro, rw, nodev, ...) of the live mount at
                          MOUNTPOINT and exit; no layers needed
-  nodev, nosuid, noexec, dev, suid, exec, sync, async, dirsync, noatime, atime
+  nodev, nosuid, noexec, dev, suid, exec, sync, async, dirsync
                          passed to the kernel mount
-  relatime, strictatime, nodiratime, lazytime              accepted and ignored
+  relatime (default), strictatime, noatime, atime, nodiratime
+                         when reads through the mount move the upper files' atimes
+                         (lower layers' never move); a read-only mount moves none
+  lazytime               accepted and ignored
 
 fuse-overlayfs options (accepted and ignored for now):
   uidmapping=FROM:TO:LEN[:...], gidmapping=FROM:TO:LEN[:...]  id mappings

@@ -139,6 +139,14 @@ impl OvlFs {
         }
     }
 
+    fn open_flags(&self, fh: u64) -> FopenFlags {
+        if self.ovl.keep_page_cache(fh) {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
     fn xattr_reply(reply: ReplyXattr, size: u32, data: Vec<u8>) {
         if size == 0 {
             reply.size(data.len() as u32);
@@ -334,7 +342,7 @@ impl Filesystem for OvlFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.ovl.open(&ctx(req), ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(fh)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -547,7 +555,7 @@ impl Filesystem for OvlFs {
                     &fa,
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
+                    self.open_flags(fh),
                 )
             }
             Err(e) => reply.error(err(e)),

@@ -5463,3 +5463,73 @@ fn many_open_directory_streams_read_interleaved() {
     g.unmount();
     lc.verify();
 }
+
+/// Reads `p` through a fresh open and says whether its atime moved.
+fn read_moves_atime(p: &Path) -> bool {
+    let before = fs::symlink_metadata(p).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let mut buf = Vec::new();
+    fs::File::open(p).unwrap().read_to_end(&mut buf).unwrap();
+    let after = fs::symlink_metadata(p).unwrap();
+    (after.atime(), after.atime_nsec()) != (before.atime(), before.atime_nsec())
+}
+
+#[test]
+fn atime_mount_options_behave_as_on_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    // For each policy: a file whose atime is older than its mtime is read twice. relatime
+    // moves atime on the first read only, strictatime on both, noatime on neither; a
+    // read-only mount never. The file is a whole page, so the second read can be served
+    // from the kernel's page cache unless ovlfuse asks it to drop it.
+    let cases: [(&str, [bool; 2]); 4] = [
+        ("relatime", [true, false]),
+        ("strictatime", [true, true]),
+        ("noatime", [false, false]),
+        ("ro,strictatime", [false, false]),
+    ];
+    for (opt, want) in cases {
+        let mut got = Vec::new();
+        for kernel in [true, false] {
+            let sc = Scratch::new(&format!("sem-atime-{}", if kernel { "k" } else { "f" }));
+            let st = Stack::new(&sc, 1);
+            fs::write(st.lowers[0].join("low"), vec![b'l'; 4096]).unwrap();
+            fs::write(st.upper.join("f"), vec![b'x'; 4096]).unwrap();
+            // atime 1000 s, mtime 2000 s after the epoch: older than mtime.
+            let c = cpath(&st.upper.join("f"));
+            let ts = [
+                libc::timespec {
+                    tv_sec: 1000,
+                    tv_nsec: 0,
+                },
+                libc::timespec {
+                    tv_sec: 2000,
+                    tv_nsec: 0,
+                },
+            ];
+            assert_eq!(
+                unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) },
+                0
+            );
+            let lc = LowerCheck::new(&st.lowers);
+            let g = if kernel {
+                mount_kernel_with(&st, opt)
+            } else {
+                mount_ovlfuse(&st, &[opt])
+            };
+            let f = st.mnt.join("f");
+            let moved = [read_moves_atime(&f), read_moves_atime(&f)];
+            // Lower files never move, whatever the policy.
+            assert!(
+                !read_moves_atime(&st.mnt.join("low")),
+                "lower atime moved (kernel: {kernel}, {opt})"
+            );
+            g.unmount();
+            lc.verify();
+            got.push(moved);
+        }
+        assert_eq!(got[0], want, "kernel overlayfs with {opt}");
+        assert_eq!(got[1], want, "ovlfuse with {opt} (kernel: {:?})", got[0]);
+    }
+}

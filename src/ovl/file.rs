@@ -9,6 +9,7 @@ use super::dir::NewObject;
 use super::inode::Attr;
 use super::layers::UPPER;
 use super::node::Node;
+use super::params::Atime;
 use super::{Ctx, Errno, Overlay, SysResult};
 use crate::sys::fs;
 use parking_lot::RwLock;
@@ -105,6 +106,24 @@ impl Overlay {
             Err(e) => return Err(e),
         };
         Ok(self.add_handle(node, fd, top == UPPER, flags))
+    }
+
+    /// Whether the kernel may keep the file's cached pages when it is opened through `fh`.
+    /// A read served from them never reaches us, so the upper copy's atime would not move;
+    /// where the mount's atime policy says the next read moves it, the kernel must drop
+    /// them and read through us once. Lower layers' atimes never move.
+    pub fn keep_page_cache(&self, fh: u64) -> bool {
+        let Some(h) = self.file_handle(fh) else {
+            return true;
+        };
+        if !h.is_upper() || h.flags & libc::O_NOATIME != 0 {
+            return true;
+        }
+        match self.cfg.atime {
+            Atime::Never => true,
+            Atime::Strict => false,
+            Atime::Relative => fs::fstat(h.fd().as_fd()).map_or(true, |st| !relatime_due(&st)),
+        }
     }
 
     /// create(2) through open(O_CREAT): makes the file and returns it open.
@@ -225,14 +244,7 @@ impl Overlay {
         fs::fsync(h.fd().as_fd(), datasync)
     }
 
-    pub fn fallocate(
-        &self,
-        ctx: &Ctx,
-        fh: u64,
-        offset: u64,
-        len: u64,
-        mode: i32,
-    ) -> SysResult<()> {
+    pub fn fallocate(&self, ctx: &Ctx, fh: u64, offset: u64, len: u64, mode: i32) -> SysResult<()> {
         let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
         let fd = h.fd();
         fs::fallocate(fd.as_fd(), mode, offset, len)?;
@@ -266,4 +278,16 @@ impl Overlay {
         }
         Ok(n as u32)
     }
+}
+
+/// The `relatime` rule: a read moves atime when it is not newer than mtime or ctime, or is
+/// a day old.
+fn relatime_due(st: &fs::Stat) -> bool {
+    let at = (st.st_atime, st.st_atime_nsec);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    at <= (st.st_mtime, st.st_mtime_nsec)
+        || at <= (st.st_ctime, st.st_ctime_nsec)
+        || now - st.st_atime >= 24 * 3600
 }

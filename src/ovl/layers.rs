@@ -8,7 +8,7 @@
 //! a plain `O_PATH` fd is used and lookups refuse to cross mounts (`RESOLVE_NO_XDEV`).
 
 use super::ino::InoMap;
-use super::params::Params;
+use super::params::{Atime, Params};
 use crate::sys::{self, fs, Errno};
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -107,7 +107,7 @@ impl Layers {
         let mut upper = None;
         let mut work = None;
         if let (Some(up), Some(wp)) = (upper_path, work_path) {
-            let (u, w) = open_upper_and_work(up, wp)?;
+            let (u, w) = open_upper_and_work(up, wp, upper_atime_attrs(p))?;
             if u.dev != w.dev {
                 return Err(format!(
                     "workdir {} is on another filesystem than upperdir {}; they must share one filesystem",
@@ -218,7 +218,27 @@ fn check_overlap(upper: &Path, lowers: &[PathBuf], work: &Path) -> Result<(), St
 
 /// Opens upper and work through one private clone of the mount holding both (at their
 /// common ancestor): a rename from work into upper must not cross mounts.
-fn open_upper_and_work(up: PathBuf, wp: PathBuf) -> Result<(Layer, Layer), String> {
+/// The atime mode our clone of the upper mount gets: the one this mount was given, so that
+/// what we read from the upper layer moves atimes as the mount's options say (the kernel's
+/// FUSE client leaves atime to us). A read-only mount moves none.
+fn upper_atime_attrs(p: &Params) -> u64 {
+    let mode = match (p.read_only, p.atime) {
+        (true, _) | (_, Atime::Never) => fs::MOUNT_ATTR_NOATIME,
+        (_, Atime::Strict) => fs::MOUNT_ATTR_STRICTATIME,
+        (_, Atime::Relative) => fs::MOUNT_ATTR_RELATIME,
+    };
+    if p.nodiratime {
+        mode | fs::MOUNT_ATTR_NODIRATIME
+    } else {
+        mode
+    }
+}
+
+fn open_upper_and_work(
+    up: PathBuf,
+    wp: PathBuf,
+    atime_attrs: u64,
+) -> Result<(Layer, Layer), String> {
     let plain_u = open_layer("upperdir", up.clone())?;
     let plain_w = open_layer("workdir", wp.clone())?;
     let (mu, mw) = (mount_id(&up), mount_id(&wp));
@@ -241,6 +261,9 @@ fn open_upper_and_work(up: PathBuf, wp: PathBuf) -> Result<(Layer, Layer), Strin
     let Ok(base) = fs::open_tree_clone(&c) else {
         return Ok((plain_u, plain_w));
     };
+    if let Err(e) = fs::set_mount_attrs(base.as_fd(), atime_attrs) {
+        log::debug!("upperdir: atime mode not set on our clone: {e}");
+    }
     let sub = |p: &Path| -> Option<Layer> {
         let rel = p.strip_prefix(&common).ok()?;
         let fd = fs::open_beneath(

@@ -60,6 +60,8 @@ pub struct Config {
     pub fsync: bool,
     /// Rename directories with lower parts by writing a redirect (`redirect_dir=on`).
     pub redirect_dir: bool,
+    /// When reads move atime (from the mount options; `Never` on a read-only mount).
+    pub atime: params::Atime,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
         Config {
             fsync: true,
             redirect_dir: false,
+            atime: params::Atime::Relative,
         }
     }
 }

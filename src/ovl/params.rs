@@ -51,10 +51,7 @@ pub(crate) const IGNORED_FLAGS: &[&str] = &[
     "rprivate",
     "rshared",
     "rslave",
-    // atime variants FUSE mounts don't forward
-    "relatime",
-    "strictatime",
-    "nodiratime",
+    // atime variant that changes nothing for us
     "lazytime",
     // kernel overlayfs flags
     "userxattr",
@@ -104,6 +101,20 @@ pub struct Params {
     pub redirect_dir: bool,
     /// `remount`: change the flags (ro/rw, nodev, ...) of an existing mount and exit.
     pub remount: bool,
+    /// When reads move atime: `relatime` (default), `strictatime`/`atime`, `noatime`.
+    pub atime: Atime,
+    /// `nodiratime`: reading a directory never moves its atime.
+    pub nodiratime: bool,
+}
+
+/// The atime policy of the mount, applied by us to the upper layer (the kernel's FUSE
+/// client leaves atime to the filesystem).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Atime {
+    #[default]
+    Relative,
+    Strict,
+    Never,
 }
 
 impl Default for Params {
@@ -125,6 +136,8 @@ impl Default for Params {
             ignored: Vec::new(),
             redirect_dir: false,
             remount: false,
+            atime: Atime::Relative,
+            nodiratime: false,
         }
     }
 }
@@ -484,8 +497,23 @@ fn apply_option(
             flag(name, value)?;
             p.read_only = false;
         }
+        "relatime" | "strictatime" | "nodiratime" | "diratime" => {
+            flag(name, value)?;
+            match name {
+                "relatime" => p.atime = Atime::Relative,
+                "strictatime" => p.atime = Atime::Strict,
+                "nodiratime" => p.nodiratime = true,
+                _ => p.nodiratime = false,
+            }
+        }
         _ if KERNEL_FLAGS.contains(&name) => {
             flag(name, value)?;
+            match name {
+                "noatime" => p.atime = Atime::Never,
+                // mount(8): "atime" undoes noatime, giving the kernel's default (relatime).
+                "atime" => p.atime = Atime::Relative,
+                _ => {}
+            }
             p.kernel_flags.push(name.to_string());
         }
         _ if IGNORED_FLAGS.contains(&name) => {
@@ -1152,13 +1180,18 @@ mod tests {
     }
 
     #[test]
-    fn non_forwarded_atime_flags_are_ignored() {
+    fn atime_options_set_the_policy_and_the_last_one_wins() {
         let p = ok(&["lowerdir=/l,relatime,strictatime,nodiratime,lazytime,noatime"]);
         assert_eq!(p.kernel_flags, vec!["noatime"]);
-        assert_eq!(
-            p.ignored,
-            vec!["relatime", "strictatime", "nodiratime", "lazytime"]
-        );
+        assert_eq!(p.ignored, vec!["lazytime"]);
+        assert_eq!(p.atime, Atime::Never);
+        assert!(p.nodiratime);
+        let p = ok(&["lowerdir=/l,noatime,strictatime"]);
+        assert_eq!(p.atime, Atime::Strict);
+        let p = ok(&["lowerdir=/l,noatime,atime,nodiratime,diratime"]);
+        assert_eq!(p.atime, Atime::Relative);
+        assert!(!p.nodiratime);
+        assert_eq!(ok(&["lowerdir=/l"]).atime, Atime::Relative);
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl Fixture {
             layers,
             Config {
                 fsync: false,
-                redirect_dir: false,
+                ..Config::default()
             },
         )
         .unwrap()
@@ -609,7 +609,13 @@ fn mkdir_in_a_setgid_directory_keeps_what_the_default_acl_allows() {
     }
     let ovl = f.overlay(1);
     let (dn, _) = ovl.lookup(ROOT_ID, OsStr::new("d")).unwrap();
-    let (_, a) = ovl.mkdir(&user(100, 101), dn.id, OsStr::new("sub"), 0o777).unwrap();
-    assert_eq!(a.mode & 0o7777, 0o2775, "other bits come from the default ACL");
+    let (_, a) = ovl
+        .mkdir(&user(100, 101), dn.id, OsStr::new("sub"), 0o777)
+        .unwrap();
+    assert_eq!(
+        a.mode & 0o7777,
+        0o2775,
+        "other bits come from the default ACL"
+    );
     assert_eq!(mode_of(&f.p("upper/d/sub")), 0o2775);
 }

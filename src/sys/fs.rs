@@ -551,9 +551,24 @@ pub fn attr_ioctl(fd: BorrowedFd<'_>, cmd: u32, buf: &mut [u8]) -> SysResult<()>
     check(unsafe { libc::ioctl(fd.as_raw_fd(), cmd as _, buf.as_mut_ptr()) }).map(drop)
 }
 
+pub const MOUNT_ATTR_RDONLY: u64 = 0x01;
+pub const MOUNT_ATTR_NOATIME: u64 = 0x10;
+pub const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+pub const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+/// Relative atime is the absence of the other two atime modes.
+pub const MOUNT_ATTR_RELATIME: u64 = 0x00;
+const MOUNT_ATTR_ATIME_MASK: u64 = 0x70;
+
 /// Makes a detached mount (an `open_tree` clone) read-only and `noatime`: nothing done
 /// through it can change the layer, not even access times (readlink(2) has no O_NOATIME).
 pub fn seal_mount(fd: BorrowedFd<'_>) -> SysResult<()> {
+    set_mount_attrs(fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME)
+}
+
+/// Sets the atime mode (one of MOUNT_ATTR_{RELATIME,NOATIME,STRICTATIME}, optionally with
+/// MOUNT_ATTR_NODIRATIME), and MOUNT_ATTR_RDONLY if given, on the mount `fd` is on. Only
+/// for our own detached clones: on a shared mount it would change it for everyone.
+pub fn set_mount_attrs(fd: BorrowedFd<'_>, set: u64) -> SysResult<()> {
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
@@ -561,12 +576,9 @@ pub fn seal_mount(fd: BorrowedFd<'_>) -> SysResult<()> {
         propagation: u64,
         userns_fd: u64,
     }
-    const MOUNT_ATTR_RDONLY: u64 = 0x01;
-    const MOUNT_ATTR_ATIME_MASK: u64 = 0x70;
-    const MOUNT_ATTR_NOATIME: u64 = 0x10;
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOATIME,
-        attr_clr: MOUNT_ATTR_ATIME_MASK,
+        attr_set: set,
+        attr_clr: MOUNT_ATTR_ATIME_MASK | MOUNT_ATTR_NODIRATIME,
         propagation: 0,
         userns_fd: 0,
     };

@@ -1195,6 +1195,15 @@ pub fn mount_kernel(stack: &Stack) -> MountGuard {
     mount_kernel_opts(&opts, &stack.mnt)
 }
 
+/// Like [`mount_kernel`], with more mount options (e.g. `noatime`) after the layers.
+pub fn mount_kernel_with(stack: &Stack, extra: &str) -> MountGuard {
+    let opts = format!(
+        "{},index=off,redirect_dir=off,metacopy=off,{extra}",
+        stack.full_opts()
+    );
+    mount_kernel_opts(&opts, &stack.mnt)
+}
+
 /// Kernel overlay with only lower layers (the kernel needs at least two).
 pub fn mount_kernel_ro(lowers: &[PathBuf], mnt: &Path) -> MountGuard {
     mount_kernel_opts(&lowerdir_opt_of(lowers), mnt)
