@@ -5533,3 +5533,74 @@ fn atime_mount_options_behave_as_on_the_kernel() {
         assert_eq!(got[1], want, "ovlfuse with {opt} (kernel: {:?})", got[0]);
     }
 }
+
+/// Sets the inode flags (FS_IOC_SETFLAGS) of `p` through the mount.
+fn set_inode_flags(p: &Path, flags: u32) -> io::Result<()> {
+    let f = open_fd(p, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
+    let mut v: libc::c_long = flags as libc::c_long;
+    // FS_IOC_SETFLAGS
+    if unsafe { libc::ioctl(f.as_raw_fd(), 0x4008_6602, &mut v) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[test]
+fn append_only_and_immutable_files_as_on_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    const IMMUTABLE: u32 = 0x10;
+    const APPEND: u32 = 0x20;
+    let mut results = Vec::new();
+    for kernel in [true, false] {
+        let sc = Scratch::new(&format!("sem-iflags-{}", if kernel { "k" } else { "f" }));
+        let st = Stack::new(&sc, 1);
+        fs::write(st.lowers[0].join("log"), b"one\n").unwrap();
+        fs::create_dir_all(st.lowers[0].join("frozen/sub")).unwrap();
+        fs::write(st.lowers[0].join("frozen/sub/f"), b"x").unwrap();
+        fs::write(st.lowers[0].join("frozen/g"), b"x").unwrap();
+        let lc = LowerCheck::new(&st.lowers);
+        let g = if kernel {
+            mount_kernel(&st)
+        } else {
+            mount_ovlfuse(&st, &[])
+        };
+        let m = &st.mnt;
+        let mut r = Vec::new();
+        r.push(outcome_unit(&set_inode_flags(&m.join("log"), APPEND)));
+        r.push(outcome_unit(&open_fd(&m.join("log"), libc::O_WRONLY, 0)));
+        r.push(outcome_unit(&open_fd(
+            &m.join("log"),
+            libc::O_RDWR | libc::O_TRUNC,
+            0,
+        )));
+        let app = open_fd(&m.join("log"), libc::O_WRONLY | libc::O_APPEND, 0);
+        r.push(outcome_unit(&app));
+        if let Ok(mut a) = app {
+            r.push(outcome_unit(&a.write_all(b"two\n")));
+        }
+        r.push(format!("{:?}", fs::read(m.join("log")).ok()));
+        r.push(outcome_unit(&fs::remove_file(m.join("log"))));
+        r.push(outcome_unit(&set_inode_flags(&m.join("frozen"), IMMUTABLE)));
+        r.push(outcome_unit(&fs::remove_dir(m.join("frozen/sub"))));
+        r.push(outcome_unit(&fs::remove_file(m.join("frozen/g"))));
+        // (rmdir of a file there is EPERM on the kernel but ENOTDIR on any FUSE mount: the
+        // VFS checks the type before the request reaches ovlfuse; see README.)
+        r.push(outcome_unit(&fs::write(m.join("frozen/new"), b"")));
+        // Clear the flags so that everything can be removed again.
+        r.push(outcome_unit(&set_inode_flags(&m.join("frozen"), 0)));
+        r.push(outcome_unit(&set_inode_flags(&m.join("log"), 0)));
+        r.push(outcome_unit(&fs::remove_file(m.join("log"))));
+        g.unmount();
+        lc.verify();
+        results.push(r);
+    }
+    assert_eq!(
+        results[1], results[0],
+        "ovlfuse (left) vs kernel overlayfs (right)"
+    );
+    // And what the kernel says is what the VFS promises.
+    assert_eq!(results[0][1], "err: EPERM (1)", "{:?}", results[0]);
+    assert_eq!(results[0][8], "err: EPERM (1)", "{:?}", results[0]);
+}
