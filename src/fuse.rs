@@ -186,6 +186,15 @@ impl Filesystem for OvlFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.ovl.lookup(parent.0, name) {
             Ok((n, a)) => self.reply_entry(reply, n.id, &a),
+            // A negative entry (node id 0) with a lifetime: the kernel remembers the name is
+            // absent, so repeated probes (PATH and include-path searches) stay in the kernel.
+            // Only the kernel itself creates names we show, and it updates its own cache
+            // when it does.
+            Err(Errno::ENOENT) => {
+                let mut fa = file_attr(&Attr::default());
+                fa.ino = INodeNo(0);
+                reply.entry(&self.ttl, &fa, Generation(0));
+            }
             Err(e) => reply.error(err(e)),
         }
     }

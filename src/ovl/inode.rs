@@ -12,14 +12,14 @@ use crate::sys::fs::{self, Stat};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Time {
     pub sec: i64,
     pub nsec: u32,
 }
 
 /// Attributes of a merged object as shown through the mount.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Attr {
     pub ino: u64,
     pub size: u64,
