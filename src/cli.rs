@@ -151,7 +151,9 @@ usage: {prog} [-f] [-d] [-s] -o OPTIONS [SOURCE] MOUNTPOINT
        {prog} -V | --version
 
 Mount a union (overlay) of directories at MOUNTPOINT.
-SOURCE is accepted for mount(8)/mount.fuse3 and otherwise ignored.
+SOURCE (given by mount(8)/mount.fuse3) names the mount in the mount table. When the
+options name no lowerdir and SOURCE is an absolute path to a directory holding lower/
+(and upper/ with work/), those directories are the layers.
 Options may come before or after the operands; repeated -o accumulate.
 
 Flags:

@@ -8,7 +8,7 @@
 
 use crate::cli::Cli;
 use crate::fuse::OvlFs;
-use crate::ovl::params::{parse_options, Params};
+use crate::ovl::params::{escape_path, parse_options, Params, LOWERDIR_REQUIRED};
 use crate::ovl::{Config, Layers, Overlay};
 use crate::sys::{self, process};
 use fuser::{MountOption, Session, SessionACL};
@@ -22,8 +22,38 @@ use std::time::Duration;
 /// pushed to it with an invalidation; so this may be long.
 const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
+/// The layer options a SOURCE directory stands for when the options name no `lowerdir`:
+/// `SOURCE/lower`, and `SOURCE/upper` with `SOURCE/work` when both exist. This lets a mount
+/// be named by its layer set alone (`mount -t fuse.ovlfuse /srv/app /merged`), which is
+/// how xfstests mounts a FUSE filesystem when a test clears its mount options.
+fn layers_of_source(source: Option<&str>) -> Option<String> {
+    let src = std::path::Path::new(source?);
+    if !src.is_absolute() || !src.join("lower").is_dir() {
+        return None;
+    }
+    let mut opts = format!("lowerdir={}", escape_path(&src.join("lower")));
+    if src.join("upper").is_dir() && src.join("work").is_dir() {
+        opts += &format!(
+            ",upperdir={},workdir={}",
+            escape_path(&src.join("upper")),
+            escape_path(&src.join("work"))
+        );
+    }
+    Some(opts)
+}
+
 pub fn run(cli: Cli) -> Result<(), String> {
-    let params = parse_options(&cli.options)?;
+    let params = match parse_options(&cli.options) {
+        Ok(p) => p,
+        Err(e) => match layers_of_source(cli.source.as_deref()) {
+            Some(layers) if e == LOWERDIR_REQUIRED => {
+                let mut opts = cli.options.clone();
+                opts.push(layers);
+                parse_options(&opts)?
+            }
+            _ => return Err(e),
+        },
+    };
     if params.remount {
         return remount(&cli.mountpoint, &params);
     }

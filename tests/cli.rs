@@ -1509,3 +1509,48 @@ fn remount_changes_flags_of_the_live_mount() {
     g.unmount();
     lc.verify();
 }
+
+/// A SOURCE directory holding lower/ (and upper/ with work/) stands for its layers when the
+/// options name none: how xfstests mounts a FUSE filesystem after clearing MOUNT_OPTIONS.
+#[test]
+fn source_directory_names_the_layers_when_options_do_not() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("cli-source-layers");
+    let src = sc.dir("set");
+    for d in ["lower", "upper", "work"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    fs::write(src.join("lower/a"), b"from lower").unwrap();
+    let mnt = sc.dir("mnt");
+    let lc = LowerCheck::new(&[src.join("lower")]);
+    let g = mount_ovlfuse_args(&[&s(&src), &s(&mnt), "-o", "rw,dev,suid"], &mnt);
+    assert_eq!(ok(fs::read(mnt.join("a")), "read a"), b"from lower");
+    ok(fs::write(mnt.join("new"), b"n"), "create through the mount");
+    assert_eq!(fs::read(src.join("upper/new")).unwrap(), b"n");
+    let m = mount_at(&mnt).expect("mounted");
+    assert_eq!(m.source, s(&src), "the mount table names the layer set");
+    g.unmount();
+
+    // Only lower/: a read-only view.
+    let ro = sc.dir("ro-set");
+    fs::create_dir_all(ro.join("lower")).unwrap();
+    fs::write(ro.join("lower/b"), b"b").unwrap();
+    let g = mount_ovlfuse_args(&[&s(&ro), &s(&mnt)], &mnt);
+    assert_eq!(ok(fs::read(mnt.join("b")), "read b"), b"b");
+    let e = fs::write(mnt.join("c"), b"c").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    g.unmount();
+    lc.verify();
+
+    // A directory without lower/ is no layer set.
+    let out = run_ovlfuse(&[&s(&sc.dir("empty")), &s(&mnt)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr_of(&out).contains("lowerdir= is required"),
+        "{}",
+        all_output(&out)
+    );
+    assert!(!is_fuse_mounted(&mnt));
+}

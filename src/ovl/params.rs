@@ -177,6 +177,9 @@ enum LowerForm {
     Append,
 }
 
+/// The error for a mount that names no lower layer.
+pub const LOWERDIR_REQUIRED: &str = "lowerdir= is required";
+
 pub fn parse_options(opts: &[String]) -> Result<Params, String> {
     let mut p = Params::default();
     let mut lower_form = None;
@@ -193,7 +196,7 @@ pub fn parse_options(opts: &[String]) -> Result<Params, String> {
         return Ok(p);
     }
     if p.lowerdirs.is_empty() {
-        return Err("lowerdir= is required".to_string());
+        return Err(LOWERDIR_REQUIRED.to_string());
     }
     if p.lowerdirs.len() > MAX_LOWER_LAYERS {
         return Err(format!(
