@@ -495,7 +495,7 @@ impl Filesystem for OvlFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -503,7 +503,7 @@ impl Filesystem for OvlFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.ovl.setxattr(ino.0, name, value, flags) {
+        match self.ovl.setxattr(&ctx(req), ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }

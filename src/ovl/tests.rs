@@ -337,7 +337,7 @@ fn private_xattrs_are_hidden() {
         Errno::ENODATA
     );
     // A caller's own attribute under the private prefix is stored escaped.
-    ovl.setxattr(n.id, OsStr::new("trusted.overlay.mine"), b"3", 0)
+    ovl.setxattr(&ctx(), n.id, OsStr::new("trusted.overlay.mine"), b"3", 0)
         .unwrap();
     assert_eq!(
         ovl.getxattr(n.id, OsStr::new("trusted.overlay.mine"))
@@ -618,4 +618,29 @@ fn mkdir_in_a_setgid_directory_keeps_what_the_default_acl_allows() {
         "other bits come from the default ACL"
     );
     assert_eq!(mode_of(&f.p("upper/d/sub")), 0o2775);
+}
+
+#[test]
+fn setting_an_access_acl_outside_the_group_drops_setgid() {
+    let f = Fixture::new(1);
+    f.write("l0/f", "x");
+    std::os::unix::fs::chown(f.p("l0/f"), Some(100), Some(100)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(f.p("l0/f"), std::fs::Permissions::from_mode(0o2755)).unwrap();
+    let ovl = f.overlay(1);
+    let (n, _) = ovl.lookup(ROOT_ID, OsStr::new("f")).unwrap();
+    // u::rwx g::rwx o::rwx
+    let acl = acl_value(&[
+        (0x01, 7, u32::MAX),
+        (0x04, 7, u32::MAX),
+        (0x20, 7, u32::MAX),
+    ]);
+    let name = OsStr::new("system.posix_acl_access");
+    // A member of group 100 keeps it...
+    ovl.setxattr(&user(100, 100), n.id, name, &acl, 0).unwrap();
+    assert_eq!(mode_of(&f.p("upper/f")), 0o2777);
+    // ...the owner outside it does not.
+    std::fs::set_permissions(f.p("upper/f"), std::fs::Permissions::from_mode(0o2755)).unwrap();
+    ovl.setxattr(&user(100, 101), n.id, name, &acl, 0).unwrap();
+    assert_eq!(mode_of(&f.p("upper/f")), 0o777);
 }

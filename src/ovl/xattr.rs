@@ -8,8 +8,8 @@
 
 use super::layers::LayerId;
 use super::node::{Node, ROOT_ID};
-use super::{Errno, Overlay, SysResult};
-use crate::sys::xattr;
+use super::{Ctx, Errno, Overlay, SysResult};
+use crate::sys::{fs, xattr};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -73,13 +73,31 @@ impl Overlay {
         Ok(out)
     }
 
-    pub fn setxattr(&self, id: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
+    pub fn setxattr(
+        &self,
+        ctx: &Ctx,
+        id: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> SysResult<()> {
         let attr = &real_name(self.layers.xattr_prefix, name)?;
         self.require_upper()?;
         let node = self.node(id)?;
         self.copy_up(&node, true)?;
         let (dir, n) = self.xattr_target(&node, super::UPPER)?;
-        xattr::set(dir.as_fd(), &n, attr, value, flags)
+        xattr::set(dir.as_fd(), &n, attr, value, flags)?;
+        if attr == "system.posix_acl_access" && ctx.uid != 0 {
+            // Setting an access ACL rewrites the mode; like chmod, it cannot keep
+            // set-group-ID for a caller outside the file's group (the VFS's
+            // posix_acl_update_mode). We set it with CAP_FSETID, so strip it here.
+            let st = fs::fstatat(dir.as_fd(), &n)?;
+            if st.st_mode & libc::S_ISGID != 0 && !ctx.in_group_or_root(st.st_gid) {
+                fs::fchmodat(dir.as_fd(), &n, st.st_mode & 0o7777 & !libc::S_ISGID)?;
+                self.notify_attr_changed(node.id);
+            }
+        }
+        Ok(())
     }
 
     pub fn removexattr(&self, id: u64, name: &OsStr) -> SysResult<()> {
