@@ -164,3 +164,127 @@ fn without_redirect_dir_merged_directories_do_not_move() {
     g.unmount();
     lc.verify();
 }
+
+type Step<'a> = &'a dyn Fn(&Path);
+
+/// Runs `steps` with redirect_dir=on on kernel overlayfs and on ovlfuse over identical
+/// layers. After each step the mount is taken down and its upper becomes the top lower
+/// layer of the next mount (unionmount-testsuite's `--ov=N` layer rotation); the merged
+/// views are compared after every remount.
+fn rotate_both(name: &str, base: &[E], steps: &[Step]) {
+    let sc = Scratch::new(name);
+    let stacks = |side: &str| -> Vec<Stack> {
+        let base_dir = sc.dir(&format!("{side}/l"));
+        build(&base_dir, base);
+        let mut lowers = vec![base_dir];
+        let mut out = Vec::new();
+        for i in 0..steps.len() {
+            let st = Stack {
+                lowers: lowers.clone(),
+                upper: sc.dir(&format!("{side}/u{i}")),
+                work: sc.dir(&format!("{side}/w{i}")),
+                mnt: sc.dir(&format!("{side}/m")),
+            };
+            lowers.insert(0, st.upper.clone());
+            out.push(st);
+        }
+        out
+    };
+    let (ks, fs_) = (stacks("k"), stacks("f"));
+    let lc = LowerCheck::new(&[ks[0].lowers.clone(), fs_[0].lowers.clone()].concat());
+    for (i, step) in steps.iter().enumerate() {
+        let kg = mount_kernel_redirect(&ks[i]);
+        let fg = mount_ovlfuse(&fs_[i], &["redirect_dir=on"]);
+        let kv = snapshot(&ks[i].mnt, XattrSel::User);
+        let fv = snapshot(&fs_[i].mnt, XattrSel::User);
+        assert_same_snapshots(
+            &format!("{name}: merged view at mount {i}"),
+            "kernel",
+            &kv,
+            "ovlfuse",
+            &fv,
+        );
+        step(&ks[i].mnt);
+        step(&fs_[i].mnt);
+        let kv = snapshot(&ks[i].mnt, XattrSel::User);
+        let fv = snapshot(&fs_[i].mnt, XattrSel::User);
+        assert_same_snapshots(
+            &format!("{name}: merged view after step {i}"),
+            "kernel",
+            &kv,
+            "ovlfuse",
+            &fv,
+        );
+        kg.unmount();
+        fg.unmount();
+    }
+    lc.verify();
+}
+
+fn mv(m: &Path, from: &str, to: &str) {
+    fs::rename(m.join(from), m.join(to)).unwrap_or_else(|e| panic!("rename {from} -> {to}: {e}"));
+}
+
+/// An absolute redirect whose path is missing in a middle layer: lookup goes on to the
+/// next layer (unionmount-testsuite rename-dir with --ov=3).
+#[test]
+fn absolute_redirect_skips_layers_that_lack_its_path() {
+    if !fuse_available() {
+        return;
+    }
+    let base = [
+        E::File("a/dir100/a", b"a"),
+        E::Dir("a/empty100"),
+        E::File("a/dir101/pop/b", b"b"),
+        E::Dir("a/empty101"),
+    ];
+    rotate_both(
+        "redirect-rot1",
+        &base,
+        &[
+            &|m| mv(m, "a/dir100", "a/empty100/x"),
+            &|m| mv(m, "a/dir101/pop", "a/empty101/pop"),
+            &|_| {},
+        ],
+    );
+}
+
+/// A relative redirect met while following an absolute one names a sibling of the path
+/// being followed (unionmount-testsuite rename-move-dir with --ov=3).
+#[test]
+fn relative_redirect_below_an_absolute_one_is_resolved_along_it() {
+    if !fuse_available() {
+        return;
+    }
+    let base = [E::File("a/dir102/a", b"a"), E::Dir("a/empty102")];
+    rotate_both(
+        "redirect-rot2",
+        &base,
+        &[
+            &|m| mv(m, "a/dir102", "a/dir102x"),
+            &|m| mv(m, "a/dir102x", "a/empty102/dir102"),
+            &|_| {},
+        ],
+    );
+}
+
+/// Renaming a directory that already has an absolute redirect within its new parent keeps
+/// the absolute redirect; a relative one would lose its contents at the next mount.
+#[test]
+fn rename_within_a_parent_keeps_an_absolute_redirect() {
+    if !fuse_available() {
+        return;
+    }
+    let base = [E::File("a/dir103/a", b"a"), E::Dir("a/empty103")];
+    rotate_both(
+        "redirect-rot3",
+        &base,
+        &[
+            &|m| {
+                mv(m, "a/dir103", "a/empty103/dir103");
+                mv(m, "a/empty103/dir103", "a/empty103/dir103x");
+            },
+            &|_| {},
+        ],
+    );
+}

@@ -683,7 +683,18 @@ impl Overlay {
             // in its parent, else a path from the layer root.
             use std::os::unix::ffi::OsStrExt;
             let first = moved_redirects[0].1.as_bytes();
-            let v = if op.id == np.id {
+            // Relative only when the lower part really sits in this parent in that layer
+            // (else keep an absolute path, as the kernel keeps an absolute redirect).
+            let fdir = match first.iter().rposition(|c| *c == b'/') {
+                Some(i) => &first[..i],
+                None => &first[..0],
+            };
+            let same_parent = op.id == np.id
+                && match self.nodes.layer_path(op, moved_redirects[0].0) {
+                    Ok(pp) => pp.as_bytes() == fdir,
+                    Err(_) => false,
+                };
+            let v = if same_parent {
                 first
                     .rsplit(|b| *b == b'/')
                     .next()

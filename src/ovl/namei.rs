@@ -205,7 +205,10 @@ impl Overlay {
                 Some(Redirect::Rel(r)) => (self.nodes.dir_fd(parent, l)?, r.clone()),
                 Some(Redirect::Abs(p)) => match self.open_redirect_parent(l, p) {
                     Ok(x) => x,
-                    Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => break,
+                    // A missing component: nothing in this layer, look in the next one
+                    // (the kernel's ovl_lookup_layer returns no dentry, and goes on).
+                    Err(Errno::ENOENT) => continue,
+                    Err(Errno::ENOTDIR) => break,
                     Err(e) => return Err(e),
                 },
             };
@@ -251,6 +254,19 @@ impl Overlay {
                             break;
                         }
                         if let Some(r) = self.redirect_of(pfd.as_fd(), look) {
+                            // A relative redirect met while following an absolute one
+                            // names a sibling of the path being followed.
+                            let r = match (r, &redirect) {
+                                (Redirect::Rel(n), Some(Redirect::Abs(p))) => {
+                                    let pb = p.as_bytes();
+                                    let dir = match pb.iter().rposition(|c| *c == b'/') {
+                                        Some(i) => &pb[..i],
+                                        None => &pb[..0],
+                                    };
+                                    Redirect::Abs(join(OsStr::from_bytes(dir), &n))
+                                }
+                                (r, _) => r,
+                            };
                             if matches!(r, Redirect::Abs(_)) {
                                 order = all_below(l);
                                 i = 0;
