@@ -172,8 +172,10 @@ Overlay options:
   workdir=DIR            scratch directory on the upper filesystem; needs upperdir=
   volatile               never sync the upper layer (implies fsync=0)
   fsync=0|1              pass fsync/syncfs through to the upper layer (default 1)
-  redirect_dir=on        rename directories that have lower parts (writes overlay.redirect)
-  redirect_dir=off|follow|nofollow  such renames fail with EXDEV (default); redirects are read
+  redirect_dir=on        rename directories that have lower parts, recording where their
+                         lower parts are in overlay.redirect (default)
+  redirect_dir=off|follow|nofollow  such renames fail with EXDEV, as on a kernel built
+                         without redirects; existing redirects are still followed
   index=off              accepted; \"on\" is not supported
   metacopy=off           accepted; \"on\" is not supported
   nfs_export=off         accepted; \"on\" is not supported

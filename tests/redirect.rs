@@ -158,7 +158,7 @@ fn without_redirect_dir_merged_directories_do_not_move() {
         build(&st.lowers[i], l);
     }
     let lc = LowerCheck::new(&st.lowers);
-    let g = mount_ovlfuse(&st, &[]);
+    let g = mount_ovlfuse(&st, &["redirect_dir=off"]);
     let e = fs::rename(st.mnt.join("a"), st.mnt.join("a2")).expect_err("must fail");
     assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
     g.unmount();

@@ -167,7 +167,11 @@ impl Overlay {
         let kind = what.kind();
         // Only a whiteout in the upper layer makes a new directory opaque: one in a lower
         // layer already stops the merge below it (this is what the kernel does).
-        let opaque = kind == libc::S_IFDIR && (upper_whiteout || self.oci_hidden(upfd, name));
+        // With redirects on, the kernel also marks every directory made in a merged parent
+        // opaque (layers may then not change offline, so nothing below could show up).
+        let pst_merged = self.cfg.redirect_dir && !parent.state().lowers.is_empty();
+        let hides_marker = upper_whiteout || self.oci_hidden(upfd, name);
+        let opaque = kind == libc::S_IFDIR && (hides_marker || pst_merged);
 
         // Owner: the caller; group: the directory's if it is set-group-ID, as the upper
         // filesystem would decide for a process creating the file itself.
@@ -204,7 +208,10 @@ impl Overlay {
             Ok(())
         };
 
-        let file = if upper_whiteout || opaque {
+        // Over a marker the new object is built in the workdir and swapped in atomically;
+        // elsewhere it is made in place (the opaque mark of a plain new directory is only
+        // an optimisation, as in the kernel).
+        let file = if hides_marker {
             let work = self.layers.work()?;
             let tmp = temp_name();
             let res = what.make(work, &tmp, perm).and_then(|f| {
@@ -385,6 +392,53 @@ impl Overlay {
         let res = self.remove_locked(&parent, name, &child, want_dir);
         self.release_temp(&child, made);
         res
+    }
+
+    /// Where a directory's lower parts are, per layer, before it moves.
+    fn lower_paths(&self, dir: &Node) -> SysResult<Vec<(super::LayerId, std::ffi::OsString)>> {
+        let lowers = dir.state().lowers;
+        lowers
+            .into_iter()
+            .map(|l| Ok((l, self.nodes.layer_path(dir, l)?)))
+            .collect()
+    }
+
+    /// Records on `dir` (named `name` in the upper copy of its old parent `from`, moving to
+    /// `to`) where its highest lower part is, in the kernel's `overlay.redirect` format: the
+    /// old name when that part stays in the same parent in its layer, else a path from the
+    /// layer root. Deeper lower parts follow from it on lookup.
+    fn write_redirect(
+        &self,
+        dir: &Node,
+        from: &Node,
+        to: &Node,
+        fromfd: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> SysResult<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let layer = *dir.state().lowers.first().ok_or(Errno::EIO)?;
+        let path = self.nodes.layer_path(dir, layer)?;
+        let first = path.as_bytes();
+        let fdir = match first.iter().rposition(|c| *c == b'/') {
+            Some(i) => &first[..i],
+            None => &first[..0],
+        };
+        let same_parent = from.id == to.id
+            && self
+                .nodes
+                .layer_path(from, layer)
+                .is_ok_and(|pp| pp.as_bytes() == fdir);
+        let v = if same_parent {
+            first
+                .rsplit(|b| *b == b'/')
+                .next()
+                .unwrap_or(first)
+                .to_vec()
+        } else {
+            [b"/", first].concat()
+        };
+        let prefix = self.layers.xattr_prefix;
+        crate::sys::xattr::set(fromfd, name, &format!("{prefix}redirect"), &v, 0)
     }
 
     fn check_removable(&self, child: &Arc<Node>, want_dir: bool) -> SysResult<()> {
@@ -591,15 +645,10 @@ impl Overlay {
         // before it looks at the target. With redirect_dir=on it moves (not in an exchange)
         // and records where its lower parts are.
         let src_redirect = src.is_dir() && !src.state().lowers.is_empty();
-        if src_redirect && (!self.cfg.redirect_dir || exchange) {
+        let dst_redirect =
+            exchange && dst.is_some_and(|d| d.is_dir() && !d.state().lowers.is_empty());
+        if (src_redirect || dst_redirect) && !self.cfg.redirect_dir {
             return Err(Errno::EXDEV);
-        }
-        if exchange {
-            if let Some(d) = dst {
-                if d.is_dir() && !d.state().lowers.is_empty() {
-                    return Err(Errno::EXDEV);
-                }
-            }
         }
         // A target with lower parts is checked for emptiness first; an upper-only target is
         // left to the upper filesystem's rename, after the source was made opaque — the
@@ -633,17 +682,35 @@ impl Overlay {
 
         if exchange {
             let d = dst.ok_or(Errno::ENOENT)?;
-            // A directory moved into a merged directory must not merge with a lower
-            // directory of its new name.
-            if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname) {
-                whiteout::set_opaque(ofd, oname, prefix)?;
-            }
-            if d.is_dir() && op_merged && !whiteout::is_opaque_dir(nfd, nname) {
-                whiteout::set_opaque(nfd, nname, prefix)?;
-            }
+            // A directory with lower parts records where they are; one without must not
+            // merge, in its new place, with a lower directory of its new name.
+            let src_paths = if src_redirect {
+                self.write_redirect(src, op, np, ofd, oname)?;
+                self.lower_paths(src)?
+            } else {
+                if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname) {
+                    whiteout::set_opaque(ofd, oname, prefix)?;
+                }
+                Vec::new()
+            };
+            let dst_paths = if dst_redirect {
+                self.write_redirect(d, np, op, nfd, nname)?;
+                self.lower_paths(d)?
+            } else {
+                if d.is_dir() && op_merged && !whiteout::is_opaque_dir(nfd, nname) {
+                    whiteout::set_opaque(nfd, nname, prefix)?;
+                }
+                Vec::new()
+            };
             fs::renameat2(ofd, oname, nfd, nname, fs::RENAME_EXCHANGE)?;
             self.nodes.move_node(src, op.id, oname, np.id, nname);
             self.nodes.move_node(d, np.id, nname, op.id, oname);
+            if src_redirect {
+                src.state.write().redirects = src_paths;
+            }
+            if dst_redirect {
+                d.state.write().redirects = dst_paths;
+            }
             if let Some(m) = op.merged.lock().clone() {
                 m.insert(
                     oname,
@@ -672,38 +739,13 @@ impl Overlay {
         }
 
         let old_needs_whiteout = self.lower_positive(op, oname)?;
-        // Where the moved directory's lower parts are, per layer, before it moves.
-        let mut moved_redirects = Vec::new();
+        let moved_redirects = if src_redirect {
+            self.lower_paths(src)?
+        } else {
+            Vec::new()
+        };
         if src_redirect {
-            for l in src.state().lowers {
-                moved_redirects.push((l, self.nodes.layer_path(src, l)?));
-            }
-            // One redirect xattr names the highest lower part (deeper parts follow from it,
-            // as on lookup), in the kernel's format: the old name when the directory stays
-            // in its parent, else a path from the layer root.
-            use std::os::unix::ffi::OsStrExt;
-            let first = moved_redirects[0].1.as_bytes();
-            // Relative only when the lower part really sits in this parent in that layer
-            // (else keep an absolute path, as the kernel keeps an absolute redirect).
-            let fdir = match first.iter().rposition(|c| *c == b'/') {
-                Some(i) => &first[..i],
-                None => &first[..0],
-            };
-            let same_parent = op.id == np.id
-                && match self.nodes.layer_path(op, moved_redirects[0].0) {
-                    Ok(pp) => pp.as_bytes() == fdir,
-                    Err(_) => false,
-                };
-            let v = if same_parent {
-                first
-                    .rsplit(|b| *b == b'/')
-                    .next()
-                    .unwrap_or(first)
-                    .to_vec()
-            } else {
-                [b"/", first].concat()
-            };
-            crate::sys::xattr::set(ofd, oname, &format!("{prefix}redirect"), &v, 0)?;
+            self.write_redirect(src, op, np, ofd, oname)?;
         } else if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname) {
             whiteout::set_opaque(ofd, oname, prefix)?;
         }

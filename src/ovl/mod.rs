@@ -68,7 +68,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             fsync: true,
-            redirect_dir: false,
+            redirect_dir: true,
             atime: params::Atime::Relative,
         }
     }

@@ -96,7 +96,7 @@ pub struct Params {
     pub kernel_flags: Vec<String>,
     /// Options accepted without effect, as written, so they can be logged.
     pub ignored: Vec<String>,
-    /// `redirect_dir=on`: directories with lower parts may be renamed (a redirect xattr
+    /// `redirect_dir=on` (the default): directories with lower parts may be renamed (a redirect xattr
     /// records where their lower parts are); off, such renames fail with EXDEV.
     pub redirect_dir: bool,
     /// `remount`: change the flags (ro/rw, nodev, ...) of an existing mount and exit.
@@ -134,7 +134,7 @@ impl Default for Params {
             volatile: false,
             kernel_flags: Vec::new(),
             ignored: Vec::new(),
-            redirect_dir: false,
+            redirect_dir: true,
             remount: false,
             atime: Atime::Relative,
             nodiratime: false,
@@ -1329,6 +1329,7 @@ mod tests {
 
     #[test]
     fn redirect_dir_values() {
+        assert!(ok(&["lowerdir=/l"]).redirect_dir, "on by default");
         assert!(ok(&["lowerdir=/l,redirect_dir=on"]).redirect_dir);
         for v in ["off", "follow", "nofollow"] {
             assert!(!ok(&[&format!("lowerdir=/l,redirect_dir={v}")]).redirect_dir);

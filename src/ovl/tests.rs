@@ -45,19 +45,22 @@ impl Fixture {
     }
 
     fn overlay(&self, n_lowers: usize) -> Overlay {
-        let mut p = Params::default();
-        p.lowerdirs = (0..n_lowers).map(|i| self.p(&format!("l{i}"))).collect();
-        p.upperdir = Some(self.p("upper"));
-        p.workdir = Some(self.p("work"));
-        let layers = Layers::open(&p).expect("layers open");
-        Overlay::new(
-            layers,
+        self.overlay_with(
+            n_lowers,
             Config {
                 fsync: false,
                 ..Config::default()
             },
         )
-        .unwrap()
+    }
+
+    fn overlay_with(&self, n_lowers: usize, cfg: Config) -> Overlay {
+        let mut p = Params::default();
+        p.lowerdirs = (0..n_lowers).map(|i| self.p(&format!("l{i}"))).collect();
+        p.upperdir = Some(self.p("upper"));
+        p.workdir = Some(self.p("work"));
+        let layers = Layers::open(&p).expect("layers open");
+        Overlay::new(layers, cfg).unwrap()
     }
 }
 
@@ -204,7 +207,14 @@ fn open_trunc_skips_the_data_copy() {
 fn rmdir_then_mkdir_gives_an_opaque_dir_and_mkdir_elsewhere_does_not() {
     let f = Fixture::new(1);
     f.write("l0/d/x", "x");
-    let ovl = f.overlay(1);
+    // Without redirects: with them, every new directory in a merged parent is opaque.
+    let ovl = f.overlay_with(
+        1,
+        Config {
+            redirect_dir: false,
+            ..Config::default()
+        },
+    );
     let (d, _) = ovl.lookup(ROOT_ID, OsStr::new("d")).unwrap();
     assert_eq!(
         ovl.rmdir(ROOT_ID, OsStr::new("d")).unwrap_err(),
@@ -236,10 +246,16 @@ fn rmdir_then_mkdir_gives_an_opaque_dir_and_mkdir_elsewhere_does_not() {
 }
 
 #[test]
-fn rename_of_merged_dir_is_exdev_and_of_upper_dir_works() {
+fn without_redirects_rename_of_merged_dir_is_exdev_and_of_upper_dir_works() {
     let f = Fixture::new(1);
     f.write("l0/merged/x", "x");
-    let ovl = f.overlay(1);
+    let ovl = f.overlay_with(
+        1,
+        Config {
+            redirect_dir: false,
+            ..Config::default()
+        },
+    );
     ovl.lookup(ROOT_ID, OsStr::new("merged")).unwrap();
     assert_eq!(
         ovl.rename(ROOT_ID, OsStr::new("merged"), ROOT_ID, OsStr::new("m2"), 0)
@@ -643,4 +659,29 @@ fn setting_an_access_acl_outside_the_group_drops_setgid() {
     std::fs::set_permissions(f.p("upper/f"), std::fs::Permissions::from_mode(0o2755)).unwrap();
     ovl.setxattr(&user(100, 101), n.id, name, &acl, 0).unwrap();
     assert_eq!(mode_of(&f.p("upper/f")), 0o777);
+}
+
+#[test]
+fn with_redirects_new_directories_in_merged_parents_are_opaque() {
+    let f = Fixture::new(1);
+    f.write("l0/m/x", "x");
+    std::fs::create_dir_all(f.p("upper/u")).unwrap();
+    let ovl = f.overlay(1);
+    let (m, _) = ovl.lookup(ROOT_ID, OsStr::new("m")).unwrap();
+    let (u, _) = ovl.lookup(ROOT_ID, OsStr::new("u")).unwrap();
+    ovl.mkdir(&ctx(), m.id, OsStr::new("new"), 0o755).unwrap();
+    ovl.mkdir(&ctx(), u.id, OsStr::new("new"), 0o755).unwrap();
+    let opaque = |rel: &str| {
+        let dir = std::fs::File::open(f.p(rel)).unwrap();
+        let mut v = [0u8; 4];
+        crate::sys::xattr::get(
+            dir.as_fd(),
+            OsStr::new("new"),
+            "trusted.overlay.opaque",
+            &mut v,
+        )
+        .is_ok_and(|n| &v[..n] == b"y")
+    };
+    assert!(opaque("upper/m"), "merged parent");
+    assert!(!opaque("upper/u"), "upper-only parent");
 }

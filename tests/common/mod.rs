@@ -1185,11 +1185,11 @@ fn mount_kernel_opts(opts: &str, mnt: &Path) -> MountGuard {
     g
 }
 
-/// mount -t overlay overlay -o lowerdir=..,upperdir=..,workdir=.. MNT (index, redirect_dir
-/// and metacopy explicitly off).
+/// mount -t overlay overlay -o lowerdir=..,upperdir=..,workdir=.. MNT (redirect_dir on, as
+/// ovlfuse's default; index and metacopy off).
 pub fn mount_kernel(stack: &Stack) -> MountGuard {
     let opts = format!(
-        "{},index=off,redirect_dir=off,metacopy=off",
+        "{},index=off,redirect_dir=on,metacopy=off",
         stack.full_opts()
     );
     mount_kernel_opts(&opts, &stack.mnt)
@@ -1198,7 +1198,7 @@ pub fn mount_kernel(stack: &Stack) -> MountGuard {
 /// Like [`mount_kernel`], with more mount options (e.g. `noatime`) after the layers.
 pub fn mount_kernel_with(stack: &Stack, extra: &str) -> MountGuard {
     let opts = format!(
-        "{},index=off,redirect_dir=off,metacopy=off,{extra}",
+        "{},index=off,redirect_dir=on,metacopy=off,{extra}",
         stack.full_opts()
     );
     mount_kernel_opts(&opts, &stack.mnt)
