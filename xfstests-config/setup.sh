@@ -95,6 +95,26 @@ done
 ln -sfn "$BIN" /usr/local/bin/ovlfuse
 echo "linked /usr/local/bin/ovlfuse -> $BIN"
 
+# The mount program the configs name (FUSE_SUBTYP=.ovlfuse-xfstests): ovlfuse itself,
+# except that a mount whose options name no lowerdir= gets the layers of its source name.
+# Some tests clear MOUNT_OPTIONS (generic/607 and others), and for FSTYP=fuse that is
+# where the layers are; xfstests unmounts by source name, so the source cannot simply
+# be the layer directory.
+cat >/usr/local/bin/ovlfuse-xfstests <<WRAPPER
+#!/bin/sh
+# Written by $REPO/xfstests-config/setup.sh; see xfstests-config/README.md.
+case " \$* " in *lowerdir=*) exec ovlfuse "\$@" ;; esac
+case "\$1" in
+ovlfuse_test|ovlfuse_scratch) set=$BASE/\${1#ovlfuse_} ;;
+ovlfuse_tmpfs_test|ovlfuse_tmpfs_scratch) set=$BASE/tmpfs/\${1#ovlfuse_tmpfs_} ;;
+ovlfuse_xfs_test|ovlfuse_xfs_scratch) set=$BASE/xfs/\${1#ovlfuse_xfs_} ;;
+*) exec ovlfuse "\$@" ;;
+esac
+exec ovlfuse "\$@" -o "lowerdir=\$set/lower,upperdir=\$set/upper,workdir=\$set/work"
+WRAPPER
+chmod 0755 /usr/local/bin/ovlfuse-xfstests
+echo "wrote /usr/local/bin/ovlfuse-xfstests"
+
 if [ "$XFS" = 1 ]; then
 	command -v mkfs.xfs >/dev/null 2>&1 || {
 		echo "setup.sh: mkfs.xfs missing (apt-get install xfsprogs)" >&2
