@@ -3705,3 +3705,17 @@ fn regress_read_updates_upper_atime() {
         ],
     );
 }
+
+/// A kernel redirect ("/d1/s/w") whose path crosses a symlink in a lower layer: the walk
+/// stops there, as at any non-directory (ovlfuse said ELOOP reading the kernel's upper).
+#[test]
+fn regress_redirect_path_through_a_lower_symlink() {
+    regress(
+        "regress_redirect_path_through_a_lower_symlink",
+        vec![
+            vec![dir("d1"), dir("d1/s"), dir("d1/s/w"), file("d1/s/w/f", "f")],
+            vec![LE::Symlink(s("d1"), s("c")), file("c", "c")],
+        ],
+        vec![op_rename("d1/s/w", "d1/n", 0), op_readdir("d1/n")],
+    );
+}

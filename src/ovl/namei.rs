@@ -208,7 +208,9 @@ impl Overlay {
                     // A missing component: nothing in this layer, look in the next one
                     // (the kernel's ovl_lookup_layer returns no dentry, and goes on).
                     Err(Errno::ENOENT) => continue,
-                    Err(Errno::ENOTDIR) => break,
+                    // A component that is no directory (a symlink, with RESOLVE_NO_SYMLINKS,
+                    // says ELOOP) stops the lookup, as a non-directory does in the kernel.
+                    Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => break,
                     Err(e) => return Err(e),
                 },
             };
