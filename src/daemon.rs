@@ -24,8 +24,8 @@ const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 /// The layer options a SOURCE directory stands for when the options name no `lowerdir`:
 /// `SOURCE/lower`, and `SOURCE/upper` with `SOURCE/work` when both exist. This lets a mount
-/// be named by its layer set alone (`mount -t fuse.ovlfuse /srv/app /merged`), which is
-/// how xfstests mounts a FUSE filesystem when a test clears its mount options.
+/// be named by its layer set alone (`mount -t fuse.ovlfuse /srv/app /merged`, or an fstab
+/// line without layer options).
 fn layers_of_source(source: Option<&str>) -> Option<String> {
     let src = std::path::Path::new(source?);
     if !src.is_absolute() || !src.join("lower").is_dir() {
