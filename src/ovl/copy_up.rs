@@ -101,12 +101,15 @@ impl Overlay {
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
                     0o600,
                 )?;
+                // Only copied data needs syncing before the rename (as in the kernel's
+                // ovl_copy_up_file): an empty copy is whole as soon as it exists, and
+                // O_TRUNC, truncate(0) and empty files then cost no journal commit.
                 if with_data && st.st_size > 0 {
                     let src = fs::openat_noatime(lpfd, name, libc::O_RDONLY)?;
                     copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
-                }
-                if self.cfg.fsync {
-                    fs::fsync(dst.as_fd(), false)?;
+                    if self.cfg.fsync {
+                        fs::fsync(dst.as_fd(), false)?;
+                    }
                 }
             }
             libc::S_IFLNK => {
