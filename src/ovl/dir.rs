@@ -170,7 +170,8 @@ impl Overlay {
         // With redirects on, the kernel also marks every directory made in a merged parent
         // opaque (layers may then not change offline, so nothing below could show up).
         let pst_merged = self.cfg.redirect_dir && !parent.state().lowers.is_empty();
-        let hides_marker = upper_whiteout || self.oci_hidden(upfd, name);
+        let hides_marker =
+            upper_whiteout || (kind == libc::S_IFDIR && self.oci_hidden(upfd, name));
         let opaque = kind == libc::S_IFDIR && (hides_marker || pst_merged);
 
         // Owner: the caller; group: the directory's if it is set-group-ID, as the upper
