@@ -139,11 +139,13 @@ impl OvlFs {
         }
     }
 
+    /// FOPEN_NOFLUSH: our flush does nothing (writes reach the upper file as they come, and
+    /// the kernel keeps POSIX locks itself), so close(2) need not wait for a round trip.
     fn open_flags(&self, fh: u64) -> FopenFlags {
         if self.ovl.keep_page_cache(fh) {
-            FopenFlags::FOPEN_KEEP_CACHE
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
         } else {
-            FopenFlags::empty()
+            FopenFlags::FOPEN_NOFLUSH
         }
     }
 
