@@ -16,6 +16,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+/// From this many lower layers under a directory, a lookup miss builds its merged listing.
+const DEEP_STACK: usize = 16;
+
 /// What the layers hold for one name.
 pub enum Found {
     Node(NodeInit),
@@ -59,7 +62,10 @@ impl Overlay {
             }
         }
         match self.probe(&p, name)? {
-            Found::Missing => Err(Errno::ENOENT),
+            Found::Missing => {
+                self.after_miss(&p);
+                Err(Errno::ENOENT)
+            }
             Found::Node(init) => {
                 let n = self.nodes.insert(parent, name, init);
                 match self.getattr_node(&n) {
@@ -85,8 +91,22 @@ impl Overlay {
             }
         }
         match self.probe(parent, name)? {
-            Found::Missing => Ok(None),
+            Found::Missing => {
+                if let Ok(p) = self.node(parent.id) {
+                    self.after_miss(&p);
+                }
+                Ok(None)
+            }
             Found::Node(init) => Ok(Some(ChildRef::Fresh(init))),
+        }
+    }
+
+    /// A miss probed every layer of `parent`. Deep stacks then build the merged listing
+    /// (about the cost of one more miss), so later misses there are answered from it at
+    /// once instead of by one probe per layer.
+    fn after_miss(&self, parent: &Arc<Node>) {
+        if parent.state().lowers.len() >= DEEP_STACK {
+            let _ = self.merged_dir(parent);
         }
     }
 
