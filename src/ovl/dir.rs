@@ -170,8 +170,7 @@ impl Overlay {
         // With redirects on, the kernel also marks every directory made in a merged parent
         // opaque (layers may then not change offline, so nothing below could show up).
         let pst_merged = self.cfg.redirect_dir && !parent.state().lowers.is_empty();
-        let hides_marker =
-            upper_whiteout || (kind == libc::S_IFDIR && self.oci_hidden(upfd, name));
+        let hides_marker = upper_whiteout || (kind == libc::S_IFDIR && self.oci_hidden(upfd, name));
         let opaque = kind == libc::S_IFDIR && (hides_marker || pst_merged);
 
         // Owner: the caller; group: the directory's if it is set-group-ID, as the upper
@@ -685,24 +684,23 @@ impl Overlay {
             let d = dst.ok_or(Errno::ENOENT)?;
             // A directory with lower parts records where they are; one without must not
             // merge, in its new place, with a lower directory of its new name.
-            let src_paths = if src_redirect {
-                self.write_redirect(src, op, np, ofd, oname)?;
-                self.lower_paths(src)?
-            } else {
-                if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname) {
-                    whiteout::set_opaque(ofd, oname, prefix)?;
+            let prepare = |n: &Node,
+                           redirect: bool,
+                           (from, to): (&Node, &Node),
+                           fd: BorrowedFd<'_>,
+                           name: &OsStr,
+                           into_merged: bool| {
+                if redirect {
+                    self.write_redirect(n, from, to, fd, name)?;
+                    return self.lower_paths(n);
                 }
-                Vec::new()
-            };
-            let dst_paths = if dst_redirect {
-                self.write_redirect(d, np, op, nfd, nname)?;
-                self.lower_paths(d)?
-            } else {
-                if d.is_dir() && op_merged && !whiteout::is_opaque_dir(nfd, nname) {
-                    whiteout::set_opaque(nfd, nname, prefix)?;
+                if n.is_dir() && into_merged && !whiteout::is_opaque_dir(fd, name) {
+                    whiteout::set_opaque(fd, name, prefix)?;
                 }
-                Vec::new()
+                Ok(Vec::new())
             };
+            let src_paths = prepare(src, src_redirect, (op, np), ofd, oname, np_merged)?;
+            let dst_paths = prepare(d, dst_redirect, (np, op), nfd, nname, op_merged)?;
             fs::renameat2(ofd, oname, nfd, nname, fs::RENAME_EXCHANGE)?;
             self.nodes.move_node(src, op.id, oname, np.id, nname);
             self.nodes.move_node(d, np.id, nname, op.id, oname);
