@@ -67,7 +67,7 @@ impl Overlay {
         fh
     }
 
-    pub fn open(&self, _ctx: &Ctx, id: u64, flags: i32) -> SysResult<u64> {
+    pub fn open(&self, ctx: &Ctx, id: u64, flags: i32) -> SysResult<u64> {
         let node = self.node(id)?;
         if node.is_dir() {
             return Err(Errno::EISDIR);
@@ -105,6 +105,10 @@ impl Overlay {
             }
             Err(e) => return Err(e),
         };
+        if trunc {
+            // Truncation on open is a write as far as set-ID bits go.
+            self.kill_suid_sgid(ctx, &node, &fd);
+        }
         Ok(self.add_handle(node, fd, top == UPPER, flags))
     }
 

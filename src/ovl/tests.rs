@@ -553,6 +553,14 @@ fn writes_by_unprivileged_callers_clear_set_id_bits_as_the_vfs_does() {
     std::fs::set_permissions(f.p("upper/plain"), std::fs::Permissions::from_mode(0o6666)).unwrap();
     write_as(&ctx(), "plain");
     assert_eq!(mode_of(&f.p("upper/plain")), 0o6666);
+    // So does truncation on open.
+    std::fs::set_permissions(f.p("upper/plain"), std::fs::Permissions::from_mode(0o6666)).unwrap();
+    let (n, _) = ovl.lookup(ROOT_ID, OsStr::new("plain")).unwrap();
+    let fh = ovl
+        .open(&user(1000, 1000), n.id, libc::O_WRONLY | libc::O_TRUNC)
+        .unwrap();
+    ovl.release(fh);
+    assert_eq!(mode_of(&f.p("upper/plain")), 0o666, "O_TRUNC");
     // fallocate and hole punching count as writes (xfstests generic/683, 684).
     let (n, _) = ovl.lookup(ROOT_ID, OsStr::new("plain")).unwrap();
     for mode in [0, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE] {
