@@ -79,11 +79,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         Config {
             fsync: params.fsync,
             redirect_dir: params.redirect_dir,
-            atime: if params.read_only {
-                crate::ovl::params::Atime::Never
-            } else {
-                params.atime
-            },
+            atime: params.effective_atime(),
         },
     )
     .map_err(|e| format!("cannot set up the overlay: {e}"))?;

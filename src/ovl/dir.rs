@@ -169,9 +169,9 @@ impl Overlay {
         // layer already stops the merge below it (this is what the kernel does).
         // With redirects on, the kernel also marks every directory made in a merged parent
         // opaque (layers may then not change offline, so nothing below could show up).
-        let pst_merged = self.cfg.redirect_dir && !parent.state().lowers.is_empty();
         let hides_marker = upper_whiteout || (kind == libc::S_IFDIR && self.oci_hidden(upfd, name));
-        let opaque = kind == libc::S_IFDIR && (hides_marker || pst_merged);
+        let opaque = kind == libc::S_IFDIR
+            && (hides_marker || (self.cfg.redirect_dir && !parent.state().lowers.is_empty()));
 
         // Owner: the caller; group: the directory's if it is set-group-ID, as the upper
         // filesystem would decide for a process creating the file itself.
@@ -418,24 +418,16 @@ impl Overlay {
         use std::os::unix::ffi::OsStrExt;
         let layer = *dir.state().lowers.first().ok_or(Errno::EIO)?;
         let path = self.nodes.layer_path(dir, layer)?;
-        let first = path.as_bytes();
-        let fdir = match first.iter().rposition(|c| *c == b'/') {
-            Some(i) => &first[..i],
-            None => &first[..0],
-        };
+        let (fdir, base) = super::namei::split_last(path.as_bytes());
         let same_parent = from.id == to.id
             && self
                 .nodes
                 .layer_path(from, layer)
                 .is_ok_and(|pp| pp.as_bytes() == fdir);
         let v = if same_parent {
-            first
-                .rsplit(|b| *b == b'/')
-                .next()
-                .unwrap_or(first)
-                .to_vec()
+            base.to_vec()
         } else {
-            [b"/", first].concat()
+            [b"/", path.as_bytes()].concat()
         };
         let prefix = self.layers.xattr_prefix;
         crate::sys::xattr::set(fromfd, name, &format!("{prefix}redirect"), &v, 0)

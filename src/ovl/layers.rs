@@ -222,10 +222,10 @@ fn check_overlap(upper: &Path, lowers: &[PathBuf], work: &Path) -> Result<(), St
 /// what we read from the upper layer moves atimes as the mount's options say (the kernel's
 /// FUSE client leaves atime to us). A read-only mount moves none.
 fn upper_atime_attrs(p: &Params) -> u64 {
-    let mode = match (p.read_only, p.atime) {
-        (true, _) | (_, Atime::Never) => fs::MOUNT_ATTR_NOATIME,
-        (_, Atime::Strict) => fs::MOUNT_ATTR_STRICTATIME,
-        (_, Atime::Relative) => fs::MOUNT_ATTR_RELATIME,
+    let mode = match p.effective_atime() {
+        Atime::Never => fs::MOUNT_ATTR_NOATIME,
+        Atime::Strict => fs::MOUNT_ATTR_STRICTATIME,
+        Atime::Relative => fs::MOUNT_ATTR_RELATIME,
     };
     if p.nodiratime {
         mode | fs::MOUNT_ATTR_NODIRATIME

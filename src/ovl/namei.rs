@@ -280,11 +280,7 @@ impl Overlay {
                             // names a sibling of the path being followed.
                             let r = match (r, &redirect) {
                                 (Redirect::Rel(n), Some(Redirect::Abs(p))) => {
-                                    let pb = p.as_bytes();
-                                    let dir = match pb.iter().rposition(|c| *c == b'/') {
-                                        Some(i) => &pb[..i],
-                                        None => &pb[..0],
-                                    };
+                                    let (dir, _) = split_last(p.as_bytes());
                                     Redirect::Abs(join(OsStr::from_bytes(dir), &n))
                                 }
                                 (r, _) => r,
@@ -357,11 +353,7 @@ impl Overlay {
         l: LayerId,
         p: &OsStr,
     ) -> SysResult<(Arc<OwnedFd>, std::ffi::OsString)> {
-        let b = p.as_bytes();
-        let (dir, base) = match b.iter().rposition(|c| *c == b'/') {
-            Some(i) => (&b[..i], &b[i + 1..]),
-            None => (&b[..0], b),
-        };
+        let (dir, base) = split_last(p.as_bytes());
         let root = self.layers.get(l).fd();
         let fd = fs::open_beneath(
             root,
@@ -425,6 +417,15 @@ enum Redirect {
     Rel(std::ffi::OsString),
     /// A path from the layer root.
     Abs(std::ffi::OsString),
+}
+
+/// A layer-relative path split at its last `/`: (directory part, last component); the
+/// directory part is empty for a single component.
+pub(super) fn split_last(b: &[u8]) -> (&[u8], &[u8]) {
+    match b.iter().rposition(|c| *c == b'/') {
+        Some(i) => (&b[..i], &b[i + 1..]),
+        None => (&b[..0], b),
+    }
 }
 
 fn join(dir: &OsStr, name: &OsStr) -> std::ffi::OsString {

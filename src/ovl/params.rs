@@ -117,6 +117,17 @@ pub enum Atime {
     Never,
 }
 
+impl Params {
+    /// The atime policy in force: a read-only mount moves no atime, whatever was asked.
+    pub fn effective_atime(&self) -> Atime {
+        if self.read_only {
+            Atime::Never
+        } else {
+            self.atime
+        }
+    }
+}
+
 impl Default for Params {
     fn default() -> Self {
         Params {
