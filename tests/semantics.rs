@@ -5466,6 +5466,34 @@ fn many_open_directory_streams_read_interleaved() {
     lc.verify();
 }
 
+/// Builds one single-lower stack per side with `prep`, mounts kernel overlayfs and then
+/// ovlfuse on them with the extra mount option `opt` (none if empty), runs `run` on each
+/// merged root and returns the results as [kernel, ovlfuse]. Each side is unmounted and its
+/// lower layer checked before the next.
+fn kernel_then_ovlfuse<R>(
+    name: &str,
+    opt: &str,
+    prep: impl Fn(&Stack),
+    run: impl Fn(&Path, bool) -> R,
+) -> [R; 2] {
+    [true, false].map(|kernel| {
+        let sc = Scratch::new(&format!("{name}-{}", if kernel { "k" } else { "f" }));
+        let st = Stack::new(&sc, 1);
+        prep(&st);
+        let lc = LowerCheck::new(&st.lowers);
+        let g = match (kernel, opt.is_empty()) {
+            (true, true) => mount_kernel(&st),
+            (true, false) => mount_kernel_with(&st, opt),
+            (false, true) => mount_ovlfuse(&st, &[]),
+            (false, false) => mount_ovlfuse(&st, &[opt]),
+        };
+        let r = run(&st.mnt, kernel);
+        g.unmount();
+        lc.verify();
+        r
+    })
+}
+
 /// Reads `p` through a fresh open and says whether its atime moved.
 fn read_moves_atime(p: &Path) -> bool {
     let before = fs::symlink_metadata(p).unwrap();
@@ -5492,10 +5520,7 @@ fn atime_mount_options_behave_as_on_the_kernel() {
         ("ro,strictatime", [false, false]),
     ];
     for (opt, want) in cases {
-        let mut got = Vec::new();
-        for kernel in [true, false] {
-            let sc = Scratch::new(&format!("sem-atime-{}", if kernel { "k" } else { "f" }));
-            let st = Stack::new(&sc, 1);
+        let prep = |st: &Stack| {
             fs::write(st.lowers[0].join("low"), vec![b'l'; 4096]).unwrap();
             fs::write(st.upper.join("f"), vec![b'x'; 4096]).unwrap();
             // atime 1000 s, mtime 2000 s after the epoch: older than mtime.
@@ -5514,23 +5539,17 @@ fn atime_mount_options_behave_as_on_the_kernel() {
                 unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) },
                 0
             );
-            let lc = LowerCheck::new(&st.lowers);
-            let g = if kernel {
-                mount_kernel_with(&st, opt)
-            } else {
-                mount_ovlfuse(&st, &[opt])
-            };
-            let f = st.mnt.join("f");
+        };
+        let got = kernel_then_ovlfuse("sem-atime", opt, prep, |m, kernel| {
+            let f = m.join("f");
             let moved = [read_moves_atime(&f), read_moves_atime(&f)];
             // Lower files never move, whatever the policy.
             assert!(
-                !read_moves_atime(&st.mnt.join("low")),
+                !read_moves_atime(&m.join("low")),
                 "lower atime moved (kernel: {kernel}, {opt})"
             );
-            g.unmount();
-            lc.verify();
-            got.push(moved);
-        }
+            moved
+        });
         assert_eq!(got[0], want, "kernel overlayfs with {opt}");
         assert_eq!(got[1], want, "ovlfuse with {opt} (kernel: {:?})", got[0]);
     }
@@ -5554,21 +5573,13 @@ fn append_only_and_immutable_files_as_on_the_kernel() {
     }
     const IMMUTABLE: u32 = 0x10;
     const APPEND: u32 = 0x20;
-    let mut results = Vec::new();
-    for kernel in [true, false] {
-        let sc = Scratch::new(&format!("sem-iflags-{}", if kernel { "k" } else { "f" }));
-        let st = Stack::new(&sc, 1);
+    let prep = |st: &Stack| {
         fs::write(st.lowers[0].join("log"), b"one\n").unwrap();
         fs::create_dir_all(st.lowers[0].join("frozen/sub")).unwrap();
         fs::write(st.lowers[0].join("frozen/sub/f"), b"x").unwrap();
         fs::write(st.lowers[0].join("frozen/g"), b"x").unwrap();
-        let lc = LowerCheck::new(&st.lowers);
-        let g = if kernel {
-            mount_kernel(&st)
-        } else {
-            mount_ovlfuse(&st, &[])
-        };
-        let m = &st.mnt;
+    };
+    let results = kernel_then_ovlfuse("sem-iflags", "", prep, |m, _| {
         let mut r = Vec::new();
         r.push(outcome_unit(&set_inode_flags(&m.join("log"), APPEND)));
         r.push(outcome_unit(&open_fd(&m.join("log"), libc::O_WRONLY, 0)));
@@ -5594,10 +5605,8 @@ fn append_only_and_immutable_files_as_on_the_kernel() {
         r.push(outcome_unit(&set_inode_flags(&m.join("frozen"), 0)));
         r.push(outcome_unit(&set_inode_flags(&m.join("log"), 0)));
         r.push(outcome_unit(&fs::remove_file(m.join("log"))));
-        g.unmount();
-        lc.verify();
-        results.push(r);
-    }
+        r
+    });
     assert_eq!(
         results[1], results[0],
         "ovlfuse (left) vs kernel overlayfs (right)"
