@@ -206,11 +206,24 @@ Mount flags:
                          (lower layers' never move); a read-only mount moves none
   lazytime               accepted and ignored
 
-fuse-overlayfs options (accepted and ignored for now):
-  uidmapping=FROM:TO:LEN[:...], gidmapping=FROM:TO:LEN[:...]  id mappings
-  squash_to_root, squash_to_uid=N, squash_to_gid=N       ownership squashing
-  xattr_permissions=0|1|2, noxattrs=0|1, noacl, static_nlink, ino32_t
-  timeout=SECONDS, threaded=0|1, fast_ino=0|1, writeback=0|1, plugins=LIST
+Container options (as fuse-overlayfs spells them):
+  uidmapping=D:S:N[:D:S:N...], gidmapping=...
+                         ids D..D+N-1 stored in the layers show as S..S+N-1; other ids
+                         show (and are stored) as the overflow id (65534); a leading
+                         colon is fine
+  squash_to_root         every file shows as owned by 0:0; chown never fails
+  squash_to_uid=N, squash_to_gid=N  every file shows with owner N / group N
+  xattr_permissions=1|2  keep owner, group, mode and special-file type in the xattr
+                         security.fuseoverlayfs.override_stat (1) or
+                         user.containers.override_stat (2) instead of the inode; layers
+                         whose root carries one of these are always read this way
+  noacl                  no POSIX ACLs
+  noxattrs=1             no extended attributes through the mount
+  static_nlink           directories report a link count of 1
+  ino32_t                inode numbers fit in 32 bits
+  timeout=SECONDS        how long the kernel caches names and attributes (default 3600)
+  threaded=0|1           0 serves requests on one thread (default 1: several)
+  fast_ino=0|1, writeback=0|1, plugins=LIST  accepted and ignored
 
 Accepted and ignored (mount(8), fstab and SELinux):
   defaults, auto, noauto, user, nouser, users, _netdev, nofail, loop,

@@ -8,6 +8,7 @@
 
 use crate::cli::Cli;
 use crate::fuse::OvlFs;
+use crate::ovl::ownership::{self, IdMap, Ownership};
 use crate::ovl::params::{escape_path, parse_options, Params, LOWERDIR_REQUIRED};
 use crate::ovl::{Config, Layers, Overlay};
 use crate::sys::{self, process};
@@ -80,10 +81,14 @@ pub fn run(cli: Cli) -> Result<(), String> {
             fsync: params.fsync,
             redirect_dir: params.redirect_dir,
             atime: params.effective_atime(),
+            own: ownership_of(&params),
+            static_nlink: params.static_nlink,
+            noacl: params.noacl,
+            noxattrs: params.noxattrs,
         },
     )
     .map_err(|e| format!("cannot set up the overlay: {e}"))?;
-    let (fs, notifier) = OvlFs::new(ovl, DEFAULT_TTL, debug);
+    let (fs, notifier) = OvlFs::new(ovl, params.timeout.unwrap_or(DEFAULT_TTL), debug);
     let config = fuse_config(&params, cli.source.as_deref());
     log::debug!("mount options: {:?}", config.mount_options);
 
@@ -164,6 +169,19 @@ fn serve(
     session
         .run()
         .map_err(|e| format!("session ended with an error: {e}"))
+}
+
+/// The ownership rules from fuse-overlayfs's options. `squash_to_root` squashes both ids
+/// to 0; an explicit `squash_to_uid=`/`squash_to_gid=` wins for its own id.
+fn ownership_of(p: &Params) -> Ownership {
+    let (ouid, ogid) = ownership::overflow_ids();
+    let root = p.squash_to_root.then_some(0);
+    Ownership {
+        uids: IdMap::new(p.uidmapping.clone(), ouid),
+        gids: IdMap::new(p.gidmapping.clone(), ogid),
+        squash_uid: p.squash_to_uid.or(root),
+        squash_gid: p.squash_to_gid.or(root),
+    }
 }
 
 /// `mount -o remount,...` of a live mount: the kernel changes the mount's flags; the daemon
@@ -262,7 +280,7 @@ pub fn fuse_config(p: &Params, source: Option<&str>) -> fuser::Config {
     let mut c = fuser::Config::default();
     c.mount_options = opts;
     c.acl = acl;
-    c.n_threads = Some(threads);
+    c.n_threads = Some(if p.single_threaded { 1 } else { threads });
     c.clone_fd = true;
     c
 }

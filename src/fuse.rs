@@ -177,6 +177,9 @@ impl Filesystem for OvlFs {
             InitFlags::FUSE_MAX_PAGES,
         ];
         for f in want {
+            if f == InitFlags::FUSE_POSIX_ACL && self.ovl.cfg.noacl {
+                continue;
+            }
             if let Err(missing) = config.add_capabilities(f) {
                 debug!("kernel lacks FUSE capability {missing:?}");
             }

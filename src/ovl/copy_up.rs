@@ -11,6 +11,7 @@
 use super::layers::{remove_tree, UPPER};
 use super::namei::{IMPURE_XATTR, ORIGIN_XATTR};
 use super::node::{Node, ROOT_ID};
+use super::ownership::OverrideStat;
 use super::{Errno, Overlay, SysResult};
 use crate::sys::fs::{self, Stat};
 use crate::sys::xattr;
@@ -53,8 +54,30 @@ impl Overlay {
         let work = self.layers.work()?;
         let tmp = temp_name();
         debug!("copy-up {:?} from layer {lower} (data: {with_data})", name);
+        // Where the upper layer keeps owners in an xattr, the copy keeps the lower's
+        // effective owner and mode there (its own override, else its inode's).
+        // A lower layer that keeps owners in an xattr gives the copy that owner and mode.
+        let lower_kept = self.read_override(node, lower);
+        let mut eff = lst;
+        if let Some(o) = &lower_kept {
+            eff.st_uid = o.uid;
+            eff.st_gid = o.gid;
+            eff.st_mode = fs::ifmt(lst.st_mode) | (o.mode & 0o7777);
+        }
+        let kept = self.upper_override().map(|_| {
+            lower_kept.unwrap_or(OverrideStat {
+                uid: lst.st_uid,
+                gid: lst.st_gid,
+                mode: lst.st_mode,
+                rdev: Some(lst.st_rdev),
+            })
+        });
         let res = self
-            .build_copy(lpfd.as_fd(), &name, &lst, work, &tmp, with_data)
+            .build_copy(lpfd.as_fd(), &name, &eff, work, &tmp, with_data)
+            .and_then(|()| match &kept {
+                Some(o) => self.keep_override(work, &tmp, o, fs::ifmt(lst.st_mode)),
+                None => Ok(()),
+            })
             .and_then(|()| fs::renameat2(work, &tmp, upfd.as_fd(), &name, fs::RENAME_NOREPLACE));
         if let Err(e) = res {
             let _ = remove_tree(work, &tmp);
@@ -121,10 +144,13 @@ impl Overlay {
         // Owner first: chown(2) strips security.capability and set-id bits, so xattrs and
         // the mode go on after it.
         match fs::fchownat(work, tmp, Some(st.st_uid), Some(st.st_gid)) {
-            // An unprivileged mount cannot give a copy away; it stays the mounter's, as
+            // An unprivileged mount cannot give a copy away, and root of a user namespace
+            // cannot give it to an id outside its map (EINVAL); it stays the mounter's, as
             // with fuse-overlayfs.
-            Err(Errno::EPERM) if crate::sys::geteuid() != 0 => {
-                debug!("copy-up of {:?}: owner not kept", name)
+            Err(Errno::EPERM) | Err(Errno::EINVAL)
+                if self.upper_override().is_some() || !crate::sys::is_host_root() =>
+            {
+                debug!("copy-up of {:?}: owner not kept in the inode", name)
             }
             other => other?,
         }
@@ -132,6 +158,7 @@ impl Overlay {
         if kind != libc::S_IFLNK {
             fs::fchmodat(work, tmp, st.st_mode & 0o7777)?;
         }
+
         if kind != libc::S_IFDIR {
             let attr = format!("{}{}", self.layers.xattr_prefix, ORIGIN_XATTR);
             let val = format!("{}:{}", st.st_dev, st.st_ino);
@@ -150,6 +177,21 @@ impl Overlay {
         };
         fs::utimensat(work, tmp, Some(at), Some(mt))?;
         Ok(())
+    }
+
+    /// Gives the copy `tmp` the owner and mode `o` in the override xattr. Only a symlink may
+    /// refuse it (no `user.` xattrs on symlinks); it keeps its inode's owner.
+    fn keep_override(
+        &self,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        o: &OverrideStat,
+        kind: u32,
+    ) -> SysResult<()> {
+        match self.write_override(work, tmp, o) {
+            Err(_) if kind == libc::S_IFLNK => Ok(()),
+            other => other,
+        }
     }
 
     /// Marks an upper directory as holding copied-up entries, so readdir knows to look up

@@ -12,6 +12,7 @@ use super::copy_up::temp_name;
 use super::inode::Attr;
 use super::layers::{remove_tree, UPPER};
 use super::node::{Node, NodeInit, NodeState, ROOT_ID};
+use super::ownership::OverrideStat;
 use super::readdir::Entry;
 use super::{check_new_name, whiteout, Ctx, Errno, Overlay, SysResult};
 use crate::sys::fs;
@@ -57,6 +58,13 @@ impl NewObject<'_> {
             | NewObject::Dir { mode }
             | NewObject::Special { mode, .. } => mode & 0o7777,
             NewObject::Symlink { .. } => 0o777,
+        }
+    }
+
+    fn rdev(&self) -> u64 {
+        match self {
+            NewObject::Special { rdev, .. } => *rdev,
+            _ => 0,
         }
     }
 
@@ -174,33 +182,66 @@ impl Overlay {
             && (hides_marker || (self.cfg.redirect_dir && !parent.state().lowers.is_empty()));
 
         // Owner: the caller; group: the directory's if it is set-group-ID, as the upper
-        // filesystem would decide for a process creating the file itself.
-        let pst = fs::fstat(upfd)?;
+        // filesystem would decide for a process creating the file itself. In disk ids.
+        let own = &self.cfg.own;
+        let pst = self.effective_stat(&parent, &fs::fstat(upfd)?);
+        let uid = own.disk_uid(ctx.uid);
         let gid = if pst.st_mode & libc::S_ISGID != 0 {
             pst.st_gid
         } else {
-            ctx.gid
+            own.disk_gid(ctx.gid)
         };
         let mut perm = what.perm();
         if kind != libc::S_IFLNK
-            && crate::sys::xattr::get_on_dir(upfd, "system.posix_acl_default").is_err()
+            && (self.cfg.noacl
+                || crate::sys::xattr::get_on_dir(upfd, "system.posix_acl_default").is_err())
         {
             perm &= !ctx.umask;
         }
         if kind == libc::S_IFDIR && pst.st_mode & libc::S_ISGID != 0 {
             perm |= libc::S_ISGID;
-        } else if perm & libc::S_ISGID != 0 && !ctx.in_group_or_root(gid) {
+        } else if perm & libc::S_ISGID != 0 && !ctx.in_group_or_root(own.shown_gid(gid)) {
             // A file may not be made set-group-ID for a group its creator is not in.
             perm &= !libc::S_ISGID;
         }
+        let kept = self.upper_override().is_some();
+        // Where owners live in an xattr, special files are stored as plain files with their
+        // type in the xattr too: only plain files and directories take `user.` xattrs, and
+        // an unprivileged daemon may not make devices.
+        let stored = match what {
+            NewObject::Special { .. } if kept && kind != libc::S_IFREG => NewObject::Special {
+                mode: libc::S_IFREG,
+                rdev: 0,
+            },
+            w => w,
+        };
 
         let finish = |dir: BorrowedFd<'_>, n: &OsStr| -> SysResult<()> {
-            fs::fchownat(dir, n, Some(ctx.uid), Some(gid))?;
-            // chown clears set-user/group-ID bits; put them back. The permission bits stay
-            // as the upper filesystem made them: a default ACL may have narrowed them.
-            if kind != libc::S_IFLNK && perm & 0o7000 != 0 {
-                let now = fs::fstatat(dir, n)?.st_mode & 0o777;
-                fs::fchmodat(dir, n, now | (perm & 0o7000))?;
+            if kept {
+                let o = OverrideStat {
+                    uid,
+                    gid,
+                    mode: kind | (perm & 0o7777),
+                    rdev: Some(what.rdev()),
+                };
+                match self.write_override(dir, n, &o) {
+                    Ok(()) => {}
+                    // A symlink cannot carry `user.` xattrs; it keeps a real owner.
+                    Err(_) if kind == libc::S_IFLNK => kept_by_chown(dir, n, uid, gid)?,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                match fs::fchownat(dir, n, Some(uid), Some(gid)) {
+                    Err(e) if own.squashed() => log::debug!("new file keeps its owner: {e:?}"),
+                    other => other?,
+                }
+                // chown clears set-user/group-ID bits; put them back. The permission bits
+                // stay as the upper filesystem made them: a default ACL may have narrowed
+                // them.
+                if kind != libc::S_IFLNK && perm & 0o7000 != 0 {
+                    let now = fs::fstatat(dir, n)?.st_mode & 0o777;
+                    fs::fchmodat(dir, n, now | (perm & 0o7000))?;
+                }
             }
             if opaque {
                 whiteout::set_opaque(dir, n, self.layers.xattr_prefix)?;
@@ -214,7 +255,7 @@ impl Overlay {
         let file = if hides_marker {
             let work = self.layers.work()?;
             let tmp = temp_name();
-            let res = what.make(work, &tmp, perm).and_then(|f| {
+            let res = stored.make(work, &tmp, perm).and_then(|f| {
                 finish(work, &tmp)?;
                 if upper_whiteout {
                     fs::renameat2(work, &tmp, upfd, name, fs::RENAME_EXCHANGE)?;
@@ -227,7 +268,7 @@ impl Overlay {
             let _ = remove_tree(work, &tmp);
             res?
         } else {
-            let f = what.make(upfd, name, perm)?;
+            let f = stored.make(upfd, name, perm)?;
             if let Err(e) = finish(upfd, name) {
                 let _ = fs::unlinkat(upfd, name, kind == libc::S_IFDIR);
                 return Err(e);
@@ -827,5 +868,14 @@ impl Overlay {
             );
         }
         Ok(())
+    }
+}
+
+/// Gives a new entry its owner where no override xattr can (best effort: an unprivileged
+/// daemon keeps it).
+fn kept_by_chown(dir: BorrowedFd<'_>, n: &OsStr, uid: u32, gid: u32) -> SysResult<()> {
+    match fs::fchownat(dir, n, Some(uid), Some(gid)) {
+        Err(Errno::EPERM) | Err(Errno::EINVAL) => Ok(()),
+        other => other,
     }
 }

@@ -201,21 +201,36 @@ impl Overlay {
         let Ok(st) = fs::fstat(fd.as_fd()) else {
             return;
         };
+        let st = self.effective_stat(node, &st);
         let mode = st.st_mode & 0o7777;
         let mut keep = mode;
         if mode & libc::S_ISUID != 0 {
             keep &= !libc::S_ISUID;
         }
         if mode & libc::S_ISGID != 0
-            && (mode & libc::S_IXGRP != 0 || !ctx.in_group_or_root(st.st_gid))
+            && (mode & libc::S_IXGRP != 0
+                || !ctx.in_group_or_root(self.cfg.own.shown_gid(st.st_gid)))
         {
             keep &= !libc::S_ISGID;
         }
-        if keep != mode {
-            match fs::chmod_fd(fd.as_fd(), keep) {
-                Ok(()) => self.notify_attr_changed(node.id),
-                Err(e) => log::warn!("cannot clear set-ID bits after a write: {e:?}"),
-            }
+        if keep == mode {
+            return;
+        }
+        let res = match self.upper_override() {
+            Some(_) => self.parent_fd(node, super::UPPER).and_then(|(dir, name)| {
+                let o = super::ownership::OverrideStat {
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                    mode: fs::ifmt(st.st_mode) | keep,
+                    rdev: None,
+                };
+                self.write_override(dir.as_fd(), &name, &o)
+            }),
+            None => fs::chmod_fd(fd.as_fd(), keep),
+        };
+        match res {
+            Ok(()) => self.notify_attr_changed(node.id),
+            Err(e) => log::warn!("cannot clear set-ID bits after a write: {e:?}"),
         }
     }
 

@@ -13,10 +13,12 @@ pub struct InoMap {
     fs_of_dev: HashMap<u64, u64>,
     /// High bits used for the filesystem index; 0 when every layer is on one filesystem.
     bits: u32,
+    /// Width of the numbers shown: 64, or 32 with `ino32_t`.
+    width: u32,
 }
 
 impl InoMap {
-    pub fn new(devs: impl IntoIterator<Item = u64>) -> InoMap {
+    pub fn new(devs: impl IntoIterator<Item = u64>, ino32: bool) -> InoMap {
         let mut fs_of_dev = HashMap::new();
         for d in devs {
             let n = fs_of_dev.len() as u64;
@@ -28,22 +30,25 @@ impl InoMap {
         } else {
             64 - (n - 1).leading_zeros()
         };
-        InoMap { fs_of_dev, bits }
+        InoMap {
+            fs_of_dev,
+            bits,
+            width: if ino32 { 32 } else { 64 },
+        }
     }
 
     /// The number shown for inode `ino` of the filesystem `dev`.
     pub fn map(&self, dev: u64, ino: u64) -> u64 {
-        if self.bits == 0 {
+        let fs = self.fs_of_dev.get(&dev).copied().unwrap_or(0);
+        if self.bits == 0 && (self.width == 64 || ino >> 32 == 0) {
             return ino;
         }
-        let Some(&fs) = self.fs_of_dev.get(&dev) else {
-            return ino;
-        };
-        let shift = 64 - self.bits;
+        let shift = self.width - self.bits;
         if ino >> shift != 0 {
-            // Too large to fold: hash instead, which keeps it stable if not guaranteed unique.
+            // Too large to fold: hash instead, which keeps it stable if not guaranteed
+            // unique (the node table gives a clashing object a number of its own).
             let h = ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ fs;
-            return h | (1 << 63);
+            return (h >> (64 - self.width)) | (1 << (self.width - 1));
         }
         ino | (fs << shift)
     }
@@ -60,18 +65,30 @@ mod tests {
 
     #[test]
     fn one_filesystem_keeps_numbers() {
-        let m = InoMap::new([7, 7, 7]);
+        let m = InoMap::new([7, 7, 7], false);
         assert_eq!(m.map(7, 12345), 12345);
     }
 
     #[test]
     fn several_filesystems_get_distinct_high_bits() {
-        let m = InoMap::new([1, 2, 3]);
+        let m = InoMap::new([1, 2, 3], false);
         let a = m.map(1, 42);
         let b = m.map(2, 42);
         let c = m.map(3, 42);
         assert!(a != b && b != c && a != c);
         assert_eq!(a & 0xffff, 42);
         assert_eq!(m.map(2, 42), b, "stable");
+    }
+
+    #[test]
+    fn ino32_numbers_fit_in_32_bits() {
+        let m = InoMap::new([1], true);
+        assert_eq!(m.map(1, 42), 42);
+        let big = m.map(1, 1 << 40);
+        assert!(big < 1 << 32 && big != 0);
+        assert_eq!(m.map(1, 1 << 40), big, "stable");
+        let m = InoMap::new([1, 2], true);
+        assert!(m.map(2, 42) < 1 << 32);
+        assert_ne!(m.map(1, 42), m.map(2, 42));
     }
 }

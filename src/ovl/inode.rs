@@ -149,13 +149,16 @@ impl Overlay {
     }
 
     pub fn attr_of(&self, node: &Node, st: &Stat) -> Attr {
-        let mut a = Attr::from_stat(st, node.ino);
+        let st = self.effective_stat(node, st);
+        let mut a = Attr::from_stat(&st, node.ino);
+        a.uid = self.cfg.own.shown_uid(a.uid);
+        a.gid = self.cfg.own.shown_gid(a.gid);
         if node.is_dir() {
             let s = node.state.read();
             // A merged directory's real link count would be wrong for the union; the kernel
             // reports 1, which find and friends take as "unknown".
             let merged = (s.upper && !s.lowers.is_empty()) || s.lowers.len() > 1;
-            if merged {
+            if merged || self.cfg.static_nlink {
                 a.nlink = 1;
             }
         }
@@ -214,28 +217,46 @@ impl Overlay {
             && set.mtime.is_none()
             && set.uid.is_none()
             && set.gid.is_none();
-        if set.uid.is_some() || set.gid.is_some() || touch_ctime_only {
-            match &target {
-                Target::Name(pfd, name) => fs::fchownat(pfd.as_fd(), name, set.uid, set.gid)?,
-                Target::Fd(fd) => fs::fchown(
-                    fd.as_fd(),
-                    set.uid.unwrap_or(u32::MAX),
-                    set.gid.unwrap_or(u32::MAX),
-                )?,
-            }
-        }
-        if let Some(mut mode) = set.mode {
+        let chown = set.uid.is_some() || set.gid.is_some() || touch_ctime_only;
+        let own = &self.cfg.own;
+        let (uid, gid) = (
+            set.uid.map(|u| own.disk_uid(u)),
+            set.gid.map(|g| own.disk_gid(g)),
+        );
+        let mut mode = set.mode;
+        if let Some(m) = &mut mode {
             if node.kind == libc::S_IFLNK {
                 return Err(Errno::EOPNOTSUPP);
             }
             // chmod by someone outside the file's group cannot set set-group-ID (the VFS
             // strips it in the filesystem's setattr; we chmod as root, so strip it here).
-            if mode & libc::S_ISGID != 0
+            if *m & libc::S_ISGID != 0
                 && ctx.uid != 0
-                && !ctx.in_group_or_root(self.stat_node(&node)?.st_gid)
+                && !ctx.in_group_or_root(self.getattr_node(&node)?.gid)
             {
-                mode &= !libc::S_ISGID;
+                *m &= !libc::S_ISGID;
             }
+        }
+        let kept = match (&target, self.upper_override()) {
+            (Target::Name(pfd, name), Some(_)) if chown || mode.is_some() => {
+                self.set_override_owner_mode(&node, pfd.as_fd(), name, uid, gid, mode)?
+            }
+            _ => false,
+        };
+        if chown && !kept {
+            let res = match &target {
+                Target::Name(pfd, name) => fs::fchownat(pfd.as_fd(), name, uid, gid),
+                Target::Fd(fd) => {
+                    fs::fchown(fd.as_fd(), uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX))
+                }
+            };
+            match res {
+                // A squashed mount shows one owner whatever is stored: chown never fails.
+                Err(e) if own.squashed() => log::debug!("chown not stored: {e:?}"),
+                other => other?,
+            }
+        }
+        if let (Some(mode), false) = (mode, kept) {
             match &target {
                 Target::Name(pfd, name) => fs::fchmodat(pfd.as_fd(), name, mode & 0o7777)?,
                 Target::Fd(fd) => fs::chmod_fd(fd.as_fd(), mode & 0o7777)?,
@@ -263,6 +284,42 @@ impl Overlay {
         match &handle {
             Some(h) => Ok(self.attr_of(&node, &fs::fstat(h.fd().as_fd())?)),
             None => self.getattr_node(&node),
+        }
+    }
+
+    /// chown/chmod of an upper entry whose owner and mode live in the override xattr.
+    /// `false` when this entry cannot carry the xattr (a symlink under `user.`), so the
+    /// caller changes the inode instead.
+    fn set_override_owner_mode(
+        &self,
+        node: &Node,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &std::ffi::OsStr,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: Option<u32>,
+    ) -> SysResult<bool> {
+        let st = self.effective_stat(node, &fs::fstatat(dir, name)?);
+        let mut o = super::ownership::OverrideStat {
+            uid: uid.unwrap_or(st.st_uid),
+            gid: gid.unwrap_or(st.st_gid),
+            mode: st.st_mode,
+            rdev: Some(st.st_rdev),
+        };
+        if (uid.is_some() || gid.is_some()) && fs::ifmt(st.st_mode) != libc::S_IFDIR {
+            // chown clears set-user-ID, and set-group-ID on a group-executable file.
+            o.mode &= !libc::S_ISUID;
+            if o.mode & libc::S_IXGRP != 0 {
+                o.mode &= !libc::S_ISGID;
+            }
+        }
+        if let Some(m) = mode {
+            o.mode = (o.mode & libc::S_IFMT) | (m & 0o7777);
+        }
+        match self.write_override(dir, name, &o) {
+            Ok(()) => Ok(true),
+            Err(_) if node.kind == libc::S_IFLNK => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

@@ -8,6 +8,7 @@
 //! a plain `O_PATH` fd is used and lookups refuse to cross mounts (`RESOLVE_NO_XDEV`).
 
 use super::ino::InoMap;
+use super::ownership::{OverrideStat, OVERRIDE_XATTRS};
 use super::params::{Atime, Params};
 use crate::sys::{self, fs, Errno};
 use std::ffi::{CString, OsStr};
@@ -27,6 +28,8 @@ pub struct Layer {
     pub path: PathBuf,
     pub dev: u64,
     pub ino: u64,
+    /// The xattr that holds owner and mode in this layer (`ownership`), if it uses one.
+    pub override_stat: Option<&'static str>,
 }
 
 impl Layer {
@@ -43,6 +46,8 @@ pub struct Layers {
     pub workdir: Option<PathBuf>,
     /// Prefix of the private xattrs this mount writes (`trusted.overlay.` or `user.overlay.`).
     pub xattr_prefix: &'static str,
+    /// Whether any layer keeps owners and modes in an override xattr.
+    pub any_override: bool,
     pub ino: InoMap,
 }
 
@@ -107,7 +112,10 @@ impl Layers {
         let mut upper = None;
         let mut work = None;
         if let (Some(up), Some(wp)) = (upper_path, work_path) {
-            let (u, w) = open_upper_and_work(up, wp, upper_atime_attrs(p))?;
+            let (mut u, w) = open_upper_and_work(up, wp, upper_atime_attrs(p))?;
+            if let Some(name) = super::ownership::override_xattr_for(p.xattr_permissions) {
+                mark_override_layer(&mut u, name)?;
+            }
             if u.dev != w.dev {
                 return Err(format!(
                     "workdir {} is on another filesystem than upperdir {}; they must share one filesystem",
@@ -127,7 +135,9 @@ impl Layers {
                 Some(prepare_work(&w).map_err(|e| format!("workdir {}: {e}", w.path.display()))?);
             upper = Some(u);
         }
-        let mut prefix = if sys::geteuid() == 0 {
+        // Root of a user namespace cannot write `trusted.*`: it uses the names rootless
+        // kernel overlayfs (`userxattr`) reads.
+        let mut prefix = if sys::is_host_root() {
             "trusted.overlay."
         } else {
             "user.overlay."
@@ -136,13 +146,18 @@ impl Layers {
             prefix = pick_xattr_prefix(w.as_fd(), prefix);
         }
         let devs: Vec<u64> = upper.iter().chain(lowers.iter()).map(|l| l.dev).collect();
+        let any_override = upper
+            .iter()
+            .chain(lowers.iter())
+            .any(|l| l.override_stat.is_some());
         Ok(Layers {
+            any_override,
             workdir: p.workdir.clone(),
             upper,
             lowers,
             work,
             xattr_prefix: prefix,
-            ino: InoMap::new(devs),
+            ino: InoMap::new(devs, p.ino32),
         })
     }
 }
@@ -275,6 +290,7 @@ fn open_upper_and_work(
         .ok()?;
         let st = fs::fstat(fd.as_fd()).ok()?;
         Some(Layer {
+            override_stat: None,
             root: fd,
             path: p.to_path_buf(),
             dev: st.st_dev,
@@ -282,7 +298,10 @@ fn open_upper_and_work(
         })
     };
     match (sub(&up), sub(&wp)) {
-        (Some(u), Some(w)) if u.ino == plain_u.ino && w.ino == plain_w.ino => Ok((u, w)),
+        (Some(mut u), Some(w)) if u.ino == plain_u.ino && w.ino == plain_w.ino => {
+            u.override_stat = plain_u.override_stat;
+            Ok((u, w))
+        }
         _ => Ok((plain_u, plain_w)),
     }
 }
@@ -306,12 +325,40 @@ fn open_layer(opt: &str, path: PathBuf) -> Result<Layer, String> {
     if !fs::is_dir(&st) {
         return Err(format!("{opt}: {} is not a directory", path.display()));
     }
+    let override_stat = OVERRIDE_XATTRS
+        .into_iter()
+        .find(|a| sys::xattr::get_on_dir(root.as_fd(), a).is_ok());
     Ok(Layer {
+        override_stat,
         root,
         path,
         dev: st.st_dev,
         ino: st.st_ino,
     })
+}
+
+/// Makes the upper layer keep owners and modes in the xattr `name` (`xattr_permissions`).
+/// The root carries the xattr too, so later mounts — ours or fuse-overlayfs's — read the
+/// layer the same way; it records the root's own owner and mode, so nothing shown changes.
+fn mark_override_layer(u: &mut Layer, name: &'static str) -> Result<(), String> {
+    if sys::xattr::get_on_dir(u.fd(), name).is_err() {
+        let st = fs::fstat(u.fd()).map_err(|e| format!("upperdir: {e}"))?;
+        let value = OverrideStat {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode,
+            rdev: None,
+        }
+        .format();
+        sys::xattr::set_on_dir(u.fd(), name, value.as_bytes()).map_err(|e| {
+            format!(
+                "xattr_permissions: upperdir {} does not take the xattr {name}: {e}",
+                u.path.display()
+            )
+        })?;
+    }
+    u.override_stat = Some(name);
+    Ok(())
 }
 
 /// Checks that the upper filesystem takes the private xattrs (opaque directories need them);

@@ -17,6 +17,7 @@ pub mod inode;
 pub mod layers;
 pub mod namei;
 pub mod node;
+pub mod ownership;
 pub mod params;
 pub mod readdir;
 pub mod whiteout;
@@ -62,6 +63,14 @@ pub struct Config {
     pub redirect_dir: bool,
     /// When reads move atime (from the mount options; `Never` on a read-only mount).
     pub atime: params::Atime,
+    /// Id mapping, squashing and owner/mode xattrs (container engines' options).
+    pub own: ownership::Ownership,
+    /// Directories report one link (`static_nlink`).
+    pub static_nlink: bool,
+    /// POSIX ACLs refused (`noacl`).
+    pub noacl: bool,
+    /// Extended attributes refused (`noxattrs=1`).
+    pub noxattrs: bool,
 }
 
 impl Default for Config {
@@ -70,6 +79,10 @@ impl Default for Config {
             fsync: true,
             redirect_dir: true,
             atime: params::Atime::Relative,
+            own: ownership::Ownership::default(),
+            static_nlink: false,
+            noacl: false,
+            noxattrs: false,
         }
     }
 }

@@ -20,6 +20,7 @@
 //! * in `lowerdir=` the layers are separated by unescaped `:` (quoting does
 //!   not protect colons: only `\:` does, as with the kernel).
 
+use super::ownership::{parse_mapping, IdRange};
 use std::path::{Path, PathBuf};
 
 /// The kernel's overlayfs stacking limit (`OVL_MAX_STACK`); we keep the same
@@ -55,11 +56,6 @@ pub(crate) const IGNORED_FLAGS: &[&str] = &[
     "lazytime",
     // kernel overlayfs flags
     "userxattr",
-    // fuse-overlayfs flags
-    "noacl",
-    "static_nlink",
-    "ino32_t",
-    "squash_to_root",
     // libfuse tuning flags
     "clone_fd",
     "splice_read",
@@ -105,6 +101,26 @@ pub struct Params {
     pub atime: Atime,
     /// `nodiratime`: reading a directory never moves its atime.
     pub nodiratime: bool,
+    /// fuse-overlayfs's container options; see `ownership` for their meaning.
+    pub uidmapping: Vec<IdRange>,
+    pub gidmapping: Vec<IdRange>,
+    pub squash_to_root: bool,
+    pub squash_to_uid: Option<u32>,
+    pub squash_to_gid: Option<u32>,
+    /// 0 (off), 1 (`security.fuseoverlayfs.override_stat`), 2 (`user.containers.override_stat`).
+    pub xattr_permissions: u8,
+    /// Directories report a link count of 1.
+    pub static_nlink: bool,
+    /// No POSIX ACLs: not offered to the kernel, not inherited.
+    pub noacl: bool,
+    /// `noxattrs=1`: extended attributes are not supported through the mount.
+    pub noxattrs: bool,
+    /// `timeout=`: how long the kernel may cache names and attributes (seconds).
+    pub timeout: Option<std::time::Duration>,
+    /// `ino32_t`: inode numbers fit in 32 bits.
+    pub ino32: bool,
+    /// `threaded=0`: one thread serves requests.
+    pub single_threaded: bool,
 }
 
 /// The atime policy of the mount, applied by us to the upper layer (the kernel's FUSE
@@ -149,6 +165,18 @@ impl Default for Params {
             remount: false,
             atime: Atime::Relative,
             nodiratime: false,
+            uidmapping: Vec::new(),
+            gidmapping: Vec::new(),
+            squash_to_root: false,
+            squash_to_uid: None,
+            squash_to_gid: None,
+            xattr_permissions: 0,
+            static_nlink: false,
+            noacl: false,
+            noxattrs: false,
+            timeout: None,
+            ino32: false,
+            single_threaded: false,
         }
     }
 }
@@ -407,21 +435,21 @@ fn number_u32(name: &str, value: &str) -> Result<u32, String> {
         .map_err(|_| invalid(name, value, "a non-negative integer"))
 }
 
-fn seconds(name: &str, value: &str) -> Result<(), String> {
+fn seconds(name: &str, value: &str) -> Result<f64, String> {
     match decode(value).parse::<f64>() {
-        Ok(t) if t.is_finite() && t >= 0.0 => Ok(()),
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
         _ => Err(invalid(name, value, "a non-negative number of seconds")),
     }
 }
 
 /// fuse-overlayfs's id mapping syntax: `FROM:TO:LEN` triples joined by `:`.
-fn id_mapping(name: &str, value: &str) -> Result<(), String> {
-    let v = decode(value);
-    let fields: Vec<&str> = v.split(':').collect();
-    if v.is_empty() || fields.len() % 3 != 0 || fields.iter().any(|f| f.parse::<u32>().is_err()) {
-        return Err(invalid(name, value, "FROM:TO:LEN[:FROM:TO:LEN...]"));
-    }
-    Ok(())
+fn id_mapping(name: &str, value: &str) -> Result<Vec<IdRange>, String> {
+    parse_mapping(&decode(value)).map_err(|why| {
+        format!(
+            "{} ({why})",
+            invalid(name, value, "FROM:TO:LEN[:FROM:TO:LEN...]")
+        )
+    })
 }
 
 fn apply_option(
@@ -572,27 +600,52 @@ fn apply_option(
             )?;
             ignore = true;
         }
-        "threaded" | "fast_ino" | "writeback" | "noxattrs" => {
+        "threaded" | "noxattrs" => {
+            let v = required(name, value, false)?;
+            one_of(name, v, &["0", "1"])?;
+            let on = decode(v) == "1";
+            match name {
+                "threaded" => p.single_threaded = !on,
+                _ => p.noxattrs = on,
+            }
+        }
+        // Both are how we always work: inode numbers never need files opened, and data
+        // goes through the kernel's page cache as it decides.
+        "fast_ino" | "writeback" => {
             one_of(name, required(name, value, false)?, &["0", "1"])?;
             ignore = true;
         }
         "xattr_permissions" => {
-            one_of(name, required(name, value, false)?, &["0", "1", "2"])?;
-            ignore = true;
+            let v = required(name, value, false)?;
+            one_of(name, v, &["0", "1", "2"])?;
+            p.xattr_permissions = decode(v).parse().unwrap_or(0);
         }
         "timeout" => {
-            seconds(name, required(name, value, false)?)?;
-            ignore = true;
+            // Huge values (fuse-overlayfs's default is 1e9 s) mean "forever".
+            let t = seconds(name, required(name, value, false)?)?;
+            p.timeout =
+                Some(std::time::Duration::try_from_secs_f64(t).unwrap_or(std::time::Duration::MAX));
         }
-        "squash_to_uid" | "squash_to_gid" | "max_idle_threads" | "max_read" | "max_write"
-        | "blksize" => {
+        "squash_to_root" => {
+            flag(name, value)?;
+            p.squash_to_root = true;
+        }
+        "squash_to_uid" => p.squash_to_uid = Some(number_u32(name, required(name, value, false)?)?),
+        "squash_to_gid" => p.squash_to_gid = Some(number_u32(name, required(name, value, false)?)?),
+        "static_nlink" | "noacl" | "ino32_t" => {
+            flag(name, value)?;
+            match name {
+                "static_nlink" => p.static_nlink = true,
+                "noacl" => p.noacl = true,
+                _ => p.ino32 = true,
+            }
+        }
+        "max_idle_threads" | "max_read" | "max_write" | "blksize" => {
             number_u32(name, required(name, value, false)?)?;
             ignore = true;
         }
-        "uidmapping" | "gidmapping" => {
-            id_mapping(name, required(name, value, false)?)?;
-            ignore = true;
-        }
+        "uidmapping" => p.uidmapping = id_mapping(name, required(name, value, false)?)?,
+        "gidmapping" => p.gidmapping = id_mapping(name, required(name, value, false)?)?,
         _ => return Err(format!("unknown mount option \"{raw}\"")),
     }
     if ignore {
@@ -1280,7 +1333,25 @@ mod tests {
             "plugins=/usr/lib/p.so",
         ];
         let p = ok(&[&format!("lowerdir=/l,{}", opts.join(","))]);
-        assert_eq!(p.ignored, opts.to_vec());
+        assert_eq!(
+            p.ignored,
+            [
+                "fast_ino=0",
+                "writeback=1",
+                "plugins=",
+                "plugins=/usr/lib/p.so"
+            ]
+        );
+        assert_eq!(p.uidmapping.len(), 2);
+        assert_eq!(p.gidmapping[0].shown, 1000);
+        assert!(p.squash_to_root && p.static_nlink && p.noacl && p.ino32);
+        assert_eq!((p.squash_to_uid, p.squash_to_gid), (Some(1000), Some(0)));
+        assert_eq!(p.timeout, Some(std::time::Duration::from_millis(500)));
+        assert!(!p.single_threaded && !p.noxattrs);
+        assert_eq!(p.xattr_permissions, 2);
+        let p = ok(&["lowerdir=/l,threaded=0,noxattrs=1,timeout=1e300,,volatile"]);
+        assert!(p.single_threaded && p.noxattrs && !p.fsync);
+        assert_eq!(p.timeout, Some(std::time::Duration::MAX));
     }
 
     #[test]

@@ -40,31 +40,76 @@ pub fn is_private(prefix: &str, real: &[u8]) -> bool {
     shown_name(prefix, real).is_none()
 }
 
+/// Whether a layer attribute is one of the owner/mode override xattrs (`ownership`).
+fn is_override_name(real: &[u8]) -> bool {
+    super::ownership::OVERRIDE_XATTRS
+        .iter()
+        .any(|o| o.as_bytes() == real)
+}
+
+fn is_acl_name(attr: &str) -> bool {
+    attr == "system.posix_acl_access" || attr == "system.posix_acl_default"
+}
+
 impl Overlay {
     /// The directory fd and name through which `node`'s copy in `layer` is reached.
-    fn xattr_target(&self, node: &Node, layer: LayerId) -> SysResult<(Arc<OwnedFd>, OsString)> {
+    pub(super) fn xattr_target(
+        &self,
+        node: &Node,
+        layer: LayerId,
+    ) -> SysResult<(Arc<OwnedFd>, OsString)> {
         if node.id == ROOT_ID {
             return Ok((self.nodes.dir_fd(node, layer)?, OsString::from(".")));
         }
         self.parent_fd(node, layer)
     }
 
+    /// The layer name of attribute `name` given through the mount, after the checks every
+    /// xattr call makes: `noxattrs`, `noacl`, and the override names, which belong to the
+    /// overlay (letting a caller write one would let it forge owners and set-ID bits).
+    fn layer_attr(&self, name: &OsStr) -> SysResult<String> {
+        if self.cfg.noxattrs {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let attr = real_name(self.layers.xattr_prefix, name)?;
+        if self.cfg.noacl && attr.starts_with("system.posix_acl_") {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if is_override_name(attr.as_bytes()) {
+            return Err(Errno::EPERM);
+        }
+        Ok(attr)
+    }
+
     pub fn getxattr(&self, id: u64, name: &OsStr) -> SysResult<Vec<u8>> {
-        let attr = &real_name(self.layers.xattr_prefix, name)?;
+        let attr = &self.layer_attr(name).map_err(|e| match e {
+            Errno::EPERM => Errno::ENODATA,
+            e => e,
+        })?;
         let node = self.node(id)?;
         let top = node.state().top().ok_or(Errno::ESTALE)?;
         let (dir, n) = self.xattr_target(&node, top)?;
-        xattr::get_vec(dir.as_fd(), &n, attr)
+        let mut v = xattr::get_vec(dir.as_fd(), &n, attr)?;
+        if self.cfg.own.maps_ids() && is_acl_name(attr) {
+            self.cfg.own.map_acl(&mut v, false);
+        }
+        Ok(v)
     }
 
     /// The NUL-separated list of attribute names, private ones left out.
     pub fn listxattr(&self, id: u64) -> SysResult<Vec<u8>> {
+        if self.cfg.noxattrs {
+            return Err(Errno::EOPNOTSUPP);
+        }
         let node = self.node(id)?;
         let top = node.state().top().ok_or(Errno::ESTALE)?;
         let (dir, n) = self.xattr_target(&node, top)?;
         let raw = xattr::list(dir.as_fd(), &n)?;
         let mut out = Vec::with_capacity(raw.len());
         for a in xattr::split_names(&raw) {
+            if is_override_name(a) || self.cfg.noacl && a.starts_with(b"system.posix_acl_") {
+                continue;
+            }
             if let Some(shown) = shown_name(self.layers.xattr_prefix, a) {
                 out.extend_from_slice(&shown);
                 out.push(0);
@@ -81,18 +126,26 @@ impl Overlay {
         value: &[u8],
         flags: i32,
     ) -> SysResult<()> {
-        let attr = &real_name(self.layers.xattr_prefix, name)?;
+        let attr = &self.layer_attr(name)?;
         self.require_upper()?;
         let node = self.node(id)?;
         self.copy_up(&node, true)?;
         let (dir, n) = self.xattr_target(&node, super::UPPER)?;
-        xattr::set(dir.as_fd(), &n, attr, value, flags)?;
+        if self.cfg.own.maps_ids() && is_acl_name(attr) {
+            let mut v = value.to_vec();
+            self.cfg.own.map_acl(&mut v, true);
+            xattr::set(dir.as_fd(), &n, attr, &v, flags)?;
+        } else {
+            xattr::set(dir.as_fd(), &n, attr, value, flags)?;
+        }
         if attr == "system.posix_acl_access" && ctx.uid != 0 {
             // Setting an access ACL rewrites the mode; like chmod, it cannot keep
             // set-group-ID for a caller outside the file's group (the VFS's
             // posix_acl_update_mode). We set it with CAP_FSETID, so strip it here.
             let st = fs::fstatat(dir.as_fd(), &n)?;
-            if st.st_mode & libc::S_ISGID != 0 && !ctx.in_group_or_root(st.st_gid) {
+            if st.st_mode & libc::S_ISGID != 0
+                && !ctx.in_group_or_root(self.cfg.own.shown_gid(st.st_gid))
+            {
                 fs::fchmodat(dir.as_fd(), &n, st.st_mode & 0o7777 & !libc::S_ISGID)?;
                 self.notify_attr_changed(node.id);
             }
@@ -101,7 +154,7 @@ impl Overlay {
     }
 
     pub fn removexattr(&self, id: u64, name: &OsStr) -> SysResult<()> {
-        let attr = &real_name(self.layers.xattr_prefix, name)?;
+        let attr = &self.layer_attr(name)?;
         self.require_upper()?;
         let node = self.node(id)?;
         if !node.is_upper() {
