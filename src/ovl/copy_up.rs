@@ -59,6 +59,11 @@ impl Overlay {
         // A lower layer that keeps owners in an xattr gives the copy that owner and mode.
         let lower_kept = self.read_override(node, lower);
         let mut eff = lst;
+        if self.layers.get(lower).idmapped {
+            // The idmapped mount shows shown ids; the upper stores disk ids.
+            eff.st_uid = self.cfg.own.disk_uid(lst.st_uid);
+            eff.st_gid = self.cfg.own.disk_gid(lst.st_gid);
+        }
         if let Some(o) = &lower_kept {
             eff.st_uid = o.uid;
             eff.st_gid = o.gid;
@@ -66,9 +71,9 @@ impl Overlay {
         }
         let kept = self.upper_override().map(|_| {
             lower_kept.unwrap_or(OverrideStat {
-                uid: lst.st_uid,
-                gid: lst.st_gid,
-                mode: lst.st_mode,
+                uid: eff.st_uid,
+                gid: eff.st_gid,
+                mode: eff.st_mode,
                 rdev: Some(lst.st_rdev),
             })
         });

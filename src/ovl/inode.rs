@@ -151,8 +151,7 @@ impl Overlay {
     pub fn attr_of(&self, node: &Node, st: &Stat) -> Attr {
         let st = self.effective_stat(node, st);
         let mut a = Attr::from_stat(&st, node.ino);
-        a.uid = self.cfg.own.shown_uid(a.uid);
-        a.gid = self.cfg.own.shown_gid(a.gid);
+        (a.uid, a.gid) = self.shown_ids(node, a.uid, a.gid);
         if node.is_dir() {
             let s = node.state.read();
             // A merged directory's real link count would be wrong for the union; the kernel

@@ -30,6 +30,9 @@ pub struct Layer {
     pub ino: u64,
     /// The xattr that holds owner and mode in this layer (`ownership`), if it uses one.
     pub override_stat: Option<&'static str>,
+    /// The layer sits on an idmapped mount: its ids are already the ids the mount shows.
+    /// containers/storage hands such lowers (`mapped/0/...`) together with `uidmapping=`.
+    pub idmapped: bool,
 }
 
 impl Layer {
@@ -48,6 +51,8 @@ pub struct Layers {
     pub xattr_prefix: &'static str,
     /// Whether any layer keeps owners and modes in an override xattr.
     pub any_override: bool,
+    /// Whether any lower layer is on an idmapped mount.
+    pub any_idmapped: bool,
     pub ino: InoMap,
 }
 
@@ -99,9 +104,16 @@ impl Layers {
             check_overlap(u, &lower_paths, w)?;
         }
 
+        let idmapped_mounts = if p.uidmapping.is_empty() && p.gidmapping.is_empty() {
+            Vec::new()
+        } else {
+            idmapped_mount_ids()
+        };
         let mut lowers = Vec::with_capacity(lower_paths.len());
         for path in lower_paths {
-            let l = open_layer("lowerdir", path)?;
+            let mut l = open_layer("lowerdir", path)?;
+            l.idmapped = !idmapped_mounts.is_empty()
+                && mount_id(&l.path).is_some_and(|id| idmapped_mounts.contains(&id));
             // Our private clone of a lower layer's mount becomes read-only and noatime: the
             // lowers are never modified, by anything (a plain fd, unprivileged, stays as is).
             if let Err(e) = fs::seal_mount(l.fd()) {
@@ -150,8 +162,10 @@ impl Layers {
             .iter()
             .chain(lowers.iter())
             .any(|l| l.override_stat.is_some());
+        let any_idmapped = lowers.iter().any(|l| l.idmapped);
         Ok(Layers {
             any_override,
+            any_idmapped,
             workdir: p.workdir.clone(),
             upper,
             lowers,
@@ -291,6 +305,7 @@ fn open_upper_and_work(
         let st = fs::fstat(fd.as_fd()).ok()?;
         Some(Layer {
             override_stat: None,
+            idmapped: false,
             root: fd,
             path: p.to_path_buf(),
             dev: st.st_dev,
@@ -304,6 +319,21 @@ fn open_upper_and_work(
         }
         _ => Ok((plain_u, plain_w)),
     }
+}
+
+/// Ids of the mounts that are idmapped, from /proc/self/mountinfo (the kernel lists
+/// `idmapped` among the mount's own options).
+fn idmapped_mount_ids() -> Vec<u64> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let idmapped = f.get(5)?.split(',').any(|o| o == "idmapped");
+            idmapped.then(|| f[0].parse().ok()).flatten()
+        })
+        .collect()
 }
 
 /// The mount id of a path (statx STATX_MNT_ID), where the kernel tells it.
@@ -330,6 +360,7 @@ fn open_layer(opt: &str, path: PathBuf) -> Result<Layer, String> {
         .find(|a| sys::xattr::get_on_dir(root.as_fd(), a).is_ok());
     Ok(Layer {
         override_stat,
+        idmapped: false,
         root,
         path,
         dev: st.st_dev,

@@ -263,6 +263,23 @@ impl Overlay {
         self.layers.upper.as_ref().and_then(|u| u.override_stat)
     }
 
+    /// The owner and group `node` shows, from the disk ids of its copy that is seen. A
+    /// copy on an idmapped lower already has shown ids: only squashing applies to it.
+    pub(super) fn shown_ids(&self, node: &Node, uid: u32, gid: u32) -> (u32, u32) {
+        let own = &self.cfg.own;
+        if self.layers.any_idmapped && self.seen_on_idmapped(node) {
+            (own.squash_uid.unwrap_or(uid), own.squash_gid.unwrap_or(gid))
+        } else {
+            (own.shown_uid(uid), own.shown_gid(gid))
+        }
+    }
+
+    /// Whether the copy of `node` that is seen is in an idmapped lower layer.
+    pub(super) fn seen_on_idmapped(&self, node: &Node) -> bool {
+        let top = node.state().top();
+        top.is_some_and(|l| l != super::UPPER && self.layers.get(l).idmapped)
+    }
+
     /// `st`, a stat of the copy of `node` that is seen, with the owner and mode its layer
     /// keeps in an override xattr. Ids stay disk ids.
     pub(super) fn effective_stat(&self, node: &Node, st: &Stat) -> Stat {
