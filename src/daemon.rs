@@ -74,6 +74,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             cli.mountpoint.display()
         ));
     }
+    check_allow_other(&params)?;
     let layers = Layers::open(&params)?;
     let ovl = Overlay::new(
         layers,
@@ -138,11 +139,17 @@ fn serve(
     let mut session = match Session::new(fs, mnt, config) {
         Ok(s) => s,
         Err(e) => {
-            let msg = format!("cannot mount on {}: {e}", mnt.display());
+            let msg = format!(
+                "cannot mount on {}: {}",
+                mnt.display(),
+                e.to_string().trim()
+            );
             if let Some(w) = ready.as_mut() {
                 let mut m = vec![1u8];
                 m.extend_from_slice(msg.as_bytes());
                 let _ = w.write_all(&m);
+                // The waiting parent prints it, once.
+                std::process::exit(1);
             }
             return Err(msg);
         }
@@ -169,6 +176,30 @@ fn serve(
     session
         .run()
         .map_err(|e| format!("session ended with an error: {e}"))
+}
+
+/// A plain user's mount goes through fusermount3, which grants `allow_other` only where
+/// /etc/fuse.conf says `user_allow_other`; say so before anything is set up.
+fn check_allow_other(p: &Params) -> Result<(), String> {
+    if !(p.allow_other || p.allow_root) || sys::geteuid() == 0 {
+        return Ok(());
+    }
+    let conf = std::fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
+    let allowed = conf
+        .lines()
+        .any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other");
+    if allowed {
+        return Ok(());
+    }
+    let opt = if p.allow_other {
+        "allow_other"
+    } else {
+        "allow_root"
+    };
+    Err(format!(
+        "{opt}: a plain user may only give other users access when /etc/fuse.conf contains \
+         the line user_allow_other (root can add it); without {opt} the mount is yours alone"
+    ))
 }
 
 /// The ownership rules from fuse-overlayfs's options. `squash_to_root` squashes both ids

@@ -161,7 +161,7 @@ impl Overlay {
         }
         copy_xattrs(lpfd, name, work, tmp, self.layers.xattr_prefix)?;
         if kind != libc::S_IFLNK {
-            fs::fchmodat(work, tmp, st.st_mode & 0o7777)?;
+            fs::fchmodat(work, tmp, self.real_perm(st.st_mode & 0o7777, kind))?;
         }
 
         if kind != libc::S_IFDIR {

@@ -255,20 +255,22 @@ impl Overlay {
         let file = if hides_marker {
             let work = self.layers.work()?;
             let tmp = temp_name();
-            let res = stored.make(work, &tmp, perm).and_then(|f| {
-                finish(work, &tmp)?;
-                if upper_whiteout {
-                    fs::renameat2(work, &tmp, upfd, name, fs::RENAME_EXCHANGE)?;
-                } else {
-                    fs::renameat2(work, &tmp, upfd, name, fs::RENAME_NOREPLACE)?;
-                }
-                Ok(f)
-            });
+            let res = stored
+                .make(work, &tmp, self.real_perm(perm, kind))
+                .and_then(|f| {
+                    finish(work, &tmp)?;
+                    if upper_whiteout {
+                        fs::renameat2(work, &tmp, upfd, name, fs::RENAME_EXCHANGE)?;
+                    } else {
+                        fs::renameat2(work, &tmp, upfd, name, fs::RENAME_NOREPLACE)?;
+                    }
+                    Ok(f)
+                });
             // After an exchange the whiteout sits at `tmp`; after a failure, the new object.
             let _ = remove_tree(work, &tmp);
             res?
         } else {
-            let f = stored.make(upfd, name, perm)?;
+            let f = stored.make(upfd, name, self.real_perm(perm, kind))?;
             if let Err(e) = finish(upfd, name) {
                 let _ = fs::unlinkat(upfd, name, kind == libc::S_IFDIR);
                 return Err(e);

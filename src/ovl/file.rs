@@ -87,7 +87,7 @@ impl Overlay {
         }
         let open_at = |pfd: &OwnedFd, name: &OsStr| {
             if top == UPPER {
-                fs::openat(pfd.as_fd(), name, rflags, 0)
+                fs::openat_as_owner(pfd.as_fd(), name, rflags)
             } else {
                 fs::openat_noatime(pfd.as_fd(), name, rflags)
             }

@@ -305,6 +305,18 @@ impl Overlay {
         OverrideStat::parse(&v)
     }
 
+    /// The real permission bits an upper entry gets when its shown mode is `perm`. Where
+    /// the mode lives in the override xattr and the daemon has no CAP_DAC_OVERRIDE, the
+    /// inode always lets its owner (the daemon) read, write and search it, so that what
+    /// the kernel lets a container's root do, the daemon can carry out.
+    pub(super) fn real_perm(&self, perm: u32, kind: u32) -> u32 {
+        if self.upper_override().is_none() || crate::sys::is_host_root() {
+            return perm;
+        }
+        let owner = if kind == libc::S_IFDIR { 0o700 } else { 0o600 };
+        (perm & 0o777) | owner
+    }
+
     /// Records owner and mode of the upper entry `name` of `dir` in the override xattr.
     pub(super) fn write_override(
         &self,

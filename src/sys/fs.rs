@@ -277,6 +277,32 @@ fn proc_fd(fd: BorrowedFd<'_>) -> SysResult<std::ffi::CString> {
     std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|_| Errno::EINVAL)
 }
 
+/// openat(2) of a file in `dir` by a daemon without CAP_DAC_OVERRIDE that owns it: the
+/// kernel has already let the caller open it (root of a container may open a 0444 file for
+/// writing); when the file's mode refuses its owner, the owner's bits are added for the
+/// moment of the open and put back.
+pub fn openat_as_owner(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> SysResult<OwnedFd> {
+    match openat(dir, name, flags, 0) {
+        Err(Errno::EACCES) if !crate::sys::is_host_root() => {
+            let st = fstatat(dir, name)?;
+            let want = match flags & libc::O_ACCMODE {
+                libc::O_RDONLY => libc::S_IRUSR,
+                libc::O_WRONLY => libc::S_IWUSR,
+                _ => libc::S_IRUSR | libc::S_IWUSR,
+            };
+            let mode = st.st_mode & 0o7777;
+            if st.st_uid != crate::sys::geteuid() || mode & want == want {
+                return Err(Errno::EACCES);
+            }
+            fchmodat(dir, name, mode | want)?;
+            let res = openat(dir, name, flags, 0);
+            let _ = fchmodat(dir, name, mode);
+            res
+        }
+        other => other,
+    }
+}
+
 /// chmod of what an (`O_PATH`) fd refers to, through its /proc link, without opening it.
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
     let p = proc_fd(fd)?;
