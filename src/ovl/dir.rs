@@ -177,7 +177,10 @@ impl Overlay {
         // layer already stops the merge below it (this is what the kernel does).
         // With redirects on, the kernel also marks every directory made in a merged parent
         // opaque (layers may then not change offline, so nothing below could show up).
-        let hides_marker = upper_whiteout || (kind == libc::S_IFDIR && self.oci_hidden(upfd, name));
+        let oci_marker = (kind == libc::S_IFDIR
+            || self.layers.whiteout_format == whiteout::Format::Oci)
+            && self.oci_hidden(upfd, name);
+        let hides_marker = upper_whiteout || (kind == libc::S_IFDIR && oci_marker);
         let opaque = kind == libc::S_IFDIR
             && (hides_marker || (self.cfg.redirect_dir && !parent.state().lowers.is_empty()));
 
@@ -278,6 +281,10 @@ impl Overlay {
             f
         };
 
+        if self.layers.whiteout_format == whiteout::Format::Oci && oci_marker {
+            // The new object (opaque, if a directory) hides what the marker hid.
+            let _ = fs::unlinkat(upfd, &whiteout::oci_marker_for(name), false);
+        }
         let st = fs::fstatat(upfd, name)?;
         let ino = self.layers.ino.map(st.st_dev, st.st_ino);
         let upper_key = (kind != libc::S_IFDIR).then_some((st.st_dev, st.st_ino));
@@ -534,9 +541,7 @@ impl Overlay {
                 }
             }
         } else {
-            let work = self.layers.work()?;
-            // Linked straight into place: linkat never replaces, so this is atomic.
-            whiteout::link_whiteout(work, upfd, name)?;
+            self.new_whiteout(upfd, name)?;
         }
         self.nodes.unlink_name(child, parent.id, name);
         if child.is_dir() {
@@ -560,12 +565,46 @@ impl Overlay {
         }
     }
 
+    /// Creates a whiteout `name` in the upper directory `dir` where nothing is: a link of
+    /// the shared 0/0 device (linkat never replaces, so this is atomic), or an OCI marker
+    /// where the upper filesystem refuses devices.
+    fn new_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+        let work = self.layers.work()?;
+        match self.layers.whiteout_format {
+            whiteout::Format::Device => whiteout::link_whiteout(work, dir, name),
+            whiteout::Format::Oci => whiteout::make_oci_marker(dir, name),
+            whiteout::Format::Xattr => {
+                let tmp = temp_name();
+                whiteout::make_xattr_whiteout(work, &tmp, self.layers.xattr_prefix)?;
+                let res = whiteout::mark_xwhiteouts(dir, self.layers.xattr_prefix)
+                    .and_then(|()| fs::renameat2(work, &tmp, dir, name, fs::RENAME_NOREPLACE));
+                if res.is_err() {
+                    let _ = fs::unlinkat(work, &tmp, false);
+                }
+                res
+            }
+        }
+    }
+
     /// Atomically replaces the upper entry `name` in `dir` by a whiteout, then disposes of
     /// the old entry (a directory holding only whiteouts) in the work directory.
     fn replace_with_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
         let work = self.layers.work()?;
         let tmp = temp_name();
-        whiteout::link_whiteout(work, work, &tmp)?;
+        match self.layers.whiteout_format {
+            whiteout::Format::Device => whiteout::link_whiteout(work, work, &tmp)?,
+            whiteout::Format::Xattr => {
+                whiteout::make_xattr_whiteout(work, &tmp, self.layers.xattr_prefix)?;
+                whiteout::mark_xwhiteouts(dir, self.layers.xattr_prefix)?;
+            }
+            whiteout::Format::Oci => {
+                // The marker first: until the entry moves away it still shadows the lower
+                // one, so nothing below shows through at any moment.
+                whiteout::make_oci_marker(dir, name)?;
+                fs::renameat2(dir, name, work, &tmp, 0)?;
+                return remove_tree(work, &tmp);
+            }
+        }
         if let Err(e) = fs::renameat2(work, &tmp, dir, name, fs::RENAME_EXCHANGE) {
             let _ = fs::unlinkat(work, &tmp, false);
             return Err(e);
@@ -836,8 +875,7 @@ impl Overlay {
             fs::renameat2(ofd, oname, nfd, nname, rflags)?;
         }
         if whiteout_after {
-            let work = self.layers.work()?;
-            if let Err(e) = whiteout::link_whiteout(work, ofd, oname) {
+            if let Err(e) = self.new_whiteout(ofd, oname) {
                 log::error!("rename: could not leave a whiteout at {:?}: {e:?}", oname);
             }
         }

@@ -10,6 +10,7 @@
 use super::ino::InoMap;
 use super::ownership::{OverrideStat, OVERRIDE_XATTRS};
 use super::params::{Atime, Params};
+use super::whiteout;
 use crate::sys::{self, fs, Errno};
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -53,6 +54,8 @@ pub struct Layers {
     pub any_override: bool,
     /// Whether any lower layer is on an idmapped mount.
     pub any_idmapped: bool,
+    /// How whiteouts are written; see [`whiteout::Format`].
+    pub whiteout_format: whiteout::Format,
     pub ino: InoMap,
 }
 
@@ -163,7 +166,12 @@ impl Layers {
             .chain(lowers.iter())
             .any(|l| l.override_stat.is_some());
         let any_idmapped = lowers.iter().any(|l| l.idmapped);
+        let whiteout_format = match &work {
+            Some(w) => whiteout::Format::probe(w.as_fd(), prefix),
+            None => whiteout::Format::Device,
+        };
         Ok(Layers {
+            whiteout_format,
             any_override,
             any_idmapped,
             workdir: p.workdir.clone(),

@@ -101,6 +101,88 @@ pub fn make_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
     fs::mknodat(dir, name, libc::S_IFCHR, 0)
 }
 
+/// How this mount writes whiteouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Character device 0/0, the kernel's format (a hard link of a shared one).
+    Device,
+    /// An empty file carrying `<prefix>whiteout`, in a directory marked `<prefix>opaque=x`:
+    /// the kernel's format (6.7+) for layers that cannot hold devices. Used when the upper
+    /// filesystem refuses whiteout devices, as an overlay used as upper layer does.
+    Xattr,
+    /// OCI `.wh.NAME` files, when the upper takes neither devices nor our xattrs.
+    Oci,
+}
+
+impl Format {
+    /// Tries a whiteout device in the work directory (leaving it as the shared one).
+    pub fn probe(work: BorrowedFd<'_>, prefix: &str) -> Format {
+        match make_whiteout(work, OsStr::new(SHARED_WHITEOUT)) {
+            Ok(()) | Err(crate::sys::Errno::EEXIST) => return Format::Device,
+            Err(e) => log::debug!("whiteout device refused: {e:?}"),
+        }
+        let probe = format!("{prefix}ovlfuse.probe");
+        let format = if xattr::set_on_dir(work, &probe, b"1").is_ok() {
+            let _ = xattr::remove_on_dir(work, &probe);
+            Format::Xattr
+        } else {
+            Format::Oci
+        };
+        log::warn!(
+            "upper filesystem refuses whiteout devices (char 0/0); writing whiteouts as {}",
+            if format == Format::Xattr {
+                "xattr whiteouts (read by kernel overlayfs 6.7 and later)"
+            } else {
+                "OCI .wh.NAME files (which kernel overlayfs does not read)"
+            }
+        );
+        format
+    }
+}
+
+/// Makes an xattr whiteout `name` in `work`, to be renamed into a directory marked with
+/// [`mark_xwhiteouts`].
+pub fn make_xattr_whiteout(work: BorrowedFd<'_>, name: &OsStr, prefix: &str) -> SysResult<()> {
+    drop(fs::openat(
+        work,
+        name,
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+        0,
+    )?);
+    let res = xattr::set(work, name, &format!("{prefix}whiteout"), b"", 0);
+    if res.is_err() {
+        let _ = fs::unlinkat(work, name, false);
+    }
+    res
+}
+
+/// Marks the upper directory `dir` as holding xattr whiteouts (`opaque=x`), unless it is
+/// opaque already.
+pub fn mark_xwhiteouts(dir: BorrowedFd<'_>, prefix: &str) -> SysResult<()> {
+    let attr = format!("{prefix}opaque");
+    match xattr::get_on_dir(dir, &attr) {
+        Ok(v) if v == b"y" || v == b"x" => Ok(()),
+        _ => xattr::set_on_dir(dir, &attr, b"x"),
+    }
+}
+
+/// Creates the OCI marker `.wh.NAME` in `dir` (an existing one is fine).
+pub fn make_oci_marker(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+    let marker = oci_marker_for(name);
+    if marker.len() > 255 {
+        return Err(crate::sys::Errno::ENAMETOOLONG);
+    }
+    match fs::openat(
+        dir,
+        &marker,
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+        0o600,
+    ) {
+        Ok(_) | Err(crate::sys::Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Name of the whiteout kept in the work directory to be hard-linked wherever a whiteout
 /// is needed: a link is cheaper than a new inode, and the kernel shares whiteouts the same
 /// way.

@@ -1204,6 +1204,12 @@ pub fn mount_kernel_with(stack: &Stack, extra: &str) -> MountGuard {
     mount_kernel_opts(&opts, &stack.mnt)
 }
 
+/// Kernel overlay with the layers of `stack` and exactly the options `extra` (no
+/// redirects: rootless kernel overlayfs, `userxattr`, refuses them).
+pub fn mount_kernel_plain(stack: &Stack, extra: &str) -> MountGuard {
+    mount_kernel_opts(&format!("{},{extra}", stack.full_opts()), &stack.mnt)
+}
+
 /// Kernel overlay with only lower layers (the kernel needs at least two).
 pub fn mount_kernel_ro(lowers: &[PathBuf], mnt: &Path) -> MountGuard {
     mount_kernel_opts(&lowerdir_opt_of(lowers), mnt)
