@@ -173,7 +173,9 @@ Overlay options:
   volatile               never sync the upper layer (implies fsync=0)
   fsync=0|1              pass fsync/syncfs through to the upper layer (default 1)
   redirect_dir=on        rename directories that have lower parts, recording where their
-                         lower parts are in overlay.redirect (default)
+                         lower parts are in overlay.redirect (default as root of the
+                         initial user namespace; elsewhere off, as rootless kernel
+                         overlayfs has no redirects)
   redirect_dir=off|follow|nofollow  such renames fail with EXDEV, as on a kernel built
                          without redirects; existing redirects are still followed
   index=off              accepted; \"on\" is not supported

@@ -76,11 +76,15 @@ pub fn run(cli: Cli) -> Result<(), String> {
     }
     check_allow_other(&params)?;
     let layers = Layers::open(&params)?;
+    // Rootless kernel overlayfs (userxattr) has no redirects; written in its format, the
+    // upper must not need them unless asked.
+    let redirect_dir = params.redirect_dir
+        && (params.redirect_dir_given || layers.xattr_prefix == "trusted.overlay.");
     let ovl = Overlay::new(
         layers,
         Config {
             fsync: params.fsync,
-            redirect_dir: params.redirect_dir,
+            redirect_dir,
             atime: params.effective_atime(),
             own: ownership_of(&params),
             static_nlink: params.static_nlink,

@@ -149,6 +149,7 @@ ops() { m=$1
   ln -s target $m/sl
   chown 1000:1000 $m/new
   mkfifo $m/fifo
+  mv $m/e $m/e_moved
 }
 "#;
 

@@ -92,9 +92,12 @@ pub struct Params {
     pub kernel_flags: Vec<String>,
     /// Options accepted without effect, as written, so they can be logged.
     pub ignored: Vec<String>,
-    /// `redirect_dir=on` (the default): directories with lower parts may be renamed (a redirect xattr
-    /// records where their lower parts are); off, such renames fail with EXDEV.
+    /// `redirect_dir=on` (the default, unless the mount writes rootless markers): directories
+    /// with lower parts may be renamed (a redirect xattr records where their lower parts
+    /// are); off, such renames fail with EXDEV.
     pub redirect_dir: bool,
+    /// `redirect_dir=` was given (otherwise the default depends on the marker format).
+    pub redirect_dir_given: bool,
     /// `remount`: change the flags (ro/rw, nodev, ...) of an existing mount and exit.
     pub remount: bool,
     /// When reads move atime: `relatime` (default), `strictatime`/`atime`, `noatime`.
@@ -162,6 +165,7 @@ impl Default for Params {
             kernel_flags: Vec::new(),
             ignored: Vec::new(),
             redirect_dir: true,
+            redirect_dir_given: false,
             remount: false,
             atime: Atime::Relative,
             nodiratime: false,
@@ -582,6 +586,7 @@ fn apply_option(
             one_of(name, v, &["on", "follow", "nofollow", "off"])?;
             // Redirects are always followed when read; "on" also writes them.
             p.redirect_dir = v == "on";
+            p.redirect_dir_given = true;
         }
         "index" | "metacopy" | "nfs_export" => {
             let v = required(name, value, false)?;
