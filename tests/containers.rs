@@ -779,3 +779,125 @@ fn ovlfuse_with_its_upper_on_an_ovlfuse_mount() {
     go.unmount();
     gb.unmount();
 }
+
+// ---------------------------------------------------------------------------------------
+// The other fuse-overlayfs options
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn ino32_t_keeps_inode_numbers_in_32_bits() {
+    if !fuse_available() {
+        return;
+    }
+    // A lower on tmpfs and an upper on /tmp: two filesystems, so inode numbers carry the
+    // layer's filesystem in their high bits (beyond 32 bits, unless ino32_t).
+    let s = Scratch::new("ctr-ino32");
+    let st = Stack::new(&s, 1);
+    let _t = mount_tmpfs(&st.lowers[0]);
+    build(&st.lowers[0], &[E::File("low", b"l"), E::Dir("d")]);
+    fs::write(st.upper.join("up"), b"u").unwrap();
+    let inos = |m: &Path| -> Vec<u64> {
+        ["low", "d", "up"]
+            .iter()
+            .map(|n| fs::symlink_metadata(m.join(n)).unwrap().ino())
+            .collect()
+    };
+    let g = mount_ovlfuse(&st, &[]);
+    let wide = inos(&st.mnt);
+    g.unmount();
+    assert!(
+        wide.iter().any(|&i| i >= 1 << 32),
+        "two filesystems use high bits: {wide:?}"
+    );
+    let g = mount_ovlfuse(&st, &["ino32_t"]);
+    let narrow = inos(&st.mnt);
+    assert!(narrow.iter().all(|&i| i < 1 << 32), "ino32_t: {narrow:?}");
+    let mut u = narrow.clone();
+    u.sort();
+    u.dedup();
+    assert_eq!(u.len(), narrow.len(), "still distinct: {narrow:?}");
+    g.unmount();
+}
+
+#[test]
+fn static_nlink_noacl_noxattrs_and_timeout_do_what_they_say() {
+    if !fuse_available() {
+        return;
+    }
+    let s = Scratch::new("ctr-opts");
+    let st = Stack::new(&s, 1);
+    build(
+        &st.lowers[0],
+        &[E::Dir("d/a"), E::Dir("d/b"), E::File("f", b"12345")],
+    );
+    let g = mount_ovlfuse(&st, &["static_nlink"]);
+    assert_eq!(fs::metadata(st.mnt.join("d")).unwrap().nlink(), 1);
+    g.unmount();
+    let g = mount_ovlfuse(&st, &[]);
+    assert_eq!(
+        fs::metadata(st.mnt.join("d")).unwrap().nlink(),
+        4,
+        "a lower-only directory's own count"
+    );
+    g.unmount();
+
+    let g = mount_ovlfuse(&st, &["noacl"]);
+    let o = Command::new("setfacl")
+        .args(["-m", "u:1:r"])
+        .arg(st.mnt.join("f"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "setfacl on a noacl mount: {o:?}");
+    ok(
+        lsetxattr(&st.mnt.join("f"), "user.x", b"1"),
+        "other xattrs still work",
+    );
+    g.unmount();
+
+    let g = mount_ovlfuse(&st, &["noxattrs=1"]);
+    expect_errno(
+        lsetxattr(&st.mnt.join("f"), "user.y", b"1"),
+        libc::EOPNOTSUPP,
+        "setxattr, noxattrs=1",
+    );
+    expect_errno(
+        lgetxattr(&st.mnt.join("f"), "user.x"),
+        libc::EOPNOTSUPP,
+        "getxattr, noxattrs=1",
+    );
+    g.unmount();
+
+    // timeout=0: nothing is cached by the kernel, so a change made in the upper layer
+    // behind the mount's back shows at once; with the default it may not.
+    fs::write(st.upper.join("g"), b"1").unwrap();
+    let g = mount_ovlfuse(&st, &["timeout=0"]);
+    assert_eq!(fs::metadata(st.mnt.join("g")).unwrap().len(), 1);
+    fs::write(st.upper.join("g"), b"1234567").unwrap();
+    assert_eq!(fs::metadata(st.mnt.join("g")).unwrap().len(), 7);
+    g.unmount();
+}
+
+#[test]
+fn threaded_0_serves_on_one_thread() {
+    if !fuse_available() {
+        return;
+    }
+    let s = Scratch::new("ctr-threads");
+    let st = Stack::new(&s, 1);
+    build(&st.lowers[0], &[E::File("f", b"f")]);
+    let threads = |g: &MountGuard| -> usize {
+        let pid = g.pid().expect("daemon pid");
+        fs::read_dir(format!("/proc/{pid}/task")).unwrap().count()
+    };
+    let g = mount_ovlfuse(&st, &[]);
+    let many = threads(&g);
+    g.unmount();
+    let g = mount_ovlfuse(&st, &["threaded=0"]);
+    assert_eq!(fs::read(st.mnt.join("f")).unwrap(), b"f");
+    let one = threads(&g);
+    g.unmount();
+    assert!(
+        one < many,
+        "threaded=0 runs fewer threads ({one}) than the default ({many})"
+    );
+}
