@@ -6,8 +6,8 @@ use crate::ovl::{Attr, Ctx, Errno, Overlay};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::debug;
 use std::ffi::OsStr;
@@ -164,6 +164,12 @@ impl Filesystem for OvlFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let want = [
             InitFlags::FUSE_PARALLEL_DIROPS,
+            // Listings carry each entry's attributes, so `ls -l`, find, du and tar cost one
+            // request per chunk instead of a lookup per name. Not READDIRPLUS_AUTO: tree
+            // walkers read a whole directory before they stat, so the kernel's heuristic
+            // would ask for attributes only in the first chunk. The price is paid by pure
+            // name listings (`ls -f`) of cold directories.
+            InitFlags::FUSE_DO_READDIRPLUS,
             // ACLs are checked and inherited as on the kernel overlay; with them, the umask
             // comes to us and we apply it where no default ACL does.
             InitFlags::FUSE_POSIX_ACL,
@@ -439,7 +445,14 @@ impl Filesystem for OvlFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.ovl.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => {
+                let flags = if self.ovl.cache_listing(ino.0) {
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags)
+            }
             Err(e) => reply.error(err(e)),
         }
     }
@@ -463,6 +476,59 @@ impl Filesystem for OvlFs {
             }
             Err(e) => reply.error(err(e)),
         }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let list = match self.ovl.readdir(fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(err(e)),
+        };
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            let next = i as u64 + 1;
+            if e.name == "." || e.name == ".." {
+                // The kernel links no inode for these; their attributes are not used.
+                let mut fa = file_attr(&Attr::default());
+                fa.ino = INodeNo(e.ino);
+                fa.kind = FileType::Directory;
+                if reply.add(
+                    INodeNo(e.ino),
+                    next,
+                    &e.name,
+                    &Duration::ZERO,
+                    &fa,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            // Each entry given with a node counts as a lookup; one that does not fit in the
+            // buffer is forgotten again.
+            let (id, a) = match self.ovl.lookup(ino.0, &e.name) {
+                Ok((n, a)) => (n.id, a),
+                // Gone since the listing was made: skip it, as a later readdir would.
+                Err(_) => continue,
+            };
+            let mut fa = file_attr(&a);
+            let ttl = if id == a.ino {
+                self.ttl
+            } else {
+                fa.ino = INodeNo(id);
+                Duration::ZERO
+            };
+            if reply.add(INodeNo(id), next, &e.name, &ttl, &fa, Generation(0)) {
+                self.ovl.forget(id, 1);
+                break;
+            }
+        }
+        reply.ok();
     }
 
     fn releasedir(

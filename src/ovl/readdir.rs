@@ -299,6 +299,15 @@ impl Overlay {
         Ok(fh)
     }
 
+    /// Whether the kernel may keep a directory's listing cached across opens. Our own
+    /// changes through the mount invalidate it (the kernel does so on each create, unlink
+    /// and rename), and the layers may not change behind the mount. Only `strictatime`
+    /// needs every listing of an upper directory to reach us, to move its atime.
+    pub fn cache_listing(&self, id: u64) -> bool {
+        let upper = self.node(id).is_ok_and(|n| n.is_upper());
+        !(upper && self.cfg.atime == super::params::Atime::Strict)
+    }
+
     /// The listing of an open directory from index `offset`: `.` and `..` are indexes 0
     /// and 1. Returns the snapshot; entry `i` has the next offset `i + 1`.
     pub fn readdir(&self, fh: u64, offset: u64) -> SysResult<Arc<Vec<Listed>>> {
