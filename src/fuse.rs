@@ -11,6 +11,7 @@ use fuser::{
 };
 use log::debug;
 use std::ffi::OsStr;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,6 +21,7 @@ pub struct OvlFs {
     ovl: Overlay,
     ttl: Duration,
     debug: bool,
+    pt: crate::passthrough::Passthrough,
 }
 
 /// Where the session's notifier goes once the session exists (it is made after the
@@ -38,9 +40,22 @@ impl OvlFs {
                 }
             }
         }));
-        (OvlFs { ovl, ttl, debug }, slot)
+        let pt = Default::default();
+        (
+            OvlFs {
+                ovl,
+                ttl,
+                debug,
+                pt,
+            },
+            slot,
+        )
     }
 }
+
+/// Open flags allowed beside FOPEN_PASSTHROUGH (the kernel fails the open with EIO for
+/// any other, page-cache ones included: the backing file has its own cache).
+const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
 fn err(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e.0)
@@ -182,6 +197,15 @@ impl Filesystem for OvlFs {
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_MAX_PAGES,
         ];
+        // The kernel does reads and writes of upper files itself on the upper file (FUSE
+        // passthrough; root only). Stack depth 1: the backing files may not be on another
+        // stacking filesystem, and a kernel overlay can still be stacked on us.
+        if crate::sys::geteuid() == 0
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.pt.enable();
+        }
         for f in want {
             if f == InitFlags::FUSE_POSIX_ACL && self.ovl.cfg.noacl {
                 continue;
@@ -364,7 +388,14 @@ impl Filesystem for OvlFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.ovl.open(&ctx(req), ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(fh)),
+            Ok(fh) => {
+                let cand = self.ovl.passthrough_fd(fh);
+                let fd = cand.as_ref().map(|(_, fd)| fd.as_fd());
+                match self.pt.open(fh, ino.0, fd, |fd| reply.open_backing(fd)) {
+                    Some(b) => reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &b),
+                    None => reply.opened(FileHandle(fh), self.open_flags(fh)),
+                }
+            }
             Err(e) => reply.error(err(e)),
         }
     }
@@ -425,6 +456,7 @@ impl Filesystem for OvlFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.pt.release(fh.0);
         self.ovl.release(fh.0);
         reply.ok();
     }
@@ -632,13 +664,25 @@ impl Filesystem for OvlFs {
                     Duration::ZERO
                 };
                 fa.ino = INodeNo(n.id);
-                reply.created(
-                    &ttl,
-                    &fa,
-                    Generation(0),
-                    FileHandle(fh),
-                    self.open_flags(fh),
-                )
+                let cand = self.ovl.passthrough_fd(fh);
+                let fd = cand.as_ref().map(|(_, fd)| fd.as_fd());
+                match self.pt.open(fh, n.id, fd, |fd| reply.open_backing(fd)) {
+                    Some(b) => reply.created_passthrough(
+                        &ttl,
+                        &fa,
+                        Generation(0),
+                        FileHandle(fh),
+                        PASSTHROUGH_FLAGS,
+                        &b,
+                    ),
+                    None => reply.created(
+                        &ttl,
+                        &fa,
+                        Generation(0),
+                        FileHandle(fh),
+                        self.open_flags(fh),
+                    ),
+                }
             }
             Err(e) => reply.error(err(e)),
         }

@@ -1,13 +1,15 @@
 //! ovlfuse: a union (overlay) filesystem in userspace over FUSE, with the semantics of
 //! Linux kernel overlayfs.
 //!
-//! `ovl` is the overlay core (no FUSE types), `fuse` the thin adapter to `fuser`, `sys`
+//! `ovl` is the overlay core (no FUSE types), `fuse` the thin adapter to `fuser` (with `passthrough`, its bookkeeping of FUSE
+//! passthrough opens), `sys`
 //! the raw system calls, `cli` the command line, `daemon` mounting and backgrounding.
 
 pub mod cli;
 pub mod daemon;
 pub mod fuse;
 pub mod ovl;
+pub mod passthrough;
 pub mod sys;
 
 /// The version line shown by `--version`.

@@ -9,6 +9,7 @@ use super::dir::NewObject;
 use super::inode::Attr;
 use super::layers::UPPER;
 use super::node::Node;
+use super::node::NodeId;
 use super::params::Atime;
 use super::{Ctx, Errno, Overlay, SysResult};
 use crate::sys::fs;
@@ -110,6 +111,25 @@ impl Overlay {
             self.kill_suid_sgid(ctx, &node, &fd);
         }
         Ok(self.add_handle(node, fd, top == UPPER, flags))
+    }
+
+    /// The fd the kernel may do this open file's I/O on by itself (FUSE passthrough), and
+    /// the node it belongs to: only a regular upper file without set-ID bits qualifies.
+    /// A lower file may be copied up while open, and reads must then see the upper copy,
+    /// which a fixed backing file would not; and writes by an unprivileged caller must
+    /// clear set-ID bits, which a backing file written with our credentials would not.
+    pub fn passthrough_fd(&self, fh: u64) -> Option<(NodeId, Arc<OwnedFd>)> {
+        let h = self.file_handle(fh)?;
+        if !h.is_upper() || h.node.kind != libc::S_IFREG {
+            return None;
+        }
+        let fd = h.fd();
+        let st = fs::fstat(fd.as_fd()).ok()?;
+        let st = self.effective_stat(&h.node, &st);
+        if st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            return None;
+        }
+        Some((h.node.id, fd))
     }
 
     /// Whether the kernel may keep the file's cached pages when it is opened through `fh`.
