@@ -524,7 +524,7 @@ impl Filesystem for OvlFs {
         };
         for (i, e) in list.iter().enumerate().skip(offset as usize) {
             let next = i as u64 + 1;
-            if e.name == "." || e.name == ".." {
+            if &*e.name == OsStr::new(".") || &*e.name == OsStr::new("..") {
                 // The kernel links no inode for these; their attributes are not used.
                 let mut fa = file_attr(&Attr::default());
                 fa.ino = INodeNo(e.ino);

@@ -16,7 +16,7 @@ use crate::sys::fs;
 use crate::sys::xattr;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
@@ -37,16 +37,20 @@ pub struct Entry {
 /// One line of a listing, as readdir returns it.
 #[derive(Clone, Debug)]
 pub struct Listed {
-    pub name: OsString,
+    pub name: Name,
     pub kind: u32,
     pub ino: u64,
 }
 
+/// A name in a merged directory, shared by its map, its set of lower-positive names and
+/// its listings (a big directory holds each name once).
+pub type Name = Arc<OsStr>;
+
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<OsString, Entry>,
+    entries: HashMap<Name, Entry>,
     /// Names whose highest lower copy is a real object: removing them needs a whiteout.
-    lower_positive: HashSet<OsString>,
+    lower_positive: HashSet<Name>,
     listing: Option<Arc<Vec<Listed>>>,
 }
 
@@ -74,7 +78,11 @@ impl MergedDir {
     /// A name now exists (create, mkdir, rename target, ...).
     pub fn insert(&self, name: &OsStr, e: Entry) {
         let mut i = self.inner.write();
-        i.entries.insert(name.to_os_string(), e);
+        let name = match i.lower_positive.get(name) {
+            Some(n) => n.clone(),
+            None => Name::from(name),
+        };
+        i.entries.insert(name, e);
         i.listing = None;
     }
 
@@ -186,10 +194,10 @@ impl Overlay {
 
         let mut inner = Inner::default();
         // Names a whiteout hid in a higher layer: lower copies of them stay hidden.
-        let mut hidden: HashSet<OsString> = HashSet::new();
-        let mut lower_seen: HashSet<OsString> = HashSet::new();
+        let mut hidden: HashSet<Name> = HashSet::new();
+        let mut lower_seen: HashSet<Name> = HashSet::new();
         // Upper directories that may merge with a lower one: their d_ino is the lower's.
-        let mut maybe_merged: HashSet<OsString> = HashSet::new();
+        let mut maybe_merged: HashSet<Name> = HashSet::new();
         for layer in order {
             let fd = self.nodes.dir_fd(node, layer)?;
             let dfd = fd.as_fd();
@@ -204,11 +212,16 @@ impl Overlay {
                         &format!("{}{}", self.layers.xattr_prefix, IMPURE_XATTR),
                     )
                     .is_ok());
-            let mut markers: Vec<OsString> = Vec::new();
+            let mut markers: Vec<Name> = Vec::new();
             for e in raw {
+                // One allocation per name, shared by every set below that holds it.
+                let name: Name = match inner.entries.get_key_value(e.name.as_os_str()) {
+                    Some((k, _)) => k.clone(),
+                    None => Name::from(e.name.as_os_str()),
+                };
                 if whiteout::is_marker_name(&e.name) {
                     if let Some(h) = whiteout::oci_hidden_name(&e.name) {
-                        markers.push(h.to_os_string());
+                        markers.push(Name::from(h));
                     }
                     continue;
                 }
@@ -228,32 +241,32 @@ impl Overlay {
                         .unwrap_or(false),
                     _ => false,
                 };
-                if is_lower && lower_seen.insert(e.name.clone()) && !is_wh {
-                    inner.lower_positive.insert(e.name.clone());
+                if is_lower && lower_seen.insert(name.clone()) && !is_wh {
+                    inner.lower_positive.insert(name.clone());
                 }
-                if let Some(ent) = inner.entries.get_mut(&e.name) {
+                if let Some(ent) = inner.entries.get_mut(&*name) {
                     if kind == libc::S_IFDIR
-                        && maybe_merged.remove(&e.name)
+                        && maybe_merged.remove(&*name)
                         && ent.kind == libc::S_IFDIR
                     {
                         ent.ino = self.layers.ino.map(dev, e.ino);
                     } else {
-                        maybe_merged.remove(&e.name);
+                        maybe_merged.remove(&*name);
                     }
                     continue;
                 }
-                if hidden.contains(&e.name) {
+                if hidden.contains(&*name) {
                     continue;
                 }
                 if is_wh {
-                    hidden.insert(e.name);
+                    hidden.insert(name);
                     continue;
                 }
                 let mut ino = self.layers.ino.map(dev, e.ino);
                 if layer == UPPER {
                     if kind == libc::S_IFDIR {
                         if !st.lowers.is_empty() && !whiteout::is_opaque_dir(dfd, &e.name) {
-                            maybe_merged.insert(e.name.clone());
+                            maybe_merged.insert(name.clone());
                         }
                     } else if impure {
                         if let Some(o) = self.origin_ino(dfd, &e.name) {
@@ -261,13 +274,13 @@ impl Overlay {
                         }
                     }
                 }
-                inner.entries.insert(e.name, Entry { kind, ino });
+                inner.entries.insert(name, Entry { kind, ino });
             }
             for h in markers {
                 if is_lower {
                     lower_seen.insert(h.clone());
                 }
-                if !inner.entries.contains_key(&h) {
+                if !inner.entries.contains_key(&*h) {
                     hidden.insert(h);
                 }
             }
@@ -325,12 +338,12 @@ impl Overlay {
             };
             let mut v = Vec::with_capacity(listing.len() + 2);
             v.push(Listed {
-                name: OsString::from("."),
+                name: Name::from(OsStr::new(".")),
                 kind: libc::S_IFDIR,
                 ino: h.node.ino,
             });
             v.push(Listed {
-                name: OsString::from(".."),
+                name: Name::from(OsStr::new("..")),
                 kind: libc::S_IFDIR,
                 ino: parent_ino,
             });
