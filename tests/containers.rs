@@ -150,6 +150,8 @@ ops() { m=$1
   chown 1000:1000 $m/new
   mkfifo $m/fifo
   mv $m/e $m/e_moved
+  echo r > $m/tmp && mv $m/tmp $m/ro_replaced
+  rm $m/ro_gone
 }
 "#;
 
@@ -168,11 +170,23 @@ fn rootless_lower(s: &Scratch) -> PathBuf {
             E::File("e/keep", b"keep"),
             E::File("ro", b"read-only\n"),
             E::Mode("ro", 0o444),
+            E::File("ro_replaced", b"old\n"),
+            E::Mode("ro_replaced", 0o444),
+            E::File("ro_gone", b"gone\n"),
+            E::Mode("ro_gone", 0o444),
         ],
     );
     chown_user(&s.root);
     let sub = subuid_base() + 999; // id 1000 inside the namespace
-    build(&l, &[E::Owner("ro", sub, sub), E::Owner("e", sub, sub)]);
+    build(
+        &l,
+        &[
+            E::Owner("ro", sub, sub),
+            E::Owner("ro_replaced", sub, sub),
+            E::Owner("ro_gone", sub, sub),
+            E::Owner("e", sub, sub),
+        ],
+    );
     l
 }
 
@@ -595,15 +609,29 @@ fn fuse_overlayfs_store_markers_are_read() {
     g.unmount();
 }
 
+const FUSE_OVERLAYFS: &str = "/usr/bin/fuse-overlayfs";
+
+/// Mounts `st` with the real fuse-overlayfs.
+fn mount_fuse_overlayfs(st: &Stack) -> MountGuard {
+    let mut c = Command::new(FUSE_OVERLAYFS);
+    c.arg("-o").arg(st.full_opts()).arg(&st.mnt);
+    let o = run_with_timeout(c, Duration::from_secs(30));
+    assert!(
+        o.status.success(),
+        "fuse-overlayfs mount: {}",
+        show_output(&o)
+    );
+    MountGuard::adopt_fuse(&st.mnt)
+}
+
 #[test]
 fn fuse_overlayfs_and_ovlfuse_read_each_others_uppers() {
     if !fuse_available() {
         return;
     }
-    let fovl = "/usr/bin/fuse-overlayfs";
     assert!(
-        Path::new(fovl).exists(),
-        "{fovl} missing: .ci/run installs the Debian package fuse-overlayfs"
+        Path::new(FUSE_OVERLAYFS).exists(),
+        "{FUSE_OVERLAYFS} missing: .ci/run installs the Debian package fuse-overlayfs"
     );
     let ops = |m: &Path| {
         fs::remove_file(m.join("a")).unwrap();
@@ -629,20 +657,7 @@ fn fuse_overlayfs_and_ovlfuse_read_each_others_uppers() {
     // fuse-overlayfs writes, ovlfuse reads.
     let s = Scratch::new("ctr-fovl-a");
     let st = lower(&s);
-    let o = run_with_timeout(
-        {
-            let mut c = Command::new(fovl);
-            c.arg("-o").arg(st.full_opts()).arg(&st.mnt);
-            c
-        },
-        Duration::from_secs(30),
-    );
-    assert!(
-        o.status.success(),
-        "fuse-overlayfs mount: {}",
-        show_output(&o)
-    );
-    let g = MountGuard::adopt_fuse(&st.mnt);
+    let g = mount_fuse_overlayfs(&st);
     ops(&st.mnt);
     g.unmount();
     let g = mount_ovlfuse(&st, &[]);
@@ -654,20 +669,7 @@ fn fuse_overlayfs_and_ovlfuse_read_each_others_uppers() {
     let g = mount_ovlfuse(&st, &[]);
     ops(&st.mnt);
     g.unmount();
-    let o = run_with_timeout(
-        {
-            let mut c = Command::new(fovl);
-            c.arg("-o").arg(st.full_opts()).arg(&st.mnt);
-            c
-        },
-        Duration::from_secs(30),
-    );
-    assert!(
-        o.status.success(),
-        "fuse-overlayfs mount: {}",
-        show_output(&o)
-    );
-    let g = MountGuard::adopt_fuse(&st.mnt);
+    let g = mount_fuse_overlayfs(&st);
     check(&st.mnt);
     g.unmount();
 }
@@ -702,14 +704,10 @@ fn nested_base(s: &Scratch) -> Stack {
     inner
 }
 
-#[test]
-fn lower_layer_on_a_kernel_overlay_mount() {
-    if !fuse_available() {
-        return;
-    }
-    let s = Scratch::new("ctr-nest-kernel");
-    let inner = nested_base(&s);
-    let gi = mount_kernel(&inner);
+/// ovlfuse over a lower layer that is itself an overlay, mounted by `mount_inner`.
+fn nested_on_lower(s: &Scratch, mount_inner: impl Fn(&Stack) -> MountGuard) {
+    let inner = nested_base(s);
+    let gi = mount_inner(&inner);
     let outer = Stack {
         lowers: vec![inner.mnt.clone()],
         ..Stack::new_at(&s.dir("outer"), 0)
@@ -721,21 +719,21 @@ fn lower_layer_on_a_kernel_overlay_mount() {
 }
 
 #[test]
+fn lower_layer_on_a_kernel_overlay_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let s = Scratch::new("ctr-nest-kernel");
+    nested_on_lower(&s, mount_kernel);
+}
+
+#[test]
 fn lower_layer_on_an_ovlfuse_mount() {
     if !fuse_available() {
         return;
     }
     let s = Scratch::new("ctr-nest-lower");
-    let inner = nested_base(&s);
-    let gi = mount_ovlfuse(&inner, &[]);
-    let outer = Stack {
-        lowers: vec![inner.mnt.clone()],
-        ..Stack::new_at(&s.dir("outer"), 0)
-    };
-    let go = mount_ovlfuse(&outer, &[]);
-    exercise_nested(&outer);
-    go.unmount();
-    gi.unmount();
+    nested_on_lower(&s, |st| mount_ovlfuse(st, &[]));
 }
 
 #[test]

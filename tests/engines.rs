@@ -1110,6 +1110,42 @@ fn has_line(lines: &[String], prefix: &str) -> bool {
     lines.iter().any(|l| l.starts_with(prefix))
 }
 
+/// Asserts that `tree` has a line starting with each of `want` and none with any of `gone`.
+#[track_caller]
+fn assert_tree_has(label: &str, what: &str, tree: &[String], want: &[&str], gone: &[&str]) {
+    for w in want {
+        assert!(
+            has_line(tree, w),
+            "[{label}] {what} has no {w:?}:\n{}",
+            tree.join("\n")
+        );
+    }
+    for g in gone {
+        assert!(!has_line(tree, g), "[{label}] {what} still has {g:?}");
+    }
+}
+
+/// The whiteouts every saved image of the flows must carry, in some layer.
+const SAVED_WHITEOUTS: [&str; 5] = [
+    "data/.wh.a",
+    "bin/.wh.vi",
+    "bin/.wh.cat",
+    "data/.wh.hard",
+    ".wh.opq",
+];
+
+#[track_caller]
+fn assert_saved_whiteouts(label: &str, layers: &[Layer]) {
+    let all: Vec<&String> = layers.iter().flat_map(|l| &l.whiteouts).collect();
+    for w in SAVED_WHITEOUTS {
+        assert!(
+            all.iter().any(|x| *x == w),
+            "[{label}] no whiteout {w} in the saved image:\n{}",
+            show_layers(layers)
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The podman flow (rootful and rootless)
 // ---------------------------------------------------------------------------------------
@@ -1249,35 +1285,27 @@ fn podman_flow(e: &Eng, inp: &Inputs) -> Results {
     e.podman(&["export", "-o", &export, "ex"]);
     e.podman(&["rm", "ex"]);
     let export_tree = tree_lines(&read_tar(&export));
-    for want in [
-        "data/new - 0644 0:0 size=2",
-        "data/own - 4750 12:34 size=4",
-        "data/sym l 0777 0:0 -> moved",
-        "data/deep/f -",
-        "bin/busybox - 0755 0:0",
-    ] {
-        assert!(
-            has_line(&export_tree, want),
-            "[{}] export of the committed image has no {want:?}:\n{}",
-            e.label,
-            export_tree.join("\n")
-        );
-    }
-    for gone in [
-        "data/hard ",
-        "data/a ",
-        "data/sub/b ",
-        "opq",
-        "bin/cat ",
-        "bin/vi ",
-        "data/deep/x",
-    ] {
-        assert!(
-            !has_line(&export_tree, gone),
-            "[{}] export of the committed image still has {gone:?}",
-            e.label
-        );
-    }
+    assert_tree_has(
+        &e.label,
+        "export of the committed image",
+        &export_tree,
+        &[
+            "data/new - 0644 0:0 size=2",
+            "data/own - 4750 12:34 size=4",
+            "data/sym l 0777 0:0 -> moved",
+            "data/deep/f -",
+            "bin/busybox - 0755 0:0",
+        ],
+        &[
+            "data/hard ",
+            "data/a ",
+            "data/sub/b ",
+            "opq",
+            "bin/cat ",
+            "bin/vi ",
+            "data/deep/x",
+        ],
+    );
     lap("export", &mut t);
 
     // `podman image mount` (inside `podman unshare` when rootless): tar up what it shows.
@@ -1287,34 +1315,26 @@ fn podman_flow(e: &Eng, inp: &Inputs) -> Results {
          podman image umount localhost/built >/dev/null || rc=1; exit $rc"
     ));
     let mount_tree = tree_lines(&read_tar(&mtar));
-    for want in [
-        "data/sub/c - 0644 0:0 size=4",
-        "data/hard - 0600 0:0 size=14",
-        "data/moved h 0600 0:0 link to data/hard",
-        "opq/3 -",
-        "data/deep/x/z d",
-    ] {
-        assert!(
-            has_line(&mount_tree, want),
-            "[{}] image mount of localhost/built shows no {want:?}:\n{}",
-            e.label,
-            mount_tree.join("\n")
-        );
-    }
-    for gone in [
-        "data/sub/b ",
-        "data/a ",
-        "opq/1 ",
-        "opq/2 ",
-        "bin/vi ",
-        "data/deep/x/y",
-    ] {
-        assert!(
-            !has_line(&mount_tree, gone),
-            "[{}] image mount of localhost/built still shows {gone:?}",
-            e.label
-        );
-    }
+    assert_tree_has(
+        &e.label,
+        "image mount of localhost/built",
+        &mount_tree,
+        &[
+            "data/sub/c - 0644 0:0 size=4",
+            "data/hard - 0600 0:0 size=14",
+            "data/moved h 0600 0:0 link to data/hard",
+            "opq/3 -",
+            "data/deep/x/z d",
+        ],
+        &[
+            "data/sub/b ",
+            "data/a ",
+            "opq/1 ",
+            "opq/2 ",
+            "bin/vi ",
+            "data/deep/x/y",
+        ],
+    );
     lap("image mount", &mut t);
 
     e.expect(
@@ -1395,21 +1415,7 @@ fn podman_flow(e: &Eng, inp: &Inputs) -> Results {
         "localhost/committed",
     ]);
     let layers = oci_layers(&save);
-    let all_wh: Vec<&String> = layers.iter().flat_map(|l| &l.whiteouts).collect();
-    for want in [
-        "data/.wh.a",
-        "bin/.wh.vi",
-        "bin/.wh.cat",
-        "data/.wh.hard",
-        ".wh.opq",
-    ] {
-        assert!(
-            all_wh.iter().any(|w| *w == want),
-            "[{}] no whiteout {want} in the saved image:\n{}",
-            e.label,
-            show_layers(&layers)
-        );
-    }
+    assert_saved_whiteouts(&e.label, &layers);
     lap("save oci-archive", &mut t);
 
     e.podman(&["rm", "c1"]);
@@ -1572,21 +1578,7 @@ fn buildah_flow(e: &Eng, inp: &Inputs) -> Results {
         &format!("oci-archive:{save}"),
     ]);
     let layers = oci_layers(&save);
-    let all_wh: Vec<&String> = layers.iter().flat_map(|l| &l.whiteouts).collect();
-    for want in [
-        "data/.wh.a",
-        "bin/.wh.vi",
-        "bin/.wh.cat",
-        "data/.wh.hard",
-        ".wh.opq",
-    ] {
-        assert!(
-            all_wh.iter().any(|w| *w == want),
-            "[{}] buildah: no whiteout {want}:\n{}",
-            e.label,
-            show_layers(&layers)
-        );
-    }
+    assert_saved_whiteouts(&e.label, &layers);
     e.assert_no_leftovers();
     eprintln!("[{}] buildah flow ok in {:.1?}", e.label, t0.elapsed());
     Results {
