@@ -18,6 +18,12 @@ use std::sync::Arc;
 
 /// From this many lower layers under a directory, a lookup miss builds its merged listing.
 const DEEP_STACK: usize = 16;
+/// In shallower stacks, this many misses in one directory build its merged listing, if
+/// its layers' directories are small enough to list at about the cost of a few misses.
+const MISSES_BEFORE_LISTING: u32 = 4;
+/// Total size (st_size) of a directory's layer directories up to which that holds:
+/// about 25k entries on ext4 or xfs.
+const LISTABLE_DIR_BYTES: i64 = 1 << 20;
 
 /// What the layers hold for one name.
 pub enum Found {
@@ -90,13 +96,10 @@ impl Overlay {
                 return Ok(None);
             }
         }
+        // No `after_miss` here: callers hold the directory lock, which building the
+        // listing takes.
         match self.probe(parent, name)? {
-            Found::Missing => {
-                if let Ok(p) = self.node(parent.id) {
-                    self.after_miss(&p);
-                }
-                Ok(None)
-            }
+            Found::Missing => Ok(None),
             Found::Node(init) => Ok(Some(ChildRef::Fresh(init))),
         }
     }
@@ -105,9 +108,34 @@ impl Overlay {
     /// (about the cost of one more miss), so later misses there are answered from it at
     /// once instead of by one probe per layer.
     fn after_miss(&self, parent: &Arc<Node>) {
-        if parent.state().lowers.len() >= DEEP_STACK {
+        let st = parent.state();
+        if st.lowers.is_empty() {
+            return;
+        }
+        let build = st.lowers.len() >= DEEP_STACK
+            || (parent
+                .misses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1
+                == MISSES_BEFORE_LISTING
+                && self.layer_dirs_bytes(parent, &st) <= LISTABLE_DIR_BYTES);
+        if build {
             let _ = self.merged_dir(parent);
         }
+    }
+
+    /// The summed st_size of the directories that make up `dir` in its layers.
+    fn layer_dirs_bytes(&self, dir: &Node, st: &super::node::NodeState) -> i64 {
+        let layers = st
+            .upper
+            .then_some(super::UPPER)
+            .into_iter()
+            .chain(st.lowers.iter().copied());
+        layers
+            .filter_map(|l| self.nodes.dir_fd(dir, l).ok())
+            .filter_map(|fd| fs::fstat(fd.as_fd()).ok())
+            .map(|s| s.st_size)
+            .sum()
     }
 
     /// Like `find_child`, but always yields a node (one with a lookup reference the caller

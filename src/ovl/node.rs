@@ -91,6 +91,8 @@ pub struct Node {
     pub detached: Mutex<Option<Arc<OwnedFd>>>,
     /// The object has no name left in the merged tree.
     pub unlinked: AtomicBool,
+    /// Lookups of absent names in this directory, until its merged listing is built.
+    pub misses: std::sync::atomic::AtomicU32,
     /// (st_dev, st_ino) of the upper copy, once there is one (see `NodeInit::upper_key`).
     pub upper_key: Mutex<Option<(u64, u64)>>,
 }
@@ -470,6 +472,7 @@ impl Node {
             merged: Mutex::new(None),
             detached: Mutex::new(None),
             unlinked: AtomicBool::new(false),
+            misses: std::sync::atomic::AtomicU32::new(0),
             upper_key: Mutex::new(None),
         }
     }

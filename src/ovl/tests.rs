@@ -10,6 +10,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 static N: AtomicUsize = AtomicUsize::new(0);
 
@@ -707,4 +708,33 @@ fn with_redirects_new_directories_in_merged_parents_are_opaque() {
     };
     assert!(opaque("upper/m"), "merged parent");
     assert!(!opaque("upper/u"), "upper-only parent");
+}
+
+#[test]
+fn creating_after_misses_in_merged_dirs_does_not_deadlock() {
+    // Misses build a directory's merged listing (after a few); creates probe for absence
+    // with the directory lock held and must not build it there, or they wait on
+    // themselves. The work runs on its own thread so that a hang fails the test.
+    let f = Fixture::new(1);
+    f.write("l0/d/x", "x");
+    let ovl = Arc::new(f.overlay(1));
+    let (d, _) = ovl.lookup(ROOT_ID, OsStr::new("d")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let o = ovl.clone();
+    let dir = d.id;
+    std::thread::spawn(move || {
+        for i in 0..10 {
+            let name = format!("new{i}");
+            // The kernel skips the lookup when it holds a negative entry.
+            if i >= 5 {
+                assert_eq!(o.lookup(dir, OsStr::new(&name)).unwrap_err(), Errno::ENOENT);
+            }
+            o.create(&ctx(), dir, OsStr::new(&name), 0o644, libc::O_WRONLY)
+                .unwrap();
+        }
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("creates in a merged directory hang (or failed)");
+    assert_eq!(names(&ovl, d.id).len(), 11);
 }
