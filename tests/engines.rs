@@ -405,12 +405,12 @@ impl Eng {
         );
     }
 
-    /// `sh -c SCRIPT` on the host, as the engine's user, inside `podman unshare` when
-    /// rootless (so podman's mounts are visible).
+    /// `sh -c SCRIPT` on the host, as the engine's user, inside `ENGINE unshare` (podman or
+    /// buildah) when rootless, so the engine's mounts are visible (and can be made at all).
     #[track_caller]
-    fn host_sh(&self, script: &str) -> String {
+    fn host_sh(&self, engine: &str, script: &str) -> String {
         if self.rootless.is_some() {
-            self.ok("podman", &["unshare", "sh", "-c", script])
+            self.ok(engine, &["unshare", "sh", "-c", script])
         } else {
             self.ok("sh", &["-c", script])
         }
@@ -1310,10 +1310,13 @@ fn podman_flow(e: &Eng, inp: &Inputs) -> Results {
 
     // `podman image mount` (inside `podman unshare` when rootless): tar up what it shows.
     let mtar = e.p("mount.tar");
-    e.host_sh(&format!(
+    e.host_sh(
+        "podman",
+        &format!(
         "m=$(podman image mount localhost/built) || exit 1; tar --numeric-owner --sort=name -C \"$m\" -cf {mtar} .; rc=$?; \
          podman image umount localhost/built >/dev/null || rc=1; exit $rc"
-    ));
+        ),
+    );
     let mount_tree = tree_lines(&read_tar(&mtar));
     assert_tree_has(
         &e.label,
@@ -1542,12 +1545,14 @@ fn buildah_flow(e: &Eng, inp: &Inputs) -> Results {
     let c = b(&["from", "--pull-never", "localhost/committed"])
         .trim()
         .to_string();
-    let m = b(&["mount", &c]).trim().to_string();
     let mtar = e.p("mount.tar");
-    sh_ok(&format!(
-        "tar --numeric-owner --sort=name -C '{m}' -cf '{mtar}' ."
-    ));
-    b(&["umount", &c]);
+    e.host_sh(
+        "buildah",
+        &format!(
+            "m=$(buildah mount {c}) || exit 1; tar --numeric-owner --sort=name -C \"$m\" -cf '{mtar}' .; \
+             rc=$?; buildah umount {c} >/dev/null || rc=1; exit $rc"
+        ),
+    );
     b(&["rm", &c]);
     let mount_tree = tree_lines(&read_tar(&mtar));
     for gone in [
@@ -1590,16 +1595,20 @@ fn buildah_flow(e: &Eng, inp: &Inputs) -> Results {
     }
 }
 
-#[test]
-fn buildah_rootful_bud_and_commit() {
-    let name = "buildah-rootful";
-    if !engines_ready(name, &["buildah", "podman", "runc"]) {
+fn buildah_test(name: &str, rootless: bool) {
+    let progs: &[&str] = if rootless {
+        &["buildah", "podman", "runc", "newuidmap", "runuser"]
+    } else {
+        &["buildah", "podman", "runc"]
+    };
+    if !engines_ready(name, progs) {
         return;
     }
+    let user = rootless.then(rootless_user);
     let td = TestDir::new(name);
     let inp = make_inputs(&td);
-    let ovl = Eng::new(&td.root, Driver::Ovlfuse, None, true);
-    let nat = Eng::new(&td.root, Driver::Native, None, true);
+    let ovl = Eng::new(&td.root, Driver::Ovlfuse, user, true);
+    let nat = Eng::new(&td.root, Driver::Native, user, true);
     let (r_ovl, r_nat) = std::thread::scope(|s| {
         let h = s.spawn(|| buildah_flow(&nat, &inp));
         let a = buildah_flow(&ovl, &inp);
@@ -1607,4 +1616,14 @@ fn buildah_rootful_bud_and_commit() {
     });
     let r_nat = r_nat.unwrap_or_else(|p| std::panic::resume_unwind(p));
     compare(&r_ovl, &r_nat);
+}
+
+#[test]
+fn buildah_rootful_bud_and_commit() {
+    buildah_test("buildah-rootful", false);
+}
+
+#[test]
+fn buildah_rootless_bud_and_commit() {
+    buildah_test("buildah-rootless", true);
 }
