@@ -139,6 +139,10 @@ pub struct NodeTable {
     children: DashMap<(NodeId, OsString), NodeId>,
     /// Next id to try for a node whose inode number is taken by another live object.
     next_synthetic: AtomicU64,
+    /// Counters for giving memory back after mass forgets (see `after_removal`).
+    removals: AtomicU64,
+    inserts: AtomicU64,
+    peak: std::sync::atomic::AtomicUsize,
     dirfds: Mutex<LruCache<(NodeId, LayerId), Arc<OwnedFd>>>,
     roots: Vec<Arc<OwnedFd>>,
 }
@@ -161,6 +165,9 @@ impl NodeTable {
             nodes: DashMap::new(),
             children: DashMap::new(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+            removals: AtomicU64::new(0),
+            inserts: AtomicU64::new(0),
+            peak: std::sync::atomic::AtomicUsize::new(0),
             dirfds: Mutex::new(LruCache::new(NonZeroUsize::new(DIRFD_CACHE).unwrap())),
             roots,
         };
@@ -237,6 +244,7 @@ impl NodeTable {
                     node.lookups.store(1, Ordering::Relaxed);
                     v.insert(node.clone());
                     self.children.insert(key, id);
+                    self.note_size();
                     return node;
                 }
                 dashmap::Entry::Occupied(o) => {
@@ -299,6 +307,31 @@ impl NodeTable {
                     .remove_if(&(a.parent, a.name), |_, v| *v == id);
             }
             self.drop_dirfds(&node);
+            self.after_removal();
+        }
+    }
+
+    /// After many nodes are forgotten (the kernel dropped its inode cache), hands the memory
+    /// back: the maps keep their capacity and the allocator its freed pages otherwise, so
+    /// the daemon would stay at its peak size for good. Checked every 4096 removals.
+    fn after_removal(&self) {
+        if self.removals.fetch_add(1, Ordering::Relaxed) % 4096 != 4095 {
+            return;
+        }
+        let len = self.nodes.len();
+        let peak = self.peak.fetch_max(len, Ordering::Relaxed).max(len);
+        if peak >= 16_384 && len <= peak / 4 {
+            self.peak.store(len, Ordering::Relaxed);
+            self.nodes.shrink_to_fit();
+            self.children.shrink_to_fit();
+            crate::sys::trim_heap();
+        }
+    }
+
+    /// Notes the node count after an insertion, for [`Self::after_removal`].
+    fn note_size(&self) {
+        if self.inserts.fetch_add(1, Ordering::Relaxed) % 1024 == 1023 {
+            self.peak.fetch_max(self.nodes.len(), Ordering::Relaxed);
         }
     }
 

@@ -128,6 +128,13 @@ pub fn getgid() -> u32 {
     unsafe { libc::getgid() }
 }
 
+/// Returns freed heap memory to the system (glibc keeps it otherwise).
+pub fn trim_heap() {
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Supplementary groups of a process, read from /proc; used to decide setgid inheritance.
 pub fn process_groups(pid: u32) -> Vec<u32> {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
