@@ -11,7 +11,6 @@ use fuser::{
 };
 use log::debug;
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -152,6 +151,17 @@ impl OvlFs {
             fa.ino = INodeNo(id);
             reply.entry_with_ttls(&Duration::ZERO, &self.ttl, &fa, Generation(0));
         }
+    }
+
+    /// The backing file for a new open file `fh` of `node`, if it goes through passthrough.
+    fn backing(
+        &self,
+        fh: u64,
+        node: u64,
+        open_backing: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
+    ) -> Option<Arc<fuser::BackingId>> {
+        self.pt
+            .open(fh, node, || self.ovl.passthrough_fd(fh), open_backing)
     }
 
     /// FOPEN_NOFLUSH: our flush does nothing (writes reach the upper file as they come, and
@@ -388,14 +398,10 @@ impl Filesystem for OvlFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.ovl.open(&ctx(req), ino.0, flags.0) {
-            Ok(fh) => {
-                let cand = self.ovl.passthrough_fd(fh);
-                let fd = cand.as_ref().map(|(_, fd)| fd.as_fd());
-                match self.pt.open(fh, ino.0, fd, |fd| reply.open_backing(fd)) {
-                    Some(b) => reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &b),
-                    None => reply.opened(FileHandle(fh), self.open_flags(fh)),
-                }
-            }
+            Ok(fh) => match self.backing(fh, ino.0, |fd| reply.open_backing(fd)) {
+                Some(b) => reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &b),
+                None => reply.opened(FileHandle(fh), self.open_flags(fh)),
+            },
             Err(e) => reply.error(err(e)),
         }
     }
@@ -664,9 +670,7 @@ impl Filesystem for OvlFs {
                     Duration::ZERO
                 };
                 fa.ino = INodeNo(n.id);
-                let cand = self.ovl.passthrough_fd(fh);
-                let fd = cand.as_ref().map(|(_, fd)| fd.as_fd());
-                match self.pt.open(fh, n.id, fd, |fd| reply.open_backing(fd)) {
+                match self.backing(fh, n.id, |fd| reply.open_backing(fd)) {
                     Some(b) => reply.created_passthrough(
                         &ttl,
                         &fa,

@@ -9,7 +9,7 @@
 
 use dashmap::DashMap;
 use fuser::BackingId;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -36,39 +36,43 @@ impl Passthrough {
     }
 
     /// Decides the mode of a new open file `fh` of `node`: its backing id for passthrough,
-    /// or `None` for cached. `candidate` is the backing fd if the core allows passthrough;
-    /// `open_backing` registers an fd with the kernel.
-    pub fn open<F>(
+    /// or `None` for cached. `candidate` gives the backing fd if the core allows passthrough
+    /// (asked only when the node could start passthrough); `open_backing` registers an fd
+    /// with the kernel. With passthrough off nothing is tracked: no inode is in
+    /// passthrough mode then (it is turned off only when the first registration fails).
+    pub fn open<C, F>(
         &self,
         fh: u64,
         node: u64,
-        candidate: Option<BorrowedFd<'_>>,
+        candidate: C,
         open_backing: F,
     ) -> Option<Arc<BackingId>>
     where
+        C: FnOnce() -> Option<Arc<OwnedFd>>,
         F: FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId>,
     {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut io = self.nodes.entry(node).or_default();
-        let backing = match (&io.backing, candidate) {
+        let backing = match &io.backing {
             // The inode is in passthrough mode: every open joins it.
-            (Some(b), _) => Some(b.clone()),
-            (None, Some(fd)) if io.cached == 0 && self.enabled.load(Ordering::Relaxed) => {
-                match open_backing(fd) {
-                    Ok(b) => Some(Arc::new(b)),
-                    Err(e) => {
-                        if e.raw_os_error() == Some(libc::EPERM) {
-                            log::info!(
-                                "FUSE passthrough refused ({e}); all I/O goes through the daemon"
-                            );
-                            self.enabled.store(false, Ordering::Relaxed);
-                        } else {
-                            log::debug!("no passthrough for node {node}: {e}");
-                        }
-                        None
+            Some(b) => Some(b.clone()),
+            None if io.cached == 0 => candidate().and_then(|fd| match open_backing(fd.as_fd()) {
+                Ok(b) => Some(Arc::new(b)),
+                Err(e) => {
+                    if e.raw_os_error() == Some(libc::EPERM) {
+                        log::info!(
+                            "FUSE passthrough refused ({e}); all I/O goes through the daemon"
+                        );
+                        self.enabled.store(false, Ordering::Relaxed);
+                    } else {
+                        log::debug!("no passthrough for node {node}: {e}");
                     }
+                    None
                 }
-            }
-            _ => None,
+            }),
+            None => None,
         };
         match &backing {
             Some(b) => {

@@ -1447,19 +1447,20 @@ fn podman_test(name: &str, rootless: bool) {
     if !engines_ready(name, &["podman", "runc", "newuidmap", "runuser"]) {
         return;
     }
-    let user = if rootless {
-        Some(rootless_user())
-    } else {
-        None
-    };
+    side_by_side(name, rootless, false, podman_flow);
+}
+
+/// Runs `flow` with ovlfuse as mount_program and with the native driver, side by side
+/// (separate graphroots, so the two are independent), and compares what they produced.
+fn side_by_side(name: &str, rootless: bool, buildah: bool, flow: fn(&Eng, &Inputs) -> Results) {
+    let user = rootless.then(rootless_user);
     let td = TestDir::new(name);
     let inp = make_inputs(&td);
-    let ovl = Eng::new(&td.root, Driver::Ovlfuse, user, false);
-    let nat = Eng::new(&td.root, Driver::Native, user, false);
-    // The two flows are independent (separate graphroots): run them side by side.
+    let ovl = Eng::new(&td.root, Driver::Ovlfuse, user, buildah);
+    let nat = Eng::new(&td.root, Driver::Native, user, buildah);
     let (r_ovl, r_nat) = std::thread::scope(|s| {
-        let h = s.spawn(|| podman_flow(&nat, &inp));
-        let a = podman_flow(&ovl, &inp);
+        let h = s.spawn(|| flow(&nat, &inp));
+        let a = flow(&ovl, &inp);
         (a, h.join())
     });
     let r_nat = r_nat.unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -1604,18 +1605,7 @@ fn buildah_test(name: &str, rootless: bool) {
     if !engines_ready(name, progs) {
         return;
     }
-    let user = rootless.then(rootless_user);
-    let td = TestDir::new(name);
-    let inp = make_inputs(&td);
-    let ovl = Eng::new(&td.root, Driver::Ovlfuse, user, true);
-    let nat = Eng::new(&td.root, Driver::Native, user, true);
-    let (r_ovl, r_nat) = std::thread::scope(|s| {
-        let h = s.spawn(|| buildah_flow(&nat, &inp));
-        let a = buildah_flow(&ovl, &inp);
-        (a, h.join())
-    });
-    let r_nat = r_nat.unwrap_or_else(|p| std::panic::resume_unwind(p));
-    compare(&r_ovl, &r_nat);
+    side_by_side(name, rootless, true, buildah_flow);
 }
 
 #[test]

@@ -80,7 +80,10 @@ impl Overlay {
         let res = self
             .build_copy(lpfd.as_fd(), &name, &eff, work, &tmp, with_data)
             .and_then(|()| match &kept {
-                Some(o) => self.keep_override(work, &tmp, o, fs::ifmt(lst.st_mode)),
+                // A symlink refusing it keeps its inode's owner.
+                Some(o) => self
+                    .write_override(work, &tmp, o, fs::ifmt(lst.st_mode))
+                    .map(drop),
                 None => Ok(()),
             })
             .and_then(|()| fs::renameat2(work, &tmp, upfd.as_fd(), &name, fs::RENAME_NOREPLACE));
@@ -182,21 +185,6 @@ impl Overlay {
         };
         fs::utimensat(work, tmp, Some(at), Some(mt))?;
         Ok(())
-    }
-
-    /// Gives the copy `tmp` the owner and mode `o` in the override xattr. Only a symlink may
-    /// refuse it (no `user.` xattrs on symlinks); it keeps its inode's owner.
-    fn keep_override(
-        &self,
-        work: BorrowedFd<'_>,
-        tmp: &OsStr,
-        o: &OverrideStat,
-        kind: u32,
-    ) -> SysResult<()> {
-        match self.write_override(work, tmp, o) {
-            Err(_) if kind == libc::S_IFLNK => Ok(()),
-            other => other,
-        }
     }
 
     /// Marks an upper directory as holding copied-up entries, so readdir knows to look up

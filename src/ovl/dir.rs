@@ -227,11 +227,8 @@ impl Overlay {
                     mode: kind | (perm & 0o7777),
                     rdev: Some(what.rdev()),
                 };
-                match self.write_override(dir, n, &o) {
-                    Ok(()) => {}
-                    // A symlink cannot carry `user.` xattrs; it keeps a real owner.
-                    Err(_) if kind == libc::S_IFLNK => kept_by_chown(dir, n, uid, gid)?,
-                    Err(e) => return Err(e),
+                if !self.write_override(dir, n, &o, kind)? {
+                    kept_by_chown(dir, n, uid, gid)?;
                 }
             } else {
                 match fs::fchownat(dir, n, Some(uid), Some(gid)) {

@@ -9,7 +9,6 @@ use super::dir::NewObject;
 use super::inode::Attr;
 use super::layers::UPPER;
 use super::node::Node;
-use super::node::NodeId;
 use super::params::Atime;
 use super::{Ctx, Errno, Overlay, SysResult};
 use crate::sys::fs;
@@ -118,7 +117,7 @@ impl Overlay {
     /// A lower file may be copied up while open, and reads must then see the upper copy,
     /// which a fixed backing file would not; and writes by an unprivileged caller must
     /// clear set-ID bits, which a backing file written with our credentials would not.
-    pub fn passthrough_fd(&self, fh: u64) -> Option<(NodeId, Arc<OwnedFd>)> {
+    pub fn passthrough_fd(&self, fh: u64) -> Option<Arc<OwnedFd>> {
         let h = self.file_handle(fh)?;
         if !h.is_upper() || h.node.kind != libc::S_IFREG {
             return None;
@@ -129,7 +128,7 @@ impl Overlay {
         if st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
             return None;
         }
-        Some((h.node.id, fd))
+        Some(fd)
     }
 
     /// Whether the kernel may keep the file's cached pages when it is opened through `fh`.
@@ -244,7 +243,8 @@ impl Overlay {
                     mode: fs::ifmt(st.st_mode) | keep,
                     rdev: None,
                 };
-                self.write_override(dir.as_fd(), &name, &o)
+                self.write_override(dir.as_fd(), &name, &o, node.kind)
+                    .map(drop)
             }),
             None => fs::chmod_fd(fd.as_fd(), keep),
         };

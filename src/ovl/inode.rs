@@ -315,11 +315,7 @@ impl Overlay {
         if let Some(m) = mode {
             o.mode = (o.mode & libc::S_IFMT) | (m & 0o7777);
         }
-        match self.write_override(dir, name, &o) {
-            Ok(()) => Ok(true),
-            Err(_) if node.kind == libc::S_IFLNK => Ok(false),
-            Err(e) => Err(e),
-        }
+        self.write_override(dir, name, &o, node.kind)
     }
 
     pub fn readlink(&self, id: u64) -> SysResult<Vec<u8>> {

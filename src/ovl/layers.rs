@@ -157,8 +157,9 @@ impl Layers {
         } else {
             "user.overlay."
         };
+        let mut xattrs_ok = false;
         if let Some(w) = &work {
-            prefix = pick_xattr_prefix(w.as_fd(), prefix);
+            (prefix, xattrs_ok) = pick_xattr_prefix(w.as_fd(), prefix);
         }
         let devs: Vec<u64> = upper.iter().chain(lowers.iter()).map(|l| l.dev).collect();
         let any_override = upper
@@ -167,7 +168,7 @@ impl Layers {
             .any(|l| l.override_stat.is_some());
         let any_idmapped = lowers.iter().any(|l| l.idmapped);
         let whiteout_format = match &work {
-            Some(w) => whiteout::Format::probe(w.as_fd(), prefix),
+            Some(w) => whiteout::Format::probe(w.as_fd(), xattrs_ok),
             None => whiteout::Format::Device,
         };
         Ok(Layers {
@@ -402,7 +403,8 @@ fn mark_override_layer(u: &mut Layer, name: &'static str) -> Result<(), String> 
 
 /// Checks that the upper filesystem takes the private xattrs (opaque directories need them);
 /// falls back from `trusted.` to `user.` (nested overlays refuse `trusted.overlay.*`).
-fn pick_xattr_prefix(work: BorrowedFd<'_>, preferred: &'static str) -> &'static str {
+/// Returns the prefix, and whether the upper takes it at all.
+fn pick_xattr_prefix(work: BorrowedFd<'_>, preferred: &'static str) -> (&'static str, bool) {
     for prefix in [preferred, "user.overlay."] {
         let name = format!("{prefix}ovlfuse.probe");
         if sys::xattr::set_on_dir(work, &name, b"1").is_ok() {
@@ -410,11 +412,11 @@ fn pick_xattr_prefix(work: BorrowedFd<'_>, preferred: &'static str) -> &'static 
             if prefix != preferred {
                 log::warn!("upper filesystem refuses {preferred}* xattrs; writing opaque markers as {prefix}*");
             }
-            return prefix;
+            return (prefix, true);
         }
     }
     log::warn!("upper filesystem supports no overlay xattrs: making a directory where one was deleted will fail");
-    preferred
+    (preferred, false)
 }
 
 /// Creates `workdir/work` and empties it: anything left there is a copy-up or whiteout

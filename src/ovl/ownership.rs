@@ -276,7 +276,7 @@ impl Overlay {
 
     /// Whether the copy of `node` that is seen is in an idmapped lower layer.
     pub(super) fn seen_on_idmapped(&self, node: &Node) -> bool {
-        let top = node.state().top();
+        let top = node.state.read().top();
         top.is_some_and(|l| l != super::UPPER && self.layers.get(l).idmapped)
     }
 
@@ -287,11 +287,8 @@ impl Overlay {
         if !self.layers.any_override {
             return st;
         }
-        if let Some(o) = node
-            .state()
-            .top()
-            .and_then(|top| self.read_override(node, top))
-        {
+        let top = node.state.read().top();
+        if let Some(o) = top.and_then(|top| self.read_override(node, top)) {
             o.apply(&mut st);
         }
         st
@@ -317,16 +314,23 @@ impl Overlay {
         (perm & 0o777) | owner
     }
 
-    /// Records owner and mode of the upper entry `name` of `dir` in the override xattr.
+    /// Records owner and mode of the upper entry `name` (of type `kind`) of `dir` in the
+    /// override xattr. `false` when the entry cannot carry it — a symlink refuses `user.`
+    /// xattrs — so its owner must live in the inode.
     pub(super) fn write_override(
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
         o: &OverrideStat,
-    ) -> SysResult<()> {
-        match self.upper_override() {
-            Some(attr) => xattr::set(dir, name, attr, o.format().as_bytes(), 0),
-            None => Ok(()),
+        kind: u32,
+    ) -> SysResult<bool> {
+        let Some(attr) = self.upper_override() else {
+            return Ok(true);
+        };
+        match xattr::set(dir, name, attr, o.format().as_bytes(), 0) {
+            Ok(()) => Ok(true),
+            Err(_) if kind == libc::S_IFLNK => Ok(false),
+            Err(e) => Err(e),
         }
     }
 }

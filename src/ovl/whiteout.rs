@@ -116,14 +116,13 @@ pub enum Format {
 
 impl Format {
     /// Tries a whiteout device in the work directory (leaving it as the shared one).
-    pub fn probe(work: BorrowedFd<'_>, prefix: &str) -> Format {
+    /// `xattrs_ok`: the upper takes our private xattrs (as the layer set-up found).
+    pub fn probe(work: BorrowedFd<'_>, xattrs_ok: bool) -> Format {
         match make_whiteout(work, OsStr::new(SHARED_WHITEOUT)) {
             Ok(()) | Err(crate::sys::Errno::EEXIST) => return Format::Device,
             Err(e) => log::debug!("whiteout device refused: {e:?}"),
         }
-        let probe = format!("{prefix}ovlfuse.probe");
-        let format = if xattr::set_on_dir(work, &probe, b"1").is_ok() {
-            let _ = xattr::remove_on_dir(work, &probe);
+        let format = if xattrs_ok {
             Format::Xattr
         } else {
             Format::Oci

@@ -116,12 +116,16 @@ pub fn geteuid() -> u32 {
 /// Whether this process is root of the initial user namespace, the only place where
 /// `trusted.*` xattrs may be written and devices made. Root inside a user namespace (podman's
 /// rootless pause namespace, `unshare -Ur`) is not: its uid map is not the identity of all ids.
+/// Read once: a process's credentials and user namespace do not change under us.
 pub fn is_host_root() -> bool {
-    geteuid() == 0
-        && std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
-            let f: Vec<&str> = m.split_whitespace().collect();
-            f == ["0", "0", "4294967295"]
-        })
+    static HOST_ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HOST_ROOT.get_or_init(|| {
+        geteuid() == 0
+            && std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| {
+                let f: Vec<&str> = m.split_whitespace().collect();
+                f == ["0", "0", "4294967295"]
+            })
+    })
 }
 
 pub fn getgid() -> u32 {
