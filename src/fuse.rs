@@ -2,6 +2,7 @@
 //! results into replies. It holds no overlay logic, and no `fuser` type goes below it.
 
 use crate::ovl::inode::{SetAttr, Time, TimeSet};
+use crate::ovl::readdir::DirSnapshot;
 use crate::ovl::{Attr, Ctx, Errno, Overlay};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
@@ -505,8 +506,8 @@ impl Filesystem for OvlFs {
     ) {
         match self.ovl.readdir(fh.0, offset) {
             Ok(list) => {
-                for (i, e) in list.iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(e.ino), i as u64 + 1, kind_of(e.kind), &e.name) {
+                for (next, e) in list.from(offset) {
+                    if reply.add(INodeNo(e.ino), next, kind_of(e.kind), &e.name) {
                         break;
                     }
                 }
@@ -528,9 +529,8 @@ impl Filesystem for OvlFs {
             Ok(l) => l,
             Err(e) => return reply.error(err(e)),
         };
-        for (i, e) in list.iter().enumerate().skip(offset as usize) {
-            let next = i as u64 + 1;
-            if &*e.name == OsStr::new(".") || &*e.name == OsStr::new("..") {
+        for (next, e) in list.from(offset) {
+            if DirSnapshot::is_dot(next) {
                 // The kernel links no inode for these; their attributes are not used.
                 let mut fa = file_attr(&Attr::default());
                 fa.ino = INodeNo(e.ino);
@@ -549,7 +549,7 @@ impl Filesystem for OvlFs {
             }
             // Each entry given with a node counts as a lookup; one that does not fit in the
             // buffer is forgotten again.
-            let (id, a) = match self.ovl.lookup(ino.0, &e.name) {
+            let (id, a) = match self.ovl.lookup_listed(ino.0, &e.name) {
                 Ok((n, a)) => (n.id, a),
                 // Gone since the listing was made: skip it, as a later readdir would.
                 Err(_) => continue,

@@ -102,10 +102,13 @@ impl Overlay {
         }
         if let Ok(st) = fs::fstatat(upfd.as_fd(), &name) {
             if !node.is_dir() {
-                *node.upper_key.lock() = Some((st.st_dev, st.st_ino));
+                node.set_upper_key(Some((st.st_dev, st.st_ino)));
             }
         }
         node.state.write().upper = true;
+        if let Some(m) = parent.merged() {
+            m.copied_up(&name);
+        }
         // The kernel's cached attributes came from the lower copy: a directory that becomes
         // merged reports nlink 1 from now on, a lower hard link's copy has nlink 1.
         self.notify_attr_changed(node.id);

@@ -11,9 +11,10 @@
 use super::copy_up::temp_name;
 use super::inode::Attr;
 use super::layers::{remove_tree, UPPER};
+use super::node::{redirects_from, Lowers};
 use super::node::{Node, NodeInit, NodeState, ROOT_ID};
 use super::ownership::OverrideStat;
-use super::readdir::Entry;
+use super::readdir::{Entry, Name};
 use super::{check_new_name, whiteout, Ctx, Errno, Overlay, SysResult};
 use crate::sys::fs;
 use parking_lot::MutexGuard;
@@ -290,14 +291,15 @@ impl Overlay {
             ino,
             state: NodeState {
                 upper: true,
-                lowers: vec![],
+                lowers: Lowers::None,
                 ..Default::default()
             },
             upper_key,
+            seen: None,
         };
-        let node = self.nodes.insert(parent.id, name, init);
-        if let Some(m) = parent.merged.lock().clone() {
-            m.insert(name, Entry { kind, ino });
+        let node = self.nodes.insert(parent.id, Name::from(name), init);
+        if let Some(m) = parent.merged() {
+            m.insert(name, Entry::upper(kind, ino));
         }
         let attr = self.attr_of(&node, &st);
         Ok((node, attr, file))
@@ -394,14 +396,8 @@ impl Overlay {
         if node.ino != self.layers.ino.map(st.st_dev, st.st_ino) {
             self.mark_impure(&parent);
         }
-        if let Some(m) = parent.merged.lock().clone() {
-            m.insert(
-                name,
-                Entry {
-                    kind: node.kind,
-                    ino: node.ino,
-                },
-            );
+        if let Some(m) = parent.merged() {
+            m.insert(name, Entry::upper(node.kind, node.ino));
         }
         Ok((node.clone(), self.attr_of(&node, &st)))
     }
@@ -445,8 +441,8 @@ impl Overlay {
     fn lower_paths(&self, dir: &Node) -> SysResult<Vec<(super::LayerId, std::ffi::OsString)>> {
         let lowers = dir.state().lowers;
         lowers
-            .into_iter()
-            .map(|l| Ok((l, self.nodes.layer_path(dir, l)?)))
+            .iter()
+            .map(|&l| Ok((l, self.nodes.layer_path(dir, l)?)))
             .collect()
     }
 
@@ -543,9 +539,9 @@ impl Overlay {
         self.nodes.unlink_name(child, parent.id, name);
         if child.is_dir() {
             self.nodes.drop_dirfds(child);
-            *child.merged.lock() = None;
+            child.set_merged(None);
         }
-        if let Some(m) = parent.merged.lock().clone() {
+        if let Some(m) = parent.merged() {
             m.remove(name);
         }
         Ok(())
@@ -557,7 +553,7 @@ impl Overlay {
     fn keep_detached(&self, node: &Node, layer: super::LayerId) {
         if let Ok((pfd, n)) = self.parent_fd(node, layer) {
             if let Ok(fd) = fs::openat(pfd.as_fd(), &n, libc::O_PATH, 0) {
-                *node.detached.lock() = Some(Arc::new(fd));
+                node.set_detached(Arc::new(fd));
             }
         }
     }
@@ -776,28 +772,16 @@ impl Overlay {
             self.nodes.move_node(src, op.id, oname, np.id, nname);
             self.nodes.move_node(d, np.id, nname, op.id, oname);
             if src_redirect {
-                src.state.write().redirects = src_paths;
+                src.state.write().redirects = redirects_from(src_paths);
             }
             if dst_redirect {
-                d.state.write().redirects = dst_paths;
+                d.state.write().redirects = redirects_from(dst_paths);
             }
-            if let Some(m) = op.merged.lock().clone() {
-                m.insert(
-                    oname,
-                    Entry {
-                        kind: d.kind,
-                        ino: d.ino,
-                    },
-                );
+            if let Some(m) = op.merged() {
+                m.insert(oname, Entry::upper(d.kind, d.ino));
             }
-            if let Some(m) = np.merged.lock().clone() {
-                m.insert(
-                    nname,
-                    Entry {
-                        kind: src.kind,
-                        ino: src.ino,
-                    },
-                );
+            if let Some(m) = np.merged() {
+                m.insert(nname, Entry::upper(src.kind, src.ino));
             }
             if !src.is_dir() {
                 self.mark_impure(np);
@@ -880,29 +864,23 @@ impl Overlay {
             self.nodes.unlink_name(d, np.id, nname);
             if d.is_dir() {
                 self.nodes.drop_dirfds(d);
-                *d.merged.lock() = None;
+                d.set_merged(None);
             }
         }
         self.nodes.move_node(src, op.id, oname, np.id, nname);
         if !moved_redirects.is_empty() {
             let mut st = src.state.write();
-            st.redirects = moved_redirects;
+            st.redirects = redirects_from(moved_redirects);
         }
         if !src.is_dir() {
             src.state.write().lowers.clear();
             self.mark_impure(np);
         }
-        if let Some(m) = op.merged.lock().clone() {
+        if let Some(m) = op.merged() {
             m.remove(oname);
         }
-        if let Some(m) = np.merged.lock().clone() {
-            m.insert(
-                nname,
-                Entry {
-                    kind: src.kind,
-                    ino: src.ino,
-                },
-            );
+        if let Some(m) = np.merged() {
+            m.insert(nname, Entry::upper(src.kind, src.ino));
         }
         Ok(())
     }

@@ -97,12 +97,10 @@ impl Overlay {
             .and_then(|(pfd, name)| open_at(&pfd, &name))
         {
             Ok(fd) => fd,
-            Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => {
-                match node.detached.lock().clone() {
-                    Some(d) => fs::reopen(d.as_fd(), rflags)?,
-                    None => return Err(e),
-                }
-            }
+            Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => match node.detached() {
+                Some(d) => fs::reopen(d.as_fd(), rflags)?,
+                None => return Err(e),
+            },
             Err(e) => return Err(e),
         };
         if trunc {
@@ -173,7 +171,7 @@ impl Overlay {
             if !*up {
                 let flags = real_open_flags(h.flags);
                 let res = if h.node.unlinked.load(Ordering::Relaxed) {
-                    match h.node.detached.lock().clone() {
+                    match h.node.detached() {
                         Some(d) => fs::reopen(d.as_fd(), flags),
                         None => Err(Errno::ENOENT),
                     }

@@ -102,7 +102,7 @@ pub struct SetAttr {
 
 /// How setattr reaches the upper copy of a node.
 enum Target {
-    Name(Arc<std::os::fd::OwnedFd>, std::ffi::OsString),
+    Name(Arc<std::os::fd::OwnedFd>, super::readdir::Name),
     Fd(Arc<std::os::fd::OwnedFd>),
 }
 
@@ -124,7 +124,7 @@ impl Overlay {
     pub fn stat_node(&self, node: &Node) -> SysResult<Stat> {
         if node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
             // No name leads to it any more (the old one may now be a whiteout).
-            return match node.detached.lock().clone() {
+            return match node.detached() {
                 Some(fd) => fs::fstat(fd.as_fd()),
                 None => Err(Errno::ENOENT),
             };
@@ -138,12 +138,10 @@ impl Overlay {
             .parent_fd(node, top)
             .and_then(|(pfd, name)| fs::fstatat(pfd.as_fd(), &name));
         match res {
-            Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => {
-                match node.detached.lock().clone() {
-                    Some(fd) => fs::fstat(fd.as_fd()),
-                    None => Err(e),
-                }
-            }
+            Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => match node.detached() {
+                Some(fd) => fs::fstat(fd.as_fd()),
+                None => Err(e),
+            },
             other => other,
         }
     }
@@ -202,7 +200,7 @@ impl Overlay {
         let target = if node.id == ROOT_ID {
             Target::Fd(self.nodes.dir_fd(&node, UPPER)?)
         } else if unlinked {
-            Target::Fd(node.detached.lock().clone().ok_or(Errno::ENOENT)?)
+            Target::Fd(node.detached().ok_or(Errno::ENOENT)?)
         } else {
             let (pfd, name) = self.parent_fd(&node, UPPER)?;
             Target::Name(pfd, name)

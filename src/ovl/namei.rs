@@ -7,7 +7,8 @@
 //! lookup and readdir always agree.
 
 use super::layers::{LayerId, UPPER};
-use super::node::{Node, NodeInit, NodeState, ROOT_ID};
+use super::node::{Lowers, Node, NodeInit, NodeState, ROOT_ID};
+use super::readdir::Name;
 use super::{whiteout, Attr, Errno, Overlay, SysResult};
 use crate::sys::fs;
 use crate::sys::xattr;
@@ -26,6 +27,9 @@ const MISSES_BEFORE_LISTING: u32 = 4;
 const LISTABLE_DIR_BYTES: i64 = 1 << 20;
 
 /// What the layers hold for one name.
+// This and `ChildRef` carry a stat (`NodeInit::seen`) and live on the stack for one lookup;
+// boxing it would cost an allocation per lookup instead.
+#[allow(clippy::large_enum_variant)]
 pub enum Found {
     Node(NodeInit),
     /// Absent (or hidden by a whiteout).
@@ -40,6 +44,22 @@ pub const IMPURE_XATTR: &str = "impure";
 impl Overlay {
     /// Resolves `name` in directory `parent` and returns its node with a lookup reference.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> SysResult<(Arc<Node>, Attr)> {
+        self.lookup_name(parent, name, None)
+    }
+
+    /// `lookup` of a name from a listing: a node made for it shares the listing's copy of
+    /// the name.
+    pub fn lookup_listed(&self, parent: u64, name: &Name) -> SysResult<(Arc<Node>, Attr)> {
+        self.lookup_name(parent, name, Some(name))
+    }
+
+    fn lookup_name(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        shared: Option<&Name>,
+    ) -> SysResult<(Arc<Node>, Attr)> {
+        let owned = || shared.cloned().unwrap_or_else(|| Name::from(name));
         if name.len() > 255 {
             return Err(Errno::ENAMETOOLONG);
         }
@@ -62,9 +82,15 @@ impl Overlay {
                 }
             }
         }
-        if let Some(m) = p.merged.lock().clone() {
-            if !m.contains(name) {
-                return Err(Errno::ENOENT);
+        if let Some(m) = p.merged() {
+            match m.get(name) {
+                None => return Err(Errno::ENOENT),
+                Some(e) if e.layer != UPPER && e.kind != libc::S_IFDIR => {
+                    if let Some(found) = self.lookup_listed_lower(&p, owned(), &e)? {
+                        return Ok(found);
+                    }
+                }
+                Some(_) => {}
             }
         }
         match self.probe(&p, name)? {
@@ -72,17 +98,51 @@ impl Overlay {
                 self.after_miss(&p);
                 Err(Errno::ENOENT)
             }
-            Found::Node(init) => {
-                let n = self.nodes.insert(parent, name, init);
-                match self.getattr_node(&n) {
-                    Ok(a) => Ok((n, a)),
-                    Err(e) => {
-                        self.nodes.forget(n.id, 1);
-                        Err(e)
-                    }
-                }
+            Found::Node(init) => self.insert_found(&p, owned(), init),
+        }
+    }
+
+    /// Makes (or finds) the node for what a lookup found and answers with its attributes:
+    /// from the stat the lookup made, unless the node already existed with another copy
+    /// seen (it was copied up meanwhile).
+    fn insert_found(
+        &self,
+        parent: &Node,
+        name: Name,
+        init: NodeInit,
+    ) -> SysResult<(Arc<Node>, Attr)> {
+        let (seen, top) = (init.seen, init.state.top());
+        let n = self.nodes.insert(parent.id, name, init);
+        if let Some(st) = seen.filter(|_| n.state.read().top() == top) {
+            let a = self.attr_of(&n, &st);
+            return Ok((n, a));
+        }
+        match self.getattr_node(&n) {
+            Ok(a) => Ok((n, a)),
+            Err(e) => {
+                self.nodes.forget(n.id, 1);
+                Err(e)
             }
         }
+    }
+
+    /// Lookup of a lower non-directory that the parent's merged listing holds: the listing
+    /// already settled which layer's copy is seen (no upper copy, no whiteout or marker
+    /// above it), so one stat of that copy gives both the node and its attributes, where a
+    /// probe would stat every layer above it as well. `None` if the layer no longer agrees.
+    fn lookup_listed_lower(
+        &self,
+        parent: &Node,
+        name: Name,
+        e: &super::readdir::Entry,
+    ) -> SysResult<Option<(Arc<Node>, Attr)>> {
+        let pfd = self.nodes.dir_fd(parent, e.layer)?;
+        let st = match fs::fstatat(pfd.as_fd(), &name) {
+            Ok(st) if fs::ifmt(st.st_mode) == e.kind => st,
+            _ => return Ok(None),
+        };
+        let init = self.lower_object(e.layer, &st);
+        self.insert_found(parent, name, init).map(Some)
     }
 
     /// Looks `name` up in `parent` without making a node: for create/remove/rename checks.
@@ -91,7 +151,7 @@ impl Overlay {
         if let Some(n) = self.nodes.peek_child(parent.id, name) {
             return Ok(Some(ChildRef::Live(n)));
         }
-        if let Some(m) = parent.merged.lock().clone() {
+        if let Some(m) = parent.merged() {
             if !m.contains(name) {
                 return Ok(None);
             }
@@ -144,9 +204,10 @@ impl Overlay {
         match self.find_child(parent, name)? {
             None => Ok(None),
             Some(ChildRef::Live(n)) => Ok(Some((n, false))),
-            Some(ChildRef::Fresh(init)) => {
-                Ok(Some((self.nodes.insert(parent.id, name, init), true)))
-            }
+            Some(ChildRef::Fresh(init)) => Ok(Some((
+                self.nodes.insert(parent.id, Name::from(name), init),
+                true,
+            ))),
         }
     }
 
@@ -160,11 +221,11 @@ impl Overlay {
     /// Whether any lower layer of `parent` holds `name` (first hit decides: a whiteout
     /// means no). Decides whether removing the name must leave a whiteout.
     pub fn lower_positive(&self, parent: &Node, name: &OsStr) -> SysResult<bool> {
-        if let Some(m) = parent.merged.lock().clone() {
+        if let Some(m) = parent.merged() {
             return Ok(m.lower_positive(name));
         }
         let lowers = parent.state().lowers;
-        for l in lowers {
+        for &l in lowers.iter() {
             let pfd = self.nodes.dir_fd(parent, l)?;
             match fs::fstatat(pfd.as_fd(), name) {
                 Ok(st) => return Ok(!whiteout::is_whiteout_in(pfd.as_fd(), name, &st)),
@@ -182,7 +243,8 @@ impl Overlay {
     /// Probes the layers of `parent` for `name`.
     pub fn probe(&self, parent: &Node, name: &OsStr) -> SysResult<Found> {
         let ps = parent.state();
-        let mut dir: Option<(NodeState, u64)> = None;
+        // A directory found so far: what merges into it, its number, its top copy's stat.
+        let mut dir: Option<(NodeState, u64, fs::Stat)> = None;
         if ps.upper {
             let pfd = self.nodes.dir_fd(parent, UPPER)?;
             match fs::fstatat(pfd.as_fd(), name) {
@@ -200,15 +262,16 @@ impl Overlay {
                             ino,
                             state: NodeState {
                                 upper: true,
-                                lowers: vec![],
+                                lowers: Lowers::None,
                                 ..Default::default()
                             },
                             upper_key: Some((st.st_dev, st.st_ino)),
+                            seen: Some(st),
                         }));
                     }
                     let state = NodeState {
                         upper: true,
-                        lowers: vec![],
+                        lowers: Lowers::None,
                         ..Default::default()
                     };
                     let ino = self.layers.ino.map(upper.dev, st.st_ino);
@@ -219,9 +282,10 @@ impl Overlay {
                             ino,
                             state,
                             upper_key: None,
+                            seen: Some(st),
                         }));
                     }
-                    dir = Some((state, ino));
+                    dir = Some((state, ino, st));
                 }
                 Err(Errno::ENOENT) => {
                     if self.oci_hidden(pfd.as_fd(), name) {
@@ -242,7 +306,7 @@ impl Overlay {
             |l: LayerId| -> Vec<LayerId> { self.layers.lower_ids().filter(|x| *x > l).collect() };
         let mut order: Vec<LayerId> = match &redirect {
             Some(Redirect::Abs(_)) => all_below(UPPER),
-            _ => ps.lowers.clone(),
+            _ => ps.lowers.to_vec(),
         };
         let mut i = 0;
         while i < order.len() {
@@ -265,7 +329,8 @@ impl Overlay {
             let look = look.as_os_str();
             match fs::fstatat(pfd.as_fd(), look) {
                 Ok(st) => {
-                    if whiteout::is_whiteout_in(pfd.as_fd(), look, &st) {
+                    let own_dir = !matches!(redirect, Some(Redirect::Abs(_)));
+                    if self.lower_whiteout(parent, l, own_dir, pfd.as_fd(), look, &st) {
                         break;
                     }
                     let layer = self.layers.get(l);
@@ -281,12 +346,12 @@ impl Overlay {
                             None => {
                                 let state = NodeState {
                                     upper: false,
-                                    lowers: vec![l],
+                                    lowers: Lowers::One(l),
                                     ..Default::default()
                                 };
-                                dir = Some((state, self.layers.ino.map(layer.dev, st.st_ino)));
+                                dir = Some((state, self.layers.ino.map(layer.dev, st.st_ino), st));
                             }
-                            Some((state, ino)) => {
+                            Some((state, ino, _)) => {
                                 if state.lowers.is_empty() {
                                     // A merged directory keeps the number of its highest
                                     // lower copy, as it had before copy-up.
@@ -295,8 +360,11 @@ impl Overlay {
                                 state.lowers.push(l);
                             }
                         }
-                        if let (Some(at), Some((state, _))) = (at, &mut dir) {
-                            state.redirects.push((l, at));
+                        if let (Some(at), Some((state, _, _))) = (at, &mut dir) {
+                            state
+                                .redirects
+                                .get_or_insert_with(Default::default)
+                                .push((l, at));
                         }
                         if self.dir_is_opaque(pfd.as_fd(), look)?
                             || self.oci_hidden(pfd.as_fd(), look)
@@ -323,16 +391,7 @@ impl Overlay {
                         if dir.is_some() {
                             break;
                         }
-                        return Ok(Found::Node(NodeInit {
-                            kind: fs::ifmt(st.st_mode),
-                            ino: self.layers.ino.map(layer.dev, st.st_ino),
-                            upper_key: None,
-                            state: NodeState {
-                                upper: false,
-                                lowers: vec![l],
-                                ..Default::default()
-                            },
-                        }));
+                        return Ok(Found::Node(self.lower_object(l, &st)));
                     }
                 }
                 Err(Errno::ENOENT) => {
@@ -345,14 +404,51 @@ impl Overlay {
             }
         }
         Ok(match dir {
-            Some((state, ino)) => Found::Node(NodeInit {
+            Some((state, ino, st)) => Found::Node(NodeInit {
                 kind: libc::S_IFDIR,
                 ino,
                 state,
                 upper_key: None,
+                seen: Some(st),
             }),
             None => Found::Missing,
         })
+    }
+
+    /// A non-directory whose copy in lower layer `l` (stat-ed as `st`) is the one seen.
+    fn lower_object(&self, l: LayerId, st: &fs::Stat) -> NodeInit {
+        NodeInit {
+            kind: fs::ifmt(st.st_mode),
+            ino: self.layers.ino.map(self.layers.get(l).dev, st.st_ino),
+            upper_key: None,
+            state: NodeState {
+                upper: false,
+                lowers: Lowers::One(l),
+                ..Default::default()
+            },
+            seen: Some(*st),
+        }
+    }
+
+    /// Whether entry `look` of `parent`'s directory in lower layer `l` (reached as `dir`,
+    /// stat-ed as `st`) is a whiteout. Whether that directory holds xattr whiteouts is
+    /// remembered when `dir` is the parent's own directory (not one a redirect leads to).
+    fn lower_whiteout(
+        &self,
+        parent: &Node,
+        l: LayerId,
+        own_dir: bool,
+        dir: BorrowedFd<'_>,
+        look: &OsStr,
+        st: &fs::Stat,
+    ) -> bool {
+        if !own_dir {
+            return whiteout::is_whiteout_in(dir, look, st);
+        }
+        whiteout::is_whiteout_stat(st)
+            || whiteout::may_be_xattr_whiteout(st)
+                && self.nodes.lower_xwhiteouts(parent, l, dir)
+                && whiteout::has_whiteout_xattr(dir, look)
     }
 
     /// The redirect recorded on directory `name` in layer directory `dir`, if any.
@@ -426,11 +522,7 @@ impl Overlay {
     }
 
     /// The parent node of `node` and the fd of that parent directory in `layer`.
-    pub fn parent_fd(
-        &self,
-        node: &Node,
-        layer: LayerId,
-    ) -> SysResult<(Arc<OwnedFd>, std::ffi::OsString)> {
+    pub fn parent_fd(&self, node: &Node, layer: LayerId) -> SysResult<(Arc<OwnedFd>, Name)> {
         if node.id == ROOT_ID {
             return Err(Errno::EINVAL);
         }
@@ -466,6 +558,7 @@ fn join(dir: &OsStr, name: &OsStr) -> std::ffi::OsString {
 }
 
 /// A child found by name: either a node the kernel already knows or a fresh probe result.
+#[allow(clippy::large_enum_variant)]
 pub enum ChildRef {
     Live(Arc<Node>),
     Fresh(NodeInit),

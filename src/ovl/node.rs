@@ -8,14 +8,18 @@
 //! the names; lower hard links are separate objects, as in kernel overlayfs (index=off).
 
 use super::layers::{LayerId, Layers, UPPER};
-use super::readdir::MergedDir;
-use crate::sys::{fs, Errno, SysResult};
+use super::readdir::{MergedDir, Name};
+use super::whiteout;
+use crate::sys::fs::{self, Stat};
+use crate::sys::{Errno, SysResult};
 use dashmap::DashMap;
 use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
+use std::borrow::Borrow;
 use std::ffi::{OsStr, OsString};
+use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,12 +38,132 @@ const DEEP_PATH: usize = 2048;
 /// number reused while the kernel still holds the old, unlinked file open).
 const SYNTHETIC_BASE: u64 = 0x7fff_0000_0000_0000;
 
-/// Where a node sits in the merged tree.
+/// Where a node sits in the merged tree. The name is shared with the children map (and,
+/// for nodes made from a listing, with the merged listing).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Loc {
     pub parent: NodeId,
-    pub name: OsString,
+    pub name: Name,
 }
+
+impl Loc {
+    fn is(&self, parent: NodeId, name: &OsStr) -> bool {
+        self.parent == parent && *self.name == *name
+    }
+}
+
+/// The lower layers of a node. Nearly every node has none or one (a file's copy, a
+/// directory in one lower), which are kept inline: a node costs one allocation, not two.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Lowers {
+    #[default]
+    None,
+    One(LayerId),
+    /// Boxed twice so that the enum stays two words.
+    Many(Box<Vec<LayerId>>),
+}
+
+impl std::ops::Deref for Lowers {
+    type Target = [LayerId];
+    fn deref(&self) -> &[LayerId] {
+        match self {
+            Lowers::None => &[],
+            Lowers::One(l) => std::slice::from_ref(l),
+            Lowers::Many(v) => v,
+        }
+    }
+}
+
+impl From<Vec<LayerId>> for Lowers {
+    fn from(v: Vec<LayerId>) -> Lowers {
+        match v.as_slice() {
+            [] => Lowers::None,
+            [l] => Lowers::One(*l),
+            _ => Lowers::Many(Box::new(v)),
+        }
+    }
+}
+
+impl FromIterator<LayerId> for Lowers {
+    fn from_iter<I: IntoIterator<Item = LayerId>>(it: I) -> Lowers {
+        Lowers::from(it.into_iter().collect::<Vec<_>>())
+    }
+}
+
+impl Lowers {
+    pub fn push(&mut self, l: LayerId) {
+        let mut v = self.to_vec();
+        v.push(l);
+        *self = Lowers::from(v);
+    }
+
+    pub fn clear(&mut self) {
+        *self = Lowers::None;
+    }
+}
+
+/// Redirected lower paths of a directory, `(layer, path)`; boxed, as almost no node has any.
+pub type Redirects = Option<Box<Vec<(LayerId, OsString)>>>;
+
+/// Key of the children map: a name in a directory.
+#[derive(Clone)]
+struct ChildKey {
+    parent: NodeId,
+    name: Name,
+}
+
+/// What the children map hashes and compares; probing it through `dyn ChildName` borrows
+/// the caller's name instead of allocating a key.
+trait ChildName {
+    fn parts(&self) -> (NodeId, &[u8]);
+}
+
+impl ChildName for ChildKey {
+    fn parts(&self) -> (NodeId, &[u8]) {
+        (self.parent, self.name.as_bytes())
+    }
+}
+
+impl ChildName for (NodeId, &OsStr) {
+    fn parts(&self) -> (NodeId, &[u8]) {
+        (self.0, self.1.as_bytes())
+    }
+}
+
+impl<'a> Borrow<dyn ChildName + 'a> for ChildKey {
+    fn borrow(&self) -> &(dyn ChildName + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn ChildName + '_ {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.parts().hash(h)
+    }
+}
+
+impl PartialEq for dyn ChildName + '_ {
+    fn eq(&self, o: &Self) -> bool {
+        self.parts() == o.parts()
+    }
+}
+
+impl Eq for dyn ChildName + '_ {}
+
+// Must agree with the `dyn ChildName` impls, which lookups go through.
+impl Hash for ChildKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.parts().hash(h)
+    }
+}
+
+impl PartialEq for ChildKey {
+    fn eq(&self, o: &Self) -> bool {
+        self.parts() == o.parts()
+    }
+}
+
+impl Eq for ChildKey {}
 
 /// Which layers supply a node. Changes on copy-up only.
 #[derive(Clone, Debug, Default)]
@@ -48,12 +172,12 @@ pub struct NodeState {
     pub upper: bool,
     /// For a directory: the lower layers merged below it, highest first (empty if opaque).
     /// For anything else: the highest lower layer holding it, if any.
-    pub lowers: Vec<LayerId>,
+    pub lowers: Lowers,
     /// The upper directory has been marked impure (it holds copied-up entries).
     pub impure: bool,
     /// Lower layers where this directory sits at another path than its own, because a
     /// kernel with `redirect_dir=on` renamed it (`overlay.redirect`): (layer, path).
-    pub redirects: Vec<(LayerId, OsString)>,
+    pub redirects: Redirects,
 }
 
 impl NodeState {
@@ -75,26 +199,34 @@ pub struct Node {
     /// and for objects whose number another live object holds (a lower hard link whose
     /// sibling was copied up, a reused upper inode number).
     pub ino: u64,
+    /// Lookups of absent names in this directory, until its merged listing is built.
+    pub misses: std::sync::atomic::AtomicU32,
     loc: RwLock<Loc>,
-    /// Further names of a hard-linked upper file.
-    aliases: Mutex<Vec<Loc>>,
     pub state: RwLock<NodeState>,
     lookups: AtomicU64,
+    /// (st_dev, st_ino) of the upper copy, once there is one (see `NodeInit::upper_key`);
+    /// (0, 0) before.
+    upper_key: Mutex<(u64, u64)>,
     /// Held while the node is copied up, so a copy-up happens once.
     pub copy_lock: Mutex<()>,
     /// Held (on a directory) while a name inside it is created, removed or renamed.
     pub dir_lock: Mutex<()>,
-    /// The merged listing of a directory, once built; patched per entry afterwards.
-    pub merged: Mutex<Option<Arc<MergedDir>>>,
-    /// An fd to the object kept when its last name goes while it is open, so attributes
-    /// can still be read and changed through it.
-    pub detached: Mutex<Option<Arc<OwnedFd>>>,
     /// The object has no name left in the merged tree.
     pub unlinked: AtomicBool,
-    /// Lookups of absent names in this directory, until its merged listing is built.
-    pub misses: std::sync::atomic::AtomicU32,
-    /// (st_dev, st_ino) of the upper copy, once there is one (see `NodeInit::upper_key`).
-    pub upper_key: Mutex<Option<(u64, u64)>>,
+    /// What only some nodes have, kept off the node so that the many plain files of a big
+    /// directory stay small.
+    rare: Mutex<Option<Box<Rare>>>,
+}
+
+#[derive(Default)]
+struct Rare {
+    /// Further names of a hard-linked upper file.
+    aliases: Vec<Loc>,
+    /// The merged listing of a directory, once built; patched per entry afterwards.
+    merged: Option<Arc<MergedDir>>,
+    /// An fd to the object kept when its last name goes while it is open, so attributes
+    /// can still be read and changed through it.
+    detached: Option<Arc<OwnedFd>>,
 }
 
 impl Node {
@@ -106,7 +238,7 @@ impl Node {
         self.loc.read().clone()
     }
 
-    pub fn name(&self) -> OsString {
+    pub fn name(&self) -> Name {
         self.loc.read().name.clone()
     }
 
@@ -121,6 +253,60 @@ impl Node {
     pub fn is_upper(&self) -> bool {
         self.state.read().upper
     }
+
+    /// Whether the directory merges lower layers (it has lower parts of its own).
+    pub fn has_lowers(&self) -> bool {
+        !self.state.read().lowers.is_empty()
+    }
+
+    pub fn upper_key(&self) -> Option<(u64, u64)> {
+        Some(*self.upper_key.lock()).filter(|k| *k != (0, 0))
+    }
+
+    pub fn set_upper_key(&self, key: Option<(u64, u64)>) {
+        *self.upper_key.lock() = key.unwrap_or((0, 0));
+    }
+
+    fn with_rare<T>(&self, f: impl FnOnce(&mut Rare) -> T) -> T {
+        let mut r = self.rare.lock();
+        f(r.get_or_insert_with(Default::default))
+    }
+
+    fn read_rare<T>(&self, f: impl FnOnce(&Rare) -> Option<T>) -> Option<T> {
+        self.rare.lock().as_deref().and_then(f)
+    }
+
+    /// The directory's merged listing, if built.
+    pub fn merged(&self) -> Option<Arc<MergedDir>> {
+        self.read_rare(|r| r.merged.clone())
+    }
+
+    pub fn set_merged(&self, m: Option<Arc<MergedDir>>) {
+        if m.is_some() || self.rare.lock().is_some() {
+            self.with_rare(|r| r.merged = m);
+        }
+    }
+
+    /// The fd kept for an object whose last name went while it was open.
+    pub fn detached(&self) -> Option<Arc<OwnedFd>> {
+        self.read_rare(|r| r.detached.clone())
+    }
+
+    pub fn set_detached(&self, fd: Arc<OwnedFd>) {
+        self.with_rare(|r| r.detached = Some(fd));
+    }
+
+    /// The redirected path of this directory in lower `layer`, if a redirect put it there.
+    pub fn redirect_in(&self, layer: LayerId) -> Option<OsString> {
+        let st = self.state.read();
+        let r = st.redirects.as_ref()?;
+        r.iter().find(|(l, _)| *l == layer).map(|(_, p)| p.clone())
+    }
+}
+
+/// Redirect paths as a node keeps them.
+pub fn redirects_from(v: Vec<(LayerId, OsString)>) -> Redirects {
+    (!v.is_empty()).then(|| Box::new(v))
 }
 
 /// What a lookup found, before it becomes a node.
@@ -132,11 +318,14 @@ pub struct NodeInit {
     /// inode are one object (hard links). Lower-only names are each their own object, as
     /// kernel overlayfs (index=off) breaks lower hard links on copy-up.
     pub upper_key: Option<(u64, u64)>,
+    /// The stat of the copy that is seen, when finding the object made one; the lookup
+    /// then answers with it instead of asking again.
+    pub seen: Option<Stat>,
 }
 
 pub struct NodeTable {
     nodes: DashMap<NodeId, Arc<Node>>,
-    children: DashMap<(NodeId, OsString), NodeId>,
+    children: DashMap<ChildKey, NodeId>,
     /// Next id to try for a node whose inode number is taken by another live object.
     next_synthetic: AtomicU64,
     /// Counters for giving memory back after mass forgets (see `after_removal`).
@@ -144,6 +333,9 @@ pub struct NodeTable {
     inserts: AtomicU64,
     peak: std::sync::atomic::AtomicUsize,
     dirfds: Mutex<LruCache<(NodeId, LayerId), Arc<OwnedFd>>>,
+    /// Whether a lower directory is marked as holding xattr whiteouts, so that lookups of
+    /// empty files need not ask each file for a whiteout xattr. Lower layers do not change.
+    xwhiteouts: Mutex<LruCache<(NodeId, LayerId), bool>>,
     roots: Vec<Arc<OwnedFd>>,
 }
 
@@ -169,6 +361,7 @@ impl NodeTable {
             inserts: AtomicU64::new(0),
             peak: std::sync::atomic::AtomicUsize::new(0),
             dirfds: Mutex::new(LruCache::new(NonZeroUsize::new(DIRFD_CACHE).unwrap())),
+            xwhiteouts: Mutex::new(LruCache::new(NonZeroUsize::new(DIRFD_CACHE).unwrap())),
             roots,
         };
         let root_ino = match &layers.upper {
@@ -186,7 +379,7 @@ impl NodeTable {
             root_ino,
             Loc {
                 parent: ROOT_ID,
-                name: OsString::new(),
+                name: Name::from(OsStr::new("")),
             },
             state,
         ));
@@ -207,7 +400,7 @@ impl NodeTable {
 
     /// The live node for `name` in `parent`, with one more lookup reference taken.
     pub fn lookup_cached(&self, parent: NodeId, name: &OsStr) -> Option<Arc<Node>> {
-        let id = *self.children.get(&(parent, name.to_os_string()))?;
+        let id = *self.children.get(&(parent, name) as &dyn ChildName)?;
         let n = self.nodes.get(&id)?;
         n.lookups.fetch_add(1, Ordering::Relaxed);
         Some(n.clone())
@@ -215,7 +408,7 @@ impl NodeTable {
 
     /// The live node for `name` in `parent` without taking a reference.
     pub fn peek_child(&self, parent: NodeId, name: &OsStr) -> Option<Arc<Node>> {
-        let id = *self.children.get(&(parent, name.to_os_string()))?;
+        let id = *self.children.get(&(parent, name) as &dyn ChildName)?;
         self.nodes.get(&id).map(|n| n.clone())
     }
 
@@ -226,12 +419,12 @@ impl NodeTable {
     /// as its inode number. Another object holding that number gets a synthetic id; its
     /// entry replies then carry no attribute lifetime, so the kernel asks getattr at once
     /// and learns the real `st_ino` from it.
-    pub fn insert(&self, parent: NodeId, name: &OsStr, init: NodeInit) -> Arc<Node> {
-        let loc = Loc {
+    pub fn insert(&self, parent: NodeId, name: Name, init: NodeInit) -> Arc<Node> {
+        let key = ChildKey {
             parent,
-            name: name.to_os_string(),
+            name: name.clone(),
         };
-        let key = (parent, name.to_os_string());
+        let loc = Loc { parent, name };
         let mut id = init.ino;
         if id == ROOT_ID || id == 0 {
             id = self.synthetic_id();
@@ -240,7 +433,7 @@ impl NodeTable {
             match self.nodes.entry(id) {
                 dashmap::Entry::Vacant(v) => {
                     let node = Arc::new(Node::new(id, init.kind, init.ino, loc, init.state));
-                    *node.upper_key.lock() = init.upper_key;
+                    node.set_upper_key(init.upper_key);
                     node.lookups.store(1, Ordering::Relaxed);
                     v.insert(node.clone());
                     self.children.insert(key, id);
@@ -249,18 +442,18 @@ impl NodeTable {
                 }
                 dashmap::Entry::Occupied(o) => {
                     let n = o.get().clone();
-                    let same_upper =
-                        init.upper_key.is_some() && *n.upper_key.lock() == init.upper_key;
+                    let same_upper = init.upper_key.is_some() && n.upper_key() == init.upper_key;
                     let same_object = n.kind == init.kind
                         && !n.unlinked.load(Ordering::Relaxed)
                         && (n.loc() == loc || same_upper);
                     if same_object {
                         n.lookups.fetch_add(1, Ordering::Relaxed);
                         if n.loc() != loc {
-                            let mut al = n.aliases.lock();
-                            if !al.contains(&loc) {
-                                al.push(loc.clone());
-                            }
+                            n.with_rare(|r| {
+                                if !r.aliases.contains(&loc) {
+                                    r.aliases.push(loc.clone());
+                                }
+                            });
                         }
                         drop(o);
                         self.children.insert(key, id);
@@ -279,11 +472,14 @@ impl NodeTable {
     /// Takes one more lookup reference on a node (a hard link made through the mount).
     pub fn add_link(&self, node: &Arc<Node>, parent: NodeId, name: &OsStr) {
         node.lookups.fetch_add(1, Ordering::Relaxed);
-        node.aliases.lock().push(Loc {
-            parent,
-            name: name.to_os_string(),
+        let name = Name::from(name);
+        node.with_rare(|r| {
+            r.aliases.push(Loc {
+                parent,
+                name: name.clone(),
+            })
         });
-        self.children.insert((parent, name.to_os_string()), node.id);
+        self.children.insert(ChildKey { parent, name }, node.id);
     }
 
     /// Drops `n` lookup references; the node goes when none are left.
@@ -300,11 +496,12 @@ impl NodeTable {
         });
         if let Some((_, node)) = removed {
             let loc = node.loc();
-            self.children
-                .remove_if(&(loc.parent, loc.name), |_, v| *v == id);
-            for a in node.aliases.lock().drain(..) {
-                self.children
-                    .remove_if(&(a.parent, a.name), |_, v| *v == id);
+            self.remove_child(loc.parent, &loc.name, id);
+            let aliases = node
+                .read_rare(|r| Some(r.aliases.clone()))
+                .unwrap_or_default();
+            for a in aliases {
+                self.remove_child(a.parent, &a.name, id);
             }
             self.drop_dirfds(&node);
             self.after_removal();
@@ -335,20 +532,27 @@ impl NodeTable {
         }
     }
 
+    fn remove_child(&self, parent: NodeId, name: &OsStr, id: NodeId) {
+        self.children
+            .remove_if(&(parent, name) as &dyn ChildName, |_, v| *v == id);
+    }
+
     /// Records that `name` in `parent` no longer names `node` (unlink, rmdir, or the target
     /// of a rename). Returns whether the node has no name left.
     pub fn unlink_name(&self, node: &Node, parent: NodeId, name: &OsStr) -> bool {
-        self.children
-            .remove_if(&(parent, name.to_os_string()), |_, v| *v == node.id);
-        let gone = Loc {
-            parent,
-            name: name.to_os_string(),
-        };
-        let mut al = node.aliases.lock();
-        al.retain(|l| *l != gone);
+        self.remove_child(parent, name, node.id);
         let mut loc = node.loc.write();
-        if *loc == gone {
-            if let Some(next) = al.pop() {
+        let mut rare = node.rare.lock();
+        let next = rare.as_deref_mut().and_then(|r| {
+            r.aliases.retain(|l| !l.is(parent, name));
+            if loc.is(parent, name) {
+                r.aliases.pop()
+            } else {
+                None
+            }
+        });
+        if loc.is(parent, name) {
+            if let Some(next) = next {
                 *loc = next;
                 return false;
             }
@@ -367,38 +571,45 @@ impl NodeTable {
         parent: NodeId,
         name: &OsStr,
     ) {
-        self.children
-            .remove_if(&(old_parent, old_name.to_os_string()), |_, v| *v == node.id);
-        let old = Loc {
-            parent: old_parent,
-            name: old_name.to_os_string(),
-        };
+        self.remove_child(old_parent, old_name, node.id);
         let new = Loc {
             parent,
-            name: name.to_os_string(),
+            name: Name::from(name),
         };
         {
             let mut loc = node.loc.write();
-            if *loc == old {
+            if loc.is(old_parent, old_name) {
                 *loc = new.clone();
             } else {
-                let mut al = node.aliases.lock();
-                al.retain(|l| *l != old);
-                al.push(new);
+                node.with_rare(|r| {
+                    r.aliases.retain(|l| !l.is(old_parent, old_name));
+                    r.aliases.push(new.clone());
+                });
             }
         }
-        self.children.insert((parent, name.to_os_string()), node.id);
+        self.children.insert(
+            ChildKey {
+                parent,
+                name: new.name,
+            },
+            node.id,
+        );
     }
 
     /// A name of `node` whose parent the kernel still holds, with that parent. The
     /// first-known name of a hard-linked file may sit in a directory that has since been
     /// forgotten; another name then takes its place.
-    pub fn live_parent(&self, node: &Node) -> SysResult<(Arc<Node>, OsString)> {
+    pub fn live_parent(&self, node: &Node) -> SysResult<(Arc<Node>, Name)> {
         let loc = node.loc();
         if let Ok(p) = self.get(loc.parent) {
             return Ok((p, loc.name));
         }
-        let mut al = node.aliases.lock();
+        let mut primary = node.loc.write();
+        let mut rare = node.rare.lock();
+        let al = rare
+            .as_deref_mut()
+            .map(|r| &mut r.aliases)
+            .ok_or(Errno::ESTALE)?;
         let Some((i, parent)) = al
             .iter()
             .enumerate()
@@ -407,7 +618,6 @@ impl NodeTable {
             return Err(Errno::ESTALE);
         };
         let alt = al.swap_remove(i);
-        let mut primary = node.loc.write();
         al.push(std::mem::replace(&mut *primary, alt.clone()));
         Ok((parent, alt.name))
     }
@@ -416,7 +626,7 @@ impl NodeTable {
     /// lower layer it starts from the nearest ancestor (or the node) that a redirect put
     /// elsewhere there; the flag tells whether one did.
     fn path_in(&self, node: &Node, layer: LayerId) -> SysResult<(OsString, bool)> {
-        let mut parts: Vec<OsString> = Vec::new();
+        let mut parts: Vec<Name> = Vec::new();
         let mut base: Option<OsString> = None;
         let mut next: Option<Arc<Node>> = None;
         loop {
@@ -425,8 +635,8 @@ impl NodeTable {
                 break;
             }
             if layer != UPPER {
-                if let Some((_, p)) = cur.state.read().redirects.iter().find(|(l, _)| *l == layer) {
-                    base = Some(p.clone());
+                if let Some(p) = cur.redirect_in(layer) {
+                    base = Some(p);
                     break;
                 }
             }
@@ -476,6 +686,16 @@ impl NodeTable {
         Ok(fd)
     }
 
+    /// Whether directory `node`, reached in lower `layer` as `dir`, holds xattr whiteouts.
+    pub fn lower_xwhiteouts(&self, node: &Node, layer: LayerId, dir: BorrowedFd<'_>) -> bool {
+        if let Some(v) = self.xwhiteouts.lock().get(&(node.id, layer)) {
+            return *v;
+        }
+        let v = whiteout::dir_has_xwhiteouts(dir);
+        self.xwhiteouts.lock().put((node.id, layer), v);
+        v
+    }
+
     /// Forgets cached fds of a directory that went away or changed layers.
     pub fn drop_dirfds(&self, node: &Node) {
         if !node.is_dir() {
@@ -483,9 +703,10 @@ impl NodeTable {
         }
         let st = node.state();
         let mut c = self.dirfds.lock();
-        c.pop(&(node.id, UPPER));
-        for l in st.lowers {
+        let mut x = self.xwhiteouts.lock();
+        for l in std::iter::once(UPPER).chain(st.lowers.iter().copied()) {
             c.pop(&(node.id, l));
+            x.pop(&(node.id, l));
         }
     }
 }
@@ -496,17 +717,15 @@ impl Node {
             id,
             kind,
             ino,
+            misses: std::sync::atomic::AtomicU32::new(0),
             loc: RwLock::new(loc),
-            aliases: Mutex::new(Vec::new()),
             state: RwLock::new(state),
             lookups: AtomicU64::new(0),
+            upper_key: Mutex::new((0, 0)),
             copy_lock: Mutex::new(()),
             dir_lock: Mutex::new(()),
-            merged: Mutex::new(None),
-            detached: Mutex::new(None),
             unlinked: AtomicBool::new(false),
-            misses: std::sync::atomic::AtomicU32::new(0),
-            upper_key: Mutex::new(None),
+            rare: Mutex::new(None),
         }
     }
 }
@@ -520,3 +739,7 @@ impl std::fmt::Debug for Node {
             .finish()
     }
 }
+
+// Every live object of the mount has a node; a big directory walked by `find` makes
+// hundreds of thousands. Keep one within the 176-byte allocation its `Arc` fits.
+const _: () = assert!(std::mem::size_of::<Node>() <= 152);

@@ -32,6 +32,23 @@ pub struct Entry {
     pub kind: u32,
     /// The inode number shown as `d_ino` (equal to the entry's `st_ino`).
     pub ino: u64,
+    /// The layer whose copy is seen (for a directory: the highest of those merged).
+    /// Lookups of lower non-directories use it to reach the copy with one stat.
+    pub layer: LayerId,
+    /// The name's highest lower copy is a real object: removing it needs a whiteout.
+    lower_positive: bool,
+}
+
+impl Entry {
+    /// An entry made by a change through the mount, which always lands in the upper layer.
+    pub fn upper(kind: u32, ino: u64) -> Entry {
+        Entry {
+            kind,
+            ino,
+            layer: UPPER,
+            lower_positive: false,
+        }
+    }
 }
 
 /// One line of a listing, as readdir returns it.
@@ -49,9 +66,12 @@ pub type Name = Arc<OsStr>;
 #[derive(Default)]
 struct Inner {
     entries: HashMap<Name, Entry>,
-    /// Names whose highest lower copy is a real object: removing them needs a whiteout.
+    /// Names not shown now whose highest lower copy is a real object (shown ones carry
+    /// that in their entry): removing or replacing them needs a whiteout.
     lower_positive: HashSet<Name>,
-    listing: Option<Arc<Vec<Listed>>>,
+    /// The sorted listing while some open handle still reads it; sorted again after that,
+    /// rather than kept beside the map for good.
+    listing: std::sync::Weak<Vec<Listed>>,
 }
 
 pub struct MergedDir {
@@ -63,6 +83,17 @@ impl MergedDir {
         self.inner.read().entries.contains_key(name)
     }
 
+    pub fn get(&self, name: &OsStr) -> Option<Entry> {
+        self.inner.read().entries.get(name).copied()
+    }
+
+    /// The entry's object was copied up: its upper copy is the one seen from now on.
+    pub fn copied_up(&self, name: &OsStr) {
+        if let Some(e) = self.inner.write().entries.get_mut(name) {
+            e.layer = UPPER;
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.inner.read().entries.len()
     }
@@ -72,34 +103,50 @@ impl MergedDir {
     }
 
     pub fn lower_positive(&self, name: &OsStr) -> bool {
-        self.inner.read().lower_positive.contains(name)
+        let i = self.inner.read();
+        match i.entries.get(name) {
+            Some(e) => e.lower_positive,
+            None => i.lower_positive.contains(name),
+        }
     }
 
     /// A name now exists (create, mkdir, rename target, ...).
-    pub fn insert(&self, name: &OsStr, e: Entry) {
+    pub fn insert(&self, name: &OsStr, mut e: Entry) {
         let mut i = self.inner.write();
-        let name = match i.lower_positive.get(name) {
-            Some(n) => n.clone(),
+        i.listing = Default::default();
+        if let Some(old) = i.entries.get_mut(name) {
+            e.lower_positive = old.lower_positive;
+            *old = e;
+            return;
+        }
+        let name = match i.lower_positive.take(name) {
+            Some(n) => {
+                e.lower_positive = true;
+                n
+            }
             None => Name::from(name),
         };
         i.entries.insert(name, e);
-        i.listing = None;
     }
 
     /// A name is gone.
     pub fn remove(&self, name: &OsStr) {
         let mut i = self.inner.write();
-        i.entries.remove(name);
-        i.listing = None;
+        i.listing = Default::default();
+        if let Some((n, e)) = i.entries.remove_entry(name) {
+            if e.lower_positive {
+                i.lower_positive.insert(n);
+            }
+        }
     }
 
     /// The sorted listing; shared until the next change.
     pub fn listing(&self) -> Arc<Vec<Listed>> {
-        if let Some(l) = self.inner.read().listing.clone() {
+        if let Some(l) = self.inner.read().listing.upgrade() {
             return l;
         }
         let mut i = self.inner.write();
-        if let Some(l) = i.listing.clone() {
+        if let Some(l) = i.listing.upgrade() {
             return l;
         }
         let mut v: Vec<Listed> = i
@@ -113,15 +160,39 @@ impl MergedDir {
             .collect();
         v.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         let l = Arc::new(v);
-        i.listing = Some(l.clone());
+        i.listing = Arc::downgrade(&l);
         l
+    }
+}
+
+/// What one open directory handle reads: `.` and `..` (offsets 0 and 1), then the
+/// listing as it was when reading started at offset 0.
+pub struct DirSnapshot {
+    dots: [Listed; 2],
+    entries: Arc<Vec<Listed>>,
+}
+
+impl DirSnapshot {
+    /// The entries from index `offset` on, each with the offset of the entry after it.
+    pub fn from(&self, offset: u64) -> impl Iterator<Item = (u64, &Listed)> {
+        self.dots
+            .iter()
+            .chain(self.entries.iter())
+            .enumerate()
+            .skip(offset.try_into().unwrap_or(usize::MAX))
+            .map(|(i, e)| (i as u64 + 1, e))
+    }
+
+    /// Whether the entry at `offset - 1`, as `from` yields it, is `.` or `..`.
+    pub fn is_dot(next: u64) -> bool {
+        next <= 2
     }
 }
 
 /// An open directory: its node and the snapshot being read.
 pub struct DirHandle {
     pub node: Arc<Node>,
-    snapshot: Mutex<Option<Arc<Vec<Listed>>>>,
+    snapshot: Mutex<Option<Arc<DirSnapshot>>>,
 }
 
 fn dtype_kind(dt: u8) -> Option<u32> {
@@ -140,17 +211,17 @@ fn dtype_kind(dt: u8) -> Option<u32> {
 impl Overlay {
     /// The merged listing of directory `node`, built on first use.
     pub fn merged_dir(&self, node: &Arc<Node>) -> SysResult<Arc<MergedDir>> {
-        if let Some(m) = node.merged.lock().clone() {
+        if let Some(m) = node.merged() {
             return Ok(m);
         }
         // Built under the directory lock, so no create or unlink in this directory can
         // happen between reading the layers and publishing the result.
         let _g = node.dir_lock.lock();
-        if let Some(m) = node.merged.lock().clone() {
+        if let Some(m) = node.merged() {
             return Ok(m);
         }
         let m = Arc::new(self.build_merged(node)?);
-        *node.merged.lock() = Some(m.clone());
+        node.set_merged(Some(m.clone()));
         self.remember_merged(node, m.len());
         Ok(m)
     }
@@ -179,7 +250,7 @@ impl Overlay {
         }
         for id in victims {
             if let Ok(n) = self.node(id) {
-                *n.merged.lock() = None;
+                n.set_merged(None);
             }
         }
     }
@@ -274,7 +345,15 @@ impl Overlay {
                         }
                     }
                 }
-                inner.entries.insert(name, Entry { kind, ino });
+                inner.entries.insert(
+                    name,
+                    Entry {
+                        kind,
+                        ino,
+                        layer,
+                        lower_positive: false,
+                    },
+                );
             }
             for h in markers {
                 if is_lower {
@@ -285,6 +364,20 @@ impl Overlay {
                 }
             }
         }
+        // Shown names keep their lower-positive mark in their entry; the set keeps the rest.
+        let Inner {
+            entries,
+            lower_positive,
+            ..
+        } = &mut inner;
+        lower_positive.retain(|n| match entries.get_mut(n) {
+            Some(e) => {
+                e.lower_positive = true;
+                false
+            }
+            None => true,
+        });
+        lower_positive.shrink_to_fit();
         // Objects the kernel already knows keep the number it has seen.
         for (name, e) in inner.entries.iter_mut() {
             if let Some(n) = self.nodes.peek_child(node.id, name) {
@@ -323,7 +416,7 @@ impl Overlay {
 
     /// The listing of an open directory from index `offset`: `.` and `..` are indexes 0
     /// and 1. Returns the snapshot; entry `i` has the next offset `i + 1`.
-    pub fn readdir(&self, fh: u64, offset: u64) -> SysResult<Arc<Vec<Listed>>> {
+    pub fn readdir(&self, fh: u64, offset: u64) -> SysResult<Arc<DirSnapshot>> {
         let h = self.dirs.get(&fh).map(|h| h.clone()).ok_or(Errno::EBADF)?;
         let mut snap = h.snapshot.lock();
         if offset == 0 || snap.is_none() {
@@ -336,21 +429,17 @@ impl Overlay {
                     .map(|p| p.ino)
                     .unwrap_or(h.node.ino)
             };
-            let mut v = Vec::with_capacity(listing.len() + 2);
-            v.push(Listed {
-                name: Name::from(OsStr::new(".")),
+            let dot = |name: &str, ino| Listed {
+                name: Name::from(OsStr::new(name)),
                 kind: libc::S_IFDIR,
-                ino: h.node.ino,
-            });
-            v.push(Listed {
-                name: Name::from(OsStr::new("..")),
-                kind: libc::S_IFDIR,
-                ino: parent_ino,
-            });
-            v.extend(listing.iter().cloned());
-            *snap = Some(Arc::new(v));
+                ino,
+            };
+            *snap = Some(Arc::new(DirSnapshot {
+                dots: [dot(".", h.node.ino), dot("..", parent_ino)],
+                entries: listing,
+            }));
         }
-        Ok(snap.clone().unwrap_or_default())
+        snap.clone().ok_or(Errno::EIO)
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -80,9 +80,8 @@ fn names(ovl: &Overlay, id: u64) -> Vec<String> {
     let fh = ovl.opendir(id).unwrap();
     let l = ovl.readdir(fh, 0).unwrap();
     ovl.releasedir(fh);
-    l.iter()
-        .skip(2)
-        .map(|e| e.name.to_string_lossy().into_owned())
+    l.from(2)
+        .map(|(_, e)| e.name.to_string_lossy().into_owned())
         .collect()
 }
 
@@ -737,4 +736,57 @@ fn creating_after_misses_in_merged_dirs_does_not_deadlock() {
     rx.recv_timeout(std::time::Duration::from_secs(20))
         .expect("creates in a merged directory hang (or failed)");
     assert_eq!(names(&ovl, d.id).len(), 11);
+}
+
+#[test]
+fn lookups_answered_from_a_listing_see_copy_ups_and_whiteouts() {
+    // Once a directory is listed, lookups of lower files use the layer the listing
+    // recorded. A file copied up (then forgotten by the kernel) must come back as its
+    // upper copy, a removed one must stay removed, and an upper file must win.
+    let f = Fixture::new(2);
+    f.write("l1/d/a", "lower a");
+    f.write("l1/d/b", "lower b");
+    f.write("l0/d/c", "l0 c");
+    f.write("l1/d/c", "l1 c, hidden");
+    let ovl = f.overlay(2);
+    let (d, _) = ovl.lookup(ROOT_ID, OsStr::new("d")).unwrap();
+    assert_eq!(names(&ovl, d.id), ["a", "b", "c"]);
+
+    let (a, before) = ovl.lookup(d.id, OsStr::new("a")).unwrap();
+    assert_eq!(before.size, 7);
+    let fh = ovl.open(&ctx(), a.id, libc::O_WRONLY).unwrap();
+    ovl.write(&ctx(), fh, 7, b" and more").unwrap();
+    ovl.release(fh);
+    ovl.forget(a.id, 1);
+    assert_eq!(
+        ovl.nodes.peek_child(d.id, OsStr::new("a")).map(|n| n.id),
+        None
+    );
+    let (a, after) = ovl.lookup(d.id, OsStr::new("a")).unwrap();
+    assert!(a.is_upper(), "the upper copy is the one found");
+    assert_eq!(after.size, 16);
+    assert_eq!(after.ino, before.ino);
+
+    let (c, ca) = ovl.lookup(d.id, OsStr::new("c")).unwrap();
+    assert_eq!(ca.size, 4, "the highest lower copy");
+    assert_eq!(c.state().lowers.first().copied(), Some(1));
+
+    ovl.unlink(d.id, OsStr::new("b")).unwrap();
+    assert_eq!(
+        ovl.lookup(d.id, OsStr::new("b")).unwrap_err(),
+        Errno::ENOENT
+    );
+    // Created again, then removed again: the lower copy still needs hiding.
+    let (_, _, fh) = ovl
+        .create(&ctx(), d.id, OsStr::new("b"), 0o644, libc::O_WRONLY)
+        .unwrap();
+    ovl.release(fh);
+    ovl.unlink(d.id, OsStr::new("b")).unwrap();
+    assert_eq!(
+        ovl.lookup(d.id, OsStr::new("b")).unwrap_err(),
+        Errno::ENOENT
+    );
+    let wh = std::fs::symlink_metadata(f.p("upper/d/b")).unwrap();
+    assert!(wh.file_type().is_char_device());
+    assert_eq!(names(&ovl, d.id), ["a", "c"]);
 }

@@ -34,11 +34,19 @@ pub fn is_whiteout_stat(st: &Stat) -> bool {
 /// whiteout xattr. It counts only inside a directory marked `opaque=x` (see
 /// `dir_has_xwhiteouts`), as in the kernel.
 pub fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> bool {
-    fs::ifmt(st.st_mode) == libc::S_IFREG
-        && st.st_size == 0
-        && WHITEOUT_XATTRS
-            .iter()
-            .any(|a| xattr::get(dir, name, a, &mut []).is_ok())
+    may_be_xattr_whiteout(st) && has_whiteout_xattr(dir, name)
+}
+
+/// Whether the stat result has the shape of an xattr whiteout (an empty regular file).
+pub fn may_be_xattr_whiteout(st: &Stat) -> bool {
+    fs::ifmt(st.st_mode) == libc::S_IFREG && st.st_size == 0
+}
+
+/// Whether `name` in `dir` carries the whiteout xattr.
+pub fn has_whiteout_xattr(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
+    WHITEOUT_XATTRS
+        .iter()
+        .any(|a| xattr::get(dir, name, a, &mut []).is_ok())
 }
 
 /// Whether the layer directory `dir` is marked as holding xattr whiteouts (`opaque=x`).

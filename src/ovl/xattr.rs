@@ -10,7 +10,7 @@ use super::layers::LayerId;
 use super::node::{Node, ROOT_ID};
 use super::{Ctx, Errno, Overlay, SysResult};
 use crate::sys::{fs, xattr};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
@@ -57,9 +57,9 @@ impl Overlay {
         &self,
         node: &Node,
         layer: LayerId,
-    ) -> SysResult<(Arc<OwnedFd>, OsString)> {
+    ) -> SysResult<(Arc<OwnedFd>, super::readdir::Name)> {
         if node.id == ROOT_ID {
-            return Ok((self.nodes.dir_fd(node, layer)?, OsString::from(".")));
+            return Ok((self.nodes.dir_fd(node, layer)?, OsStr::new(".").into()));
         }
         self.parent_fd(node, layer)
     }
