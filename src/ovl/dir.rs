@@ -164,7 +164,10 @@ impl Overlay {
         }
         self.copy_up(&parent, true)?;
         let _g = parent.dir_lock.lock();
-        self.require_absent(&parent, name)?;
+        // In a directory with no lower part, the upper entry (checked next) is all there is.
+        if parent.has_lowers() {
+            self.require_absent(&parent, name)?;
+        }
         let upfd = self.nodes.dir_fd(&parent, UPPER)?;
         let upfd = upfd.as_fd();
         let upper_whiteout = match fs::fstatat(upfd, name) {
@@ -220,35 +223,41 @@ impl Overlay {
             w => w,
         };
 
-        let finish = |dir: BorrowedFd<'_>, n: &OsStr| -> SysResult<()> {
-            if kept {
-                let o = OverrideStat {
-                    uid,
-                    gid,
-                    mode: kind | (perm & 0o7777),
-                    rdev: Some(what.rdev()),
-                };
-                if !self.write_override(dir, n, &o, kind)? {
-                    kept_by_chown(dir, n, uid, gid)?;
+        // `fd`: the new object's own, for a regular file (spares a lookup by name).
+        let finish =
+            |dir: BorrowedFd<'_>, n: &OsStr, fd: Option<BorrowedFd<'_>>| -> SysResult<()> {
+                if kept {
+                    let o = OverrideStat {
+                        uid,
+                        gid,
+                        mode: kind | (perm & 0o7777),
+                        rdev: Some(what.rdev()),
+                    };
+                    if !self.write_override(dir, n, &o, kind)? {
+                        kept_by_chown(dir, n, uid, gid)?;
+                    }
+                } else {
+                    let chown = match fd {
+                        Some(fd) => fs::fchown(fd, uid, gid),
+                        None => fs::fchownat(dir, n, Some(uid), Some(gid)),
+                    };
+                    match chown {
+                        Err(e) if own.squashed() => log::debug!("new file keeps its owner: {e:?}"),
+                        other => other?,
+                    }
+                    // chown clears set-user/group-ID bits; put them back. The permission bits
+                    // stay as the upper filesystem made them: a default ACL may have narrowed
+                    // them.
+                    if kind != libc::S_IFLNK && perm & 0o7000 != 0 {
+                        let now = fs::fstatat(dir, n)?.st_mode & 0o777;
+                        fs::fchmodat(dir, n, now | (perm & 0o7000))?;
+                    }
                 }
-            } else {
-                match fs::fchownat(dir, n, Some(uid), Some(gid)) {
-                    Err(e) if own.squashed() => log::debug!("new file keeps its owner: {e:?}"),
-                    other => other?,
+                if opaque {
+                    whiteout::set_opaque(dir, n, self.layers.xattr_prefix)?;
                 }
-                // chown clears set-user/group-ID bits; put them back. The permission bits
-                // stay as the upper filesystem made them: a default ACL may have narrowed
-                // them.
-                if kind != libc::S_IFLNK && perm & 0o7000 != 0 {
-                    let now = fs::fstatat(dir, n)?.st_mode & 0o777;
-                    fs::fchmodat(dir, n, now | (perm & 0o7000))?;
-                }
-            }
-            if opaque {
-                whiteout::set_opaque(dir, n, self.layers.xattr_prefix)?;
-            }
-            Ok(())
-        };
+                Ok(())
+            };
 
         // Over a marker the new object is built in the workdir and swapped in atomically;
         // elsewhere it is made in place (the opaque mark of a plain new directory is only
@@ -259,7 +268,7 @@ impl Overlay {
             let res = stored
                 .make(work, &tmp, self.real_perm(perm, kind))
                 .and_then(|f| {
-                    finish(work, &tmp)?;
+                    finish(work, &tmp, f.as_ref().map(|f| f.as_fd()))?;
                     if upper_whiteout {
                         fs::renameat2(work, &tmp, upfd, name, fs::RENAME_EXCHANGE)?;
                     } else {
@@ -272,7 +281,7 @@ impl Overlay {
             res?
         } else {
             let f = stored.make(upfd, name, self.real_perm(perm, kind))?;
-            if let Err(e) = finish(upfd, name) {
+            if let Err(e) = finish(upfd, name, f.as_ref().map(|f| f.as_fd())) {
                 let _ = fs::unlinkat(upfd, name, kind == libc::S_IFDIR);
                 return Err(e);
             }
@@ -283,7 +292,10 @@ impl Overlay {
             // The new object (opaque, if a directory) hides what the marker hid.
             let _ = fs::unlinkat(upfd, &whiteout::oci_marker_for(name), false);
         }
-        let st = fs::fstatat(upfd, name)?;
+        let st = match &file {
+            Some(f) => fs::fstat(f.as_fd())?,
+            None => fs::fstatat(upfd, name)?,
+        };
         let ino = self.layers.ino.map(st.st_dev, st.st_ino);
         let upper_key = (kind != libc::S_IFDIR).then_some((st.st_dev, st.st_ino));
         let init = NodeInit {

@@ -201,6 +201,10 @@ impl Overlay {
             Target::Fd(self.nodes.dir_fd(&node, UPPER)?)
         } else if unlinked {
             Target::Fd(node.detached().ok_or(Errno::ENOENT)?)
+        } else if let (Some(h), None) = (&handle, self.upper_override()) {
+            // fchown, fchmod and futimens through the caller's own open file: no lookup of
+            // its name (owners kept in an xattr are written by name, below).
+            Target::Fd(h.fd())
         } else {
             let (pfd, name) = self.parent_fd(&node, UPPER)?;
             Target::Name(pfd, name)

@@ -287,8 +287,9 @@ impl Overlay {
                     }
                     dir = Some((state, ino, st));
                 }
+                // A marker hides lower copies: with no lower layer there is none to hide.
                 Err(Errno::ENOENT) => {
-                    if self.oci_hidden(pfd.as_fd(), name) {
+                    if ps.lowers.is_empty() || self.oci_hidden(pfd.as_fd(), name) {
                         return Ok(Found::Missing);
                     }
                 }

@@ -790,3 +790,42 @@ fn lookups_answered_from_a_listing_see_copy_ups_and_whiteouts() {
     assert!(wh.file_type().is_char_device());
     assert_eq!(names(&ovl, d.id), ["a", "c"]);
 }
+
+#[test]
+fn create_over_a_whiteout_in_an_opaque_directory_replaces_it() {
+    // An opaque upper directory merges nothing, so creation there skips the merged-view
+    // check; a whiteout left inside it must still be replaced, not refused.
+    let f = Fixture::new(1);
+    f.write("l0/d/x", "lower");
+    std::fs::create_dir_all(f.p("upper/d")).unwrap();
+    whiteout(&f.p("upper/d/x"));
+    let d = std::fs::File::open(f.p("upper")).unwrap();
+    crate::sys::xattr::set(
+        d.as_fd(),
+        OsStr::new("d"),
+        "trusted.overlay.opaque",
+        b"y",
+        0,
+    )
+    .unwrap();
+    let ovl = f.overlay(1);
+    let (dn, _) = ovl.lookup(ROOT_ID, OsStr::new("d")).unwrap();
+    assert!(!dn.has_lowers(), "opaque: no lower part");
+    assert_eq!(
+        ovl.lookup(dn.id, OsStr::new("x")).unwrap_err(),
+        Errno::ENOENT
+    );
+    let (_, _, fh) = ovl
+        .create(&ctx(), dn.id, OsStr::new("x"), 0o640, libc::O_WRONLY)
+        .unwrap();
+    ovl.write(&ctx(), fh, 0, b"new").unwrap();
+    ovl.release(fh);
+    assert_eq!(std::fs::read(f.p("upper/d/x")).unwrap(), b"new");
+    assert_eq!(
+        ovl.create(&ctx(), dn.id, OsStr::new("x"), 0o640, libc::O_WRONLY)
+            .map(|_| ())
+            .unwrap_err(),
+        Errno::EEXIST
+    );
+    assert_eq!(names(&ovl, dn.id), ["x"]);
+}

@@ -303,24 +303,33 @@ pub fn openat_as_owner(dir: BorrowedFd<'_>, name: &OsStr, flags: i32) -> SysResu
     }
 }
 
-/// chmod of what an (`O_PATH`) fd refers to, through its /proc link, without opening it.
+/// chmod of what `fd` refers to: directly for an open file, through its /proc link for an
+/// `O_PATH` fd (which fchmod refuses with EBADF), never opening anything.
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
+    match check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }) {
+        Err(Errno::EBADF) => {}
+        other => return other.map(drop),
+    }
     let p = proc_fd(fd)?;
     check(unsafe { libc::fchmodat(libc::AT_FDCWD, p.as_ptr(), mode as libc::mode_t, 0) }).map(drop)
 }
 
-/// Sets times of what an (`O_PATH`) fd refers to, through its /proc link; `None` omits.
+/// Sets times of what `fd` refers to (an `O_PATH` fd through its /proc link); `None` omits.
 pub fn utimens_fd(
     fd: BorrowedFd<'_>,
     atime: Option<libc::timespec>,
     mtime: Option<libc::timespec>,
 ) -> SysResult<()> {
-    let p = proc_fd(fd)?;
     let omit = libc::timespec {
         tv_sec: 0,
         tv_nsec: libc::UTIME_OMIT,
     };
     let ts = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
+    match check(unsafe { libc::futimens(fd.as_raw_fd(), ts.as_ptr()) }) {
+        Err(Errno::EBADF) => {}
+        other => return other.map(drop),
+    }
+    let p = proc_fd(fd)?;
     check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), 0) }).map(drop)
 }
 

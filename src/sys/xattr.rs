@@ -211,46 +211,21 @@ pub fn split_names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
     list.split(|b| *b == 0).filter(|s| !s.is_empty())
 }
 
-fn proc_fd_path(fd: BorrowedFd<'_>) -> SysResult<CString> {
-    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|_| Errno::EINVAL)
-}
+/// The directory itself, named relative to its own fd: `.` resolves to it through the
+/// `*xattrat` calls (no walk through /proc) and through `/proc/self/fd/N/.` alike.
+const SELF: &str = ".";
 
 /// Sets an attribute on the directory an (`O_PATH`) fd refers to.
 pub fn set_on_dir(dir: BorrowedFd<'_>, attr: &str, value: &[u8]) -> SysResult<()> {
-    let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
-    let p = proc_fd_path(dir)?;
-    check(unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            a.as_ptr(),
-            value.as_ptr() as *const _,
-            value.len(),
-            0,
-        )
-    })
-    .map(drop)
+    set(dir, OsStr::new(SELF), attr, value, 0)
 }
 
 /// Reads an attribute of the directory an (`O_PATH`) fd refers to.
 pub fn get_on_dir(dir: BorrowedFd<'_>, attr: &str) -> SysResult<Vec<u8>> {
-    let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
-    let p = proc_fd_path(dir)?;
-    let mut buf = vec![0u8; 256];
-    let n = check_size(unsafe {
-        libc::getxattr(
-            p.as_ptr(),
-            a.as_ptr(),
-            buf.as_mut_ptr() as *mut _,
-            buf.len(),
-        )
-    })?;
-    buf.truncate(n);
-    Ok(buf)
+    get_vec(dir, OsStr::new(SELF), attr)
 }
 
 /// Removes an attribute of the directory an (`O_PATH`) fd refers to.
 pub fn remove_on_dir(dir: BorrowedFd<'_>, attr: &str) -> SysResult<()> {
-    let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
-    let p = proc_fd_path(dir)?;
-    check(unsafe { libc::removexattr(p.as_ptr(), a.as_ptr()) }).map(drop)
+    remove(dir, OsStr::new(SELF), attr)
 }
