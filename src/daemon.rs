@@ -159,6 +159,7 @@ fn serve(
         }
     };
     let _ = notifier.set(session.notifier());
+    process::raise_readahead(mnt, crate::fuse::MAX_READAHEAD >> 10);
     if let Some(mut w) = ready.take() {
         let _ = w.write_all(&[0]);
         drop(w);

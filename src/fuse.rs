@@ -24,6 +24,10 @@ pub struct OvlFs {
     pt: crate::passthrough::Passthrough,
 }
 
+/// Read-ahead asked for at init; the daemon raises the mount's window to it after mounting
+/// (see `sys::process::raise_readahead`).
+pub const MAX_READAHEAD: u32 = 1 << 20;
+
 /// Where the session's notifier goes once the session exists (it is made after the
 /// filesystem value has been handed to it).
 pub type NotifierSlot = Arc<OnceLock<fuser::Notifier>>;
@@ -229,7 +233,7 @@ impl Filesystem for OvlFs {
             }
         }
         let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_readahead(MAX_READAHEAD);
         let _ = config.set_max_background(64);
         Ok(())
     }
@@ -421,10 +425,21 @@ impl Filesystem for OvlFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.ovl.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(err(e)),
+        thread_local! {
+            // One read buffer per serving thread: a fresh zeroed megabyte per request
+            // cost more than the copy it holds.
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        BUF.with_borrow_mut(|buf| {
+            if buf.len() < size as usize {
+                buf.resize(size as usize, 0);
+            }
+            let buf = &mut buf[..size as usize];
+            match self.ovl.read_into(fh.0, offset, buf) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(err(e)),
+            }
+        });
     }
 
     fn write(

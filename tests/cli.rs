@@ -1554,3 +1554,27 @@ fn source_directory_names_the_layers_when_options_do_not() {
     );
     assert!(!is_fuse_mounted(&mnt));
 }
+
+#[test]
+fn mount_raises_the_read_ahead_window_to_one_mib() {
+    if !fuse_available() {
+        return;
+    }
+    // The kernel caps what FUSE init asks for at 128 KiB; the daemon raises its mount's
+    // window itself (root only), so that reads of lower files come in 1 MiB requests.
+    let sc = Scratch::new("cli-readahead");
+    let (st, g) = mount_simple(&sc);
+    let dev = fs::metadata(&st.mnt).unwrap().dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    let kb: u32 = fs::read_to_string(&knob)
+        .unwrap_or_else(|e| panic!("read {knob}: {e}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(kb >= 1024, "{knob} is {kb}");
+    g.unmount();
+}

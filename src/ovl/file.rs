@@ -192,9 +192,17 @@ impl Overlay {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {
+        let mut buf = vec![0u8; size as usize];
+        let n = self.read_into(fh, offset, &mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// Reads into `buf` from `offset`, filling it unless the file ends first; returns the
+    /// length read. Callers reuse one buffer across reads.
+    pub fn read_into(&self, fh: u64, offset: u64, buf: &mut [u8]) -> SysResult<usize> {
         let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
         let fd = self.read_fd(&h)?;
-        let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
             let n = fs::pread(fd.as_fd(), &mut buf[done..], offset + done as u64)?;
@@ -203,8 +211,7 @@ impl Overlay {
             }
             done += n;
         }
-        buf.truncate(done);
-        Ok(buf)
+        Ok(done)
     }
 
     /// After a write by an unprivileged caller: clear set-user-ID, and set-group-ID where
