@@ -784,5 +784,12 @@ impl Filesystem for OvlFs {
         if self.debug {
             debug!("destroy: {} nodes live", self.ovl.nodes.live_count());
         }
+        // The session is over. If the kernel ended the connection (umount, fusermount3 -u,
+        // an abort), leave now: fuser 0.18 would next unmount the mount point by its path,
+        // and a new mount made there meanwhile (a container restarted at once) would be
+        // the one unmounted. When the connection is still up, fuser's unmount is right.
+        if crate::sys::process::fuse_connection_gone() {
+            std::process::exit(0);
+        }
     }
 }

@@ -1578,3 +1578,35 @@ fn mount_raises_the_read_ahead_window_to_one_mib() {
     assert!(kb >= 1024, "{knob} is {kb}");
     g.unmount();
 }
+
+#[test]
+fn an_exiting_daemon_leaves_a_new_mount_at_its_mount_point_alone() {
+    if !fuse_available() {
+        return;
+    }
+    // A daemon with many layers takes a moment to exit after its unmount (each layer is
+    // a private mount clone to release). A new overlay mounted at the same place in that
+    // moment (a container restarted at once) must survive the old daemon's exit: fuser
+    // 0.18 unmounts by path on its way out unless the daemon leaves first.
+    let sc = Scratch::new("cli-remount");
+    let old = Stack::new_at(&sc.root.join("old"), 200);
+    let new = simple_stack_at(&sc.root.join("new"));
+    let g_old = mount_ovlfuse(&old, &[]);
+    let old_pid = g_old.pid().expect("daemon of the first mount");
+    let o = Command::new("umount").arg(&old.mnt).output().unwrap();
+    assert!(o.status.success(), "umount: {}", stderr_of(&o));
+    g_old.forget();
+    let opts = new.full_opts();
+    let g_new = mount_ovlfuse_args(&["-o", &opts, &s(&old.mnt)], &old.mnt);
+    assert!(
+        wait_pid_exit(old_pid, Duration::from_secs(10)),
+        "the first daemon did not exit"
+    );
+    assert!(
+        is_fuse_mounted(&old.mnt),
+        "the new mount at {:?} went away when the old daemon exited",
+        old.mnt
+    );
+    check_simple_view(&old.mnt);
+    g_new.unmount();
+}

@@ -128,12 +128,10 @@ fn mount_dev(mnt: &Path) -> Option<String> {
     let mnt = std::fs::canonicalize(mnt).ok()?;
     let want = escape_mountinfo(&mnt.to_string_lossy());
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines()
-        .rev()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.get(4) == Some(&want.as_str())).then(|| f.get(2).map(|d| d.to_string()))?
-        })
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&want.as_str())).then(|| f.get(2).map(|d| d.to_string()))?
+    })
 }
 
 /// A path as mountinfo writes it: space, tab, newline and backslash in octal escapes.
@@ -146,4 +144,32 @@ fn escape_mountinfo(p: &str) -> String {
         }
     }
     out
+}
+
+/// Whether this process's FUSE connection has ended: its /dev/fuse fd polls POLLERR, as
+/// libfuse checks before unmounting. `false` when no such fd is open.
+pub fn fuse_connection_gone() -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    for e in dir.flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        if target != Path::new("/dev/fuse") {
+            continue;
+        }
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let mut p = libc::pollfd {
+            fd,
+            events: 0,
+            revents: 0,
+        };
+        if unsafe { libc::poll(&mut p, 1, 0) } == 1 && p.revents & libc::POLLERR != 0 {
+            return true;
+        }
+    }
+    false
 }
