@@ -82,7 +82,13 @@ impl Overlay {
                 }
             }
         }
-        if let Some(m) = p.merged() {
+        // In a deep stack a probe may stat hundreds of layers; the listing costs about as
+        // much once and then answers every name.
+        let listing = match p.merged() {
+            None if p.state.read().lowers.len() >= DEEP_STACK => self.merged_dir(&p).ok(),
+            m => m,
+        };
+        if let Some(m) = listing {
             match m.get(name) {
                 None => return Err(Errno::ENOENT),
                 Some(e) if e.layer != UPPER && e.kind != libc::S_IFDIR => {
@@ -164,21 +170,21 @@ impl Overlay {
         }
     }
 
-    /// A miss probed every layer of `parent`. Deep stacks then build the merged listing
-    /// (about the cost of one more miss), so later misses there are answered from it at
-    /// once instead of by one probe per layer.
+    /// A miss probed every layer of `parent`. A directory with a few misses then builds
+    /// its merged listing (if its layers' directories are small enough to list at about
+    /// the cost of a few misses), so later misses there are answered from it at once
+    /// instead of by one probe per layer. (Deep stacks build it before the first probe.)
     fn after_miss(&self, parent: &Arc<Node>) {
         let st = parent.state();
         if st.lowers.is_empty() {
             return;
         }
-        let build = st.lowers.len() >= DEEP_STACK
-            || (parent
-                .misses
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1
-                == MISSES_BEFORE_LISTING
-                && self.layer_dirs_bytes(parent, &st) <= LISTABLE_DIR_BYTES);
+        let build = parent
+            .misses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+            == MISSES_BEFORE_LISTING
+            && self.layer_dirs_bytes(parent, &st) <= LISTABLE_DIR_BYTES;
         if build {
             let _ = self.merged_dir(parent);
         }
