@@ -172,6 +172,11 @@ fn serve(
         .name("signals".into())
         .spawn(move || {
             let sig = process::wait_term_signal();
+            // Already unmounted: unmounting by path now could hit a newer mount there (see
+            // `OvlFs::destroy`).
+            if process::fuse_connection_gone() {
+                std::process::exit(0);
+            }
             log::info!("signal {sig}: unmounting {}", mnt_owned.display());
             if unmounter.unmount().is_err() {
                 let _ = process::umount_detach(&mnt_owned);
