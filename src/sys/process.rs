@@ -1,4 +1,5 @@
-//! Process-level calls used to run as a daemon: fork, pipes, sessions, signals, unmount.
+//! Process-level calls used to run as a daemon: fork, pipes, sessions, signals, unmount,
+//! the mount's read-ahead window, and whether the FUSE connection is still up.
 
 use super::{check, Errno, SysResult};
 use std::ffi::CString;
