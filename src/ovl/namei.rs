@@ -82,10 +82,12 @@ impl Overlay {
                 }
             }
         }
-        // In a deep stack a probe may stat hundreds of layers; the listing costs about as
-        // much once and then answers every name.
+        // In a deep stack a probe may stat hundreds of layers; where the layers' copies of
+        // the directory are small, listing them costs about as much once and then answers
+        // every name. (Big ones are listed after the first miss, in `after_miss`: a single
+        // hit there is cheaper to probe.)
         let listing = match p.merged() {
-            None if p.state.read().lowers.len() >= DEEP_STACK => self.merged_dir(&p).ok(),
+            None if self.deep_and_small(&p) => self.merged_dir(&p).ok(),
             m => m,
         };
         if let Some(m) = listing {
@@ -170,21 +172,29 @@ impl Overlay {
         }
     }
 
-    /// A miss probed every layer of `parent`. A directory with a few misses then builds
-    /// its merged listing (if its layers' directories are small enough to list at about
-    /// the cost of a few misses), so later misses there are answered from it at once
-    /// instead of by one probe per layer. (Deep stacks build it before the first probe.)
+    /// Whether `dir` merges a deep stack of layer directories small enough to list before
+    /// its first lookup.
+    fn deep_and_small(&self, dir: &Node) -> bool {
+        let st = dir.state();
+        st.lowers.len() >= DEEP_STACK && self.layer_dirs_bytes(dir, &st) <= LISTABLE_DIR_BYTES
+    }
+
+    /// A miss probed every layer of `parent`. Deep stacks then build the merged listing,
+    /// and so does a directory with a few misses if its layers' directories are small
+    /// enough to list at about the cost of a few misses: later misses there are answered
+    /// from it at once instead of by one probe per layer.
     fn after_miss(&self, parent: &Arc<Node>) {
         let st = parent.state();
         if st.lowers.is_empty() {
             return;
         }
-        let build = parent
-            .misses
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1
-            == MISSES_BEFORE_LISTING
-            && self.layer_dirs_bytes(parent, &st) <= LISTABLE_DIR_BYTES;
+        let build = st.lowers.len() >= DEEP_STACK
+            || (parent
+                .misses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1
+                == MISSES_BEFORE_LISTING
+                && self.layer_dirs_bytes(parent, &st) <= LISTABLE_DIR_BYTES);
         if build {
             let _ = self.merged_dir(parent);
         }
