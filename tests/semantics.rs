@@ -4791,6 +4791,8 @@ fn setuid_bits_and_file_capabilities_follow_kernel_rules() {
             E::Mode("sgid", 0o2755),
             E::File("opensuid", b"world writable suid"),
             E::Mode("opensuid", 0o4777),
+            E::File("latersuid", b"made setuid while open"),
+            E::Mode("latersuid", 0o777),
         ]],
         &[],
         move |st| {
@@ -4861,6 +4863,54 @@ fn setuid_bits_and_file_capabilities_follow_kernel_rules() {
             },
         )
     });
+    t.both(
+        "a file made setuid while open for writing loses the bit on an unprivileged write",
+        |r| {
+            // Opened before the chmod, the file may be written through the upper file
+            // directly (FUSE passthrough); the write must still clear the bit.
+            let c = cpath(&r.join("latersuid"));
+            let (mut opened, mut go) = ([0i32; 2], [0i32; 2]);
+            unsafe {
+                libc::pipe2(opened.as_mut_ptr(), libc::O_CLOEXEC);
+                libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC);
+            }
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                unsafe {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setresgid(NOBODY, NOBODY, NOBODY) != 0
+                        || libc::setresuid(NOBODY, NOBODY, NOBODY) != 0
+                    {
+                        libc::_exit(99);
+                    }
+                    let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
+                    let mut b = [0u8; 1];
+                    libc::write(opened[1], b.as_ptr() as *const libc::c_void, 1);
+                    libc::read(go[0], b.as_mut_ptr() as *mut libc::c_void, 1);
+                    let ok =
+                        fd >= 0 && libc::write(fd, b"+".as_ptr() as *const libc::c_void, 1) == 1;
+                    libc::_exit(if ok { 0 } else { 1 });
+                }
+            }
+            let mut b = [0u8; 1];
+            let mut status = 0;
+            let chmod = unsafe {
+                libc::read(opened[0], b.as_mut_ptr() as *mut libc::c_void, 1);
+                let res = libc::chmod(c.as_ptr(), 0o4777);
+                libc::write(go[1], b.as_ptr() as *const libc::c_void, 1);
+                libc::waitpid(pid, &mut status, 0);
+                for fd in opened.iter().chain(go.iter()) {
+                    libc::close(*fd);
+                }
+                res
+            };
+            (
+                chmod,
+                libc::WEXITSTATUS(status),
+                stat_str(&r.join("latersuid")),
+            )
+        },
+    );
     t.finish(true);
 }
 
