@@ -2867,6 +2867,16 @@ enum Op {
 
 /// Runs `ops` in a forked child with the given credentials; returns "ok" or the errno name
 /// of each. The child only makes raw system calls (safe after fork in a threaded process).
+/// In a forked child: drops to `uid`/`gid` with no supplementary groups, or exits 99.
+unsafe fn become_or_exit(uid: u32, gid: u32) {
+    let ok = libc::setgroups(0, std::ptr::null()) == 0
+        && libc::setresgid(gid, gid, gid) == 0
+        && libc::setresuid(uid, uid, uid) == 0;
+    if !ok {
+        libc::_exit(99);
+    }
+}
+
 fn run_as(uid: u32, gid: u32, ops: &[Op]) -> Vec<String> {
     let mut pipe = [0i32; 2];
     assert_eq!(
@@ -2877,12 +2887,7 @@ fn run_as(uid: u32, gid: u32, ops: &[Op]) -> Vec<String> {
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         unsafe {
-            let ok = libc::setgroups(0, std::ptr::null()) == 0
-                && libc::setresgid(gid, gid, gid) == 0
-                && libc::setresuid(uid, uid, uid) == 0;
-            if !ok {
-                libc::_exit(99);
-            }
+            become_or_exit(uid, gid);
             for op in ops {
                 *libc::__errno_location() = 0;
                 let r: i32 = match op {
@@ -4841,12 +4846,7 @@ fn setuid_bits_and_file_capabilities_follow_kernel_rules() {
                 let pid = unsafe { libc::fork() };
                 if pid == 0 {
                     unsafe {
-                        if libc::setgroups(0, std::ptr::null()) != 0
-                            || libc::setresgid(NOBODY, NOBODY, NOBODY) != 0
-                            || libc::setresuid(NOBODY, NOBODY, NOBODY) != 0
-                        {
-                            libc::_exit(99);
-                        }
+                        become_or_exit(NOBODY, NOBODY);
                         let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
                         let ok = fd >= 0
                             && libc::write(fd, b"+".as_ptr() as *const libc::c_void, 1) == 1;
@@ -4877,12 +4877,7 @@ fn setuid_bits_and_file_capabilities_follow_kernel_rules() {
             let pid = unsafe { libc::fork() };
             if pid == 0 {
                 unsafe {
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setresgid(NOBODY, NOBODY, NOBODY) != 0
-                        || libc::setresuid(NOBODY, NOBODY, NOBODY) != 0
-                    {
-                        libc::_exit(99);
-                    }
+                    become_or_exit(NOBODY, NOBODY);
                     let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
                     let mut b = [0u8; 1];
                     libc::write(opened[1], b.as_ptr() as *const libc::c_void, 1);
