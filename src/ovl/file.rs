@@ -191,13 +191,6 @@ impl Overlay {
         Ok(h.fd())
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> SysResult<Vec<u8>> {
-        let mut buf = vec![0u8; size as usize];
-        let n = self.read_into(fh, offset, &mut buf)?;
-        buf.truncate(n);
-        Ok(buf)
-    }
-
     /// Reads into `buf` from `offset`, filling it unless the file ends first; returns the
     /// length read. Callers reuse one buffer across reads.
     pub fn read_into(&self, fh: u64, offset: u64, buf: &mut [u8]) -> SysResult<usize> {

@@ -104,7 +104,9 @@ fn upper_hides_lower_and_lowers_stack_in_order() {
     let ovl = f.overlay(2);
     let (a, _) = ovl.lookup(ROOT_ID, OsStr::new("a")).unwrap();
     let fh = ovl.open(&ctx(), a.id, libc::O_RDONLY).unwrap();
-    assert_eq!(ovl.read(fh, 0, 100).unwrap(), b"l0");
+    let mut buf = [0u8; 100];
+    let n = ovl.read_into(fh, 0, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"l0");
     assert_eq!(names(&ovl, ROOT_ID), vec!["a", "b", "c"]);
 }
 
