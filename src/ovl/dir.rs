@@ -186,7 +186,7 @@ impl Overlay {
             && self.oci_hidden(upfd, name);
         let hides_marker = upper_whiteout || (kind == libc::S_IFDIR && oci_marker);
         let opaque = kind == libc::S_IFDIR
-            && (hides_marker || (self.cfg.redirect_dir && !parent.state().lowers.is_empty()));
+            && (hides_marker || (self.cfg.redirect_dir && parent.has_lowers()));
 
         // Owner: the caller; group: the directory's if it is set-group-ID, as the upper
         // filesystem would decide for a process creating the file itself. In disk ids.
@@ -723,9 +723,8 @@ impl Overlay {
         // Without redirects, a directory with lower parts cannot move: the kernel says EXDEV
         // before it looks at the target. With redirect_dir=on it moves (not in an exchange)
         // and records where its lower parts are.
-        let src_redirect = src.is_dir() && !src.state().lowers.is_empty();
-        let dst_redirect =
-            exchange && dst.is_some_and(|d| d.is_dir() && !d.state().lowers.is_empty());
+        let src_redirect = src.is_dir() && src.has_lowers();
+        let dst_redirect = exchange && dst.is_some_and(|d| d.is_dir() && d.has_lowers());
         if (src_redirect || dst_redirect) && !self.cfg.redirect_dir {
             return Err(Errno::EXDEV);
         }
@@ -736,7 +735,7 @@ impl Overlay {
         if !exchange {
             if let Some(d) = dst {
                 if d.is_dir() && !self.merged_dir(d)?.is_empty() {
-                    if !d.state().lowers.is_empty() {
+                    if d.has_lowers() {
                         return Err(Errno::ENOTEMPTY);
                     }
                     target_not_empty = true;
@@ -756,8 +755,8 @@ impl Overlay {
         let nfd = self.nodes.dir_fd(np, UPPER)?;
         let (ofd, nfd) = (ofd.as_fd(), nfd.as_fd());
         let prefix = self.layers.xattr_prefix;
-        let np_merged = !np.state().lowers.is_empty();
-        let op_merged = !op.state().lowers.is_empty();
+        let np_merged = np.has_lowers();
+        let op_merged = op.has_lowers();
 
         if exchange {
             let d = dst.ok_or(Errno::ENOENT)?;

@@ -15,6 +15,7 @@ use crate::sys::xattr;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// From this many lower layers under a directory, a lookup miss builds its merged listing.
@@ -175,8 +176,14 @@ impl Overlay {
     /// Whether `dir` merges a deep stack of layer directories small enough to list before
     /// its first lookup.
     fn deep_and_small(&self, dir: &Node) -> bool {
-        let st = dir.state();
-        st.lowers.len() >= DEEP_STACK && self.layer_dirs_bytes(dir, &st) <= LISTABLE_DIR_BYTES
+        if dir.state.read().lowers.len() < DEEP_STACK || dir.big_layers.load(Ordering::Relaxed) {
+            return false;
+        }
+        let small = self.layer_dirs_bytes(dir, &dir.state()) <= LISTABLE_DIR_BYTES;
+        if !small {
+            dir.big_layers.store(true, Ordering::Relaxed);
+        }
+        small
     }
 
     /// A miss probed every layer of `parent`. Deep stacks then build the merged listing,
@@ -189,11 +196,7 @@ impl Overlay {
             return;
         }
         let build = st.lowers.len() >= DEEP_STACK
-            || (parent
-                .misses
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                + 1
-                == MISSES_BEFORE_LISTING
+            || (parent.misses.fetch_add(1, Ordering::Relaxed) + 1 == MISSES_BEFORE_LISTING
                 && self.layer_dirs_bytes(parent, &st) <= LISTABLE_DIR_BYTES);
         if build {
             let _ = self.merged_dir(parent);

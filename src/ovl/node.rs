@@ -213,6 +213,9 @@ pub struct Node {
     pub dir_lock: Mutex<()>,
     /// The object has no name left in the merged tree.
     pub unlinked: AtomicBool,
+    /// A directory of a deep stack whose layer copies were found too big to list before
+    /// its lookups (see `namei`), so that the sizes are summed once, not per lookup.
+    pub big_layers: AtomicBool,
     /// What only some nodes have, kept off the node so that the many plain files of a big
     /// directory stay small.
     rare: Mutex<Option<Box<Rare>>>,
@@ -497,8 +500,12 @@ impl NodeTable {
         if let Some((_, node)) = removed {
             let loc = node.loc();
             self.remove_child(loc.parent, &loc.name, id);
+            // The node is gone: its aliases can be taken rather than copied.
             let aliases = node
-                .read_rare(|r| Some(r.aliases.clone()))
+                .rare
+                .lock()
+                .as_deref_mut()
+                .map(|r| std::mem::take(&mut r.aliases))
                 .unwrap_or_default();
             for a in aliases {
                 self.remove_child(a.parent, &a.name, id);
@@ -725,6 +732,7 @@ impl Node {
             copy_lock: Mutex::new(()),
             dir_lock: Mutex::new(()),
             unlinked: AtomicBool::new(false),
+            big_layers: AtomicBool::new(false),
             rare: Mutex::new(None),
         }
     }
