@@ -65,6 +65,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
     // Modes of new files are exactly what the caller asked for (the kernel has already
     // applied the caller's umask).
     sys::set_umask(0);
+    sys::one_malloc_arena();
 
     let md = std::fs::metadata(&cli.mountpoint)
         .map_err(|e| format!("mountpoint {}: {}", cli.mountpoint.display(), e))?;
