@@ -4222,6 +4222,76 @@ fn forgotten_nodes_come_back_with_the_same_identity() {
     lc.verify();
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {}", describe_err(&e)));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Memory stays bounded across FORGETs (issue 6): each cycle looks up every file of a
+/// 30k-entry lower directory (a node each), creates and removes 1000 files, then has the
+/// kernel forget its inodes. The daemon must give the nodes' memory back each time, and
+/// not creep up from cycle to cycle.
+#[test]
+fn daemon_memory_stays_bounded_over_forget_cycles() {
+    if !fuse_available() {
+        return;
+    }
+    const FILES: usize = 30_000;
+    let sc = Scratch::new("sem-soak");
+    let st = Stack::new(&sc, 1);
+    let big = st.lowers[0].join("big");
+    ok(fs::create_dir(&big), "mkdir big");
+    for i in 0..FILES {
+        ok(
+            fs::File::create(big.join(format!("f{i:05}"))),
+            "create a lower file",
+        );
+    }
+    let g = mount_ovlfuse(&st, &[]);
+    let pid = g.pid().expect("the daemon's pid (for its RSS)");
+    let m = &st.mnt;
+    let (mut after_work, mut after_forget) = (Vec::new(), Vec::new());
+    for cycle in 0..6 {
+        let mut n = 0;
+        for e in ok(fs::read_dir(m.join("big")), "readdir big") {
+            ok(fs::symlink_metadata(ok(e, "dirent").path()), "stat a file");
+            n += 1;
+        }
+        assert_eq!(n, FILES, "cycle {cycle}: entries of big");
+        let t = m.join(format!("new{cycle}"));
+        ok(fs::create_dir(&t), "mkdir");
+        for i in 0..1000 {
+            ok(fs::File::create(t.join(i.to_string())), "create");
+        }
+        ok(fs::remove_dir_all(&t), "rm -r");
+        after_work.push(rss_kib(pid));
+        drop_kernel_caches();
+        // The kernel queues its FORGETs; give the daemon a moment to take them.
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        after_forget.push(rss_kib(pid));
+    }
+    g.unmount();
+    eprintln!("RSS KiB after work {after_work:?}, after forget {after_forget:?}");
+    assert!(
+        after_forget[0] + 2048 < after_work[0],
+        "forgetting {FILES} nodes gave back less than 2 MiB: {} KiB after the work, \
+         {} KiB after the forget",
+        after_work[0],
+        after_forget[0]
+    );
+    let worst = after_forget[1..].iter().max().copied().unwrap_or(0);
+    assert!(
+        worst <= after_forget[0] + 3072,
+        "RSS after a forget crept up by more than 3 MiB over {} cycles: {after_forget:?}",
+        after_forget.len()
+    );
+}
+
 #[test]
 fn readdir_while_another_thread_modifies_the_directory() {
     if !fuse_available() {
