@@ -7,7 +7,7 @@
 //! says which opens may use passthrough at all (`Overlay::passthrough_fd`); the kernel
 //! refuses backing files to an unprivileged daemon, after which passthrough stays off.
 
-use dashmap::DashMap;
+use crate::ovl::DashMap;
 use fuser::BackingId;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};

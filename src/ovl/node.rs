@@ -9,10 +9,9 @@
 
 use super::layers::{LayerId, Layers, UPPER};
 use super::readdir::{MergedDir, Name};
-use super::whiteout;
+use super::{whiteout, DashMap};
 use crate::sys::fs::{self, Stat};
 use crate::sys::{Errno, SysResult};
-use dashmap::DashMap;
 use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
 use std::borrow::Borrow;
@@ -357,8 +356,8 @@ impl NodeTable {
             roots.push(Arc::new(l.root.try_clone().map_err(Errno::from)?));
         }
         let t = NodeTable {
-            nodes: DashMap::new(),
-            children: DashMap::new(),
+            nodes: DashMap::default(),
+            children: DashMap::default(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
             removals: AtomicU64::new(0),
             inserts: AtomicU64::new(0),

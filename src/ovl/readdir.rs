@@ -11,11 +11,10 @@
 use super::layers::{LayerId, UPPER};
 use super::namei::IMPURE_XATTR;
 use super::node::{Node, ROOT_ID};
-use super::{whiteout, Errno, Overlay, SysResult};
+use super::{whiteout, Errno, HashMap, HashSet, Overlay, SysResult};
 use crate::sys::fs;
 use crate::sys::xattr;
 use parking_lot::{Mutex, RwLock};
-use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -265,10 +264,10 @@ impl Overlay {
 
         let mut inner = Inner::default();
         // Names a whiteout hid in a higher layer: lower copies of them stay hidden.
-        let mut hidden: HashSet<Name> = HashSet::new();
-        let mut lower_seen: HashSet<Name> = HashSet::new();
+        let mut hidden: HashSet<Name> = HashSet::default();
+        let mut lower_seen: HashSet<Name> = HashSet::default();
         // Upper directories that may merge with a lower one: their d_ino is the lower's.
-        let mut maybe_merged: HashSet<Name> = HashSet::new();
+        let mut maybe_merged: HashSet<Name> = HashSet::default();
         for layer in order {
             let fd = self.nodes.dir_fd(node, layer)?;
             let dfd = fd.as_fd();
