@@ -148,20 +148,38 @@ impl MergedDir {
         if let Some(l) = i.listing.upgrade() {
             return l;
         }
-        let mut v: Vec<Listed> = i
+        // Sorted by name, so that a listing built again from the same entries (after the
+        // old one was dropped) has the same order: the kernel may go on reading at an
+        // offset of the old one. Most comparisons are settled by the names' first 8 bytes,
+        // kept beside each line, without reaching the names themselves.
+        let mut v: Vec<(u64, Listed)> = i
             .entries
             .iter()
-            .map(|(n, e)| Listed {
-                name: n.clone(),
-                kind: e.kind,
-                ino: e.ino,
+            .map(|(n, e)| {
+                let line = Listed {
+                    name: n.clone(),
+                    kind: e.kind,
+                    ino: e.ino,
+                };
+                (name_prefix(n), line)
             })
             .collect();
-        v.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        let l = Arc::new(v);
+        v.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+        let l = Arc::new(v.into_iter().map(|(_, line)| line).collect());
         i.listing = Arc::downgrade(&l);
         l
     }
+}
+
+/// The first 8 bytes of a name as a big-endian number (zero-padded): ordering these orders
+/// names the way comparing their bytes does, as names hold no NUL byte; equal prefixes
+/// leave it to the whole names.
+fn name_prefix(name: &OsStr) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let mut b = [0u8; 8];
+    let n = name.len().min(8);
+    b[..n].copy_from_slice(&name.as_bytes()[..n]);
+    u64::from_be_bytes(b)
 }
 
 /// What one open directory handle reads: `.` and `..` (offsets 0 and 1), then the
@@ -268,11 +286,15 @@ impl Overlay {
         let mut lower_seen: HashSet<Name> = HashSet::default();
         // Upper directories that may merge with a lower one: their d_ino is the lower's.
         let mut maybe_merged: HashSet<Name> = HashSet::default();
-        for layer in order {
+        let n_layers = order.len();
+        for (i, layer) in order.into_iter().enumerate() {
             let fd = self.nodes.dir_fd(node, layer)?;
             let dfd = fd.as_fd();
             let raw = fs::read_dir_all(dfd)?;
             let is_lower = layer != UPPER;
+            // Whether a lower layer below this one still reads `lower_seen`.
+            let lower_follows = i + 1 < n_layers;
+            inner.entries.reserve(raw.len());
             let dev = self.layers.get(layer).dev;
             let xwhiteouts = whiteout::dir_has_xwhiteouts(dfd);
             let impure = layer == UPPER
@@ -284,48 +306,60 @@ impl Overlay {
                     .is_ok());
             let mut markers: Vec<Name> = Vec::new();
             for e in raw {
-                // One allocation per name, shared by every set below that holds it.
-                let name: Name = match inner.entries.get_key_value(e.name.as_os_str()) {
-                    Some((k, _)) => k.clone(),
-                    None => Name::from(e.name.as_os_str()),
-                };
-                if whiteout::is_marker_name(&e.name) {
-                    if let Some(h) = whiteout::oci_hidden_name(&e.name) {
+                let os = e.name.as_os_str();
+                if whiteout::is_marker_name(os) {
+                    if let Some(h) = whiteout::oci_hidden_name(os) {
                         markers.push(Name::from(h));
                     }
                     continue;
                 }
                 let kind = match dtype_kind(e.dtype) {
                     Some(k) => k,
-                    None => match fs::fstatat(dfd, &e.name) {
+                    None => match fs::fstatat(dfd, os) {
                         Ok(s) => fs::ifmt(s.st_mode),
                         Err(_) => continue,
                     },
                 };
                 let is_wh = match kind {
-                    libc::S_IFCHR => fs::fstatat(dfd, &e.name)
+                    libc::S_IFCHR => fs::fstatat(dfd, os)
                         .map(|s| whiteout::is_whiteout_stat(&s))
                         .unwrap_or(false),
-                    libc::S_IFREG if xwhiteouts => fs::fstatat(dfd, &e.name)
-                        .map(|s| whiteout::is_xattr_whiteout(dfd, &e.name, &s))
+                    libc::S_IFREG if xwhiteouts => fs::fstatat(dfd, os)
+                        .map(|s| whiteout::is_xattr_whiteout(dfd, os, &s))
                         .unwrap_or(false),
                     _ => false,
                 };
-                if is_lower && lower_seen.insert(name.clone()) && !is_wh {
-                    inner.lower_positive.insert(name.clone());
-                }
-                if let Some(ent) = inner.entries.get_mut(&*name) {
-                    if kind == libc::S_IFDIR
-                        && maybe_merged.remove(&*name)
-                        && ent.kind == libc::S_IFDIR
+                // One allocation per name, shared by every set that holds it.
+                let mut name: Option<Name> = None;
+                // The highest lower copy of a name decides whether removing it takes a
+                // whiteout; only the layers below this one need to remember it was seen.
+                let first_lower = is_lower
+                    && if lower_follows {
+                        let n = inner
+                            .entries
+                            .get_key_value(os)
+                            .map_or_else(|| Name::from(os), |(k, _)| k.clone());
+                        name = Some(n.clone());
+                        lower_seen.insert(n)
+                    } else {
+                        !lower_seen.contains(os)
+                    };
+                let positive = first_lower && !is_wh;
+                if let Some(ent) = inner.entries.get_mut(os) {
+                    ent.lower_positive |= positive;
+                    if kind == libc::S_IFDIR && maybe_merged.remove(os) && ent.kind == libc::S_IFDIR
                     {
                         ent.ino = self.layers.ino.map(dev, e.ino);
                     } else {
-                        maybe_merged.remove(&*name);
+                        maybe_merged.remove(os);
                     }
                     continue;
                 }
-                if hidden.contains(&*name) {
+                let name = name.unwrap_or_else(|| Name::from(os));
+                if hidden.contains(os) {
+                    if positive {
+                        inner.lower_positive.insert(name);
+                    }
                     continue;
                 }
                 if is_wh {
@@ -335,11 +369,11 @@ impl Overlay {
                 let mut ino = self.layers.ino.map(dev, e.ino);
                 if layer == UPPER {
                     if kind == libc::S_IFDIR {
-                        if !st.lowers.is_empty() && !whiteout::is_opaque_dir(dfd, &e.name) {
+                        if !st.lowers.is_empty() && !whiteout::is_opaque_dir(dfd, os) {
                             maybe_merged.insert(name.clone());
                         }
                     } else if impure {
-                        if let Some(o) = self.origin_ino(dfd, &e.name) {
+                        if let Some(o) = self.origin_ino(dfd, os) {
                             ino = o;
                         }
                     }
@@ -350,7 +384,7 @@ impl Overlay {
                         kind,
                         ino,
                         layer,
-                        lower_positive: false,
+                        lower_positive: positive,
                     },
                 );
             }
@@ -363,19 +397,8 @@ impl Overlay {
                 }
             }
         }
-        // Shown names keep their lower-positive mark in their entry; the set keeps the rest.
-        let Inner {
-            entries,
-            lower_positive,
-            ..
-        } = &mut inner;
-        lower_positive.retain(|n| match entries.get_mut(n) {
-            Some(e) => {
-                e.lower_positive = true;
-                false
-            }
-            None => true,
-        });
+        // Shown names carry their lower-positive mark in their entry; the set holds the rest.
+        let lower_positive = &mut inner.lower_positive;
         lower_positive.shrink_to_fit();
         // Objects the kernel already knows keep the number it has seen.
         for (name, e) in inner.entries.iter_mut() {
@@ -453,5 +476,44 @@ impl Overlay {
         let fd = self.nodes.dir_fd(&h.node, UPPER)?;
         let rfd = fs::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)?;
         fs::fsync(rfd.as_fd(), datasync)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_prefix;
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn prefix_order_agrees_with_name_order() {
+        let names: Vec<&[u8]> = vec![
+            b"a",
+            b"ab",
+            b"abcdefgh",
+            b"abcdefghi",
+            b"abcdefgg",
+            b"abcdefgh\x01",
+            b"b",
+            b"\xff",
+            b"\xff\xff",
+            b"A",
+            b"a\x01",
+            b"f0000123",
+            b"f0000122",
+            b"f00001230",
+            b"file.txt",
+            b"file",
+            b".hidden",
+            b"\x7f",
+        ];
+        let mut by_name = names.clone();
+        by_name.sort();
+        let mut by_prefix = names.clone();
+        by_prefix.sort_by(|a, b| {
+            let (a, b) = (OsStr::from_bytes(a), OsStr::from_bytes(b));
+            name_prefix(a).cmp(&name_prefix(b)).then_with(|| a.cmp(b))
+        });
+        assert_eq!(by_prefix, by_name);
     }
 }
