@@ -34,10 +34,11 @@ pub use node::{Node, NodeId, ROOT_ID};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Hash state of the daemon's maps: foldhash, seeded at random per process. SipHash, the
-/// standard one, took about a tenth of the daemon's CPU listing a 1M-entry directory (a
-/// name is hashed several times on its way into the merged listing and the node maps).
-/// The seed keeps names chosen to collide from being computed in advance.
+/// Hash state of the daemon's maps: foldhash. SipHash, the standard one, took about a
+/// tenth of the daemon's CPU listing a 1M-entry directory (a name is hashed several times
+/// on its way into the merged listing and the node maps). foldhash seeds each map from
+/// address-space randomisation and the clock, so names chosen to collide cannot simply be
+/// computed in advance; it does not claim more than that, which is the trade made here.
 pub type HashState = foldhash::fast::RandomState;
 pub type HashMap<K, V> = std::collections::HashMap<K, V, HashState>;
 pub type HashSet<T> = std::collections::HashSet<T, HashState>;
