@@ -831,3 +831,45 @@ fn create_over_a_whiteout_in_an_opaque_directory_replaces_it() {
     );
     assert_eq!(names(&ovl, dn.id), ["x"]);
 }
+
+#[test]
+fn removal_needs_a_whiteout_exactly_where_the_highest_lower_copy_is_real() {
+    // The merged listing records, per name, whether its highest lower copy is a real
+    // object (then removing the name must leave a whiteout) or a whiteout (then plain
+    // removal is enough), for shown and hidden names alike, across three layers.
+    let f = Fixture::new(2);
+    for l in ["l0", "l1"] {
+        f.write(&format!("{l}/d/x"), "x");
+    }
+    std::fs::create_dir_all(f.p("upper/d")).unwrap();
+    whiteout(&f.p("upper/d/x")); // hidden by the upper; l0's copy is real
+    whiteout(&f.p("l0/d/y"));
+    f.write("l1/d/y", "y"); // hidden by l0's whiteout
+    f.write("upper/d/z", "upper z");
+    f.write("l1/d/z", "z"); // shown from the upper, real below
+    f.write("l1/d/w", "w"); // only in the last layer
+    f.write("upper/d/v", "v"); // only in the upper
+    f.write("l0/d/.wh.m", ""); // an OCI marker hides l1's m
+    f.write("l1/d/m", "m");
+    let ovl = f.overlay(2);
+    let (d, _) = ovl.lookup(ROOT_ID, OsStr::new("d")).unwrap();
+    assert_eq!(names(&ovl, d.id), ["v", "w", "z"]);
+    for name in ["x", "y", "m"] {
+        let (_, _, fh) = ovl
+            .create(&ctx(), d.id, OsStr::new(name), 0o644, libc::O_WRONLY)
+            .unwrap();
+        ovl.release(fh);
+    }
+    for name in ["x", "y", "m", "z", "w", "v"] {
+        ovl.lookup(d.id, OsStr::new(name)).unwrap();
+        ovl.unlink(d.id, OsStr::new(name)).unwrap();
+        let left = std::fs::symlink_metadata(f.p(&format!("upper/d/{name}")));
+        let whiteout_left = left.as_ref().is_ok_and(|m| m.file_type().is_char_device());
+        let want = matches!(name, "x" | "z" | "w");
+        assert_eq!(whiteout_left, want, "{name}: whiteout left in the upper");
+        if !want {
+            assert!(left.is_err(), "{name}: nothing left in the upper");
+        }
+    }
+    assert!(names(&ovl, d.id).is_empty());
+}
