@@ -721,6 +721,18 @@ fn next_name(d: *mut libc::DIR) -> Option<String> {
     }
 }
 
+/// `big/` in the top lower layer, holding `n` empty files `entry-000000`, `entry-000001`, ...
+fn lower_dir_of_empty_files(st: &Stack, n: usize) {
+    let big = st.lowers[0].join("big");
+    ok(fs::create_dir(&big), "mkdir big");
+    for i in 0..n {
+        ok(
+            fs::File::create(big.join(format!("entry-{i:06}"))),
+            "create a lower file",
+        );
+    }
+}
+
 #[test]
 fn readdir_of_100k_entries_and_telldir_seekdir() {
     if !fuse_available() {
@@ -729,11 +741,7 @@ fn readdir_of_100k_entries_and_telldir_seekdir() {
     const N: usize = 100_000;
     let sc = Scratch::new("sem-readdir-100k");
     let st = Stack::new(&sc, 1);
-    let big = st.lowers[0].join("big");
-    fs::create_dir(&big).unwrap();
-    for i in 0..N {
-        fs::File::create(big.join(format!("entry-{i:06}"))).unwrap();
-    }
+    lower_dir_of_empty_files(&st, N);
     let lc = LowerCheck::new(&st.lowers);
     let g = mount_ovlfuse(&st, &[]);
     let dir = st.mnt.join("big");
@@ -4244,14 +4252,7 @@ fn daemon_memory_stays_bounded_over_forget_cycles() {
     const FILES: usize = 30_000;
     let sc = Scratch::new("sem-soak");
     let st = Stack::new(&sc, 1);
-    let big = st.lowers[0].join("big");
-    ok(fs::create_dir(&big), "mkdir big");
-    for i in 0..FILES {
-        ok(
-            fs::File::create(big.join(format!("f{i:05}"))),
-            "create a lower file",
-        );
-    }
+    lower_dir_of_empty_files(&st, FILES);
     let g = mount_ovlfuse(&st, &[]);
     let pid = g.pid().expect("the daemon's pid (for its RSS)");
     let m = &st.mnt;

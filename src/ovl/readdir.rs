@@ -398,8 +398,7 @@ impl Overlay {
             }
         }
         // Shown names carry their lower-positive mark in their entry; the set holds the rest.
-        let lower_positive = &mut inner.lower_positive;
-        lower_positive.shrink_to_fit();
+        inner.lower_positive.shrink_to_fit();
         // Objects the kernel already knows keep the number it has seen.
         for (name, e) in inner.entries.iter_mut() {
             if let Some(n) = self.nodes.peek_child(node.id, name) {
