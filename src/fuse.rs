@@ -550,6 +550,10 @@ impl Filesystem for OvlFs {
             Ok(l) => l,
             Err(e) => return reply.error(err(e)),
         };
+        let mut lookups = match self.ovl.listed_lookups(ino.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(err(e)),
+        };
         for (next, e) in list.from(offset) {
             if DirSnapshot::is_dot(next) {
                 // The kernel links no inode for these; their attributes are not used.
@@ -570,7 +574,7 @@ impl Filesystem for OvlFs {
             }
             // Each entry given with a node counts as a lookup; one that does not fit in the
             // buffer is forgotten again.
-            let (id, a) = match self.ovl.lookup_listed(ino.0, &e.name) {
+            let (id, a) = match lookups.lookup(&e.name) {
                 Ok((n, a)) => (n.id, a),
                 // Gone since the listing was made: skip it, as a later readdir would.
                 Err(_) => continue,

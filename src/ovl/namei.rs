@@ -10,7 +10,7 @@ use super::layers::{LayerId, UPPER};
 use super::node::{Lowers, Node, NodeInit, NodeState, ROOT_ID};
 use super::readdir::Name;
 use super::{whiteout, Attr, Errno, Overlay, SysResult};
-use crate::sys::fs;
+use crate::sys::fs::{self, Stat};
 use crate::sys::xattr;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -48,10 +48,17 @@ impl Overlay {
         self.lookup_name(parent, name, None)
     }
 
-    /// `lookup` of a name from a listing: a node made for it shares the listing's copy of
-    /// the name.
-    pub fn lookup_listed(&self, parent: u64, name: &Name) -> SysResult<(Arc<Node>, Attr)> {
-        self.lookup_name(parent, name, Some(name))
+    /// Lookups of the names of one listing of directory `dir`, for a READDIRPLUS reply.
+    pub fn listed_lookups(&self, dir: u64) -> SysResult<ListedLookups<'_>> {
+        let dir = self.node(dir)?;
+        if !dir.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(ListedLookups {
+            ovl: self,
+            dir,
+            fds: DirFds::default(),
+        })
     }
 
     fn lookup_name(
@@ -60,7 +67,6 @@ impl Overlay {
         name: &OsStr,
         shared: Option<&Name>,
     ) -> SysResult<(Arc<Node>, Attr)> {
-        let owned = || shared.cloned().unwrap_or_else(|| Name::from(name));
         if name.len() > 255 {
             return Err(Errno::ENAMETOOLONG);
         }
@@ -74,9 +80,24 @@ impl Overlay {
         if whiteout::is_marker_name(name) {
             return Err(Errno::ENOENT);
         }
-        if let Some(n) = self.nodes.lookup_cached(parent, name) {
-            match self.getattr_node(&n) {
-                Ok(a) => return Ok((n, a)),
+        self.lookup_in(&p, name, shared, &mut DirFds::default())
+    }
+
+    /// `lookup_name` once `name` is known to be an ordinary name in directory `p`.
+    fn lookup_in(
+        &self,
+        p: &Arc<Node>,
+        name: &OsStr,
+        shared: Option<&Name>,
+        fds: &mut DirFds,
+    ) -> SysResult<(Arc<Node>, Attr)> {
+        let owned = || shared.cloned().unwrap_or_else(|| Name::from(name));
+        if let Some(n) = self.nodes.lookup_cached(p.id, name) {
+            match self.stat_child(p, &n, name, fds) {
+                Ok(st) => {
+                    let a = self.attr_of(&n, &st);
+                    return Ok((n, a));
+                }
                 Err(e) => {
                     self.nodes.forget(n.id, 1);
                     return Err(e);
@@ -88,26 +109,42 @@ impl Overlay {
         // every name. (Big ones are listed after the first miss, in `after_miss`: a single
         // hit there is cheaper to probe.)
         let listing = match p.merged() {
-            None if self.deep_and_small(&p) => self.merged_dir(&p).ok(),
+            None if self.deep_and_small(p) => self.merged_dir(p).ok(),
             m => m,
         };
         if let Some(m) = listing {
             match m.get(name) {
                 None => return Err(Errno::ENOENT),
                 Some(e) if e.layer != UPPER && e.kind != libc::S_IFDIR => {
-                    if let Some(found) = self.lookup_listed_lower(&p, owned(), &e)? {
+                    if let Some(found) = self.lookup_listed_lower(p, owned(), &e, fds)? {
                         return Ok(found);
                     }
                 }
                 Some(_) => {}
             }
         }
-        match self.probe(&p, name)? {
+        match self.probe(p, name)? {
             Found::Missing => {
-                self.after_miss(&p);
+                self.after_miss(p);
                 Err(Errno::ENOENT)
             }
-            Found::Node(init) => self.insert_found(&p, owned(), init),
+            Found::Node(init) => self.insert_found(p, owned(), init),
+        }
+    }
+
+    /// `stat_node` of `n`, reached as `name` in `dir`: where that is the node's own name,
+    /// through `dir`'s fd, without finding the parent again.
+    fn stat_child(&self, dir: &Node, n: &Node, name: &OsStr, fds: &mut DirFds) -> SysResult<Stat> {
+        let top = n.state.read().top();
+        match top {
+            Some(top) if !n.unlinked.load(Ordering::Relaxed) && n.is_named(dir.id, name) => {
+                match fs::fstatat(fds.get(self, dir, top)?.as_fd(), name) {
+                    // Gone meanwhile: the slow way knows about fds kept for open files.
+                    Err(Errno::ENOENT | Errno::ESTALE) => self.stat_node(n),
+                    r => r,
+                }
+            }
+            _ => self.stat_node(n),
         }
     }
 
@@ -144,9 +181,9 @@ impl Overlay {
         parent: &Node,
         name: Name,
         e: &super::readdir::Entry,
+        fds: &mut DirFds,
     ) -> SysResult<Option<(Arc<Node>, Attr)>> {
-        let pfd = self.nodes.dir_fd(parent, e.layer)?;
-        let st = match fs::fstatat(pfd.as_fd(), &name) {
+        let st = match fs::fstatat(fds.get(self, parent, e.layer)?.as_fd(), &name) {
             Ok(st) if fs::ifmt(st.st_mode) == e.kind => st,
             _ => return Ok(None),
         };
@@ -548,6 +585,44 @@ impl Overlay {
         }
         let (parent, name) = self.nodes.live_parent(node)?;
         Ok((self.nodes.dir_fd(&parent, layer)?, name))
+    }
+}
+
+/// Fds of one directory in its layers, taken from the shared cache once for a run of
+/// lookups in it rather than once per name.
+#[derive(Default)]
+pub struct DirFds(Vec<(LayerId, Arc<OwnedFd>)>);
+
+impl DirFds {
+    fn get(&mut self, ovl: &Overlay, dir: &Node, layer: LayerId) -> SysResult<&OwnedFd> {
+        let i = match self.0.iter().position(|(l, _)| *l == layer) {
+            Some(i) => i,
+            None => {
+                self.0.push((layer, ovl.nodes.dir_fd(dir, layer)?));
+                self.0.len() - 1
+            }
+        };
+        Ok(&self.0[i].1)
+    }
+}
+
+/// Lookups of the names one listing of a directory holds (the entries of a READDIRPLUS
+/// reply): the directory and its layer fds are found once for all of them.
+pub struct ListedLookups<'a> {
+    ovl: &'a Overlay,
+    dir: Arc<Node>,
+    fds: DirFds,
+}
+
+impl ListedLookups<'_> {
+    /// `lookup` of a listed name; a node made for it shares the listing's copy of the name.
+    pub fn lookup(&mut self, name: &Name) -> SysResult<(Arc<Node>, Attr)> {
+        if name.len() > 255 || whiteout::is_marker_name(name) {
+            // Never listed; kept out all the same, as `lookup` would.
+            return Err(Errno::ENOENT);
+        }
+        self.ovl
+            .lookup_in(&self.dir, name, Some(name), &mut self.fds)
     }
 }
 

@@ -248,6 +248,11 @@ impl Node {
         self.loc.read().parent
     }
 
+    /// Whether `name` in `parent` is the node's first-known name.
+    pub fn is_named(&self, parent: NodeId, name: &OsStr) -> bool {
+        self.loc.read().is(parent, name)
+    }
+
     pub fn state(&self) -> NodeState {
         self.state.read().clone()
     }
