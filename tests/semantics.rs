@@ -4293,6 +4293,81 @@ fn daemon_memory_stays_bounded_over_forget_cycles() {
     );
 }
 
+/// Bytes the process has read with read(2)-like calls (`rchar` in /proc/PID/io); FUSE
+/// requests it takes from /dev/fuse count too, but they are small.
+fn rchar(pid: u32) -> u64 {
+    let io = fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/io: {}", describe_err(&e)));
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rchar in /proc/{pid}/io"))
+}
+
+/// On a read-only overlay nothing is ever copied up, so lower files are opened with FUSE
+/// passthrough (issue 6: data rows): the kernel reads them itself, through read(2), pread
+/// and mmap alike, and the daemon reads none of their bytes. Needs root and a kernel with
+/// FUSE passthrough (6.9 or later), as this machine has.
+#[test]
+fn read_only_mount_reads_lower_files_in_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    const SIZE: usize = 4 << 20;
+    let sc = Scratch::new("sem-ro-passthrough");
+    let st = Stack::new(&sc, 2);
+    let mut data = vec![0u8; SIZE];
+    let mut x: u32 = 12345;
+    for b in data.iter_mut() {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        *b = (x >> 16) as u8;
+    }
+    ok(
+        fs::write(st.lowers[1].join("data"), &data),
+        "write lower file",
+    );
+    let g = mount_ovlfuse_ro(&st.lowers, &st.mnt, &[]);
+    let pid = g.pid().expect("the daemon's pid (for its read counter)");
+    let before = rchar(pid);
+    let f = st.mnt.join("data");
+    assert!(
+        ok(fs::read(&f), "read through the mount") == data,
+        "read(2) content"
+    );
+    let h = ok(fs::File::open(&f), "open");
+    let mut buf = vec![0u8; 4096];
+    ok(h.read_exact_at(&mut buf, 3 << 20), "pread");
+    assert_eq!(buf, data[3 << 20..(3 << 20) + 4096], "pread content");
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            SIZE,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            h.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        map,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        io::Error::last_os_error()
+    );
+    let mapped = unsafe { std::slice::from_raw_parts(map as *const u8, SIZE) } == &data[..];
+    unsafe { libc::munmap(map, SIZE) };
+    assert!(mapped, "mmap content");
+    drop(h);
+    let daemon_read = rchar(pid) - before;
+    g.unmount();
+    assert!(
+        daemon_read < 1 << 20,
+        "the daemon read {daemon_read} bytes while a {SIZE}-byte lower file was read through \
+         a read-only mount: its reads did not go through FUSE passthrough (is the kernel \
+         older than 6.9, or built without CONFIG_FUSE_PASSTHROUGH?)"
+    );
+}
+
 #[test]
 fn readdir_while_another_thread_modifies_the_directory() {
     if !fuse_available() {

@@ -110,14 +110,21 @@ impl Overlay {
         Ok(self.add_handle(node, fd, top == UPPER, flags))
     }
 
-    /// The fd the kernel may do this open file's I/O on by itself (FUSE passthrough), and
-    /// the node it belongs to: only a regular upper file without set-ID bits qualifies.
-    /// A lower file may be copied up while open, and reads must then see the upper copy,
-    /// which a fixed backing file would not; and writes by an unprivileged caller must
-    /// clear set-ID bits, which a backing file written with our credentials would not.
+    /// The fd the kernel may do this open file's I/O on by itself (FUSE passthrough): a
+    /// regular upper file without set-ID bits, or any regular file of a read-only overlay.
+    /// Where there is an upper layer, a lower file may be copied up while open, and reads
+    /// must then see the upper copy, which a fixed backing file would not; and writes by an
+    /// unprivileged caller must clear set-ID bits, which a backing file written with our
+    /// credentials would not. Without one, nothing is ever copied up or written.
     pub fn passthrough_fd(&self, fh: u64) -> Option<Arc<OwnedFd>> {
         let h = self.file_handle(fh)?;
-        if !h.is_upper() || h.node.kind != libc::S_IFREG {
+        if h.node.kind != libc::S_IFREG {
+            return None;
+        }
+        if self.layers.upper.is_none() {
+            return Some(h.fd());
+        }
+        if !h.is_upper() {
             return None;
         }
         let fd = h.fd();
