@@ -125,7 +125,8 @@ fn file_attr(a: &Attr) -> FileAttr {
         atime: system_time(a.atime),
         mtime: system_time(a.mtime),
         ctime: system_time(a.ctime),
-        crtime: system_time(a.ctime),
+        // Linux's FUSE has no birth time; fuser sends it to macOS only.
+        crtime: UNIX_EPOCH,
         kind: kind_of(a.mode),
         perm: (a.mode & 0o7777) as u16,
         nlink: a.nlink,

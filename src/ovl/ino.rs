@@ -6,7 +6,7 @@
 //! number; like the kernel's `xino`, the index of the layer's filesystem is folded into the
 //! high bits so that numbers stay unique in the mount.
 
-use std::collections::HashMap;
+use super::HashMap;
 
 pub struct InoMap {
     /// Filesystem index (0-based, in order of first appearance) of each st_dev.
@@ -19,7 +19,7 @@ pub struct InoMap {
 
 impl InoMap {
     pub fn new(devs: impl IntoIterator<Item = u64>, ino32: bool) -> InoMap {
-        let mut fs_of_dev = HashMap::new();
+        let mut fs_of_dev = HashMap::default();
         for d in devs {
             let n = fs_of_dev.len() as u64;
             fs_of_dev.entry(d).or_insert(n);
@@ -39,10 +39,11 @@ impl InoMap {
 
     /// The number shown for inode `ino` of the filesystem `dev`.
     pub fn map(&self, dev: u64, ino: u64) -> u64 {
-        let fs = self.fs_of_dev.get(&dev).copied().unwrap_or(0);
+        // Checked before the map: this runs for every entry of every listing.
         if self.bits == 0 && (self.width == 64 || ino >> 32 == 0) {
             return ino;
         }
+        let fs = self.fs_of_dev.get(&dev).copied().unwrap_or(0);
         let shift = self.width - self.bits;
         if ino >> shift != 0 {
             // Too large to fold: hash instead, which keeps it stable if not guaranteed

@@ -290,7 +290,7 @@ impl Overlay {
         for (i, layer) in order.into_iter().enumerate() {
             let fd = self.nodes.dir_fd(node, layer)?;
             let dfd = fd.as_fd();
-            let raw = fs::read_dir_all(dfd)?;
+            let raw = fs::read_dirents(dfd, |n: &OsStr| Name::from(n))?;
             let is_lower = layer != UPPER;
             // Whether a lower layer below this one still reads `lower_seen`.
             let lower_follows = i + 1 < n_layers;
@@ -306,7 +306,7 @@ impl Overlay {
                     .is_ok());
             let mut markers: Vec<Name> = Vec::new();
             for e in raw {
-                let os = e.name.as_os_str();
+                let os: &OsStr = &e.name;
                 if whiteout::is_marker_name(os) {
                     if let Some(h) = whiteout::oci_hidden_name(os) {
                         markers.push(Name::from(h));
@@ -338,7 +338,7 @@ impl Overlay {
                         let n = inner
                             .entries
                             .get_key_value(os)
-                            .map_or_else(|| Name::from(os), |(k, _)| k.clone());
+                            .map_or_else(|| e.name.clone(), |(k, _)| k.clone());
                         name = Some(n.clone());
                         lower_seen.insert(n)
                     } else {
@@ -355,7 +355,7 @@ impl Overlay {
                     }
                     continue;
                 }
-                let name = name.unwrap_or_else(|| Name::from(os));
+                let name = name.unwrap_or_else(|| e.name.clone());
                 if hidden.contains(os) {
                     if positive {
                         inner.lower_positive.insert(name);

@@ -458,8 +458,8 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> SysResult<libc::statfs> {
 }
 
 /// One directory entry as read from a layer.
-pub struct RawDirent {
-    pub name: OsString,
+pub struct RawDirent<N = OsString> {
+    pub name: N,
     pub ino: u64,
     pub dtype: u8,
 }
@@ -467,6 +467,15 @@ pub struct RawDirent {
 /// Reads every entry (minus `.` and `..`) of the directory `fd` refers to. The fd is
 /// duplicated by re-opening so the caller's fd offset is untouched.
 pub fn read_dir_all(dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirent>> {
+    read_dirents(dir, OsStr::to_os_string)
+}
+
+/// `read_dir_all` with each name made by `name`, so that a caller keeping the names in
+/// its own form copies each once.
+pub fn read_dirents<N>(
+    dir: BorrowedFd<'_>,
+    mut name: impl FnMut(&OsStr) -> N,
+) -> SysResult<Vec<RawDirent<N>>> {
     // Reading a layer must not change it, not even its atime.
     let flags = libc::O_RDONLY | libc::O_DIRECTORY;
     let fd = match raw_openat(dir.as_raw_fd(), c".", flags | libc::O_NOATIME, 0) {
@@ -502,10 +511,10 @@ pub fn read_dir_all(dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirent>> {
                 .iter()
                 .position(|b| *b == 0)
                 .unwrap_or(name_bytes.len());
-            let name = &name_bytes[..len];
-            if name != b"." && name != b".." {
+            let n = &name_bytes[..len];
+            if n != b"." && n != b".." {
                 out.push(RawDirent {
-                    name: OsStr::from_bytes(name).to_os_string(),
+                    name: name(OsStr::from_bytes(n)),
                     ino,
                     dtype,
                 });

@@ -91,8 +91,43 @@ pub(crate) fn check_size(ret: libc::ssize_t) -> SysResult<usize> {
 }
 
 /// A C string from an OS string; names with an interior NUL cannot exist on Linux.
-pub fn cstr(s: &OsStr) -> SysResult<CString> {
-    CString::new(s.as_bytes()).map_err(|_| Errno::EINVAL)
+pub fn cstr(s: &OsStr) -> SysResult<CName> {
+    let b = s.as_bytes();
+    if b.len() < SHORT_NAME {
+        if b.contains(&0) {
+            return Err(Errno::EINVAL);
+        }
+        let mut buf = [0u8; SHORT_NAME];
+        buf[..b.len()].copy_from_slice(b);
+        return Ok(CName::Short { buf, len: b.len() });
+    }
+    CString::new(b).map(CName::Long).map_err(|_| Errno::EINVAL)
+}
+
+/// Room for any file name (at most 255 bytes) and its NUL.
+const SHORT_NAME: usize = 256;
+
+/// A name or path as a C string: on the stack when it fits, as every file name does, so
+/// the system calls made per name (a stat for each entry of a listing) allocate nothing.
+// The big variant is the point: it lives on the stack for one system call.
+#[allow(clippy::large_enum_variant)]
+pub enum CName {
+    Short { buf: [u8; SHORT_NAME], len: usize },
+    Long(CString),
+}
+
+impl std::ops::Deref for CName {
+    type Target = CStr;
+    fn deref(&self) -> &CStr {
+        match self {
+            // SAFETY: `cstr` copied `len` bytes without a NUL into a zeroed buffer longer
+            // than that, so `buf[len]` is the first NUL.
+            CName::Short { buf, len } => unsafe {
+                CStr::from_bytes_with_nul_unchecked(&buf[..=*len])
+            },
+            CName::Long(c) => c,
+        }
+    }
 }
 
 /// The empty path used with `AT_EMPTY_PATH`.
@@ -166,4 +201,22 @@ pub fn process_groups(pid: u32) -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn c_names_keep_their_bytes_on_the_stack_and_beyond() {
+        for len in [0, 1, 254, 255, 256, 4000] {
+            let s = "é".repeat(len / 2) + &"x".repeat(len % 2);
+            let c = cstr(OsStr::new(&s)).unwrap();
+            assert_eq!(c.to_bytes(), s.as_bytes(), "length {len}");
+            assert_eq!(matches!(c, CName::Short { .. }), s.len() < SHORT_NAME);
+        }
+        for s in ["a\0b", "\0", &("x".repeat(300) + "\0")] {
+            assert_eq!(cstr(OsStr::new(s)).err(), Some(Errno::EINVAL), "{s:?}");
+        }
+    }
 }
