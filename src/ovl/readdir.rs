@@ -23,6 +23,8 @@ use std::sync::Arc;
 const MERGED_BUDGET: usize = 400_000;
 /// How many directories may keep a merged listing.
 const MERGED_DIRS: usize = 8192;
+/// Entries of a listing from which freeing it is worth a `malloc_trim` (about 3 MiB).
+const TRIM_AFTER_LISTING: usize = 100_000;
 
 /// One visible entry of a merged directory.
 #[derive(Clone, Copy, Debug)]
@@ -464,7 +466,18 @@ impl Overlay {
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.remove(&fh);
+        let Some((_, h)) = self.dirs.remove(&fh) else {
+            return;
+        };
+        // The last reader of a big listing frees tens of MiB at once, which glibc keeps in
+        // its free lists (and in RSS) until asked; hand them back, as forget does.
+        let frees_big = h.snapshot.lock().as_ref().is_some_and(|s| {
+            s.entries.len() >= TRIM_AFTER_LISTING && Arc::strong_count(&s.entries) == 1
+        });
+        drop(h);
+        if frees_big {
+            crate::sys::trim_heap();
+        }
     }
 
     pub fn fsyncdir(&self, fh: u64, datasync: bool) -> SysResult<()> {
