@@ -301,6 +301,9 @@ impl Overlay {
         let ps = parent.state();
         // A directory found so far: what merges into it, its number, its top copy's stat.
         let mut dir: Option<(NodeState, u64, fs::Stat)> = None;
+        // What the upper directory found carries, read once for the opaque and redirect
+        // checks.
+        let mut upper_xattrs = None;
         if ps.upper {
             let pfd = self.nodes.dir_fd(parent, UPPER)?;
             match fs::fstatat(pfd.as_fd(), name) {
@@ -331,7 +334,10 @@ impl Overlay {
                         ..Default::default()
                     };
                     let ino = self.layers.ino.map(upper.dev, st.st_ino);
-                    if self.dir_is_opaque(pfd.as_fd(), name)? || self.oci_hidden(pfd.as_fd(), name)
+                    let xa = whiteout::OverlayXattrs::of(pfd.as_fd(), name);
+                    upper_xattrs = Some(xa);
+                    if self.dir_is_opaque(pfd.as_fd(), name, xa)?
+                        || self.oci_hidden(pfd.as_fd(), name)
                     {
                         return Ok(Found::Node(NodeInit {
                             kind: libc::S_IFDIR,
@@ -353,9 +359,11 @@ impl Overlay {
             }
         }
         // Where to look in the layers below: the name itself, or where a redirect points.
-        let mut redirect: Option<Redirect> = match &dir {
-            Some(_) => self.redirect_of(self.nodes.dir_fd(parent, UPPER)?.as_fd(), name),
-            None => None,
+        let mut redirect: Option<Redirect> = match (&dir, upper_xattrs) {
+            (Some(_), Some(xa)) => {
+                self.redirect_of(self.nodes.dir_fd(parent, UPPER)?.as_fd(), name, xa)
+            }
+            _ => None,
         };
         // An absolute redirect is looked up from the root, so in every lower layer (below
         // the one that holds it), not only in the parent's stack.
@@ -423,12 +431,13 @@ impl Overlay {
                                 .get_or_insert_with(Default::default)
                                 .push((l, at));
                         }
-                        if self.dir_is_opaque(pfd.as_fd(), look)?
+                        let xa = whiteout::OverlayXattrs::of(pfd.as_fd(), look);
+                        if self.dir_is_opaque(pfd.as_fd(), look, xa)?
                             || self.oci_hidden(pfd.as_fd(), look)
                         {
                             break;
                         }
-                        if let Some(r) = self.redirect_of(pfd.as_fd(), look) {
+                        if let Some(r) = self.redirect_of(pfd.as_fd(), look, xa) {
                             // A relative redirect met while following an absolute one
                             // names a sibling of the path being followed.
                             let r = match (r, &redirect) {
@@ -509,8 +518,16 @@ impl Overlay {
     }
 
     /// The redirect recorded on directory `name` in layer directory `dir`, if any.
-    fn redirect_of(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<Redirect> {
-        for a in ["trusted.overlay.redirect", "user.overlay.redirect"] {
+    fn redirect_of(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        xa: whiteout::OverlayXattrs,
+    ) -> Option<Redirect> {
+        if !xa.may_redirect() {
+            return None;
+        }
+        for a in whiteout::REDIRECT_XATTRS {
             if let Ok(v) = xattr::get_vec(dir, name, a) {
                 if v.is_empty() || v.contains(&0) {
                     continue;
@@ -552,16 +569,20 @@ impl Overlay {
     }
 
     /// Whether directory `name` in layer directory `parent` is opaque.
-    fn dir_is_opaque(&self, parent: BorrowedFd<'_>, name: &OsStr) -> SysResult<bool> {
-        if whiteout::is_opaque_dir(parent, name) {
+    fn dir_is_opaque(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        xa: whiteout::OverlayXattrs,
+    ) -> SysResult<bool> {
+        if xa.opaque_dir(parent, name) {
             return Ok(true);
         }
-        let opq = OsStr::from_bytes(whiteout::OCI_OPAQUE);
-        let child = match fs::openat(parent, name, libc::O_PATH | libc::O_DIRECTORY, 0) {
-            Ok(c) => c,
-            Err(_) => return Ok(false),
-        };
-        Ok(fs::fstatat(child.as_fd(), opq).is_ok())
+        // The OCI marker inside it, reached in one open that follows no symlink.
+        let mut marker = name.as_bytes().to_vec();
+        marker.push(b'/');
+        marker.extend_from_slice(whiteout::OCI_OPAQUE);
+        Ok(fs::open_beneath(parent, OsStr::from_bytes(&marker), libc::O_PATH, 0).is_ok())
     }
 
     /// The `st_ino` recorded on an upper file by its copy-up, if any.

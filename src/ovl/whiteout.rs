@@ -8,9 +8,13 @@
 //! kernel's xattr whiteouts); OCI image markers `.wh.NAME` (hides NAME) and `.wh..wh..opq`
 //! (makes the directory opaque); `opaque=y` under `trusted.overlay.`, `user.overlay.` or
 //! `user.fuseoverlayfs.`. Marker names never show through the mount.
+//!
+//! Which of the opaque attributes, and of the redirect ones (`namei`), a layer directory
+//! carries is first read with one listxattr: most carry none, and then one system call
+//! answers what took one per attribute name.
 
 use crate::sys::fs::{self, Stat};
-use crate::sys::{xattr, SysResult};
+use crate::sys::{xattr, Errno, SysResult};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -24,6 +28,53 @@ const OPAQUE_XATTRS: [&str; 3] = [
     "user.fuseoverlayfs.opaque",
 ];
 const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overlay.whiteout"];
+/// Where a directory renamed by a kernel with `redirect_dir=on` records its lower path.
+pub const REDIRECT_XATTRS: [&str; 2] = ["trusted.overlay.redirect", "user.overlay.redirect"];
+
+/// Which overlay attributes a layer directory carries, by name (their values are read
+/// only for those it has).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverlayXattrs {
+    opaque: bool,
+    redirect: bool,
+}
+
+impl OverlayXattrs {
+    /// Read with one listxattr of `name` in `dir`. Where that fails for another reason
+    /// than "no xattrs here" (names too many for the buffer, say), every attribute counts
+    /// as possibly present, and is read.
+    pub fn of(dir: BorrowedFd<'_>, name: &OsStr) -> OverlayXattrs {
+        let mut buf = [0u8; 1024];
+        match xattr::list_into(dir, name, &mut buf) {
+            Ok(n) => {
+                let names = || buf[..n].split(|b| *b == 0);
+                let has = |set: &[&str]| names().any(|a| set.iter().any(|s| s.as_bytes() == a));
+                OverlayXattrs {
+                    opaque: has(&OPAQUE_XATTRS),
+                    redirect: has(&REDIRECT_XATTRS),
+                }
+            }
+            Err(e) if e == Errno::EOPNOTSUPP => OverlayXattrs {
+                opaque: false,
+                redirect: false,
+            },
+            Err(_) => OverlayXattrs {
+                opaque: true,
+                redirect: true,
+            },
+        }
+    }
+
+    /// Whether the directory may carry a redirect (read it to know).
+    pub fn may_redirect(&self) -> bool {
+        self.redirect
+    }
+
+    /// `is_opaque_dir`, skipped where no opaque attribute is present.
+    pub fn opaque_dir(&self, parent: BorrowedFd<'_>, name: &OsStr) -> bool {
+        self.opaque && is_opaque_dir(parent, name)
+    }
+}
 
 /// Whether the stat result is a kernel-format whiteout (char device 0/0).
 pub fn is_whiteout_stat(st: &Stat) -> bool {
@@ -232,5 +283,50 @@ mod tests {
         assert_eq!(oci_hidden_name(OsStr::new("foo")), None);
         assert!(is_marker_name(OsStr::new(".wh..wh..opq")));
         assert_eq!(oci_marker_for(OsStr::new("x")), OsString::from(".wh.x"));
+    }
+
+    /// The one-listxattr check finds the overlay attributes among others, and where the
+    /// names do not fit its buffer it falls back to reading every attribute.
+    #[test]
+    fn overlay_xattrs_are_found_by_name_and_fall_back_when_too_many() {
+        use std::os::fd::{AsFd, OwnedFd};
+        let root = std::path::PathBuf::from(format!("/tmp/ovlfuse-unit-xa-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["plain", "other", "opq", "opq_x", "redir", "crowded"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let dir: OwnedFd = std::fs::File::open(&root).unwrap().into();
+        let fd = dir.as_fd();
+        let set = |d: &str, a: &str, v: &[u8]| xattr::set(fd, OsStr::new(d), a, v, 0).unwrap();
+        set("other", "user.mime_type", b"text/plain");
+        set("opq", "user.other", b"1");
+        set("opq", "user.overlay.opaque", b"y");
+        set("opq_x", "user.overlay.opaque", b"x");
+        set("redir", "user.overlay.redirect", b"/elsewhere");
+        for i in 0..40 {
+            set(
+                "crowded",
+                &format!("user.a-rather-long-attribute-name-number-{i:03}"),
+                b"v",
+            );
+        }
+        set("crowded", "user.overlay.opaque", b"y");
+        let of = |d: &str| OverlayXattrs::of(fd, OsStr::new(d));
+        let none = OverlayXattrs {
+            opaque: false,
+            redirect: false,
+        };
+        assert_eq!(of("plain"), none);
+        assert_eq!(of("other"), none);
+        assert!(of("opq").opaque && !of("opq").may_redirect());
+        assert!(of("opq").opaque_dir(fd, OsStr::new("opq")));
+        // "x" marks a directory holding xattr whiteouts, not an opaque one.
+        assert!(of("opq_x").opaque && !of("opq_x").opaque_dir(fd, OsStr::new("opq_x")));
+        assert!(of("redir").may_redirect() && !of("redir").opaque);
+        // 40 names of 47 bytes overflow the 1 KiB list: everything may be present.
+        let crowded = of("crowded");
+        assert!(crowded.opaque && crowded.may_redirect());
+        assert!(crowded.opaque_dir(fd, OsStr::new("crowded")));
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

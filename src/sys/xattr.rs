@@ -164,7 +164,9 @@ pub fn list(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Vec<u8>> {
     }
 }
 
-fn list_into(dir: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> SysResult<usize> {
+/// The attribute names of `name` in `dir` (NUL-terminated, one after another) read into
+/// `buf`; ERANGE when they do not fit.
+pub fn list_into(dir: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> SysResult<usize> {
     if HAVE_XATTRAT.load(Ordering::Relaxed) {
         let n = cstr(name)?;
         let ret = unsafe {
