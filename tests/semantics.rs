@@ -4230,14 +4230,18 @@ fn forgotten_nodes_come_back_with_the_same_identity() {
     lc.verify();
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {}", describe_err(&e)));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+/// The number on the `key:` line of /proc/PID/FILE (a trailing "kB" dropped).
+fn proc_number(pid: u32, file: &str, key: &str) -> u64 {
+    let text = fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/{file}: {}", describe_err(&e)));
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/{file}"))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    proc_number(pid, "status", "VmRSS")
 }
 
 /// Memory stays bounded across FORGETs (issue 6): each cycle looks up every file of a
@@ -4296,12 +4300,7 @@ fn daemon_memory_stays_bounded_over_forget_cycles() {
 /// Bytes the process has read with read(2)-like calls (`rchar` in /proc/PID/io); FUSE
 /// requests it takes from /dev/fuse count too, but they are small.
 fn rchar(pid: u32) -> u64 {
-    let io = fs::read_to_string(format!("/proc/{pid}/io"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/io: {}", describe_err(&e)));
-    io.lines()
-        .find_map(|l| l.strip_prefix("rchar:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no rchar in /proc/{pid}/io"))
+    proc_number(pid, "io", "rchar")
 }
 
 /// On a read-only overlay nothing is ever copied up, so lower files are opened with FUSE

@@ -301,9 +301,8 @@ impl Overlay {
         let ps = parent.state();
         // A directory found so far: what merges into it, its number, its top copy's stat.
         let mut dir: Option<(NodeState, u64, fs::Stat)> = None;
-        // What the upper directory found carries, read once for the opaque and redirect
-        // checks.
-        let mut upper_xattrs = None;
+        // Where to look in the layers below: the name itself, or where a redirect points.
+        let mut redirect: Option<Redirect> = None;
         if ps.upper {
             let pfd = self.nodes.dir_fd(parent, UPPER)?;
             match fs::fstatat(pfd.as_fd(), name) {
@@ -335,7 +334,6 @@ impl Overlay {
                     };
                     let ino = self.layers.ino.map(upper.dev, st.st_ino);
                     let xa = whiteout::OverlayXattrs::of(pfd.as_fd(), name);
-                    upper_xattrs = Some(xa);
                     if self.dir_is_opaque(pfd.as_fd(), name, xa)?
                         || self.oci_hidden(pfd.as_fd(), name)
                     {
@@ -347,6 +345,7 @@ impl Overlay {
                             seen: Some(st),
                         }));
                     }
+                    redirect = self.redirect_of(pfd.as_fd(), name, xa);
                     dir = Some((state, ino, st));
                 }
                 // A marker hides lower copies: with no lower layer there is none to hide.
@@ -358,13 +357,6 @@ impl Overlay {
                 Err(e) => return Err(e),
             }
         }
-        // Where to look in the layers below: the name itself, or where a redirect points.
-        let mut redirect: Option<Redirect> = match (&dir, upper_xattrs) {
-            (Some(_), Some(xa)) => {
-                self.redirect_of(self.nodes.dir_fd(parent, UPPER)?.as_fd(), name, xa)
-            }
-            _ => None,
-        };
         // An absolute redirect is looked up from the root, so in every lower layer (below
         // the one that holds it), not only in the parent's stack.
         let all_below =
@@ -637,11 +629,8 @@ pub struct ListedLookups<'a> {
 
 impl ListedLookups<'_> {
     /// `lookup` of a listed name; a node made for it shares the listing's copy of the name.
+    /// Listings hold no marker names and no names over 255 bytes, which `lookup` checks.
     pub fn lookup(&mut self, name: &Name) -> SysResult<(Arc<Node>, Attr)> {
-        if name.len() > 255 || whiteout::is_marker_name(name) {
-            // Never listed; kept out all the same, as `lookup` would.
-            return Err(Errno::ENOENT);
-        }
         self.ovl
             .lookup_in(&self.dir, name, Some(name), &mut self.fds)
     }

@@ -371,9 +371,7 @@ impl Overlay {
                 let mut ino = self.layers.ino.map(dev, e.ino);
                 if layer == UPPER {
                     if kind == libc::S_IFDIR {
-                        if !st.lowers.is_empty()
-                            && !whiteout::OverlayXattrs::of(dfd, os).opaque_dir(dfd, os)
-                        {
+                        if !st.lowers.is_empty() && !whiteout::is_opaque_dir(dfd, os) {
                             maybe_merged.insert(name.clone());
                         }
                     } else if impure {

@@ -70,9 +70,9 @@ impl OverlayXattrs {
         self.redirect
     }
 
-    /// `is_opaque_dir`, skipped where no opaque attribute is present.
+    /// `is_opaque_dir`, with the names already listed.
     pub fn opaque_dir(&self, parent: BorrowedFd<'_>, name: &OsStr) -> bool {
-        self.opaque && is_opaque_dir(parent, name)
+        self.opaque && has_opaque_value(parent, name)
     }
 }
 
@@ -139,6 +139,11 @@ pub fn oci_marker_for(name: &OsStr) -> OsString {
 /// Whether the directory `name` inside `parent` (both in one layer) carries an opaque
 /// xattr with value `y` (the OCI `.wh..wh..opq` marker inside is checked by lookup).
 pub fn is_opaque_dir(parent: BorrowedFd<'_>, name: &OsStr) -> bool {
+    OverlayXattrs::of(parent, name).opaque_dir(parent, name)
+}
+
+/// One of the opaque attributes of `name` in `parent` reads `y`.
+fn has_opaque_value(parent: BorrowedFd<'_>, name: &OsStr) -> bool {
     for a in OPAQUE_XATTRS {
         let mut v = [0u8; 4];
         if let Ok(n) = xattr::get(parent, name, a, &mut v) {
