@@ -2,7 +2,7 @@
 //! results into replies. It holds no overlay logic, and no `fuser` type goes below it.
 
 use crate::ovl::inode::{SetAttr, Time, TimeSet};
-use crate::ovl::readdir::DirSnapshot;
+use crate::ovl::listing::DirReader;
 use crate::ovl::{Attr, Ctx, Errno, Overlay};
 use fuser::{
     AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
@@ -505,14 +505,20 @@ impl Filesystem for OvlFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Refused, the kernel opens directories without asking us from then on, and keeps
+        // their listings cached (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR): one round trip less
+        // per directory listed.
+        if !self.ovl.wants_opendir() {
+            return reply.error(fuser::Errno::ENOSYS);
+        }
         match self.ovl.opendir(ino.0) {
-            Ok(fh) => {
+            Ok(()) => {
                 let flags = if self.ovl.cache_listing(ino.0) {
                     FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
                 } else {
                     FopenFlags::empty()
                 };
-                reply.opened(FileHandle(fh), flags)
+                reply.opened(FileHandle(0), flags)
             }
             Err(e) => reply.error(err(e)),
         }
@@ -521,14 +527,14 @@ impl Filesystem for OvlFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.ovl.readdir(fh.0, offset) {
+        match self.ovl.read_dir(ino.0, offset) {
             Ok(list) => {
-                for (next, e) in list.from(offset) {
+                for (next, e) in list {
                     if reply.add(INodeNo(e.ino), next, kind_of(e.kind), &e.name) {
                         break;
                     }
@@ -543,11 +549,11 @@ impl Filesystem for OvlFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = match self.ovl.readdir(fh.0, offset) {
+        let list = match self.ovl.read_dir(ino.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(err(e)),
         };
@@ -555,8 +561,8 @@ impl Filesystem for OvlFs {
             Ok(l) => l,
             Err(e) => return reply.error(err(e)),
         };
-        for (next, e) in list.from(offset) {
-            if DirSnapshot::is_dot(next) {
+        for (next, e) in list {
+            if DirReader::is_dot(next) {
                 // The kernel links no inode for these; their attributes are not used.
                 let mut fa = file_attr(&Attr::default());
                 fa.ino = INodeNo(e.ino);
@@ -577,7 +583,7 @@ impl Filesystem for OvlFs {
             // buffer is forgotten again.
             let (id, a) = match lookups.lookup(&e.name) {
                 Ok((n, a)) => (n.id, a),
-                // Gone since the listing was made: skip it, as a later readdir would.
+                // Gone since the line was copied out: skip it, as a later readdir would.
                 Err(_) => continue,
             };
             let mut fa = file_attr(&a);
@@ -599,23 +605,22 @@ impl Filesystem for OvlFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.ovl.releasedir(fh.0);
         reply.ok();
     }
 
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.ovl.fsyncdir(fh.0, datasync) {
+        match self.ovl.fsyncdir(ino.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }

@@ -833,6 +833,127 @@ fn readdir_of_100k_entries_and_telldir_seekdir() {
     lc.verify();
 }
 
+/// Reads one getdents64 batch of at most `buf_len` bytes: (name, d_off) pairs.
+fn getdents_batch(fd: i32, buf_len: usize) -> io::Result<Vec<(String, i64)>> {
+    let mut buf = vec![0u8; buf_len];
+    let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < n as usize {
+        // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name.
+        let off = i64::from_ne_bytes(buf[at + 8..at + 16].try_into().unwrap());
+        let reclen = u16::from_ne_bytes(buf[at + 16..at + 18].try_into().unwrap()) as usize;
+        let name = &buf[at + 19..at + reclen];
+        let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+        out.push((String::from_utf8_lossy(&name[..end]).into_owned(), off));
+        at += reclen;
+    }
+    Ok(out)
+}
+
+#[test]
+fn readdir_resumed_on_a_new_descriptor_lists_unchanged_entries_once_while_others_change() {
+    if !fuse_available() {
+        return;
+    }
+    // Readdir keeps no per-open state: an offset is a cookie that stays valid while the
+    // directory changes, even on another descriptor (as NFS and telldir users need). The
+    // guarantee is POSIX's: an entry present all along is listed exactly once; one added
+    // or removed meanwhile may or may not be. `strictatime` keeps OPENDIR in use, the
+    // default skips it; both must hold it.
+    for opts in [&[][..], &["strictatime"][..]] {
+        const N: usize = 3000;
+        let sc = Scratch::new("sem-readdir-cookies");
+        let st = Stack::new(&sc, 1);
+        lower_dir_of_empty_files(&st, N);
+        // Part of the directory is in the upper layer too, so the listing is merged.
+        ok(fs::create_dir(st.upper.join("big")), "mkdir upper big");
+        for i in 0..300 {
+            ok(
+                fs::File::create(st.upper.join(format!("big/up-{i:04}"))),
+                "create an upper file",
+            );
+        }
+        let lc = LowerCheck::new(&st.lowers);
+        let g = mount_ovlfuse(&st, opts);
+        let dir = st.mnt.join("big");
+        let open = || ok(fs::File::open(&dir), "open big");
+        let (mut listed, mut removed) = (Vec::<String>::new(), BTreeSet::<String>::new());
+        let (mut f, mut round) = (open(), 0usize);
+        loop {
+            let batch = ok(getdents_batch(f.as_raw_fd(), 700), "getdents64");
+            let Some(&(_, last_off)) = batch.last() else {
+                break;
+            };
+            listed.extend(batch.into_iter().map(|(n, _)| n));
+            // Between batches: add a name, remove a lower one from the far end (usually
+            // not listed yet), remove an upper one listed early, remove a name added before.
+            ok(fs::File::create(dir.join(format!("new-{round}"))), "create");
+            for gone in [
+                format!("entry-{:06}", N - 1 - round),
+                format!("up-{:04}", round % 300),
+            ] {
+                if removed.insert(gone.clone()) {
+                    ok(fs::remove_file(dir.join(&gone)), "unlink");
+                }
+            }
+            if round % 3 == 2 {
+                let gone = format!("new-{}", round / 3);
+                removed.insert(gone.clone());
+                ok(fs::remove_file(dir.join(&gone)), "unlink a new file");
+            }
+            // Go on through a fresh descriptor from the last offset seen.
+            f = open();
+            let at = unsafe { libc::lseek(f.as_raw_fd(), last_off, libc::SEEK_SET) };
+            assert_eq!(at, last_off, "lseek to d_off {last_off} ({opts:?})");
+            round += 1;
+        }
+        assert!(
+            round > 20,
+            "only {round} batches: the test needs many ({opts:?})"
+        );
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for n in &listed {
+            *counts.entry(n.as_str()).or_default() += 1;
+        }
+        let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).take(10).collect();
+        assert!(
+            twice.is_empty(),
+            "listed more than once ({opts:?}): {twice:?}"
+        );
+        let stayed = (0..N)
+            .map(|i| format!("entry-{i:06}"))
+            .chain((0..300).map(|i| format!("up-{i:04}")))
+            .chain([".".to_string(), "..".to_string()])
+            .filter(|n| !removed.contains(n));
+        let missing: Vec<String> = stayed
+            .filter(|n| !counts.contains_key(n.as_str()))
+            .collect();
+        assert!(missing.is_empty(), "never listed ({opts:?}): {missing:?}");
+        // A full listing afterwards agrees with what the directory now holds.
+        let mut now: Vec<String> = ok(fs::read_dir(&dir), "read_dir")
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        now.sort();
+        let expect_len = N + 300 + round - removed.len();
+        assert_eq!(
+            now.len(),
+            expect_len,
+            "entries after the changes ({opts:?})"
+        );
+        assert!(
+            now.iter().all(|n| !removed.contains(n)),
+            "a removed name is listed"
+        );
+        drop(f);
+        g.unmount();
+        lc.verify();
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Copy-up
 // ---------------------------------------------------------------------------------------

@@ -11,10 +11,10 @@
 use super::copy_up::temp_name;
 use super::inode::Attr;
 use super::layers::{remove_tree, UPPER};
+use super::listing::{Entry, Name};
 use super::node::{redirects_from, Lowers};
 use super::node::{Node, NodeInit, NodeState, ROOT_ID};
 use super::ownership::OverrideStat;
-use super::readdir::{Entry, Name};
 use super::{check_new_name, whiteout, Ctx, Errno, Overlay, SysResult};
 use crate::sys::fs;
 use parking_lot::MutexGuard;

@@ -102,7 +102,7 @@ pub struct SetAttr {
 
 /// How setattr reaches the upper copy of a node.
 enum Target {
-    Name(Arc<std::os::fd::OwnedFd>, super::readdir::Name),
+    Name(Arc<std::os::fd::OwnedFd>, super::listing::Name),
     Fd(Arc<std::os::fd::OwnedFd>),
 }
 

@@ -4,8 +4,9 @@
 //!
 //! One file per concern, after the kernel's `fs/overlayfs`:
 //! `params` (mount options), `layers` (opening and checking layers, the workdir),
-//! `node` (merged objects and the node table), `namei` (lookup), `readdir` (merged
-//! directory state and listings), `copy_up`, `dir` (create/remove/rename), `inode`
+//! `node` (merged objects and the node table), `namei` (lookup), `readdir` (merging a
+//! directory's layers, readdir), `listing` (a merged directory's entries in readdir order
+//! and its offsets), `copy_up`, `dir` (create/remove/rename), `inode`
 //! (attributes), `file` (open files and I/O), `xattr`, `whiteout` (on-disk formats),
 //! `ino` (inode numbers).
 
@@ -15,6 +16,7 @@ pub mod file;
 pub mod ino;
 pub mod inode;
 pub mod layers;
+pub mod listing;
 pub mod namei;
 pub mod node;
 pub mod ownership;
@@ -107,7 +109,6 @@ pub struct Overlay {
     /// first; and the total of those sizes.
     merged_lru: parking_lot::Mutex<(lru::LruCache<NodeId, usize>, usize)>,
     files: DashMap<u64, Arc<file::FileHandle>>,
-    dirs: DashMap<u64, Arc<readdir::DirHandle>>,
     next_fh: AtomicU64,
 }
 
@@ -121,7 +122,6 @@ impl Overlay {
             attr_changed: std::sync::OnceLock::new(),
             merged_lru: parking_lot::Mutex::new((lru::LruCache::unbounded(), 0)),
             files: DashMap::default(),
-            dirs: DashMap::default(),
             next_fh: AtomicU64::new(1),
         })
     }

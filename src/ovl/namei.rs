@@ -7,8 +7,8 @@
 //! lookup and readdir always agree.
 
 use super::layers::{LayerId, UPPER};
+use super::listing::Name;
 use super::node::{Lowers, Node, NodeInit, NodeState, ROOT_ID};
-use super::readdir::Name;
 use super::{whiteout, Attr, Errno, Overlay, SysResult};
 use crate::sys::fs::{self, Stat};
 use crate::sys::xattr;
@@ -180,7 +180,7 @@ impl Overlay {
         &self,
         parent: &Node,
         name: Name,
-        e: &super::readdir::Entry,
+        e: &super::listing::Entry,
         fds: &mut DirFds,
     ) -> SysResult<Option<(Arc<Node>, Attr)>> {
         let st = match fs::fstatat(fds.get(self, parent, e.layer)?.as_fd(), &name) {

@@ -8,7 +8,7 @@
 //! the names; lower hard links are separate objects, as in kernel overlayfs (index=off).
 
 use super::layers::{LayerId, Layers, UPPER};
-use super::readdir::{MergedDir, Name};
+use super::listing::{MergedDir, Name};
 use super::{whiteout, DashMap};
 use crate::sys::fs::{self, Stat};
 use crate::sys::{Errno, SysResult};

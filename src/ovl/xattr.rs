@@ -57,7 +57,7 @@ impl Overlay {
         &self,
         node: &Node,
         layer: LayerId,
-    ) -> SysResult<(Arc<OwnedFd>, super::readdir::Name)> {
+    ) -> SysResult<(Arc<OwnedFd>, super::listing::Name)> {
         if node.id == ROOT_ID {
             return Ok((self.nodes.dir_fd(node, layer)?, OsStr::new(".").into()));
         }
