@@ -74,6 +74,11 @@ impl Layers {
         1..=(self.lowers.len() as LayerId)
     }
 
+    /// Whether `id` is the lowest layer: nothing lies below it to hide, merge or redirect to.
+    pub fn is_lowest(&self, id: LayerId) -> bool {
+        id as usize == self.lowers.len()
+    }
+
     pub fn work(&self) -> sys::SysResult<BorrowedFd<'_>> {
         self.work.as_ref().map(|f| f.as_fd()).ok_or(Errno::EROFS)
     }

@@ -423,6 +423,12 @@ impl Overlay {
                                 .get_or_insert_with(Default::default)
                                 .push((l, at));
                         }
+                        // Opacity and redirects only speak of the layers below; the
+                        // lowest layer's directories (most of a base image) need neither
+                        // read: three system calls fewer per directory.
+                        if self.layers.is_lowest(l) {
+                            break;
+                        }
                         let xa = whiteout::OverlayXattrs::of(pfd.as_fd(), look);
                         if self.dir_is_opaque(pfd.as_fd(), look, xa)?
                             || self.oci_hidden(pfd.as_fd(), look)
@@ -452,8 +458,10 @@ impl Overlay {
                         return Ok(Found::Node(self.lower_object(l, &st)));
                     }
                 }
+                // A marker hides the name in the layers still to be looked in; after the
+                // last of them there is nothing left to hide.
                 Err(Errno::ENOENT) => {
-                    if self.oci_hidden(pfd.as_fd(), look) {
+                    if i < order.len() && self.oci_hidden(pfd.as_fd(), look) {
                         break;
                     }
                 }

@@ -676,25 +676,55 @@ impl NodeTable {
 
     /// An `O_PATH` fd for directory `node` in `layer`, from the bounded cache when it can.
     pub fn dir_fd(&self, node: &Node, layer: LayerId) -> SysResult<Arc<OwnedFd>> {
+        self.open_dir(node, layer, false).map(|(fd, _)| fd)
+    }
+
+    /// `dir_fd`, for a caller about to list the directory. When the fd is not cached yet
+    /// it is opened for reading (and without moving atime) and comes with `true`: it is
+    /// at its start and may be read once, saving the second open a cached `O_PATH` fd
+    /// needs. Only `*at` calls use a cached fd, so its position never matters after that.
+    pub fn dir_fd_to_list(&self, node: &Node, layer: LayerId) -> SysResult<(Arc<OwnedFd>, bool)> {
+        self.open_dir(node, layer, true)
+    }
+
+    fn open_dir(
+        &self,
+        node: &Node,
+        layer: LayerId,
+        to_list: bool,
+    ) -> SysResult<(Arc<OwnedFd>, bool)> {
         if node.id == ROOT_ID {
-            return Ok(self.roots[layer as usize].clone());
+            return Ok((self.roots[layer as usize].clone(), false));
         }
         if let Some(fd) = self.dirfds.lock().get(&(node.id, layer)) {
-            return Ok(fd.clone());
+            return Ok((fd.clone(), false));
         }
         let (rel, redirected) = self.path_in(node, layer)?;
-        let flags = libc::O_PATH | libc::O_DIRECTORY;
-        let fd = if rel.len() < DEEP_PATH || redirected {
-            fs::open_beneath(self.roots[layer as usize].as_fd(), &rel, flags, 0)?
+        let open = |at: BorrowedFd<'_>, rel: &OsStr| -> SysResult<(OwnedFd, bool)> {
+            let path = libc::O_PATH | libc::O_DIRECTORY;
+            if to_list {
+                let read = libc::O_RDONLY | libc::O_DIRECTORY;
+                match fs::open_beneath(at, rel, read | libc::O_NOATIME, 0) {
+                    Ok(fd) => return Ok((fd, true)),
+                    // Not the owner (O_NOATIME) or no read permission: an O_PATH fd
+                    // still serves lookups, and listing reports its own error.
+                    Err(Errno::EPERM) | Err(Errno::EACCES) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok((fs::open_beneath(at, rel, path, 0)?, false))
+        };
+        let (fd, fresh) = if rel.len() < DEEP_PATH || redirected {
+            open(self.roots[layer as usize].as_fd(), &rel)?
         } else {
             // Too long for one path walk (PATH_MAX): continue from the parent's fd.
             let (parent, name) = self.live_parent(node)?;
             let pfd = self.dir_fd(&parent, layer)?;
-            fs::open_beneath(pfd.as_fd(), &name, flags, 0)?
+            open(pfd.as_fd(), &name)?
         };
         let fd = Arc::new(fd);
         self.dirfds.lock().put((node.id, layer), fd.clone());
-        Ok(fd)
+        Ok((fd, fresh))
     }
 
     /// Whether directory `node`, reached in lower `layer` as `dir`, holds xattr whiteouts.

@@ -114,15 +114,22 @@ impl Overlay {
         let mut maybe_merged: HashSet<Name> = HashSet::default();
         let n_layers = order.len();
         for (i, layer) in order.into_iter().enumerate() {
-            let fd = self.nodes.dir_fd(node, layer)?;
+            let (fd, fresh) = self.nodes.dir_fd_to_list(node, layer)?;
             let dfd = fd.as_fd();
-            let raw = fs::read_dirents(dfd, |n: &OsStr| Name::from(n))?;
+            let name_of = |n: &OsStr| Name::from(n);
+            let raw = if fresh {
+                fs::read_dirents_at_start(dfd, name_of)?
+            } else {
+                fs::read_dirents(dfd, name_of)?
+            };
             let is_lower = layer != UPPER;
             // Whether a lower layer below this one still reads `lower_seen`.
             let lower_follows = i + 1 < n_layers;
             entries.reserve(raw.len());
             let dev = self.layers.get(layer).dev;
-            let xwhiteouts = whiteout::dir_has_xwhiteouts(dfd);
+            // Read at the first entry that could be an xattr whiteout: a directory of
+            // directories never needs it.
+            let mut xwhiteouts: Option<bool> = None;
             let impure = layer == UPPER
                 && (st.impure
                     || xattr::get_on_dir(
@@ -150,9 +157,13 @@ impl Overlay {
                     libc::S_IFCHR => fs::fstatat(dfd, os)
                         .map(|s| whiteout::is_whiteout_stat(&s))
                         .unwrap_or(false),
-                    libc::S_IFREG if xwhiteouts => fs::fstatat(dfd, os)
-                        .map(|s| whiteout::is_xattr_whiteout(dfd, os, &s))
-                        .unwrap_or(false),
+                    libc::S_IFREG
+                        if *xwhiteouts.get_or_insert_with(|| whiteout::dir_has_xwhiteouts(dfd)) =>
+                    {
+                        fs::fstatat(dfd, os)
+                            .map(|s| whiteout::is_xattr_whiteout(dfd, os, &s))
+                            .unwrap_or(false)
+                    }
                     _ => false,
                 };
                 // One allocation per name, shared by every set that holds it.

@@ -102,9 +102,11 @@ pub fn has_whiteout_xattr(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
 
 /// Whether the layer directory `dir` is marked as holding xattr whiteouts (`opaque=x`).
 pub fn dir_has_xwhiteouts(dir: BorrowedFd<'_>) -> bool {
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
-        .iter()
-        .any(|a| xattr::get_on_dir(dir, a).is_ok_and(|v| v == b"x"))
+    // One listxattr (usually empty) instead of a getxattr per name.
+    OverlayXattrs::of(dir, OsStr::new(".")).opaque
+        && ["trusted.overlay.opaque", "user.overlay.opaque"]
+            .iter()
+            .any(|a| xattr::get_on_dir(dir, a).is_ok_and(|v| v == b"x"))
 }
 
 /// Whether the entry `name` (already stat-ed) of layer directory `dir` is a whiteout, in

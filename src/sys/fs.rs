@@ -2,7 +2,7 @@
 
 use super::{check, check_size, cstr, empty_path, Errno, SysResult};
 use std::ffi::{CStr, OsStr, OsString};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -474,7 +474,7 @@ pub fn read_dir_all(dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirent>> {
 /// its own form copies each once.
 pub fn read_dirents<N>(
     dir: BorrowedFd<'_>,
-    mut name: impl FnMut(&OsStr) -> N,
+    name: impl FnMut(&OsStr) -> N,
 ) -> SysResult<Vec<RawDirent<N>>> {
     // Reading a layer must not change it, not even its atime.
     let flags = libc::O_RDONLY | libc::O_DIRECTORY;
@@ -482,6 +482,15 @@ pub fn read_dirents<N>(
         Err(Errno::EPERM) => raw_openat(dir.as_raw_fd(), c".", flags, 0)?,
         other => other?,
     };
+    read_dirents_at_start(fd.as_fd(), name)
+}
+
+/// `read_dirents` of a directory fd opened for reading and not read yet (its position is
+/// the start): no second open.
+pub fn read_dirents_at_start<N>(
+    fd: BorrowedFd<'_>,
+    mut name: impl FnMut(&OsStr) -> N,
+) -> SysResult<Vec<RawDirent<N>>> {
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
