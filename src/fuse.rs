@@ -22,6 +22,9 @@ pub struct OvlFs {
     ttl: Duration,
     debug: bool,
     pt: crate::passthrough::Passthrough,
+    /// The kernel opens directories without us when OPENDIR fails with ENOSYS
+    /// (FUSE_NO_OPENDIR_SUPPORT, Linux 5.1); older ones would fail the open instead.
+    skip_opendir: bool,
 }
 
 /// Read-ahead asked for at init; the daemon raises the mount's window to it after mounting
@@ -51,6 +54,7 @@ impl OvlFs {
                 ttl,
                 debug,
                 pt,
+                skip_opendir: false,
             },
             slot,
         )
@@ -228,6 +232,10 @@ impl Filesystem for OvlFs {
         {
             self.pt.enable();
         }
+        self.skip_opendir = !self.ovl.wants_opendir()
+            && config
+                .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+                .is_ok();
         for f in want {
             if f == InitFlags::FUSE_POSIX_ACL && self.ovl.cfg.noacl {
                 continue;
@@ -508,7 +516,7 @@ impl Filesystem for OvlFs {
         // Refused, the kernel opens directories without asking us from then on, and keeps
         // their listings cached (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR): one round trip less
         // per directory listed.
-        if !self.ovl.wants_opendir() {
+        if self.skip_opendir {
             return reply.error(fuser::Errno::ENOSYS);
         }
         match self.ovl.opendir(ino.0) {
