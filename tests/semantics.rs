@@ -954,6 +954,42 @@ fn readdir_resumed_on_a_new_descriptor_lists_unchanged_entries_once_while_others
     }
 }
 
+/// fsync and fdatasync of directories, with no OPENDIR behind the descriptor (the kernel
+/// then sends FSYNCDIR without a handle): upper, merged, lower-only and root directories,
+/// after a change in them, agree with the kernel overlay.
+#[test]
+fn fsync_of_directories_matches_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let t = twin(
+        "sem-fsyncdir",
+        &[&[
+            E::Dir("lower_only"),
+            E::Dir("merged"),
+            E::File("merged/a", b"a"),
+        ]],
+        &[
+            E::Dir("upper_only"),
+            E::Dir("merged"),
+            E::File("merged/b", b"b"),
+        ],
+    );
+    for d in ["upper_only", "merged", "lower_only", "."] {
+        t.both(&format!("fsync and fdatasync of {d}"), |m| {
+            let dir = m.join(d);
+            let made = fs::write(dir.join(format!("new-in-{}", d.len())), b"x");
+            let f = fs::File::open(&dir);
+            let synced = f
+                .as_ref()
+                .map(|f| (outcome_unit(&f.sync_all()), outcome_unit(&f.sync_data())));
+            (outcome_unit(&made), synced.map_err(|e| e.raw_os_error()))
+        });
+    }
+    t.compare_views("after the fsyncs");
+    t.finish(true);
+}
+
 // ---------------------------------------------------------------------------------------
 // Copy-up
 // ---------------------------------------------------------------------------------------
