@@ -513,7 +513,7 @@ impl Filesystem for OvlFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // Refused, the kernel opens directories without asking us from then on, and keeps
+        // Once refused, the kernel opens directories without asking us, and keeps
         // their listings cached (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR): one round trip less
         // per directory listed.
         if self.skip_opendir {
