@@ -95,6 +95,13 @@ impl Slot {
         }
     }
 
+    fn get(&self, name: &OsStr) -> Option<&Entry> {
+        self.items()
+            .iter()
+            .find(|(n, _)| **n == *name)
+            .map(|(_, e)| e)
+    }
+
     fn get_mut(&mut self, name: &OsStr) -> Option<&mut Entry> {
         match self {
             Slot::One((n, e)) => (**n == *name).then_some(e),
@@ -151,8 +158,7 @@ struct Inner {
 
 impl Inner {
     fn get(&self, name: &OsStr) -> Option<&Entry> {
-        let s = self.slots.get(&slot_of(name))?;
-        s.items().iter().find(|(n, _)| **n == *name).map(|(_, e)| e)
+        self.slots.get(&slot_of(name))?.get(name)
     }
 
     fn get_mut(&mut self, name: &OsStr) -> Option<&mut Entry> {

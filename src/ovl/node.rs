@@ -679,12 +679,24 @@ impl NodeTable {
         self.open_dir(node, layer, false).map(|(fd, _)| fd)
     }
 
-    /// `dir_fd`, for a caller about to list the directory. When the fd is not cached yet
-    /// it is opened for reading (and without moving atime) and comes with `true`: it is
-    /// at its start and may be read once, saving the second open a cached `O_PATH` fd
-    /// needs. Only `*at` calls use a cached fd, so its position never matters after that.
-    pub fn dir_fd_to_list(&self, node: &Node, layer: LayerId) -> SysResult<(Arc<OwnedFd>, bool)> {
-        self.open_dir(node, layer, true)
+    /// The directory's fd in `layer` (as `dir_fd`) and its entries, each name made by
+    /// `name`. When the fd is not cached yet it is opened for reading (without moving
+    /// atime) and read from its start before it is cached, which saves the second open a
+    /// cached `O_PATH` fd needs; only `*at` calls use a cached fd, so its position never
+    /// matters after that.
+    pub fn list_dir<N>(
+        &self,
+        node: &Node,
+        layer: LayerId,
+        name: impl FnMut(&OsStr) -> N,
+    ) -> SysResult<(Arc<OwnedFd>, Vec<fs::RawDirent<N>>)> {
+        let (fd, fresh) = self.open_dir(node, layer, true)?;
+        let entries = if fresh {
+            fs::read_dirents_at_start(fd.as_fd(), name)?
+        } else {
+            fs::read_dirents(fd.as_fd(), name)?
+        };
+        Ok((fd, entries))
     }
 
     fn open_dir(

@@ -114,14 +114,10 @@ impl Overlay {
         let mut maybe_merged: HashSet<Name> = HashSet::default();
         let n_layers = order.len();
         for (i, layer) in order.into_iter().enumerate() {
-            let (fd, fresh) = self.nodes.dir_fd_to_list(node, layer)?;
+            let (fd, raw) = self
+                .nodes
+                .list_dir(node, layer, |n: &OsStr| Name::from(n))?;
             let dfd = fd.as_fd();
-            let name_of = |n: &OsStr| Name::from(n);
-            let raw = if fresh {
-                fs::read_dirents_at_start(dfd, name_of)?
-            } else {
-                fs::read_dirents(dfd, name_of)?
-            };
             let is_lower = layer != UPPER;
             // Whether a lower layer below this one still reads `lower_seen`.
             let lower_follows = i + 1 < n_layers;
@@ -265,8 +261,7 @@ impl Overlay {
     /// and rename), and the layers may not change behind the mount. Only `strictatime`
     /// needs every listing of an upper directory to reach us, to move its atime.
     pub fn cache_listing(&self, id: u64) -> bool {
-        let upper = self.node(id).is_ok_and(|n| n.is_upper());
-        !(upper && self.cfg.atime == super::params::Atime::Strict)
+        !(self.wants_opendir() && self.node(id).is_ok_and(|n| n.is_upper()))
     }
 
     /// Readdir of directory `id` from `offset`: 0 is the start, 1 and 2 come after `.` and
