@@ -507,7 +507,9 @@ const BUILT_WANT: &str =
     "added.txt deep hard moved own sub sym \nc \nnew\nkeep+appended+\n3\nz\nnovi\n\
     600 2 0:0\n4750 1 12:34\nmoved\n700";
 
-/// The mutation `c1` makes before `podman diff` / `commit`.
+/// The mutation container `writer` makes before `podman diff` / `commit`. (Not named
+/// `c1`: `podman diff` looks the name up as an image first, and an image ID starting with
+/// the hex digits `c1` made it diff that image instead, now and then.)
 const C1_SCRIPT: &str =
     "rm /data/hard; rm -rf /opq; echo w > /data/new; echo more >> /data/moved; \
     mkdir /newdir; rm /bin/cat; chmod 711 /data/sub; rm -rf /data/deep; mkdir /data/deep; \
@@ -1077,7 +1079,7 @@ struct Results {
 #[track_caller]
 fn compare(a: &Results, b: &Results) {
     assert_same_lines(
-        "`podman diff c1` (opaque directories normalized)",
+        "`podman diff writer` (opaque directories normalized)",
         &a.label,
         &normalize_diff(&a.diff, &a.mount_tree),
         &b.label,
@@ -1242,14 +1244,14 @@ fn podman_flow(e: &Eng, inp: &Inputs) -> Results {
     e.podman(&[
         "run",
         "--name",
-        "c1",
+        "writer",
         "localhost/built",
         "sh",
         "-c",
         C1_SCRIPT,
     ]);
     let mut diff: Vec<String> = e
-        .podman(&["diff", "c1"])
+        .podman(&["diff", "writer"])
         .lines()
         .map(str::to_string)
         .collect();
@@ -1264,12 +1266,12 @@ fn podman_flow(e: &Eng, inp: &Inputs) -> Results {
     ] {
         assert!(
             diff.iter().any(|l| l == want),
-            "[{}] podman diff c1 lacks {want:?}:\n{}",
+            "[{}] podman diff writer lacks {want:?}:\n{}",
             e.label,
             diff.join("\n")
         );
     }
-    e.podman(&["commit", "-q", "c1", "localhost/committed"]);
+    e.podman(&["commit", "-q", "writer", "localhost/committed"]);
     e.expect(
         "content of the committed image",
         &["run", "--rm", "localhost/committed", "sh", "-c",
@@ -1277,7 +1279,7 @@ fn podman_flow(e: &Eng, inp: &Inputs) -> Results {
            ls /data | tr '\\n' ' '; echo; ls /data/deep; stat -c %a /data/sub"],
         "w\nkeep\nappended\nmore\nnocat\nnoopq\nadded.txt deep moved new own sub sym \nf\n711",
     );
-    lap("run c1, diff, commit", &mut t);
+    lap("run writer, diff, commit", &mut t);
 
     // The committed image's tree, exported from a container created from it.
     e.podman(&["create", "--name", "ex", "localhost/committed", "true"]);
@@ -1421,7 +1423,7 @@ fn podman_flow(e: &Eng, inp: &Inputs) -> Results {
     assert_saved_whiteouts(&e.label, &layers);
     lap("save oci-archive", &mut t);
 
-    e.podman(&["rm", "c1"]);
+    e.podman(&["rm", "writer"]);
     e.assert_no_leftovers();
     lap("rm, rmi, leftovers", &mut t);
     eprintln!(
