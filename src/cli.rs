@@ -225,6 +225,10 @@ Container options (as fuse-overlayfs spells them):
   ino32_t                inode numbers fit in 32 bits
   timeout=SECONDS        how long the kernel caches names and attributes (default 3600)
   threaded=0|1           0 serves requests on one thread (default 1: several)
+  uring=auto|on|off      serve requests over io_uring, one queue per CPU (Linux
+                         6.14+), when the kernel offers it: default auto uses it
+                         where /sys/module/fuse/parameters/enable_uring is Y; on
+                         also warns when it is not; off always uses /dev/fuse
   fast_ino=0|1, writeback=0|1, plugins=LIST  accepted and ignored
 
 Accepted and ignored (mount(8), fstab and SELinux):
@@ -543,6 +547,7 @@ mod tests {
             "ino32_t",
             "timeout=",
             "threaded=",
+            "uring=",
             "fast_ino=",
             "writeback=",
             "plugins=",

@@ -8,12 +8,14 @@
 
 use crate::cli::Cli;
 use crate::fuse::OvlFs;
+use crate::fuse_uring::UringMode;
 use crate::ovl::ownership::{self, IdMap, Ownership};
 use crate::ovl::params::{escape_path, parse_options, Params, LOWERDIR_REQUIRED};
 use crate::ovl::{Config, Layers, Overlay};
 use crate::sys::{self, process};
 use fuser::{MountOption, Session, SessionACL};
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -94,12 +96,23 @@ pub fn run(cli: Cli) -> Result<(), String> {
         },
     )
     .map_err(|e| format!("cannot set up the overlay: {e}"))?;
-    let (fs, notifier) = OvlFs::new(ovl, params.timeout.unwrap_or(DEFAULT_TTL), debug);
     let config = fuse_config(&params, cli.source.as_deref());
+    let uring = match params.uring {
+        Some(true) => UringMode::On,
+        Some(false) => UringMode::Off,
+        None => UringMode::Auto,
+    };
+    let (fs, link) = OvlFs::new(
+        ovl,
+        params.timeout.unwrap_or(DEFAULT_TTL),
+        debug,
+        uring,
+        config.acl,
+    );
     log::debug!("mount options: {:?}", config.mount_options);
 
     if foreground {
-        return serve(fs, notifier, &cli.mountpoint, &config, None);
+        return serve(fs, link, &cli.mountpoint, &config, None);
     }
     let (r, w) = process::pipe().map_err(|e| format!("pipe: {e}"))?;
     match process::fork().map_err(|e| format!("fork: {e}"))? {
@@ -118,7 +131,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             process::setsid();
             let res = serve(
                 fs,
-                notifier,
+                link,
                 &cli.mountpoint,
                 &config,
                 Some(std::fs::File::from(w)),
@@ -135,7 +148,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
 /// goes away.
 fn serve(
     fs: OvlFs,
-    notifier: crate::fuse::NotifierSlot,
+    link: crate::fuse::SessionLink,
     mnt: &Path,
     config: &fuser::Config,
     mut ready: Option<std::fs::File>,
@@ -159,7 +172,14 @@ fn serve(
             return Err(msg);
         }
     };
-    let _ = notifier.set(session.notifier());
+    // A second descriptor of the session's device, for backing-file registrations and
+    // the io_uring transport. Without it (no descriptors left) the ring threads, which
+    // INIT may have told the kernel to wait for, could not start: fail the mount instead.
+    let device = session
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("cannot duplicate the /dev/fuse descriptor: {e}"))?;
+    link.attach(session.notifier(), device);
     process::raise_readahead(mnt, crate::fuse::MAX_READAHEAD >> 10);
     if let Some(mut w) = ready.take() {
         let _ = w.write_all(&[0]);

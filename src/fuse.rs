@@ -1,9 +1,11 @@
 //! The FUSE adapter: turns `fuser` requests into calls on the overlay core and the core's
 //! results into replies. It holds no overlay logic, and no `fuser` type goes below it.
 
+use crate::fuse_uring::UringMode;
 use crate::ovl::inode::{SetAttr, Time, TimeSet};
 use crate::ovl::listing::DirReader;
 use crate::ovl::{Attr, Ctx, Errno, Overlay};
+use crate::passthrough::Backing;
 use fuser::{
     AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
@@ -12,31 +14,81 @@ use fuser::{
 };
 use log::debug;
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The overlay as a `fuser` filesystem.
-pub struct OvlFs {
-    ovl: Overlay,
-    ttl: Duration,
+/// The overlay as a `fuser` filesystem. Its state is shared with the io_uring transport
+/// (`fuse_uring`), which serves the same requests on other threads once the kernel moves
+/// them there.
+pub struct OvlFs(Arc<Adapter>);
+
+/// What both transports need to answer a request.
+pub struct Adapter {
+    pub(crate) ovl: Overlay,
+    pub(crate) ttl: Duration,
     debug: bool,
-    pt: crate::passthrough::Passthrough,
+    pub(crate) pt: crate::passthrough::Passthrough,
     /// The kernel opens directories without us when OPENDIR fails with ENOSYS
     /// (FUSE_NO_OPENDIR_SUPPORT, Linux 5.1); older ones would fail the open instead.
-    skip_opendir: bool,
+    pub(crate) skip_opendir: AtomicBool,
+    /// The session's /dev/fuse descriptor: backing files are registered through it, and
+    /// the io_uring transport's commands go to it.
+    pub(crate) device: OnceLock<Arc<OwnedFd>>,
+    notifier: NotifierSlot,
+    /// Ring entries set up at INIT, started once the session is attached.
+    ring: parking_lot::Mutex<Vec<crate::fuse_uring::Entry>>,
+    /// Serve requests over io_uring when the kernel offers it (`-o uring`).
+    uring: UringMode,
+    /// Who may use the mount, checked by fuser on /dev/fuse and by us on the ring.
+    pub(crate) acl: fuser::SessionACL,
+}
+
+impl std::ops::Deref for OvlFs {
+    type Target = Adapter;
+    fn deref(&self) -> &Adapter {
+        &self.0
+    }
+}
+
+/// The daemon's hold on the adapter once the filesystem value has gone into the session.
+pub struct SessionLink(Arc<Adapter>);
+
+impl SessionLink {
+    /// The session is mounted, and the INIT handshake done: take its notifier and device,
+    /// and start serving over io_uring if INIT asked for it.
+    pub fn attach(&self, notifier: fuser::Notifier, device: OwnedFd) {
+        let _ = self.0.notifier.set(notifier);
+        let device = Arc::new(device);
+        let _ = self.0.device.set(device.clone());
+        let entries = std::mem::take(&mut *self.0.ring.lock());
+        if !entries.is_empty() {
+            crate::fuse_uring::start(self.0.clone(), device, entries);
+        }
+    }
 }
 
 /// Read-ahead asked for at init; the daemon raises the mount's window to it after mounting
 /// (see `sys::process::raise_readahead`).
 pub const MAX_READAHEAD: u32 = 1 << 20;
 
+/// The largest WRITE request asked for at init.
+const MAX_WRITE: u32 = 1 << 20;
+
 /// Where the session's notifier goes once the session exists (it is made after the
 /// filesystem value has been handed to it).
 pub type NotifierSlot = Arc<OnceLock<fuser::Notifier>>;
 
 impl OvlFs {
-    pub fn new(ovl: Overlay, ttl: Duration, debug: bool) -> (OvlFs, NotifierSlot) {
+    pub fn new(
+        ovl: Overlay,
+        ttl: Duration,
+        debug: bool,
+        uring: UringMode,
+        acl: fuser::SessionACL,
+    ) -> (OvlFs, SessionLink) {
         let slot: NotifierSlot = Arc::new(OnceLock::new());
         let s = slot.clone();
         let _ = ovl.attr_changed.set(Box::new(move |id| {
@@ -47,25 +99,27 @@ impl OvlFs {
                 }
             }
         }));
-        let pt = Default::default();
-        (
-            OvlFs {
-                ovl,
-                ttl,
-                debug,
-                pt,
-                skip_opendir: false,
-            },
-            slot,
-        )
+        let fs = Arc::new(Adapter {
+            ovl,
+            ttl,
+            debug,
+            pt: Default::default(),
+            skip_opendir: AtomicBool::new(false),
+            device: OnceLock::new(),
+            notifier: slot,
+            ring: Default::default(),
+            uring,
+            acl,
+        });
+        (OvlFs(fs.clone()), SessionLink(fs))
     }
 }
 
 /// Open flags allowed beside FOPEN_PASSTHROUGH (the kernel fails the open with EIO for
 /// any other, page-cache ones included: the backing file has its own cache).
-const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+pub(crate) const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
-fn err(e: Errno) -> fuser::Errno {
+pub(crate) fn err(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e.0)
 }
 
@@ -149,39 +203,130 @@ fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
     })
 }
 
-impl OvlFs {
-    /// fuser sends `attr.ino` as the entry's node id. When a node's id is not its st_ino,
-    /// the attributes go out with no lifetime, so the kernel's next stat asks getattr,
-    /// whose reply carries the real st_ino.
-    fn reply_entry(&self, reply: ReplyEntry, id: u64, a: &Attr) {
-        let mut fa = file_attr(a);
+impl Adapter {
+    /// An entry's lifetimes and attributes. When a node's id is not its st_ino, the
+    /// attributes go out with no lifetime, so the kernel's next stat asks getattr, whose
+    /// reply carries the real st_ino (fuser sends `attr.ino` as the node id).
+    /// Returns (entry lifetime, attribute lifetime, attributes).
+    pub(crate) fn entry_parts(&self, id: u64, a: &Attr) -> (Duration, Duration, Attr) {
+        let mut a = *a;
         if id == a.ino {
-            reply.entry(&self.ttl, &fa, Generation(0));
+            (self.ttl, self.ttl, a)
         } else {
-            fa.ino = INodeNo(id);
-            reply.entry_with_ttls(&Duration::ZERO, &self.ttl, &fa, Generation(0));
+            a.ino = id;
+            (self.ttl, Duration::ZERO, a)
         }
     }
 
     /// The backing file for a new open file `fh` of `node`, if it goes through passthrough.
-    fn backing(
-        &self,
-        fh: u64,
-        node: u64,
-        open_backing: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<fuser::BackingId>,
-    ) -> Option<Arc<fuser::BackingId>> {
+    pub(crate) fn backing(&self, fh: u64, node: u64) -> Option<Arc<Backing>> {
         self.pt
-            .open(fh, node, || self.ovl.passthrough_fd(fh), open_backing)
+            .open(fh, node, || self.ovl.passthrough_fd(fh), self.device.get())
     }
 
     /// FOPEN_NOFLUSH: our flush does nothing (writes reach the upper file as they come, and
     /// the kernel keeps POSIX locks itself), so close(2) need not wait for a round trip.
-    fn open_flags(&self, fh: u64) -> FopenFlags {
+    pub(crate) fn open_flags(&self, fh: u64) -> FopenFlags {
         if self.ovl.keep_page_cache(fh) {
             FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
         } else {
             FopenFlags::FOPEN_NOFLUSH
         }
+    }
+
+    /// OPENDIR's open flags, or the error to answer.
+    pub(crate) fn opendir_flags(&self, ino: u64) -> Result<FopenFlags, fuser::Errno> {
+        // Once refused, the kernel opens directories without asking us, and keeps
+        // their listings cached (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR): one round trip less
+        // per directory listed.
+        if self.skip_opendir.load(Ordering::Relaxed) {
+            return Err(fuser::Errno::ENOSYS);
+        }
+        self.ovl.opendir(ino).map_err(err)?;
+        Ok(if self.ovl.cache_listing(ino) {
+            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        })
+    }
+
+    /// The lines of a READDIRPLUS reply from `offset`, handed to `add` with the node id,
+    /// next offset, name, entry lifetime and attributes (st_ino set to the node id) of
+    /// each, until it says the buffer is full.
+    pub(crate) fn fill_dir_plus(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, &OsStr, Duration, &Attr) -> bool,
+    ) -> Result<(), Errno> {
+        let list = self.ovl.read_dir(ino, offset)?;
+        let mut lookups = self.ovl.listed_lookups(ino)?;
+        for (next, e) in list {
+            if DirReader::is_dot(next) {
+                // The kernel links no inode for these; their attributes are not used.
+                let a = Attr {
+                    ino: e.ino,
+                    mode: libc::S_IFDIR,
+                    ..Attr::default()
+                };
+                if add(e.ino, next, &e.name, Duration::ZERO, &a) {
+                    break;
+                }
+                continue;
+            }
+            // Each entry given with a node counts as a lookup; one that does not fit in the
+            // buffer is forgotten again.
+            let (id, a) = match lookups.lookup(&e.name) {
+                Ok((n, a)) => (n.id, a),
+                // Gone since the line was copied out: skip it, as a later readdir would.
+                Err(_) => continue,
+            };
+            // One lifetime for both here: the attributes'.
+            let (_, ttl, a) = self.entry_parts(id, &a);
+            if add(id, next, &e.name, ttl, &a) {
+                self.ovl.forget(id, 1);
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl OvlFs {
+    /// Asks for FUSE over io_uring if the kernel offers it and the rings can be set up;
+    /// their threads start at `SessionLink::attach`.
+    fn start_uring(&self, config: &mut KernelConfig) {
+        if !config
+            .capabilities()
+            .contains(InitFlags::FUSE_OVER_IO_URING)
+        {
+            if self.uring == UringMode::On {
+                log::warn!(
+                    "the kernel does not offer FUSE over io_uring \
+                     (/sys/module/fuse/parameters/enable_uring is N); serving /dev/fuse"
+                );
+            }
+            return;
+        }
+        match crate::fuse_uring::prepare(MAX_WRITE as usize) {
+            Ok(entries) => {
+                if config
+                    .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                    .is_ok()
+                {
+                    *self.ring.lock() = entries;
+                }
+            }
+            Err(e) => log::warn!("cannot set up io_uring ({e}); serving /dev/fuse"),
+        }
+    }
+
+    /// fuser sends `attr.ino` as the entry's node id. When a node's id is not its st_ino,
+    /// the attributes go out with no lifetime, so the kernel's next stat asks getattr,
+    /// whose reply carries the real st_ino.
+    fn reply_entry(&self, reply: ReplyEntry, id: u64, a: &Attr) {
+        let (entry_ttl, attr_ttl, a) = self.entry_parts(id, a);
+        reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(&a), Generation(0));
     }
 
     fn xattr_reply(reply: ReplyXattr, size: u32, data: Vec<u8>) {
@@ -232,10 +377,11 @@ impl Filesystem for OvlFs {
         {
             self.pt.enable();
         }
-        self.skip_opendir = !self.ovl.wants_opendir()
+        let skip = !self.ovl.wants_opendir()
             && config
                 .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
                 .is_ok();
+        self.skip_opendir.store(skip, Ordering::Relaxed);
         for f in want {
             if f == InitFlags::FUSE_POSIX_ACL && self.ovl.cfg.noacl {
                 continue;
@@ -244,9 +390,15 @@ impl Filesystem for OvlFs {
                 debug!("kernel lacks FUSE capability {missing:?}");
             }
         }
-        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(MAX_READAHEAD);
         let _ = config.set_max_background(64);
+        // Requests over io_uring: one queue per CPU, served by threads on that CPU, so a
+        // request is answered without waking a thread elsewhere (the kernel offers it only
+        // where /sys/module/fuse/parameters/enable_uring is set).
+        if self.uring != UringMode::Off {
+            self.start_uring(config);
+        }
         Ok(())
     }
 
@@ -418,8 +570,14 @@ impl Filesystem for OvlFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.ovl.open(&ctx(req), ino.0, flags.0) {
-            Ok(fh) => match self.backing(fh, ino.0, |fd| reply.open_backing(fd)) {
-                Some(b) => reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &b),
+            Ok(fh) => match self.backing(fh, ino.0) {
+                Some(b) => {
+                    // SAFETY: `b` keeps the id open while the file is; `into_raw` stops
+                    // fuser from closing it again.
+                    let id = unsafe { reply.wrap_backing(b.id()) };
+                    reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &id);
+                    let _ = id.into_raw();
+                }
                 None => reply.opened(FileHandle(fh), self.open_flags(fh)),
             },
             Err(e) => reply.error(err(e)),
@@ -513,22 +671,9 @@ impl Filesystem for OvlFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // Once refused, the kernel opens directories without asking us, and keeps
-        // their listings cached (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR): one round trip less
-        // per directory listed.
-        if self.skip_opendir {
-            return reply.error(fuser::Errno::ENOSYS);
-        }
-        match self.ovl.opendir(ino.0) {
-            Ok(()) => {
-                let flags = if self.ovl.cache_listing(ino.0) {
-                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(0), flags)
-            }
-            Err(e) => reply.error(err(e)),
+        match self.opendir_flags(ino.0) {
+            Ok(flags) => reply.opened(FileHandle(0), flags),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -561,52 +706,13 @@ impl Filesystem for OvlFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = match self.ovl.read_dir(ino.0, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(err(e)),
-        };
-        let mut lookups = match self.ovl.listed_lookups(ino.0) {
-            Ok(l) => l,
-            Err(e) => return reply.error(err(e)),
-        };
-        for (next, e) in list {
-            if DirReader::is_dot(next) {
-                // The kernel links no inode for these; their attributes are not used.
-                let mut fa = file_attr(&Attr::default());
-                fa.ino = INodeNo(e.ino);
-                fa.kind = FileType::Directory;
-                if reply.add(
-                    INodeNo(e.ino),
-                    next,
-                    &e.name,
-                    &Duration::ZERO,
-                    &fa,
-                    Generation(0),
-                ) {
-                    break;
-                }
-                continue;
-            }
-            // Each entry given with a node counts as a lookup; one that does not fit in the
-            // buffer is forgotten again.
-            let (id, a) = match lookups.lookup(&e.name) {
-                Ok((n, a)) => (n.id, a),
-                // Gone since the line was copied out: skip it, as a later readdir would.
-                Err(_) => continue,
-            };
-            let mut fa = file_attr(&a);
-            let ttl = if id == a.ino {
-                self.ttl
-            } else {
-                fa.ino = INodeNo(id);
-                Duration::ZERO
-            };
-            if reply.add(INodeNo(id), next, &e.name, &ttl, &fa, Generation(0)) {
-                self.ovl.forget(id, 1);
-                break;
-            }
+        let r = self.fill_dir_plus(ino.0, offset, |id, next, name, ttl, a| {
+            reply.add(INodeNo(id), next, name, &ttl, &file_attr(a), Generation(0))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
         }
-        reply.ok();
     }
 
     fn releasedir(
@@ -702,22 +808,23 @@ impl Filesystem for OvlFs {
             .create(&ctx_umask(req, umask), parent.0, name, mode, flags)
         {
             Ok((n, a, fh)) => {
-                let mut fa = file_attr(&a);
-                let ttl = if n.id == a.ino {
-                    self.ttl
-                } else {
-                    Duration::ZERO
-                };
-                fa.ino = INodeNo(n.id);
-                match self.backing(fh, n.id, |fd| reply.open_backing(fd)) {
-                    Some(b) => reply.created_passthrough(
-                        &ttl,
-                        &fa,
-                        Generation(0),
-                        FileHandle(fh),
-                        PASSTHROUGH_FLAGS,
-                        &b,
-                    ),
+                // One lifetime for entry and attributes: the attributes'.
+                let (_, ttl, a) = self.entry_parts(n.id, &a);
+                let fa = file_attr(&a);
+                match self.backing(fh, n.id) {
+                    Some(b) => {
+                        // SAFETY: as in `open`.
+                        let id = unsafe { reply.wrap_backing(b.id()) };
+                        reply.created_passthrough(
+                            &ttl,
+                            &fa,
+                            Generation(0),
+                            FileHandle(fh),
+                            PASSTHROUGH_FLAGS,
+                            &id,
+                        );
+                        let _ = id.into_raw();
+                    }
                     None => reply.created(
                         &ttl,
                         &fa,

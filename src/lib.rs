@@ -8,6 +8,8 @@
 pub mod cli;
 pub mod daemon;
 pub mod fuse;
+pub mod fuse_uring;
+pub mod fuse_wire;
 pub mod ovl;
 pub mod passthrough;
 pub mod sys;

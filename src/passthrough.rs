@@ -8,17 +8,63 @@
 //! refuses backing files to an unprivileged daemon, after which passthrough stays off.
 
 use crate::ovl::DashMap;
-use fuser::BackingId;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+/// A backing file registered with the kernel (FUSE_DEV_IOC_BACKING_OPEN), closed again
+/// when the last open file using it is released. Ours rather than fuser's `BackingId`,
+/// because replies on the io_uring transport (`fuse_uring`) need one too.
+#[derive(Debug)]
+pub struct Backing {
+    dev: Arc<OwnedFd>,
+    id: u32,
+}
+
+/// _IOW(229, 2, u32): FUSE_DEV_IOC_BACKING_CLOSE.
+const FUSE_DEV_IOC_BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
+
+impl Backing {
+    /// Registers `fd` through the FUSE device `dev`.
+    pub fn open(dev: &Arc<OwnedFd>, fd: BorrowedFd<'_>) -> std::io::Result<Backing> {
+        let id = fuser::BackingId::create_raw(dev.as_fd(), fd)?;
+        Ok(Backing {
+            dev: dev.clone(),
+            id,
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        // SAFETY: the ioctl reads one u32 from a live local.
+        let r = unsafe {
+            libc::ioctl(
+                self.dev.as_raw_fd(),
+                FUSE_DEV_IOC_BACKING_CLOSE as _,
+                &self.id as *const u32,
+            )
+        };
+        if r < 0 {
+            log::debug!(
+                "closing backing id {}: {}",
+                self.id,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
 
 #[derive(Default)]
 struct NodeIo {
     /// Open files in cached mode.
     cached: u32,
     /// The backing file of the open files in passthrough mode.
-    backing: Option<Arc<BackingId>>,
+    backing: Option<Arc<Backing>>,
     passthrough: u32,
 }
 
@@ -35,43 +81,46 @@ impl Passthrough {
         self.enabled.store(true, Ordering::Relaxed);
     }
 
-    /// Decides the mode of a new open file `fh` of `node`: its backing id for passthrough,
-    /// or `None` for cached. `candidate` gives the backing fd if the core allows passthrough
-    /// (asked only when the node could start passthrough); `open_backing` registers an fd
-    /// with the kernel. With passthrough off nothing is tracked: no inode is in
-    /// passthrough mode then (it is turned off only when the first registration fails).
-    pub fn open<C, F>(
+    /// Decides the mode of a new open file `fh` of `node`: its backing file for
+    /// passthrough, or `None` for cached. `candidate` gives the backing fd if the core
+    /// allows passthrough (asked only when the node could start passthrough); it is
+    /// registered through the FUSE device `dev`. With passthrough off nothing is tracked:
+    /// no inode is in passthrough mode then (it is turned off only when the first
+    /// registration fails).
+    pub fn open<C>(
         &self,
         fh: u64,
         node: u64,
         candidate: C,
-        open_backing: F,
-    ) -> Option<Arc<BackingId>>
+        dev: Option<&Arc<OwnedFd>>,
+    ) -> Option<Arc<Backing>>
     where
         C: FnOnce() -> Option<Arc<OwnedFd>>,
-        F: FnOnce(BorrowedFd<'_>) -> std::io::Result<BackingId>,
     {
-        if !self.enabled.load(Ordering::Relaxed) {
-            return None;
-        }
+        let dev = match dev {
+            Some(d) if self.enabled.load(Ordering::Relaxed) => d,
+            _ => return None,
+        };
         let mut io = self.nodes.entry(node).or_default();
         let backing = match &io.backing {
             // The inode is in passthrough mode: every open joins it.
             Some(b) => Some(b.clone()),
-            None if io.cached == 0 => candidate().and_then(|fd| match open_backing(fd.as_fd()) {
-                Ok(b) => Some(Arc::new(b)),
-                Err(e) => {
-                    if e.raw_os_error() == Some(libc::EPERM) {
-                        log::info!(
-                            "FUSE passthrough refused ({e}); all I/O goes through the daemon"
-                        );
-                        self.enabled.store(false, Ordering::Relaxed);
-                    } else {
-                        log::debug!("no passthrough for node {node}: {e}");
+            None if io.cached == 0 => {
+                candidate().and_then(|fd| match Backing::open(dev, fd.as_fd()) {
+                    Ok(b) => Some(Arc::new(b)),
+                    Err(e) => {
+                        if e.raw_os_error() == Some(libc::EPERM) {
+                            log::info!(
+                                "FUSE passthrough refused ({e}); all I/O goes through the daemon"
+                            );
+                            self.enabled.store(false, Ordering::Relaxed);
+                        } else {
+                            log::debug!("no passthrough for node {node}: {e}");
+                        }
+                        None
                     }
-                    None
-                }
-            }),
+                })
+            }
             None => None,
         };
         match &backing {

@@ -313,9 +313,12 @@ impl Eng {
                 }
                 _ => bin,
             };
+            // The harness's transport, through containers/storage's default mount
+            // options (handed to the mount program with -o).
             storage += &format!(
-                "\n[storage.options.overlay]\nmount_program = \"{}\"\n",
-                bin.display()
+                "\n[storage.options.overlay]\nmount_program = \"{}\"\nmountopt = \"{}\"\n",
+                bin.display(),
+                transport_opt()
             );
         }
         fs::write(dir.join("storage.conf"), storage).unwrap();

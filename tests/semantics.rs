@@ -5967,3 +5967,81 @@ fn append_only_and_immutable_files_as_on_the_kernel() {
     assert_eq!(results[0][1], "err: EPERM (1)", "{:?}", results[0]);
     assert_eq!(results[0][8], "err: EPERM (1)", "{:?}", results[0]);
 }
+
+/// Voluntary context switches of a daemon's threads, summed by thread-name prefix. A ring
+/// thread sleeps once per request, waiting for its next one.
+fn switches_by_thread_kind(pid: u32) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for t in ok(fs::read_dir(format!("/proc/{pid}/task")), "daemon threads") {
+        let status = match fs::read_to_string(ok(t, "task").path().join("status")) {
+            Ok(s) => s,
+            Err(_) => continue, // the thread just exited
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        let name = field("Name:").unwrap_or_default();
+        let kind = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+        let n: u64 = field("voluntary_ctxt_switches:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        *out.entry(kind.to_string()).or_insert(0) += n;
+    }
+    out
+}
+
+/// With `uring=on`, and the kernel offering FUSE over io_uring, requests are served by
+/// the ring threads (`ringQ.T`, one queue per CPU) and not by fuser's /dev/fuse threads;
+/// with `uring=off` no ring thread exists and /dev/fuse carries them.
+#[test]
+fn requests_travel_over_io_uring_when_asked_and_offered() {
+    if !fuse_available() {
+        return;
+    }
+    if !Path::new(FUSE_URING_PARAM).exists() {
+        eprintln!("SKIPPED: this kernel has no FUSE over io_uring ({FUSE_URING_PARAM})");
+        return;
+    }
+    if let Err(e) = enable_fuse_uring() {
+        panic!("{e}");
+    }
+    const CALLS: u64 = 2000;
+    for (opt, ring) in [("uring=on", true), ("uring=off", false)] {
+        let sc = Scratch::new("sem-uring");
+        let st = Stack::new(&sc, 1);
+        ok(fs::write(st.lowers[0].join("f"), b"x"), "lower file");
+        let g = mount_ovlfuse(&st, &[opt]);
+        let pid = g.pid().expect("the daemon's pid");
+        let f = st.mnt.join("f");
+        // Settle the lookup first; each getxattr of a missing name is then one request.
+        ok(fs::metadata(&f), "stat");
+        let before = switches_by_thread_kind(pid);
+        for _ in 0..CALLS {
+            expect_errno(lgetxattr(&f, "user.absent"), libc::ENODATA, "getxattr");
+        }
+        let after = switches_by_thread_kind(pid);
+        let delta = |k: &str| after.get(k).unwrap_or(&0) - before.get(k).unwrap_or(&0);
+        let (on_ring, on_dev) = (delta("ring"), delta("fuser-"));
+        if ring {
+            assert!(
+                on_ring >= CALLS && on_dev < CALLS / 10,
+                "{opt}: {CALLS} requests woke ring threads {on_ring} times and \
+                 /dev/fuse threads {on_dev} times; threads: {after:?}"
+            );
+        } else {
+            // A /dev/fuse thread often finds the next request queued when it comes back
+            // to read, so it sleeps less than once per request.
+            assert!(
+                !after.contains_key("ring") && on_dev >= CALLS / 10,
+                "{opt}: {CALLS} requests woke /dev/fuse threads {on_dev} times; \
+                 threads: {after:?}"
+            );
+        }
+        // The same answers either way, from a file only the lower layer holds.
+        assert_eq!(ok(fs::read(&f), "read"), b"x", "{opt}");
+        drop(g);
+    }
+}

@@ -124,6 +124,9 @@ pub struct Params {
     pub ino32: bool,
     /// `threaded=0`: one thread serves requests.
     pub single_threaded: bool,
+    /// `uring=on|off|auto`: FUSE over io_uring; `None` (auto) uses it when the kernel
+    /// offers it.
+    pub uring: Option<bool>,
 }
 
 /// The atime policy of the mount, applied by us to the upper layer (the kernel's FUSE
@@ -181,6 +184,7 @@ impl Default for Params {
             timeout: None,
             ino32: false,
             single_threaded: false,
+            uring: None,
         }
     }
 }
@@ -604,6 +608,15 @@ fn apply_option(
                 &["on", "off", "null", "auto"],
             )?;
             ignore = true;
+        }
+        "uring" => {
+            let v = required(name, value, false)?;
+            one_of(name, v, &["on", "off", "auto"])?;
+            p.uring = match decode(v).as_ref() {
+                "on" => Some(true),
+                "off" => Some(false),
+                _ => None,
+            };
         }
         "threaded" | "noxattrs" => {
             let v = required(name, value, false)?;
@@ -1520,6 +1533,7 @@ mod tests {
             "uuid",
             "timeout",
             "threaded",
+            "uring",
             "fast_ino",
             "writeback",
             "noxattrs",

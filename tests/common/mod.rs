@@ -1112,6 +1112,11 @@ impl Drop for MountGuard {
 /// Runs the binary in daemon mode with `args`, checks it exited 0 and that a FUSE mount is
 /// live at `mnt`, and returns a guard for it.
 pub fn mount_ovlfuse_args(args: &[&str], mnt: &Path) -> MountGuard {
+    let mut args = args.to_vec();
+    if !args.iter().any(|a| a.contains("uring=")) {
+        args.extend(["-o", transport_opt()]);
+    }
+    let args = &args[..];
     let o = run_ovlfuse(args);
     let mnt = absolute(mnt);
     if !o.status.success() {
@@ -1139,6 +1144,42 @@ pub fn mount_ovlfuse_args(args: &[&str], mnt: &Path) -> MountGuard {
         kernel: false,
         active: true,
     }
+}
+
+/// The FUSE transport the harness's mounts use: /dev/fuse unless
+/// `OVLFUSE_TEST_TRANSPORT=uring`, which runs them over io_uring and first lets the kernel
+/// offer it (`enable_uring`, left on afterwards: it only lets daemons ask for io_uring).
+pub fn transport_opt() -> &'static str {
+    static OPT: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    OPT.get_or_init(
+        || match std::env::var("OVLFUSE_TEST_TRANSPORT").as_deref() {
+            Ok("uring") if !Path::new(FUSE_URING_PARAM).exists() => {
+                eprintln!(
+                    "NOT TESTED OVER IO_URING: this kernel has no FUSE over io_uring \
+                 ({FUSE_URING_PARAM} is missing); these mounts use /dev/fuse"
+                );
+                "uring=off"
+            }
+            Ok("uring") => {
+                if let Err(e) = enable_fuse_uring() {
+                    panic!("OVLFUSE_TEST_TRANSPORT=uring, but {e}");
+                }
+                "uring=on"
+            }
+            Ok("dev") | Err(_) => "uring=off",
+            Ok(other) => panic!("OVLFUSE_TEST_TRANSPORT={other}: want uring or dev"),
+        },
+    )
+}
+
+/// The kernel's switch for FUSE over io_uring (CONFIG_FUSE_IO_URING, Linux 6.14+).
+pub const FUSE_URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Lets the kernel offer FUSE over io_uring to daemons.
+pub fn enable_fuse_uring() -> Result<(), String> {
+    fs::write(FUSE_URING_PARAM, "Y").map_err(|e| {
+        format!("cannot turn on {FUSE_URING_PARAM}: {e} (kernel without CONFIG_FUSE_IO_URING?)")
+    })
 }
 
 /// ovlfuse -o lowerdir=..,upperdir=..,workdir=..[,extra] MNT

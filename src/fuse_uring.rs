@@ -1,0 +1,638 @@
+//! FUSE over io_uring (Linux 6.14+): the second transport, beside fuser's /dev/fuse loop.
+//!
+//! Why: on /dev/fuse a request wakes whichever daemon thread waits, usually on the other
+//! CPU, and that cross-CPU wake-up is most of a round trip's cost here. Over io_uring the
+//! kernel keeps one queue per CPU and hands a request to the queue of the CPU it was made
+//! on; our threads for that queue are pinned to that CPU, so the caller and the daemon take
+//! turns on one CPU.
+//!
+//! How: after FUSE_INIT (whose reply asked for FUSE_OVER_IO_URING), each thread registers
+//! one ring entry (a header buffer and a payload buffer) with FUSE_IO_URING_CMD_REGISTER.
+//! Once every queue has an entry, the kernel sends requests there instead of /dev/fuse (all
+//! but FORGET and INTERRUPT, which fuser keeps serving). A thread answers a request by
+//! writing the reply into the same buffers and sending COMMIT_AND_FETCH, which also waits
+//! for its next request. Each thread owns one entry, so a slow request (a big copy-up)
+//! holds up only that thread.
+//!
+//! The requests are decoded here (`fuse_wire`) and answered through the same `Adapter`
+//! and overlay core as on /dev/fuse.
+
+use crate::fuse::{Adapter, PASSTHROUGH_FLAGS};
+use crate::fuse_wire::{fattr, op, Fields, InHeader, Out, Payload};
+use crate::ovl::inode::{SetAttr, TimeSet};
+use crate::ovl::{Ctx, Errno};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Whether to serve over io_uring (`-o uring=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UringMode {
+    /// Never.
+    Off,
+    /// When the kernel offers it (its `enable_uring` parameter is set).
+    #[default]
+    Auto,
+    /// As Auto, with a warning when the kernel does not offer it.
+    On,
+}
+
+impl UringMode {
+    pub fn parse(s: &str) -> Option<UringMode> {
+        match s {
+            "off" | "no" | "0" => Some(UringMode::Off),
+            "auto" => Some(UringMode::Auto),
+            "on" | "yes" | "1" => Some(UringMode::On),
+            _ => None,
+        }
+    }
+}
+
+const CMD_REGISTER: u32 = 1;
+const CMD_COMMIT_AND_FETCH: u32 = 2;
+
+/// `struct fuse_uring_req_header`: the in/out header (128 bytes), the opcode's first
+/// argument (128 bytes), then `struct fuse_uring_ent_in_out`.
+const HEADER_LEN: usize = 288;
+const OP_IN: usize = 128;
+const ENT_COMMIT_ID: usize = 256 + 8;
+const ENT_PAYLOAD_SZ: usize = 256 + 16;
+
+/// Threads per queue: one serves every request while requests come one at a time (the
+/// kernel hands a request to the entry committed last); the second keeps the CPU's
+/// requests moving while the first waits on a slow one.
+const THREADS_PER_QUEUE: usize = 2;
+
+/// One ring entry, set up before INIT's reply asks for io_uring: once it has, requests
+/// wait until every queue has an entry, so nothing may fail after that but the
+/// registration itself (whose failure makes the kernel fall back to /dev/fuse).
+pub struct Entry {
+    qid: u16,
+    ring: IoUring<squeue::Entry128, cqueue::Entry>,
+    header: Mapping,
+    payload: Mapping,
+}
+
+// SAFETY: the mappings are owned by the entry and used by one thread at a time.
+unsafe impl Send for Entry {}
+
+/// Sets up `THREADS_PER_QUEUE` entries for each queue; `max_write` sizes the payload
+/// buffers, which the kernel refuses when smaller than its largest request or reply.
+pub fn prepare(max_write: usize) -> std::io::Result<Vec<Entry>> {
+    // The kernel's own limit: FUSE_MIN_READ_BUFFER, max_write, max_pages pages.
+    let payload = max_write.max(8192).max(256 * page_size());
+    let mut entries = Vec::new();
+    for q in 0..possible_cpus() {
+        for _ in 0..THREADS_PER_QUEUE {
+            entries.push(Entry {
+                qid: q as u16,
+                ring: IoUring::builder().build(2)?,
+                header: Mapping::new(page_size())?,
+                payload: Mapping::new(payload)?,
+            });
+        }
+    }
+    Ok(entries)
+}
+
+/// Starts one thread per entry. Called from INIT, before its reply; the threads register
+/// once the kernel has taken the reply.
+pub fn start(fs: Arc<Adapter>, dev: Arc<OwnedFd>, entries: Vec<Entry>) {
+    log::info!(
+        "serving FUSE over io_uring: {} queues x {THREADS_PER_QUEUE} threads",
+        entries.len() / THREADS_PER_QUEUE
+    );
+    for (i, e) in entries.into_iter().enumerate() {
+        let fs = fs.clone();
+        let dev = dev.clone();
+        let q = e.qid;
+        let spawned = std::thread::Builder::new()
+            .name(format!("ring{q}.{}", i % THREADS_PER_QUEUE))
+            .spawn(move || {
+                if let Err(err) = serve(&fs, &dev, e) {
+                    log::warn!("io_uring queue {q}: {err}");
+                }
+            });
+        if let Err(err) = spawned {
+            log::error!("cannot start io_uring thread for queue {q}: {err}");
+        }
+    }
+}
+
+/// The kernel makes one queue per possible CPU, and uses the ring only once each has an
+/// entry.
+fn possible_cpus() -> usize {
+    let from_sys = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| {
+            let last = s.trim().rsplit([',', '-']).next()?.parse::<usize>().ok()?;
+            Some(last + 1)
+        });
+    // SAFETY: sysconf has no memory effects.
+    from_sys.unwrap_or_else(|| unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as usize)
+}
+
+fn page_size() -> usize {
+    // SAFETY: as above.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize
+}
+
+/// Anonymous memory shared with the kernel: it writes requests into it and reads replies
+/// from it while our command is outstanding, so Rust references into it live only while
+/// no command is.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> std::io::Result<Mapping> {
+        // SAFETY: a fresh private anonymous mapping; checked for failure.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// SAFETY: no command using this mapping may be outstanding while the slice lives.
+    unsafe fn slice(&mut self) -> &mut [u8] {
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays in bounds for cpu < 1024.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= 1024 {
+            return;
+        }
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            // An offline CPU: its queue gets no requests while it stays offline.
+            log::debug!(
+                "cannot pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// The SQE for a FUSE ring command: `struct fuse_uring_cmd_req` in the command area, and
+/// for REGISTER the two buffers as an iovec array.
+fn command(
+    dev: RawFd,
+    cmd: u32,
+    qid: u16,
+    commit_id: u64,
+    iov: &[libc::iovec; 2],
+) -> squeue::Entry128 {
+    let mut req = [0u8; 80];
+    req[8..16].copy_from_slice(&commit_id.to_ne_bytes());
+    req[16..18].copy_from_slice(&qid.to_ne_bytes());
+    let sqe = opcode::UringCmd80::new(types::Fd(dev), cmd)
+        .cmd(req)
+        .addr(Some(iov.as_ptr() as u64))
+        .build();
+    // The builder has no `len`; the kernel wants 2 (iovec count) for REGISTER. It sits
+    // at byte 24 of `struct io_uring_sqe`.
+    // SAFETY: Entry128 is a repr(C) 128-byte SQE; any byte pattern is a valid value.
+    let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+    raw[24..28].copy_from_slice(&2u32.to_ne_bytes());
+    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
+}
+
+/// Serves one ring entry until the connection ends.
+fn serve(fs: &Adapter, dev: &OwnedFd, entry: Entry) -> std::io::Result<()> {
+    let Entry {
+        qid,
+        mut ring,
+        mut header,
+        mut payload,
+    } = entry;
+    pin_to_cpu(qid as usize);
+    let iov = [
+        libc::iovec {
+            iov_base: header.ptr.cast(),
+            iov_len: HEADER_LEN,
+        },
+        libc::iovec {
+            iov_base: payload.ptr.cast(),
+            iov_len: payload.len,
+        },
+    ];
+    let mut cmd = CMD_REGISTER;
+    let mut commit_id = 0;
+    // Registration waits for the kernel to take INIT's reply (EAGAIN until then).
+    let mut not_ready = 0;
+    loop {
+        let sqe = command(dev.as_raw_fd(), cmd, qid, commit_id, &iov);
+        // SAFETY: `iov` and the buffers outlive the command: this loop waits for its
+        // completion before touching them, and returns only after one.
+        unsafe { ring.submission().push(&sqe) }
+            .map_err(|_| std::io::Error::other("submission queue full"))?;
+        let res = loop {
+            match ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+            if let Some(c) = ring.completion().next() {
+                break c.result();
+            }
+        };
+        match -res {
+            0 => {}
+            // The kernel holds requests back until all queues register, so keep trying.
+            libc::EAGAIN if cmd == CMD_REGISTER => {
+                not_ready += 1;
+                std::thread::sleep(Duration::from_millis(not_ready.min(20)));
+                continue;
+            }
+            libc::EINTR => continue,
+            // Unmounted or aborted.
+            libc::ENOTCONN | libc::ECONNABORTED | libc::ENODEV => return Ok(()),
+            e => return Err(std::io::Error::from_raw_os_error(e)),
+        }
+        // SAFETY: the command completed; none is outstanding until the next push.
+        let (h, p) = unsafe { (header.slice(), payload.slice()) };
+        let f = Fields(h);
+        let req = InHeader::parse(&h[..crate::fuse_wire::IN_HEADER_LEN]);
+        commit_id = f.u64(ENT_COMMIT_ID);
+        let in_len = (f.u32(ENT_PAYLOAD_SZ) as usize).min(p.len());
+        let mut op_in = [0u8; OP_IN];
+        op_in.copy_from_slice(&h[OP_IN..2 * OP_IN]);
+        // A panic must not take the entry with it: the kernel would wait for this
+        // request, and hand this entry no other, for ever.
+        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            answer(fs, &req, &op_in, p, in_len)
+        }));
+        let (error, out_len) = match answered {
+            Ok(Ok(n)) => (0, n),
+            Ok(Err(e)) => (-e.0, 0),
+            Err(_) => {
+                log::error!("request {} (opcode {}) panicked", req.unique, req.opcode);
+                (-libc::EIO, 0)
+            }
+        };
+        let len = (crate::fuse_wire::OUT_HEADER_LEN + out_len) as u32;
+        h[0..4].copy_from_slice(&len.to_ne_bytes());
+        h[4..8].copy_from_slice(&error.to_ne_bytes());
+        h[8..16].copy_from_slice(&req.unique.to_ne_bytes());
+        h[ENT_PAYLOAD_SZ..ENT_PAYLOAD_SZ + 4].copy_from_slice(&(out_len as u32).to_ne_bytes());
+        cmd = CMD_COMMIT_AND_FETCH;
+    }
+}
+
+/// fuser's access rule for mounts without allow_other: requests from other users fail,
+/// but for those the kernel may send on a file already open.
+fn allowed(fs: &Adapter, req: &InHeader) -> bool {
+    use fuser::SessionACL;
+    let owner = crate::sys::geteuid();
+    let exempt = matches!(
+        req.opcode,
+        op::DESTROY
+            | op::READ
+            | op::READDIR
+            | op::READDIRPLUS
+            | op::WRITE
+            | op::FSYNC
+            | op::FSYNCDIR
+            | op::RELEASE
+            | op::RELEASEDIR
+    );
+    match fs.acl {
+        SessionACL::All => true,
+        SessionACL::RootAndOwner => exempt || req.uid == owner || req.uid == 0,
+        SessionACL::Owner => exempt || req.uid == owner,
+    }
+}
+
+const EINVAL: Errno = Errno(libc::EINVAL);
+
+/// Answers one request: the reply body goes into `p` (which also holds the request's
+/// variable part, `p[..in_len]`); returns its length.
+fn answer(
+    fs: &Adapter,
+    req: &InHeader,
+    op_in: &[u8; OP_IN],
+    p: &mut [u8],
+    in_len: usize,
+) -> Result<usize, Errno> {
+    if !allowed(fs, req) {
+        return Err(Errno(libc::EACCES));
+    }
+    let a = Fields(op_in);
+    let id = req.nodeid;
+    let ctx = Ctx {
+        uid: req.uid,
+        gid: req.gid,
+        pid: req.pid,
+        umask: 0,
+    };
+    let mut args = Payload::new(&p[..in_len]);
+    match req.opcode {
+        op::LOOKUP => {
+            let name = args.name().ok_or(EINVAL)?;
+            let r = fs.ovl.lookup(id, name);
+            let mut out = Out::new(p);
+            match r {
+                Ok((n, attr)) => {
+                    let (et, at, attr) = fs.entry_parts(n.id, &attr);
+                    out.entry(n.id, et, at, &attr);
+                }
+                // A negative entry with a lifetime, as on /dev/fuse (`OvlFs::lookup`).
+                Err(Errno::ENOENT) => out.entry(0, fs.ttl, Duration::ZERO, &Default::default()),
+                Err(e) => return Err(e),
+            }
+            Ok(out.len)
+        }
+        op::GETATTR => {
+            let fh = (a.u32(0) & crate::fuse_wire::GETATTR_FH != 0).then(|| a.u64(8));
+            let attr = fs.ovl.getattr(id, fh)?;
+            attr_reply(fs, p, &attr)
+        }
+        op::SETATTR => {
+            let valid = a.u32(0);
+            let has = |b: u32| valid & b != 0;
+            let time = |set: u32, now: u32, sec: usize, nsec: usize| {
+                has(set).then(|| {
+                    if has(now) {
+                        TimeSet::Now
+                    } else {
+                        TimeSet::At(a.time(sec, nsec))
+                    }
+                })
+            };
+            let set = SetAttr {
+                mode: has(fattr::MODE).then(|| a.u32(68)),
+                uid: has(fattr::UID).then(|| a.u32(76)),
+                gid: has(fattr::GID).then(|| a.u32(80)),
+                size: has(fattr::SIZE).then(|| a.u64(16)),
+                atime: time(fattr::ATIME, fattr::ATIME_NOW, 32, 56),
+                mtime: time(fattr::MTIME, fattr::MTIME_NOW, 40, 60),
+                ctime: has(fattr::CTIME),
+                fh: has(fattr::FH).then(|| a.u64(8)),
+            };
+            let attr = fs.ovl.setattr(&ctx, id, &set)?;
+            attr_reply(fs, p, &attr)
+        }
+        op::READLINK => {
+            let t = fs.ovl.readlink(id)?;
+            data_reply(p, &t)
+        }
+        op::SYMLINK => {
+            let name = args.name().ok_or(EINVAL)?;
+            let target = args.name().ok_or(EINVAL)?;
+            let r = fs.ovl.symlink(&ctx, id, name, target);
+            entry_reply(fs, p, r.map(|(n, a)| (n.id, a)))
+        }
+        op::MKNOD => {
+            let name = args.name().ok_or(EINVAL)?;
+            let c = Ctx {
+                umask: a.u32(8),
+                ..ctx
+            };
+            let r = fs.ovl.mknod(&c, id, name, a.u32(0), a.u32(4) as u64);
+            entry_reply(fs, p, r.map(|(n, a)| (n.id, a)))
+        }
+        op::MKDIR => {
+            let name = args.name().ok_or(EINVAL)?;
+            let c = Ctx {
+                umask: a.u32(4),
+                ..ctx
+            };
+            let r = fs.ovl.mkdir(&c, id, name, a.u32(0));
+            entry_reply(fs, p, r.map(|(n, a)| (n.id, a)))
+        }
+        op::UNLINK => fs.ovl.unlink(id, args.name().ok_or(EINVAL)?).map(|()| 0),
+        op::RMDIR => fs.ovl.rmdir(id, args.name().ok_or(EINVAL)?).map(|()| 0),
+        op::RENAME | op::RENAME2 => {
+            let flags = if req.opcode == op::RENAME2 {
+                a.u32(8)
+            } else {
+                0
+            };
+            let old = args.name().ok_or(EINVAL)?;
+            let new = args.name().ok_or(EINVAL)?;
+            fs.ovl.rename(id, old, a.u64(0), new, flags).map(|()| 0)
+        }
+        op::LINK => {
+            let name = args.name().ok_or(EINVAL)?;
+            let r = fs.ovl.link(&ctx, a.u64(0), id, name);
+            entry_reply(fs, p, r.map(|(n, a)| (n.id, a)))
+        }
+        op::OPEN => {
+            let fh = fs.ovl.open(&ctx, id, a.i32(0))?;
+            let mut out = Out::new(p);
+            open_reply(fs, &mut out, fh, id);
+            Ok(out.len)
+        }
+        op::CREATE => {
+            let name = args.name().ok_or(EINVAL)?;
+            let c = Ctx {
+                umask: a.u32(8),
+                ..ctx
+            };
+            let (n, attr, fh) = fs.ovl.create(&c, id, name, a.u32(4), a.i32(0))?;
+            // As `OvlFs::create`: one lifetime for entry and attributes, the attributes'.
+            let (_, ttl, attr) = fs.entry_parts(n.id, &attr);
+            let mut out = Out::new(p);
+            out.entry(n.id, ttl, ttl, &attr);
+            open_reply(fs, &mut out, fh, n.id);
+            Ok(out.len)
+        }
+        op::READ => {
+            let size = (a.u32(16) as usize).min(p.len());
+            fs.ovl.read_into(a.u64(0), a.u64(8), &mut p[..size])
+        }
+        op::WRITE => {
+            let data = args.bytes(a.u32(16) as usize).ok_or(EINVAL)?;
+            let n = fs.ovl.write(&ctx, a.u64(0), a.u64(8), data)?;
+            let mut out = Out::new(p);
+            out.u32(n);
+            out.u32(0);
+            Ok(out.len)
+        }
+        op::STATFS => {
+            let s = fs.ovl.statfs()?;
+            let mut out = Out::new(p);
+            for v in [s.blocks, s.bfree, s.bavail, s.files, s.ffree] {
+                out.u64(v);
+            }
+            for v in [s.bsize, s.namelen, s.frsize] {
+                out.u32(v);
+            }
+            out.zeros(4 + 6 * 4);
+            Ok(out.len)
+        }
+        op::RELEASE => {
+            let fh = a.u64(0);
+            fs.pt.release(fh);
+            fs.ovl.release(fh);
+            Ok(0)
+        }
+        op::FLUSH | op::RELEASEDIR | op::DESTROY => Ok(0),
+        op::FSYNC => fs
+            .ovl
+            .fsync(a.u64(0), a.u32(8) & crate::fuse_wire::FSYNC_FDATASYNC != 0)
+            .map(|()| 0),
+        op::FSYNCDIR => fs
+            .ovl
+            .fsyncdir(id, a.u32(8) & crate::fuse_wire::FSYNC_FDATASYNC != 0)
+            .map(|()| 0),
+        op::SETXATTR => {
+            let name = args.name().ok_or(EINVAL)?;
+            let value = args.bytes(a.u32(0) as usize).ok_or(EINVAL)?;
+            fs.ovl.setxattr(&ctx, id, name, value, a.i32(4)).map(|()| 0)
+        }
+        op::GETXATTR => {
+            let v = fs.ovl.getxattr(id, args.name().ok_or(EINVAL)?)?;
+            xattr_reply(p, a.u32(0), &v)
+        }
+        op::LISTXATTR => {
+            let v = fs.ovl.listxattr(id)?;
+            xattr_reply(p, a.u32(0), &v)
+        }
+        op::REMOVEXATTR => fs
+            .ovl
+            .removexattr(id, args.name().ok_or(EINVAL)?)
+            .map(|()| 0),
+        op::ACCESS => fs.ovl.access(id, a.i32(0)).map(|()| 0),
+        op::OPENDIR => {
+            let flags = fs.opendir_flags(id).map_err(|e| Errno(e.code()))?;
+            let mut out = Out::new(p);
+            out.open(0, flags.bits(), 0);
+            Ok(out.len)
+        }
+        op::READDIR => {
+            let size = (a.u32(16) as usize).min(p.len());
+            let list = fs.ovl.read_dir(id, a.u64(8))?;
+            let mut out = Out::new(&mut p[..size]);
+            for (next, e) in list {
+                if !out.dirent(e.ino, next, e.kind, &e.name) {
+                    break;
+                }
+            }
+            Ok(out.len)
+        }
+        op::READDIRPLUS => {
+            let size = (a.u32(16) as usize).min(p.len());
+            let mut out = Out::new(&mut p[..size]);
+            fs.fill_dir_plus(id, a.u64(8), |node, next, name: &OsStr, ttl, attr| {
+                !out.direntplus(node, next, name, ttl, attr)
+            })?;
+            Ok(out.len)
+        }
+        op::FALLOCATE => fs
+            .ovl
+            .fallocate(&ctx, a.u64(0), a.u64(8), a.u64(16), a.i32(24))
+            .map(|()| 0),
+        op::LSEEK => {
+            let off = fs.ovl.lseek(a.u64(0), a.i64(8), a.i32(16))?;
+            let mut out = Out::new(p);
+            out.u64(off as u64);
+            Ok(out.len)
+        }
+        op::COPY_FILE_RANGE => {
+            let n = fs.ovl.copy_file_range(
+                &ctx,
+                a.u64(0),
+                a.u64(8),
+                a.u64(24),
+                a.u64(32),
+                a.u64(40),
+            )?;
+            let mut out = Out::new(p);
+            out.u32(n);
+            out.u32(0);
+            Ok(out.len)
+        }
+        op::IOCTL => {
+            let (cmd, in_size, out_size) = (a.u32(12), a.u32(24), a.u32(28) as usize);
+            let input = args.bytes(in_size as usize).unwrap_or_default();
+            let data = fs.ovl.attr_ioctl(id, cmd, input, out_size)?;
+            let mut out = Out::new(p);
+            out.zeros(16); // fuse_ioctl_out: result 0, no retry
+            out.put(&data[..data.len().min(out_size)]);
+            Ok(out.len)
+        }
+        // What fuser answers for an operation our filesystem does not implement.
+        _ => Err(Errno(libc::ENOSYS)),
+    }
+}
+
+fn attr_reply(fs: &Adapter, p: &mut [u8], attr: &crate::ovl::Attr) -> Result<usize, Errno> {
+    let mut out = Out::new(p);
+    out.attr_out(fs.ttl, attr);
+    Ok(out.len)
+}
+
+fn entry_reply(
+    fs: &Adapter,
+    p: &mut [u8],
+    r: Result<(u64, crate::ovl::Attr), Errno>,
+) -> Result<usize, Errno> {
+    let (id, attr) = r?;
+    let (et, at, attr) = fs.entry_parts(id, &attr);
+    let mut out = Out::new(p);
+    out.entry(id, et, at, &attr);
+    Ok(out.len)
+}
+
+fn data_reply(p: &mut [u8], d: &[u8]) -> Result<usize, Errno> {
+    let mut out = Out::new(p);
+    out.put(d);
+    if !out.fits {
+        return Err(Errno(libc::ERANGE));
+    }
+    Ok(out.len)
+}
+
+/// As `OvlFs::xattr_reply`: a size probe, ERANGE, or the value.
+fn xattr_reply(p: &mut [u8], size: u32, v: &[u8]) -> Result<usize, Errno> {
+    if size == 0 {
+        let mut out = Out::new(p);
+        out.u32(v.len() as u32);
+        out.u32(0);
+        Ok(out.len)
+    } else if v.len() > size as usize {
+        Err(Errno(libc::ERANGE))
+    } else {
+        data_reply(p, v)
+    }
+}
+
+/// `fuse_open_out` for a new open file: passthrough when the adapter gives a backing file.
+fn open_reply(fs: &Adapter, out: &mut Out<'_>, fh: u64, node: u64) {
+    match fs.backing(fh, node) {
+        Some(b) => out.open(
+            fh,
+            (PASSTHROUGH_FLAGS | fuser::FopenFlags::FOPEN_PASSTHROUGH).bits(),
+            b.id(),
+        ),
+        None => out.open(fh, fs.open_flags(fh).bits(), 0),
+    }
+}
