@@ -6045,3 +6045,46 @@ fn requests_travel_over_io_uring_when_asked_and_offered() {
         drop(g);
     }
 }
+
+/// Two names of one lower file show one inode: the lower file's st_ino and link count,
+/// as on the kernel overlay, through a lookup and through a listing, on read-only and
+/// read-write mounts. (Over io_uring, a swapped entry/attribute lifetime once showed
+/// the daemon's internal node id as st_ino for one of the names.)
+#[test]
+fn hard_links_in_a_lower_layer_show_the_lower_inode_through_every_name() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("sem-lower-links");
+    let st = Stack::new(&sc, 1);
+    let d = st.lowers[0].join("data");
+    ok(fs::create_dir(&d), "mkdir");
+    ok(fs::write(d.join("hard"), b"content"), "write");
+    ok(fs::hard_link(d.join("hard"), d.join("moved")), "link");
+    let want = ok(fs::metadata(d.join("hard")), "lower stat");
+    for ro in [true, false] {
+        let g = if ro {
+            mount_ovlfuse_ro(&st.lowers, &st.mnt, &[])
+        } else {
+            mount_ovlfuse(&st, &[])
+        };
+        let m = st.mnt.join("data");
+        // By lookup first, then by a fresh listing (READDIRPLUS) after the caches go.
+        for pass in ["lookup", "listing"] {
+            if pass == "listing" {
+                drop_kernel_caches();
+                let listed = ok(fs::read_dir(&m), "readdir").count();
+                assert_eq!(listed, 2, "ro={ro}: entries of data");
+            }
+            for name in ["hard", "moved"] {
+                let md = ok(fs::symlink_metadata(m.join(name)), "stat");
+                assert_eq!(
+                    (md.ino(), md.nlink()),
+                    (want.ino(), want.nlink()),
+                    "ro={ro}, {pass}: st_ino and st_nlink of data/{name}"
+                );
+            }
+        }
+        drop(g);
+    }
+}
