@@ -8,7 +8,7 @@
 
 use crate::cli::Cli;
 use crate::fuse::OvlFs;
-use crate::fuse_uring::UringMode;
+use crate::fuse_uring::{UringConfig, UringMode};
 use crate::ovl::ownership::{self, IdMap, Ownership};
 use crate::ovl::params::{escape_path, parse_options, Params, LOWERDIR_REQUIRED};
 use crate::ovl::{Config, Layers, Overlay};
@@ -97,10 +97,13 @@ pub fn run(cli: Cli) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot set up the overlay: {e}"))?;
     let config = fuse_config(&params, cli.source.as_deref());
-    let uring = match params.uring {
-        Some(true) => UringMode::On,
-        Some(false) => UringMode::Off,
-        None => UringMode::Auto,
+    let uring = UringConfig {
+        mode: match params.uring {
+            Some(true) => UringMode::On,
+            Some(false) => UringMode::Off,
+            None => UringMode::Auto,
+        },
+        idle: !params.uring_normal_priority,
     };
     let (fs, link) = OvlFs::new(
         ovl,

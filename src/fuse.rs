@@ -1,7 +1,7 @@
 //! The FUSE adapter: turns `fuser` requests into calls on the overlay core and the core's
 //! results into replies. It holds no overlay logic, and no `fuser` type goes below it.
 
-use crate::fuse_uring::UringMode;
+use crate::fuse_uring::{UringConfig, UringMode};
 use crate::ovl::inode::{SetAttr, Time, TimeSet};
 use crate::ovl::listing::DirReader;
 use crate::ovl::{Attr, Ctx, Errno, Overlay};
@@ -41,7 +41,7 @@ pub struct Adapter {
     /// Ring entries set up at INIT, started once the session is attached.
     ring: parking_lot::Mutex<Vec<crate::fuse_uring::Entry>>,
     /// Serve requests over io_uring when the kernel offers it (`-o uring`).
-    uring: UringMode,
+    uring: UringConfig,
     /// Who may use the mount, checked by fuser on /dev/fuse and by us on the ring.
     pub(crate) acl: fuser::SessionACL,
 }
@@ -65,7 +65,7 @@ impl SessionLink {
         let _ = self.0.device.set(device.clone());
         let entries = std::mem::take(&mut *self.0.ring.lock());
         if !entries.is_empty() {
-            crate::fuse_uring::start(self.0.clone(), device, entries);
+            crate::fuse_uring::start(self.0.clone(), device, entries, self.0.uring.idle);
         }
     }
 }
@@ -86,7 +86,7 @@ impl OvlFs {
         ovl: Overlay,
         ttl: Duration,
         debug: bool,
-        uring: UringMode,
+        uring: UringConfig,
         acl: fuser::SessionACL,
     ) -> (OvlFs, SessionLink) {
         let slot: NotifierSlot = Arc::new(OnceLock::new());
@@ -300,7 +300,7 @@ impl OvlFs {
             .capabilities()
             .contains(InitFlags::FUSE_OVER_IO_URING)
         {
-            if self.uring == UringMode::On {
+            if self.uring.mode == UringMode::On {
                 log::warn!(
                     "the kernel does not offer FUSE over io_uring \
                      (/sys/module/fuse/parameters/enable_uring is N); serving /dev/fuse"
@@ -396,7 +396,7 @@ impl Filesystem for OvlFs {
         // Requests over io_uring: one queue per CPU, served by threads on that CPU, so a
         // request is answered without waking a thread elsewhere (the kernel offers it only
         // where /sys/module/fuse/parameters/enable_uring is set).
-        if self.uring != UringMode::Off {
+        if self.uring.mode != UringMode::Off {
             self.start_uring(config);
         }
         Ok(())

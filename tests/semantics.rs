@@ -5993,6 +5993,25 @@ fn switches_by_thread_kind(pid: u32) -> BTreeMap<String, u64> {
     out
 }
 
+/// The scheduling policy (field 41 of /proc/PID/task/TID/stat) of each ring thread.
+fn ring_thread_policies(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in ok(fs::read_dir(format!("/proc/{pid}/task")), "daemon threads") {
+        let dir = ok(t, "task").path();
+        let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("ring") {
+            continue;
+        }
+        let stat = fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name start at field 3.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        if let Some(p) = rest.split_whitespace().nth(41 - 3) {
+            out.push(p.parse().unwrap_or(u32::MAX));
+        }
+    }
+    out
+}
+
 /// With `uring=on`, and the kernel offering FUSE over io_uring, requests are served by
 /// the ring threads (`ringQ.T`, one queue per CPU) and not by fuser's /dev/fuse threads;
 /// with `uring=off` no ring thread exists and /dev/fuse carries them.
@@ -6024,6 +6043,14 @@ fn requests_travel_over_io_uring_when_asked_and_offered() {
         }
         let after = switches_by_thread_kind(pid);
         let delta = |k: &str| after.get(k).unwrap_or(&0) - before.get(k).unwrap_or(&0);
+        if ring {
+            // Idle-class (SCHED_IDLE, policy 5), so that the caller keeps its CPU.
+            let policies = ring_thread_policies(pid);
+            assert!(
+                !policies.is_empty() && policies.iter().all(|&p| p == 5),
+                "{opt}: scheduling policies of the ring threads: {policies:?}"
+            );
+        }
         let (on_ring, on_dev) = (delta("ring"), delta("fuser-"));
         if ring {
             assert!(

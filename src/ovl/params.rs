@@ -127,6 +127,8 @@ pub struct Params {
     /// `uring=on|off|auto`: FUSE over io_uring; `None` (auto) uses it when the kernel
     /// offers it.
     pub uring: Option<bool>,
+    /// `uring_idle=0`: the io_uring threads run at normal priority, not SCHED_IDLE.
+    pub uring_normal_priority: bool,
 }
 
 /// The atime policy of the mount, applied by us to the upper layer (the kernel's FUSE
@@ -185,6 +187,7 @@ impl Default for Params {
             ino32: false,
             single_threaded: false,
             uring: None,
+            uring_normal_priority: false,
         }
     }
 }
@@ -618,12 +621,13 @@ fn apply_option(
                 _ => None,
             };
         }
-        "threaded" | "noxattrs" => {
+        "threaded" | "noxattrs" | "uring_idle" => {
             let v = required(name, value, false)?;
             one_of(name, v, &["0", "1"])?;
             let on = decode(v) == "1";
             match name {
                 "threaded" => p.single_threaded = !on,
+                "uring_idle" => p.uring_normal_priority = !on,
                 _ => p.noxattrs = on,
             }
         }
@@ -1534,6 +1538,7 @@ mod tests {
             "timeout",
             "threaded",
             "uring",
+            "uring_idle",
             "fast_ino",
             "writeback",
             "noxattrs",
