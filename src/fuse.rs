@@ -44,6 +44,8 @@ pub struct Adapter {
     uring: UringConfig,
     /// Who may use the mount, checked by fuser on /dev/fuse and by us on the ring.
     pub(crate) acl: fuser::SessionACL,
+    /// The mount's owner for that check (fuser's too: our effective uid at start).
+    pub(crate) owner: u32,
 }
 
 impl std::ops::Deref for OvlFs {
@@ -110,6 +112,7 @@ impl OvlFs {
             ring: Default::default(),
             uring,
             acl,
+            owner: crate::sys::geteuid(),
         });
         (OvlFs(fs.clone()), SessionLink(fs))
     }

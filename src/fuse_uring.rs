@@ -20,7 +20,7 @@
 use crate::fuse::{Adapter, PASSTHROUGH_FLAGS};
 use crate::fuse_wire::{fattr, op, Fields, InHeader, Out, Payload};
 use crate::ovl::inode::{SetAttr, TimeSet};
-use crate::ovl::{Ctx, Errno};
+use crate::ovl::{Ctx, Errno, Node};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -331,7 +331,7 @@ fn serve(fs: &Adapter, dev: &OwnedFd, entry: Entry, idle: bool) -> std::io::Resu
 /// but for those the kernel may send on a file already open.
 fn allowed(fs: &Adapter, req: &InHeader) -> bool {
     use fuser::SessionACL;
-    let owner = crate::sys::geteuid();
+    let owner = fs.owner;
     let exempt = matches!(
         req.opcode,
         op::DESTROY
@@ -373,22 +373,20 @@ fn answer(
         pid: req.pid,
         umask: 0,
     };
+    let with_umask = |umask| Ctx { umask, ..ctx };
     let mut args = Payload::new(&p[..in_len]);
     match req.opcode {
         op::LOOKUP => {
             let name = args.name().ok_or(EINVAL)?;
-            let r = fs.ovl.lookup(id, name);
-            let mut out = Out::new(p);
-            match r {
-                Ok((n, attr)) => {
-                    let (et, at, attr) = fs.entry_parts(n.id, &attr);
-                    out.entry(n.id, et, at, &attr);
-                }
+            match fs.ovl.lookup(id, name) {
                 // A negative entry with a lifetime, as on /dev/fuse (`OvlFs::lookup`).
-                Err(Errno::ENOENT) => out.entry(0, fs.ttl, Duration::ZERO, &Default::default()),
-                Err(e) => return Err(e),
+                Err(Errno::ENOENT) => {
+                    let mut out = Out::new(p);
+                    out.entry(0, fs.ttl, Duration::ZERO, &Default::default());
+                    Ok(out.len)
+                }
+                r => entry_reply(fs, p, r),
             }
-            Ok(out.len)
         }
         op::GETATTR => {
             let fh = (a.u32(0) & crate::fuse_wire::GETATTR_FH != 0).then(|| a.u64(8));
@@ -428,25 +426,19 @@ fn answer(
             let name = args.name().ok_or(EINVAL)?;
             let target = args.name().ok_or(EINVAL)?;
             let r = fs.ovl.symlink(&ctx, id, name, target);
-            entry_reply(fs, p, r.map(|(n, a)| (n.id, a)))
+            entry_reply(fs, p, r)
         }
         op::MKNOD => {
             let name = args.name().ok_or(EINVAL)?;
-            let c = Ctx {
-                umask: a.u32(8),
-                ..ctx
-            };
-            let r = fs.ovl.mknod(&c, id, name, a.u32(0), a.u32(4) as u64);
-            entry_reply(fs, p, r.map(|(n, a)| (n.id, a)))
+            let r = fs
+                .ovl
+                .mknod(&with_umask(a.u32(8)), id, name, a.u32(0), a.u32(4) as u64);
+            entry_reply(fs, p, r)
         }
         op::MKDIR => {
             let name = args.name().ok_or(EINVAL)?;
-            let c = Ctx {
-                umask: a.u32(4),
-                ..ctx
-            };
-            let r = fs.ovl.mkdir(&c, id, name, a.u32(0));
-            entry_reply(fs, p, r.map(|(n, a)| (n.id, a)))
+            let r = fs.ovl.mkdir(&with_umask(a.u32(4)), id, name, a.u32(0));
+            entry_reply(fs, p, r)
         }
         op::UNLINK => fs.ovl.unlink(id, args.name().ok_or(EINVAL)?).map(|()| 0),
         op::RMDIR => fs.ovl.rmdir(id, args.name().ok_or(EINVAL)?).map(|()| 0),
@@ -463,7 +455,7 @@ fn answer(
         op::LINK => {
             let name = args.name().ok_or(EINVAL)?;
             let r = fs.ovl.link(&ctx, a.u64(0), id, name);
-            entry_reply(fs, p, r.map(|(n, a)| (n.id, a)))
+            entry_reply(fs, p, r)
         }
         op::OPEN => {
             let fh = fs.ovl.open(&ctx, id, a.i32(0))?;
@@ -473,11 +465,9 @@ fn answer(
         }
         op::CREATE => {
             let name = args.name().ok_or(EINVAL)?;
-            let c = Ctx {
-                umask: a.u32(8),
-                ..ctx
-            };
-            let (n, attr, fh) = fs.ovl.create(&c, id, name, a.u32(4), a.i32(0))?;
+            let (n, attr, fh) =
+                fs.ovl
+                    .create(&with_umask(a.u32(8)), id, name, a.u32(4), a.i32(0))?;
             // As `OvlFs::create`: one lifetime for entry and attributes, the attributes'.
             let (_, ttl, attr) = fs.entry_parts(n.id, &attr);
             let mut out = Out::new(p);
@@ -493,8 +483,7 @@ fn answer(
             let data = args.bytes(a.u32(16) as usize).ok_or(EINVAL)?;
             let n = fs.ovl.write(&ctx, a.u64(0), a.u64(8), data)?;
             let mut out = Out::new(p);
-            out.u32(n);
-            out.u32(0);
+            out.u32_out(n);
             Ok(out.len)
         }
         op::STATFS => {
@@ -587,8 +576,7 @@ fn answer(
                 a.u64(40),
             )?;
             let mut out = Out::new(p);
-            out.u32(n);
-            out.u32(0);
+            out.u32_out(n);
             Ok(out.len)
         }
         op::IOCTL => {
@@ -614,12 +602,12 @@ fn attr_reply(fs: &Adapter, p: &mut [u8], attr: &crate::ovl::Attr) -> Result<usi
 fn entry_reply(
     fs: &Adapter,
     p: &mut [u8],
-    r: Result<(u64, crate::ovl::Attr), Errno>,
+    r: Result<(Arc<Node>, crate::ovl::Attr), Errno>,
 ) -> Result<usize, Errno> {
-    let (id, attr) = r?;
-    let (et, at, attr) = fs.entry_parts(id, &attr);
+    let (n, attr) = r?;
+    let (et, at, attr) = fs.entry_parts(n.id, &attr);
     let mut out = Out::new(p);
-    out.entry(id, et, at, &attr);
+    out.entry(n.id, et, at, &attr);
     Ok(out.len)
 }
 
@@ -636,8 +624,7 @@ fn data_reply(p: &mut [u8], d: &[u8]) -> Result<usize, Errno> {
 fn xattr_reply(p: &mut [u8], size: u32, v: &[u8]) -> Result<usize, Errno> {
     if size == 0 {
         let mut out = Out::new(p);
-        out.u32(v.len() as u32);
-        out.u32(0);
+        out.u32_out(v.len() as u32);
         Ok(out.len)
     } else if v.len() > size as usize {
         Err(Errno(libc::ERANGE))

@@ -214,6 +214,12 @@ impl<'a> Out<'a> {
         &mut self.buf[self.len..]
     }
 
+    /// A u32 and its padding: `struct fuse_write_out`, `struct fuse_getxattr_out`.
+    pub fn u32_out(&mut self, v: u32) {
+        self.u32(v);
+        self.u32(0);
+    }
+
     /// `struct fuse_attr` (88 bytes).
     pub fn attr(&mut self, a: &Attr) {
         self.u64(a.ino);
