@@ -1610,3 +1610,97 @@ fn an_exiting_daemon_leaves_a_new_mount_at_its_mount_point_alone() {
     check_simple_view(&old.mnt);
     g_new.unmount();
 }
+
+/// Puts `kernel.io_uring_disabled` back as it was, even when the test fails.
+struct IoUringSysctl(String);
+
+const IO_URING_DISABLED: &str = "/proc/sys/kernel/io_uring_disabled";
+
+impl Drop for IoUringSysctl {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(IO_URING_DISABLED, &self.0) {
+            eprintln!("could not restore {IO_URING_DISABLED} to {}: {e}", self.0);
+        }
+    }
+}
+
+/// `uring=on` on a system that refuses io_uring (kernel.io_uring_disabled=2): the mount
+/// still comes up, serves over /dev/fuse, and says why on stderr. (Other tests of this
+/// binary mount with `uring=auto` or `off`, which the setting cannot break; the mount
+/// suites that run over io_uring are other binaries, which cargo runs one at a time.)
+#[test]
+fn io_uring_refused_by_the_system_falls_back_to_dev_fuse_with_a_warning() {
+    if !fuse_available() {
+        return;
+    }
+    if !Path::new(FUSE_URING_PARAM).exists() {
+        eprintln!("SKIPPED: this kernel has no FUSE over io_uring ({FUSE_URING_PARAM})");
+        return;
+    }
+    if let Err(e) = enable_fuse_uring() {
+        panic!("{e}");
+    }
+    let old = fs::read_to_string(IO_URING_DISABLED)
+        .unwrap_or_else(|e| panic!("read {IO_URING_DISABLED}: {e}"))
+        .trim()
+        .to_string();
+    let sc = Scratch::new("cli-uring-refused");
+    let st = simple_stack(&sc);
+    let errf = sc.path("daemon.stderr");
+    let sysctl = IoUringSysctl(old);
+    fs::write(IO_URING_DISABLED, "2").unwrap_or_else(|e| panic!("disable io_uring: {e}"));
+    let mut child = Command::new(ovlfuse_bin())
+        .args([
+            "-f",
+            "-o",
+            &format!("{},uring=on", st.full_opts()),
+            &s(&st.mnt),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&errf).unwrap())
+        .spawn()
+        .expect("spawn ovlfuse -f");
+    let mut appeared = false;
+    for _ in 0..500 {
+        if is_fuse_mounted(&st.mnt) {
+            appeared = true;
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Refused only while the mount starts up.
+    drop(sysctl);
+    let guard = MountGuard::adopt_fuse_pid(&st.mnt, Some(child.id()));
+    let stderr = || fs::read_to_string(&errf).unwrap_or_default();
+    if !appeared {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "ovlfuse did not mount with io_uring refused; stderr:\n{}",
+            stderr()
+        );
+    }
+    check_simple_view(&st.mnt);
+    fs::write(st.mnt.join("new"), b"n").expect("write through the mount");
+    let rings: Vec<String> = fs::read_dir(format!("/proc/{}/task", child.id()))
+        .expect("daemon threads")
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.starts_with("ring"))
+        .collect();
+    assert!(
+        rings.is_empty(),
+        "ring threads despite the refusal: {rings:?}"
+    );
+    let err = stderr();
+    assert!(
+        err.contains("cannot set up io_uring") && err.contains("serving /dev/fuse"),
+        "no warning about the refusal on stderr:\n{err}"
+    );
+    guard.unmount();
+    let _ = wait_child(&mut child, Duration::from_secs(10));
+    assert_eq!(fs::read(st.upper.join("new")).unwrap(), b"n");
+}
