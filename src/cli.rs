@@ -229,9 +229,10 @@ Container options (as fuse-overlayfs spells them):
                          6.14+), when the kernel offers it: default auto uses it
                          where /sys/module/fuse/parameters/enable_uring is Y; on
                          also warns when it is not; off always uses /dev/fuse
-  uring_idle=0|1         1 (default): the io_uring threads are idle-class
-                         (SCHED_IDLE), so a caller keeps its CPU; 0: normal priority
-                         (better when more threads want the CPUs than there are)
+  uring_idle=auto|1|0    auto (default): the io_uring threads are idle-class
+                         (SCHED_IDLE), so a caller keeps its CPU, and move to normal
+                         priority while they wait for a CPU; 1: always idle-class;
+                         0: always normal priority
   fast_ino=0|1, writeback=0|1, plugins=LIST  accepted and ignored
 
 Accepted and ignored (mount(8), fstab and SELinux):

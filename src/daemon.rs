@@ -103,7 +103,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             Some(false) => UringMode::Off,
             None => UringMode::Auto,
         },
-        idle: !params.uring_normal_priority,
+        priority: params.uring_priority,
     };
     let (fs, link) = OvlFs::new(
         ovl,

@@ -67,7 +67,7 @@ impl SessionLink {
         let _ = self.0.device.set(device.clone());
         let entries = std::mem::take(&mut *self.0.ring.lock());
         if !entries.is_empty() {
-            crate::fuse_uring::start(self.0.clone(), device, entries, self.0.uring.idle);
+            crate::fuse_uring::start(self.0.clone(), device, entries, self.0.uring.priority);
         }
     }
 }

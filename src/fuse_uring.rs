@@ -4,7 +4,7 @@
 //! CPU, and that cross-CPU wake-up is most of a round trip's cost here. Over io_uring the
 //! kernel keeps one queue per CPU and hands a request to the queue of the CPU it was made
 //! on; our threads for that queue are pinned to that CPU and idle-class, so the caller and
-//! the daemon take turns on one CPU (`idle_priority` says why idle-class).
+//! the daemon take turns on one CPU (`serve` says why idle-class).
 //!
 //! How: after FUSE_INIT (whose reply asked for FUSE_OVER_IO_URING), each thread registers
 //! one ring entry (a header buffer and a payload buffer) with FUSE_IO_URING_CMD_REGISTER.
@@ -21,6 +21,7 @@ use crate::fuse::{Adapter, PASSTHROUGH_FLAGS};
 use crate::fuse_wire::{fattr, op, Fields, InHeader, Out, Payload};
 use crate::ovl::inode::{SetAttr, TimeSet};
 use crate::ovl::{Ctx, Errno, Node};
+use crate::uring_priority::{Governor, Policy};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -39,12 +40,11 @@ pub enum UringMode {
     On,
 }
 
-/// How the ring threads are scheduled (`uring_idle=`): idle-class by default (see
-/// `idle_priority`).
+/// Whether to serve over io_uring, and how the ring threads are scheduled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UringConfig {
     pub mode: UringMode,
-    pub idle: bool,
+    pub priority: Policy,
 }
 
 const CMD_REGISTER: u32 = 1;
@@ -96,7 +96,7 @@ pub fn prepare(max_write: usize) -> std::io::Result<Vec<Entry>> {
 
 /// Starts one thread per entry. Called from INIT, before its reply; the threads register
 /// once the kernel has taken the reply.
-pub fn start(fs: Arc<Adapter>, dev: Arc<OwnedFd>, entries: Vec<Entry>, idle: bool) {
+pub fn start(fs: Arc<Adapter>, dev: Arc<OwnedFd>, entries: Vec<Entry>, priority: Policy) {
     log::info!(
         "serving FUSE over io_uring: {} queues x {THREADS_PER_QUEUE} threads",
         entries.len() / THREADS_PER_QUEUE
@@ -108,7 +108,7 @@ pub fn start(fs: Arc<Adapter>, dev: Arc<OwnedFd>, entries: Vec<Entry>, idle: boo
         let spawned = std::thread::Builder::new()
             .name(format!("ring{q}.{}", i % THREADS_PER_QUEUE))
             .spawn(move || {
-                if let Err(err) = serve(&fs, &dev, e, idle) {
+                if let Err(err) = serve(&fs, &dev, e, priority) {
                     log::warn!("io_uring queue {q}: {err}");
                 }
             });
@@ -221,29 +221,18 @@ fn command(
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
 }
 
-/// SCHED_IDLE for a ring thread. The caller whose request it serves sleeps on the same
-/// CPU; when the reply wakes it, the scheduler looks for an idle CPU to run it on. A CPU
-/// running only idle-class work counts as idle, so the caller stays where it was (and
-/// preempts us, which is about to wait anyway). With normal priority, the caller moved to
-/// the other, really idle CPU at nearly every reply, and its next request went to that
-/// CPU's queue: two wake-ups of idle CPUs per round trip, the cost the ring was meant to
-/// save. Measured on the 2-core VM (Python stat loop, 20000 lookups): 12-15 us per
-/// lookup with SCHED_IDLE, 53-61 us with normal priority, 44-62 us on /dev/fuse. The
-/// price is paid when more threads want the CPU than there are CPUs: with two busy
-/// loops per CPU, 100-105 us against 22-32 us (`uring_idle=0` keeps normal priority).
-fn idle_priority() {
-    let p = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sets this thread's own policy from a valid sched_param.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) } != 0 {
-        log::debug!(
-            "cannot make a ring thread idle-class: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 /// Serves one ring entry until the connection ends.
-fn serve(fs: &Adapter, dev: &OwnedFd, entry: Entry, idle: bool) -> std::io::Result<()> {
+///
+/// The thread is pinned to its queue's CPU and starts idle-class (SCHED_IDLE, see
+/// `uring_priority`). The caller whose request it serves sleeps on the same CPU; when
+/// the reply wakes it, the scheduler looks for an idle CPU to run it on. A CPU running
+/// only idle-class work counts as idle, so the caller stays where it was (and preempts
+/// us, who are about to wait anyway). With normal priority, the caller moved to the
+/// other, really idle CPU at nearly every reply, and its next request went to that CPU's
+/// queue: two wake-ups of idle CPUs per round trip, the cost the ring was meant to save.
+/// Measured on the 2-core VM (Python stat loop, 20000 lookups): 12-15 us per lookup
+/// idle-class, 53-61 us with normal priority, 44-62 us on /dev/fuse.
+fn serve(fs: &Adapter, dev: &OwnedFd, entry: Entry, priority: Policy) -> std::io::Result<()> {
     let Entry {
         qid,
         mut ring,
@@ -251,9 +240,7 @@ fn serve(fs: &Adapter, dev: &OwnedFd, entry: Entry, idle: bool) -> std::io::Resu
         mut payload,
     } = entry;
     pin_to_cpu(qid as usize);
-    if idle {
-        idle_priority();
-    }
+    let mut class = Governor::start(priority);
     let iov = [
         libc::iovec {
             iov_base: header.ptr.cast(),
@@ -324,6 +311,7 @@ fn serve(fs: &Adapter, dev: &OwnedFd, entry: Entry, idle: bool) -> std::io::Resu
         h[8..16].copy_from_slice(&req.unique.to_ne_bytes());
         h[ENT_PAYLOAD_SZ..ENT_PAYLOAD_SZ + 4].copy_from_slice(&(out_len as u32).to_ne_bytes());
         cmd = CMD_COMMIT_AND_FETCH;
+        class.served();
     }
 }
 

@@ -13,6 +13,7 @@ pub mod fuse_wire;
 pub mod ovl;
 pub mod passthrough;
 pub mod sys;
+pub mod uring_priority;
 
 /// The version line shown by `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -127,8 +127,8 @@ pub struct Params {
     /// `uring=on|off|auto`: FUSE over io_uring; `None` (auto) uses it when the kernel
     /// offers it.
     pub uring: Option<bool>,
-    /// `uring_idle=0`: the io_uring threads run at normal priority, not SCHED_IDLE.
-    pub uring_normal_priority: bool,
+    /// `uring_idle=auto|1|0`: how the io_uring threads are scheduled.
+    pub uring_priority: crate::uring_priority::Policy,
 }
 
 /// The atime policy of the mount, applied by us to the upper layer (the kernel's FUSE
@@ -187,7 +187,7 @@ impl Default for Params {
             ino32: false,
             single_threaded: false,
             uring: None,
-            uring_normal_priority: false,
+            uring_priority: crate::uring_priority::Policy::Adaptive,
         }
     }
 }
@@ -621,13 +621,22 @@ fn apply_option(
                 _ => None,
             };
         }
-        "threaded" | "noxattrs" | "uring_idle" => {
+        "uring_idle" => {
+            use crate::uring_priority::Policy;
+            let v = required(name, value, false)?;
+            one_of(name, v, &["auto", "1", "0"])?;
+            p.uring_priority = match decode(v).as_ref() {
+                "1" => Policy::Idle,
+                "0" => Policy::Normal,
+                _ => Policy::Adaptive,
+            };
+        }
+        "threaded" | "noxattrs" => {
             let v = required(name, value, false)?;
             one_of(name, v, &["0", "1"])?;
             let on = decode(v) == "1";
             match name {
                 "threaded" => p.single_threaded = !on,
-                "uring_idle" => p.uring_normal_priority = !on,
                 _ => p.noxattrs = on,
             }
         }
@@ -1520,6 +1529,21 @@ mod tests {
             err(&["lowerdir=/l,uidmapping"]),
             "mount option \"uidmapping\" requires a value"
         );
+    }
+
+    #[test]
+    fn uring_idle_values() {
+        use crate::uring_priority::Policy;
+        assert_eq!(ok(&["lowerdir=/l"]).uring_priority, Policy::Adaptive);
+        for (v, want) in [
+            ("auto", Policy::Adaptive),
+            ("1", Policy::Idle),
+            ("0", Policy::Normal),
+        ] {
+            let p = ok(&[&format!("lowerdir=/l,uring_idle={v}")]);
+            assert_eq!(p.uring_priority, want, "{v}");
+        }
+        assert!(err(&["lowerdir=/l,uring_idle=yes"]).contains("uring_idle"));
     }
 
     #[test]

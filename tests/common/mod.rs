@@ -1765,3 +1765,23 @@ impl Drop for LowerCheck {
         }
     }
 }
+
+/// The scheduling policy (field 41 of /proc/PID/task/TID/stat) of each io_uring thread
+/// (`ringQ.T`) of daemon `pid`: 0 normal, 5 idle-class (SCHED_IDLE).
+pub fn ring_thread_policies(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for t in ok(fs::read_dir(format!("/proc/{pid}/task")), "daemon threads") {
+        let dir = ok(t, "task").path();
+        let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("ring") {
+            continue;
+        }
+        let stat = fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name start at field 3.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        if let Some(p) = rest.split_whitespace().nth(41 - 3) {
+            out.push(p.parse().unwrap_or(u32::MAX));
+        }
+    }
+    out
+}
