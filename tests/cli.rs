@@ -1630,15 +1630,8 @@ impl Drop for IoUringSysctl {
 /// suites that run over io_uring are other binaries, which cargo runs one at a time.)
 #[test]
 fn io_uring_refused_by_the_system_falls_back_to_dev_fuse_with_a_warning() {
-    if !fuse_available() {
+    if !fuse_uring_available() {
         return;
-    }
-    if !Path::new(FUSE_URING_PARAM).exists() {
-        eprintln!("SKIPPED: this kernel has no FUSE over io_uring ({FUSE_URING_PARAM})");
-        return;
-    }
-    if let Err(e) = enable_fuse_uring() {
-        panic!("{e}");
     }
     let old = fs::read_to_string(IO_URING_DISABLED)
         .unwrap_or_else(|e| panic!("read {IO_URING_DISABLED}: {e}"))
@@ -1686,11 +1679,7 @@ fn io_uring_refused_by_the_system_falls_back_to_dev_fuse_with_a_warning() {
     }
     check_simple_view(&st.mnt);
     fs::write(st.mnt.join("new"), b"n").expect("write through the mount");
-    let rings: Vec<String> = fs::read_dir(format!("/proc/{}/task", child.id()))
-        .expect("daemon threads")
-        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|c| c.starts_with("ring"))
-        .collect();
+    let rings = ring_threads(child.id());
     assert!(
         rings.is_empty(),
         "ring threads despite the refusal: {rings:?}"

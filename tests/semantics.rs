@@ -6021,15 +6021,8 @@ fn counts_by_thread_kind(pid: u32) -> BTreeMap<String, ThreadCounts> {
 /// with `uring=off` no ring thread exists and /dev/fuse carries them.
 #[test]
 fn requests_travel_over_io_uring_when_asked_and_offered() {
-    if !fuse_available() {
+    if !fuse_uring_available() {
         return;
-    }
-    if !Path::new(FUSE_URING_PARAM).exists() {
-        eprintln!("SKIPPED: this kernel has no FUSE over io_uring ({FUSE_URING_PARAM})");
-        return;
-    }
-    if let Err(e) = enable_fuse_uring() {
-        panic!("{e}");
     }
     const CALLS: u64 = 2000;
     // uring_idle=1: the default (auto) may move a thread to normal priority when the

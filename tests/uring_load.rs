@@ -71,52 +71,6 @@ fn requests_until(f: &Path, limit: Duration, mut done: impl FnMut() -> bool) -> 
     false
 }
 
-/// (thread id, scheduling policy, voluntary context switches) of each ring thread: a
-/// ring thread sleeps once per request it waits for.
-fn ring_threads(pid: u32) -> Vec<(u32, u32, u64)> {
-    let mut out = Vec::new();
-    for t in ok(fs::read_dir(format!("/proc/{pid}/task")), "daemon threads") {
-        let dir = ok(t, "task").path();
-        let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !comm.starts_with("ring") {
-            continue;
-        }
-        let tid = dir
-            .file_name()
-            .and_then(|n| n.to_str()?.parse().ok())
-            .unwrap_or(0);
-        let stat = fs::read_to_string(dir.join("stat")).unwrap_or_default();
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let policy = rest
-            .split_whitespace()
-            .nth(41 - 3)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(u32::MAX);
-        let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let switches = status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        out.push((tid, policy, switches));
-    }
-    out
-}
-
-fn ring_available() -> bool {
-    if !fuse_available() {
-        return false;
-    }
-    if !Path::new(FUSE_URING_PARAM).exists() {
-        eprintln!("SKIPPED: this kernel has no FUSE over io_uring ({FUSE_URING_PARAM})");
-        return false;
-    }
-    if let Err(e) = enable_fuse_uring() {
-        panic!("{e}");
-    }
-    true
-}
-
 /// `ovlfuse -f` from this process: the daemon stays in the test's session, and so in its
 /// scheduling group (autogroup), where the busy threads below compete with it. (A
 /// backgrounded daemon starts a session of its own; idle-class threads then yield only
@@ -149,7 +103,7 @@ fn mount_in_our_group(st: &Stack, opts: &str) -> (MountGuard, std::process::Chil
 /// lookup, measured); once the CPUs are free again, they go back to idle-class.
 #[test]
 fn ring_threads_leave_idle_class_while_the_cpus_are_full_and_come_back_after() {
-    if !ring_available() {
+    if !fuse_uring_available() {
         return;
     }
     let sc = Scratch::new("uring-load");
@@ -204,7 +158,7 @@ fn ring_threads_leave_idle_class_while_the_cpus_are_full_and_come_back_after() {
 /// `uring_idle=0` keeps the ring threads at normal priority from the start.
 #[test]
 fn uring_idle_0_gives_normal_priority() {
-    if !ring_available() {
+    if !fuse_uring_available() {
         return;
     }
     let sc = Scratch::new("uring-normal");

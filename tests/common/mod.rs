@@ -1172,6 +1172,23 @@ pub fn transport_opt() -> &'static str {
     )
 }
 
+/// Whether a test of FUSE over io_uring can run: /dev/fuse is there (else the loud skip of
+/// `fuse_available`) and the kernel has FUSE over io_uring (else a loud skip), which is
+/// then turned on. A failure to turn it on fails the test.
+pub fn fuse_uring_available() -> bool {
+    if !fuse_available() {
+        return false;
+    }
+    if !Path::new(FUSE_URING_PARAM).exists() {
+        eprintln!("SKIPPED: this kernel has no FUSE over io_uring ({FUSE_URING_PARAM})");
+        return false;
+    }
+    if let Err(e) = enable_fuse_uring() {
+        panic!("{e}");
+    }
+    true
+}
+
 /// The kernel's switch for FUSE over io_uring (CONFIG_FUSE_IO_URING, Linux 6.14+).
 pub const FUSE_URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 
@@ -1766,9 +1783,10 @@ impl Drop for LowerCheck {
     }
 }
 
-/// The scheduling policy (field 41 of /proc/PID/task/TID/stat) of each io_uring thread
-/// (`ringQ.T`) of daemon `pid`: 0 normal, 5 idle-class (SCHED_IDLE).
-pub fn ring_thread_policies(pid: u32) -> Vec<u32> {
+/// (thread id, scheduling policy, voluntary context switches) of each io_uring
+/// thread (`ringQ.T`) of daemon `pid`; policy 0 is normal, 5 idle-class (SCHED_IDLE): a
+/// ring thread sleeps once per request it waits for.
+pub fn ring_threads(pid: u32) -> Vec<(u32, u32, u64)> {
     let mut out = Vec::new();
     for t in ok(fs::read_dir(format!("/proc/{pid}/task")), "daemon threads") {
         let dir = ok(t, "task").path();
@@ -1776,12 +1794,29 @@ pub fn ring_thread_policies(pid: u32) -> Vec<u32> {
         if !comm.starts_with("ring") {
             continue;
         }
+        let tid = dir
+            .file_name()
+            .and_then(|n| n.to_str()?.parse().ok())
+            .unwrap_or(0);
         let stat = fs::read_to_string(dir.join("stat")).unwrap_or_default();
-        // Fields after the parenthesised name start at field 3.
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        if let Some(p) = rest.split_whitespace().nth(41 - 3) {
-            out.push(p.parse().unwrap_or(u32::MAX));
-        }
+        let policy = rest
+            .split_whitespace()
+            .nth(41 - 3)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(u32::MAX);
+        let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        out.push((tid, policy, switches));
     }
     out
+}
+
+/// The scheduling policy of each io_uring thread of daemon `pid` (see `ring_threads`).
+pub fn ring_thread_policies(pid: u32) -> Vec<u32> {
+    ring_threads(pid).into_iter().map(|(_, p, _)| p).collect()
 }
