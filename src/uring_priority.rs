@@ -52,8 +52,8 @@ enum Step {
 #[derive(Debug)]
 struct Adaptive {
     cpus: usize,
-    idle: bool,
     hold: Duration,
+    /// When the current normal-priority spell ends; `None` while idle-class.
     normal_until: Option<Instant>,
     /// The fewest runnable threads seen during this normal-priority spell. One look can
     /// count the caller whose request we serve, so the spell's best look decides.
@@ -66,12 +66,15 @@ impl Adaptive {
     fn new(cpus: usize) -> Self {
         Adaptive {
             cpus,
-            idle: true,
             hold: FIRST_HOLD,
             normal_until: None,
             fewest_runnable: None,
             trying: false,
         }
+    }
+
+    fn idle(&self) -> bool {
+        self.normal_until.is_none()
     }
 
     /// A period ends at `now` with `wakeups` wake-ups that waited `waited` in all;
@@ -83,20 +86,19 @@ impl Adaptive {
         waited: Duration,
         runnable: impl FnOnce() -> Option<usize>,
     ) -> Step {
-        if !self.idle {
+        if let Some(until) = self.normal_until {
             if let Some(r) = runnable() {
                 self.fewest_runnable = Some(self.fewest_runnable.map_or(r, |f| f.min(r)));
             }
-            let Some(until) = self.normal_until.filter(|&t| now >= t) else {
+            if now < until {
                 return Step::Stay;
-            };
+            }
             // Others filled every CPU at each look: a try would stall.
             if self.fewest_runnable.is_some_and(|r| r > self.cpus) {
-                self.normal_until = Some(until.max(now) + self.hold);
+                self.normal_until = Some(now + self.hold);
                 self.fewest_runnable = None;
                 return Step::Stay;
             }
-            self.idle = true;
             self.trying = true;
             self.normal_until = None;
             return Step::ToIdle;
@@ -113,7 +115,6 @@ impl Adaptive {
             self.hold = (self.hold * 2).min(MAX_HOLD);
         }
         self.trying = false;
-        self.idle = false;
         self.normal_until = Some(now + self.hold);
         self.fewest_runnable = None;
         Step::ToNormal
@@ -221,7 +222,7 @@ impl Governor {
         let step = state.step(now, wakeups, Duration::from_nanos(waited), runnable_threads);
         log::trace!(
             "ring thread: {wakeups} runs waited {waited} ns in all; {step:?} (idle: {})",
-            state.idle
+            state.idle()
         );
         match step {
             Step::Stay => {}
@@ -271,14 +272,14 @@ mod tests {
         assert_eq!(a.step(t, 1000, US * 5000, FULL), Step::Stay);
         // A few wake-ups with short waits say nothing.
         assert_eq!(a.step(t, 3, US * 30, FULL), Step::Stay);
-        assert!(a.idle);
+        assert!(a.idle());
     }
 
     #[test]
     fn a_few_long_waits_are_starvation() {
         let mut a = Adaptive::new(2);
         assert_eq!(a.step(Instant::now(), 1, 300 * MS, FREE), Step::ToNormal);
-        assert!(!a.idle);
+        assert!(!a.idle());
     }
 
     #[test]
@@ -300,7 +301,7 @@ mod tests {
         // This try finds room: idle-class stays, and the hold starts over.
         assert_eq!(a.step(t2 + MS, 500, Duration::ZERO, FULL), Step::Stay);
         assert_eq!(a.hold, FIRST_HOLD);
-        assert!(a.idle);
+        assert!(a.idle());
     }
 
     #[test]
@@ -311,7 +312,7 @@ mod tests {
         assert_eq!(a.step(t0 + MS, 500, Duration::ZERO, FULL), Step::Stay);
         let t1 = t0 + FIRST_HOLD;
         assert_eq!(a.step(t1, 500, Duration::ZERO, FULL), Step::Stay);
-        assert!(!a.idle);
+        assert!(!a.idle());
         // One look with a CPU to spare during the next spell (two runnable: us and
         // the caller) is enough for a try at its end.
         assert_eq!(a.step(t1 + MS, 500, Duration::ZERO, || Some(2)), Step::Stay);

@@ -170,22 +170,15 @@ fn foreground_mode_stays_and_exits_zero_after_unmount() {
         .stderr(fs::File::create(&errf).unwrap())
         .spawn()
         .expect("spawn ovlfuse -f");
-    let mut appeared = false;
-    for _ in 0..500 {
-        if is_fuse_mounted(&st.mnt) {
-            appeared = true;
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "ovlfuse -f exited ({status:?}) before mounting; stderr:\n{}",
-                fs::read_to_string(&errf).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let started = wait_for_foreground_mount(&mut child, &st.mnt);
+    if let Started::Exited(status) = started {
+        panic!(
+            "ovlfuse -f exited ({status:?}) before mounting; stderr:\n{}",
+            fs::read_to_string(&errf).unwrap_or_default()
+        );
     }
     let guard = MountGuard::adopt_fuse_pid(&st.mnt, Some(child.id()));
-    if !appeared {
+    if !matches!(started, Started::Mounted) {
         let _ = child.kill();
         let _ = child.wait();
         panic!(
@@ -1654,17 +1647,10 @@ fn io_uring_refused_by_the_system_falls_back_to_dev_fuse_with_a_warning() {
         .stderr(fs::File::create(&errf).unwrap())
         .spawn()
         .expect("spawn ovlfuse -f");
-    let mut appeared = false;
-    for _ in 0..500 {
-        if is_fuse_mounted(&st.mnt) {
-            appeared = true;
-            break;
-        }
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let appeared = matches!(
+        wait_for_foreground_mount(&mut child, &st.mnt),
+        Started::Mounted
+    );
     // Refused only while the mount starts up.
     drop(sysctl);
     let guard = MountGuard::adopt_fuse_pid(&st.mnt, Some(child.id()));

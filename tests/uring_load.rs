@@ -83,18 +83,15 @@ fn mount_in_our_group(st: &Stack, opts: &str) -> (MountGuard, std::process::Chil
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("spawn ovlfuse -f");
-    for _ in 0..500 {
-        if is_fuse_mounted(&st.mnt) {
-            return (MountGuard::adopt_fuse_pid(&st.mnt, Some(child.id())), child);
+    match wait_for_foreground_mount(&mut child, &st.mnt) {
+        Started::Mounted => (MountGuard::adopt_fuse_pid(&st.mnt, Some(child.id())), child),
+        Started::Exited(status) => panic!("ovlfuse -f exited ({status:?}) before mounting"),
+        Started::TimedOut => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ovlfuse -f did not mount within 10 s");
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("ovlfuse -f exited ({status:?}) before mounting");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("ovlfuse -f did not mount within 10 s");
 }
 
 /// By default the ring threads are idle-class; once busy threads of the daemon's own

@@ -1172,6 +1172,28 @@ pub fn transport_opt() -> &'static str {
     )
 }
 
+/// How the start of a foreground daemon (`ovlfuse -f`) ended.
+#[derive(Debug)]
+pub enum Started {
+    Mounted,
+    Exited(std::process::ExitStatus),
+    TimedOut,
+}
+
+/// Waits up to 10 s for `child`, an `ovlfuse -f` mounting at `mnt`, to mount or exit.
+pub fn wait_for_foreground_mount(child: &mut std::process::Child, mnt: &Path) -> Started {
+    for _ in 0..500 {
+        if is_fuse_mounted(mnt) {
+            return Started::Mounted;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Started::Exited(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Started::TimedOut
+}
+
 /// Whether a test of FUSE over io_uring can run: /dev/fuse is there (else the loud skip of
 /// `fuse_available`) and the kernel has FUSE over io_uring (else a loud skip), which is
 /// then turned on. A failure to turn it on fails the test.
