@@ -408,6 +408,20 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
     check(r).map(drop)
 }
 
+/// Starts writeback of a byte range without waiting for it (`sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`); a later fsync still gives the durability guarantee.
+pub fn start_writeback(fd: BorrowedFd<'_>, off: u64, len: u64) -> SysResult<()> {
+    check(unsafe {
+        libc::sync_file_range(
+            fd.as_raw_fd(),
+            off as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    })
+    .map(drop)
+}
+
 pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
     check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) }).map(drop)
 }
