@@ -224,7 +224,8 @@ Container options (as fuse-overlayfs spells them):
   static_nlink           directories report a link count of 1
   ino32_t                inode numbers fit in 32 bits
   timeout=SECONDS        how long the kernel caches names and attributes (default 3600)
-  threaded=0|1           0 serves requests on one thread (default 1: several)
+  threaded=0|1           0 serves requests on one thread, over /dev/fuse (default 1:
+                         several; with io_uring, one or more per CPU)
   uring=auto|on|off      serve requests over io_uring, one queue per CPU (Linux
                          6.14+), when the kernel offers it: default auto uses it
                          where /sys/module/fuse/parameters/enable_uring is Y; on

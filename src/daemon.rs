@@ -99,6 +99,13 @@ pub fn run(cli: Cli) -> Result<(), String> {
     let config = fuse_config(&params, cli.source.as_deref());
     let uring = UringConfig {
         mode: match params.uring {
+            // io_uring needs a thread per CPU queue; threaded=0 promises one thread.
+            _ if params.single_threaded => {
+                if params.uring == Some(true) {
+                    log::warn!("uring=on ignored: threaded=0 serves /dev/fuse on one thread");
+                }
+                UringMode::Off
+            }
             Some(true) => UringMode::On,
             Some(false) => UringMode::Off,
             None => UringMode::Auto,

@@ -1679,3 +1679,56 @@ fn io_uring_refused_by_the_system_falls_back_to_dev_fuse_with_a_warning() {
     let _ = wait_child(&mut child, Duration::from_secs(10));
     assert_eq!(fs::read(st.upper.join("new")).unwrap(), b"n");
 }
+
+/// `threaded=0` promises one serving thread: no io_uring threads even where the kernel
+/// offers io_uring (it needs one per CPU), and a warning when `uring=on` asked for them.
+#[test]
+fn threaded_0_serves_dev_fuse_on_one_thread_even_with_io_uring_offered() {
+    if !fuse_uring_available() {
+        return;
+    }
+    let sc = Scratch::new("cli-threaded0");
+    let st = simple_stack(&sc);
+    let errf = sc.path("daemon.stderr");
+    let mut child = Command::new(ovlfuse_bin())
+        .args([
+            "-f",
+            "-o",
+            &format!("{},threaded=0,uring=on", st.full_opts()),
+            &s(&st.mnt),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&errf).unwrap())
+        .spawn()
+        .expect("spawn ovlfuse -f");
+    let appeared = matches!(
+        wait_for_foreground_mount(&mut child, &st.mnt),
+        Started::Mounted
+    );
+    let guard = MountGuard::adopt_fuse_pid(&st.mnt, Some(child.id()));
+    let stderr = || fs::read_to_string(&errf).unwrap_or_default();
+    if !appeared {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("ovlfuse threaded=0 did not mount; stderr:\n{}", stderr());
+    }
+    check_simple_view(&st.mnt);
+    fs::write(st.mnt.join("new"), b"n").expect("write through the mount");
+    let rings = ring_threads(child.id());
+    assert!(rings.is_empty(), "ring threads with threaded=0: {rings:?}");
+    let servers: Vec<String> = fs::read_dir(format!("/proc/{}/task", child.id()))
+        .expect("daemon threads")
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.starts_with("fuser"))
+        .collect();
+    assert_eq!(servers.len(), 1, "/dev/fuse serving threads: {servers:?}");
+    let err = stderr();
+    assert!(
+        err.contains("uring=on ignored") && err.contains("threaded=0"),
+        "no warning that uring=on was ignored:\n{err}"
+    );
+    guard.unmount();
+    let _ = wait_child(&mut child, Duration::from_secs(10));
+    assert_eq!(fs::read(st.upper.join("new")).unwrap(), b"n");
+}
