@@ -191,13 +191,24 @@ impl Overlay {
         // Owner: the caller; group: the directory's if it is set-group-ID, as the upper
         // filesystem would decide for a process creating the file itself. In disk ids.
         let own = &self.cfg.own;
-        let pst = self.effective_stat(&parent, &fs::fstat(upfd)?);
+        let real_pst = fs::fstat(upfd)?;
+        let pst = self.effective_stat(&parent, &real_pst);
         let uid = own.disk_uid(ctx.uid);
         let gid = if pst.st_mode & libc::S_ISGID != 0 {
             pst.st_gid
         } else {
             own.disk_gid(ctx.gid)
         };
+        // The upper filesystem gives a new object our ids (the group: the directory's, if it
+        // is set-group-ID); a caller with the same ids needs no chown, which would cost an
+        // inode update in the upper filesystem's journal per create.
+        let (our_uid, our_gid) = crate::sys::creator_ids();
+        let made_gid = if real_pst.st_mode & libc::S_ISGID != 0 {
+            real_pst.st_gid
+        } else {
+            our_gid
+        };
+        let needs_chown = uid != our_uid || gid != made_gid;
         let mut perm = what.perm();
         if kind != libc::S_IFLNK
             && (self.cfg.noacl
@@ -236,7 +247,7 @@ impl Overlay {
                     if !self.write_override(dir, n, &o, kind)? {
                         kept_by_chown(dir, n, uid, gid)?;
                     }
-                } else {
+                } else if needs_chown {
                     let chown = match fd {
                         Some(fd) => fs::fchown(fd, uid, gid),
                         None => fs::fchownat(dir, n, Some(uid), Some(gid)),
@@ -245,10 +256,10 @@ impl Overlay {
                         Err(e) if own.squashed() => log::debug!("new file keeps its owner: {e:?}"),
                         other => other?,
                     }
-                    // chown clears set-user/group-ID bits; put them back. The permission bits
-                    // stay as the upper filesystem made them: a default ACL may have narrowed
-                    // them.
-                    if kind != libc::S_IFLNK && perm & 0o7000 != 0 {
+                    // chown clears a file's set-user/group-ID bits; put them back. The
+                    // permission bits stay as the upper filesystem made them: a default ACL
+                    // may have narrowed them. (A directory keeps what mkdir(2) gave it.)
+                    if kind != libc::S_IFLNK && kind != libc::S_IFDIR && perm & 0o7000 != 0 {
                         let now = fs::fstatat(dir, n)?.st_mode & 0o777;
                         fs::fchmodat(dir, n, now | (perm & 0o7000))?;
                     }

@@ -148,6 +148,13 @@ pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The effective uid and gid this process creates files with, read once (a daemon's
+/// credentials do not change under it).
+pub fn creator_ids() -> (u32, u32) {
+    static IDS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *IDS.get_or_init(|| unsafe { (libc::geteuid(), libc::getegid()) })
+}
+
 /// Whether this process is root of the initial user namespace, the only place where
 /// `trusted.*` xattrs may be written and devices made. Root inside a user namespace (podman's
 /// rootless pause namespace, `unshare -Ur`) is not: its uid map is not the identity of all ids.
