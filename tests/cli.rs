@@ -1604,6 +1604,64 @@ fn an_exiting_daemon_leaves_a_new_mount_at_its_mount_point_alone() {
     g_new.unmount();
 }
 
+/// A foreground daemon (`ovlfuse -f -o OPTS,extra MNT`) with its stderr in a file.
+struct Foreground {
+    child: std::process::Child,
+    guard: MountGuard,
+    stderr: PathBuf,
+}
+
+impl Foreground {
+    /// Starts it and waits for its mount; `started` runs once the wait ends, before the
+    /// mount is checked (to undo what only the start-up had to see). Panics with the
+    /// daemon's stderr when the mount does not come up.
+    fn start(sc: &Scratch, st: &Stack, extra: &str, started: impl FnOnce()) -> Foreground {
+        let stderr = sc.path("daemon.stderr");
+        let mut child = Command::new(ovlfuse_bin())
+            .args([
+                "-f",
+                "-o",
+                &format!("{},{extra}", st.full_opts()),
+                &s(&st.mnt),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn ovlfuse -f");
+        let appeared = matches!(
+            wait_for_foreground_mount(&mut child, &st.mnt),
+            Started::Mounted
+        );
+        started();
+        let guard = MountGuard::adopt_fuse_pid(&st.mnt, Some(child.id()));
+        let fg = Foreground {
+            child,
+            guard,
+            stderr,
+        };
+        if !appeared {
+            let mut child = fg.child;
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ovlfuse -o ..,{extra} did not mount; stderr:\n{}",
+                fs::read_to_string(&fg.stderr).unwrap_or_default()
+            );
+        }
+        fg
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn unmount(mut self) {
+        self.guard.unmount();
+        let _ = wait_child(&mut self.child, Duration::from_secs(10));
+    }
+}
+
 /// Puts `kernel.io_uring_disabled` back as it was, even when the test fails.
 struct IoUringSysctl(String);
 
@@ -1632,51 +1690,23 @@ fn io_uring_refused_by_the_system_falls_back_to_dev_fuse_with_a_warning() {
         .to_string();
     let sc = Scratch::new("cli-uring-refused");
     let st = simple_stack(&sc);
-    let errf = sc.path("daemon.stderr");
     let sysctl = IoUringSysctl(old);
     fs::write(IO_URING_DISABLED, "2").unwrap_or_else(|e| panic!("disable io_uring: {e}"));
-    let mut child = Command::new(ovlfuse_bin())
-        .args([
-            "-f",
-            "-o",
-            &format!("{},uring=on", st.full_opts()),
-            &s(&st.mnt),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&errf).unwrap())
-        .spawn()
-        .expect("spawn ovlfuse -f");
-    let appeared = matches!(
-        wait_for_foreground_mount(&mut child, &st.mnt),
-        Started::Mounted
-    );
     // Refused only while the mount starts up.
-    drop(sysctl);
-    let guard = MountGuard::adopt_fuse_pid(&st.mnt, Some(child.id()));
-    let stderr = || fs::read_to_string(&errf).unwrap_or_default();
-    if !appeared {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "ovlfuse did not mount with io_uring refused; stderr:\n{}",
-            stderr()
-        );
-    }
+    let fg = Foreground::start(&sc, &st, "uring=on", || drop(sysctl));
     check_simple_view(&st.mnt);
     fs::write(st.mnt.join("new"), b"n").expect("write through the mount");
-    let rings = ring_threads(child.id());
+    let rings = ring_threads(fg.child.id());
     assert!(
         rings.is_empty(),
         "ring threads despite the refusal: {rings:?}"
     );
-    let err = stderr();
+    let err = fg.stderr();
     assert!(
         err.contains("cannot set up io_uring") && err.contains("serving /dev/fuse"),
         "no warning about the refusal on stderr:\n{err}"
     );
-    guard.unmount();
-    let _ = wait_child(&mut child, Duration::from_secs(10));
+    fg.unmount();
     assert_eq!(fs::read(st.upper.join("new")).unwrap(), b"n");
 }
 
@@ -1689,46 +1719,22 @@ fn threaded_0_serves_dev_fuse_on_one_thread_even_with_io_uring_offered() {
     }
     let sc = Scratch::new("cli-threaded0");
     let st = simple_stack(&sc);
-    let errf = sc.path("daemon.stderr");
-    let mut child = Command::new(ovlfuse_bin())
-        .args([
-            "-f",
-            "-o",
-            &format!("{},threaded=0,uring=on", st.full_opts()),
-            &s(&st.mnt),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&errf).unwrap())
-        .spawn()
-        .expect("spawn ovlfuse -f");
-    let appeared = matches!(
-        wait_for_foreground_mount(&mut child, &st.mnt),
-        Started::Mounted
-    );
-    let guard = MountGuard::adopt_fuse_pid(&st.mnt, Some(child.id()));
-    let stderr = || fs::read_to_string(&errf).unwrap_or_default();
-    if !appeared {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("ovlfuse threaded=0 did not mount; stderr:\n{}", stderr());
-    }
+    let fg = Foreground::start(&sc, &st, "threaded=0,uring=on", || {});
     check_simple_view(&st.mnt);
     fs::write(st.mnt.join("new"), b"n").expect("write through the mount");
-    let rings = ring_threads(child.id());
+    let rings = ring_threads(fg.child.id());
     assert!(rings.is_empty(), "ring threads with threaded=0: {rings:?}");
-    let servers: Vec<String> = fs::read_dir(format!("/proc/{}/task", child.id()))
+    let servers: Vec<String> = fs::read_dir(format!("/proc/{}/task", fg.child.id()))
         .expect("daemon threads")
         .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .filter(|c| c.starts_with("fuser"))
         .collect();
     assert_eq!(servers.len(), 1, "/dev/fuse serving threads: {servers:?}");
-    let err = stderr();
+    let err = fg.stderr();
     assert!(
         err.contains("uring=on ignored") && err.contains("threaded=0"),
         "no warning that uring=on was ignored:\n{err}"
     );
-    guard.unmount();
-    let _ = wait_child(&mut child, Duration::from_secs(10));
+    fg.unmount();
     assert_eq!(fs::read(st.upper.join("new")).unwrap(), b"n");
 }
