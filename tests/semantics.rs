@@ -6123,3 +6123,135 @@ fn hard_links_in_a_lower_layer_show_the_lower_inode_through_every_name() {
         }
     }
 }
+
+/// A full upper layer (a 16 MiB tmpfs, filled up, under a 12 MiB lower file), on ovlfuse
+/// and on the kernel overlay: the same calls fail with the same errors (ENOSPC), and
+/// nothing is lost. A write that runs out of space keeps what it wrote; a failed copy-up
+/// leaves the file readable whole from its lower layer and no half copy in the upper or
+/// work directory; once space is freed the copy-up succeeds.
+#[test]
+fn full_upper_layer_fails_like_the_kernel_and_loses_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    let sc = Scratch::new("sem-full-upper");
+    let lower = sc.dir("lower");
+    let big: Vec<u8> = (0..12 * MIB).map(|i| (i % 251) as u8).collect();
+    fs::write(lower.join("big"), &big).unwrap();
+    fs::write(lower.join("small"), b"small").unwrap();
+    let lc = LowerCheck::new(std::slice::from_ref(&lower));
+    let mut outcomes: Vec<Vec<String>> = Vec::new();
+    for who in ["kernel", "ovlfuse"] {
+        let layer_fs = sc.dir(&format!("{who}-fs"));
+        let _tmpfs = mount_tmpfs_with(&layer_fs, "size=16m");
+        let st = Stack {
+            lowers: vec![lower.clone()],
+            upper: layer_fs.join("upper"),
+            work: layer_fs.join("work"),
+            mnt: sc.dir(&format!("{who}-mnt")),
+        };
+        fs::create_dir(&st.upper).unwrap();
+        fs::create_dir(&st.work).unwrap();
+        let g = if who == "kernel" {
+            mount_kernel(&st)
+        } else {
+            mount_ovlfuse(&st, &[])
+        };
+        let m = &st.mnt;
+        let mut seen = Vec::new();
+
+        // A new file written until the space runs out keeps what was written.
+        let mut f = ok(
+            fs::File::create(m.join("fill")),
+            &format!("{who}: create fill"),
+        );
+        let chunk = vec![7u8; MIB / 4];
+        let mut written = 0usize;
+        let err = loop {
+            match f.write(&chunk) {
+                Ok(n) => written += n,
+                Err(e) => break e,
+            }
+            assert!(
+                written < 32 * MIB,
+                "{who}: wrote {written} bytes into 16 MiB"
+            );
+        };
+        seen.push(format!("write until full: {}", describe_err(&err)));
+        drop(f);
+        let kept = ok(fs::read(m.join("fill")), &format!("{who}: read fill"));
+        assert_eq!(
+            kept.len(),
+            written,
+            "{who}: size of the file that filled the layer"
+        );
+        assert!(
+            kept.iter().all(|&b| b == 7),
+            "{who}: contents of the full file"
+        );
+
+        // Copy-ups with no space for the data.
+        let append = fs::OpenOptions::new().append(true).open(m.join("big"));
+        seen.push(format!("open big for append: {}", outcome_unit(&append)));
+        drop(append);
+        assert_eq!(
+            ok(fs::read(m.join("big")), &format!("{who}: read big")),
+            big,
+            "{who}: big must still read whole after the failed copy-up"
+        );
+        assert!(
+            !st.upper.join("big").exists(),
+            "{who}: a half copy of big is in the upper layer"
+        );
+        // The kernel keeps its own `work` and `index` directories there; no file data.
+        let mut stray = Vec::new();
+        walk_files(&st.work, &mut stray);
+        assert!(
+            stray.is_empty(),
+            "{who}: left in the work directory: {stray:?}"
+        );
+        let more = fs::OpenOptions::new().append(true).open(m.join("small"));
+        let more = more.and_then(|mut f| f.write_all(b"er"));
+        seen.push(format!("append to small: {}", outcome_unit(&more)));
+        let small = ok(fs::read(m.join("small")), &format!("{who}: read small"));
+        assert!(
+            small == b"small" || small == b"smaller",
+            "{who}: small reads {small:?}"
+        );
+
+        // Space back: the copy-up goes through and keeps the lower data.
+        ok(fs::remove_file(m.join("fill")), &format!("{who}: rm fill"));
+        let mut a = ok(
+            fs::OpenOptions::new().append(true).open(m.join("big")),
+            &format!("{who}: append once space is free"),
+        );
+        ok(a.write_all(b"end"), &format!("{who}: append"));
+        drop(a);
+        let now = fs::read(m.join("big")).unwrap();
+        assert_eq!(now.len(), big.len() + 3, "{who}: size after the copy-up");
+        assert!(
+            now[..big.len()] == big[..] && &now[big.len()..] == b"end",
+            "{who}: contents after the copy-up"
+        );
+        g.unmount();
+        outcomes.push(seen);
+    }
+    assert_eq!(
+        outcomes[1], outcomes[0],
+        "ovlfuse (left) and the kernel overlay (right) disagree on a full upper layer"
+    );
+    lc.verify();
+}
+
+/// Regular files below `dir` (a work directory may keep a whiteout to link new ones to).
+fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => walk_files(&p, out),
+            Ok(t) if t.is_file() => out.push(p),
+            _ => {}
+        }
+    }
+}

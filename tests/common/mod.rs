@@ -1297,11 +1297,18 @@ pub fn mount_kernel_ro(lowers: &[PathBuf], mnt: &Path) -> MountGuard {
 
 /// A tmpfs at `mnt` (for "other file system" and "mount inside a layer" cases).
 pub fn mount_tmpfs(mnt: &Path) -> MountGuard {
+    mount_tmpfs_with(mnt, "defaults")
+}
+
+/// A tmpfs with mount options `opts` ("size=8m", say).
+pub fn mount_tmpfs_with(mnt: &Path, opts: &str) -> MountGuard {
     let o = run_tool(
         "mount",
         &[
             OsStr::new("-t"),
             OsStr::new("tmpfs"),
+            OsStr::new("-o"),
+            OsStr::new(opts),
             OsStr::new("tmpfs"),
             mnt.as_os_str(),
         ],
