@@ -6220,8 +6220,18 @@ fn full_upper_layer_fails_like_the_kernel_and_loses_nothing() {
             "{who}: small reads {small:?}"
         );
 
-        // Space back: the copy-up goes through and keeps the lower data.
+        // Space back: the copy-up goes through and keeps the lower data. Over FUSE the
+        // blocks are freed when the kernel's asynchronous RELEASE of `fill` arrives (see
+        // the README): wait for them, within a bound.
         ok(fs::remove_file(m.join("fill")), &format!("{who}: rm fill"));
+        let t0 = std::time::Instant::now();
+        while ok(statvfs(&layer_fs), "statvfs").f_bfree == 0 {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(2),
+                "{who}: the deleted file's space did not come back within 2 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let mut a = ok(
             fs::OpenOptions::new().append(true).open(m.join("big")),
             &format!("{who}: append once space is free"),
