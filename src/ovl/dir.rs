@@ -194,21 +194,12 @@ impl Overlay {
         let real_pst = fs::fstat(upfd)?;
         let pst = self.effective_stat(&parent, &real_pst);
         let uid = own.disk_uid(ctx.uid);
-        let gid = if pst.st_mode & libc::S_ISGID != 0 {
-            pst.st_gid
-        } else {
-            own.disk_gid(ctx.gid)
-        };
-        // The upper filesystem gives a new object our ids (the group: the directory's, if it
-        // is set-group-ID); a caller with the same ids needs no chown, which would cost an
-        // inode update in the upper filesystem's journal per create.
+        let gid = new_object_gid(&pst, own.disk_gid(ctx.gid));
+        // The upper filesystem gives a new object our ids (the group as above); a caller
+        // with the same ids needs no chown, which would cost an inode update in the upper
+        // filesystem's journal per create.
         let (our_uid, our_gid) = crate::sys::creator_ids();
-        let made_gid = if real_pst.st_mode & libc::S_ISGID != 0 {
-            real_pst.st_gid
-        } else {
-            our_gid
-        };
-        let needs_chown = uid != our_uid || gid != made_gid;
+        let needs_chown = uid != our_uid || gid != new_object_gid(&real_pst, our_gid);
         let mut perm = what.perm();
         if kind != libc::S_IFLNK
             && (self.cfg.noacl
@@ -905,6 +896,16 @@ impl Overlay {
             m.insert(nname, Entry::upper(src.kind, src.ino));
         }
         Ok(())
+    }
+}
+
+/// The group a new object in directory `dir` gets: the directory's if it is set-group-ID,
+/// else its creator's.
+fn new_object_gid(dir: &fs::Stat, creator_gid: u32) -> u32 {
+    if dir.st_mode & libc::S_ISGID != 0 {
+        dir.st_gid
+    } else {
+        creator_gid
     }
 }
 
