@@ -234,6 +234,12 @@ Container options (as fuse-overlayfs spells them):
                          (SCHED_IDLE), so a caller keeps its CPU, and move to normal
                          priority while they wait for a CPU; 1: always idle-class;
                          0: always normal priority
+  statahead=auto|on|off  listings that carry attributes (READDIRPLUS) share the
+                         stats of their entries with idle-class helper threads
+                         (one per CPU besides one): auto (default) when the first
+                         stats of a reply show the layers' caches to be cold; on:
+                         for every reply of 32 entries or more; off: never (also
+                         with threaded=0)
   fast_ino=0|1, writeback=0|1, plugins=LIST  accepted and ignored
 
 Accepted and ignored (mount(8), fstab and SELinux):
@@ -554,6 +560,7 @@ mod tests {
             "threaded=",
             "uring=",
             "uring_idle=",
+            "statahead=",
             "fast_ino=",
             "writeback=",
             "plugins=",

@@ -253,18 +253,31 @@ impl Adapter {
         })
     }
 
-    /// The lines of a READDIRPLUS reply from `offset`, handed to `add` with the node id,
-    /// next offset, name, entry lifetime and attributes (st_ino set to the node id) of
-    /// each, until it says the buffer is full.
+    /// The lines of a READDIRPLUS reply of at most `room` bytes from `offset`, handed to
+    /// `add` with the node id, next offset, name, entry lifetime and attributes (st_ino
+    /// set to the node id) of each, until it says the buffer is full.
     pub(crate) fn fill_dir_plus(
         &self,
         ino: u64,
         offset: u64,
+        room: usize,
         mut add: impl FnMut(u64, u64, &OsStr, Duration, &Attr) -> bool,
     ) -> Result<(), Errno> {
-        let list = self.ovl.read_dir(ino, offset)?;
+        let mut list = self.ovl.read_dir(ino, offset)?;
         let mut lookups = self.ovl.listed_lookups(ino)?;
-        for (next, e) in list {
+        // The lines that fit, so that their stats can start on other threads at once.
+        let mut lines = Vec::new();
+        let mut left = room;
+        for (next, e) in list.by_ref() {
+            let len = crate::fuse_wire::direntplus_len(e.name.len());
+            lines.push((next, e));
+            if len > left {
+                break;
+            }
+            left -= len;
+        }
+        lookups.stat_ahead(&lines);
+        for (next, e) in lines.into_iter().chain(list) {
             if DirReader::is_dot(next) {
                 // The kernel links no inode for these; their attributes are not used.
                 let a = Attr {
@@ -709,7 +722,9 @@ impl Filesystem for OvlFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let r = self.fill_dir_plus(ino.0, offset, |id, next, name, ttl, a| {
+        // fuser does not tell the size asked for; the kernel asks for what the caller's
+        // getdents buffer holds, 32 KiB from glibc's readdir.
+        let r = self.fill_dir_plus(ino.0, offset, 32 << 10, |id, next, name, ttl, a| {
             reply.add(INodeNo(id), next, name, &ttl, &file_attr(a), Generation(0))
         });
         match r {

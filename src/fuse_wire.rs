@@ -292,12 +292,17 @@ impl<'a> Out<'a> {
         ttl: Duration,
         a: &Attr,
     ) -> bool {
-        if 128 + dirent_len(name.len()) > self.room() {
+        if direntplus_len(name.len()) > self.room() {
             return false;
         }
         self.entry(id, ttl, ttl, a);
         self.dirent(a.ino, next, a.mode, name)
     }
+}
+
+/// Bytes of a READDIRPLUS line (entry and dirent) for a name of `namelen` bytes.
+pub fn direntplus_len(namelen: usize) -> usize {
+    128 + dirent_len(namelen)
 }
 
 fn dirent_len(namelen: usize) -> usize {

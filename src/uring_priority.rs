@@ -234,18 +234,8 @@ impl Governor {
 
 /// SCHED_IDLE or SCHED_OTHER for the calling thread.
 fn set_class(idle: bool) {
-    let p = libc::sched_param { sched_priority: 0 };
-    let policy = if idle {
-        libc::SCHED_IDLE
-    } else {
-        libc::SCHED_OTHER
-    };
-    // SAFETY: sets this thread's own policy from a valid sched_param.
-    if unsafe { libc::sched_setscheduler(0, policy, &p) } != 0 {
-        log::debug!(
-            "cannot set a ring thread's scheduling class: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = crate::sys::process::set_sched_idle(idle) {
+        log::debug!("cannot set a ring thread's scheduling class: {e}");
     }
 }
 

@@ -1711,7 +1711,8 @@ fn io_uring_refused_by_the_system_falls_back_to_dev_fuse_with_a_warning() {
 }
 
 /// `threaded=0` promises one serving thread: no io_uring threads even where the kernel
-/// offers io_uring (it needs one per CPU), and a warning when `uring=on` asked for them.
+/// offers io_uring (it needs one per CPU), no stat-ahead helpers, and a warning when
+/// `uring=on` or `statahead=on` asked for them.
 #[test]
 fn threaded_0_serves_dev_fuse_on_one_thread_even_with_io_uring_offered() {
     if !fuse_uring_available() {
@@ -1719,21 +1720,37 @@ fn threaded_0_serves_dev_fuse_on_one_thread_even_with_io_uring_offered() {
     }
     let sc = Scratch::new("cli-threaded0");
     let st = simple_stack(&sc);
-    let fg = Foreground::start(&sc, &st, "threaded=0,uring=on", || {});
+    let fg = Foreground::start(&sc, &st, "threaded=0,uring=on,statahead=on", || {});
     check_simple_view(&st.mnt);
     fs::write(st.mnt.join("new"), b"n").expect("write through the mount");
+    // A listing big enough for stat-ahead, which `statahead=on` would share.
+    for i in 0..40 {
+        fs::write(st.mnt.join(format!("many{i}")), b"m").expect("write through the mount");
+    }
+    assert_eq!(
+        fs::read_dir(&st.mnt).expect("list the mount").count(),
+        4 + 1 + 40
+    );
     let rings = ring_threads(fg.child.id());
     assert!(rings.is_empty(), "ring threads with threaded=0: {rings:?}");
-    let servers: Vec<String> = fs::read_dir(format!("/proc/{}/task", fg.child.id()))
+    let threads: Vec<String> = fs::read_dir(format!("/proc/{}/task", fg.child.id()))
         .expect("daemon threads")
         .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|c| c.starts_with("fuser"))
         .collect();
-    assert_eq!(servers.len(), 1, "/dev/fuse serving threads: {servers:?}");
+    let servers = threads.iter().filter(|c| c.starts_with("fuser")).count();
+    assert_eq!(servers, 1, "/dev/fuse serving threads: {threads:?}");
+    assert!(
+        !threads.iter().any(|c| c.starts_with("ovl-statahead")),
+        "stat-ahead threads with threaded=0: {threads:?}"
+    );
     let err = fg.stderr();
     assert!(
         err.contains("uring=on ignored") && err.contains("threaded=0"),
         "no warning that uring=on was ignored:\n{err}"
+    );
+    assert!(
+        err.contains("statahead=on ignored"),
+        "no warning that statahead=on was ignored:\n{err}"
     );
     fg.unmount();
     assert_eq!(fs::read(st.upper.join("new")).unwrap(), b"n");

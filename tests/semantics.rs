@@ -37,6 +37,17 @@ fn twin(name: &str, lowers: &[&[E]], upper: &[E]) -> Twin {
 
 /// Like [`twin`], with `prep` run on each stack after building and before mounting.
 fn twin_with(name: &str, lowers: &[&[E]], upper: &[E], prep: impl Fn(&Stack)) -> Twin {
+    twin_with_opts(name, lowers, upper, &[], prep)
+}
+
+/// Like [`twin_with`], with mount options `opts` for ovlfuse.
+fn twin_with_opts(
+    name: &str,
+    lowers: &[&[E]],
+    upper: &[E],
+    opts: &[&str],
+    prep: impl Fn(&Stack),
+) -> Twin {
     let ks = Scratch::new(&format!("{name}-kernel"));
     let fsc = Scratch::new(&format!("{name}-ovlfuse"));
     let n = lowers.len().max(1);
@@ -52,7 +63,7 @@ fn twin_with(name: &str, lowers: &[&[E]], upper: &[E], prep: impl Fn(&Stack)) ->
     let kcheck = LowerCheck::new(&k.lowers);
     let fcheck = LowerCheck::new(&f.lowers);
     let kg = mount_kernel(&k);
-    let fg = mount_ovlfuse(&f, &[]);
+    let fg = mount_ovlfuse(&f, opts);
     Twin {
         kg: Some(kg),
         fg: Some(fg),
@@ -3619,6 +3630,92 @@ fn readdir_of_large_merged_dir_with_whiteouts_and_seekdir() {
             outcome_unit(&fs::symlink_metadata(r.join("big"))),
         )
     });
+    t.finish(true);
+}
+
+/// READDIRPLUS with its stats shared with helper threads (`statahead=on`, used by
+/// default when the layers' caches are cold) gives the same listing and attributes as the
+/// kernel, before and after changes to the directory.
+#[test]
+fn listing_with_stat_ahead_matches_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let t = twin_with_opts(
+        "sem-statahead",
+        &[&[E::Dir("d")], &[E::Dir("d")]],
+        &[E::Dir("d")],
+        &["statahead=on"],
+        |st| {
+            let (l0, l1, up) = (
+                st.lowers[0].join("d"),
+                st.lowers[1].join("d"),
+                st.upper.join("d"),
+            );
+            for i in 0..300 {
+                fs::write(l1.join(format!("f{i:03}")), vec![b'x'; i]).unwrap();
+            }
+            for i in (0..300).step_by(3) {
+                fs::write(l0.join(format!("f{i:03}")), b"l0").unwrap();
+                chmod_nofollow_dir(&l0.join(format!("f{i:03}")), 0o600 + (i as u32 % 8)).unwrap();
+            }
+            for i in 0..40 {
+                std::os::unix::fs::symlink(format!("f{i:03}"), l0.join(format!("s{i:02}")))
+                    .unwrap();
+                fs::create_dir(l1.join(format!("dir{i:02}"))).unwrap();
+                fs::write(l1.join(format!("dir{i:02}/in")), b"in").unwrap();
+                mkfifo(&l1.join(format!("p{i:02}")), 0o640).unwrap();
+            }
+            for i in (0..300).step_by(11) {
+                mknod(&up.join(format!("f{i:03}")), libc::S_IFCHR, 0).unwrap();
+            }
+            for i in 0..50 {
+                fs::write(up.join(format!("u{i:02}")), b"upper").unwrap();
+            }
+        },
+    );
+    let pid =
+        t.fg.as_ref()
+            .and_then(|g| g.pid())
+            .expect("ovlfuse daemon pid");
+    let list = |r: &Path| {
+        let (problems, list) = readdir_check(&r.join("d"));
+        let stats: Vec<String> = list
+            .iter()
+            .map(|(n, _)| stat_str(&r.join("d").join(n)))
+            .collect();
+        (problems, list, stats)
+    };
+    let (_, first, _) = t.both_ret("listing and stats", list);
+    assert_eq!(first.len(), 300 - 28 + 40 * 3 + 50, "entries listed");
+    t.both("changes", |r| {
+        let d = r.join("d");
+        let mut out = Vec::new();
+        for i in (1..300).step_by(5) {
+            out.push(outcome_unit(&fs::remove_file(d.join(format!("f{i:03}")))));
+        }
+        for i in 0..30 {
+            out.push(outcome_unit(&fs::write(d.join(format!("new{i:02}")), b"n")));
+        }
+        for i in 0..20 {
+            out.push(outcome_unit(&fs::rename(
+                d.join(format!("f{:03}", 2 + i * 5)),
+                d.join(format!("moved{i:02}")),
+            )));
+        }
+        out.push(outcome_unit(&fs::remove_dir_all(d.join("dir07"))));
+        out
+    });
+    t.both("listing and stats after the changes", list);
+    let helpers: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("daemon threads")
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.starts_with("ovl-statahead"))
+        .collect();
+    assert!(
+        !helpers.is_empty(),
+        "no stat-ahead threads in the daemon with statahead=on"
+    );
     t.finish(true);
 }
 

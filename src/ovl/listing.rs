@@ -60,6 +60,8 @@ pub struct Listed {
     pub name: Name,
     pub kind: u32,
     pub ino: u64,
+    /// The layer whose copy is seen (as in `Entry`).
+    pub layer: LayerId,
 }
 
 /// A name in a merged directory, shared by its map, its set of lower-positive names and
@@ -297,6 +299,7 @@ impl MergedDir {
                     name: n.clone(),
                     kind: e.kind,
                     ino: e.ino,
+                    layer: e.layer,
                 };
                 out.push((cookie(s, seq), line));
                 if out.len() >= max {

@@ -6,7 +6,7 @@
 //! `params` (mount options), `layers` (opening and checking layers, the workdir),
 //! `node` (merged objects and the node table), `namei` (lookup), `readdir` (merging a
 //! directory's layers, readdir), `listing` (a merged directory's entries in readdir order
-//! and its offsets), `copy_up`, `dir` (create/remove/rename), `inode`
+//! and its offsets), `statahead` (warming the layers' caches for READDIRPLUS), `copy_up`, `dir` (create/remove/rename), `inode`
 //! (attributes), `file` (open files and I/O), `xattr`, `whiteout` (on-disk formats),
 //! `ino` (inode numbers).
 
@@ -22,6 +22,7 @@ pub mod node;
 pub mod ownership;
 pub mod params;
 pub mod readdir;
+pub mod statahead;
 pub mod whiteout;
 pub mod xattr;
 
@@ -82,6 +83,8 @@ pub struct Config {
     pub noacl: bool,
     /// Extended attributes refused (`noxattrs=1`).
     pub noxattrs: bool,
+    /// When READDIRPLUS shares its stats with helper threads (`statahead=`).
+    pub statahead: statahead::Mode,
 }
 
 impl Default for Config {
@@ -94,6 +97,7 @@ impl Default for Config {
             static_nlink: false,
             noacl: false,
             noxattrs: false,
+            statahead: statahead::Mode::Auto,
         }
     }
 }
@@ -109,12 +113,14 @@ pub struct Overlay {
     /// first; and the total of those sizes.
     merged_lru: parking_lot::Mutex<(lru::LruCache<NodeId, usize>, usize)>,
     files: DashMap<u64, Arc<file::FileHandle>>,
+    statahead: statahead::StatAhead,
     next_fh: AtomicU64,
 }
 
 impl Overlay {
     pub fn new(layers: Layers, cfg: Config) -> SysResult<Overlay> {
         let nodes = node::NodeTable::new(&layers)?;
+        let statahead = statahead::StatAhead::new(cfg.statahead);
         Ok(Overlay {
             layers,
             nodes,
@@ -122,6 +128,7 @@ impl Overlay {
             attr_changed: std::sync::OnceLock::new(),
             merged_lru: parking_lot::Mutex::new((lru::LruCache::unbounded(), 0)),
             files: DashMap::default(),
+            statahead,
             next_fh: AtomicU64::new(1),
         })
     }

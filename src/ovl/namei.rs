@@ -7,8 +7,9 @@
 //! lookup and readdir always agree.
 
 use super::layers::{LayerId, UPPER};
-use super::listing::Name;
+use super::listing::{DirReader, Listed, Name};
 use super::node::{Lowers, Node, NodeInit, NodeState, ROOT_ID};
+use super::statahead;
 use super::{whiteout, Attr, Errno, Overlay, SysResult};
 use crate::sys::fs::{self, Stat};
 use crate::sys::xattr;
@@ -615,7 +616,7 @@ impl Overlay {
 pub struct DirFds(Vec<(LayerId, Arc<OwnedFd>)>);
 
 impl DirFds {
-    fn get(&mut self, ovl: &Overlay, dir: &Node, layer: LayerId) -> SysResult<&OwnedFd> {
+    fn get(&mut self, ovl: &Overlay, dir: &Node, layer: LayerId) -> SysResult<&Arc<OwnedFd>> {
         let i = match self.0.iter().position(|(l, _)| *l == layer) {
             Some(i) => i,
             None => {
@@ -641,6 +642,21 @@ impl ListedLookups<'_> {
     pub fn lookup(&mut self, name: &Name) -> SysResult<(Arc<Node>, Attr)> {
         self.ovl
             .lookup_in(&self.dir, name, Some(name), &mut self.fds)
+    }
+
+    /// Stats `lines` (the entries about to be looked up) in their layers on helper
+    /// threads and this one, when there are enough of them; see `statahead`.
+    pub fn stat_ahead(&mut self, lines: &[(u64, Listed)]) {
+        if lines.len() < statahead::MIN_BATCH {
+            return;
+        }
+        let mut items = Vec::with_capacity(lines.len());
+        for (_, l) in lines.iter().filter(|(next, _)| !DirReader::is_dot(*next)) {
+            if let Ok(fd) = self.fds.get(self.ovl, &self.dir, l.layer) {
+                items.push((fd.clone(), l.name.clone()));
+            }
+        }
+        self.ovl.statahead.run(items)
     }
 }
 

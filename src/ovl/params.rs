@@ -129,6 +129,9 @@ pub struct Params {
     pub uring: Option<bool>,
     /// `uring_idle=auto|1|0`: how the io_uring threads are scheduled.
     pub uring_priority: crate::uring_priority::Policy,
+    /// `statahead=auto|on|off`: whether READDIRPLUS shares its stats with helper threads;
+    /// `None` when not given.
+    pub statahead: Option<super::statahead::Mode>,
 }
 
 /// The atime policy of the mount, applied by us to the upper layer (the kernel's FUSE
@@ -188,6 +191,7 @@ impl Default for Params {
             single_threaded: false,
             uring: None,
             uring_priority: crate::uring_priority::Policy::Adaptive,
+            statahead: None,
         }
     }
 }
@@ -630,6 +634,16 @@ fn apply_option(
                 "0" => Policy::Normal,
                 _ => Policy::Adaptive,
             };
+        }
+        "statahead" => {
+            use super::statahead::Mode;
+            let v = required(name, value, false)?;
+            one_of(name, v, &["auto", "on", "off"])?;
+            p.statahead = Some(match decode(v).as_ref() {
+                "on" => Mode::Always,
+                "off" => Mode::Off,
+                _ => Mode::Auto,
+            });
         }
         "threaded" | "noxattrs" => {
             let v = required(name, value, false)?;
@@ -1547,6 +1561,21 @@ mod tests {
     }
 
     #[test]
+    fn statahead_values() {
+        use crate::ovl::statahead::Mode;
+        assert_eq!(ok(&["lowerdir=/l"]).statahead, None);
+        for (v, want) in [
+            ("auto", Mode::Auto),
+            ("on", Mode::Always),
+            ("off", Mode::Off),
+        ] {
+            let p = ok(&[&format!("lowerdir=/l,statahead={v}")]);
+            assert_eq!(p.statahead, Some(want), "{v}");
+        }
+        assert!(err(&["lowerdir=/l,statahead=1"]).contains("statahead"));
+    }
+
+    #[test]
     fn valued_options_need_values() {
         for name in [
             "context",
@@ -1563,6 +1592,7 @@ mod tests {
             "threaded",
             "uring",
             "uring_idle",
+            "statahead",
             "fast_ino",
             "writeback",
             "noxattrs",

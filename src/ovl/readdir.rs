@@ -281,6 +281,7 @@ impl Overlay {
             name: Name::from(OsStr::new(name)),
             kind: libc::S_IFDIR,
             ino,
+            layer: UPPER,
         };
         let dots = [
             (offset < 1).then(|| dot(".", node.ino)),

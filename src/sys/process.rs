@@ -1,5 +1,5 @@
 //! Process-level calls used to run as a daemon: fork, pipes, sessions, signals, unmount,
-//! the mount's read-ahead window, and whether the FUSE connection is still up.
+//! the mount's read-ahead window, a thread's scheduling class, and whether the FUSE connection is still up.
 
 use super::{check, Errno, SysResult};
 use std::ffi::CString;
@@ -79,6 +79,19 @@ pub fn wait_term_signal() -> i32 {
 }
 
 /// Detaches the mount at `path` (lazy unmount).
+/// Moves the calling thread to the idle scheduling class (SCHED_IDLE: it runs only on a
+/// CPU nothing else wants) or back to the normal one.
+pub fn set_sched_idle(idle: bool) -> SysResult<()> {
+    let p = libc::sched_param { sched_priority: 0 };
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    // SAFETY: sets this thread's own policy from a valid sched_param.
+    check(unsafe { libc::sched_setscheduler(0, policy, &p) }).map(|_| ())
+}
+
 pub fn umount_detach(path: &Path) -> SysResult<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
