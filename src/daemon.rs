@@ -244,8 +244,6 @@ fn check_allow_other(p: &Params) -> Result<(), String> {
     ))
 }
 
-/// The ownership rules from fuse-overlayfs's options. `squash_to_root` squashes both ids
-/// to 0; an explicit `squash_to_uid=`/`squash_to_gid=` wins for its own id.
 /// `statahead=` as asked, except that `threaded=0` promises a single thread.
 fn statahead_mode(p: &Params) -> statahead::Mode {
     match p.statahead {
@@ -259,6 +257,8 @@ fn statahead_mode(p: &Params) -> statahead::Mode {
     }
 }
 
+/// The ownership rules from fuse-overlayfs's options. `squash_to_root` squashes both ids
+/// to 0; an explicit `squash_to_uid=`/`squash_to_gid=` wins for its own id.
 fn ownership_of(p: &Params) -> Ownership {
     let (ouid, ogid) = ownership::overflow_ids();
     let root = p.squash_to_root.then_some(0);
