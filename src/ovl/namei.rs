@@ -647,16 +647,15 @@ impl ListedLookups<'_> {
     /// Stats `lines` (the entries about to be looked up) in their layers on helper
     /// threads and this one, when there are enough of them; see `statahead`.
     pub fn stat_ahead(&mut self, lines: &[(u64, Listed)]) {
-        if lines.len() < statahead::MIN_BATCH {
+        if lines.len() < statahead::MIN_BATCH || !self.ovl.statahead.enabled() {
             return;
         }
-        let mut items = Vec::with_capacity(lines.len());
-        for (_, l) in lines.iter().filter(|(next, _)| !DirReader::is_dot(*next)) {
-            if let Ok(fd) = self.fds.get(self.ovl, &self.dir, l.layer) {
-                items.push((fd.clone(), l.name.clone()));
-            }
-        }
-        self.ovl.statahead.run(items)
+        let (ovl, dir, fds) = (self.ovl, &self.dir, &mut self.fds);
+        let items = lines
+            .iter()
+            .filter(|(next, _)| !DirReader::is_dot(*next))
+            .filter_map(|(_, l)| Some((fds.get(ovl, dir, l.layer).ok()?.clone(), l.name.clone())));
+        ovl.statahead.run(items)
     }
 }
 

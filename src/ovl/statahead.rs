@@ -56,7 +56,8 @@ struct Shared {
     closed: AtomicBool,
 }
 
-/// The entries of one reply: each with its directory's fd in the layer whose copy is seen.
+/// The entries of one reply after those the serving thread timed alone, each with its
+/// directory's fd in the layer whose copy is seen.
 struct Batch {
     items: Vec<(Arc<OwnedFd>, Name)>,
     next: AtomicUsize,
@@ -102,29 +103,41 @@ impl StatAhead {
         }
     }
 
-    /// Stats `items` on the helpers and the calling thread together, when there are
-    /// enough of them, and returns once every stat has been started.
+    /// Whether replies may share their stats at all.
+    pub fn enabled(&self) -> bool {
+        self.mode != Mode::Off
+    }
+
+    /// Stats `items` on the helpers and the calling thread together, when there are at
+    /// least `MIN_BATCH` of them, and returns once every stat has been started.
     ///
     /// The caller's own lookups come after this, not beside it: a lookup of a name whose
     /// stat is under way on another thread sleeps until that stat is done, and waking it
     /// costs more than the stat. And it first stats a few entries alone and times them:
     /// when the layers' caches hold them already, a stat costs about 1 us, and sharing the
-    /// rest would only add the helpers' wake-ups and a second stat of each.
-    pub fn run(&self, items: Vec<(Arc<OwnedFd>, Name)>) {
-        if items.len() < MIN_BATCH || self.mode == Mode::Off {
+    /// rest would only add the helpers' wake-ups and a second stat of each; the rest of
+    /// `items` is then not even taken.
+    pub fn run(&self, mut items: impl Iterator<Item = (Arc<OwnedFd>, Name)>) {
+        if !self.enabled() {
             return;
         }
         let t = Instant::now();
-        for (dir, name) in &items[..CHUNK] {
-            let _ = fs::fstatat(dir.as_fd(), name);
+        let mut probed = 0;
+        for (dir, name) in items.by_ref().take(CHUNK) {
+            let _ = fs::fstatat(dir.as_fd(), &name);
+            probed += 1;
         }
         let cold = t.elapsed() >= COLD_STAT * CHUNK as u32;
-        if !(cold || self.mode == Mode::Always) || !self.running() {
+        if probed < CHUNK || !(cold || self.mode == Mode::Always) {
+            return;
+        }
+        let rest: Vec<_> = items.collect();
+        if probed + rest.len() < MIN_BATCH || !self.running() {
             return;
         }
         let batch = Arc::new(Batch {
-            items,
-            next: AtomicUsize::new(CHUNK),
+            items: rest,
+            next: AtomicUsize::new(0),
         });
         self.shared.queue.lock().push_back(batch.clone());
         self.shared.wake.notify_all();
@@ -253,17 +266,17 @@ mod tests {
     // One test for the pool's threads, so that no other test's helpers are counted.
     #[test]
     fn helpers_start_only_when_asked_and_stop_with_the_pool() {
-        StatAhead::new(Mode::Off).run(items(100));
+        StatAhead::new(Mode::Off).run(items(100).into_iter());
         // Below the batch size nothing is shared, even when always asked.
         let pool = StatAhead::new(Mode::Always);
-        pool.run(items(MIN_BATCH - 1));
+        pool.run(items(MIN_BATCH - 1).into_iter());
         let (short, long) = (Duration::from_millis(200), Duration::from_secs(5));
         assert_eq!(
             helper_threads(1, short),
             0,
             "helpers without a batch to share"
         );
-        pool.run(items(100));
+        pool.run(items(100).into_iter());
         assert_eq!(helper_threads(helpers(), long), helpers());
         drop(pool);
         assert_eq!(

@@ -1,5 +1,6 @@
 //! Process-level calls used to run as a daemon: fork, pipes, sessions, signals, unmount,
-//! the mount's read-ahead window, a thread's scheduling class, and whether the FUSE connection is still up.
+//! the mount's read-ahead window, a thread's scheduling class, and whether the FUSE
+//! connection is still up.
 
 use super::{check, Errno, SysResult};
 use std::ffi::CString;
