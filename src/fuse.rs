@@ -13,6 +13,7 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::debug;
+use std::cell::Cell;
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -34,6 +35,9 @@ pub struct Adapter {
     /// The kernel opens directories without us when OPENDIR fails with ENOSYS
     /// (FUSE_NO_OPENDIR_SUPPORT, Linux 5.1); older ones would fail the open instead.
     pub(crate) skip_opendir: AtomicBool,
+    /// Set once a request has come over io_uring: from then on /dev/fuse brings only
+    /// FORGET and INTERRUPT (see `pause_before_forgets`).
+    pub(crate) ring_live: AtomicBool,
     /// The session's /dev/fuse descriptor: backing files are registered through it, and
     /// the io_uring transport's commands go to it.
     pub(crate) device: OnceLock<Arc<OwnedFd>>,
@@ -79,6 +83,11 @@ pub const MAX_READAHEAD: u32 = 1 << 20;
 /// The largest WRITE request asked for at init.
 const MAX_WRITE: u32 = 1 << 20;
 
+/// How long a /dev/fuse thread lets FORGETs pile up once the rings serve requests
+/// (`Adapter::pause_before_forgets`). 0.5 to 20 ms measured the same; each pause delays
+/// only the release of forgotten nodes.
+const FORGET_PAUSE: Duration = Duration::from_millis(2);
+
 /// Where the session's notifier goes once the session exists (it is made after the
 /// filesystem value has been handed to it).
 pub type NotifierSlot = Arc<OnceLock<fuser::Notifier>>;
@@ -107,6 +116,7 @@ impl OvlFs {
             debug,
             pt: Default::default(),
             skip_opendir: AtomicBool::new(false),
+            ring_live: AtomicBool::new(false),
             device: OnceLock::new(),
             notifier: slot,
             ring: Default::default(),
@@ -207,6 +217,24 @@ fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
 }
 
 impl Adapter {
+    /// Called on a /dev/fuse thread for each node of a FORGET or BATCH_FORGET read
+    /// (`unique` is the read's request id); pauses once per read, before its first node.
+    ///
+    /// Why: once the rings serve every other request, each FORGET the kernel queues wakes
+    /// a /dev/fuse thread sleeping in read(2), and the caller whose unlink evicted the
+    /// inode pays for that cross-CPU wake-up (here a VM exit). A thread that pauses is
+    /// not waiting, so the kernel only queues the FORGETs, and the thread's next read
+    /// takes all of them as one BATCH_FORGET: rm -rf of 10k lower files went from
+    /// 0.35-0.41 s to 0.27-0.29 s, with 30% fewer context switches. Only then: before the
+    /// rings serve (or without them) a pausing thread would hold up real requests.
+    fn pause_before_forgets(&self, unique: u64) {
+        thread_local!(static LAST_READ: Cell<u64> = const { Cell::new(0) });
+        let first_of_read = LAST_READ.with(|l| l.replace(unique)) != unique;
+        if first_of_read && self.ring_live.load(Ordering::Relaxed) {
+            std::thread::sleep(FORGET_PAUSE);
+        }
+    }
+
     /// An entry's lifetimes and attributes. When a node's id is not its st_ino, the
     /// attributes go out with no lifetime, so the kernel's next stat asks getattr, whose
     /// reply carries the real st_ino (fuser sends `attr.ino` as the node id).
@@ -434,7 +462,8 @@ impl Filesystem for OvlFs {
         }
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        self.pause_before_forgets(req.unique().0);
         self.ovl.forget(ino.0, nlookup);
     }
 

@@ -25,6 +25,7 @@ use crate::uring_priority::{Governor, Policy};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -287,6 +288,9 @@ fn serve(fs: &Adapter, dev: &OwnedFd, entry: Entry, priority: Policy) -> std::io
         // SAFETY: the command completed; none is outstanding until the next push.
         let (h, p) = unsafe { (header.slice(), payload.slice()) };
         let f = Fields(h);
+        if !fs.ring_live.load(Ordering::Relaxed) {
+            fs.ring_live.store(true, Ordering::Relaxed);
+        }
         let req = InHeader::parse(&h[..crate::fuse_wire::IN_HEADER_LEN]);
         commit_id = f.u64(ENT_COMMIT_ID);
         let in_len = (f.u32(ENT_PAYLOAD_SZ) as usize).min(p.len());

@@ -4490,6 +4490,78 @@ fn forgotten_nodes_come_back_with_the_same_identity() {
     lc.verify();
 }
 
+/// The daemon's open descriptors.
+fn open_fds(pid: u32) -> usize {
+    ok(
+        fs::read_dir(format!("/proc/{pid}/fd")),
+        "list the daemon's fds",
+    )
+    .count()
+}
+
+/// Over io_uring, FORGETs still come on /dev/fuse, where the daemon lets them pile up
+/// for a moment before it takes them (issue 6: one wake-up per batch, not per FORGET).
+/// They must still all be taken: each removed file's node holds a descriptor to it until
+/// its FORGET, so the daemon's descriptors must fall back once the files are gone.
+#[test]
+fn removed_files_are_forgotten_while_requests_come_over_io_uring() {
+    if !fuse_uring_available() {
+        return;
+    }
+    const FILES: usize = 300;
+    let sc = Scratch::new("sem-uring-forget");
+    let st = Stack::new(&sc, 1);
+    lower_dir_of_empty_files(&st, FILES);
+    let g = mount_ovlfuse(&st, &["uring=on"]);
+    let pid = g.pid().expect("the daemon's pid");
+    let m = &st.mnt;
+    let rings = ok(
+        fs::read_dir(format!("/proc/{pid}/task")),
+        "list the daemon's threads",
+    )
+    .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+    .filter(|c| c.starts_with("ring"))
+    .count();
+    assert!(
+        rings > 0,
+        "uring=on, yet the daemon has no io_uring threads"
+    );
+    ok(fs::create_dir(m.join("new")), "mkdir new");
+    ok(fs::read_dir(m.join("big")), "list big");
+    let before = open_fds(pid);
+    for i in 0..FILES {
+        ok(fs::write(m.join(format!("new/{i}")), b"x"), "create");
+    }
+    for i in 0..FILES {
+        ok(
+            fs::remove_file(m.join(format!("new/{i}"))),
+            "unlink an upper file",
+        );
+        ok(
+            fs::remove_file(m.join(format!("big/entry-{i:06}"))),
+            "unlink a lower file",
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // A few more may stay open: the directories' fds kept for later requests (`big` now
+    // has an upper copy too).
+    let slack = 8;
+    let mut now = open_fds(pid);
+    while now > before + slack && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        now = open_fds(pid);
+    }
+    assert!(
+        now <= before + slack,
+        "10 s after removing {} files the daemon still holds {now} fds ({before} before): \
+         their FORGETs were not taken",
+        2 * FILES
+    );
+    assert_eq!(ok(fs::read_dir(m.join("new")), "list new").count(), 0);
+    assert_eq!(ok(fs::read_dir(m.join("big")), "list big").count(), 0);
+    g.unmount();
+}
+
 /// The number on the `key:` line of /proc/PID/FILE (a trailing "kB" dropped).
 fn proc_number(pid: u32, file: &str, key: &str) -> u64 {
     let text = fs::read_to_string(format!("/proc/{pid}/{file}"))
