@@ -242,17 +242,40 @@ impl Adapter {
     pub(crate) fn entry_parts(&self, id: u64, a: &Attr) -> (Duration, Duration, Attr) {
         let mut a = *a;
         if id == a.ino {
-            (self.ttl, self.ttl, a)
+            (self.ttl, self.attr_ttl(id), a)
         } else {
             a.ino = id;
             (self.ttl, Duration::ZERO, a)
         }
     }
 
+    /// How long the kernel may keep node `id`'s attributes: none while a passthrough file
+    /// of it is open read-write, whose mapped writes change its times without a request
+    /// (see `passthrough`).
+    pub(crate) fn attr_ttl(&self, id: u64) -> Duration {
+        if self.pt.attrs_volatile(id) {
+            Duration::ZERO
+        } else {
+            self.ttl
+        }
+    }
+
     /// The backing file for a new open file `fh` of `node`, if it goes through passthrough.
+    /// Decided before the reply's attributes are made: it may take away their lifetime.
     pub(crate) fn backing(&self, fh: u64, node: u64) -> Option<Arc<Backing>> {
-        self.pt
-            .open(fh, node, || self.ovl.passthrough_fd(fh), self.device.get())
+        let read_write = self.ovl.handle_read_write(fh);
+        let b = self.pt.open(
+            fh,
+            node,
+            read_write,
+            || self.ovl.passthrough_fd(fh),
+            self.device.get(),
+        );
+        if b.is_some() && read_write {
+            // Attributes the kernel took before with a lifetime would go stale.
+            self.ovl.notify_attr_changed(node);
+        }
+        b
     }
 
     /// FOPEN_NOFLUSH: our flush does nothing (writes reach the upper file as they come, and
@@ -469,7 +492,7 @@ impl Filesystem for OvlFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.ovl.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(ino.0), &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -503,7 +526,7 @@ impl Filesystem for OvlFs {
             fh: fh.map(|f| f.0),
         };
         match self.ovl.setattr(&ctx(req), ino.0, &set) {
-            Ok(a) => reply.attr(&self.ttl, &file_attr(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(ino.0), &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -855,10 +878,11 @@ impl Filesystem for OvlFs {
             .create(&ctx_umask(req, umask), parent.0, name, mode, flags)
         {
             Ok((n, a, fh)) => {
+                let backing = self.backing(fh, n.id);
                 // One lifetime for entry and attributes: the attributes'.
                 let (_, ttl, a) = self.entry_parts(n.id, &a);
                 let fa = file_attr(&a);
-                match self.backing(fh, n.id) {
+                match backing {
                     Some(b) => {
                         // SAFETY: as in `open`.
                         let id = unsafe { reply.wrap_backing(b.id()) };

@@ -21,6 +21,7 @@ use crate::fuse::{Adapter, PASSTHROUGH_FLAGS};
 use crate::fuse_wire::{fattr, op, Fields, InHeader, Out, Payload};
 use crate::ovl::inode::{SetAttr, TimeSet};
 use crate::ovl::{Ctx, Errno, Node};
+use crate::passthrough::Backing;
 use crate::uring_priority::{Governor, Policy};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::ffi::OsStr;
@@ -383,7 +384,7 @@ fn answer(
         op::GETATTR => {
             let fh = (a.u32(0) & crate::fuse_wire::GETATTR_FH != 0).then(|| a.u64(8));
             let attr = fs.ovl.getattr(id, fh)?;
-            attr_reply(fs, p, &attr)
+            attr_reply(fs, p, id, &attr)
         }
         op::SETATTR => {
             let valid = a.u32(0);
@@ -408,7 +409,7 @@ fn answer(
                 fh: has(fattr::FH).then(|| a.u64(8)),
             };
             let attr = fs.ovl.setattr(&ctx, id, &set)?;
-            attr_reply(fs, p, &attr)
+            attr_reply(fs, p, id, &attr)
         }
         op::READLINK => {
             let t = fs.ovl.readlink(id)?;
@@ -460,11 +461,12 @@ fn answer(
             let (n, attr, fh) =
                 fs.ovl
                     .create(&with_umask(a.u32(8)), id, name, a.u32(4), a.i32(0))?;
+            let backing = fs.backing(fh, n.id);
             // As `OvlFs::create`: one lifetime for entry and attributes, the attributes'.
             let (_, ttl, attr) = fs.entry_parts(n.id, &attr);
             let mut out = Out::new(p);
             out.entry(n.id, ttl, ttl, &attr);
-            open_reply(fs, &mut out, fh, n.id);
+            open_out(fs, &mut out, fh, backing);
             Ok(out.len)
         }
         op::READ => {
@@ -585,9 +587,14 @@ fn answer(
     }
 }
 
-fn attr_reply(fs: &Adapter, p: &mut [u8], attr: &crate::ovl::Attr) -> Result<usize, Errno> {
+fn attr_reply(
+    fs: &Adapter,
+    p: &mut [u8],
+    id: u64,
+    attr: &crate::ovl::Attr,
+) -> Result<usize, Errno> {
     let mut out = Out::new(p);
-    out.attr_out(fs.ttl, attr);
+    out.attr_out(fs.attr_ttl(id), attr);
     Ok(out.len)
 }
 
@@ -627,7 +634,13 @@ fn xattr_reply(p: &mut [u8], size: u32, v: &[u8]) -> Result<usize, Errno> {
 
 /// `fuse_open_out` for a new open file: passthrough when the adapter gives a backing file.
 fn open_reply(fs: &Adapter, out: &mut Out<'_>, fh: u64, node: u64) {
-    match fs.backing(fh, node) {
+    let backing = fs.backing(fh, node);
+    open_out(fs, out, fh, backing);
+}
+
+/// `fuse_open_out` with the open file's mode already decided.
+fn open_out(fs: &Adapter, out: &mut Out<'_>, fh: u64, backing: Option<Arc<Backing>>) {
+    match backing {
         Some(b) => out.open(
             fh,
             (PASSTHROUGH_FLAGS | fuser::FopenFlags::FOPEN_PASSTHROUGH).bits(),

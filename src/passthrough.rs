@@ -6,10 +6,17 @@
 //! the mode of a node's first open decides its later opens until all are closed. The core
 //! says which opens may use passthrough at all (`Overlay::passthrough_fd`); the kernel
 //! refuses backing files to an unprivileged daemon, after which passthrough stays off.
+//!
+//! A passthrough file opened read-write may be mapped shared, and then written by page
+//! faults on the backing file: its mtime and ctime move, and no request tells us or the
+//! kernel's FUSE inode (a write(2) does: the kernel marks the times stale itself). So
+//! while a node has such an open file, its attributes go out with no lifetime and every
+//! stat reaches us (`attrs_volatile`), as the kernel overlay reads the upper inode's
+//! times on each stat.
 
 use crate::ovl::DashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A backing file registered with the kernel (FUSE_DEV_IOC_BACKING_OPEN), closed again
@@ -66,14 +73,19 @@ struct NodeIo {
     /// The backing file of the open files in passthrough mode.
     backing: Option<Arc<Backing>>,
     passthrough: u32,
+    /// Of those, the ones opened read-write (which may be mapped shared and writable).
+    mappable: u32,
 }
 
 #[derive(Default)]
 pub struct Passthrough {
     enabled: AtomicBool,
     nodes: DashMap<u64, NodeIo>,
-    /// Open file handle -> its node and whether it is in passthrough mode.
-    files: DashMap<u64, (u64, bool)>,
+    /// Open file handle -> its node, whether it is in passthrough mode, and whether it
+    /// counts in its node's `mappable`.
+    files: DashMap<u64, (u64, bool, bool)>,
+    /// Nodes whose `mappable` is not 0: when none, attribute replies skip the lookup.
+    volatile_nodes: AtomicUsize,
 }
 
 impl Passthrough {
@@ -82,7 +94,8 @@ impl Passthrough {
     }
 
     /// Decides the mode of a new open file `fh` of `node`: its backing file for
-    /// passthrough, or `None` for cached. `candidate` gives the backing fd if the core
+    /// passthrough, or `None` for cached. `read_write`: it was opened read-write (see the
+    /// module doc). `candidate` gives the backing fd if the core
     /// allows passthrough (asked only when the node could start passthrough); it is
     /// registered through the FUSE device `dev`. With passthrough off nothing is tracked:
     /// no inode is in passthrough mode then (it is turned off only when the first
@@ -91,6 +104,7 @@ impl Passthrough {
         &self,
         fh: u64,
         node: u64,
+        read_write: bool,
         candidate: C,
         dev: Option<&Arc<OwnedFd>>,
     ) -> Option<Arc<Backing>>
@@ -123,25 +137,45 @@ impl Passthrough {
             }
             None => None,
         };
+        let mappable = read_write && backing.is_some();
         match &backing {
             Some(b) => {
                 io.backing = Some(b.clone());
                 io.passthrough += 1;
+                if mappable {
+                    io.mappable += 1;
+                    if io.mappable == 1 {
+                        self.volatile_nodes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
             None => io.cached += 1,
         }
         drop(io);
-        self.files.insert(fh, (node, backing.is_some()));
+        self.files.insert(fh, (node, backing.is_some(), mappable));
         backing
+    }
+
+    /// Whether `node`'s attributes may change without a request: it has a passthrough file
+    /// open read-write (see the module doc).
+    pub fn attrs_volatile(&self, node: u64) -> bool {
+        self.volatile_nodes.load(Ordering::Relaxed) > 0
+            && self.nodes.get(&node).is_some_and(|io| io.mappable > 0)
     }
 
     /// The open file `fh` is released.
     pub fn release(&self, fh: u64) {
-        let Some((_, (node, pass))) = self.files.remove(&fh) else {
+        let Some((_, (node, pass, mappable))) = self.files.remove(&fh) else {
             return;
         };
         let mut gone = false;
         if let Some(mut io) = self.nodes.get_mut(&node) {
+            if mappable && io.mappable > 0 {
+                io.mappable -= 1;
+                if io.mappable == 0 {
+                    self.volatile_nodes.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
             if pass {
                 io.passthrough = io.passthrough.saturating_sub(1);
                 if io.passthrough == 0 {

@@ -110,6 +110,14 @@ impl Overlay {
         Ok(self.add_handle(node, fd, top == UPPER, flags))
     }
 
+    /// Whether the open file `fh` was opened for reading and writing: only such a file can
+    /// be mapped shared and writable, so that its data and times change by page faults,
+    /// without a write(2).
+    pub fn handle_read_write(&self, fh: u64) -> bool {
+        self.file_handle(fh)
+            .is_some_and(|h| h.flags & libc::O_ACCMODE == libc::O_RDWR)
+    }
+
     /// The fd the kernel may do this open file's I/O on by itself (FUSE passthrough): a
     /// regular upper file without set-ID bits, or any regular file of a read-only overlay.
     /// Where there is an upper layer, a lower file may be copied up while open, and reads
