@@ -6032,6 +6032,41 @@ fn read_moves_atime(p: &Path) -> bool {
     (after.atime(), after.atime_nsec()) != (before.atime(), before.atime_nsec())
 }
 
+/// rm -rf of a merged directory: the view and upper match the kernel's, and once the
+/// daemon has exited its work directory holds nothing but the shared whiteout: the old
+/// upper copy of the removed directory, with a whiteout per lower entry, is moved there
+/// to be deleted.
+#[test]
+fn removed_merged_directories_leave_nothing_in_the_workdir() {
+    if !fuse_available() {
+        return;
+    }
+    let files: Vec<String> = (0..600).map(|i| format!("d/sub/f{i}")).collect();
+    let mut lower: Vec<E> = files.iter().map(|f| E::File(f, b"l")).collect();
+    lower.push(E::File("d/top", b"t"));
+    let t = twin("sem-reap", &[&lower], &[E::File("d/upper-only", b"u")]);
+    t.both("rm -rf d", |m| {
+        fs::remove_dir_all(m.join("d")).map_err(|e| e.kind())
+    });
+    t.both("d is gone", |m| fs::symlink_metadata(m.join("d")).is_err());
+    t.both("mkdir d again", |m| {
+        fs::create_dir(m.join("d")).map_err(|e| e.kind())
+    });
+    t.both("d is empty", |m| {
+        ok(fs::read_dir(m.join("d")), "list d").count()
+    });
+    t.finish_with(true, |_, f| {
+        let left: Vec<String> = ok(fs::read_dir(f.work.join("work")), "list work/work")
+            .map(|e| ok(e, "dirent").file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "#whiteout")
+            .collect();
+        assert!(
+            left.is_empty(),
+            "ovlfuse left {left:?} in its work directory after the unmount"
+        );
+    });
+}
+
 /// (mtime, ctime) of `p` in nanoseconds, asked of statx for those two only: a stat asking
 /// for atime too would refresh attributes the kernel marked stale for its own reasons.
 fn times_ns(p: &Path) -> (i128, i128) {

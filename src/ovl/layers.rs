@@ -446,9 +446,11 @@ fn prepare_work(w: &Layer) -> Result<OwnedFd, String> {
 /// Removes `name` inside `dir`, recursively if it is a directory. Only ever used on our own
 /// work directory and on upper directories that hold nothing but whiteouts.
 pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> sys::SysResult<()> {
-    let st = fs::fstatat(dir, name)?;
-    if !fs::is_dir(&st) {
-        return fs::unlinkat(dir, name, false);
+    // Nearly everything removed here is a whiteout: unlink first, which Linux refuses to a
+    // directory with EISDIR, rather than a stat of each entry.
+    match fs::unlinkat(dir, name, false) {
+        Err(Errno::EISDIR) => {}
+        other => return other,
     }
     match fs::unlinkat(dir, name, true) {
         Ok(()) => return Ok(()),
