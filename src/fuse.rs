@@ -264,6 +264,9 @@ impl Adapter {
     /// Decided before the reply's attributes are made: it may take away their lifetime.
     pub(crate) fn backing(&self, fh: u64, node: u64) -> Option<Arc<Backing>> {
         let read_write = self.ovl.handle_read_write(fh);
+        // Only the first such open of a node needs to tell the kernel; later ones find
+        // its attributes already going out with no lifetime.
+        let was_volatile = read_write && self.pt.attrs_volatile(node);
         let b = self.pt.open(
             fh,
             node,
@@ -271,7 +274,7 @@ impl Adapter {
             || self.ovl.passthrough_fd(fh),
             self.device.get(),
         );
-        if b.is_some() && read_write {
+        if b.is_some() && read_write && !was_volatile {
             // Attributes the kernel took before with a lifetime would go stale.
             self.ovl.notify_attr_changed(node);
         }
@@ -664,15 +667,10 @@ impl Filesystem for OvlFs {
         reply: ReplyData,
     ) {
         thread_local! {
-            // One read buffer per serving thread: a fresh zeroed megabyte per request
-            // cost more than the copy it holds.
-            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+            // A fresh zeroed megabyte per request cost more than the copy it holds.
+            static BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
         }
-        BUF.with_borrow_mut(|buf| {
-            if buf.len() < size as usize {
-                buf.resize(size as usize, 0);
-            }
-            let buf = &mut buf[..size as usize];
+        crate::sys::with_scratch(&BUF, size as usize, |buf| {
             match self.ovl.read_into(fh.0, offset, buf) {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(err(e)),

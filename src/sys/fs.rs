@@ -506,17 +506,11 @@ pub fn read_dirents_at_start<N>(
     mut name: impl FnMut(&OsStr) -> N,
 ) -> SysResult<Vec<RawDirent<N>>> {
     thread_local! {
-        // One getdents buffer per thread, handed back after each directory: a fresh
-        // zeroed 64 KiB per directory read was a memset that showed in profiles of
-        // tree walks, which read thousands of small directories. (Taken out while in
-        // use, so a nested read would just make its own.)
         static BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     }
-    let mut buf = BUF.take();
-    buf.resize(DIRENT_BUF_LEN, 0);
-    let res = parse_dirents(fd, &mut buf, &mut name);
-    BUF.set(buf);
-    res
+    super::with_scratch(&BUF, DIRENT_BUF_LEN, |buf| {
+        parse_dirents(fd, buf, &mut name)
+    })
 }
 
 const DIRENT_BUF_LEN: usize = 64 * 1024;
