@@ -240,7 +240,14 @@ Container options (as fuse-overlayfs spells them):
                          stats of a reply show the layers' caches to be cold; on:
                          for every reply of 32 entries or more; off: never (also
                          with threaded=0)
-  fast_ino=0|1, writeback=0|1, plugins=LIST  accepted and ignored
+  passthrough=auto|off   auto (default): when run by root outside any user
+                         namespace (kernel 6.9+), the kernel reads and writes upper
+                         files itself (FUSE passthrough); off: data goes through us
+  writeback=1|0          without passthrough (a plain user, root of a user
+                         namespace, or passthrough=off) the kernel caches writes
+                         and sends them in batches of up to 1 MiB (FUSE writeback
+                         cache; default 1); 0: each write(2) is a request
+  fast_ino=0|1, plugins=LIST  accepted and ignored
 
 Accepted and ignored (mount(8), fstab and SELinux):
   defaults, auto, noauto, user, nouser, users, _netdev, nofail, loop,
@@ -561,6 +568,7 @@ mod tests {
             "uring=",
             "uring_idle=",
             "statahead=",
+            "passthrough=",
             "fast_ino=",
             "writeback=",
             "plugins=",

@@ -118,6 +118,10 @@ pub fn run(cli: Cli) -> Result<(), String> {
         params.timeout.unwrap_or(DEFAULT_TTL),
         debug,
         uring,
+        crate::passthrough::DataPath {
+            passthrough: params.passthrough,
+            writeback: params.writeback,
+        },
         config.acl,
     );
     log::debug!("mount options: {:?}", config.mount_options);

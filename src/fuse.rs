@@ -46,6 +46,8 @@ pub struct Adapter {
     ring: parking_lot::Mutex<Vec<crate::fuse_uring::Entry>>,
     /// Serve requests over io_uring when the kernel offers it (`-o uring`).
     uring: UringConfig,
+    /// Passthrough, else the writeback cache, where allowed (`-o passthrough,writeback`).
+    data: crate::passthrough::DataPath,
     /// Who may use the mount, checked by fuser on /dev/fuse and by us on the ring.
     pub(crate) acl: fuser::SessionACL,
     /// The mount's owner for that check (fuser's too: our effective uid at start).
@@ -98,6 +100,7 @@ impl OvlFs {
         ttl: Duration,
         debug: bool,
         uring: UringConfig,
+        data: crate::passthrough::DataPath,
         acl: fuser::SessionACL,
     ) -> (OvlFs, SessionLink) {
         let slot: NotifierSlot = Arc::new(OnceLock::new());
@@ -121,6 +124,7 @@ impl OvlFs {
             notifier: slot,
             ring: Default::default(),
             uring,
+            data,
             acl,
             owner: crate::sys::geteuid(),
         });
@@ -284,7 +288,9 @@ impl Adapter {
     /// FOPEN_NOFLUSH: our flush does nothing (writes reach the upper file as they come, and
     /// the kernel keeps POSIX locks itself), so close(2) need not wait for a round trip.
     pub(crate) fn open_flags(&self, fh: u64) -> FopenFlags {
-        if self.ovl.keep_page_cache(fh) {
+        if self.ovl.handle_direct_io(fh) {
+            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
+        } else if self.ovl.keep_page_cache(fh) {
             FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
         } else {
             FopenFlags::FOPEN_NOFLUSH
@@ -441,11 +447,28 @@ impl Filesystem for OvlFs {
         // The kernel does reads and writes of upper files itself on the upper file (FUSE
         // passthrough; root only). Stack depth 1: the backing files may not be on another
         // stacking filesystem, and a kernel overlay can still be stacked on us.
-        if crate::sys::geteuid() == 0
+        if self.data.passthrough
+            && crate::sys::process::may_register_backing_files()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
             self.pt.enable();
+        } else if self.data.writeback
+            && self.ovl.has_upper()
+            && config
+                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_ok()
+        {
+            // Without passthrough, each write(2) would be a round trip: the kernel keeps
+            // written pages and sends them in batches of up to max_write. It then keeps
+            // size, mtime and ctime of regular files itself, and sends the times back
+            // with its write-back.
+            self.ovl.set_write_cache();
+            // Files opened for direct I/O where that cache cannot serve (see
+            // `Overlay::room_for_cached_writes`) may still be mapped shared.
+            if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) {
+                debug!("kernel lacks FUSE capability {missing:?}");
+            }
         }
         let skip = !self.ovl.wants_opendir()
             && config
@@ -685,12 +708,13 @@ impl Filesystem for OvlFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.ovl.write(&ctx(req), fh.0, offset, data) {
+        let write_back = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        match self.ovl.write(&ctx(req), fh.0, offset, data, write_back) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
         }

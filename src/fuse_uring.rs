@@ -475,7 +475,9 @@ fn answer(
         }
         op::WRITE => {
             let data = args.bytes(a.u32(16) as usize).ok_or(EINVAL)?;
-            let n = fs.ovl.write(&ctx, a.u64(0), a.u64(8), data)?;
+            // fuse_write_in.write_flags: FUSE_WRITE_CACHE marks the kernel's write-back.
+            let write_back = a.u32(20) & 1 != 0;
+            let n = fs.ovl.write(&ctx, a.u64(0), a.u64(8), data, write_back)?;
             let mut out = Out::new(p);
             out.u32_out(n);
             Ok(out.len)

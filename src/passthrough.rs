@@ -15,6 +15,15 @@
 //! times on each stat.
 
 use crate::ovl::DashMap;
+
+/// How file data may travel, as the mount options ask (`passthrough=`, `writeback=`);
+/// INIT settles what the kernel and our privileges allow. Passthrough and the writeback
+/// cache exclude each other: a passthrough file has no page cache of its own.
+#[derive(Clone, Copy, Debug)]
+pub struct DataPath {
+    pub passthrough: bool,
+    pub writeback: bool,
+}
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -4658,7 +4658,8 @@ fn read_only_mount_reads_lower_files_in_the_kernel() {
         fs::write(st.lowers[1].join("data"), &data),
         "write lower file",
     );
-    let g = mount_ovlfuse_ro(&st.lowers, &st.mnt, &[]);
+    // Passthrough as the daemon decides, whatever OVLFUSE_TEST_DATA asks of other mounts.
+    let g = mount_ovlfuse_ro(&st.lowers, &st.mnt, &["passthrough=auto"]);
     let pid = g.pid().expect("the daemon's pid (for its read counter)");
     let before = rchar(pid);
     let f = st.mnt.join("data");
@@ -4698,6 +4699,129 @@ fn read_only_mount_reads_lower_files_in_the_kernel() {
          a read-only mount: its reads did not go through FUSE passthrough (is the kernel \
          older than 6.9, or built without CONFIG_FUSE_PASSTHROUGH?)"
     );
+}
+
+/// Write calls the process has made (`syscw` in /proc/PID/io): our pwrites to the layers,
+/// and our replies where they go to /dev/fuse.
+fn write_calls(pid: u32) -> u64 {
+    proc_number(pid, "io", "syscw")
+}
+
+/// Without passthrough (a daemon that is not root in the initial user namespace, or
+/// `passthrough=off`), the kernel caches writes (FUSE writeback cache): 2000 writes of
+/// 4 KiB reach the daemon as a few large ones, and after fsync the upper file holds them.
+/// With `writeback=0` each write is a request of its own, which shows the count measures
+/// what it should.
+#[test]
+fn small_writes_reach_the_daemon_in_batches_without_passthrough() {
+    if !fuse_available() {
+        return;
+    }
+    const N: usize = 2000;
+    let data: Vec<u8> = (0..N * 4096).map(|i| (i % 253) as u8).collect();
+    let mut calls = Vec::new();
+    for writeback in ["writeback=1", "writeback=0"] {
+        let sc = Scratch::new(&format!("sem-{}", writeback.replace('=', "")));
+        let st = Stack::new(&sc, 1);
+        let g = mount_ovlfuse(&st, &["passthrough=off", writeback]);
+        let pid = g.pid().expect("the daemon's pid (for its write counter)");
+        let mut f = ok(fs::File::create(st.mnt.join("f")), "create f");
+        let before = write_calls(pid);
+        for chunk in data.chunks(4096) {
+            ok(f.write_all(chunk), "write 4 KiB");
+        }
+        ok(f.sync_all(), "fsync");
+        calls.push(write_calls(pid) - before);
+        drop(f);
+        assert!(
+            ok(fs::read(st.upper.join("f")), "read the upper file") == data,
+            "{writeback}: the upper file does not hold what was written"
+        );
+        g.unmount();
+    }
+    assert!(
+        calls[0] < (N / 10) as u64,
+        "with the writeback cache the daemon made {} write calls for {N} writes of 4 KiB",
+        calls[0]
+    );
+    assert!(
+        calls[1] >= N as u64,
+        "with writeback=0 the daemon made only {} write calls for {N} writes",
+        calls[1]
+    );
+}
+
+/// With the writeback cache a write(2) succeeds once its data is in the page cache. When
+/// the write-back then finds the upper filesystem full, the error is not lost: fsync
+/// reports ENOSPC, and so does the next write(2) (the kernel overlay fails the write that
+/// finds the disk full). Once there is room again, writes and fsync succeed. The upper
+/// layer is a tmpfs with room enough for cached writes when the file is opened, filled
+/// from outside the overlay while it is open.
+#[test]
+fn failed_write_back_to_a_full_upper_layer_is_reported() {
+    if !fuse_available() {
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    let sc = Scratch::new("sem-writeback-full");
+    let layer_fs = sc.dir("fs");
+    let _tmpfs = mount_tmpfs_with(&layer_fs, "size=1100m");
+    let st = Stack {
+        lowers: vec![sc.dir("lower")],
+        upper: layer_fs.join("upper"),
+        work: layer_fs.join("work"),
+        mnt: sc.dir("mnt"),
+    };
+    fs::create_dir(&st.upper).unwrap();
+    fs::create_dir(&st.work).unwrap();
+    let g = mount_ovlfuse(&st, &["passthrough=off"]);
+    let mut f = ok(fs::File::create(st.mnt.join("f")), "create f");
+    ok(f.write_all(b"first"), "first write");
+    ok(f.sync_all(), "first fsync");
+
+    // Leave about 1 MiB free.
+    let filler = ok(fs::File::create(layer_fs.join("filler")), "create filler");
+    let free = {
+        let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
+        let p = std::ffi::CString::new(layer_fs.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::statvfs(p.as_ptr(), &mut v) }, 0, "statvfs");
+        v.f_bavail * v.f_frsize
+    };
+    let r = unsafe { libc::fallocate(filler.as_raw_fd(), 0, 0, (free - MIB as u64) as i64) };
+    assert_eq!(r, 0, "fallocate filler: {}", io::Error::last_os_error());
+
+    let chunk = vec![5u8; MIB / 4];
+    let mut write_err = None;
+    for _ in 0..32 {
+        if let Err(e) = f.write_all(&chunk) {
+            write_err = Some(e);
+            break;
+        }
+    }
+    let sync = f.sync_all();
+    match write_err {
+        Some(e) => assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "failed write: {e}"),
+        None => {
+            let e = sync.expect_err("8 MiB written into 1 MiB of room, and fsync succeeded");
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "fsync: {e}");
+            let e = f
+                .write_all(&chunk)
+                .expect_err("a write after the failed write-back succeeded");
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::ENOSPC),
+                "write after fsync: {e}"
+            );
+        }
+    }
+
+    drop(filler);
+    ok(fs::remove_file(layer_fs.join("filler")), "remove filler");
+    let _ = f.sync_all(); // may still report the old error once
+    ok(f.write_all(b"again"), "write once there is room");
+    ok(f.sync_all(), "fsync once there is room");
+    drop(f);
+    g.unmount();
 }
 
 #[test]

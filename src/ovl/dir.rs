@@ -551,6 +551,7 @@ impl Overlay {
             self.new_whiteout(upfd, name)?;
         }
         self.nodes.unlink_name(child, parent.id, name);
+        self.lost_a_name(child);
         if child.is_dir() {
             self.nodes.drop_dirfds(child);
             child.set_merged(None);
@@ -559,6 +560,16 @@ impl Overlay {
             m.remove(name);
         }
         Ok(())
+    }
+
+    /// After a regular file lost a name: with the writeback cache, the kernel keeps its
+    /// attributes through the unlink, its own link count dropped by one, where ours may
+    /// differ (a lower file keeps the lower link count, as on the kernel overlay); so they
+    /// are marked stale, as the kernel itself does without that cache.
+    fn lost_a_name(&self, node: &Node) {
+        if node.kind == libc::S_IFREG && self.writes_cached() {
+            self.notify_attr_changed(node.id);
+        }
     }
 
     /// Before an object loses a name, keeps an `O_PATH` fd to it: attribute calls must
@@ -875,6 +886,7 @@ impl Overlay {
         }
         if let Some(d) = dst {
             self.nodes.unlink_name(d, np.id, nname);
+            self.lost_a_name(d);
             if d.is_dir() {
                 self.nodes.drop_dirfds(d);
                 d.set_merged(None);

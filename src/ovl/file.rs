@@ -3,7 +3,10 @@
 //! Opening for write (or with O_TRUNC) copies the file up first — without its data when
 //! O_TRUNC would throw it away. A file opened read-only from a lower layer switches to the
 //! upper copy as soon as one exists, so it reads what kernel overlayfs shows after a
-//! copy-up. Each handle owns one fd; idle nodes own none.
+//! copy-up. Each handle owns one fd; idle nodes own none. Where the kernel caches writes
+//! (no passthrough), writable files are opened so that its write-back can go through any
+//! of them, and a write-back that finds the upper layer full is reported to the next
+//! writer.
 
 use super::dir::NewObject;
 use super::inode::Attr;
@@ -23,6 +26,8 @@ pub struct FileHandle {
     fd: RwLock<Arc<OwnedFd>>,
     upper: RwLock<bool>,
     flags: i32,
+    /// Its I/O must bypass the kernel's page cache (see `write_cache_flags`).
+    direct: bool,
 }
 
 impl FileHandle {
@@ -50,18 +55,53 @@ pub(super) fn real_open_flags(flags: i32) -> i32 {
     flags & keep
 }
 
+/// The free space below which writable files are opened for direct I/O rather than
+/// through the kernel's writeback cache: well above what the kernel lets one FUSE mount
+/// hold dirty (1% of the dirtyable memory by default).
+const CACHED_WRITES_MIN_ROOM: u64 = 1 << 30;
+
+/// The real flags of a writable open while the kernel caches writes, and whether its
+/// I/O goes through that cache. The kernel writes dirty pages back at their own offsets
+/// through any writable open file of the inode, so no real file has O_APPEND (it would
+/// move each write-back to the end; the kernel, which keeps the file size, gives appends
+/// their offsets). A cached open also reads, for a page it writes only in part: the real
+/// file is opened for reading too, and those reads must not move the atime (O_NOATIME).
+/// Where the upper layer is short of space, the open goes direct instead (see
+/// `Overlay::room_for_cached_writes`).
+pub(super) fn write_cache_flags(rflags: i32, room: bool) -> (i32, bool) {
+    let f = rflags & !libc::O_APPEND;
+    if !room {
+        (f, false)
+    } else if f & libc::O_ACCMODE == libc::O_WRONLY {
+        (
+            (f & !libc::O_ACCMODE) | libc::O_RDWR | libc::O_NOATIME,
+            true,
+        )
+    } else {
+        (f, true)
+    }
+}
+
 impl Overlay {
     pub fn file_handle(&self, fh: u64) -> Option<Arc<FileHandle>> {
         self.files.get(&fh).map(|h| h.clone())
     }
 
-    fn add_handle(&self, node: Arc<Node>, fd: OwnedFd, upper: bool, flags: i32) -> u64 {
+    fn add_handle(
+        &self,
+        node: Arc<Node>,
+        fd: OwnedFd,
+        upper: bool,
+        flags: i32,
+        direct: bool,
+    ) -> u64 {
         let fh = self.new_fh();
         let h = FileHandle {
             node,
             fd: RwLock::new(Arc::new(fd)),
             upper: RwLock::new(upper),
             flags,
+            direct,
         };
         self.files.insert(fh, Arc::new(h));
         fh
@@ -85,29 +125,60 @@ impl Overlay {
         if trunc && node.kind == libc::S_IFREG {
             rflags |= libc::O_TRUNC;
         }
-        let open_at = |pfd: &OwnedFd, name: &OsStr| {
-            if top == UPPER {
-                fs::openat_as_owner(pfd.as_fd(), name, rflags)
-            } else {
-                fs::openat_noatime(pfd.as_fd(), name, rflags)
+        let open_real = |flags: i32| {
+            let res = self.parent_fd(&node, top).and_then(|(pfd, name)| {
+                if top == UPPER {
+                    fs::openat_as_owner(pfd.as_fd(), &name, flags)
+                } else {
+                    fs::openat_noatime(pfd.as_fd(), &name, flags)
+                }
+            });
+            match res {
+                Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => match node.detached() {
+                    Some(d) => fs::reopen(d.as_fd(), flags),
+                    None => Err(e),
+                },
+                other => other,
             }
         };
-        let fd = match self
-            .parent_fd(&node, top)
-            .and_then(|(pfd, name)| open_at(&pfd, &name))
-        {
-            Ok(fd) => fd,
-            Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => match node.detached() {
-                Some(d) => fs::reopen(d.as_fd(), rflags)?,
-                None => return Err(e),
-            },
+        let (wanted, cached) = if writes && node.kind == libc::S_IFREG && self.writes_cached() {
+            write_cache_flags(rflags, self.room_for_cached_writes())
+        } else {
+            (rflags, true)
+        };
+        // A file that refuses those flags (append-only; not ours for O_NOATIME) is opened
+        // as asked, for direct I/O: it then never has dirty pages to write back.
+        let (fd, direct) = match open_real(wanted) {
+            Ok(fd) => (fd, !cached),
+            Err(e) if wanted != rflags && (e == Errno::EACCES || e == Errno::EPERM) => {
+                (open_real(rflags)?, true)
+            }
             Err(e) => return Err(e),
         };
         if trunc {
             // Truncation on open is a write as far as set-ID bits go.
             self.kill_suid_sgid(ctx, &node, &fd);
         }
-        Ok(self.add_handle(node, fd, top == UPPER, flags))
+        Ok(self.add_handle(node, fd, top == UPPER, flags, direct))
+    }
+
+    /// Whether the upper layer has room enough for the kernel to cache writes. A write
+    /// into the page cache succeeds at once; if its write-back then fails for want of space,
+    /// the caller learns it only at its next write (see `write`), at fsync or at close. So
+    /// where the space is short, files are opened for direct I/O: each write(2) reaches
+    /// the upper filesystem and fails there, as on the kernel overlay.
+    fn room_for_cached_writes(&self) -> bool {
+        let Some(upper) = &self.layers.upper else {
+            return false;
+        };
+        fs::fstatvfs(upper.fd()).is_ok_and(|v| {
+            (v.f_bavail as u128) * (v.f_frsize as u128) >= CACHED_WRITES_MIN_ROOM as u128
+        })
+    }
+
+    /// Whether the open file `fh` must bypass the kernel's page cache.
+    pub fn handle_direct_io(&self, fh: u64) -> bool {
+        self.file_handle(fh).is_some_and(|h| h.direct)
     }
 
     /// Whether the open file `fh` was opened for reading and writing: only such a file can
@@ -171,10 +242,16 @@ impl Overlay {
         mode: u32,
         flags: i32,
     ) -> SysResult<(Arc<Node>, Attr, u64)> {
+        // A new file is ours to open as write-back needs (`write_cache_flags`).
+        let (real, cached) = if self.writes_cached() {
+            write_cache_flags(flags, self.room_for_cached_writes())
+        } else {
+            (flags, true)
+        };
         let (node, attr, fd) =
-            self.create_object(ctx, parent, name, NewObject::File { mode, flags })?;
+            self.create_object(ctx, parent, name, NewObject::File { mode, flags: real })?;
         let fd = fd.ok_or(Errno::EIO)?;
-        let fh = self.add_handle(node.clone(), fd, true, flags);
+        let fh = self.add_handle(node.clone(), fd, true, flags, !cached);
         Ok((node, attr, fh))
     }
 
@@ -267,12 +344,33 @@ impl Overlay {
         }
     }
 
-    pub fn write(&self, ctx: &Ctx, fh: u64, offset: u64, data: &[u8]) -> SysResult<u32> {
+    /// A write; `write_back` when it is the kernel's write-back of cached pages, whose
+    /// writers were told of success long ago. A write-back that fails for want of space
+    /// makes the next write(2) to the file fail with that error (its attributes are marked
+    /// stale, so the kernel asks for them, with the file handle, before it caches that
+    /// write; see `getattr`), as the kernel overlay fails the write that finds the disk full.
+    pub fn write(
+        &self,
+        ctx: &Ctx,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        write_back: bool,
+    ) -> SysResult<u32> {
         let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
         let fd = h.fd();
         let mut done = 0;
         while done < data.len() {
-            let n = fs::pwrite(fd.as_fd(), &data[done..], offset + done as u64)?;
+            let n = match fs::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {
+                Ok(n) => n,
+                Err(e) if write_back && (e == Errno::ENOSPC || e == Errno::EDQUOT) => {
+                    log::warn!("write-back of a file failed: {e:?}; its next write fails too");
+                    self.write_back_errors.insert(h.node.id, e);
+                    self.notify_attr_changed(h.node.id);
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 break;
             }

@@ -171,6 +171,15 @@ impl Overlay {
     /// open file still answers.
     pub fn getattr(&self, id: u64, fh: Option<u64>) -> SysResult<Attr> {
         let node = self.node(id)?;
+        if fh.is_some() {
+            // With the writeback cache, the kernel asks this (with a handle, unlike
+            // stat(2)) before it caches a write; a failed write-back fails that write
+            // (or an lseek to the end, or a read past the size the kernel knows, if one
+            // comes first: each asks the same way).
+            if let Some((_, e)) = self.write_back_errors.remove(&id) {
+                return Err(e);
+            }
+        }
         if let Some(h) = fh.and_then(|fh| self.file_handle(fh)) {
             // Through read_fd: a handle opened before a copy-up must report the upper copy.
             if let Ok(st) = self.read_fd(&h).and_then(|fd| fs::fstat(fd.as_fd())) {
@@ -361,6 +370,9 @@ impl Overlay {
     }
 
     pub fn forget(&self, id: u64, n: u64) {
+        if self.writes_cached() {
+            self.write_back_errors.remove(&id);
+        }
         self.nodes.forget(id, n);
     }
 }

@@ -115,6 +115,13 @@ pub struct Overlay {
     files: DashMap<u64, Arc<file::FileHandle>>,
     statahead: statahead::StatAhead,
     next_fh: AtomicU64,
+    /// The kernel keeps written data in its page cache and writes it back later, at any
+    /// offset, through any writable open file of the inode (set by the adapter at INIT
+    /// when it asks for the FUSE writeback cache; see `file::write_cache_flags`).
+    write_cache: std::sync::atomic::AtomicBool,
+    /// Nodes whose write-back failed (full disk, quota), with the error: the next write(2)
+    /// to them fails with it (see `file::write`).
+    write_back_errors: DashMap<u64, Errno>,
 }
 
 impl Overlay {
@@ -130,7 +137,24 @@ impl Overlay {
             files: DashMap::default(),
             statahead,
             next_fh: AtomicU64::new(1),
+            write_cache: std::sync::atomic::AtomicBool::new(false),
+            write_back_errors: DashMap::default(),
         })
+    }
+
+    /// From now on the kernel caches writes (FUSE writeback cache): open files so that
+    /// its write-back can use any of them.
+    pub fn set_write_cache(&self) {
+        self.write_cache.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the kernel caches writes (see `set_write_cache`).
+    fn writes_cached(&self) -> bool {
+        self.write_cache.load(Ordering::Relaxed)
+    }
+
+    pub fn has_upper(&self) -> bool {
+        self.layers.upper.is_some()
     }
 
     fn new_fh(&self) -> u64 {

@@ -132,6 +132,12 @@ pub struct Params {
     /// `statahead=auto|on|off`: whether READDIRPLUS shares its stats with helper threads;
     /// `None` when not given.
     pub statahead: Option<super::statahead::Mode>,
+    /// `passthrough=auto|off`: the kernel reads and writes upper files itself where it
+    /// lets us (`off`: never).
+    pub passthrough: bool,
+    /// `writeback=1|0`: without passthrough, the kernel caches writes (FUSE writeback
+    /// cache) and sends them in large batches.
+    pub writeback: bool,
 }
 
 /// The atime policy of the mount, applied by us to the upper layer (the kernel's FUSE
@@ -192,6 +198,8 @@ impl Default for Params {
             uring: None,
             uring_priority: crate::uring_priority::Policy::Adaptive,
             statahead: None,
+            passthrough: true,
+            writeback: true,
         }
     }
 }
@@ -654,11 +662,20 @@ fn apply_option(
                 _ => p.noxattrs = on,
             }
         }
-        // Both are how we always work: inode numbers never need files opened, and data
-        // goes through the kernel's page cache as it decides.
-        "fast_ino" | "writeback" => {
+        // How we always work: inode numbers never need files opened.
+        "fast_ino" => {
             one_of(name, required(name, value, false)?, &["0", "1"])?;
             ignore = true;
+        }
+        "writeback" => {
+            let v = required(name, value, false)?;
+            one_of(name, v, &["0", "1"])?;
+            p.writeback = decode(v) == "1";
+        }
+        "passthrough" => {
+            let v = required(name, value, false)?;
+            one_of(name, v, &["auto", "off"])?;
+            p.passthrough = decode(v) == "auto";
         }
         "xattr_permissions" => {
             let v = required(name, value, false)?;
@@ -1380,13 +1397,9 @@ mod tests {
         let p = ok(&[&format!("lowerdir=/l,{}", opts.join(","))]);
         assert_eq!(
             p.ignored,
-            [
-                "fast_ino=0",
-                "writeback=1",
-                "plugins=",
-                "plugins=/usr/lib/p.so"
-            ]
+            ["fast_ino=0", "plugins=", "plugins=/usr/lib/p.so"]
         );
+        assert!(p.writeback && p.passthrough);
         assert_eq!(p.uidmapping.len(), 2);
         assert_eq!(p.gidmapping[0].shown, 1000);
         assert!(p.squash_to_root && p.static_nlink && p.noacl && p.ino32);
@@ -1576,6 +1589,18 @@ mod tests {
     }
 
     #[test]
+    fn data_path_values() {
+        let p = ok(&["lowerdir=/l"]);
+        assert!(p.passthrough && p.writeback);
+        let p = ok(&["lowerdir=/l,passthrough=off,writeback=0"]);
+        assert!(!p.passthrough && !p.writeback);
+        let p = ok(&["lowerdir=/l,passthrough=auto,writeback=1"]);
+        assert!(p.passthrough && p.writeback);
+        assert!(err(&["lowerdir=/l,passthrough=on"]).contains("passthrough"));
+        assert!(err(&["lowerdir=/l,writeback=yes"]).contains("writeback"));
+    }
+
+    #[test]
     fn valued_options_need_values() {
         for name in [
             "context",
@@ -1593,6 +1618,7 @@ mod tests {
             "uring",
             "uring_idle",
             "statahead",
+            "passthrough",
             "fast_ino",
             "writeback",
             "noxattrs",

@@ -185,7 +185,7 @@ fn copy_up_on_write_keeps_metadata_and_lower() {
     let ovl = f.overlay(1);
     let (n, before) = ovl.lookup(ROOT_ID, OsStr::new("f")).unwrap();
     let fh = ovl.open(&ctx(), n.id, libc::O_WRONLY).unwrap();
-    ovl.write(&ctx(), fh, 5, b" world").unwrap();
+    ovl.write(&ctx(), fh, 5, b" world", false).unwrap();
     ovl.release(fh);
     assert_eq!(std::fs::read(f.p("upper/f")).unwrap(), b"hello world");
     assert_eq!(std::fs::read(f.p("l0/f")).unwrap(), b"hello");
@@ -396,7 +396,7 @@ fn lower_hard_links_show_one_inode_but_stay_separate_objects() {
     assert_eq!(aa.ino, ba.ino);
     assert_eq!(aa.nlink, 2);
     let fh = ovl.open(&ctx(), a.id, libc::O_WRONLY).unwrap();
-    ovl.write(&ctx(), fh, 1, b"y").unwrap();
+    ovl.write(&ctx(), fh, 1, b"y", false).unwrap();
     ovl.release(fh);
     assert_eq!(ovl.getattr(a.id, None).unwrap().nlink, 1);
     assert_eq!(ovl.getattr(b.id, None).unwrap().nlink, 2);
@@ -541,7 +541,7 @@ fn writes_by_unprivileged_callers_clear_set_id_bits_as_the_vfs_does() {
     let write_as = |who: &Ctx, name: &str| {
         let (n, _) = ovl.lookup(ROOT_ID, OsStr::new(name)).unwrap();
         let fh = ovl.open(who, n.id, libc::O_WRONLY).unwrap();
-        assert_eq!(ovl.write(who, fh, 0, b"x").unwrap(), 1);
+        assert_eq!(ovl.write(who, fh, 0, b"x", false).unwrap(), 1);
         ovl.release(fh);
     };
     // Outside the file's group: set-user-ID and set-group-ID both go.
@@ -759,7 +759,7 @@ fn lookups_answered_from_a_listing_see_copy_ups_and_whiteouts() {
     let (a, before) = ovl.lookup(d.id, OsStr::new("a")).unwrap();
     assert_eq!(before.size, 7);
     let fh = ovl.open(&ctx(), a.id, libc::O_WRONLY).unwrap();
-    ovl.write(&ctx(), fh, 7, b" and more").unwrap();
+    ovl.write(&ctx(), fh, 7, b" and more", false).unwrap();
     ovl.release(fh);
     ovl.forget(a.id, 1);
     assert_eq!(
@@ -822,7 +822,7 @@ fn create_over_a_whiteout_in_an_opaque_directory_replaces_it() {
     let (_, _, fh) = ovl
         .create(&ctx(), dn.id, OsStr::new("x"), 0o640, libc::O_WRONLY)
         .unwrap();
-    ovl.write(&ctx(), fh, 0, b"new").unwrap();
+    ovl.write(&ctx(), fh, 0, b"new", false).unwrap();
     ovl.release(fh);
     assert_eq!(std::fs::read(f.p("upper/d/x")).unwrap(), b"new");
     assert_eq!(
@@ -874,4 +874,42 @@ fn removal_needs_a_whiteout_exactly_where_the_highest_lower_copy_is_real() {
         }
     }
     assert!(names(&ovl, d.id).is_empty());
+}
+
+#[test]
+fn write_cache_flags_allow_write_back_through_any_writable_file() {
+    use super::file::write_cache_flags;
+    let (f, cached) = write_cache_flags(libc::O_WRONLY | libc::O_APPEND, true);
+    assert_eq!(f, libc::O_RDWR | libc::O_NOATIME);
+    assert!(cached);
+    let (f, cached) = write_cache_flags(libc::O_RDWR | libc::O_APPEND | libc::O_SYNC, true);
+    assert_eq!(f, libc::O_RDWR | libc::O_SYNC);
+    assert!(cached);
+    // Short of space: direct I/O, but still no O_APPEND (another open may be cached).
+    let (f, cached) = write_cache_flags(libc::O_WRONLY | libc::O_APPEND, false);
+    assert_eq!(f, libc::O_WRONLY);
+    assert!(!cached);
+}
+
+#[test]
+fn with_the_write_cache_an_append_open_writes_at_the_offsets_it_is_given() {
+    let f = Fixture::new(1);
+    f.write("l0/f", "0123456789");
+    let ovl = f.overlay(1);
+    ovl.set_write_cache();
+    let (n, _) = ovl.lookup(ROOT_ID, OsStr::new("f")).unwrap();
+    let fh = ovl
+        .open(&ctx(), n.id, libc::O_WRONLY | libc::O_APPEND)
+        .unwrap();
+    let h = ovl.file_handle(fh).unwrap();
+    let fl = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&*h.fd()), libc::F_GETFL) };
+    assert_eq!(fl & libc::O_APPEND, 0, "real file opened with O_APPEND");
+    assert_eq!(fl & libc::O_ACCMODE, libc::O_RDWR, "real file not readable");
+    // A write-back of the page at offset 0 overwrites it, where O_APPEND would append.
+    ovl.write(&ctx(), fh, 2, b"ab", true).unwrap();
+    let mut buf = [0u8; 16];
+    let n_read = ovl.read_into(fh, 0, &mut buf).unwrap();
+    assert_eq!(&buf[..n_read], b"01ab456789");
+    ovl.release(fh);
+    assert_eq!(std::fs::read(f.p("upper/f")).unwrap(), b"01ab456789");
 }

@@ -57,6 +57,8 @@ impl Errno {
     pub const ESTALE: Errno = Errno(libc::ESTALE);
     pub const EMLINK: Errno = Errno(libc::EMLINK);
     pub const EBUSY: Errno = Errno(libc::EBUSY);
+    pub const ENOSPC: Errno = Errno(libc::ENOSPC);
+    pub const EDQUOT: Errno = Errno(libc::EDQUOT);
 
     /// The calling thread's current errno.
     pub fn last() -> Errno {

@@ -1,6 +1,6 @@
 //! Process-level calls used to run as a daemon: fork, pipes, sessions, signals, unmount,
-//! the mount's read-ahead window, a thread's scheduling class, and whether the FUSE
-//! connection is still up.
+//! the mount's read-ahead window, a thread's scheduling class, whether the FUSE
+//! connection is still up, and whether we may give the kernel backing files.
 
 use super::{check, Errno, SysResult};
 use std::ffi::CString;
@@ -187,4 +187,25 @@ pub fn fuse_connection_gone() -> bool {
         }
     }
     false
+}
+
+/// Whether the kernel would let us register backing files for FUSE passthrough: it asks
+/// for CAP_SYS_ADMIN in the initial user namespace, which root inside a container's user
+/// namespace (a rootless engine's mount program) does not have.
+pub fn may_register_backing_files() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let has_cap = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0);
+    has_cap && in_initial_user_namespace()
+}
+
+/// The initial user namespace maps every id to itself, in one line.
+fn in_initial_user_namespace() -> bool {
+    let map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    fields == ["0", "0", "4294967295"]
 }

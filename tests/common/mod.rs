@@ -1116,6 +1116,11 @@ pub fn mount_ovlfuse_args(args: &[&str], mnt: &Path) -> MountGuard {
     if !args.iter().any(|a| a.contains("uring=")) {
         args.extend(["-o", transport_opt()]);
     }
+    if let Some(o) = data_path_opt() {
+        if !args.iter().any(|a| a.contains("passthrough=")) {
+            args.extend(["-o", o]);
+        }
+    }
     let args = &args[..];
     let o = run_ovlfuse(args);
     let mnt = absolute(mnt);
@@ -1170,6 +1175,18 @@ pub fn transport_opt() -> &'static str {
             Ok(other) => panic!("OVLFUSE_TEST_TRANSPORT={other}: want uring or dev"),
         },
     )
+}
+
+/// How file data travels in the harness's mounts: as the daemon decides (passthrough as
+/// root) unless `OVLFUSE_TEST_DATA=writeback`, which turns passthrough off so that the
+/// kernel's writeback cache carries the writes, as for an unprivileged daemon.
+pub fn data_path_opt() -> Option<&'static str> {
+    static OPT: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *OPT.get_or_init(|| match std::env::var("OVLFUSE_TEST_DATA").as_deref() {
+        Ok("writeback") => Some("passthrough=off"),
+        Ok("default") | Err(_) => None,
+        Ok(other) => panic!("OVLFUSE_TEST_DATA={other}: want writeback or default"),
+    })
 }
 
 /// How the start of a foreground daemon (`ovlfuse -f`) ended.
