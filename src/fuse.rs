@@ -548,7 +548,7 @@ impl Filesystem for OvlFs {
             size,
             atime: time_set(atime),
             mtime: time_set(mtime),
-            ctime: ctime.is_some(),
+            ctime: ctime.map(time_of),
             fh: fh.map(|f| f.0),
         };
         match self.ovl.setattr(&ctx(req), ino.0, &set) {

@@ -405,7 +405,7 @@ fn answer(
                 size: has(fattr::SIZE).then(|| a.u64(16)),
                 atime: time(fattr::ATIME, fattr::ATIME_NOW, 32, 56),
                 mtime: time(fattr::MTIME, fattr::MTIME_NOW, 40, 60),
-                ctime: has(fattr::CTIME),
+                ctime: has(fattr::CTIME).then(|| a.time(48, 64)),
                 fh: has(fattr::FH).then(|| a.u64(8)),
             };
             let attr = fs.ovl.setattr(&ctx, id, &set)?;

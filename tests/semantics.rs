@@ -4751,6 +4751,53 @@ fn small_writes_reach_the_daemon_in_batches_without_passthrough() {
     );
 }
 
+/// SEEK_DATA and SEEK_HOLE never report a hole over data the kernel still caches: with
+/// the writeback cache the upper file lacks it until write-back, so the kernel answers
+/// these itself from the size it keeps (all data). Without that, a sparse-aware copy (`cp`)
+/// of a file just written would skip its data.
+#[test]
+fn seek_data_finds_data_not_yet_written_back() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("sem-seek-data-wb");
+    let st = Stack::new(&sc, 1);
+    let g = mount_ovlfuse(&st, &["passthrough=off"]);
+    let f = ok(
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(st.mnt.join("sparse")),
+        "create sparse",
+    );
+    ok(f.write_all_at(b"data", 1 << 20), "pwrite at 1 MiB");
+    let seek = |off: i64, whence: i32| {
+        let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    let data = ok(
+        seek(1 << 20, libc::SEEK_DATA),
+        "SEEK_DATA at the written offset",
+    );
+    assert!(data <= 1 << 20, "SEEK_DATA from 1 MiB went to {data}");
+    let hole = ok(
+        seek(1 << 20, libc::SEEK_HOLE),
+        "SEEK_HOLE at the written offset",
+    );
+    assert!(
+        hole >= (1 << 20) + 4,
+        "SEEK_HOLE from 1 MiB found a hole at {hole}"
+    );
+    drop(f);
+    g.unmount();
+}
+
 /// With the writeback cache a write(2) succeeds once its data is in the page cache. When
 /// the write-back then finds the upper filesystem full, the error is not lost: fsync
 /// reports ENOSPC, and so does the next write(2) (the kernel overlay fails the write that
@@ -6365,6 +6412,22 @@ fn append_only_and_immutable_files_as_on_the_kernel() {
         // (rmdir of a file there is EPERM on the kernel but ENOTDIR on any FUSE mount: the
         // VFS checks the type before the request reaches ovlfuse; see README.)
         r.push(outcome_unit(&fs::write(m.join("frozen/new"), b"")));
+        // An append-only file takes a change of its times to now (touch), not to a given
+        // time (with the writeback cache, the kernel sends the former as a given time).
+        let log =
+            std::ffi::CString::new(m.join("log").into_os_string().into_encoded_bytes()).unwrap();
+        let given = [libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 0,
+        }; 2];
+        for times in [std::ptr::null(), given.as_ptr()] {
+            let rc = unsafe { libc::utimensat(libc::AT_FDCWD, log.as_ptr(), times, 0) };
+            r.push(outcome_unit(&if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }));
+        }
         // Clear the flags so that everything can be removed again.
         r.push(outcome_unit(&set_inode_flags(&m.join("frozen"), 0)));
         r.push(outcome_unit(&set_inode_flags(&m.join("log"), 0)));

@@ -82,6 +82,40 @@ pub(super) fn write_cache_flags(rflags: i32, room: bool) -> (i32, bool) {
     }
 }
 
+/// The opens to try, in order, for a writable open of an existing file while the kernel
+/// caches writes: `write_cache_flags`; without O_NOATIME (a file we do not own); for
+/// direct I/O without O_APPEND; and as asked (an append-only file, which no open without
+/// O_APPEND can reach, so that no dirty page is ever written back through it).
+pub(super) fn write_cache_opens(rflags: i32, room: bool) -> Vec<(i32, bool)> {
+    let (f, cached) = write_cache_flags(rflags, room);
+    let mut tries = vec![(f, cached)];
+    if f & libc::O_NOATIME != 0 && rflags & libc::O_NOATIME == 0 {
+        tries.push((f & !libc::O_NOATIME, cached));
+    }
+    tries.push((rflags & !libc::O_APPEND, false));
+    tries.push((rflags, false));
+    tries.dedup_by_key(|t| t.0);
+    tries
+}
+
+/// Opens with the first of `tries` (flags, through the page cache) the file takes; a
+/// refusal (EACCES, EPERM) moves on to the next. Returns the fd and whether its I/O is
+/// direct.
+fn open_first(
+    tries: &[(i32, bool)],
+    open: impl Fn(i32) -> SysResult<OwnedFd>,
+) -> SysResult<(OwnedFd, bool)> {
+    let mut last = Errno::EINVAL;
+    for &(flags, cached) in tries {
+        match open(flags) {
+            Ok(fd) => return Ok((fd, !cached)),
+            Err(e) if e == Errno::EACCES || e == Errno::EPERM => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
 impl Overlay {
     pub fn file_handle(&self, fh: u64) -> Option<Arc<FileHandle>> {
         self.files.get(&fh).map(|h| h.clone())
@@ -141,20 +175,12 @@ impl Overlay {
                 other => other,
             }
         };
-        let (wanted, cached) = if writes && node.kind == libc::S_IFREG && self.writes_cached() {
-            write_cache_flags(rflags, self.room_for_cached_writes())
+        let tries = if writes && node.kind == libc::S_IFREG && self.writes_cached() {
+            write_cache_opens(rflags, self.room_for_cached_writes())
         } else {
-            (rflags, true)
+            vec![(rflags, true)]
         };
-        // A file that refuses those flags (append-only; not ours for O_NOATIME) is opened
-        // as asked, for direct I/O: it then never has dirty pages to write back.
-        let (fd, direct) = match open_real(wanted) {
-            Ok(fd) => (fd, !cached),
-            Err(e) if wanted != rflags && (e == Errno::EACCES || e == Errno::EPERM) => {
-                (open_real(rflags)?, true)
-            }
-            Err(e) => return Err(e),
-        };
+        let (fd, direct) = open_first(&tries, open_real)?;
         if trunc {
             // Truncation on open is a write as far as set-ID bits go.
             self.kill_suid_sgid(ctx, &node, &fd);
@@ -359,6 +385,16 @@ impl Overlay {
     ) -> SysResult<u32> {
         let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
         let fd = h.fd();
+        // The kernel keeps the mtime of a file it caches writes for, and sends it with its
+        // write-back of the inode, before or after the data; the data's arrival must not
+        // move it past that.
+        let mtime = write_back
+            .then(|| fs::fstat(fd.as_fd()).ok())
+            .flatten()
+            .map(|st| libc::timespec {
+                tv_sec: st.st_mtime,
+                tv_nsec: st.st_mtime_nsec,
+            });
         let mut done = 0;
         while done < data.len() {
             let n = match fs::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {
@@ -375,6 +411,9 @@ impl Overlay {
                 break;
             }
             done += n;
+        }
+        if let (Some(m), true) = (mtime, done > 0) {
+            let _ = fs::utimens_fd(fd.as_fd(), None, Some(m));
         }
         if done > 0 {
             self.kill_suid_sgid(ctx, &h.node, &fd);
@@ -403,6 +442,12 @@ impl Overlay {
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> SysResult<i64> {
+        if self.writes_cached() && (whence == libc::SEEK_DATA || whence == libc::SEEK_HOLE) {
+            // The upper file lacks what the kernel has not written back yet (a new file
+            // would be all hole). ENOSYS makes the kernel answer these itself, from the
+            // size it keeps: all data up to it.
+            return Err(Errno::ENOSYS);
+        }
         let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
         let fd = self.read_fd(&h)?;
         fs::lseek(fd.as_fd(), offset, whence)

@@ -95,9 +95,25 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<TimeSet>,
     pub mtime: Option<TimeSet>,
-    /// The caller set the change time explicitly.
-    pub ctime: bool,
+    /// The change time the kernel sends along (with the writeback cache, the time of the
+    /// change it made itself).
+    pub ctime: Option<Time>,
     pub fh: Option<u64>,
+}
+
+impl SetAttr {
+    /// Whether every time set is "now" or the change time sent along: how the kernel's
+    /// FUSE client with the writeback cache sends a change of times to the current time.
+    fn now_in_disguise(&self) -> bool {
+        let Some(c) = self.ctime else {
+            return false;
+        };
+        let is_c = |t: Option<TimeSet>| match t {
+            None | Some(TimeSet::Now) => true,
+            Some(TimeSet::At(t)) => t.sec == c.sec && t.nsec == c.nsec,
+        };
+        is_c(self.atime) && is_c(self.mtime)
+    }
 }
 
 /// How setattr reaches the upper copy of a node.
@@ -284,11 +300,22 @@ impl Overlay {
             self.kill_suid_sgid(ctx, &node, &fd);
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            let a = set.atime.map(TimeSet::timespec);
-            let m = set.mtime.map(TimeSet::timespec);
-            match &target {
-                Target::Name(pfd, name) => fs::utimensat(pfd.as_fd(), name, a, m)?,
-                Target::Fd(fd) => fs::utimens_fd(fd.as_fd(), a, m)?,
+            let utimens = |a: Option<TimeSet>, m: Option<TimeSet>| {
+                let (a, m) = (a.map(TimeSet::timespec), m.map(TimeSet::timespec));
+                match &target {
+                    Target::Name(pfd, name) => fs::utimensat(pfd.as_fd(), name, a, m),
+                    Target::Fd(fd) => fs::utimens_fd(fd.as_fd(), a, m),
+                }
+            };
+            match utimens(set.atime, set.mtime) {
+                // With the writeback cache the kernel sends "now" (utime(NULL), touch) as
+                // the time itself, equal to the change time it sends along; an append-only
+                // file accepts only the former.
+                Err(Errno::EPERM) if self.writes_cached() && set.now_in_disguise() => {
+                    let now = |t: Option<TimeSet>| t.map(|_| TimeSet::Now);
+                    utimens(now(set.atime), now(set.mtime))?
+                }
+                other => other?,
             }
         }
         match &handle {

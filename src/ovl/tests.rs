@@ -889,6 +889,19 @@ fn write_cache_flags_allow_write_back_through_any_writable_file() {
     let (f, cached) = write_cache_flags(libc::O_WRONLY | libc::O_APPEND, false);
     assert_eq!(f, libc::O_WRONLY);
     assert!(!cached);
+    // Fallbacks for files that refuse: no O_NOATIME, then direct, then as asked.
+    let (rw, wo, ap, na) = (
+        libc::O_RDWR,
+        libc::O_WRONLY,
+        libc::O_APPEND,
+        libc::O_NOATIME,
+    );
+    assert_eq!(
+        super::file::write_cache_opens(wo | ap, true),
+        [(rw | na, true), (rw, true), (wo, false), (wo | ap, false)]
+    );
+    assert_eq!(super::file::write_cache_opens(rw, true), [(rw, true)]);
+    assert_eq!(super::file::write_cache_opens(rw, false), [(rw, false)]);
 }
 
 #[test]
