@@ -1,5 +1,6 @@
 //! FUSE passthrough bookkeeping (adapter side): which open files the kernel reads and
-//! writes on a backing file by itself, without a request to us.
+//! writes on a backing file by itself, without a request to us; and what the mount asked
+//! for instead where the kernel refuses backing files (`DataPath`: its writeback cache).
 //!
 //! The kernel puts each inode in one I/O mode while it has open files: cached (requests
 //! to us) or passthrough (one backing file). An open in the other mode fails with EIO, so

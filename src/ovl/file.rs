@@ -55,6 +55,14 @@ pub(super) fn real_open_flags(flags: i32) -> i32 {
     flags & keep
 }
 
+/// Serializes, per node (striped), a write-back's keeping of the upper mtime with a
+/// setattr of the times (see `write`).
+pub(super) fn times_lock(id: u64) -> parking_lot::MutexGuard<'static, ()> {
+    const N: usize = 16;
+    static LOCKS: [parking_lot::Mutex<()>; N] = [const { parking_lot::Mutex::new(()) }; N];
+    LOCKS[id as usize % N].lock()
+}
+
 /// The free space below which writable files are opened for direct I/O rather than
 /// through the kernel's writeback cache: well above what the kernel lets one FUSE mount
 /// hold dirty (1% of the dirtyable memory by default).
@@ -386,8 +394,10 @@ impl Overlay {
         let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
         let fd = h.fd();
         // The kernel keeps the mtime of a file it caches writes for, and sends it with its
-        // write-back of the inode, before or after the data; the data's arrival must not
+        // write-back of the inode, before or after the data (or beside it, on another
+        // thread: hence the lock, which setattr takes too); the data's arrival must not
         // move it past that.
+        let _times = write_back.then(|| times_lock(h.node.id));
         let mtime = write_back
             .then(|| fs::fstat(fd.as_fd()).ok())
             .flatten()

@@ -307,6 +307,9 @@ impl Overlay {
                     Target::Fd(fd) => fs::utimens_fd(fd.as_fd(), a, m),
                 }
             };
+            let _times = self
+                .writes_cached()
+                .then(|| super::file::times_lock(node.id));
             match utimens(set.atime, set.mtime) {
                 // With the writeback cache the kernel sends "now" (utime(NULL), touch) as
                 // the time itself, equal to the change time it sends along; an append-only
