@@ -445,8 +445,9 @@ impl Filesystem for OvlFs {
             InitFlags::FUSE_MAX_PAGES,
         ];
         // The kernel does reads and writes of upper files itself on the upper file (FUSE
-        // passthrough; root only). Stack depth 1: the backing files may not be on another
-        // stacking filesystem, and a kernel overlay can still be stacked on us.
+        // passthrough; only for root of the initial user namespace). Stack depth 1: the
+        // backing files may not be on another stacking filesystem, and a kernel overlay
+        // can still be stacked on us.
         if self.data.passthrough
             && crate::sys::process::may_register_backing_files()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()

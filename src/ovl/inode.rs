@@ -187,7 +187,7 @@ impl Overlay {
     /// open file still answers.
     pub fn getattr(&self, id: u64, fh: Option<u64>) -> SysResult<Attr> {
         let node = self.node(id)?;
-        if fh.is_some() {
+        if fh.is_some() && self.writes_cached() {
             // With the writeback cache, the kernel asks this (with a handle, unlike
             // stat(2)) before it caches a write; a failed write-back fails that write
             // (or an lseek to the end, or a read past the size the kernel knows, if one
