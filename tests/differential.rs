@@ -3492,6 +3492,38 @@ fn regress_listxattr_size_counts_hidden_xattrs() {
     );
 }
 
+/// Seeds 900169, 900410, 900630: a name made again where a lower entry was deleted, in a
+/// set-group-ID directory of another group. Over the whiteout the object is built in the
+/// workdir, which is neither: it took the daemon's group, and a directory lost the
+/// set-group-ID bit it inherits.
+#[test]
+fn regress_create_over_whiteout_in_a_setgid_directory() {
+    regress(
+        "regress_create_over_whiteout_in_a_setgid_directory",
+        vec![vec![
+            dir("d3"),
+            LE::Mode(s("d3"), 0o2775),
+            LE::Owner(s("d3"), 0, 1000),
+            file("d3/y", "y"),
+            file("d3/f", "f"),
+        ]],
+        vec![
+            Op::Unlink { path: s("d3/y") },
+            Op::Mkdir {
+                path: s("d3/y"),
+                mode: 0o755,
+            },
+            Op::Unlink { path: s("d3/f") },
+            Op::CreateWrite {
+                path: s("d3/f"),
+                data: b"new".to_vec(),
+                excl: true,
+                mode: 0o644,
+            },
+        ],
+    );
+}
+
 #[test]
 fn regress_fchown_after_unlink() {
     regress(

@@ -198,8 +198,15 @@ impl Overlay {
         // The upper filesystem gives a new object our ids (the group as above); a caller
         // with the same ids needs no chown, which would cost an inode update in the upper
         // filesystem's journal per create.
+        // Over a marker the object is made in the workdir (below), whose set-group-ID bit
+        // and group are what mkdir(2) and open(2) go by there.
         let (our_uid, our_gid) = crate::sys::creator_ids();
-        let needs_chown = uid != our_uid || gid != new_object_gid(&real_pst, our_gid);
+        let made_in = if hides_marker {
+            fs::fstat(self.layers.work()?)?
+        } else {
+            real_pst
+        };
+        let needs_chown = uid != our_uid || gid != new_object_gid(&made_in, our_gid);
         let mut perm = what.perm();
         if kind != libc::S_IFLNK
             && (self.cfg.noacl
@@ -254,6 +261,17 @@ impl Overlay {
                         let now = fs::fstatat(dir, n)?.st_mode & 0o777;
                         fs::fchmodat(dir, n, now | (perm & 0o7000))?;
                     }
+                }
+                // mkdir(2) takes set-group-ID from the directory it makes in, not from its
+                // mode: made in the workdir, a directory of a set-group-ID parent needs it
+                // added.
+                let inherit_setgid = !kept
+                    && kind == libc::S_IFDIR
+                    && perm & libc::S_ISGID != 0
+                    && made_in.st_mode & libc::S_ISGID == 0;
+                if inherit_setgid {
+                    let now = fs::fstatat(dir, n)?.st_mode & 0o7777;
+                    fs::fchmodat(dir, n, now | libc::S_ISGID)?;
                 }
                 if opaque {
                     whiteout::set_opaque(dir, n, self.layers.xattr_prefix)?;
