@@ -5996,6 +5996,8 @@ fn posix_acl_changes_and_inheritance() {
             E::Mode("f", 0o644),
             E::Dir("dd"),
             E::Mode("dd", 0o777),
+            E::File("dd/old", b"old"),
+            E::Dir("dd/olddir"),
             E::File("g", b"g"),
             E::Mode("g", 0o600),
         ]],
@@ -6058,6 +6060,36 @@ fn posix_acl_changes_and_inheritance() {
                 get(&r.join("dd/file"), "system.posix_acl_access"),
                 get(&r.join("dd/sub"), "system.posix_acl_default"),
                 get(&r.join("dd/sub"), "system.posix_acl_access"),
+            )
+        },
+    );
+    // Over a whiteout the object is built elsewhere and swapped in: it must still take the
+    // default ACL of the directory it lands in (the kernel overlay sets the ACLs it computes).
+    t.both(
+        "created again over whiteouts under a default ACL, umask 077 ignored",
+        |r| {
+            let c = |n: &str| cpath(&r.join(n));
+            let removed = (
+                outcome_unit(&fs::remove_file(r.join("dd/old"))),
+                outcome_unit(&fs::remove_dir(r.join("dd/olddir"))),
+            );
+            let res = run_as(
+                NOBODY,
+                NOBODY,
+                &[
+                    Op::Umask(0o077),
+                    Op::Open(c("dd/old"), libc::O_CREAT | libc::O_WRONLY),
+                    Op::Mkdir(c("dd/olddir")),
+                ],
+            );
+            (
+                removed,
+                res,
+                stat_str(&r.join("dd/old")),
+                stat_str(&r.join("dd/olddir")),
+                get(&r.join("dd/old"), "system.posix_acl_access"),
+                get(&r.join("dd/olddir"), "system.posix_acl_default"),
+                get(&r.join("dd/olddir"), "system.posix_acl_access"),
             )
         },
     );

@@ -198,13 +198,19 @@ impl Overlay {
         // The upper filesystem gives a new object our ids (the group as above); a caller
         // with the same ids needs no chown, which would cost an inode update in the upper
         // filesystem's journal per create.
-        // Over a marker the object is made in the workdir (below), whose set-group-ID bit
-        // and group are what mkdir(2) and open(2) go by there.
+        // Over a marker the object is made in the workdir (below), in a stand-in for the
+        // parent where that carries a default ACL; their set-group-ID bit and group are
+        // what mkdir(2) and open(2) go by there.
         let (our_uid, our_gid) = crate::sys::creator_ids();
-        let made_in = if hides_marker {
-            fs::fstat(self.layers.work()?)?
+        let stand_in = if hides_marker {
+            self.stand_in_parent(upfd, &real_pst)?
         } else {
-            real_pst
+            None
+        };
+        let made_in = match (&stand_in, hides_marker) {
+            (Some((_, fd)), _) => fs::fstat(fd.as_fd())?,
+            (None, true) => fs::fstat(self.layers.work()?)?,
+            (None, false) => real_pst,
         };
         let needs_chown = uid != our_uid || gid != new_object_gid(&made_in, our_gid);
         let mut perm = what.perm();
@@ -284,20 +290,24 @@ impl Overlay {
         // an optimisation, as in the kernel).
         let file = if hides_marker {
             let work = self.layers.work()?;
+            let at = stand_in.as_ref().map_or(work, |(_, fd)| fd.as_fd());
             let tmp = temp_name();
             let res = stored
-                .make(work, &tmp, self.real_perm(perm, kind))
+                .make(at, &tmp, self.real_perm(perm, kind))
                 .and_then(|f| {
-                    finish(work, &tmp, f.as_ref().map(|f| f.as_fd()))?;
+                    finish(at, &tmp, f.as_ref().map(|f| f.as_fd()))?;
                     if upper_whiteout {
-                        fs::renameat2(work, &tmp, upfd, name, fs::RENAME_EXCHANGE)?;
+                        fs::renameat2(at, &tmp, upfd, name, fs::RENAME_EXCHANGE)?;
                     } else {
-                        fs::renameat2(work, &tmp, upfd, name, fs::RENAME_NOREPLACE)?;
+                        fs::renameat2(at, &tmp, upfd, name, fs::RENAME_NOREPLACE)?;
                     }
                     Ok(f)
                 });
             // After an exchange the whiteout sits at `tmp`; after a failure, the new object.
-            let _ = remove_tree(work, &tmp);
+            let _ = remove_tree(at, &tmp);
+            if let Some((n, _)) = &stand_in {
+                let _ = fs::unlinkat(work, n, true);
+            }
             res?
         } else {
             let f = stored.make(upfd, name, self.real_perm(perm, kind))?;
@@ -578,6 +588,45 @@ impl Overlay {
             m.remove(name);
         }
         Ok(())
+    }
+
+    /// A directory in the workdir standing in for the upper directory `dir` (stat `st`)
+    /// while an object is built to replace a whiteout in it: it carries `dir`'s default
+    /// ACL, group and set-group-ID bit, so that the upper filesystem gives the new object
+    /// the mode and ACLs it would get in `dir` itself, as the kernel overlay gives them.
+    /// `None` where `dir` has no default ACL (the workdir serves).
+    fn stand_in_parent(
+        &self,
+        dir: BorrowedFd<'_>,
+        st: &fs::Stat,
+    ) -> SysResult<Option<(std::ffi::OsString, OwnedFd)>> {
+        if self.cfg.noacl {
+            return Ok(None);
+        }
+        let Ok(acl) = crate::sys::xattr::get_on_dir(dir, "system.posix_acl_default") else {
+            return Ok(None);
+        };
+        let work = self.layers.work()?;
+        let name = temp_name();
+        fs::mkdirat(work, &name, 0o700)?;
+        let made = fs::openat(work, &name, libc::O_RDONLY | libc::O_DIRECTORY, 0).and_then(|fd| {
+            if st.st_mode & libc::S_ISGID != 0 {
+                // Best effort: a daemon outside the group cannot; then the new object's
+                // group is set by the chown that follows its making.
+                if fs::fchown(fd.as_fd(), u32::MAX, st.st_gid).is_ok() {
+                    fs::chmod_fd(fd.as_fd(), 0o2700)?;
+                }
+            }
+            crate::sys::xattr::set_on_dir(fd.as_fd(), "system.posix_acl_default", &acl)?;
+            Ok(fd)
+        });
+        match made {
+            Ok(fd) => Ok(Some((name, fd))),
+            Err(e) => {
+                let _ = fs::unlinkat(work, &name, true);
+                Err(e)
+            }
+        }
     }
 
     /// After a regular file lost a name: with the writeback cache, the kernel keeps its
