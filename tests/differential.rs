@@ -3524,6 +3524,22 @@ fn regress_create_over_whiteout_in_a_setgid_directory() {
     );
 }
 
+/// Seed 920383 with the writeback cache (the third test pass): the kernel moves the ctime
+/// of a file it unlinks and sends the times back when the last open file of it closes;
+/// for a lower file ovlfuse tried to copy it up for that, and close(2) failed with EIO.
+#[test]
+fn regress_close_of_an_unlinked_lower_file() {
+    regress(
+        "regress_close_of_an_unlinked_lower_file",
+        vec![vec![file("c", "lower c")]],
+        vec![
+            held(0, "c", HeldMode::ReadOnly),
+            Op::Unlink { path: s("c") },
+            Op::CloseHeld { slot: 0 },
+        ],
+    );
+}
+
 #[test]
 fn regress_fchown_after_unlink() {
     regress(

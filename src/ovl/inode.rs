@@ -211,6 +211,19 @@ impl Overlay {
         if set.size.is_some() && node.is_dir() {
             return Err(Errno::EISDIR);
         }
+        if self.writes_cached()
+            && set.ctime.is_some()
+            && set.atime.is_none()
+            && (set.mode, set.uid, set.gid, set.size) == (None, None, None, None)
+            && node.unlinked.load(std::sync::atomic::Ordering::Relaxed)
+            && !node.is_upper()
+        {
+            // With the writeback cache the kernel moves the ctime of a file it unlinks
+            // itself, and sends the times when the last open file of it closes: for a lower
+            // file there is no copy to keep them on (the lower layer is never written, and
+            // a copy-up would land on the name it no longer has).
+            return self.getattr_node(&node);
+        }
         let skip_data = set.size == Some(0);
         self.copy_up(&node, !skip_data)?;
 
