@@ -183,12 +183,14 @@ impl Overlay {
                 other => other,
             }
         };
-        let tries = if writes && node.kind == libc::S_IFREG && self.writes_cached() {
-            write_cache_opens(rflags, self.room_for_cached_writes())
+        let (fd, direct) = if writes && node.kind == libc::S_IFREG && self.writes_cached() {
+            open_first(
+                &write_cache_opens(rflags, self.room_for_cached_writes()),
+                open_real,
+            )?
         } else {
-            vec![(rflags, true)]
+            (open_real(rflags)?, false)
         };
-        let (fd, direct) = open_first(&tries, open_real)?;
         if trunc {
             // Truncation on open is a write as far as set-ID bits go.
             self.kill_suid_sgid(ctx, &node, &fd);
