@@ -234,12 +234,19 @@ Container options (as fuse-overlayfs spells them):
                          (SCHED_IDLE), so a caller keeps its CPU, and move to normal
                          priority while they wait for a CPU; 1: always idle-class;
                          0: always normal priority
-  statahead=auto|on|off  listings that carry attributes (READDIRPLUS) share the
-                         stats of their entries with idle-class helper threads
-                         (one per CPU besides one): auto (default) when the first
-                         stats of a reply show the layers' caches to be cold; on:
-                         for every reply of 32 entries or more; off: never (also
-                         with threaded=0)
+  listattrs=auto|on|off  what listings (READDIRPLUS) over io_uring carry for each
+                         entry: auto (default): its attributes, except in a
+                         directory of 4096 entries or more whose first stats show
+                         the layers' caches cold: names only, as the kernel's own
+                         listing (callers that stat the entries look them up,
+                         which warms the rest on the stat-ahead threads); on:
+                         always; off: never. Over /dev/fuse: always
+  statahead=auto|on|off  idle-class helper threads (one per CPU besides one) stat
+                         entries ahead: those of a cold listing whose names are
+                         being looked up and, with listattrs=on, those of a reply
+                         with attributes: auto (default) when its first stats show
+                         the layers' caches cold, on: every reply of 32 entries or
+                         more; off: never (also with threaded=0)
   passthrough=auto|off   auto (default): when run by root outside any user
                          namespace (kernel 6.9+), the kernel reads and writes upper
                          files itself (FUSE passthrough); off: data goes through us
@@ -568,6 +575,7 @@ mod tests {
             "uring=",
             "uring_idle=",
             "statahead=",
+            "listattrs=",
             "passthrough=",
             "fast_ino=",
             "writeback=",

@@ -94,6 +94,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             noacl: params.noacl,
             noxattrs: params.noxattrs,
             statahead: statahead_mode(&params),
+            listattrs: params.listattrs,
         },
     )
     .map_err(|e| format!("cannot set up the overlay: {e}"))?;

@@ -4,6 +4,7 @@
 use crate::fuse_uring::{UringConfig, UringMode};
 use crate::ovl::inode::{SetAttr, Time, TimeSet};
 use crate::ovl::listing::DirReader;
+use crate::ovl::statahead::ListAttrs;
 use crate::ovl::{Attr, Ctx, Errno, Overlay};
 use crate::passthrough::Backing;
 use fuser::{
@@ -315,12 +316,15 @@ impl Adapter {
 
     /// The lines of a READDIRPLUS reply of at most `room` bytes from `offset`, handed to
     /// `add` with the node id, next offset, name, entry lifetime and attributes (st_ino
-    /// set to the node id) of each, until it says the buffer is full.
+    /// set to the node id) of each, until it says the buffer is full. Where `add` can send
+    /// a line without attributes (`names_only_ok`), such a line has node id 0 and only
+    /// the type and inode number.
     pub(crate) fn fill_dir_plus(
         &self,
         ino: u64,
         offset: u64,
         room: usize,
+        names_only_ok: bool,
         mut add: impl FnMut(u64, u64, &OsStr, Duration, &Attr) -> bool,
     ) -> Result<(), Errno> {
         let mut list = self.ovl.read_dir(ino, offset)?;
@@ -336,7 +340,7 @@ impl Adapter {
             }
             left -= len;
         }
-        lookups.stat_ahead(&lines);
+        let attrs = lookups.with_attributes(&lines, offset, names_only_ok);
         for (next, e) in lines.into_iter().chain(list) {
             if DirReader::is_dot(next) {
                 // The kernel links no inode for these; their attributes are not used.
@@ -346,6 +350,18 @@ impl Adapter {
                     ..Attr::default()
                 };
                 if add(e.ino, next, &e.name, Duration::ZERO, &a) {
+                    break;
+                }
+                continue;
+            }
+            if !attrs {
+                // Node id 0: a plain directory entry, which the kernel links to nothing.
+                let a = Attr {
+                    ino: e.ino,
+                    mode: e.kind,
+                    ..Attr::default()
+                };
+                if add(0, next, &e.name, Duration::ZERO, &a) {
                     break;
                 }
                 continue;
@@ -798,8 +814,15 @@ impl Filesystem for OvlFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         // fuser does not tell the size asked for; the kernel asks for what the caller's
-        // getdents buffer holds, 32 KiB from glibc's readdir.
-        let r = self.fill_dir_plus(ino.0, offset, 32 << 10, |id, next, name, ttl, a| {
+        // getdents buffer holds, 32 KiB from glibc's readdir. And it sends each line's
+        // inode number as its node id, so every line here carries a node and attributes.
+        if self.ovl.cfg.listattrs == ListAttrs::Off {
+            static TOLD: std::sync::Once = std::sync::Once::new();
+            TOLD.call_once(|| {
+                log::warn!("listattrs=off needs FUSE over io_uring: listings over /dev/fuse carry attributes")
+            });
+        }
+        let r = self.fill_dir_plus(ino.0, offset, 32 << 10, false, |id, next, name, ttl, a| {
             reply.add(INodeNo(id), next, name, &ttl, &file_attr(a), Generation(0))
         });
         match r {

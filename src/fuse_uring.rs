@@ -547,9 +547,13 @@ fn answer(
         op::READDIRPLUS => {
             let size = (a.u32(16) as usize).min(p.len());
             let mut out = Out::new(&mut p[..size]);
-            fs.fill_dir_plus(id, a.u64(8), size, |node, next, name: &OsStr, ttl, attr| {
-                !out.direntplus(node, next, name, ttl, attr)
-            })?;
+            fs.fill_dir_plus(
+                id,
+                a.u64(8),
+                size,
+                true,
+                |node, next, name: &OsStr, ttl, attr| !out.direntplus(node, next, name, ttl, attr),
+            )?;
             Ok(out.len)
         }
         op::FALLOCATE => fs

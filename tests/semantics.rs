@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -4757,6 +4757,88 @@ fn small_writes_reach_the_daemon_in_batches_without_passthrough() {
         calls[1] >= N as u64,
         "with writeback=0 the daemon made only {} write calls for {N} writes",
         calls[1]
+    );
+}
+
+/// A listing given with names only (`listattrs=off`; by default, that of a big directory
+/// whose entries the layers' caches lack) shows what one with attributes shows: the same
+/// names and types, and as each entry's d_ino the st_ino a stat of it then gives. Only
+/// FUSE over io_uring can send such lines (fuser, on /dev/fuse, sends every line's inode
+/// number as its node id), so over /dev/fuse listings keep their attributes. Which one
+/// went out shows when a lower file changes behind the mount's back after the listing: a
+/// stat then gives the attributes the listing left in the kernel's cache, or what the
+/// lookup it needs finds.
+#[test]
+fn listings_with_names_only_show_what_listings_with_attributes_show() {
+    if !fuse_uring_available() {
+        return;
+    }
+    const N: usize = 300;
+    let mut shown = Vec::new();
+    for (opts, names_only) in [
+        (["uring=on", "listattrs=on"], false),
+        (["uring=on", "listattrs=off"], true),
+        (["uring=off", "listattrs=off"], false),
+    ] {
+        let what = opts.join(",");
+        let sc = Scratch::new(&format!("sem-names-only-{}", shown.len()));
+        let st = Stack::new(&sc, 1);
+        let d = st.lowers[0].join("d");
+        ok(fs::create_dir_all(d.join("sub")), "mkdir lower d/sub");
+        ok(std::os::unix::fs::symlink("f1", d.join("link")), "symlink");
+        for i in 0..N {
+            ok(
+                fs::write(d.join(format!("f{i}")), vec![b'x'; i]),
+                "write a lower file",
+            );
+        }
+        ok(
+            fs::set_permissions(d.join("f7"), fs::Permissions::from_mode(0o640)),
+            "chmod",
+        );
+        let g = mount_ovlfuse(&st, &opts);
+        let md = st.mnt.join("d");
+        // Copied up with a new name, so that the listing merges two layers.
+        ok(fs::write(md.join("new"), b"upper"), "create d/new");
+        let mut list = Vec::new();
+        for e in ok(fs::read_dir(&md), "list d") {
+            let e = ok(e, "read a listing line");
+            let kind = ok(e.file_type(), "d_type");
+            list.push((e.file_name().to_string_lossy().into_owned(), e.ino(), kind));
+        }
+        ok(
+            fs::set_permissions(d.join("f7"), fs::Permissions::from_mode(0o600)),
+            "chmod lower",
+        );
+        for (name, ino, kind) in &list {
+            let m = ok(fs::symlink_metadata(md.join(name)), "lstat a listed name");
+            assert_eq!(m.ino(), *ino, "{what}: d_ino of {name} is not its st_ino");
+            assert_eq!(m.file_type(), *kind, "{what}: d_type of {name}");
+            if let Some(i) = name.strip_prefix('f').and_then(|i| i.parse::<u64>().ok()) {
+                assert_eq!(m.len(), i, "{what}: size of {name}");
+            }
+            if name == "f7" {
+                let want = if names_only { 0o600 } else { 0o640 };
+                assert_eq!(
+                    m.mode() & 0o7777,
+                    want,
+                    "{what}: mode of f7 after its listing"
+                );
+            }
+        }
+        g.unmount();
+        let mut names: Vec<_> = list
+            .into_iter()
+            .map(|(n, _, k)| (n, format!("{k:?}")))
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), N + 3, "{what}: names listed");
+        shown.push(names);
+    }
+    assert_eq!(shown[0], shown[1], "names and types, listattrs=on and off");
+    assert_eq!(
+        shown[0], shown[2],
+        "names and types, over io_uring and /dev/fuse"
     );
 }
 

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::hash::{BuildHasher, RandomState};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// Low bits of a readdir offset that tell apart names whose hashes share a slot.
@@ -193,7 +194,19 @@ impl Inner {
 
 pub struct MergedDir {
     inner: RwLock<Inner>,
+    /// How the listing's READDIRPLUS replies went out, so that lookups of names from a
+    /// cold listing can warm the rest of it (`Overlay::lookup`): 0 with attributes; from
+    /// 1, names only, counting 1 + the lookups in the directory since; `WARMING` once
+    /// its rest is handed to the stat-ahead helpers.
+    names_only: AtomicU32,
 }
+
+/// `MergedDir::names_only` once the listing's rest is being warmed.
+const WARMING: u32 = u32::MAX;
+/// Lookups in a directory listed with names only after which the rest of its listing is
+/// warmed: a few stats of single names do not pay for stat-ing a whole directory, a walk
+/// that stats each entry does.
+const WARM_AFTER_LOOKUPS: u32 = 16;
 
 impl MergedDir {
     /// A freshly merged directory: its shown names, and the hidden names whose highest
@@ -202,9 +215,53 @@ impl MergedDir {
         entries: HashMap<Name, Entry>,
         lower_positive: HashSet<Name>,
     ) -> MergedDir {
+        MergedDir::of(Inner::from_entries(entries, lower_positive))
+    }
+
+    fn of(inner: Inner) -> MergedDir {
         MergedDir {
-            inner: RwLock::new(Inner::from_entries(entries, lower_positive)),
+            inner: RwLock::new(inner),
+            names_only: AtomicU32::new(0),
         }
+    }
+
+    /// Whether a READDIRPLUS reply of this listing last went out with names only.
+    pub fn listed_names_only(&self) -> bool {
+        self.names_only.load(Ordering::Relaxed) != 0
+    }
+
+    /// Records how a READDIRPLUS reply of this listing went out. A listing whose rest is
+    /// being warmed, or whose lookups are being counted, keeps that state.
+    pub fn set_listed_names_only(&self, names_only: bool) {
+        if !names_only {
+            self.names_only.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .names_only
+                .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the rest of this listing has been handed to the stat-ahead helpers.
+    pub fn warming(&self) -> bool {
+        self.names_only.load(Ordering::Relaxed) == WARMING
+    }
+
+    /// Counts a lookup in the directory; true, once, when enough have followed a listing
+    /// with names only that the rest of it should be warmed.
+    pub fn looked_up(&self) -> bool {
+        let n = self.names_only.load(Ordering::Relaxed);
+        if n == 0 || n == WARMING {
+            return false;
+        }
+        if n < WARM_AFTER_LOOKUPS {
+            // Lost increments under concurrent lookups only delay the warming.
+            self.names_only.store(n + 1, Ordering::Relaxed);
+            return false;
+        }
+        self.names_only
+            .compare_exchange(n, WARMING, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     pub fn contains(&self, name: &OsStr) -> bool {
@@ -380,9 +437,7 @@ mod tests {
             .enumerate()
             .map(|(i, n)| (name(n), Entry::upper(libc::S_IFREG, i as u64 + 10)))
             .collect();
-        MergedDir {
-            inner: RwLock::new(Inner::from_entries(entries, HashSet::default())),
-        }
+        MergedDir::of(Inner::from_entries(entries, HashSet::default()))
     }
 
     /// Reads the whole listing `chunk` lines at a time, calling `between` after each chunk.
@@ -467,13 +522,11 @@ mod tests {
         let mut slots = BTreeMap::new();
         slots.insert(7, slot);
         slots.insert(9, Slot::One((name("z"), e)));
-        let m = MergedDir {
-            inner: RwLock::new(Inner {
-                slots,
-                len: 4,
-                lower_positive: HashSet::default(),
-            }),
-        };
+        let m = MergedDir::of(Inner {
+            slots,
+            len: 4,
+            lower_positive: HashSet::default(),
+        });
         let all = read_all(&m, 1, |_| ());
         let want = [
             (7 << 7, "a"),
@@ -492,5 +545,25 @@ mod tests {
         assert!(s.take(OsStr::new("a")).is_some());
         assert!(matches!(s, Slot::One((n, _)) if &**n == "c"));
         assert!(s.take(OsStr::new("c")).is_some() && s.is_empty());
+    }
+
+    #[test]
+    fn a_listing_given_with_names_only_is_warmed_once_after_enough_lookups() {
+        let m = merged(&["a".to_string()]);
+        assert!(
+            !(0..100).any(|_| m.looked_up()),
+            "listed with attributes: never warmed"
+        );
+        m.set_listed_names_only(true);
+        let first = (1..=100).find(|_| m.looked_up());
+        assert_eq!(first, Some(WARM_AFTER_LOOKUPS));
+        assert!(m.warming() && m.listed_names_only());
+        assert!(!(0..100).any(|_| m.looked_up()), "warmed once only");
+        m.set_listed_names_only(true);
+        assert!(m.warming(), "a later names-only reply keeps the warming");
+        m.set_listed_names_only(false);
+        assert!(!m.warming() && !m.listed_names_only());
+        m.set_listed_names_only(true);
+        assert_eq!((1..=100).find(|_| m.looked_up()), Some(WARM_AFTER_LOOKUPS));
     }
 }

@@ -6,9 +6,9 @@
 //! `params` (mount options), `layers` (opening and checking layers, the workdir),
 //! `node` (merged objects and the node table), `namei` (lookup), `readdir` (merging a
 //! directory's layers, readdir), `listing` (a merged directory's entries in readdir order
-//! and its offsets), `statahead` (warming the layers' caches for READDIRPLUS), `copy_up`,
-//! `dir` (create/remove/rename), `inode` (attributes), `file` (open files and I/O),
-//! `xattr`, `whiteout` (on-disk formats), `ino` (inode numbers).
+//! and its offsets), `statahead` (warming the layers' caches for READDIRPLUS, and what its
+//! replies carry), `copy_up`, `dir` (create/remove/rename), `inode` (attributes), `file`
+//! (open files and I/O), `xattr`, `whiteout` (on-disk formats), `ino` (inode numbers).
 
 pub mod copy_up;
 pub mod dir;
@@ -85,6 +85,8 @@ pub struct Config {
     pub noxattrs: bool,
     /// When READDIRPLUS shares its stats with helper threads (`statahead=`).
     pub statahead: statahead::Mode,
+    /// What READDIRPLUS replies carry for their entries (`listattrs=`).
+    pub listattrs: statahead::ListAttrs,
 }
 
 impl Default for Config {
@@ -98,6 +100,7 @@ impl Default for Config {
             noacl: false,
             noxattrs: false,
             statahead: statahead::Mode::Auto,
+            listattrs: statahead::ListAttrs::Auto,
         }
     }
 }

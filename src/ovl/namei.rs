@@ -7,9 +7,9 @@
 //! lookup and readdir always agree.
 
 use super::layers::{LayerId, UPPER};
-use super::listing::{DirReader, Listed, Name};
+use super::listing::{DirReader, Listed, MergedDir, Name};
 use super::node::{Lowers, Node, NodeInit, NodeState, ROOT_ID};
-use super::statahead;
+use super::statahead::{self, ListAttrs};
 use super::{whiteout, Attr, Errno, Overlay, SysResult};
 use crate::sys::fs::{self, Stat};
 use crate::sys::xattr;
@@ -81,7 +81,23 @@ impl Overlay {
         if whiteout::is_marker_name(name) {
             return Err(Errno::ENOENT);
         }
-        self.lookup_in(&p, name, shared, &mut DirFds::default())
+        let found = self.lookup_in(&p, name, shared, &mut DirFds::default());
+        if let Some(m) = p.merged() {
+            if m.looked_up() {
+                self.warm_listing(&p, m);
+            }
+        }
+        found
+    }
+
+    /// Hands the entries of `dir`'s listing `m` to the stat-ahead helpers: its names are
+    /// being looked up one by one after a reply gave them without attributes.
+    fn warm_listing(&self, dir: &Node, m: Arc<MergedDir>) {
+        let mut fds = DirFds::default();
+        let items = DirReader::new(m, [None, None], 2)
+            .filter_map(|(_, l)| Some((fds.get(self, dir, l.layer).ok()?.clone(), l.name)))
+            .collect();
+        self.statahead.warm(items);
     }
 
     /// `lookup_name` once `name` is known to be an ordinary name in directory `p`.
@@ -644,18 +660,71 @@ impl ListedLookups<'_> {
             .lookup_in(&self.dir, name, Some(name), &mut self.fds)
     }
 
+    /// Whether the entries `lines`, read from `offset` of the directory's listing, go out
+    /// with their attributes (then looked up with `lookup`) or, where the reply can carry
+    /// lines without (`names_only_ok`), with names only; see `statahead::ListAttrs`.
+    pub fn with_attributes(
+        &mut self,
+        lines: &[(u64, Listed)],
+        offset: u64,
+        names_only_ok: bool,
+    ) -> bool {
+        let mode = match self.ovl.cfg.listattrs {
+            _ if !names_only_ok => ListAttrs::On,
+            m => m,
+        };
+        match mode {
+            ListAttrs::Off => {
+                if let Some(m) = self.dir.merged() {
+                    m.set_listed_names_only(true);
+                }
+                false
+            }
+            ListAttrs::On => {
+                self.stat_ahead(lines);
+                true
+            }
+            ListAttrs::Auto => {
+                let Some(m) = self
+                    .dir
+                    .merged()
+                    .filter(|m| m.len() >= statahead::NAMES_ONLY_FROM)
+                else {
+                    self.stat_ahead(lines);
+                    return true;
+                };
+                // Go on as the listing's earlier replies went: once cold, all of it is.
+                if offset > 2 && m.listed_names_only() {
+                    return false;
+                }
+                let cold = statahead::probe(&mut self.layer_items(lines)) == Some(true);
+                m.set_listed_names_only(cold);
+                !cold
+            }
+        }
+    }
+
     /// Stats `lines` (the entries about to be looked up) in their layers on helper
     /// threads and this one, when there are enough of them; see `statahead`.
-    pub fn stat_ahead(&mut self, lines: &[(u64, Listed)]) {
+    fn stat_ahead(&mut self, lines: &[(u64, Listed)]) {
         if lines.len() < statahead::MIN_BATCH || !self.ovl.statahead.enabled() {
             return;
         }
+        let ovl = self.ovl;
+        ovl.statahead.run(self.layer_items(lines))
+    }
+
+    /// Each line but `.` and `..` as its name and its directory's fd in the layer whose
+    /// copy is seen.
+    fn layer_items<'b>(
+        &'b mut self,
+        lines: &'b [(u64, Listed)],
+    ) -> impl Iterator<Item = (Arc<OwnedFd>, Name)> + 'b {
         let (ovl, dir, fds) = (self.ovl, &self.dir, &mut self.fds);
-        let items = lines
+        lines
             .iter()
             .filter(|(next, _)| !DirReader::is_dot(*next))
-            .filter_map(|(_, l)| Some((fds.get(ovl, dir, l.layer).ok()?.clone(), l.name.clone())));
-        ovl.statahead.run(items)
+            .filter_map(|(_, l)| Some((fds.get(ovl, dir, l.layer).ok()?.clone(), l.name.clone())))
     }
 }
 

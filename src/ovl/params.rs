@@ -132,6 +132,8 @@ pub struct Params {
     /// `statahead=auto|on|off`: whether READDIRPLUS shares its stats with helper threads;
     /// `None` when not given.
     pub statahead: Option<super::statahead::Mode>,
+    /// `listattrs=auto|on|off`: what READDIRPLUS replies carry for their entries.
+    pub listattrs: super::statahead::ListAttrs,
     /// `passthrough=auto|off`: the kernel reads and writes upper files itself where it
     /// lets us (`off`: never).
     pub passthrough: bool,
@@ -198,6 +200,7 @@ impl Default for Params {
             uring: None,
             uring_priority: crate::uring_priority::Policy::Adaptive,
             statahead: None,
+            listattrs: Default::default(),
             passthrough: true,
             writeback: true,
         }
@@ -652,6 +655,16 @@ fn apply_option(
                 "off" => Mode::Off,
                 _ => Mode::Auto,
             });
+        }
+        "listattrs" => {
+            use super::statahead::ListAttrs;
+            let v = required(name, value, false)?;
+            one_of(name, v, &["auto", "on", "off"])?;
+            p.listattrs = match decode(v).as_ref() {
+                "on" => ListAttrs::On,
+                "off" => ListAttrs::Off,
+                _ => ListAttrs::Auto,
+            };
         }
         "threaded" | "noxattrs" => {
             let v = required(name, value, false)?;
@@ -1589,6 +1602,21 @@ mod tests {
     }
 
     #[test]
+    fn listattrs_values() {
+        use crate::ovl::statahead::ListAttrs;
+        assert_eq!(ok(&["lowerdir=/l"]).listattrs, ListAttrs::Auto);
+        for (v, want) in [
+            ("auto", ListAttrs::Auto),
+            ("on", ListAttrs::On),
+            ("off", ListAttrs::Off),
+        ] {
+            let p = ok(&[&format!("lowerdir=/l,listattrs={v}")]);
+            assert_eq!(p.listattrs, want, "{v}");
+        }
+        assert!(err(&["lowerdir=/l,listattrs=1"]).contains("listattrs"));
+    }
+
+    #[test]
     fn data_path_values() {
         let p = ok(&["lowerdir=/l"]);
         assert!(p.passthrough && p.writeback);
@@ -1618,6 +1646,7 @@ mod tests {
             "uring",
             "uring_idle",
             "statahead",
+            "listattrs",
             "passthrough",
             "fast_ino",
             "writeback",

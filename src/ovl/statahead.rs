@@ -1,4 +1,4 @@
-//! Stat-ahead for listings that carry attributes (READDIRPLUS).
+//! Stat-ahead for listings that carry attributes (READDIRPLUS), and what those carry.
 //!
 //! Such a reply holds the attributes of each of its entries, and on a cold cache each one
 //! costs the layer's filesystem a name lookup and an inode read: about 7-10 us of CPU and
@@ -7,6 +7,11 @@
 //! of that thread, so the cold work is spread over the CPUs and the disk gets several
 //! reads at once; the serving thread then finds them cached. The helpers only warm the
 //! layers' caches: what a reply says still comes from the serving thread's own lookups.
+//!
+//! By default (`ListAttrs::Auto`) a reply of a big directory whose first entries are cold
+//! goes out with names only; the helpers then warm the listing in the background once the
+//! caller shows that it stats the entries (lookups of them follow), and never for a
+//! caller that only lists names.
 
 use super::listing::Name;
 use crate::sys::fs;
@@ -23,12 +28,36 @@ const CHUNK: usize = 8;
 /// Replies with fewer entries are left to the serving thread: waking a helper costs about
 /// as much as a few cold stats.
 pub const MIN_BATCH: usize = 32;
+/// Entries from which a cold listing goes out with names only (`ListAttrs::Auto`). In
+/// smaller directories the stats cost little next to the lookups they save a caller that
+/// stats each entry (a tree walk: `tar c`, `du`, `find -printf`); in big ones a mere
+/// listing would wait for a disk read per entry (`ls -f` of a cold 1M-entry directory:
+/// 15 s, where the kernel overlay lists it in under 1 s).
+pub const NAMES_ONLY_FROM: usize = 4096;
 /// Most helper threads, whatever the number of CPUs.
 const MAX_HELPERS: usize = 4;
 /// What a stat costs on average from which the layers' caches are taken to be cold
 /// (about 1 us when they hold the entry, 5-10 us on ext4 when they do not, on the machine
 /// this was measured on).
 const COLD_STAT: Duration = Duration::from_micros(3);
+
+/// What READDIRPLUS replies carry for their entries (`listattrs=`), where the transport
+/// can send a line without a node (see `ListedLookups::with_attributes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ListAttrs {
+    /// Attributes while the layers' caches hold the entries (a stat then costs about 1 us
+    /// and saves the caller a lookup) or the directory is small; in a big directory
+    /// (`NAMES_ONLY_FROM`), names only, as a plain readdir, when a reply's first stats
+    /// show them cold: listing it then costs what it costs on the kernel overlay, and
+    /// callers that stat the entries look them up, which warms the rest of the listing
+    /// on the helpers.
+    #[default]
+    Auto,
+    /// Always attributes.
+    On,
+    /// Never: names only.
+    Off,
+}
 
 /// When replies share their stats with helpers (`statahead=`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,13 +83,17 @@ struct Shared {
     queue: Mutex<VecDeque<Arc<Batch>>>,
     wake: Condvar,
     closed: AtomicBool,
+    /// Batches of replies in the queue: a helper warming a listing leaves it for them.
+    replies: AtomicUsize,
 }
 
-/// The entries of one reply after those the serving thread timed alone, each with its
-/// directory's fd in the layer whose copy is seen.
+/// The entries of one reply after those the serving thread timed alone, or of a listing
+/// warmed in the background, each with its directory's fd in the layer whose copy is seen.
 struct Batch {
     items: Vec<(Arc<OwnedFd>, Name)>,
     next: AtomicUsize,
+    /// Warming a listing: no reply waits for it.
+    background: bool,
 }
 
 impl Batch {
@@ -75,7 +108,15 @@ impl Batch {
     }
 
     fn run(&self) {
-        while let Some(chunk) = self.claim() {
+        self.run_while(|| true)
+    }
+
+    /// Stats entries no thread has taken yet while `go_on` says so.
+    fn run_while(&self, go_on: impl Fn() -> bool) {
+        while go_on() {
+            let Some(chunk) = self.claim() else {
+                return;
+            };
             for (dir, name) in chunk {
                 // Only the cache warmed matters; a name gone meanwhile is the serving
                 // thread's to find out.
@@ -83,6 +124,18 @@ impl Batch {
             }
         }
     }
+}
+
+/// Stats the first `CHUNK` of `items` on this thread and tells from their time whether
+/// the layers' caches lack them; `None` when there are fewer (too few to tell).
+pub fn probe(items: &mut impl Iterator<Item = (Arc<OwnedFd>, Name)>) -> Option<bool> {
+    let t = Instant::now();
+    let mut probed = 0;
+    for (dir, name) in items.by_ref().take(CHUNK) {
+        let _ = fs::fstatat(dir.as_fd(), &name);
+        probed += 1;
+    }
+    (probed == CHUNK).then(|| t.elapsed() >= COLD_STAT * CHUNK as u32)
 }
 
 /// How many helpers: one per CPU besides the serving thread's, at least one. (With 2
@@ -113,35 +166,49 @@ impl StatAhead {
     ///
     /// The caller's own lookups come after this, not beside it: a lookup of a name whose
     /// stat is under way on another thread sleeps until that stat is done, and waking it
-    /// costs more than the stat. And it first stats a few entries alone and times them:
-    /// when the layers' caches hold them already, a stat costs about 1 us, and sharing the
-    /// rest would only add the helpers' wake-ups and a second stat of each; the rest of
-    /// `items` is then not even taken.
+    /// costs more than the stat. And it first stats a few entries alone and times them
+    /// (`probe`): when the layers' caches hold them already, sharing the rest would only
+    /// add the helpers' wake-ups and a second stat of each; the rest of `items` is then
+    /// not even taken.
     pub fn run(&self, mut items: impl Iterator<Item = (Arc<OwnedFd>, Name)>) {
         if !self.enabled() {
             return;
         }
-        let t = Instant::now();
-        let mut probed = 0;
-        for (dir, name) in items.by_ref().take(CHUNK) {
-            let _ = fs::fstatat(dir.as_fd(), &name);
-            probed += 1;
-        }
-        let cold = t.elapsed() >= COLD_STAT * CHUNK as u32;
-        if probed < CHUNK || !(cold || self.mode == Mode::Always) {
+        let Some(cold) = probe(&mut items) else {
+            return;
+        };
+        if !(cold || self.mode == Mode::Always) {
             return;
         }
         let rest: Vec<_> = items.collect();
-        if probed + rest.len() < MIN_BATCH || !self.running() {
+        if CHUNK + rest.len() < MIN_BATCH || !self.running() {
             return;
         }
-        let batch = Arc::new(Batch {
-            items: rest,
-            next: AtomicUsize::new(0),
-        });
-        self.shared.queue.lock().push_back(batch.clone());
-        self.shared.wake.notify_all();
+        let batch = self.share(rest, false);
         batch.run();
+    }
+
+    /// Hands `items` to the helpers alone, to be stat-ed while the caller goes on.
+    pub fn warm(&self, items: Vec<(Arc<OwnedFd>, Name)>) {
+        if self.enabled() && !items.is_empty() && self.running() {
+            self.share(items, true);
+        }
+    }
+
+    fn share(&self, items: Vec<(Arc<OwnedFd>, Name)>, background: bool) -> Arc<Batch> {
+        let batch = Arc::new(Batch {
+            items,
+            next: AtomicUsize::new(0),
+            background,
+        });
+        let mut q = self.shared.queue.lock();
+        q.push_back(batch.clone());
+        if !background {
+            self.shared.replies.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(q);
+        self.shared.wake.notify_all();
+        batch
     }
 
     /// Starts the helpers on first use; false if none could be started.
@@ -182,20 +249,29 @@ impl Shared {
             log::debug!("stat-ahead thread stays in the normal scheduling class: {e}");
         }
         while let Some(batch) = self.next_batch() {
-            batch.run();
+            if batch.background {
+                batch.run_while(|| self.replies.load(Ordering::Relaxed) == 0);
+            } else {
+                batch.run();
+            }
         }
     }
 
+    /// The oldest batch with entries left, a reply's before any listing's.
     fn next_batch(&self) -> Option<Arc<Batch>> {
         let mut q = self.queue.lock();
         loop {
             if self.closed.load(Ordering::Relaxed) {
                 return None;
             }
-            while q.front().is_some_and(|b| !b.left()) {
-                q.pop_front();
-            }
-            if let Some(b) = q.front() {
+            q.retain(|b| {
+                let keep = b.left();
+                if !keep && !b.background {
+                    self.replies.fetch_sub(1, Ordering::Relaxed);
+                }
+                keep
+            });
+            if let Some(b) = q.iter().find(|b| !b.background).or_else(|| q.front()) {
                 return Some(b.clone());
             }
             self.wake.wait(&mut q);
@@ -220,6 +296,7 @@ mod tests {
         let batch = Batch {
             items: items(1003),
             next: AtomicUsize::new(CHUNK),
+            background: false,
         };
         let taken: Vec<String> = std::thread::scope(|s| {
             let workers: Vec<_> = (0..4)
@@ -243,6 +320,36 @@ mod tests {
         let want: Vec<usize> = (CHUNK..1003).collect();
         assert_eq!(got, want);
         assert!(!batch.left());
+    }
+
+    #[test]
+    fn helpers_take_replies_before_listings_being_warmed() {
+        let batch = |n, background| {
+            Arc::new(Batch {
+                items: items(n),
+                next: AtomicUsize::new(0),
+                background,
+            })
+        };
+        let shared = Shared::default();
+        let (warm, reply) = (batch(100, true), batch(10, false));
+        shared.queue.lock().extend([warm.clone(), reply.clone()]);
+        shared.replies.store(1, Ordering::Relaxed);
+        let next = shared.next_batch().expect("a batch");
+        assert!(Arc::ptr_eq(&next, &reply), "the reply's batch first");
+        let no_reply_waits = || shared.replies.load(Ordering::Relaxed) == 0;
+        warm.run_while(no_reply_waits);
+        assert_eq!(
+            warm.next.load(Ordering::Relaxed),
+            0,
+            "warming while a reply waits"
+        );
+        reply.run();
+        let next = shared.next_batch().expect("a batch");
+        assert!(Arc::ptr_eq(&next, &warm));
+        assert_eq!(shared.replies.load(Ordering::Relaxed), 0);
+        warm.run_while(no_reply_waits);
+        assert!(!warm.left());
     }
 
     /// How many helper threads this process has, once that number is `want` (a new

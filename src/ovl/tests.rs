@@ -926,3 +926,45 @@ fn with_the_write_cache_an_append_open_writes_at_the_offsets_it_is_given() {
     ovl.release(fh);
     assert_eq!(std::fs::read(f.p("upper/f")).unwrap(), b"01ab456789");
 }
+
+#[test]
+fn replies_carry_names_only_as_configured_and_lookups_then_warm_the_listing() {
+    use super::statahead::{ListAttrs, Mode, NAMES_ONLY_FROM};
+    let f = Fixture::new(1);
+    for i in 0..100 {
+        f.write(&format!("l0/d/f{i}"), "data");
+    }
+    for listattrs in [ListAttrs::On, ListAttrs::Off, ListAttrs::Auto] {
+        let ovl = f.overlay_with(
+            1,
+            Config {
+                fsync: false,
+                listattrs,
+                statahead: Mode::Auto,
+                ..Config::default()
+            },
+        );
+        let (d, _) = ovl.lookup(ROOT_ID, OsStr::new("d")).unwrap();
+        let lines: Vec<_> = ovl.read_dir(d.id, 0).unwrap().collect();
+        assert_eq!(lines.len(), 102, "{listattrs:?}: 100 names and the dots");
+        let attrs = ovl
+            .listed_lookups(d.id)
+            .unwrap()
+            .with_attributes(&lines, 0, true);
+        // A directory this small keeps its attributes under `auto`, cold or not.
+        const { assert!(100 < NAMES_ONLY_FROM) };
+        assert_eq!(attrs, listattrs != ListAttrs::Off, "{listattrs:?}");
+        let m = d.merged().expect("the listing read");
+        for (_, l) in lines.iter().skip(2) {
+            let (n, a) = ovl.lookup(d.id, &l.name).unwrap();
+            assert_eq!((a.ino, a.mode & libc::S_IFMT), (l.ino, l.kind));
+            assert_eq!(a.size, 4);
+            ovl.forget(n.id, 1);
+        }
+        assert_eq!(
+            m.warming(),
+            listattrs == ListAttrs::Off,
+            "{listattrs:?}: lookups after a names-only reply warm the rest of the listing"
+        );
+    }
+}

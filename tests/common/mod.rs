@@ -1121,6 +1121,11 @@ pub fn mount_ovlfuse_args(args: &[&str], mnt: &Path) -> MountGuard {
             args.extend(["-o", o]);
         }
     }
+    if let Some(o) = listattrs_opt() {
+        if !args.iter().any(|a| a.contains("listattrs=")) {
+            args.extend(["-o", o]);
+        }
+    }
     let args = &args[..];
     let o = run_ovlfuse(args);
     let mnt = absolute(mnt);
@@ -1187,6 +1192,20 @@ pub fn data_path_opt() -> Option<&'static str> {
         Ok("default") | Err(_) => None,
         Ok(other) => panic!("OVLFUSE_TEST_DATA={other}: want writeback or default"),
     })
+}
+
+/// What listings carry in the harness's mounts: as the daemon decides (attributes, except
+/// for big cold directories) unless `OVLFUSE_TEST_LISTATTRS=off`, which makes every
+/// READDIRPLUS reply give names only, so that each stat after a listing is a lookup.
+pub fn listattrs_opt() -> Option<&'static str> {
+    static OPT: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *OPT.get_or_init(
+        || match std::env::var("OVLFUSE_TEST_LISTATTRS").as_deref() {
+            Ok("off") => Some("listattrs=off"),
+            Ok("default") | Err(_) => None,
+            Ok(other) => panic!("OVLFUSE_TEST_LISTATTRS={other}: want off or default"),
+        },
+    )
 }
 
 /// How the start of a foreground daemon (`ovlfuse -f`) ended.
