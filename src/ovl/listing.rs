@@ -242,7 +242,8 @@ impl MergedDir {
         }
     }
 
-    /// Whether the rest of this listing has been handed to the stat-ahead helpers.
+    /// Whether lookups after a names-only reply called for the rest of this listing to be
+    /// warmed (`looked_up` said so).
     pub fn warming(&self) -> bool {
         self.names_only.load(Ordering::Relaxed) == WARMING
     }

@@ -93,6 +93,9 @@ impl Overlay {
     /// Hands the entries of `dir`'s listing `m` to the stat-ahead helpers: its names are
     /// being looked up one by one after a reply gave them without attributes.
     fn warm_listing(&self, dir: &Node, m: Arc<MergedDir>) {
+        if !self.statahead.enabled() {
+            return;
+        }
         let mut fds = DirFds::default();
         let items = DirReader::new(m, [None, None], 2)
             .filter_map(|(_, l)| Some((fds.get(self, dir, l.layer).ok()?.clone(), l.name)))
