@@ -230,11 +230,15 @@ impl MergedDir {
         self.names_only.load(Ordering::Relaxed) != 0
     }
 
-    /// Records how a READDIRPLUS reply of this listing went out. A listing whose rest is
-    /// being warmed, or whose lookups are being counted, keeps that state.
-    pub fn set_listed_names_only(&self, names_only: bool) {
+    /// Records how a READDIRPLUS reply of this listing went out, `first` for the reply
+    /// that starts a listing. The count of lookups starts again with a listing, cold once
+    /// more (a warm-up long done may have been undone by reclaim since); a later reply of
+    /// the same listing keeps it, and the warm-up it may have started.
+    pub fn set_listed_names_only(&self, names_only: bool, first: bool) {
         if !names_only {
             self.names_only.store(0, Ordering::Relaxed);
+        } else if first {
+            self.names_only.store(1, Ordering::Relaxed);
         } else {
             let _ = self
                 .names_only
@@ -555,16 +559,22 @@ mod tests {
             !(0..100).any(|_| m.looked_up()),
             "listed with attributes: never warmed"
         );
-        m.set_listed_names_only(true);
+        m.set_listed_names_only(true, true);
         let first = (1..=100).find(|_| m.looked_up());
         assert_eq!(first, Some(WARM_AFTER_LOOKUPS));
         assert!(m.warming() && m.listed_names_only());
         assert!(!(0..100).any(|_| m.looked_up()), "warmed once only");
-        m.set_listed_names_only(true);
-        assert!(m.warming(), "a later names-only reply keeps the warming");
-        m.set_listed_names_only(false);
+        m.set_listed_names_only(true, false);
+        assert!(
+            m.warming(),
+            "a later reply of the same listing keeps the warm-up"
+        );
+        m.set_listed_names_only(true, true);
+        assert!(!m.warming(), "a new cold listing counts again");
+        assert_eq!((1..=100).find(|_| m.looked_up()), Some(WARM_AFTER_LOOKUPS));
+        m.set_listed_names_only(false, false);
         assert!(!m.warming() && !m.listed_names_only());
-        m.set_listed_names_only(true);
+        m.set_listed_names_only(true, false);
         assert_eq!((1..=100).find(|_| m.looked_up()), Some(WARM_AFTER_LOOKUPS));
     }
 }

@@ -679,7 +679,7 @@ impl ListedLookups<'_> {
         match mode {
             ListAttrs::Off => {
                 if let Some(m) = self.dir.merged() {
-                    m.set_listed_names_only(true);
+                    m.set_listed_names_only(true, offset <= 2);
                 }
                 false
             }
@@ -701,7 +701,7 @@ impl ListedLookups<'_> {
                     return false;
                 }
                 let cold = statahead::probe(&mut self.layer_items(lines)) == Some(true);
-                m.set_listed_names_only(cold);
+                m.set_listed_names_only(cold, offset <= 2);
                 !cold
             }
         }
