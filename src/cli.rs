@@ -243,10 +243,10 @@ Container options (as fuse-overlayfs spells them):
                          always; off: never. Over /dev/fuse: always
   statahead=auto|on|off  idle-class helper threads (one per CPU besides one) stat
                          entries ahead: those of a cold listing whose names are
-                         being looked up and, with listattrs=on, those of a reply
-                         with attributes: auto (default) when its first stats show
-                         the layers' caches cold, on: every reply of 32 entries or
-                         more; off: never (also with threaded=0)
+                         being looked up, and those of a reply with attributes:
+                         auto (default) when its first stats show the layers'
+                         caches cold, on: every reply of 32 entries or more; off:
+                         never (also with threaded=0)
   passthrough=auto|off   auto (default): when run by root outside any user
                          namespace (kernel 6.9+), the kernel reads and writes upper
                          files itself (FUSE passthrough); off: data goes through us
