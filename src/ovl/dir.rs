@@ -644,7 +644,9 @@ impl Overlay {
     /// special files, which FUSE opens without telling us).
     fn keep_detached(&self, node: &Node, layer: super::LayerId) {
         if let Ok((pfd, n)) = self.parent_fd(node, layer) {
-            if let Ok(fd) = fs::openat(pfd.as_fd(), &n, libc::O_PATH, 0) {
+            if layer != UPPER {
+                node.set_detached_lower(pfd, n);
+            } else if let Ok(fd) = fs::openat(pfd.as_fd(), &n, libc::O_PATH, 0) {
                 node.set_detached(Arc::new(fd));
             }
         }

@@ -226,9 +226,20 @@ struct Rare {
     aliases: Vec<Loc>,
     /// The merged listing of a directory, once built; patched per entry afterwards.
     merged: Option<Arc<MergedDir>>,
-    /// An fd to the object kept when its last name goes while it is open, so attributes
-    /// can still be read and changed through it.
-    detached: Option<Arc<OwnedFd>>,
+    /// What is kept of the object when its last name goes while it is open, so that
+    /// attributes can still be read and changed through it.
+    detached: Option<Detached>,
+}
+
+/// How an object that lost its last name is still reached.
+enum Detached {
+    /// An `O_PATH` fd to it.
+    Fd(Arc<OwnedFd>),
+    /// Its name in its lower layer's directory (an `O_PATH` fd): lower layers do not
+    /// change, so the name leads to it as long as the mount lasts, and it is opened only
+    /// when needed. Most removed lower files never are, and a `rm -rf` saves an open and
+    /// a close per file.
+    Lower(Arc<OwnedFd>, Name),
 }
 
 impl Node {
@@ -296,11 +307,26 @@ impl Node {
 
     /// The fd kept for an object whose last name went while it was open.
     pub fn detached(&self) -> Option<Arc<OwnedFd>> {
-        self.read_rare(|r| r.detached.clone())
+        let mut rare = self.rare.lock();
+        let kept = rare.as_deref_mut()?.detached.as_mut()?;
+        if let Detached::Lower(dir, name) = kept {
+            let fd = fs::openat(dir.as_fd(), name, libc::O_PATH, 0).ok()?;
+            *kept = Detached::Fd(Arc::new(fd));
+        }
+        match kept {
+            Detached::Fd(fd) => Some(fd.clone()),
+            Detached::Lower(..) => None,
+        }
     }
 
     pub fn set_detached(&self, fd: Arc<OwnedFd>) {
-        self.with_rare(|r| r.detached = Some(fd));
+        self.with_rare(|r| r.detached = Some(Detached::Fd(fd)));
+    }
+
+    /// Keeps the name `name` in lower directory `dir` as the way to the object once it has
+    /// no name in the overlay.
+    pub fn set_detached_lower(&self, dir: Arc<OwnedFd>, name: Name) {
+        self.with_rare(|r| r.detached = Some(Detached::Lower(dir, name)));
     }
 
     /// The redirected path of this directory in lower `layer`, if a redirect put it there.

@@ -174,6 +174,32 @@ fn unlink_of_lower_file_writes_only_a_whiteout() {
 }
 
 #[test]
+fn a_removed_lower_file_still_held_keeps_its_attributes() {
+    // The kernel may still hold a node whose last name went (an open file, an O_PATH fd,
+    // a cwd); it is reached through its lower name, which does not change.
+    let f = Fixture::new(1);
+    f.write("l0/dir/held", "12345");
+    f.write("l0/dir/other", "x");
+    let ovl = f.overlay(1);
+    let (d, _) = ovl.lookup(ROOT_ID, OsStr::new("dir")).unwrap();
+    let (held, before) = ovl.lookup(d.id, OsStr::new("held")).unwrap();
+    ovl.unlink(d.id, OsStr::new("held")).unwrap();
+    let after = ovl
+        .getattr(held.id, None)
+        .expect("attributes of the removed file");
+    assert_eq!(
+        (after.ino, after.size, after.mode),
+        (before.ino, 5, before.mode)
+    );
+    // Not the new file made since under that name.
+    let (_, _, fh) = ovl
+        .create(&ctx(), d.id, OsStr::new("held"), 0o600, libc::O_WRONLY)
+        .unwrap();
+    ovl.release(fh);
+    assert_eq!(ovl.getattr(held.id, None).unwrap().size, 5);
+}
+
+#[test]
 fn copy_up_on_write_keeps_metadata_and_lower() {
     let f = Fixture::new(1);
     f.write("l0/f", "hello");
