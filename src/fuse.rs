@@ -2,6 +2,7 @@
 //! results into replies. It holds no overlay logic, and no `fuser` type goes below it.
 
 use crate::fuse_uring::{UringConfig, UringMode};
+use crate::ovl::file::PageCache;
 use crate::ovl::inode::{SetAttr, Time, TimeSet};
 use crate::ovl::listing::DirReader;
 use crate::ovl::statahead::ListAttrs;
@@ -289,13 +290,12 @@ impl Adapter {
     /// FOPEN_NOFLUSH: our flush does nothing (writes reach the upper file as they come, and
     /// the kernel keeps POSIX locks itself), so close(2) need not wait for a round trip.
     pub(crate) fn open_flags(&self, fh: u64) -> FopenFlags {
-        if self.ovl.handle_direct_io(fh) {
-            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH
-        } else if self.ovl.keep_page_cache(fh) {
-            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
-        } else {
-            FopenFlags::FOPEN_NOFLUSH
-        }
+        FopenFlags::FOPEN_NOFLUSH
+            | match self.ovl.page_cache(fh) {
+                PageCache::Bypass => FopenFlags::FOPEN_DIRECT_IO,
+                PageCache::Keep => FopenFlags::FOPEN_KEEP_CACHE,
+                PageCache::Drop => FopenFlags::empty(),
+            }
     }
 
     /// OPENDIR's open flags, or the error to answer.
@@ -342,20 +342,9 @@ impl Adapter {
         }
         let attrs = lookups.with_attributes(&lines, offset, names_only_ok);
         for (next, e) in lines.into_iter().chain(list) {
-            if DirReader::is_dot(next) {
-                // The kernel links no inode for these; their attributes are not used.
-                let a = Attr {
-                    ino: e.ino,
-                    mode: libc::S_IFDIR,
-                    ..Attr::default()
-                };
-                if add(e.ino, next, &e.name, Duration::ZERO, &a) {
-                    break;
-                }
-                continue;
-            }
-            if !attrs {
-                // Node id 0: a plain directory entry, which the kernel links to nothing.
+            if !attrs || DirReader::is_dot(next) {
+                // Node id 0: a plain directory entry, which the kernel links to nothing (it
+                // links no inode for `.` and `..` either, whatever they carry).
                 let a = Attr {
                     ino: e.ino,
                     mode: e.kind,

@@ -16,6 +16,9 @@
 //! times on each stat.
 
 use crate::ovl::DashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// How file data may travel, as the mount options ask (`passthrough=`, `writeback=`);
 /// INIT settles what the kernel and our privileges allow. Passthrough and the writeback
@@ -25,9 +28,6 @@ pub struct DataPath {
     pub passthrough: bool,
     pub writeback: bool,
 }
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 
 /// A backing file registered with the kernel (FUSE_DEV_IOC_BACKING_OPEN), closed again
 /// when the last open file using it is released. Ours rather than fuser's `BackingId`,

@@ -30,6 +30,17 @@ pub struct FileHandle {
     direct: bool,
 }
 
+/// How the kernel's page cache is to serve a file just opened (`Overlay::page_cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageCache {
+    /// Not at all: direct I/O.
+    Bypass,
+    /// With the pages it already holds.
+    Keep,
+    /// With those pages dropped first.
+    Drop,
+}
+
 impl FileHandle {
     pub fn fd(&self) -> Arc<OwnedFd> {
         self.fd.read().clone()
@@ -212,11 +223,6 @@ impl Overlay {
         })
     }
 
-    /// Whether the open file `fh` must bypass the kernel's page cache.
-    pub fn handle_direct_io(&self, fh: u64) -> bool {
-        self.file_handle(fh).is_some_and(|h| h.direct)
-    }
-
     /// Whether the open file `fh` was opened for reading and writing: only such a file can
     /// be mapped shared and writable, so that its data and times change by page faults,
     /// without a write(2).
@@ -251,21 +257,31 @@ impl Overlay {
         Some(fd)
     }
 
-    /// Whether the kernel may keep the file's cached pages when it is opened through `fh`.
-    /// A read served from them never reaches us, so the upper copy's atime would not move;
-    /// where the mount's atime policy says the next read moves it, the kernel must drop
-    /// them and read through us once. Lower layers' atimes never move.
-    pub fn keep_page_cache(&self, fh: u64) -> bool {
+    /// How the kernel's page cache serves the file opened as `fh`. Direct where its I/O
+    /// must bypass it (see `write_cache_flags`). Otherwise the kernel may keep the pages
+    /// it holds, except that a read served from them never reaches us, so the upper
+    /// copy's atime would not move: where the mount's atime policy says the next read moves
+    /// it, the kernel must drop them and read through us once. Lower layers' atimes never
+    /// move.
+    pub fn page_cache(&self, fh: u64) -> PageCache {
         let Some(h) = self.file_handle(fh) else {
-            return true;
+            return PageCache::Keep;
         };
-        if !h.is_upper() || h.flags & libc::O_NOATIME != 0 {
-            return true;
+        if h.direct {
+            return PageCache::Bypass;
         }
-        match self.cfg.atime {
+        if !h.is_upper() || h.flags & libc::O_NOATIME != 0 {
+            return PageCache::Keep;
+        }
+        let keep = match self.cfg.atime {
             Atime::Never => true,
             Atime::Strict => false,
             Atime::Relative => fs::fstat(h.fd().as_fd()).map_or(true, |st| !relatime_due(&st)),
+        };
+        if keep {
+            PageCache::Keep
+        } else {
+            PageCache::Drop
         }
     }
 

@@ -81,13 +81,7 @@ impl Overlay {
         if whiteout::is_marker_name(name) {
             return Err(Errno::ENOENT);
         }
-        let found = self.lookup_in(&p, name, shared, &mut DirFds::default());
-        if let Some(m) = p.merged() {
-            if m.looked_up() {
-                self.warm_listing(&p, m);
-            }
-        }
-        found
+        self.lookup_in(&p, name, shared, &mut DirFds::default())
     }
 
     /// Hands the entries of `dir`'s listing `m` to the stat-ahead helpers: its names are
@@ -133,6 +127,11 @@ impl Overlay {
             m => m,
         };
         if let Some(m) = listing {
+            // A lookup the kernel sent (a listing's own lookups share its names): one of
+            // those that may call for warming a listing given with names only.
+            if shared.is_none() && m.looked_up() {
+                self.warm_listing(p, m.clone());
+            }
             match m.get(name) {
                 None => return Err(Errno::ENOENT),
                 Some(e) if e.layer != UPPER && e.kind != libc::S_IFDIR => {
