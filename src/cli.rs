@@ -230,10 +230,16 @@ Container options (as fuse-overlayfs spells them):
                          6.14+), when the kernel offers it: default auto uses it
                          where /sys/module/fuse/parameters/enable_uring is Y; on
                          also warns when it is not; off always uses /dev/fuse
-  uring_idle=auto|1|0    auto (default): the io_uring threads are idle-class
+  uring_idle=auto|1|0    auto (default): the io_uring threads (and /dev/fuse
+                         threads pinned by follow_caller) are idle-class
                          (SCHED_IDLE), so a caller keeps its CPU, and move to normal
                          priority while they wait for a CPU; 1: always idle-class;
                          0: always normal priority
+  follow_caller=1|0      1 (default): while requests over /dev/fuse come from one
+                         caller, the threads serving them move to its CPU and turn
+                         idle-class (a wake-up on another CPU costs most of a round
+                         trip on a small VM); 0: they run where the scheduler puts
+                         them
   listattrs=auto|on|off  what listings (READDIRPLUS) over io_uring carry for each
                          entry: auto (default): its attributes, except in a
                          directory of 4096 entries or more whose first stats show
@@ -574,6 +580,7 @@ mod tests {
             "threaded=",
             "uring=",
             "uring_idle=",
+            "follow_caller=",
             "statahead=",
             "listattrs=",
             "passthrough=",

@@ -124,6 +124,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             writeback: params.writeback,
         },
         config.acl,
+        crate::devfuse_cpu::Follow::new(params.follow_caller, params.uring_priority),
     );
     log::debug!("mount options: {:?}", config.mount_options);
 

@@ -54,6 +54,8 @@ pub struct Adapter {
     pub(crate) acl: fuser::SessionACL,
     /// The mount's owner for that check (fuser's too: our effective uid at start).
     pub(crate) owner: u32,
+    /// Which CPU the /dev/fuse threads run on (`follow_caller=`).
+    follow: crate::devfuse_cpu::Follow,
 }
 
 impl std::ops::Deref for OvlFs {
@@ -104,6 +106,7 @@ impl OvlFs {
         uring: UringConfig,
         data: crate::passthrough::DataPath,
         acl: fuser::SessionACL,
+        follow: crate::devfuse_cpu::Follow,
     ) -> (OvlFs, SessionLink) {
         let slot: NotifierSlot = Arc::new(OnceLock::new());
         let s = slot.clone();
@@ -129,6 +132,7 @@ impl OvlFs {
             data,
             acl,
             owner: crate::sys::geteuid(),
+            follow,
         });
         (OvlFs(fs.clone()), SessionLink(fs))
     }
@@ -501,7 +505,8 @@ impl Filesystem for OvlFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.follow.serving(req.pid());
         match self.ovl.lookup(parent.0, name) {
             Ok((n, a)) => self.reply_entry(reply, n.id, &a),
             // A negative entry (node id 0) with a lifetime: the kernel remembers the name is
@@ -522,7 +527,8 @@ impl Filesystem for OvlFs {
         self.ovl.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.follow.serving(req.pid());
         match self.ovl.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => reply.attr(&self.attr_ttl(ino.0), &file_attr(&a)),
             Err(e) => reply.error(err(e)),
@@ -547,6 +553,7 @@ impl Filesystem for OvlFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.follow.serving(req.pid());
         let set = SetAttr {
             mode,
             uid,
@@ -563,7 +570,8 @@ impl Filesystem for OvlFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.follow.serving(req.pid());
         match self.ovl.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(err(e)),
@@ -580,6 +588,7 @@ impl Filesystem for OvlFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.follow.serving(req.pid());
         match self
             .ovl
             .mknod(&ctx_umask(req, umask), parent.0, name, mode, rdev as u64)
@@ -598,20 +607,23 @@ impl Filesystem for OvlFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.follow.serving(req.pid());
         match self.ovl.mkdir(&ctx_umask(req, umask), parent.0, name, mode) {
             Ok((n, a)) => self.reply_entry(reply, n.id, &a),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.follow.serving(req.pid());
         match self.ovl.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.follow.serving(req.pid());
         match self.ovl.rmdir(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -626,6 +638,7 @@ impl Filesystem for OvlFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.follow.serving(req.pid());
         match self
             .ovl
             .symlink(&ctx(req), parent.0, link_name, target.as_os_str())
@@ -637,7 +650,7 @@ impl Filesystem for OvlFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -645,6 +658,7 @@ impl Filesystem for OvlFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.follow.serving(req.pid());
         match self
             .ovl
             .rename(parent.0, name, newparent.0, newname, flags.bits())
@@ -662,6 +676,7 @@ impl Filesystem for OvlFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.follow.serving(req.pid());
         match self.ovl.link(&ctx(req), ino.0, newparent.0, newname) {
             Ok((n, a)) => self.reply_entry(reply, n.id, &a),
             Err(e) => reply.error(err(e)),
@@ -669,6 +684,7 @@ impl Filesystem for OvlFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.follow.serving(req.pid());
         match self.ovl.open(&ctx(req), ino.0, flags.0) {
             Ok(fh) => match self.backing(fh, ino.0) {
                 Some(b) => {
@@ -686,7 +702,7 @@ impl Filesystem for OvlFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -695,6 +711,7 @@ impl Filesystem for OvlFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.follow.serving(req.pid());
         thread_local! {
             // A fresh zeroed megabyte per request cost more than the copy it holds.
             static BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
@@ -719,6 +736,7 @@ impl Filesystem for OvlFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.follow.serving(req.pid());
         let write_back = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
         match self.ovl.write(&ctx(req), fh.0, offset, data, write_back) {
             Ok(n) => reply.written(n),
@@ -728,12 +746,13 @@ impl Filesystem for OvlFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.follow.serving(req.pid());
         reply.ok();
     }
 
@@ -754,19 +773,21 @@ impl Filesystem for OvlFs {
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.follow.serving(req.pid());
         match self.ovl.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.follow.serving(req.pid());
         match self.opendir_flags(ino.0) {
             Ok(flags) => reply.opened(FileHandle(0), flags),
             Err(e) => reply.error(e),
@@ -775,12 +796,13 @@ impl Filesystem for OvlFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.follow.serving(req.pid());
         match self.ovl.read_dir(ino.0, offset) {
             Ok(list) => {
                 for (next, e) in list {
@@ -796,12 +818,13 @@ impl Filesystem for OvlFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.follow.serving(req.pid());
         // fuser does not tell the size asked for; the kernel asks for what the caller's
         // getdents buffer holds, 32 KiB from glibc's readdir. And it sends each line's
         // inode number as its node id, so every line here carries a node and attributes.
@@ -833,19 +856,21 @@ impl Filesystem for OvlFs {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.follow.serving(req.pid());
         match self.ovl.fsyncdir(ino.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.follow.serving(req.pid());
         match self.ovl.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
@@ -864,34 +889,39 @@ impl Filesystem for OvlFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.follow.serving(req.pid());
         match self.ovl.setxattr(&ctx(req), ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.follow.serving(req.pid());
         match self.ovl.getxattr(ino.0, name) {
             Ok(v) => Self::xattr_reply(reply, size, v),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.follow.serving(req.pid());
         match self.ovl.listxattr(ino.0) {
             Ok(v) => Self::xattr_reply(reply, size, v),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.follow.serving(req.pid());
         match self.ovl.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.follow.serving(req.pid());
         match self.ovl.access(ino.0, mask.bits()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -908,6 +938,7 @@ impl Filesystem for OvlFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.follow.serving(req.pid());
         match self
             .ovl
             .create(&ctx_umask(req, umask), parent.0, name, mode, flags)
@@ -954,6 +985,7 @@ impl Filesystem for OvlFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.follow.serving(req.pid());
         match self.ovl.fallocate(&ctx(req), fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -962,13 +994,14 @@ impl Filesystem for OvlFs {
 
     fn lseek(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.follow.serving(req.pid());
         match self.ovl.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(err(e)),
@@ -988,6 +1021,7 @@ impl Filesystem for OvlFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.follow.serving(req.pid());
         match self
             .ovl
             .copy_file_range(&ctx(req), fh_in.0, offset_in, fh_out.0, offset_out, len)
@@ -999,7 +1033,7 @@ impl Filesystem for OvlFs {
 
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: fuser::IoctlFlags,
@@ -1008,6 +1042,7 @@ impl Filesystem for OvlFs {
         out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        self.follow.serving(req.pid());
         match self.ovl.attr_ioctl(ino.0, cmd, in_data, out_size as usize) {
             Ok(out) => reply.ioctl(0, &out[..out.len().min(out_size as usize)]),
             Err(e) => reply.error(err(e)),

@@ -2,11 +2,12 @@
 //! Linux kernel overlayfs.
 //!
 //! `ovl` is the overlay core (no FUSE types), `fuse` the thin adapter to `fuser` (with `passthrough`, its bookkeeping of FUSE
-//! passthrough opens), `sys`
+//! passthrough opens, and `devfuse_cpu`, the CPU its /dev/fuse threads run on), `sys`
 //! the raw system calls, `cli` the command line, `daemon` mounting and backgrounding.
 
 pub mod cli;
 pub mod daemon;
+pub mod devfuse_cpu;
 pub mod fuse;
 pub mod fuse_uring;
 pub mod fuse_wire;

@@ -163,8 +163,10 @@ fn parse_schedstat(text: &[u8]) -> Option<(u64, u64)> {
     Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
 }
 
-/// One ring thread's scheduling class, kept by the thread itself.
+/// One ring thread's scheduling class, kept by the thread itself (also that of a /dev/fuse
+/// thread while it is pinned to its callers' CPU: see `devfuse_cpu`).
 pub struct Governor {
+    policy: Policy,
     adaptive: Option<(Adaptive, SchedStat)>,
     last_check: Instant,
     last: (u64, u64),
@@ -195,9 +197,20 @@ impl Governor {
             .and_then(|(_, s)| s.read())
             .unwrap_or_default();
         Governor {
+            policy,
             adaptive,
             last_check: Instant::now(),
             last,
+        }
+    }
+
+    /// Gives the calling thread back the class this governor last chose, after something
+    /// else gave it another.
+    pub fn resume(&self) {
+        match (&self.adaptive, self.policy) {
+            (_, Policy::Normal) => set_class(false),
+            (Some((state, _)), _) => set_class(state.idle()),
+            (None, _) => set_class(true),
         }
     }
 

@@ -1,8 +1,9 @@
-//! The io_uring threads' scheduling class under CPU load (`uring_idle=`), on real mounts.
+//! Where the serving threads run, on real mounts: the io_uring threads' scheduling class
+//! under CPU load (`uring_idle=`), and the CPU of the /dev/fuse threads (`follow_caller=`).
 //!
 //! A test binary of its own because it keeps every CPU busy for seconds: cargo runs test
 //! binaries one at a time, so no other mount test runs beside it. It asserts what the
-//! daemon does (the threads' scheduling policy), not how fast it is.
+//! daemon does (the threads' scheduling policy and CPUs), not how fast it is.
 
 mod common;
 
@@ -169,5 +170,201 @@ fn uring_idle_0_gives_normal_priority() {
         !p.is_empty() && p.iter().all(|&p| p == SCHED_OTHER),
         "ring threads with uring_idle=0: {p:?}"
     );
+    drop(g);
+}
+
+/// The CPUs each /dev/fuse thread (`fuser-N`) of daemon `pid` may run on, and its
+/// scheduling policy.
+fn devfuse_threads(pid: u32) -> Vec<(Vec<usize>, u32)> {
+    let mut out = Vec::new();
+    for t in ok(fs::read_dir(format!("/proc/{pid}/task")), "daemon threads") {
+        let dir = ok(t, "task").path();
+        let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("fuser-") {
+            continue;
+        }
+        let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let stat = fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        let policy = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(41 - 3)?.parse().ok())
+            .unwrap_or(u32::MAX);
+        out.push((cpu_list(&list), policy));
+    }
+    out
+}
+
+/// The CPUs each /dev/fuse thread of daemon `pid` may run on.
+fn devfuse_thread_cpus(pid: u32) -> Vec<Vec<usize>> {
+    devfuse_threads(pid).into_iter().map(|(c, _)| c).collect()
+}
+
+/// "0-2,5" -> [0, 1, 2, 5]
+fn cpu_list(s: &str) -> Vec<usize> {
+    let mut v = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => v.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()),
+            None => v.push(part.parse().unwrap()),
+        }
+    }
+    v
+}
+
+/// Runs the calling thread on `cpu` only.
+fn pin_me(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0,
+            "pin the test thread to CPU {cpu}"
+        );
+    }
+}
+
+fn two_cpus() -> bool {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if n < 2 {
+        eprintln!("SKIPPED: following the caller's CPU needs 2 CPUs; this machine has {n}");
+    }
+    n >= 2
+}
+
+/// Over /dev/fuse, the threads that serve a caller who keeps to one CPU move to that CPU,
+/// and follow the caller to another.
+#[test]
+fn devfuse_threads_follow_a_caller_from_cpu_to_cpu() {
+    if !fuse_available() || !two_cpus() {
+        return;
+    }
+    let sc = Scratch::new("follow");
+    let st = Stack::new(&sc, 1);
+    ok(fs::write(st.lowers[0].join("f"), b"x"), "lower file");
+    let g = mount_ovlfuse(&st, &["uring=off"]);
+    let pid = g.pid().expect("the daemon's pid");
+    let f = st.mnt.join("f");
+    let home = devfuse_thread_cpus(pid);
+    assert!(
+        !home.is_empty() && home.iter().all(|c| c.len() >= 2),
+        "/dev/fuse threads before any request: {home:?}"
+    );
+    let f2 = f.clone();
+    std::thread::spawn(move || {
+        for cpu in [1, 0] {
+            pin_me(cpu);
+            let all_there = || {
+                let now = devfuse_thread_cpus(pid);
+                !now.is_empty() && now.iter().all(|c| c == &[cpu])
+            };
+            assert!(
+                requests_until(&f2, Duration::from_secs(10), all_there),
+                "requests from CPU {cpu} for 10 s, and the /dev/fuse threads run on {:?}",
+                devfuse_thread_cpus(pid)
+            );
+            // Scheduled as the io_uring threads (`uring_idle=auto`): idle-class while
+            // they need not wait for the CPU, which this caller, asleep between
+            // requests, leaves them.
+            let t = devfuse_threads(pid);
+            assert!(
+                t.iter().all(|(_, p)| *p == SCHED_IDLE),
+                "pinned /dev/fuse threads (CPUs, policy): {t:?}"
+            );
+        }
+    })
+    .join()
+    .expect("the caller on CPU 1, then CPU 0");
+    assert_eq!(ok(fs::read(&f), "read"), b"x");
+    drop(g);
+}
+
+/// When callers on two CPUs take turns, the /dev/fuse threads are not held to one of them;
+/// and `follow_caller=0` leaves their CPUs alone.
+#[test]
+fn devfuse_threads_let_go_for_callers_on_two_cpus_and_stay_put_when_told() {
+    if !fuse_available() || !two_cpus() {
+        return;
+    }
+    let sc = Scratch::new("follow-two");
+    let st = Stack::new(&sc, 1);
+    ok(fs::write(st.lowers[0].join("f"), b"x"), "lower file");
+    let g = mount_ovlfuse(&st, &["uring=off"]);
+    let pid = g.pid().expect("the daemon's pid");
+    let f = st.mnt.join("f");
+    let f1 = f.clone();
+    // First pinned by a caller on CPU 1 alone...
+    std::thread::spawn(move || {
+        pin_me(1);
+        let pinned = || devfuse_thread_cpus(pid).iter().any(|c| c == &[1]);
+        assert!(
+            requests_until(&f1, Duration::from_secs(10), pinned),
+            "a caller on CPU 1 did not draw a /dev/fuse thread there: {:?}",
+            devfuse_thread_cpus(pid)
+        );
+    })
+    .join()
+    .expect("the caller on CPU 1");
+    // ...then callers on CPUs 0 and 1 in turn, one request each: the readings disagree.
+    let stop = Arc::new(AtomicBool::new(false));
+    let turn = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let callers: Vec<_> = (0..2)
+        .map(|cpu| {
+            let (f, stop, turn) = (f.clone(), stop.clone(), turn.clone());
+            std::thread::spawn(move || {
+                pin_me(cpu);
+                while !stop.load(Ordering::Relaxed) {
+                    if turn.load(Ordering::Acquire) % 2 == cpu {
+                        expect_errno(lgetxattr(&f, "user.absent"), libc::ENODATA, "getxattr");
+                        std::thread::sleep(Duration::from_millis(1));
+                        turn.fetch_add(1, Ordering::Release);
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+            })
+        })
+        .collect();
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut freed = false;
+    while Instant::now() < end && !freed {
+        std::thread::sleep(Duration::from_millis(20));
+        let t = devfuse_threads(pid);
+        freed = t.iter().all(|(c, p)| c.len() >= 2 && *p == SCHED_OTHER);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in callers {
+        c.join().expect("a caller");
+    }
+    assert!(
+        freed,
+        "callers on CPUs 0 and 1 in turn for 10 s, and a /dev/fuse thread stayed on one \
+         CPU or idle-class: (CPUs, policy) {:?}",
+        devfuse_threads(pid)
+    );
+    drop(g);
+
+    let g = mount_ovlfuse(&st, &["uring=off", "follow_caller=0"]);
+    let pid = g.pid().expect("the daemon's pid");
+    std::thread::spawn(move || {
+        pin_me(1);
+        let moved = requests_until(&f, Duration::from_secs(1), || {
+            devfuse_thread_cpus(pid).iter().any(|c| c.len() < 2)
+        });
+        assert!(
+            !moved,
+            "with follow_caller=0 a /dev/fuse thread was pinned: {:?}",
+            devfuse_thread_cpus(pid)
+        );
+    })
+    .join()
+    .expect("the caller on CPU 1");
     drop(g);
 }

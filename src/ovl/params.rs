@@ -129,6 +129,9 @@ pub struct Params {
     pub uring: Option<bool>,
     /// `uring_idle=auto|1|0`: how the io_uring threads are scheduled.
     pub uring_priority: crate::uring_priority::Policy,
+    /// `follow_caller=1|0`: /dev/fuse threads move to their callers' CPU while the
+    /// callers keep to one.
+    pub follow_caller: bool,
     /// `statahead=auto|on|off`: whether READDIRPLUS shares its stats with helper threads;
     /// `None` when not given.
     pub statahead: Option<super::statahead::Mode>,
@@ -199,6 +202,7 @@ impl Default for Params {
             single_threaded: false,
             uring: None,
             uring_priority: crate::uring_priority::Policy::Adaptive,
+            follow_caller: true,
             statahead: None,
             listattrs: Default::default(),
             passthrough: true,
@@ -645,6 +649,11 @@ fn apply_option(
                 "0" => Policy::Normal,
                 _ => Policy::Adaptive,
             };
+        }
+        "follow_caller" => {
+            let v = required(name, value, false)?;
+            one_of(name, v, &["1", "0"])?;
+            p.follow_caller = decode(v) == "1";
         }
         "statahead" => {
             use super::statahead::Mode;
@@ -1587,6 +1596,14 @@ mod tests {
     }
 
     #[test]
+    fn follow_caller_values() {
+        assert!(ok(&["lowerdir=/l"]).follow_caller);
+        assert!(ok(&["lowerdir=/l,follow_caller=1"]).follow_caller);
+        assert!(!ok(&["lowerdir=/l,follow_caller=0"]).follow_caller);
+        assert!(err(&["lowerdir=/l,follow_caller=yes"]).contains("follow_caller"));
+    }
+
+    #[test]
     fn statahead_values() {
         use crate::ovl::statahead::Mode;
         assert_eq!(ok(&["lowerdir=/l"]).statahead, None);
@@ -1645,6 +1662,7 @@ mod tests {
             "threaded",
             "uring",
             "uring_idle",
+            "follow_caller",
             "statahead",
             "listattrs",
             "passthrough",

@@ -1,0 +1,302 @@
+//! The CPU of the /dev/fuse threads (`follow_caller=`): while requests come from one
+//! caller, the threads that serve them move to its CPU.
+//!
+//! Why: on /dev/fuse a request wakes whichever daemon thread has waited longest, and the
+//! scheduler runs it on the CPU it last ran on. When that CPU is idle it must be woken
+//! first, and so must the caller's when the reply comes; on a VM that halts idle vCPUs,
+//! those two wake-ups are most of a round trip. On the benchmarks' 2-core VM a pipe round
+//! trip between two processes takes 3.7 us on one CPU and 192 us across the two, and 20000
+//! stats from one process over /dev/fuse took 32-47 us each, against 13-17 us with the
+//! daemon pinned to the caller's CPU. (io_uring has a queue per CPU and needs none of
+//! this: see `fuse_uring`.)
+//!
+//! How: every few milliseconds of requests, a thread reads which CPU its current caller
+//! last ran on (field 39 of /proc/PID/stat). The last `LOOKS` such readings, by any
+//! thread, are kept. While they all come from one caller and most of them (`AGREE`) name
+//! one CPU, a thread that looks pins itself there; otherwise (several callers, whom one
+//! pinned CPU would serialise) it goes back to the CPUs it was allowed before. A caller
+//! that the scheduler moves now and then (`tar x` was moved a few times a second) keeps
+//! its threads: with unanimity required instead, they were let go and pinned again every
+//! few tens of milliseconds. Pinning is only ever to a CPU the caller runs on, so it
+//! stays within the daemon's cgroup's CPUs as far as the caller does; where the kernel
+//! refuses it, the thread keeps its CPUs.
+//!
+//! A pinned thread is also scheduled as the io_uring threads are (`uring_idle=`, see
+//! `uring_priority`): idle-class by default. Pinned alone it helped only callers pinned
+//! themselves: a reply woke the caller while our thread still ran on its CPU, and the
+//! scheduler moved the caller to the idle CPU, where its next request came from. An
+//! idle-class thread leaves the CPU counted as idle, so the caller stays. (Same 20000
+//! stats, caller free to move: 40-49 us each before, 39-41 pinned at normal priority,
+//! 15-17 pinned and idle-class.)
+
+use crate::uring_priority::{Governor, Policy};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+/// How long a thread serves requests before it looks at its caller's CPU again.
+const LOOK_EVERY: Duration = Duration::from_millis(4);
+/// Readings kept, and how many of them must name one CPU for threads to pin themselves
+/// there.
+const LOOKS: usize = 4;
+const AGREE: usize = 3;
+
+/// The last `LOOKS` readings: which caller (thread id) ran on which CPU, oldest first.
+#[derive(Default)]
+struct Looks(parking_lot::Mutex<VecDeque<(u32, usize)>>);
+
+impl Looks {
+    /// Records a reading; returns the CPU to pin to: while one caller made every request
+    /// read, the CPU it was found on in `AGREE` of the readings, if any. Callers that take
+    /// turns might come from one CPU by chance for a while; pinned there, the threads
+    /// would make the other callers' requests wait for that CPU (two parallel jobs of the
+    /// benchmark's build mix took 1.5 times as long as that).
+    fn record(&self, pid: u32, cpu: usize) -> Option<usize> {
+        let mut l = self.0.lock();
+        if l.len() == LOOKS {
+            l.pop_front();
+        }
+        l.push_back((pid, cpu));
+        if l.len() < LOOKS || l.iter().any(|&(p, _)| p != pid) {
+            return None;
+        }
+        let named = |c: usize| l.iter().filter(|&&(_, x)| x == c).count();
+        l.iter().rev().map(|&(_, c)| c).find(|&c| named(c) >= AGREE)
+    }
+}
+
+/// One /dev/fuse thread's own state.
+#[derive(Default)]
+struct ThreadState {
+    next_look: Option<Instant>,
+    /// The CPU the thread is pinned to, if any.
+    pinned: Option<usize>,
+    /// The CPUs it was allowed before it first pinned itself.
+    home: Option<libc::cpu_set_t>,
+    /// Its scheduling class while pinned (kept while it is not, as the governor's history
+    /// still holds, and opening it again costs a /proc open per move).
+    class: Option<Governor>,
+}
+
+thread_local! {
+    static STATE: RefCell<ThreadState> = RefCell::default();
+}
+
+/// The daemon's policy and the readings its /dev/fuse threads share.
+pub struct Follow {
+    on: bool,
+    /// The class of a pinned thread (`uring_idle=`).
+    class: Policy,
+    looks: Looks,
+}
+
+impl Follow {
+    pub fn new(on: bool, class: Policy) -> Follow {
+        Follow {
+            on,
+            class,
+            looks: Looks::default(),
+        }
+    }
+
+    /// Called by a /dev/fuse thread as it starts on a request from thread `pid` (0 for
+    /// the kernel's own), which waits for the reply.
+    pub fn serving(&self, pid: u32) {
+        if !self.on || pid == 0 {
+            return;
+        }
+        STATE.with_borrow_mut(|st| {
+            if let (Some(_), Some(g)) = (st.pinned, st.class.as_mut()) {
+                g.served();
+            }
+            let now = Instant::now();
+            if st.next_look.is_some_and(|t| now < t) {
+                return;
+            }
+            st.next_look = Some(now + LOOK_EVERY);
+            if let Some(cpu) = caller_cpu(pid) {
+                let want = self.looks.record(pid, cpu);
+                log::trace!("caller {pid} on CPU {cpu}: pin to {want:?}");
+                if want != st.pinned {
+                    move_thread(st, want, self.class);
+                }
+            }
+        });
+    }
+}
+
+/// Pins the calling thread to `cpu` and gives it `class`, or returns it to its former
+/// CPUs and normal priority (`None`).
+fn move_thread(st: &mut ThreadState, cpu: Option<usize>, class: Policy) {
+    if st.home.is_none() {
+        match current_cpus() {
+            Some(set) => st.home = Some(set),
+            None => return,
+        }
+    }
+    let set = match cpu {
+        Some(c) if c < libc::CPU_SETSIZE as usize => {
+            // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it (checked above).
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            unsafe { libc::CPU_SET(c, &mut set) };
+            set
+        }
+        Some(_) => return,
+        None => match st.home {
+            Some(h) => h,
+            None => return,
+        },
+    };
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size given.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if r == 0 {
+        log::trace!("/dev/fuse thread: CPU {:?} -> {cpu:?}", st.pinned);
+        match (cpu, &st.class) {
+            (Some(_), Some(g)) if st.pinned.is_none() => g.resume(),
+            (Some(_), Some(_)) => {}
+            (Some(_), None) => st.class = Some(Governor::start(class)),
+            (None, _) => {
+                if let Err(e) = crate::sys::process::set_sched_idle(false) {
+                    log::debug!("cannot give a /dev/fuse thread normal priority: {e:?}");
+                }
+            }
+        }
+        st.pinned = cpu;
+    } else {
+        log::debug!(
+            "cannot move a /dev/fuse thread to CPU {cpu:?}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn current_cpus() -> Option<libc::cpu_set_t> {
+    // SAFETY: sched_getaffinity fills the set of the size given, for the calling thread.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    (r == 0).then_some(set)
+}
+
+/// The CPU thread `pid` last ran on, from /proc (a thread id works there too).
+fn caller_cpu(pid: u32) -> Option<usize> {
+    let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let mut buf = [0u8; 1024];
+    let n = f.read(&mut buf).ok()?;
+    last_cpu_in_stat(&buf[..n])
+}
+
+/// Field 39 (`processor`) of a /proc/PID/stat line. The command name (field 2) may hold
+/// spaces and parentheses, so fields are counted from its closing parenthesis, the last
+/// one on the line.
+fn last_cpu_in_stat(line: &[u8]) -> Option<usize> {
+    let close = line.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&line[close + 1..]).ok()?;
+    // Fields 3 onwards follow the name: `processor` is the 37th of them.
+    rest.split_ascii_whitespace().nth(36)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_processor_field_is_found_after_an_awkward_command_name() {
+        let mut line = String::from("4242 (a) b (c) d) S");
+        for f in 4..=38 {
+            line.push_str(&format!(" {f}"));
+        }
+        line.push_str(" 7 0 0 0 0 0\n");
+        assert_eq!(last_cpu_in_stat(line.as_bytes()), Some(7));
+        assert_eq!(last_cpu_in_stat(b"12 (x) S 1 2 3"), None);
+        assert_eq!(last_cpu_in_stat(b"no name here"), None);
+    }
+
+    #[test]
+    fn our_own_cpu_is_read_from_proc() {
+        // SAFETY: gettid has no memory effects.
+        let tid = unsafe { libc::gettid() } as u32;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu = caller_cpu(tid).expect("our own /proc stat line");
+        assert!(cpu < cpus.max(libc::CPU_SETSIZE as usize), "cpu {cpu}");
+    }
+
+    #[test]
+    fn one_caller_found_mostly_on_one_cpu_chooses_it() {
+        let l = Looks::default();
+        assert_eq!(l.record(7, 1), None);
+        assert_eq!(l.record(7, 1), None);
+        assert_eq!(l.record(7, 1), None);
+        assert_eq!(l.record(7, 1), Some(1), "four readings, all of CPU 1");
+        assert_eq!(
+            l.record(7, 0),
+            Some(1),
+            "one reading elsewhere leaves the majority"
+        );
+        assert_eq!(l.record(7, 0), None, "two and two: no CPU");
+        assert_eq!(
+            l.record(7, 0),
+            Some(0),
+            "the caller moved: its threads follow"
+        );
+        // Two callers: none, even where most readings name one CPU.
+        let l = Looks::default();
+        for (pid, cpu) in [(7, 0), (7, 0), (8, 1), (7, 0), (7, 0), (7, 0), (8, 0)] {
+            assert_eq!(l.record(pid, cpu), None, "caller {pid} on CPU {cpu}");
+        }
+        assert_eq!(l.record(8, 0), None, "caller 7 still among the readings");
+        assert_eq!(l.record(8, 0), None);
+        assert_eq!(l.record(8, 0), Some(0), "caller 8 alone now");
+    }
+
+    #[test]
+    fn a_thread_that_follows_is_pinned_and_then_let_go() {
+        // A thread of our own, so the test runner's threads keep their CPUs.
+        std::thread::spawn(|| {
+            let home = current_cpus().expect("our CPUs");
+            let mut st = ThreadState::default();
+            let me = caller_cpu(unsafe { libc::gettid() } as u32).expect("our CPU");
+            move_thread(&mut st, Some(me), Policy::Idle);
+            assert_eq!(st.pinned, Some(me));
+            assert_eq!(sched_policy(), libc::SCHED_IDLE, "idle-class while pinned");
+            let now = current_cpus().unwrap();
+            // SAFETY: CPU_COUNT/CPU_ISSET read a valid set.
+            assert_eq!(unsafe { libc::CPU_COUNT(&now) }, 1);
+            assert!(unsafe { libc::CPU_ISSET(me, &now) });
+            move_thread(&mut st, None, Policy::Idle);
+            assert_eq!(st.pinned, None);
+            assert_eq!(sched_policy(), libc::SCHED_OTHER, "normal priority again");
+            move_thread(&mut st, Some(me), Policy::Idle);
+            assert_eq!(
+                sched_policy(),
+                libc::SCHED_IDLE,
+                "idle-class when pinned again"
+            );
+            move_thread(&mut st, None, Policy::Idle);
+            let back = current_cpus().unwrap();
+            assert!(
+                unsafe { libc::CPU_EQUAL(&back, &home) },
+                "back to the CPUs it had"
+            );
+        })
+        .join()
+        .expect("the pinning thread");
+    }
+
+    fn sched_policy() -> i32 {
+        // SAFETY: no memory effects.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
+    #[test]
+    fn off_means_no_looks() {
+        let f = Follow::new(false, Policy::Adaptive);
+        std::thread::spawn(move || {
+            f.serving(std::process::id());
+            assert!(STATE.with_borrow(|s| s.next_look.is_none()));
+            assert!(f.looks.0.lock().is_empty());
+        })
+        .join()
+        .expect("the thread");
+    }
+}
