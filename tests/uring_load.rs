@@ -176,45 +176,15 @@ fn uring_idle_0_gives_normal_priority() {
 /// The CPUs each /dev/fuse thread (`fuser-N`) of daemon `pid` may run on, and its
 /// scheduling policy.
 fn devfuse_threads(pid: u32) -> Vec<(Vec<usize>, u32)> {
-    let mut out = Vec::new();
-    for t in ok(fs::read_dir(format!("/proc/{pid}/task")), "daemon threads") {
-        let dir = ok(t, "task").path();
-        let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !comm.starts_with("fuser-") {
-            continue;
-        }
-        let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let list = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        let stat = fs::read_to_string(dir.join("stat")).unwrap_or_default();
-        let policy = stat
-            .rsplit_once(')')
-            .and_then(|(_, r)| r.split_whitespace().nth(41 - 3)?.parse().ok())
-            .unwrap_or(u32::MAX);
-        out.push((cpu_list(&list), policy));
-    }
-    out
+    daemon_threads(pid, "fuser-")
+        .into_iter()
+        .map(|t| (t.cpus, t.policy))
+        .collect()
 }
 
 /// The CPUs each /dev/fuse thread of daemon `pid` may run on.
 fn devfuse_thread_cpus(pid: u32) -> Vec<Vec<usize>> {
     devfuse_threads(pid).into_iter().map(|(c, _)| c).collect()
-}
-
-/// "0-2,5" -> [0, 1, 2, 5]
-fn cpu_list(s: &str) -> Vec<usize> {
-    let mut v = Vec::new();
-    for part in s.split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => v.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()),
-            None => v.push(part.parse().unwrap()),
-        }
-    }
-    v
 }
 
 /// Runs the calling thread on `cpu` only.

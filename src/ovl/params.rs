@@ -127,10 +127,11 @@ pub struct Params {
     /// `uring=on|off|auto`: FUSE over io_uring; `None` (auto) uses it when the kernel
     /// offers it.
     pub uring: Option<bool>,
-    /// `uring_idle=auto|1|0`: how the io_uring threads are scheduled.
+    /// `uring_idle=auto|1|0`: how the io_uring threads (and pinned /dev/fuse threads)
+    /// are scheduled.
     pub uring_priority: crate::uring_priority::Policy,
-    /// `follow_caller=1|0`: /dev/fuse threads move to their callers' CPU while the
-    /// callers keep to one.
+    /// `follow_caller=1|0`: while one caller makes the requests, /dev/fuse threads move
+    /// to its CPU.
     pub follow_caller: bool,
     /// `statahead=auto|on|off`: whether READDIRPLUS shares its stats with helper threads;
     /// `None` when not given.

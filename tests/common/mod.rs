@@ -1848,15 +1848,24 @@ impl Drop for LowerCheck {
     }
 }
 
-/// (thread id, scheduling policy, voluntary context switches) of each io_uring
-/// thread (`ringQ.T`) of daemon `pid`; policy 0 is normal, 5 idle-class (SCHED_IDLE): a
-/// ring thread sleeps once per request it waits for.
-pub fn ring_threads(pid: u32) -> Vec<(u32, u32, u64)> {
+/// What /proc says of one thread of a daemon.
+#[derive(Debug)]
+pub struct DaemonThread {
+    pub tid: u32,
+    /// 0 normal, 5 idle-class (SCHED_IDLE).
+    pub policy: u32,
+    pub voluntary_switches: u64,
+    /// The CPUs it may run on.
+    pub cpus: Vec<usize>,
+}
+
+/// The threads of daemon `pid` whose names start with `prefix`.
+pub fn daemon_threads(pid: u32, prefix: &str) -> Vec<DaemonThread> {
     let mut out = Vec::new();
     for t in ok(fs::read_dir(format!("/proc/{pid}/task")), "daemon threads") {
         let dir = ok(t, "task").path();
         let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !comm.starts_with("ring") {
+        if !comm.starts_with(prefix) {
             continue;
         }
         let tid = dir
@@ -1871,14 +1880,44 @@ pub fn ring_threads(pid: u32) -> Vec<(u32, u32, u64)> {
             .and_then(|p| p.parse().ok())
             .unwrap_or(u32::MAX);
         let status = fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let switches = status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        out.push((tid, policy, switches));
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        out.push(DaemonThread {
+            tid,
+            policy,
+            voluntary_switches: field("voluntary_ctxt_switches:").parse().unwrap_or(0),
+            cpus: cpu_list(&field("Cpus_allowed_list:")),
+        });
     }
     out
+}
+
+/// "0-2,5" -> [0, 1, 2, 5]
+pub fn cpu_list(s: &str) -> Vec<usize> {
+    let mut v = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => v.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap()),
+            None => v.push(part.parse().unwrap()),
+        }
+    }
+    v
+}
+
+/// (thread id, scheduling policy, voluntary context switches) of each io_uring
+/// thread (`ringQ.T`) of daemon `pid`; policy 0 is normal, 5 idle-class (SCHED_IDLE): a
+/// ring thread sleeps once per request it waits for.
+pub fn ring_threads(pid: u32) -> Vec<(u32, u32, u64)> {
+    daemon_threads(pid, "ring")
+        .into_iter()
+        .map(|t| (t.tid, t.policy, t.voluntary_switches))
+        .collect()
 }
 
 /// The scheduling policy of each io_uring thread of daemon `pid` (see `ring_threads`).
