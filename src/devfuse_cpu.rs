@@ -10,16 +10,17 @@
 //! daemon pinned to the caller's CPU. (io_uring has a queue per CPU and needs none of
 //! this: see `fuse_uring`.)
 //!
-//! How: every few milliseconds of requests, a thread reads which CPU its current caller
-//! last ran on (field 39 of /proc/PID/stat). The last `LOOKS` such readings, by any
-//! thread, are kept. While they all come from one caller and most of them (`AGREE`) name
-//! one CPU, a thread that looks pins itself there; otherwise (several callers, whom one
-//! pinned CPU would serialise) it goes back to the CPUs it was allowed before. A caller
-//! that the scheduler moves now and then (`tar x` was moved a few times a second) keeps
-//! its threads: with unanimity required instead, they were let go and pinned again every
-//! few tens of milliseconds. Pinning is only ever to a CPU the caller runs on, so it
-//! stays within the daemon's cgroup's CPUs as far as the caller does; where the kernel
-//! refuses it, the thread keeps its CPUs.
+//! How: every few milliseconds of requests, a serving thread has a helper thread (the
+//! looker) read which CPU its current caller last ran on (field 39 of /proc/PID/stat;
+//! never the serving thread itself, see `Follow::ask`). The last `LOOKS` readings are
+//! kept. While they all come from one caller and most of them (`AGREE`) name one CPU,
+//! that is the CPU the serving threads pin themselves to at their next request;
+//! otherwise (several callers, whom one pinned CPU would serialise) they go back to the
+//! CPUs they were allowed before. A caller that the scheduler moves now and then (`tar
+//! x` was moved a few times a second) keeps its threads: with unanimity required
+//! instead, they were let go and pinned again every few tens of milliseconds. Pinning is
+//! only ever to a CPU the caller runs on, so it stays within the daemon's cgroup's CPUs
+//! as far as the caller does; where the kernel refuses it, the thread keeps its CPUs.
 //!
 //! A pinned thread is also scheduled as the io_uring threads are (`uring_idle=`, see
 //! `uring_priority`): idle-class by default. Pinned alone it helped only callers pinned
@@ -33,6 +34,9 @@ use crate::uring_priority::{Governor, Policy};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long a thread serves requests before it looks at its caller's CPU again.
@@ -88,15 +92,30 @@ pub struct Follow {
     on: bool,
     /// The class of a pinned thread (`uring_idle=`).
     class: Policy,
-    looks: Looks,
+    shared: Arc<Shared>,
+    /// Where serving threads hand callers to the looker (started with the first).
+    looker: OnceLock<Option<SyncSender<u32>>>,
 }
+
+/// What the looker finds, for the serving threads.
+#[derive(Default)]
+struct Shared {
+    looks: Looks,
+    /// The CPU serving threads should be pinned to; `NO_CPU` for none.
+    target: AtomicUsize,
+}
+
+const NO_CPU: usize = usize::MAX;
 
 impl Follow {
     pub fn new(on: bool, class: Policy) -> Follow {
+        let shared = Shared::default();
+        shared.target.store(NO_CPU, Ordering::Relaxed);
         Follow {
             on,
             class,
-            looks: Looks::default(),
+            shared: Arc::new(shared),
+            looker: OnceLock::new(),
         }
     }
 
@@ -111,18 +130,48 @@ impl Follow {
                 g.served();
             }
             let now = Instant::now();
-            if st.next_look.is_some_and(|t| now < t) {
-                return;
+            if st.next_look.is_none_or(|t| now >= t) {
+                st.next_look = Some(now + LOOK_EVERY);
+                self.ask(pid);
             }
-            st.next_look = Some(now + LOOK_EVERY);
-            if let Some(cpu) = caller_cpu(pid) {
-                let want = self.looks.record(pid, cpu);
-                log::trace!("caller {pid} on CPU {cpu}: pin to {want:?}");
-                if want != st.pinned {
-                    move_thread(st, want, self.class);
-                }
+            let want = match self.shared.target.load(Ordering::Relaxed) {
+                NO_CPU => None,
+                c => Some(c),
+            };
+            if want != st.pinned {
+                move_thread(st, want, self.class);
             }
         });
+    }
+
+    /// Has the looker read where `pid` runs, unless it is still at an earlier caller.
+    /// Never on the serving thread itself: reading /proc/PID/stat can wait for locks the
+    /// caller holds while it waits for our reply (a caller writing back a shared mapping
+    /// did; the serving thread hung in the read, and the caller with it).
+    fn ask(&self, pid: u32) {
+        let tx = self.looker.get_or_init(|| {
+            let (tx, rx) = sync_channel::<u32>(1);
+            let shared = self.shared.clone();
+            std::thread::Builder::new()
+                .name("ovl-follow".into())
+                .spawn(move || {
+                    for pid in rx {
+                        if let Some(cpu) = caller_cpu(pid) {
+                            let want = shared.looks.record(pid, cpu);
+                            log::trace!("caller {pid} on CPU {cpu}: pin to {want:?}");
+                            shared
+                                .target
+                                .store(want.unwrap_or(NO_CPU), Ordering::Relaxed);
+                        }
+                    }
+                })
+                .map_err(|e| log::warn!("cannot start the CPU-follow thread: {e}"))
+                .ok()
+                .map(|_| tx)
+        });
+        if let Some(tx) = tx {
+            let _ = tx.try_send(pid);
+        }
     }
 }
 
@@ -294,7 +343,7 @@ mod tests {
         std::thread::spawn(move || {
             f.serving(std::process::id());
             assert!(STATE.with_borrow(|s| s.next_look.is_none()));
-            assert!(f.looks.0.lock().is_empty());
+            assert!(f.looker.get().is_none(), "no looker thread");
         })
         .join()
         .expect("the thread");

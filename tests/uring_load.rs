@@ -219,7 +219,9 @@ fn devfuse_threads_follow_a_caller_from_cpu_to_cpu() {
     let sc = Scratch::new("follow");
     let st = Stack::new(&sc, 1);
     ok(fs::write(st.lowers[0].join("f"), b"x"), "lower file");
-    let g = mount_ovlfuse(&st, &["uring=off"]);
+    // uring_idle=1: the other test of this binary fills every CPU for seconds, which may
+    // make the default's watch move a pinned thread to normal priority meanwhile.
+    let g = mount_ovlfuse(&st, &["uring=off", "uring_idle=1"]);
     let pid = g.pid().expect("the daemon's pid");
     let f = st.mnt.join("f");
     let home = devfuse_thread_cpus(pid);
@@ -240,9 +242,7 @@ fn devfuse_threads_follow_a_caller_from_cpu_to_cpu() {
                 "requests from CPU {cpu} for 10 s, and the /dev/fuse threads run on {:?}",
                 devfuse_thread_cpus(pid)
             );
-            // Scheduled as the io_uring threads (`uring_idle=auto`): idle-class while
-            // they need not wait for the CPU, which this caller, asleep between
-            // requests, leaves them.
+            // Scheduled as the io_uring threads (`uring_idle=`).
             let t = devfuse_threads(pid);
             assert!(
                 t.iter().all(|(_, p)| *p == SCHED_IDLE),
