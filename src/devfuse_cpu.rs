@@ -78,6 +78,9 @@ struct ThreadState {
     pinned: Option<usize>,
     /// The CPUs it was allowed before it first pinned itself.
     home: Option<libc::cpu_set_t>,
+    /// A move the kernel refused (a CPU outside the daemon's cpuset, say), not tried again
+    /// on every request while it is still the one wanted.
+    refused: Option<Option<usize>>,
     /// Its scheduling class while pinned (kept while it is not, as the governor's history
     /// still holds, and opening it again costs a /proc open per move).
     class: Option<Governor>,
@@ -138,7 +141,7 @@ impl Follow {
                 NO_CPU => None,
                 c => Some(c),
             };
-            if want != st.pinned {
+            if want != st.pinned && st.refused != Some(want) {
                 move_thread(st, want, self.class);
             }
         });
@@ -212,7 +215,9 @@ fn move_thread(st: &mut ThreadState, cpu: Option<usize>, class: Policy) {
             }
         }
         st.pinned = cpu;
+        st.refused = None;
     } else {
+        st.refused = Some(cpu);
         log::debug!(
             "cannot move a /dev/fuse thread to CPU {cpu:?}: {}",
             std::io::Error::last_os_error()
@@ -315,6 +320,10 @@ mod tests {
             move_thread(&mut st, None, Policy::Idle);
             assert_eq!(st.pinned, None);
             assert_eq!(sched_policy(), libc::SCHED_OTHER, "normal priority again");
+            // A CPU this machine lacks: refused, and remembered as such.
+            let absent = libc::CPU_SETSIZE as usize - 1;
+            move_thread(&mut st, Some(absent), Policy::Idle);
+            assert_eq!((st.pinned, st.refused), (None, Some(Some(absent))));
             move_thread(&mut st, Some(me), Policy::Idle);
             assert_eq!(
                 sched_policy(),
