@@ -903,7 +903,14 @@ fn threaded_0_serves_on_one_thread() {
     let g = mount_ovlfuse(&st, &["uring=off"]);
     assert_eq!(fs::read(st.mnt.join("f")).unwrap(), b"f");
     let many = serving(&g, 2);
+    let first = g.pid().expect("daemon pid");
     g.unmount();
+    // The next daemon serves the same mount point; wait until this one is gone, so that
+    // it is not taken for the next.
+    assert!(
+        wait_pid_exit(first, Duration::from_secs(10)),
+        "the first daemon did not exit"
+    );
     let g = mount_ovlfuse(&st, &["threaded=0"]);
     assert_eq!(fs::read(st.mnt.join("f")).unwrap(), b"f");
     let one = serving(&g, 1);
