@@ -47,8 +47,9 @@ const LOOKS: usize = 4;
 const AGREE: usize = 3;
 
 /// The last `LOOKS` readings: which caller (thread id) ran on which CPU, oldest first.
+/// The looker's own.
 #[derive(Default)]
-struct Looks(parking_lot::Mutex<VecDeque<(u32, usize)>>);
+struct Looks(VecDeque<(u32, usize)>);
 
 impl Looks {
     /// Records a reading; returns the CPU to pin to: while one caller made every request
@@ -56,8 +57,8 @@ impl Looks {
     /// turns might come from one CPU by chance for a while; pinned there, the threads
     /// would make the other callers' requests wait for that CPU (two parallel jobs of the
     /// benchmark's build mix took 1.5 times as long as that).
-    fn record(&self, pid: u32, cpu: usize) -> Option<usize> {
-        let mut l = self.0.lock();
+    fn record(&mut self, pid: u32, cpu: usize) -> Option<usize> {
+        let l = &mut self.0;
         if l.len() == LOOKS {
             l.pop_front();
         }
@@ -95,29 +96,21 @@ pub struct Follow {
     on: bool,
     /// The class of a pinned thread (`uring_idle=`).
     class: Policy,
-    shared: Arc<Shared>,
+    /// What the looker finds: the CPU serving threads should be pinned to; `NO_CPU` for
+    /// none.
+    target: Arc<AtomicUsize>,
     /// Where serving threads hand callers to the looker (started with the first).
     looker: OnceLock<Option<SyncSender<u32>>>,
-}
-
-/// What the looker finds, for the serving threads.
-#[derive(Default)]
-struct Shared {
-    looks: Looks,
-    /// The CPU serving threads should be pinned to; `NO_CPU` for none.
-    target: AtomicUsize,
 }
 
 const NO_CPU: usize = usize::MAX;
 
 impl Follow {
     pub fn new(on: bool, class: Policy) -> Follow {
-        let shared = Shared::default();
-        shared.target.store(NO_CPU, Ordering::Relaxed);
         Follow {
             on,
             class,
-            shared: Arc::new(shared),
+            target: Arc::new(AtomicUsize::new(NO_CPU)),
             looker: OnceLock::new(),
         }
     }
@@ -129,15 +122,15 @@ impl Follow {
             return;
         }
         STATE.with_borrow_mut(|st| {
-            if let (Some(_), Some(g)) = (st.pinned, st.class.as_mut()) {
-                g.served();
-            }
             let now = Instant::now();
+            if let (Some(_), Some(g)) = (st.pinned, st.class.as_mut()) {
+                g.served_at(now);
+            }
             if st.next_look.is_none_or(|t| now >= t) {
                 st.next_look = Some(now + LOOK_EVERY);
                 self.ask(pid);
             }
-            let want = match self.shared.target.load(Ordering::Relaxed) {
+            let want = match self.target.load(Ordering::Relaxed) {
                 NO_CPU => None,
                 c => Some(c),
             };
@@ -154,17 +147,16 @@ impl Follow {
     fn ask(&self, pid: u32) {
         let tx = self.looker.get_or_init(|| {
             let (tx, rx) = sync_channel::<u32>(1);
-            let shared = self.shared.clone();
+            let target = self.target.clone();
             std::thread::Builder::new()
                 .name("ovl-follow".into())
                 .spawn(move || {
+                    let mut looks = Looks::default();
                     for pid in rx {
                         if let Some(cpu) = caller_cpu(pid) {
-                            let want = shared.looks.record(pid, cpu);
+                            let want = looks.record(pid, cpu);
                             log::trace!("caller {pid} on CPU {cpu}: pin to {want:?}");
-                            shared
-                                .target
-                                .store(want.unwrap_or(NO_CPU), Ordering::Relaxed);
+                            target.store(want.unwrap_or(NO_CPU), Ordering::Relaxed);
                         }
                     }
                 })
@@ -277,7 +269,7 @@ mod tests {
 
     #[test]
     fn one_caller_found_mostly_on_one_cpu_chooses_it() {
-        let l = Looks::default();
+        let mut l = Looks::default();
         assert_eq!(l.record(7, 1), None);
         assert_eq!(l.record(7, 1), None);
         assert_eq!(l.record(7, 1), None);
@@ -294,7 +286,7 @@ mod tests {
             "the caller moved: its threads follow"
         );
         // Two callers: none, even where most readings name one CPU.
-        let l = Looks::default();
+        let mut l = Looks::default();
         for (pid, cpu) in [(7, 0), (7, 0), (8, 1), (7, 0), (7, 0), (7, 0), (8, 0)] {
             assert_eq!(l.record(pid, cpu), None, "caller {pid} on CPU {cpu}");
         }

@@ -216,10 +216,16 @@ impl Governor {
 
     /// Called after each request the thread served.
     pub fn served(&mut self) {
+        if self.adaptive.is_some() {
+            self.served_at(Instant::now());
+        }
+    }
+
+    /// `served`, for a caller that has read the clock already.
+    pub fn served_at(&mut self, now: Instant) {
         let Some((state, stat)) = self.adaptive.as_mut() else {
             return;
         };
-        let now = Instant::now();
         if now.duration_since(self.last_check) < CHECK_EVERY {
             return;
         }
