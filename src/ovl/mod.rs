@@ -62,7 +62,9 @@ impl Ctx {
     /// Whether the caller is root or a member of group `gid` (its own or a supplementary
     /// one): the test the VFS makes before it keeps a set-group-ID bit.
     pub fn in_group_or_root(&self, gid: u32) -> bool {
-        self.uid == 0 || gid == self.gid || crate::sys::process_groups(self.pid).contains(&gid)
+        self.uid == 0
+            || gid == self.gid
+            || crate::sys::caller_groups::of(self.pid).is_some_and(|g| g.contains(&gid))
     }
 }
 

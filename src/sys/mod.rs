@@ -3,6 +3,7 @@
 //! Everything here works relative to a directory file descriptor and never follows a
 //! symlink in the last component, so callers cannot be tricked into leaving a layer.
 
+pub mod caller_groups;
 pub mod fs;
 pub mod process;
 pub mod xattr;
@@ -214,22 +215,6 @@ pub fn trim_heap() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// Supplementary groups of a process, read from /proc; used to decide setgid inheritance.
-pub fn process_groups(pid: u32) -> Vec<u32> {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|g| {
-            g.split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

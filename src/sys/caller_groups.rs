@@ -1,0 +1,129 @@
+//! The supplementary groups of the process behind a request, read from `/proc` with a
+//! time limit.
+//!
+//! FUSE tells us a caller's uid, gid and pid, not its other groups, and the set-group-ID
+//! rules need them (a chmod, write or ACL change by someone outside the file's group
+//! clears the bit). `/proc/PID/status` is the only place to read them. But reading another
+//! process's `/proc` files can wait on that process, and our caller is itself waiting for
+//! our reply, sometimes deep in the kernel: reading `/proc/PID/stat` of a caller that was
+//! writing back a shared mapping hung a serving thread once (see `devfuse_cpu`). So the
+//! read runs on a thread of its own and the serving thread waits for it at most `LIMIT`.
+//! Past that the caller counts as a member of no other group, so the set-group-ID bit is
+//! cleared (the conservative answer), and the reader is left to finish on its own. While
+//! `MAX_STUCK` readers are still out, the answer is given at once, so a caller that never
+//! lets go cannot pile up threads.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a request waits for a caller's groups (a read takes some 20 us).
+const LIMIT: Duration = Duration::from_millis(500);
+/// Readers that may be outstanding past their limit at once.
+const MAX_STUCK: usize = 4;
+
+static OUT: AtomicUsize = AtomicUsize::new(0);
+
+/// Supplementary groups of process (or thread) `pid`; empty when it is gone, and `None`
+/// when its `/proc` entry did not answer in time.
+pub fn of(pid: u32) -> Option<Vec<u32>> {
+    let groups = within(LIMIT, &OUT, move || read(pid));
+    if groups.is_none() {
+        log::warn!(
+            "the groups of process {pid} could not be read within {LIMIT:?}: it counts as \
+             a member of no other group (a set-group-ID bit it changes is cleared)"
+        );
+    }
+    groups
+}
+
+fn read(pid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs `f` on a thread of its own and waits at most `limit` for its answer; `out` counts
+/// the threads not yet finished, and none is started while `MAX_STUCK` are.
+fn within<T: Send + 'static>(
+    limit: Duration,
+    out: &'static AtomicUsize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    if out.fetch_add(1, Ordering::AcqRel) >= MAX_STUCK {
+        out.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    let (tx, rx) = mpsc::sync_channel(1);
+    let started = std::thread::Builder::new()
+        .name("ovl-groups".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+            out.fetch_sub(1, Ordering::AcqRel);
+        });
+    if started.is_err() {
+        out.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    rx.recv_timeout(limit).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn our_own_groups_are_those_the_kernel_gives_us() {
+        let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+        let mut want = vec![0 as libc::gid_t; n.max(0) as usize];
+        let n = unsafe { libc::getgroups(want.len() as i32, want.as_mut_ptr()) };
+        want.truncate(n.max(0) as usize);
+        let mut got = of(std::process::id()).expect("our own /proc answers");
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(of(u32::MAX), Some(vec![]), "no such process");
+    }
+
+    #[test]
+    fn a_reader_that_does_not_answer_is_given_up_and_never_piles_up() {
+        static OUT: AtomicUsize = AtomicUsize::new(0);
+        let limit = Duration::from_millis(50);
+        assert_eq!(within(limit, &OUT, || 7), Some(7));
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = std::sync::Arc::new(parking_lot::Mutex::new(held));
+        for _ in 0..MAX_STUCK {
+            let held = held.clone();
+            let t = Instant::now();
+            let r = within(limit, &OUT, move || held.lock().recv().ok());
+            assert_eq!(r, None);
+            assert!(t.elapsed() >= limit);
+        }
+        assert_eq!(OUT.load(Ordering::Acquire), MAX_STUCK);
+        let t = Instant::now();
+        assert_eq!(within(limit, &OUT, || 1), None, "no thread past the cap");
+        assert!(t.elapsed() < limit, "and no wait either");
+        for _ in 0..MAX_STUCK {
+            release.send(()).unwrap();
+        }
+        let t = Instant::now();
+        while OUT.load(Ordering::Acquire) != 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "readers finish once let go"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(within(limit, &OUT, || 2), Some(2));
+    }
+}
