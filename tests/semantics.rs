@@ -3052,9 +3052,9 @@ enum Op {
 
 /// Runs `ops` in a forked child with the given credentials; returns "ok" or the errno name
 /// of each. The child only makes raw system calls (safe after fork in a threaded process).
-/// In a forked child: drops to `uid`/`gid` with no supplementary groups, or exits 99.
-unsafe fn become_or_exit(uid: u32, gid: u32) {
-    let ok = libc::setgroups(0, std::ptr::null()) == 0
+/// In a forked child: drops to `uid`/`gid` with supplementary `groups`, or exits 99.
+unsafe fn become_or_exit(uid: u32, gid: u32, groups: &[libc::gid_t]) {
+    let ok = libc::setgroups(groups.len(), groups.as_ptr()) == 0
         && libc::setresgid(gid, gid, gid) == 0
         && libc::setresuid(uid, uid, uid) == 0;
     if !ok {
@@ -3063,6 +3063,11 @@ unsafe fn become_or_exit(uid: u32, gid: u32) {
 }
 
 fn run_as(uid: u32, gid: u32, ops: &[Op]) -> Vec<String> {
+    run_as_in(uid, gid, &[], ops)
+}
+
+/// [`run_as`] with supplementary groups.
+fn run_as_in(uid: u32, gid: u32, groups: &[libc::gid_t], ops: &[Op]) -> Vec<String> {
     let mut pipe = [0i32; 2];
     assert_eq!(
         unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) },
@@ -3072,7 +3077,7 @@ fn run_as(uid: u32, gid: u32, ops: &[Op]) -> Vec<String> {
     let pid = unsafe { libc::fork() };
     if pid == 0 {
         unsafe {
-            become_or_exit(uid, gid);
+            become_or_exit(uid, gid, groups);
             for op in ops {
                 *libc::__errno_location() = 0;
                 let r: i32 = match op {
@@ -5263,6 +5268,41 @@ fn setgid_directories_and_umask_for_new_files() {
     t.finish(true);
 }
 
+/// A chmod keeps set-group-ID only for a member of the file's group, and a supplementary
+/// group counts (we read it from /proc: FUSE does not pass it).
+#[test]
+fn chmod_keeps_setgid_for_members_of_the_group_only() {
+    if !fuse_available() {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let t = twin(
+        "sem-setgid-groups",
+        &[&[
+            E::File("member", b"m"),
+            E::Owner("member", NOBODY, 4242),
+            E::File("outsider", b"o"),
+            E::Owner("outsider", NOBODY, 4242),
+        ]],
+        &[],
+    );
+    t.both("chmod 2755 as nobody, in group 4242 or not", |r| {
+        let c = |n: &str| cpath(&r.join(n));
+        let mut res = run_as_in(NOBODY, NOBODY, &[4242], &[Op::Chmod(c("member"), 0o2755)]);
+        res.extend(run_as(NOBODY, NOBODY, &[Op::Chmod(c("outsider"), 0o2755)]));
+        res
+    });
+    let modes = t.both_ret("resulting modes", |r| {
+        ["member", "outsider"].map(|n| fs::metadata(r.join(n)).unwrap().mode() & 0o7777)
+    });
+    assert_eq!(
+        modes,
+        [0o2755, 0o755],
+        "member keeps the bit, outsider loses it"
+    );
+    t.finish(true);
+}
+
 #[test]
 fn attribute_changes_through_a_read_only_descriptor() {
     if !fuse_available() {
@@ -5586,7 +5626,7 @@ fn setuid_bits_and_file_capabilities_follow_kernel_rules() {
                 let pid = unsafe { libc::fork() };
                 if pid == 0 {
                     unsafe {
-                        become_or_exit(NOBODY, NOBODY);
+                        become_or_exit(NOBODY, NOBODY, &[]);
                         let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
                         let ok = fd >= 0
                             && libc::write(fd, b"+".as_ptr() as *const libc::c_void, 1) == 1;
@@ -5617,7 +5657,7 @@ fn setuid_bits_and_file_capabilities_follow_kernel_rules() {
             let pid = unsafe { libc::fork() };
             if pid == 0 {
                 unsafe {
-                    become_or_exit(NOBODY, NOBODY);
+                    become_or_exit(NOBODY, NOBODY, &[]);
                     let fd = libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_APPEND);
                     let mut b = [0u8; 1];
                     libc::write(opened[1], b.as_ptr() as *const libc::c_void, 1);
