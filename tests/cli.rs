@@ -1755,3 +1755,67 @@ fn threaded_0_serves_dev_fuse_on_one_thread_even_with_io_uring_offered() {
     fg.unmount();
     assert_eq!(fs::read(st.upper.join("new")).unwrap(), b"n");
 }
+
+/// Mounts `opts` at `mnt` in daemon mode, asserting success; returns the launcher's stderr
+/// and a guard for the mount.
+fn mount_opts(opts: &str, mnt: &Path) -> (String, MountGuard) {
+    let o = run_ovlfuse(&["-o", opts, &s(mnt)]);
+    assert!(
+        o.status.success(),
+        "mount at {mnt:?} failed: {}",
+        show_output(&o)
+    );
+    (stderr_of(&o), MountGuard::adopt_fuse(mnt))
+}
+
+/// As on the kernel overlay (without `index=on`): a second mount on an upperdir and workdir
+/// in use is warned about but made, and so is a lower layer that is another mount's upper;
+/// once the first mount is gone, the same layers mount without a word.
+#[test]
+fn layers_in_use_by_another_mount_are_warned_about() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("cli-in-use");
+    let (st, g) = mount_simple(&sc);
+    let in_use = |err: &str, opt: &str, dir: &Path| {
+        err.lines().any(|l| {
+            l.contains(&format!("{opt} ")) && l.contains(&s(dir)) && l.contains("is in use")
+        })
+    };
+
+    let (err, g2) = mount_opts(&st.full_opts(), &sc.dir("second"));
+    assert!(
+        in_use(&err, "upperdir", &st.upper),
+        "no upperdir warning:\n{err}"
+    );
+    assert!(
+        in_use(&err, "workdir", &st.work),
+        "no workdir warning:\n{err}"
+    );
+    check_simple_view(&sc.path("second"));
+    g2.unmount();
+
+    let ro = format!(
+        "lowerdir={}:{}",
+        escape_layer(&st.upper),
+        escape_layer(&st.lowers[0])
+    );
+    let (err, g3) = mount_opts(&ro, &sc.dir("ro"));
+    assert!(
+        in_use(&err, "lowerdir", &st.upper),
+        "no lowerdir warning:\n{err}"
+    );
+    // A lower layer shared with another mount is not in use in that sense.
+    assert!(!in_use(&err, "lowerdir", &st.lowers[0]), "{err}");
+    g3.unmount();
+
+    g.unmount();
+    let (err, g4) = mount_opts(&st.full_opts(), &sc.dir("again"));
+    assert!(
+        !err.contains("is in use"),
+        "warned with no other mount:\n{err}"
+    );
+    check_simple_view(&sc.path("again"));
+    g4.unmount();
+}

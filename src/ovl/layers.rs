@@ -57,6 +57,8 @@ pub struct Layers {
     /// How whiteouts are written; see [`whiteout::Format`].
     pub whiteout_format: whiteout::Format,
     pub ino: InoMap,
+    /// The upperdir and workdir, locked for as long as the daemon lives (see `claim`).
+    _claims: Vec<OwnedFd>,
 }
 
 impl Layers {
@@ -129,6 +131,15 @@ impl Layers {
             }
             lowers.push(l);
         }
+        let mut claims = Vec::new();
+        if let (Some(up), Some(wp)) = (&upper_path, &work_path) {
+            claims.extend(claim("upperdir", up, true));
+            claims.extend(claim("workdir", wp, true));
+        }
+        for l in &lowers {
+            // Only checked: a lower layer may be shared by any number of mounts.
+            claim("lowerdir", &l.path, false);
+        }
         let mut upper = None;
         let mut work = None;
         if let (Some(up), Some(wp)) = (upper_path, work_path) {
@@ -186,7 +197,33 @@ impl Layers {
             work,
             xattr_prefix: prefix,
             ino: InoMap::new(devs, p.ino32),
+            _claims: claims,
         })
+    }
+}
+
+/// Marks `path` as in use by this mount (an exclusive flock, held by the returned fd), or
+/// with `exclusive` false only checks that no mount holds it. Another mount whose upper
+/// or workdir it already is gets a warning, as from the kernel overlay (which refuses the
+/// mount only with `index=on`, a feature ovlfuse does not have): two overlays writing
+/// one upper each see the other's changes, or not, in no defined way.
+fn claim(opt: &str, path: &Path, exclusive: bool) -> Option<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let fd = fs::open_path(&c, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC).ok()?;
+    match fs::try_flock(fd.as_fd(), exclusive) {
+        Ok(true) => Some(fd),
+        Ok(false) => {
+            log::warn!(
+                "{opt} {} is in use as upperdir or workdir of another ovlfuse mount: \
+                 accessing files from both mounts will give undefined results",
+                path.display()
+            );
+            None
+        }
+        Err(e) => {
+            log::debug!("{opt} {}: cannot flock: {e}", path.display());
+            None
+        }
     }
 }
 

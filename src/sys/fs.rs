@@ -587,6 +587,20 @@ pub fn open_tree_clone(path: &CStr) -> SysResult<OwnedFd> {
     }
 }
 
+/// flock(2) without waiting: `Ok(false)` when another open file holds a conflicting lock.
+pub fn try_flock(fd: BorrowedFd<'_>, exclusive: bool) -> SysResult<bool> {
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    match check(unsafe { libc::flock(fd.as_raw_fd(), op | libc::LOCK_NB) }) {
+        Ok(_) => Ok(true),
+        Err(e) if e.0 == libc::EWOULDBLOCK => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn open_path(path: &CStr, flags: i32) -> SysResult<OwnedFd> {
     raw_openat(libc::AT_FDCWD, path, flags, 0)
 }
