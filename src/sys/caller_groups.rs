@@ -30,8 +30,9 @@ pub fn of(pid: u32) -> Option<Vec<u32>> {
     let groups = within(LIMIT, &OUT, move || read(pid));
     if groups.is_none() {
         log::warn!(
-            "the groups of process {pid} could not be read within {LIMIT:?}: it counts as \
-             a member of no other group (a set-group-ID bit it changes is cleared)"
+            "the groups of process {pid} could not be read (its /proc entry did not answer \
+             within {LIMIT:?}, or earlier reads still wait): it counts as a member of no \
+             other group (a set-group-ID bit it changes is cleared)"
         );
     }
     groups
