@@ -6529,10 +6529,19 @@ fn atime_mount_options_behave_as_on_the_kernel() {
     }
 }
 
-/// Sets the inode flags (FS_IOC_SETFLAGS) of `p` through the mount.
+/// Sets the append-only and immutable flags of `p` through the mount to those in `flags`,
+/// keeping its other inode flags, as chattr(1) does (FS_IOC_GETFLAGS, then SETFLAGS).
+/// Setting the bare value would also clear flags such as ext4's extents flag, which
+/// some kernels' overlayfs refuses with EPERM (after recording the append-only flag).
 fn set_inode_flags(p: &Path, flags: u32) -> io::Result<()> {
+    const PROTECTION: libc::c_long = 0x30;
     let f = open_fd(p, libc::O_RDONLY | libc::O_NONBLOCK, 0)?;
-    let mut v: libc::c_long = flags as libc::c_long;
+    let mut v: libc::c_long = 0;
+    // FS_IOC_GETFLAGS
+    if unsafe { libc::ioctl(f.as_raw_fd(), 0x8008_6601, &mut v) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    v = (v & !PROTECTION) | flags as libc::c_long;
     // FS_IOC_SETFLAGS
     if unsafe { libc::ioctl(f.as_raw_fd(), 0x4008_6602, &mut v) } < 0 {
         return Err(io::Error::last_os_error());
