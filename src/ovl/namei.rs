@@ -388,19 +388,35 @@ impl Overlay {
         while i < order.len() {
             let l = order[i];
             i += 1;
+            // Where an absolute redirect's copy sits in this layer, when the walk to it
+            // met a redirect (the layers below then follow another path); and whether
+            // the walk passed an opaque directory, which hides the layers below.
+            let mut walked: Option<std::ffi::OsString> = None;
+            let mut stop_below = false;
             let (pfd, look) = match &redirect {
                 None => (self.nodes.dir_fd(parent, l)?, name.to_os_string()),
                 Some(Redirect::Rel(r)) => (self.nodes.dir_fd(parent, l)?, r.clone()),
-                Some(Redirect::Abs(p)) => match self.open_redirect_parent(l, p) {
-                    Ok(x) => x,
-                    // A missing component: nothing in this layer, look in the next one
-                    // (the kernel's ovl_lookup_layer returns no dentry, and goes on).
-                    Err(Errno::ENOENT) => continue,
-                    // A component that is no directory (a symlink, with RESOLVE_NO_SYMLINKS,
-                    // says ELOOP) stops the lookup, as a non-directory does in the kernel.
-                    Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => break,
-                    Err(e) => return Err(e),
-                },
+                Some(Redirect::Abs(p)) => {
+                    let w = match self.walk_redirect(l, p) {
+                        Ok(w) => w,
+                        // A symlink on the way (RESOLVE_NO_SYMLINKS says ELOOP) stops the
+                        // lookup, as a non-directory does in the kernel.
+                        Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => break,
+                        Err(e) => return Err(e),
+                    };
+                    stop_below = w.stop;
+                    if let Some(b) = w.below {
+                        walked = Some(p.clone());
+                        redirect = Some(Redirect::Abs(b));
+                    }
+                    match w.at {
+                        Some(x) => x,
+                        // A missing directory on the way: nothing in this layer, look in
+                        // the next one (the kernel's ovl_lookup_layer returns no dentry).
+                        None if stop_below => break,
+                        None => continue,
+                    }
+                }
             };
             let look = look.as_os_str();
             match fs::fstatat(pfd.as_fd(), look) {
@@ -416,7 +432,7 @@ impl Overlay {
                             Some(Redirect::Rel(r)) => {
                                 Some(join(&self.nodes.layer_path(parent, l)?, r))
                             }
-                            Some(Redirect::Abs(p)) => Some(p.clone()),
+                            Some(Redirect::Abs(p)) => Some(walked.take().unwrap_or(p.clone())),
                         };
                         match &mut dir {
                             None => {
@@ -467,6 +483,9 @@ impl Overlay {
                             if matches!(r, Redirect::Abs(_)) {
                                 order = all_below(l);
                                 i = 0;
+                                // The kernel's ovl_check_redirect: an absolute redirect
+                                // below an opaque directory on the way lifts its stop.
+                                stop_below = false;
                             }
                             redirect = Some(r);
                         }
@@ -486,6 +505,9 @@ impl Overlay {
                 }
                 Err(Errno::ENOTDIR) => break,
                 Err(e) => return Err(e),
+            }
+            if stop_below {
+                break;
             }
         }
         Ok(match dir {
@@ -563,22 +585,78 @@ impl Overlay {
         None
     }
 
-    /// For an absolute redirect `p` (layer-relative), the fd of its parent directory in
-    /// layer `l` and its last component.
-    fn open_redirect_parent(
-        &self,
-        l: LayerId,
-        p: &OsStr,
-    ) -> SysResult<(Arc<OwnedFd>, std::ffi::OsString)> {
-        let (dir, base) = split_last(p.as_bytes());
-        let root = self.layers.get(l).fd();
-        let fd = fs::open_beneath(
-            root,
-            OsStr::from_bytes(dir),
+    /// Walks an absolute redirect `p` (layer-relative) in layer `l` one directory at a
+    /// time, as the kernel's `ovl_lookup_layer` does: a directory on the way that is
+    /// missing leaves nothing in this layer; one that is a whiteout or no directory stops
+    /// the lookup; an opaque one lets the walk go on in this layer but hides the layers
+    /// below; a redirect on one rewrites the path the layers below follow (an absolute
+    /// one also lifts an opaque ancestor's stop).
+    fn walk_redirect(&self, l: LayerId, p: &OsStr) -> SysResult<RedirectWalk> {
+        let comps: Vec<&[u8]> = p.as_bytes().split(|c| *c == b'/').collect();
+        // Such a path names nothing a rename could have recorded: it stops the lookup.
+        if comps.iter().any(|c| matches!(*c, b"" | b"." | b"..")) {
+            return Err(Errno::ENOTDIR);
+        }
+        let Some((last, dirs)) = comps.split_last() else {
+            return Err(Errno::ENOTDIR);
+        };
+        let mut walk = RedirectWalk {
+            at: None,
+            stop: false,
+            below: None,
+        };
+        let mut cur = fs::open_beneath(
+            self.layers.get(l).fd(),
+            OsStr::new("."),
             libc::O_PATH | libc::O_DIRECTORY,
             0,
         )?;
-        Ok((Arc::new(fd), OsStr::from_bytes(base).to_os_string()))
+        for (k, c) in dirs.iter().enumerate() {
+            let name = OsStr::from_bytes(c);
+            let st = match fs::fstatat(cur.as_fd(), name) {
+                Ok(st) => st,
+                Err(Errno::ENOENT) => {
+                    walk.stop |= self.oci_hidden(cur.as_fd(), name);
+                    return Ok(walk);
+                }
+                Err(e) => return Err(e),
+            };
+            if !fs::is_dir(&st) || whiteout::is_whiteout_in(cur.as_fd(), name, &st) {
+                walk.stop = true;
+                return Ok(walk);
+            }
+            let xa = whiteout::OverlayXattrs::of(cur.as_fd(), name);
+            if self.dir_is_opaque(cur.as_fd(), name, xa)? {
+                walk.stop = true;
+            } else if let Some(r) = self.redirect_of(cur.as_fd(), name, xa) {
+                let mut v = match r {
+                    Redirect::Abs(a) => {
+                        walk.stop = false;
+                        std::os::unix::ffi::OsStringExt::into_vec(a)
+                    }
+                    Redirect::Rel(n) => {
+                        let mut v = comps[..k].join(&b'/');
+                        if !v.is_empty() {
+                            v.push(b'/');
+                        }
+                        v.extend_from_slice(n.as_bytes());
+                        v
+                    }
+                };
+                for rest in &comps[k + 1..] {
+                    v.push(b'/');
+                    v.extend_from_slice(rest);
+                }
+                walk.below = Some(std::os::unix::ffi::OsStringExt::from_vec(v));
+            }
+            cur = match fs::open_beneath(cur.as_fd(), name, libc::O_PATH | libc::O_DIRECTORY, 0) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => return Ok(walk),
+                Err(e) => return Err(e),
+            };
+        }
+        walk.at = Some((Arc::new(cur), OsStr::from_bytes(last).to_os_string()));
+        Ok(walk)
     }
 
     /// Whether the OCI marker `.wh.NAME` sits in `dir`.
@@ -728,6 +806,17 @@ impl ListedLookups<'_> {
             .filter(|(next, _)| !DirReader::is_dot(*next))
             .filter_map(|(_, l)| Some((fds.get(ovl, dir, l.layer).ok()?.clone(), l.name.clone())))
     }
+}
+
+/// What walking an absolute redirect's path in one layer found (`walk_redirect`).
+struct RedirectWalk {
+    /// The directory holding the path's last component, and that component; `None` when
+    /// a directory on the way is missing.
+    at: Option<(Arc<OwnedFd>, std::ffi::OsString)>,
+    /// No layer below this one is to be looked in.
+    stop: bool,
+    /// The path the layers below follow, where a redirect on the way rewrote it.
+    below: Option<std::ffi::OsString>,
 }
 
 /// Where a renamed directory's lower parts are, from its `overlay.redirect` xattr.
