@@ -288,3 +288,42 @@ fn rename_within_a_parent_keeps_an_absolute_redirect() {
         ],
     );
 }
+
+/// A redirect on a directory along an absolute redirect's path rewrites the path the
+/// layers below follow, as in the kernel's lookup: `c` is `b/s`, and `b` of the layer
+/// below is `a/d` of the base layer, so `c` shows `a/d/s`.
+#[test]
+fn redirect_on_a_directory_along_an_absolute_path_is_followed() {
+    if !fuse_available() {
+        return;
+    }
+    let base = [E::File("a/d/s/f", b"f"), E::File("a/d/g", b"g")];
+    rotate_both(
+        "redirect-rot4",
+        &base,
+        &[&|m| mv(m, "a/d", "b"), &|m| mv(m, "b/s", "c"), &|_| {}],
+    );
+}
+
+/// An opaque directory along an absolute redirect's path hides the layers below it.
+#[test]
+fn opaque_directory_along_an_absolute_path_hides_the_layers_below() {
+    if !fuse_available() {
+        return;
+    }
+    let base = [E::File("a/s/hidden", b"h"), E::Dir("x")];
+    rotate_both(
+        "redirect-rot5",
+        &base,
+        &[
+            // `a` becomes opaque (a new directory over the removed one), holding a new `s`.
+            &|m| {
+                fs::remove_dir_all(m.join("a")).unwrap();
+                fs::create_dir_all(m.join("a/s")).unwrap();
+                fs::write(m.join("a/s/new"), b"n").unwrap();
+            },
+            &|m| mv(m, "a/s", "x/moved"),
+            &|_| {},
+        ],
+    );
+}

@@ -488,34 +488,69 @@ impl Overlay {
             .collect()
     }
 
-    /// Records on `dir` (named `name` in the upper copy of its old parent `from`, moving to
-    /// `to`) where its highest lower part is, in the kernel's `overlay.redirect` format: the
-    /// old name when that part stays in the same parent in its layer, else a path from the
-    /// layer root. Deeper lower parts follow from it on lookup.
+    /// Records on the directory `name` in the upper copy of its old parent `from` (moving to
+    /// `to`) where its lower parts are, as the kernel's `ovl_set_redirect` does: a redirect
+    /// it already carries stays when it is absolute or the directory keeps its parent;
+    /// otherwise the old name, within the same parent, or else the path of its old place
+    /// in the merged tree, each ancestor named by the redirect its upper copy carries where
+    /// it has one, up to the root or to the first absolute one. Lookup walks that path down
+    /// the lower layers, whose own redirects and opaque directories on the way then apply.
+    /// (A path read off the highest lower layer instead, as before, named a place another
+    /// lower layer hides: the kernel found nothing there, and neither did we after a
+    /// remount.)
     fn write_redirect(
         &self,
-        dir: &Node,
         from: &Node,
         to: &Node,
         fromfd: BorrowedFd<'_>,
         name: &OsStr,
     ) -> SysResult<()> {
         use std::os::unix::ffi::OsStrExt;
-        let layer = *dir.state().lowers.first().ok_or(Errno::EIO)?;
-        let path = self.nodes.layer_path(dir, layer)?;
-        let (fdir, base) = super::namei::split_last(path.as_bytes());
-        let same_parent = from.id == to.id
-            && self
-                .nodes
-                .layer_path(from, layer)
-                .is_ok_and(|pp| pp.as_bytes() == fdir);
-        let v = if same_parent {
-            base.to_vec()
-        } else {
-            [b"/", path.as_bytes()].concat()
+        let same_dir = from.id == to.id;
+        let v = match self.upper_redirect(fromfd, name) {
+            Some(r) if same_dir || r.first() == Some(&b'/') => return Ok(()),
+            _ if same_dir => name.as_bytes().to_vec(),
+            own => {
+                // Components from the directory up, each an ancestor's name or redirect.
+                let mut parts: Vec<Vec<u8>> = Vec::new();
+                let mut next = own.unwrap_or_else(|| name.as_bytes().to_vec());
+                let mut at = self.node(from.id)?;
+                loop {
+                    let absolute = next.first() == Some(&b'/');
+                    parts.push(next);
+                    if absolute || at.id == ROOT_ID {
+                        break;
+                    }
+                    let (pfd, pname) = self.parent_fd(&at, UPPER)?;
+                    next = self
+                        .upper_redirect(pfd.as_fd(), &pname)
+                        .unwrap_or_else(|| pname.as_bytes().to_vec());
+                    at = self.node(at.parent())?;
+                }
+                let mut v = Vec::new();
+                for p in parts.iter().rev() {
+                    if p.first() != Some(&b'/') {
+                        v.push(b'/');
+                    }
+                    v.extend_from_slice(p);
+                }
+                v
+            }
         };
         let prefix = self.layers.xattr_prefix;
         crate::sys::xattr::set(fromfd, name, &format!("{prefix}redirect"), &v, 0)
+    }
+
+    /// The redirect recorded on the upper directory `name` in `dir`, as written.
+    fn upper_redirect(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<Vec<u8>> {
+        let xa = whiteout::OverlayXattrs::of(dir, name);
+        if !xa.may_redirect() {
+            return None;
+        }
+        whiteout::REDIRECT_XATTRS
+            .iter()
+            .find_map(|a| crate::sys::xattr::get_vec(dir, name, a).ok())
+            .filter(|v| !v.is_empty() && !v.contains(&0))
     }
 
     fn check_removable(&self, child: &Arc<Node>, want_dir: bool) -> SysResult<()> {
@@ -851,7 +886,7 @@ impl Overlay {
                            name: &OsStr,
                            into_merged: bool| {
                 if redirect {
-                    self.write_redirect(n, from, to, fd, name)?;
+                    self.write_redirect(from, to, fd, name)?;
                     return self.lower_paths(n);
                 }
                 if n.is_dir() && into_merged && !whiteout::is_opaque_dir(fd, name) {
@@ -892,7 +927,7 @@ impl Overlay {
             Vec::new()
         };
         if src_redirect {
-            self.write_redirect(src, op, np, ofd, oname)?;
+            self.write_redirect(op, np, ofd, oname)?;
         } else if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname) {
             whiteout::set_opaque(ofd, oname, prefix)?;
         }
