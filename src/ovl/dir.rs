@@ -541,10 +541,11 @@ impl Overlay {
         crate::sys::xattr::set(fromfd, name, &format!("{prefix}redirect"), &v, 0)
     }
 
-    /// The redirect recorded on the upper directory `name` in `dir`, as written.
+    /// The redirect recorded on the upper directory `name` in `dir`, as written; none on
+    /// an opaque one (the kernel's lookup reads no redirect there, so keeps none in memory).
     fn upper_redirect(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<Vec<u8>> {
         let xa = whiteout::OverlayXattrs::of(dir, name);
-        if !xa.may_redirect() {
+        if !xa.may_redirect() || xa.opaque_dir(dir, name) {
             return None;
         }
         whiteout::REDIRECT_XATTRS
