@@ -301,7 +301,9 @@ fn redirect_on_a_directory_along_an_absolute_path_is_followed() {
     rotate_both(
         "redirect-rot4",
         &base,
-        &[&|m| mv(m, "a/d", "b"), &|m| mv(m, "b/s", "c"), &|_| {}],
+        &[&|m| mv(m, "a/d", "b"), &|m| mv(m, "b/s", "c"), &|m| {
+            assert_eq!(fs::read(m.join("c/f")).unwrap(), b"f", "{m:?}");
+        }],
     );
 }
 
@@ -323,7 +325,9 @@ fn opaque_directory_along_an_absolute_path_hides_the_layers_below() {
                 fs::write(m.join("a/s/new"), b"n").unwrap();
             },
             &|m| mv(m, "a/s", "x/moved"),
-            &|_| {},
+            &|m| {
+                assert_eq!(names(&m.join("x/moved")).unwrap(), vec!["new"], "{m:?}");
+            },
         ],
     );
 }
