@@ -1819,3 +1819,24 @@ fn layers_in_use_by_another_mount_are_warned_about() {
     check_simple_view(&sc.path("again"));
     g4.unmount();
 }
+
+/// umount(8) returns before the ended mount's daemon has exited and let go of its layers;
+/// a mount right after it (xfstests cycles its scratch mount so) waits for them instead of
+/// warning that they are in use.
+#[test]
+fn a_mount_right_after_an_unmount_gives_no_in_use_warning() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("cli-remount-quick");
+    let st = simple_stack(&sc);
+    for i in 0..15 {
+        let (err, g) = mount_opts(&st.full_opts(), &st.mnt);
+        assert!(!err.contains("is in use"), "mount {i} warned:\n{err}");
+        fs::write(st.mnt.join(format!("f{i}")), b"x").unwrap();
+        let o = run_unmount("umount", &[st.mnt.as_os_str()]);
+        assert!(o.status.success(), "umount {i}: {}", show_output(&o));
+        g.forget();
+    }
+    assert!(st.upper.join("f14").exists());
+}

@@ -202,6 +202,9 @@ impl Layers {
     }
 }
 
+/// How long a mount waits for a layer another daemon holds before warning (`claim`).
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Marks `path` as in use by this mount (an exclusive flock, held by the returned fd), or
 /// with `exclusive` false only checks that no mount holds it. Another mount whose upper
 /// or workdir it already is gets a warning, as from the kernel overlay (which refuses the
@@ -210,7 +213,16 @@ impl Layers {
 fn claim(opt: &str, path: &Path, exclusive: bool) -> Option<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes()).ok()?;
     let fd = fs::open_path(&c, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC).ok()?;
-    match fs::try_flock(fd.as_fd(), exclusive) {
+    // umount(8) returns before the daemon of the mount it ends has exited and let go, so
+    // a mount right after an unmount (xfstests' scratch cycles) may find the lock still
+    // held for some milliseconds: wait for it a while before calling it in use.
+    let deadline = std::time::Instant::now() + CLAIM_WAIT;
+    let mut held = fs::try_flock(fd.as_fd(), exclusive);
+    while held == Ok(false) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        held = fs::try_flock(fd.as_fd(), exclusive);
+    }
+    match held {
         Ok(true) => Some(fd),
         Ok(false) => {
             log::warn!(
