@@ -78,7 +78,7 @@ struct ThreadState {
     /// The CPU the thread is pinned to, if any.
     pinned: Option<usize>,
     /// The CPUs it was allowed before it first pinned itself.
-    home: Option<libc::cpu_set_t>,
+    home: Option<crate::sys::process::CpuSet>,
     /// A move the kernel refused (a CPU outside the daemon's cpuset, say), not tried again
     /// on every request while it is still the one wanted.
     refused: Option<Option<usize>>,
@@ -173,55 +173,40 @@ impl Follow {
 /// Pins the calling thread to `cpu` and gives it `class`, or returns it to its former
 /// CPUs and normal priority (`None`).
 fn move_thread(st: &mut ThreadState, cpu: Option<usize>, class: Policy) {
+    use crate::sys::process::{one_cpu, set_thread_cpus, thread_cpus};
     if st.home.is_none() {
-        match current_cpus() {
-            Some(set) => st.home = Some(set),
-            None => return,
+        match thread_cpus() {
+            Ok(set) => st.home = Some(set),
+            Err(_) => return,
         }
     }
-    let set = match cpu {
-        Some(c) if c < libc::CPU_SETSIZE as usize => {
-            // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it (checked above).
-            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-            unsafe { libc::CPU_SET(c, &mut set) };
-            set
-        }
-        Some(_) => return,
-        None => match st.home {
-            Some(h) => h,
-            None => return,
-        },
+    let Some(set) = (match cpu {
+        Some(c) => one_cpu(c),
+        None => st.home,
+    }) else {
+        return;
     };
-    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size given.
-    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-    if r == 0 {
-        log::trace!("/dev/fuse thread: CPU {:?} -> {cpu:?}", st.pinned);
-        match (cpu, &st.class) {
-            (Some(_), Some(g)) if st.pinned.is_none() => g.resume(),
-            (Some(_), Some(_)) => {}
-            (Some(_), None) => st.class = Some(Governor::start(class)),
-            (None, _) => {
-                if let Err(e) = crate::sys::process::set_sched_idle(false) {
-                    log::debug!("cannot give a /dev/fuse thread normal priority: {e:?}");
+    match set_thread_cpus(&set) {
+        Ok(()) => {
+            log::trace!("/dev/fuse thread: CPU {:?} -> {cpu:?}", st.pinned);
+            match (cpu, &st.class) {
+                (Some(_), Some(g)) if st.pinned.is_none() => g.resume(),
+                (Some(_), Some(_)) => {}
+                (Some(_), None) => st.class = Some(Governor::start(class)),
+                (None, _) => {
+                    if let Err(e) = crate::sys::process::set_sched_idle(false) {
+                        log::debug!("cannot give a /dev/fuse thread normal priority: {e:?}");
+                    }
                 }
             }
+            st.pinned = cpu;
+            st.refused = None;
         }
-        st.pinned = cpu;
-        st.refused = None;
-    } else {
-        st.refused = Some(cpu);
-        log::debug!(
-            "cannot move a /dev/fuse thread to CPU {cpu:?}: {}",
-            std::io::Error::last_os_error()
-        );
+        Err(e) => {
+            st.refused = Some(cpu);
+            log::debug!("cannot move a /dev/fuse thread to CPU {cpu:?}: {e:?}");
+        }
     }
-}
-
-fn current_cpus() -> Option<libc::cpu_set_t> {
-    // SAFETY: sched_getaffinity fills the set of the size given, for the calling thread.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
-    (r == 0).then_some(set)
 }
 
 /// The CPU thread `pid` last ran on, from /proc (a thread id works there too).
@@ -299,13 +284,13 @@ mod tests {
     fn a_thread_that_follows_is_pinned_and_then_let_go() {
         // A thread of our own, so the test runner's threads keep their CPUs.
         std::thread::spawn(|| {
-            let home = current_cpus().expect("our CPUs");
+            let home = crate::sys::process::thread_cpus().expect("our CPUs");
             let mut st = ThreadState::default();
             let me = caller_cpu(unsafe { libc::gettid() } as u32).expect("our CPU");
             move_thread(&mut st, Some(me), Policy::Idle);
             assert_eq!(st.pinned, Some(me));
             assert_eq!(sched_policy(), libc::SCHED_IDLE, "idle-class while pinned");
-            let now = current_cpus().unwrap();
+            let now = crate::sys::process::thread_cpus().unwrap();
             // SAFETY: CPU_COUNT/CPU_ISSET read a valid set.
             assert_eq!(unsafe { libc::CPU_COUNT(&now) }, 1);
             assert!(unsafe { libc::CPU_ISSET(me, &now) });
@@ -323,7 +308,7 @@ mod tests {
                 "idle-class when pinned again"
             );
             move_thread(&mut st, None, Policy::Idle);
-            let back = current_cpus().unwrap();
+            let back = crate::sys::process::thread_cpus().unwrap();
             assert!(
                 unsafe { libc::CPU_EQUAL(&back, &home) },
                 "back to the CPUs it had"

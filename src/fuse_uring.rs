@@ -182,20 +182,12 @@ impl Drop for Mapping {
 }
 
 fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays in bounds for cpu < 1024.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if cpu >= 1024 {
-            return;
-        }
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            // An offline CPU: its queue gets no requests while it stays offline.
-            log::debug!(
-                "cannot pin to CPU {cpu}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+    let Some(set) = crate::sys::process::one_cpu(cpu) else {
+        return;
+    };
+    if let Err(e) = crate::sys::process::set_thread_cpus(&set) {
+        // An offline CPU: its queue gets no requests while it stays offline.
+        log::debug!("cannot pin to CPU {cpu}: {e:?}");
     }
 }
 

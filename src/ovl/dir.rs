@@ -544,14 +544,15 @@ impl Overlay {
     /// The redirect recorded on the upper directory `name` in `dir`, as written; none on
     /// an opaque one (the kernel's lookup reads no redirect there, so keeps none in memory).
     fn upper_redirect(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt;
         let xa = whiteout::OverlayXattrs::of(dir, name);
-        if !xa.may_redirect() || xa.opaque_dir(dir, name) {
+        if xa.opaque_dir(dir, name) {
             return None;
         }
-        whiteout::REDIRECT_XATTRS
-            .iter()
-            .find_map(|a| crate::sys::xattr::get_vec(dir, name, a).ok())
-            .filter(|v| !v.is_empty() && !v.contains(&0))
+        Some(match self.redirect_of(dir, name, xa)? {
+            super::namei::Redirect::Abs(p) => [b"/", p.as_bytes()].concat(),
+            super::namei::Redirect::Rel(n) => n.as_bytes().to_vec(),
+        })
     }
 
     fn check_removable(&self, child: &Arc<Node>, want_dir: bool) -> SysResult<()> {

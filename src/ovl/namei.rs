@@ -559,7 +559,7 @@ impl Overlay {
     }
 
     /// The redirect recorded on directory `name` in layer directory `dir`, if any.
-    fn redirect_of(
+    pub(super) fn redirect_of(
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
@@ -820,7 +820,7 @@ struct RedirectWalk {
 }
 
 /// Where a renamed directory's lower parts are, from its `overlay.redirect` xattr.
-enum Redirect {
+pub(super) enum Redirect {
     /// Another name in the same parent directory.
     Rel(std::ffi::OsString),
     /// A path from the layer root.

@@ -1,5 +1,5 @@
 //! Process-level calls used to run as a daemon: fork, pipes, sessions, signals, unmount,
-//! the mount's read-ahead window, a thread's scheduling class, whether the FUSE
+//! the mount's read-ahead window, a thread's scheduling class and CPUs, whether the FUSE
 //! connection is still up, and whether we may give the kernel backing files.
 
 use super::{check, Errno, SysResult};
@@ -91,6 +91,34 @@ pub fn set_sched_idle(idle: bool) -> SysResult<()> {
     };
     // SAFETY: sets this thread's own policy from a valid sched_param.
     check(unsafe { libc::sched_setscheduler(0, policy, &p) }).map(|_| ())
+}
+
+/// A set of CPUs, for a thread's affinity.
+pub type CpuSet = libc::cpu_set_t;
+
+/// The set holding CPU `cpu` alone; `None` past what a set can hold.
+pub fn one_cpu(cpu: usize) -> Option<CpuSet> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return None;
+    }
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it (checked above).
+    let mut set: CpuSet = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    Some(set)
+}
+
+/// The CPUs the calling thread may run on.
+pub fn thread_cpus() -> SysResult<CpuSet> {
+    // SAFETY: sched_getaffinity fills the set of the size given, for the calling thread.
+    let mut set: CpuSet = unsafe { std::mem::zeroed() };
+    check(unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) })?;
+    Ok(set)
+}
+
+/// Lets the calling thread run only on the CPUs of `set`.
+pub fn set_thread_cpus(set: &CpuSet) -> SysResult<()> {
+    // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size given.
+    check(unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(set), set) }).map(|_| ())
 }
 
 pub fn umount_detach(path: &Path) -> SysResult<()> {
