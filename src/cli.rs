@@ -175,7 +175,8 @@ Overlay options:
   redirect_dir=on        rename directories that have lower parts, recording where their
                          lower parts are in overlay.redirect (default as root of the
                          initial user namespace; elsewhere off, as rootless kernel
-                         overlayfs has no redirects)
+                         overlayfs has no redirects; always off on an upper filesystem
+                         that takes no xattrs)
   redirect_dir=off|follow|nofollow  such renames fail with EXDEV, as on a kernel built
                          without redirects; existing redirects are still followed
   index=off              accepted; \"on\" is not supported

@@ -80,8 +80,10 @@ pub fn run(cli: Cli) -> Result<(), String> {
     check_allow_other(&params)?;
     let layers = Layers::open(&params)?;
     // Rootless kernel overlayfs (userxattr) has no redirects; written in its format, the
-    // upper must not need them unless asked.
+    // upper must not need them unless asked. An upper that takes no xattrs cannot hold a
+    // redirect at all: the kernel overlay then falls back to redirect_dir=nofollow.
     let redirect_dir = params.redirect_dir
+        && layers.upper_xattrs
         && (params.redirect_dir_given || layers.xattr_prefix == "trusted.overlay.");
     let ovl = Overlay::new(
         layers,

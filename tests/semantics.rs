@@ -5154,6 +5154,116 @@ fn upper_on_a_different_file_system_than_the_lowers() {
     drop(guards);
 }
 
+/// Operations that need no overlay xattr in the upper layer: the kernel overlay does them
+/// on an upper that takes none.
+fn no_xattr_upper_ops(r: &Path) -> Vec<String> {
+    vec![
+        outcome_unit(&fs::create_dir(r.join("newdir"))),
+        outcome_unit(&fs::create_dir(r.join("d/sub"))),
+        outcome_unit(&write_at(&r.join("f"), 7, b"+more")),
+        outcome_unit(&fs::set_permissions(
+            r.join("g"),
+            fs::Permissions::from_mode(0o600),
+        )),
+        outcome_unit(&fs::remove_file(r.join("d/h"))),
+        outcome_unit(&fs::remove_dir(r.join("empty"))),
+        outcome_unit(&fs::hard_link(r.join("g"), r.join("glink"))),
+        outcome_unit(&std::os::unix::fs::symlink("f", r.join("sl"))),
+        outcome_unit(&fs::write(r.join("d/new"), b"new")),
+        read_str(&r.join("f")),
+        format!("{:?}", names_or_err(r)),
+        format!("{:?}", names_or_err(&r.join("d"))),
+    ]
+}
+
+#[test]
+fn upper_that_takes_no_xattrs_works_and_falls_back_where_the_kernel_cannot() {
+    if !fuse_available() {
+        return;
+    }
+    // Upper and work on a ramfs, which takes no xattrs at all (neither do NFSv3 and some
+    // FUSE filesystems): no opaque mark, no redirect.
+    let sc = Scratch::new("sem-no-xattr-upper");
+    let lowers: Vec<E> = vec![
+        E::File("f", b"lower f"),
+        E::File("g", b"g"),
+        E::File("d/h", b"h"),
+        E::Dir("empty"),
+        E::File("tree/a", b"a"),
+        E::File("tree/sub/b", b"b"),
+        E::File("moved/c", b"c"),
+    ];
+    let mut stacks = Vec::new();
+    let mut guards = Vec::new();
+    for who in ["k", "f"] {
+        let base = sc.dir(who);
+        let l = base.join("lower0");
+        fs::create_dir(&l).unwrap();
+        build(&l, &lowers);
+        let t = sc.dir(&format!("{who}/ramfs"));
+        guards.push(mount_ramfs(&t));
+        let st = Stack {
+            lowers: vec![l],
+            upper: t.join("upper"),
+            work: t.join("work"),
+            mnt: sc.dir(&format!("{who}/mnt")),
+        };
+        fs::create_dir(&st.upper).unwrap();
+        fs::create_dir(&st.work).unwrap();
+        stacks.push(st);
+    }
+    let (k, f) = (&stacks[0], &stacks[1]);
+    let lc = LowerCheck::new(&[k.lowers[0].clone(), f.lowers[0].clone()]);
+    let kg = mount_kernel(k);
+    let fg = mount_ovlfuse(f, &[]);
+    assert_eq!(
+        no_xattr_upper_ops(&f.mnt),
+        no_xattr_upper_ops(&k.mnt),
+        "operations on an upper without xattrs: ovlfuse (left) vs kernel (right)"
+    );
+    assert_same_snapshots(
+        "merged views, upper on ramfs",
+        "kernel",
+        &snapshot(&k.mnt, XattrSel::User),
+        "ovlfuse",
+        &snapshot(&f.mnt, XattrSel::User),
+    );
+
+    // Where the kernel needs an xattr it fails (rm -rf of a lower tree: EIO, having removed
+    // part of it; a rename of a lower directory: EIO). ovlfuse removes the tree, marks a
+    // directory made in its place opaque with the OCI marker, and refuses the rename with
+    // EXDEV (redirect_dir falls back to off), so that mv copies.
+    let m = &f.mnt;
+    fs::remove_dir_all(m.join("tree")).expect("rm -rf of a lower tree");
+    fs::create_dir(m.join("tree")).expect("mkdir where a lower directory was removed");
+    fs::write(m.join("tree/new"), b"n").unwrap();
+    assert_eq!(names_or_err(&m.join("tree")), Ok(vec!["new".to_string()]));
+    fs::remove_dir(m.join("empty")).expect_err("removed above");
+    fs::create_dir(m.join("empty")).expect("mkdir over a removed empty lower directory");
+    expect_errno(
+        fs::rename(m.join("moved"), m.join("moved2")),
+        libc::EXDEV,
+        "rename of a lower directory without redirects",
+    );
+    fg.unmount();
+    kg.unmount();
+    assert!(
+        f.upper.join("tree/.wh..wh..opq").exists(),
+        "the directory made over a removed one carries the OCI opaque marker"
+    );
+    // A new daemon reads the marker: the removed lower entries stay hidden.
+    let fg = mount_ovlfuse(f, &[]);
+    assert_eq!(
+        names_or_err(&f.mnt.join("tree")),
+        Ok(vec!["new".to_string()])
+    );
+    assert_eq!(names_or_err(&f.mnt.join("empty")), Ok(vec![]));
+    assert_eq!(read_str(&f.mnt.join("moved/c")), "c");
+    fg.unmount();
+    lc.verify();
+    drop(guards);
+}
+
 #[test]
 fn read_only_lower_file_system_is_fine() {
     if !fuse_available() {

@@ -280,7 +280,21 @@ impl Overlay {
                     fs::fchmodat(dir, n, now | libc::S_ISGID)?;
                 }
                 if opaque {
-                    whiteout::set_opaque(dir, n, self.layers.xattr_prefix)?;
+                    let marked = whiteout::set_opaque(
+                        dir,
+                        n,
+                        self.layers.xattr_prefix,
+                        self.layers.upper_xattrs,
+                    );
+                    match marked {
+                        // Over a whiteout the mark is what hides the lower directory; in a
+                        // merged parent it only spares lookups below (the kernel, too, lets
+                        // that one fail).
+                        Err(e) if !hides_marker => {
+                            log::debug!("new directory {n:?} not marked opaque: {e:?}")
+                        }
+                        other => other?,
+                    }
                 }
                 Ok(())
             };
@@ -873,7 +887,7 @@ impl Overlay {
         let ofd = self.nodes.dir_fd(op, UPPER)?;
         let nfd = self.nodes.dir_fd(np, UPPER)?;
         let (ofd, nfd) = (ofd.as_fd(), nfd.as_fd());
-        let prefix = self.layers.xattr_prefix;
+        let (prefix, xattrs) = (self.layers.xattr_prefix, self.layers.upper_xattrs);
         let np_merged = np.has_lowers();
         let op_merged = op.has_lowers();
 
@@ -892,7 +906,7 @@ impl Overlay {
                     return self.lower_paths(n);
                 }
                 if n.is_dir() && into_merged && !whiteout::is_opaque_dir(fd, name) {
-                    whiteout::set_opaque(fd, name, prefix)?;
+                    whiteout::set_opaque(fd, name, prefix, xattrs)?;
                 }
                 Ok(Vec::new())
             };
@@ -931,7 +945,7 @@ impl Overlay {
         if src_redirect {
             self.write_redirect(op, np, ofd, oname)?;
         } else if src.is_dir() && np_merged && !whiteout::is_opaque_dir(ofd, oname) {
-            whiteout::set_opaque(ofd, oname, prefix)?;
+            whiteout::set_opaque(ofd, oname, prefix, xattrs)?;
         }
         if target_not_empty {
             return Err(Errno::ENOTEMPTY);
@@ -945,7 +959,7 @@ impl Overlay {
                     let work = self.layers.work()?;
                     let tmp = temp_name();
                     fs::mkdirat(work, &tmp, 0o700)?;
-                    let res = whiteout::set_opaque(work, &tmp, prefix)
+                    let res = whiteout::set_opaque(work, &tmp, prefix, xattrs)
                         .and_then(|()| fs::renameat2(work, &tmp, nfd, nname, fs::RENAME_EXCHANGE));
                     let _ = remove_tree(work, &tmp);
                     res?;

@@ -50,6 +50,9 @@ pub struct Layers {
     pub workdir: Option<PathBuf>,
     /// Prefix of the private xattrs this mount writes (`trusted.overlay.` or `user.overlay.`).
     pub xattr_prefix: &'static str,
+    /// Whether the upper filesystem takes those xattrs at all (ramfs, some FUSE and network
+    /// filesystems do not): without them no directory can be marked opaque or redirected.
+    pub upper_xattrs: bool,
     /// Whether any layer keeps owners and modes in an override xattr.
     pub any_override: bool,
     /// Whether any lower layer is on an idmapped mount.
@@ -196,6 +199,7 @@ impl Layers {
             lowers,
             work,
             xattr_prefix: prefix,
+            upper_xattrs: xattrs_ok,
             ino: InoMap::new(devs, p.ino32),
             _claims: claims,
         })
@@ -469,7 +473,7 @@ fn pick_xattr_prefix(work: BorrowedFd<'_>, preferred: &'static str) -> (&'static
             return (prefix, true);
         }
     }
-    log::warn!("upper filesystem supports no overlay xattrs: making a directory where one was deleted will fail");
+    log::warn!("upper filesystem supports no overlay xattrs: opaque directories are marked with OCI .wh..wh..opq files (which kernel overlayfs does not read), and renaming a directory with lower parts fails with EXDEV (redirect_dir=off)");
     (preferred, false)
 }
 

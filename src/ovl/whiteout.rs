@@ -2,7 +2,8 @@
 //!
 //! Written (what kernel overlayfs reads): a whiteout is a character device 0/0; an opaque
 //! directory carries `<prefix>opaque=y`, where the prefix is `trusted.overlay.` when we run
-//! as root and `user.overlay.` otherwise (the kernel's `userxattr` mode).
+//! as root and `user.overlay.` otherwise (the kernel's `userxattr` mode). An upper
+//! filesystem that refuses those gets the fallbacks in [`Format`] and [`set_opaque`].
 //!
 //! Read, from any layer: char 0/0; a zero-size file carrying `<prefix>whiteout` (the
 //! kernel's xattr whiteouts); OCI image markers `.wh.NAME` (hides NAME) and `.wh..wh..opq`
@@ -16,7 +17,7 @@
 use crate::sys::fs::{self, Stat};
 use crate::sys::{xattr, Errno, SysResult};
 use std::ffi::{OsStr, OsString};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 pub const OCI_PREFIX: &[u8] = b".wh.";
@@ -157,9 +158,29 @@ fn has_opaque_value(parent: BorrowedFd<'_>, name: &OsStr) -> bool {
     false
 }
 
-/// Marks `name` in `dir` opaque in the format this mount writes.
-pub fn set_opaque(dir: BorrowedFd<'_>, name: &OsStr, prefix: &str) -> SysResult<()> {
-    xattr::set(dir, name, &format!("{prefix}opaque"), b"y", 0)
+/// Marks the directory `name` in `dir` opaque: with `<prefix>opaque=y`, which the kernel
+/// reads; or, where the upper filesystem takes no xattrs (`xattrs` false: ramfs, NFSv3),
+/// with the OCI marker `.wh..wh..opq` inside it, which our lookup reads in every layer.
+/// The kernel overlay cannot mark a directory opaque on such an upper at all.
+pub fn set_opaque(dir: BorrowedFd<'_>, name: &OsStr, prefix: &str, xattrs: bool) -> SysResult<()> {
+    if xattrs {
+        return xattr::set(dir, name, &format!("{prefix}opaque"), b"y", 0);
+    }
+    let d = fs::openat(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    )?;
+    match fs::openat(
+        d.as_fd(),
+        OsStr::from_bytes(OCI_OPAQUE),
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+        0o600,
+    ) {
+        Ok(_) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Creates a kernel-format whiteout called `name` in `dir`.

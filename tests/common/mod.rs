@@ -1338,20 +1338,29 @@ pub fn mount_tmpfs(mnt: &Path) -> MountGuard {
 
 /// A tmpfs with mount options `opts` ("size=8m", say).
 pub fn mount_tmpfs_with(mnt: &Path, opts: &str) -> MountGuard {
+    mount_memory_fs("tmpfs", mnt, opts)
+}
+
+/// A ramfs: a filesystem that takes no xattrs of any kind.
+pub fn mount_ramfs(mnt: &Path) -> MountGuard {
+    mount_memory_fs("ramfs", mnt, "defaults")
+}
+
+fn mount_memory_fs(fstype: &str, mnt: &Path, opts: &str) -> MountGuard {
     let o = run_tool(
         "mount",
         &[
             OsStr::new("-t"),
-            OsStr::new("tmpfs"),
+            OsStr::new(fstype),
             OsStr::new("-o"),
             OsStr::new(opts),
-            OsStr::new("tmpfs"),
+            OsStr::new(fstype),
             mnt.as_os_str(),
         ],
     );
     assert!(
         o.status.success(),
-        "mount tmpfs at {mnt:?} failed:\n{}",
+        "mount {fstype} at {mnt:?} failed:\n{}",
         show_output(&o)
     );
     MountGuard::adopt_kernel(mnt)
