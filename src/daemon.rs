@@ -68,6 +68,8 @@ pub fn run(cli: Cli) -> Result<(), String> {
     // applied the caller's umask).
     sys::set_umask(0);
     sys::one_malloc_arena();
+    let fds = sys::process::raise_fd_limit();
+    log::debug!("open file limit: {fds}");
 
     let md = std::fs::metadata(&cli.mountpoint)
         .map_err(|e| format!("mountpoint {}: {}", cli.mountpoint.display(), e))?;

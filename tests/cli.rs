@@ -1840,3 +1840,88 @@ fn a_mount_right_after_an_unmount_gives_no_in_use_warning() {
     }
     assert!(st.upper.join("f14").exists());
 }
+
+/// Mounts with `prlimit --nofile=SOFT:HARD ovlfuse -o OPTS MNT`.
+fn mount_with_fd_limit(soft: u32, hard: u32, opts: &str, mnt: &Path) -> MountGuard {
+    let o = Command::new("prlimit")
+        .arg(format!("--nofile={soft}:{hard}"))
+        .arg(ovlfuse_bin())
+        .args(["-o", opts])
+        .arg(mnt)
+        .output()
+        .expect("run prlimit (util-linux)");
+    assert!(
+        o.status.success(),
+        "mount with nofile {soft}:{hard} failed: {}",
+        show_output(&o)
+    );
+    MountGuard::adopt_fuse(mnt)
+}
+
+/// The daemon's soft limit on open files (`Max open files` in /proc/PID/limits).
+fn soft_fd_limit(pid: u32) -> u64 {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+/// Every file open through the mount holds an fd of the daemon, and so does every layer and
+/// each directory it keeps open for speed. Started with the usual soft limit of 1024 the
+/// daemon raises it to the hard limit, as fuse-overlayfs does; and where the hard limit
+/// itself is low, its cached directory fds make room, so that files in many directories can
+/// still be read, held open and created. (Before, a daemon with 1024 failed opens with
+/// EMFILE once it had walked a thousand directories, even with no file open.)
+#[test]
+fn open_file_limit_is_raised_and_cached_directory_fds_make_room() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("cli-fd-limit");
+    let st = Stack::new_at(&sc.root, 1);
+    const DIRS: usize = 400;
+    for i in 0..DIRS {
+        let d = st.lowers[0].join(format!("d{i}"));
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("f"), i.to_string()).unwrap();
+    }
+    let lc = LowerCheck::new(&st.lowers);
+
+    let g = mount_with_fd_limit(1024, 4096, &st.full_opts(), &st.mnt);
+    let pid = g.pid().expect("the daemon's pid");
+    assert_eq!(
+        soft_fd_limit(pid),
+        4096,
+        "soft limit raised to the hard one"
+    );
+    g.unmount();
+
+    // 128 fds in all: about 25 go to the daemon itself, 32 to cached directories.
+    let g = mount_with_fd_limit(128, 128, &st.full_opts(), &st.mnt);
+    let pid = g.pid().expect("the daemon's pid");
+    assert_eq!(soft_fd_limit(pid), 128);
+    let file = |i: usize| st.mnt.join(format!("d{i}/f"));
+    for i in 0..DIRS {
+        let got = ok(fs::read_to_string(file(i)), &format!("read d{i}/f"));
+        assert_eq!(got, i.to_string());
+    }
+    let held: Vec<fs::File> = (0..80)
+        .map(|i| ok(fs::File::open(file(i)), &format!("hold d{i}/f open")))
+        .collect();
+    for i in 0..20 {
+        let p = st.mnt.join(format!("d{}/new", DIRS - 1 - i));
+        ok(
+            fs::write(&p, b"new"),
+            &format!("create {p:?} with 80 files open"),
+        );
+    }
+    drop(held);
+    g.unmount();
+    assert_eq!(
+        fs::read(st.upper.join(format!("d{}/new", DIRS - 1))).unwrap(),
+        b"new"
+    );
+    lc.verify();
+}

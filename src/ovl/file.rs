@@ -179,7 +179,8 @@ impl Overlay {
             rflags |= libc::O_TRUNC;
         }
         let open_real = |flags: i32| {
-            let res = self.parent_fd(&node, top).and_then(|(pfd, name)| {
+            let res = self.nodes.with_fds(|| {
+                let (pfd, name) = self.parent_fd(&node, top)?;
                 if top == UPPER {
                     fs::openat_as_owner(pfd.as_fd(), &name, flags)
                 } else {
@@ -300,8 +301,10 @@ impl Overlay {
         } else {
             (flags, true)
         };
-        let (node, attr, fd) =
-            self.create_object(ctx, parent, name, NewObject::File { mode, flags: real })?;
+        // A create that fails for want of fds has made nothing: the fd comes first.
+        let (node, attr, fd) = self.nodes.with_fds(|| {
+            self.create_object(ctx, parent, name, NewObject::File { mode, flags: real })
+        })?;
         let fd = fd.ok_or(Errno::EIO)?;
         let fh = self.add_handle(node.clone(), fd, true, flags, !cached);
         Ok((node, attr, fh))

@@ -16,6 +16,7 @@ use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Index of a layer: 0 is the upper layer, 1..=N the lower layers from the highest down.
 pub type LayerId = u16;
@@ -25,7 +26,9 @@ pub const UPPER: LayerId = 0;
 pub const MAX_LOWERS: usize = 500;
 
 pub struct Layer {
-    pub root: OwnedFd,
+    /// Shared with the node table, which reaches everything in the layer from it: one fd
+    /// per layer, as a mount may have 500.
+    pub root: Arc<OwnedFd>,
     pub path: PathBuf,
     pub dev: u64,
     pub ino: u64,
@@ -373,7 +376,7 @@ fn open_upper_and_work(
         Some(Layer {
             override_stat: None,
             idmapped: false,
-            root: fd,
+            root: Arc::new(fd),
             path: p.to_path_buf(),
             dev: st.st_dev,
             ino: st.st_ino,
@@ -428,7 +431,7 @@ fn open_layer(opt: &str, path: PathBuf) -> Result<Layer, String> {
     Ok(Layer {
         override_stat,
         idmapped: false,
-        root,
+        root: Arc::new(root),
         path,
         dev: st.st_dev,
         ino: st.st_ino,

@@ -26,8 +26,17 @@ use std::sync::Arc;
 pub type NodeId = u64;
 pub const ROOT_ID: NodeId = 1;
 
-/// Directory fds kept open for reuse; bounded so idle directories hold no fd.
+/// Directory fds kept open for reuse; bounded so idle directories hold no fd, and to a
+/// quarter of the open-file limit, so that files opened through the mount find fds left.
 const DIRFD_CACHE: usize = 1024;
+const DIRFD_CACHE_MIN: usize = 16;
+/// Whether fds ran short once already (warned once per daemon).
+static FD_SHORTAGE_SEEN: AtomicBool = AtomicBool::new(false);
+
+fn dirfd_cache_size(fd_limit: u64) -> NonZeroUsize {
+    let quarter = usize::try_from(fd_limit / 4).unwrap_or(usize::MAX);
+    NonZeroUsize::new(quarter.clamp(DIRFD_CACHE_MIN, DIRFD_CACHE)).expect("at least the minimum")
+}
 
 /// Relative paths at least this long are resolved from the parent directory's fd instead
 /// of from the layer root, so depth is not limited by PATH_MAX.
@@ -376,15 +385,13 @@ impl NodeTable {
     pub fn new(layers: &Layers) -> SysResult<NodeTable> {
         let mut roots = Vec::new();
         if let Some(u) = &layers.upper {
-            roots.push(Arc::new(u.root.try_clone().map_err(Errno::from)?));
+            roots.push(u.root.clone());
         } else {
             // Keeps layer ids as indexes; never handed out, as a read-only mount has no upper.
-            roots.push(Arc::new(
-                layers.lowers[0].root.try_clone().map_err(Errno::from)?,
-            ));
+            roots.push(layers.lowers[0].root.clone());
         }
         for l in &layers.lowers {
-            roots.push(Arc::new(l.root.try_clone().map_err(Errno::from)?));
+            roots.push(l.root.clone());
         }
         let t = NodeTable {
             nodes: DashMap::default(),
@@ -393,7 +400,9 @@ impl NodeTable {
             removals: AtomicU64::new(0),
             inserts: AtomicU64::new(0),
             peak: std::sync::atomic::AtomicUsize::new(0),
-            dirfds: Mutex::new(LruCache::new(NonZeroUsize::new(DIRFD_CACHE).unwrap())),
+            dirfds: Mutex::new(LruCache::new(dirfd_cache_size(
+                crate::sys::process::fd_limit(),
+            ))),
             xwhiteouts: Mutex::new(LruCache::new(NonZeroUsize::new(DIRFD_CACHE).unwrap())),
             roots,
         };
@@ -753,12 +762,12 @@ impl NodeTable {
             Ok((fs::open_beneath(at, rel, path, 0)?, false))
         };
         let (fd, fresh) = if rel.len() < DEEP_PATH || redirected {
-            open(self.roots[layer as usize].as_fd(), &rel)?
+            self.with_fds(|| open(self.roots[layer as usize].as_fd(), &rel))?
         } else {
             // Too long for one path walk (PATH_MAX): continue from the parent's fd.
             let (parent, name) = self.live_parent(node)?;
             let pfd = self.dir_fd(&parent, layer)?;
-            open(pfd.as_fd(), &name)?
+            self.with_fds(|| open(pfd.as_fd(), &name))?
         };
         let fd = Arc::new(fd);
         self.dirfds.lock().put((node.id, layer), fd.clone());
@@ -773,6 +782,33 @@ impl NodeTable {
         let v = whiteout::dir_has_xwhiteouts(dir);
         self.xwhiteouts.lock().put((node.id, layer), v);
         v
+    }
+
+    /// Runs `f`, and once more after closing the cached directory fds if it failed for
+    /// want of fds (EMFILE, ENFILE): with many files open through the mount, an open
+    /// must not fail while fds we only keep for speed could make room.
+    pub fn with_fds<T>(&self, f: impl Fn() -> SysResult<T>) -> SysResult<T> {
+        match f() {
+            Err(e) if e == Errno::EMFILE || e == Errno::ENFILE => {
+                let cached = {
+                    let mut c = self.dirfds.lock();
+                    let n = c.len();
+                    c.clear();
+                    n
+                };
+                if cached == 0 {
+                    return Err(e);
+                }
+                if !FD_SHORTAGE_SEEN.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "out of file descriptors (limit {}): closed {cached} cached directory fds; raise the hard limit (ulimit -Hn) for many open files",
+                        crate::sys::process::fd_limit()
+                    );
+                }
+                f()
+            }
+            other => other,
+        }
     }
 
     /// Forgets cached fds of a directory that went away or changed layers.
@@ -823,3 +859,18 @@ impl std::fmt::Debug for Node {
 // Every live object of the mount has a node; a big directory walked by `find` makes
 // hundreds of thousands. Keep one within the 176-byte allocation its `Arc` fits.
 const _: () = assert!(std::mem::size_of::<Node>() <= 152);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_directory_fds_take_a_quarter_of_the_fd_limit_within_bounds() {
+        let size = |limit| dirfd_cache_size(limit).get();
+        assert_eq!(size(128), 32);
+        assert_eq!(size(1024), 256);
+        assert_eq!(size(40), DIRFD_CACHE_MIN);
+        assert_eq!(size(1 << 20), DIRFD_CACHE);
+        assert_eq!(size(u64::MAX), DIRFD_CACHE);
+    }
+}

@@ -60,6 +60,8 @@ impl Errno {
     pub const EBUSY: Errno = Errno(libc::EBUSY);
     pub const ENOSPC: Errno = Errno(libc::ENOSPC);
     pub const EDQUOT: Errno = Errno(libc::EDQUOT);
+    pub const EMFILE: Errno = Errno(libc::EMFILE);
+    pub const ENFILE: Errno = Errno(libc::ENFILE);
 
     /// The calling thread's current errno.
     pub fn last() -> Errno {

@@ -79,6 +79,44 @@ pub fn wait_term_signal() -> i32 {
     sig
 }
 
+/// Raises this process's soft limit on open files to its hard limit, as fuse-overlayfs
+/// does: shells and service managers start programs with a soft limit of 1024, while every
+/// file open through the mount, and every layer, holds fds of ours. Returns the soft limit
+/// in force afterwards.
+pub fn raise_fd_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills a struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 1024;
+    }
+    if r.rlim_cur < r.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: r.rlim_max,
+            rlim_max: r.rlim_max,
+        };
+        // SAFETY: setrlimit reads a struct we own. It fails for a hard limit above
+        // fs.nr_open (RLIM_INFINITY, say); the old soft limit then stays.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return r.rlim_max;
+        }
+    }
+    r.rlim_cur
+}
+
+/// The soft limit on open files.
+pub fn fd_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
+    // SAFETY: getrlimit fills a struct we own; on failure it stays as set above.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    r.rlim_cur
+}
+
 /// Detaches the mount at `path` (lazy unmount).
 /// Moves the calling thread to the idle scheduling class (SCHED_IDLE: it runs only on a
 /// CPU nothing else wants) or back to the normal one.
