@@ -1916,12 +1916,25 @@ fn open_file_limit_is_raised_and_cached_directory_fds_make_room() {
             fs::write(&p, b"new"),
             &format!("create {p:?} with 80 files open"),
         );
+        let p = file(DIRS - 1 - i);
+        let append = fs::OpenOptions::new().append(true).open(&p);
+        ok(
+            std::io::Write::write_all(
+                &mut ok(append, &format!("open {p:?} to append (copy-up)")),
+                b"+",
+            ),
+            &format!("append to {p:?}"),
+        );
     }
     drop(held);
     g.unmount();
     assert_eq!(
         fs::read(st.upper.join(format!("d{}/new", DIRS - 1))).unwrap(),
         b"new"
+    );
+    assert_eq!(
+        fs::read_to_string(st.upper.join(format!("d{}/f", DIRS - 20))).unwrap(),
+        format!("{}+", DIRS - 20)
     );
     lc.verify();
 }

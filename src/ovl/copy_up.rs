@@ -77,18 +77,25 @@ impl Overlay {
                 rdev: Some(lst.st_rdev),
             })
         });
-        let res = self
-            .build_copy(lpfd.as_fd(), &name, &eff, work, &tmp, with_data)
-            .and_then(|()| match &kept {
-                // A symlink refusing it keeps its inode's owner.
-                Some(o) => self
-                    .write_override(work, &tmp, o, fs::ifmt(lst.st_mode))
-                    .map(drop),
-                None => Ok(()),
-            })
-            .and_then(|()| fs::renameat2(work, &tmp, upfd.as_fd(), &name, fs::RENAME_NOREPLACE));
-        if let Err(e) = res {
-            let _ = remove_tree(work, &tmp);
+        let attempt = || {
+            let res = self
+                .build_copy(lpfd.as_fd(), &name, &eff, work, &tmp, with_data)
+                .and_then(|()| match &kept {
+                    // A symlink refusing it keeps its inode's owner.
+                    Some(o) => self
+                        .write_override(work, &tmp, o, fs::ifmt(lst.st_mode))
+                        .map(drop),
+                    None => Ok(()),
+                })
+                .and_then(|()| {
+                    fs::renameat2(work, &tmp, upfd.as_fd(), &name, fs::RENAME_NOREPLACE)
+                });
+            if res.is_err() {
+                let _ = remove_tree(work, &tmp);
+            }
+            res
+        };
+        if let Err(e) = self.nodes.with_fds(attempt) {
             warn!("copy-up of {:?} failed: {e:?}", name);
             // Something (a whiteout, once the object was removed while open) holds the name:
             // the kernel reports EEXIST for a file and ENOTDIR for a directory.
