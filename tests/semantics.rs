@@ -6206,6 +6206,109 @@ fn parallel_creates_renames_and_unlinks_in_one_directory() {
     t.finish(true);
 }
 
+/// What a process does with a directory, and a file in it, that another process keeps
+/// moving: stat, create, open and list attributes through a descriptor of the directory.
+/// The kernel does not hold a moving directory's lock across these requests (xfstests
+/// generic/707 creates files in one while `mv` moves it), so they must not depend on the
+/// name the directory had when the request started. Returns the failures.
+fn use_a_moving_directory(r: &Path) -> Vec<String> {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (a, b) = (r.join("a"), r.join("b"));
+    let dir = ok(
+        fs::File::open(a.join("d")),
+        "open the directory that will move",
+    );
+    let dfd = dir.as_raw_fd();
+    std::thread::scope(|s| {
+        let mover = s.spawn(|| {
+            let mut errs = Vec::new();
+            for i in 0..4000 {
+                let (from, to) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+                if let Err(e) = fs::rename(from.join("d"), to.join("d")) {
+                    errs.push(format!("rename {i}: {}", describe_err(&e)));
+                    break;
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            errs
+        });
+        let mut errs = Vec::new();
+        let mut i = 0u64;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) && errs.len() < 10 {
+            let name = cpath(Path::new(&format!("n{}", i % 64)));
+            i += 1;
+            // A create marks the directory's attributes stale; the stat after it asks.
+            let fd = unsafe {
+                libc::openat(
+                    dfd,
+                    name.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o644,
+                )
+            };
+            if fd < 0 {
+                errs.push(format!(
+                    "create: {}",
+                    describe_err(&io::Error::last_os_error())
+                ));
+                continue;
+            }
+            unsafe { libc::close(fd) };
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            let empty = c"";
+            if unsafe { libc::fstatat(dfd, empty.as_ptr(), &mut st, libc::AT_EMPTY_PATH) } != 0 {
+                errs.push(format!(
+                    "stat: {}",
+                    describe_err(&io::Error::last_os_error())
+                ));
+            }
+            let f = c"f";
+            let fd = unsafe { libc::openat(dfd, f.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                errs.push(format!(
+                    "open f: {}",
+                    describe_err(&io::Error::last_os_error())
+                ));
+            } else {
+                let mut buf = [0u8; 256];
+                if unsafe { libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len()) } < 0 {
+                    errs.push(format!(
+                        "listxattr f: {}",
+                        describe_err(&io::Error::last_os_error())
+                    ));
+                }
+                unsafe { libc::close(fd) };
+            }
+            if unsafe { libc::unlinkat(dfd, name.as_ptr(), 0) } != 0 {
+                errs.push(format!(
+                    "unlink: {}",
+                    describe_err(&io::Error::last_os_error())
+                ));
+            }
+        }
+        errs.extend(mover.join().unwrap());
+        errs
+    })
+}
+
+#[test]
+fn requests_about_a_directory_being_moved_do_not_fail() {
+    if !fuse_available() {
+        return;
+    }
+    let t = twin(
+        "sem-moving-dir",
+        &[&[E::Dir("a/d"), E::File("a/d/f", b"f"), E::Dir("b")]],
+        &[],
+    );
+    t.both("stat, create, open while the directory moves", |r| {
+        // Upper copies first, so the race is with renames alone, as in generic/707.
+        fs::write(r.join("a/d/f"), b"upper f").unwrap();
+        use_a_moving_directory(r)
+    });
+    t.finish(true);
+}
+
 #[test]
 fn posix_acl_changes_and_inheritance() {
     if !fuse_available() {

@@ -178,14 +178,22 @@ impl Overlay {
         if trunc && node.kind == libc::S_IFREG {
             rflags |= libc::O_TRUNC;
         }
+        // Without O_TRUNC an open may be repeated (`stable`); with it the kernel holds the
+        // file's lock, which a rename or removal of it waits for.
         let open_real = |flags: i32| {
-            let res = self.nodes.with_fds(|| {
-                let (pfd, name) = self.parent_fd(&node, top)?;
-                if top == UPPER {
-                    fs::openat_as_owner(pfd.as_fd(), &name, flags)
-                } else {
-                    fs::openat_noatime(pfd.as_fd(), &name, flags)
+            let res = self.nodes.stable(|| {
+                if node.unlinked.load(Ordering::Relaxed) {
+                    // Removed while we looked: its name may now be another file's.
+                    return Err(Errno::ESTALE);
                 }
+                self.nodes.with_fds(|| {
+                    let (pfd, name) = self.parent_fd(&node, top)?;
+                    if top == UPPER {
+                        fs::openat_as_owner(pfd.as_fd(), &name, flags)
+                    } else {
+                        fs::openat_noatime(pfd.as_fd(), &name, flags)
+                    }
+                })
             });
             match res {
                 Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => match node.detached() {

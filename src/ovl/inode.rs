@@ -150,9 +150,14 @@ impl Overlay {
         if node.id == ROOT_ID {
             return fs::fstat(self.nodes.dir_fd(node, top)?.as_fd());
         }
-        let res = self
-            .parent_fd(node, top)
-            .and_then(|(pfd, name)| fs::fstatat(pfd.as_fd(), &name));
+        let res = self.nodes.stable(|| {
+            if node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
+                // Removed while we looked (see `stable`): the fallback below answers.
+                return Err(Errno::ESTALE);
+            }
+            let (pfd, name) = self.parent_fd(node, top)?;
+            fs::fstatat(pfd.as_fd(), &name)
+        });
         match res {
             Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => match node.detached() {
                 Some(fd) => fs::fstat(fd.as_fd()),
@@ -379,8 +384,11 @@ impl Overlay {
             return Err(Errno::EINVAL);
         }
         let top = node.state().top().ok_or(Errno::ESTALE)?;
-        let (pfd, name) = self.parent_fd(&node, top)?;
-        Ok(fs::readlinkat(pfd.as_fd(), &name)?.into_vec())
+        let target = self.nodes.stable(|| {
+            let (pfd, name) = self.parent_fd(&node, top)?;
+            fs::readlinkat(pfd.as_fd(), &name)
+        })?;
+        Ok(target.into_vec())
     }
 
     pub fn statfs(&self) -> SysResult<StatFs> {
@@ -467,8 +475,10 @@ impl Overlay {
         if node.id == ROOT_ID {
             fs::reopen(self.nodes.dir_fd(node, top)?.as_fd(), flags)
         } else {
-            let (pfd, name) = self.parent_fd(node, top)?;
-            fs::openat(pfd.as_fd(), &name, flags, 0)
+            self.nodes.stable(|| {
+                let (pfd, name) = self.parent_fd(node, top)?;
+                fs::openat(pfd.as_fd(), &name, flags, 0)
+            })
         }
     }
 

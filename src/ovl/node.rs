@@ -32,6 +32,25 @@ const DIRFD_CACHE: usize = 1024;
 const DIRFD_CACHE_MIN: usize = 16;
 /// Whether fds ran short once already (warned once per daemon).
 static FD_SHORTAGE_SEEN: AtomicBool = AtomicBool::new(false);
+/// How often `NodeTable::stable` tries before it takes what it gets.
+const STABLE_TRIES: usize = 4;
+const NAME_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// A rename or removal under way (`NodeTable::renaming`).
+pub struct Renaming<'a>(&'a NodeTable);
+
+impl Drop for Renaming<'_> {
+    fn drop(&mut self) {
+        self.0.name_changes.fetch_add(1, Ordering::SeqCst);
+        self.0.names_changing.fetch_sub(1, Ordering::SeqCst);
+        RENAMING_HERE.with(|c| c.set(c.get() - 1));
+    }
+}
+
+thread_local! {
+    /// How many `Renaming` guards this thread holds.
+    static RENAMING_HERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
 
 fn dirfd_cache_size(fd_limit: u64) -> NonZeroUsize {
     let quarter = usize::try_from(fd_limit / 4).unwrap_or(usize::MAX);
@@ -372,6 +391,10 @@ pub struct NodeTable {
     next_synthetic: AtomicU64,
     /// Counters for giving memory back after mass forgets (see `after_removal`).
     removals: AtomicU64,
+    /// Renames and removals through the mount: bumped as each starts and ends (`renaming`),
+    /// and how many are under way. See `stable`.
+    name_changes: AtomicU64,
+    names_changing: std::sync::atomic::AtomicUsize,
     inserts: AtomicU64,
     peak: std::sync::atomic::AtomicUsize,
     dirfds: Mutex<LruCache<(NodeId, LayerId), Arc<OwnedFd>>>,
@@ -398,6 +421,8 @@ impl NodeTable {
             children: DashMap::default(),
             next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
             removals: AtomicU64::new(0),
+            name_changes: AtomicU64::new(0),
+            names_changing: std::sync::atomic::AtomicUsize::new(0),
             inserts: AtomicU64::new(0),
             peak: std::sync::atomic::AtomicUsize::new(0),
             dirfds: Mutex::new(LruCache::new(dirfd_cache_size(
@@ -746,6 +771,18 @@ impl NodeTable {
         if let Some(fd) = self.dirfds.lock().get(&(node.id, layer)) {
             return Ok((fd.clone(), false));
         }
+        let (fd, fresh) = self.stable(|| self.open_dir_by_path(node, layer, to_list))?;
+        let fd = Arc::new(fd);
+        self.dirfds.lock().put((node.id, layer), fd.clone());
+        Ok((fd, fresh))
+    }
+
+    fn open_dir_by_path(
+        &self,
+        node: &Node,
+        layer: LayerId,
+        to_list: bool,
+    ) -> SysResult<(OwnedFd, bool)> {
         let (rel, redirected) = self.path_in(node, layer)?;
         let open = |at: BorrowedFd<'_>, rel: &OsStr| -> SysResult<(OwnedFd, bool)> {
             let path = libc::O_PATH | libc::O_DIRECTORY;
@@ -761,17 +798,14 @@ impl NodeTable {
             }
             Ok((fs::open_beneath(at, rel, path, 0)?, false))
         };
-        let (fd, fresh) = if rel.len() < DEEP_PATH || redirected {
-            self.with_fds(|| open(self.roots[layer as usize].as_fd(), &rel))?
+        if rel.len() < DEEP_PATH || redirected {
+            self.with_fds(|| open(self.roots[layer as usize].as_fd(), &rel))
         } else {
             // Too long for one path walk (PATH_MAX): continue from the parent's fd.
             let (parent, name) = self.live_parent(node)?;
             let pfd = self.dir_fd(&parent, layer)?;
-            self.with_fds(|| open(pfd.as_fd(), &name))?
-        };
-        let fd = Arc::new(fd);
-        self.dirfds.lock().put((node.id, layer), fd.clone());
-        Ok((fd, fresh))
+            self.with_fds(|| open(pfd.as_fd(), &name))
+        }
     }
 
     /// Whether directory `node`, reached in lower `layer` as `dir`, holds xattr whiteouts.
@@ -808,6 +842,53 @@ impl NodeTable {
                 f()
             }
             other => other,
+        }
+    }
+
+    /// Marks a rename or removal through the mount as under way until the guard drops. Hold
+    /// it from before the first system call that changes a name in the upper layer until
+    /// the node table agrees with it again.
+    pub fn renaming(&self) -> Renaming<'_> {
+        RENAMING_HERE.with(|c| c.set(c.get() + 1));
+        self.names_changing.fetch_add(1, Ordering::SeqCst);
+        self.name_changes.fetch_add(1, Ordering::SeqCst);
+        Renaming(self)
+    }
+
+    /// Runs `f`, which reaches a node by its name in a layer, again (up to a few times) if
+    /// a rename or removal through the mount overlapped it. The kernel does not serialise
+    /// every request about a node with a rename of it or of its parents (a stat, an open, a
+    /// getxattr of a directory being moved elsewhere), so the name `f` used may have been
+    /// its old one: it then failed with ENOENT, or reached whatever took the name. A retry
+    /// sees the node table as the rename left it (or the node unlinked, answered from its
+    /// detached fd). `f` must be safe to repeat.
+    pub fn stable<T>(&self, mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
+        if RENAMING_HERE.with(|c| c.get()) > 0 {
+            // The rename under way is this thread's own: nothing to wait for.
+            return f();
+        }
+        for _ in 0..STABLE_TRIES {
+            self.wait_for_name_changes();
+            let before = self.name_changes.load(Ordering::SeqCst);
+            let quiet = self.names_changing.load(Ordering::SeqCst) == 0;
+            let res = f();
+            if quiet && self.name_changes.load(Ordering::SeqCst) == before {
+                return res;
+            }
+        }
+        f()
+    }
+
+    /// Lets renames and removals under way finish (each is a system call or two), waiting
+    /// at most `NAME_CHANGE_WAIT`.
+    fn wait_for_name_changes(&self) {
+        if self.names_changing.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let start = std::time::Instant::now();
+        while self.names_changing.load(Ordering::SeqCst) != 0 && start.elapsed() < NAME_CHANGE_WAIT
+        {
+            std::thread::yield_now();
         }
     }
 

@@ -88,8 +88,10 @@ impl Overlay {
         })?;
         let node = self.node(id)?;
         let top = node.state().top().ok_or(Errno::ESTALE)?;
-        let (dir, n) = self.xattr_target(&node, top)?;
-        let mut v = xattr::get_vec(dir.as_fd(), &n, attr)?;
+        let mut v = self.nodes.stable(|| {
+            let (dir, n) = self.xattr_target(&node, top)?;
+            xattr::get_vec(dir.as_fd(), &n, attr)
+        })?;
         if self.cfg.own.maps_ids() && is_acl_name(attr) {
             self.cfg.own.map_acl(&mut v, false);
         }
@@ -103,8 +105,10 @@ impl Overlay {
         }
         let node = self.node(id)?;
         let top = node.state().top().ok_or(Errno::ESTALE)?;
-        let (dir, n) = self.xattr_target(&node, top)?;
-        let raw = xattr::list(dir.as_fd(), &n)?;
+        let raw = self.nodes.stable(|| {
+            let (dir, n) = self.xattr_target(&node, top)?;
+            xattr::list(dir.as_fd(), &n)
+        })?;
         let mut out = Vec::with_capacity(raw.len());
         for a in xattr::split_names(&raw) {
             if is_override_name(a) || self.cfg.noacl && a.starts_with(b"system.posix_acl_") {
