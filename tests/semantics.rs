@@ -6222,9 +6222,17 @@ fn use_a_moving_directory(r: &Path) -> Vec<String> {
     std::thread::scope(|s| {
         let mover = s.spawn(|| {
             let mut errs = Vec::new();
+            // Within a parent and across parents: the kernel holds the directory's lock for
+            // the second kind only.
+            let steps = [
+                (a.join("d"), a.join("e")),
+                (a.join("e"), b.join("d")),
+                (b.join("d"), b.join("e")),
+                (b.join("e"), a.join("d")),
+            ];
             for i in 0..4000 {
-                let (from, to) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
-                if let Err(e) = fs::rename(from.join("d"), to.join("d")) {
+                let (from, to) = &steps[i % 4];
+                if let Err(e) = fs::rename(from, to) {
                     errs.push(format!("rename {i}: {}", describe_err(&e)));
                     break;
                 }
@@ -6285,8 +6293,42 @@ fn use_a_moving_directory(r: &Path) -> Vec<String> {
                     describe_err(&io::Error::last_os_error())
                 ));
             }
+            let mode = if i % 2 == 0 { 0o755 } else { 0o775 };
+            if unsafe { libc::fchmod(dfd, mode) } != 0 {
+                errs.push(format!(
+                    "chmod: {}",
+                    describe_err(&io::Error::last_os_error())
+                ));
+            }
+            let (k, v) = (c"user.k", i.to_string());
+            if unsafe { libc::fsetxattr(dfd, k.as_ptr(), v.as_ptr().cast(), v.len(), 0) } != 0 {
+                errs.push(format!(
+                    "setxattr: {}",
+                    describe_err(&io::Error::last_os_error())
+                ));
+            }
+            let mut buf = [0u8; 32];
+            let n = unsafe { libc::fgetxattr(dfd, k.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 || &buf[..n as usize] != v.as_bytes() {
+                errs.push(format!(
+                    "getxattr: {n} {}",
+                    describe_err(&io::Error::last_os_error())
+                ));
+            }
         }
         errs.extend(mover.join().unwrap());
+        // The loop ran a different number of times on each mount; end alike.
+        let end = c"end";
+        let set = unsafe {
+            libc::fchmod(dfd, 0o750)
+                | libc::fsetxattr(dfd, c"user.k".as_ptr(), end.as_ptr().cast(), 3, 0)
+        };
+        if set != 0 {
+            errs.push(format!(
+                "final chmod, setxattr: {}",
+                describe_err(&io::Error::last_os_error())
+            ));
+        }
         errs
     })
 }

@@ -248,6 +248,13 @@ impl Overlay {
             // fchown, fchmod and futimens through the caller's own open file: no lookup of
             // its name (owners kept in an xattr are written by name, below).
             Target::Fd(h.fd())
+        } else if node.is_dir() {
+            // "." in its own fd: the kernel does not hold a directory's lock while another
+            // process renames it within its parent, so its name may change under us.
+            Target::Name(
+                self.nodes.dir_fd(&node, UPPER)?,
+                std::ffi::OsStr::new(".").into(),
+            )
         } else {
             let (pfd, name) = self.parent_fd(&node, UPPER)?;
             Target::Name(pfd, name)

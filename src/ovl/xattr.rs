@@ -58,7 +58,9 @@ impl Overlay {
         node: &Node,
         layer: LayerId,
     ) -> SysResult<(Arc<OwnedFd>, super::listing::Name)> {
-        if node.id == ROOT_ID {
+        // A directory through "." in its own fd: its name may change under us (see
+        // `NodeTable::stable`), its fd follows it.
+        if node.id == ROOT_ID || node.is_dir() {
             return Ok((self.nodes.dir_fd(node, layer)?, OsStr::new(".").into()));
         }
         self.parent_fd(node, layer)
