@@ -5086,6 +5086,36 @@ fn cross_fs_ops(r: &Path) -> Vec<String> {
     ]
 }
 
+/// A kernel stack ("k") and an ovlfuse stack ("f"), each with one lower layer built from
+/// `lowers` and its upper and work directories on a filesystem of their own, mounted by
+/// `mount` at `<who>/<fs>`.
+fn stacks_with_upper_on(
+    sc: &Scratch,
+    lowers: &[E],
+    fs_name: &str,
+    mount: fn(&Path) -> MountGuard,
+) -> (Vec<Stack>, Vec<MountGuard>) {
+    let mut stacks = Vec::new();
+    let mut guards = Vec::new();
+    for who in ["k", "f"] {
+        let l = sc.dir(who).join("lower0");
+        fs::create_dir(&l).unwrap();
+        build(&l, lowers);
+        let t = sc.dir(&format!("{who}/{fs_name}"));
+        guards.push(mount(&t));
+        let st = Stack {
+            lowers: vec![l],
+            upper: t.join("upper"),
+            work: t.join("work"),
+            mnt: sc.dir(&format!("{who}/mnt")),
+        };
+        fs::create_dir(&st.upper).unwrap();
+        fs::create_dir(&st.work).unwrap();
+        stacks.push(st);
+    }
+    (stacks, guards)
+}
+
 #[test]
 fn upper_on_a_different_file_system_than_the_lowers() {
     if !fuse_available() {
@@ -5100,25 +5130,7 @@ fn upper_on_a_different_file_system_than_the_lowers() {
         E::File("d/i", b"i"),
         E::Xattr("f", "user.a", b"1"),
     ];
-    let mut stacks = Vec::new();
-    let mut guards = Vec::new();
-    for who in ["k", "f"] {
-        let base = sc.dir(who);
-        let l = base.join("lower0");
-        fs::create_dir(&l).unwrap();
-        build(&l, &lowers);
-        let t = sc.dir(&format!("{who}/tmpfs"));
-        guards.push(mount_tmpfs(&t));
-        let st = Stack {
-            lowers: vec![l],
-            upper: t.join("upper"),
-            work: t.join("work"),
-            mnt: sc.dir(&format!("{who}/mnt")),
-        };
-        fs::create_dir(&st.upper).unwrap();
-        fs::create_dir(&st.work).unwrap();
-        stacks.push(st);
-    }
+    let (stacks, guards) = stacks_with_upper_on(&sc, &lowers, "tmpfs", mount_tmpfs);
     let lc = LowerCheck::new(&[stacks[0].lowers[0].clone(), stacks[1].lowers[0].clone()]);
     let kg = mount_kernel(&stacks[0]);
     let fg = mount_ovlfuse(&stacks[1], &[]);
@@ -5193,25 +5205,7 @@ fn upper_that_takes_no_xattrs_works_and_falls_back_where_the_kernel_cannot() {
         E::File("tree/sub/b", b"b"),
         E::File("moved/c", b"c"),
     ];
-    let mut stacks = Vec::new();
-    let mut guards = Vec::new();
-    for who in ["k", "f"] {
-        let base = sc.dir(who);
-        let l = base.join("lower0");
-        fs::create_dir(&l).unwrap();
-        build(&l, &lowers);
-        let t = sc.dir(&format!("{who}/ramfs"));
-        guards.push(mount_ramfs(&t));
-        let st = Stack {
-            lowers: vec![l],
-            upper: t.join("upper"),
-            work: t.join("work"),
-            mnt: sc.dir(&format!("{who}/mnt")),
-        };
-        fs::create_dir(&st.upper).unwrap();
-        fs::create_dir(&st.work).unwrap();
-        stacks.push(st);
-    }
+    let (stacks, guards) = stacks_with_upper_on(&sc, &lowers, "ramfs", mount_ramfs);
     let (k, f) = (&stacks[0], &stacks[1]);
     let lc = LowerCheck::new(&[k.lowers[0].clone(), f.lowers[0].clone()]);
     let kg = mount_kernel(k);
