@@ -18,7 +18,7 @@ use super::ownership::OverrideStat;
 use super::{check_new_name, whiteout, Ctx, Errno, Overlay, SysResult};
 use crate::sys::fs;
 use parking_lot::MutexGuard;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
@@ -494,7 +494,7 @@ impl Overlay {
     }
 
     /// Where a directory's lower parts are, per layer, before it moves.
-    fn lower_paths(&self, dir: &Node) -> SysResult<Vec<(super::LayerId, std::ffi::OsString)>> {
+    fn lower_paths(&self, dir: &Node) -> SysResult<Vec<(super::LayerId, OsString)>> {
         let lowers = dir.state().lowers;
         lowers
             .iter()
@@ -614,10 +614,11 @@ impl Overlay {
         let upfd = upfd.as_fd();
         let top = cst.top().ok_or(Errno::ESTALE)?;
         self.keep_detached(child, top);
-        let _renaming = self.nodes.renaming();
+        let renaming = self.nodes.renaming();
+        let mut replaced = None;
         if cst.upper {
             if needs_whiteout {
-                self.replace_with_whiteout(upfd, name)?;
+                replaced = Some(self.replace_with_whiteout(upfd, name)?);
             } else {
                 match fs::unlinkat(upfd, name, child.is_dir()) {
                     // An upper directory that still holds stale whiteouts of nothing.
@@ -631,6 +632,7 @@ impl Overlay {
             self.new_whiteout(upfd, name)?;
         }
         self.nodes.unlink_name(child, parent.id, name);
+        drop(renaming);
         self.lost_a_name(child);
         if child.is_dir() {
             self.nodes.drop_dirfds(child);
@@ -638,6 +640,13 @@ impl Overlay {
         }
         if let Some(m) = parent.merged() {
             m.remove(name);
+        }
+        if let Some(tmp) = replaced {
+            // Out of the view already; whatever is left stays in the workdir, which the
+            // next mount empties.
+            if let Err(e) = remove_tree(self.layers.work()?, &tmp) {
+                log::warn!("cannot clear {tmp:?} from the work directory: {e:?}");
+            }
         }
         Ok(())
     }
@@ -651,7 +660,7 @@ impl Overlay {
         &self,
         dir: BorrowedFd<'_>,
         st: &fs::Stat,
-    ) -> SysResult<Option<(std::ffi::OsString, OwnedFd)>> {
+    ) -> SysResult<Option<(OsString, OwnedFd)>> {
         if self.cfg.noacl {
             return Ok(None);
         }
@@ -725,9 +734,10 @@ impl Overlay {
         }
     }
 
-    /// Atomically replaces the upper entry `name` in `dir` by a whiteout, then disposes of
-    /// the old entry (a directory holding only whiteouts) in the work directory.
-    fn replace_with_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+    /// Atomically replaces the upper entry `name` in `dir` by a whiteout. Returns the name
+    /// the old entry (a directory holding only whiteouts, maybe many) now has in the work
+    /// directory, for the caller to dispose of once the rename is over.
+    fn replace_with_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<OsString> {
         let work = self.layers.work()?;
         let tmp = temp_name();
         match self.layers.whiteout_format {
@@ -741,14 +751,14 @@ impl Overlay {
                 // one, so nothing below shows through at any moment.
                 whiteout::make_oci_marker(dir, name)?;
                 fs::renameat2(dir, name, work, &tmp, 0)?;
-                return remove_tree(work, &tmp);
+                return Ok(tmp);
             }
         }
         if let Err(e) = fs::renameat2(work, &tmp, dir, name, fs::RENAME_EXCHANGE) {
             let _ = fs::unlinkat(work, &tmp, false);
             return Err(e);
         }
-        remove_tree(work, &tmp)
+        Ok(tmp)
     }
 
     /// rename(2) and renameat2(2) with RENAME_NOREPLACE / RENAME_EXCHANGE.
