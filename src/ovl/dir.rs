@@ -614,7 +614,7 @@ impl Overlay {
         let upfd = upfd.as_fd();
         let top = cst.top().ok_or(Errno::ESTALE)?;
         self.keep_detached(child, top);
-        let renaming = self.nodes.renaming();
+        let renaming = self.nodes.renaming([Some(child), None]);
         let mut replaced = None;
         if cst.upper {
             if needs_whiteout {
@@ -923,7 +923,7 @@ impl Overlay {
             };
             let src_paths = prepare(src, src_redirect, (op, np), ofd, oname, np_merged)?;
             let dst_paths = prepare(d, dst_redirect, (np, op), nfd, nname, op_merged)?;
-            let _renaming = self.nodes.renaming();
+            let _renaming = self.nodes.renaming([Some(src), Some(d)]);
             fs::renameat2(ofd, oname, nfd, nname, fs::RENAME_EXCHANGE)?;
             self.nodes.move_node(src, op.id, oname, np.id, nname);
             self.nodes.move_node(d, np.id, nname, op.id, oname);
@@ -962,7 +962,7 @@ impl Overlay {
         if target_not_empty {
             return Err(Errno::ENOTEMPTY);
         }
-        let _renaming = self.nodes.renaming();
+        let _renaming = self.nodes.renaming([Some(src), dst.map(|d| &**d)]);
         if let Some(d) = dst {
             if d.is_dir() && d.is_upper() {
                 // The target is empty in the merged view but its upper copy may still hold

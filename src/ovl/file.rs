@@ -181,7 +181,7 @@ impl Overlay {
         // Without O_TRUNC an open may be repeated (`stable`); with it the kernel holds the
         // file's lock, which a rename or removal of it waits for.
         let open_real = |flags: i32| {
-            let res = self.nodes.stable(|| {
+            let res = self.nodes.stable_node(&node, || {
                 if node.unlinked.load(Ordering::Relaxed) {
                     // Removed while we looked: its name may now be another file's.
                     return Err(Errno::ESTALE);

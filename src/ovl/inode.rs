@@ -150,7 +150,7 @@ impl Overlay {
         if node.id == ROOT_ID {
             return fs::fstat(self.nodes.dir_fd(node, top)?.as_fd());
         }
-        let res = self.nodes.stable(|| {
+        let res = self.nodes.stable_node(node, || {
             if node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
                 // Removed while we looked (see `stable`): the fallback below answers.
                 return Err(Errno::ESTALE);
@@ -391,7 +391,7 @@ impl Overlay {
             return Err(Errno::EINVAL);
         }
         let top = node.state().top().ok_or(Errno::ESTALE)?;
-        let target = self.nodes.stable(|| {
+        let target = self.nodes.stable_node(&node, || {
             let (pfd, name) = self.parent_fd(&node, top)?;
             fs::readlinkat(pfd.as_fd(), &name)
         })?;
@@ -482,7 +482,7 @@ impl Overlay {
         if node.id == ROOT_ID {
             fs::reopen(self.nodes.dir_fd(node, top)?.as_fd(), flags)
         } else {
-            self.nodes.stable(|| {
+            self.nodes.stable_node(node, || {
                 let (pfd, name) = self.parent_fd(node, top)?;
                 fs::openat(pfd.as_fd(), &name, flags, 0)
             })

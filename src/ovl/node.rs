@@ -37,12 +37,18 @@ const STABLE_TRIES: usize = 4;
 const NAME_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A rename or removal under way (`NodeTable::renaming`).
-pub struct Renaming<'a>(&'a NodeTable);
+pub struct Renaming<'a> {
+    table: &'a NodeTable,
+    moved: [Option<&'a Node>; 2],
+}
 
 impl Drop for Renaming<'_> {
     fn drop(&mut self) {
-        self.0.name_changes.fetch_add(1, Ordering::SeqCst);
-        self.0.names_changing.fetch_sub(1, Ordering::SeqCst);
+        for n in self.moved.iter().flatten() {
+            n.name_seq.fetch_add(1, Ordering::SeqCst);
+        }
+        self.table.name_changes.fetch_add(1, Ordering::SeqCst);
+        self.table.names_changing.fetch_sub(1, Ordering::SeqCst);
         RENAMING_HERE.with(|c| c.set(c.get() - 1));
     }
 }
@@ -240,6 +246,9 @@ pub struct Node {
     pub dir_lock: Mutex<()>,
     /// The object has no name left in the merged tree.
     pub unlinked: AtomicBool,
+    /// Odd while a rename or removal through the mount moves or drops one of this node's
+    /// names; bumped again when it is done (see `NodeTable::stable`).
+    name_seq: std::sync::atomic::AtomicU32,
     /// A directory of a deep stack whose layer copies were found too big to list before
     /// its lookups (see `namei`), so that the sizes are summed once, not per lookup.
     pub big_layers: AtomicBool,
@@ -845,51 +854,73 @@ impl NodeTable {
         }
     }
 
-    /// Marks a rename or removal through the mount as under way until the guard drops. Hold
-    /// it from before the first system call that changes a name in the upper layer until
-    /// the node table agrees with it again.
-    pub fn renaming(&self) -> Renaming<'_> {
+    /// Marks a rename or removal through the mount as under way until the guard drops: for
+    /// the nodes whose names it moves or drops (`moved`: the source and any victim), and
+    /// for paths in general. Hold it from before the first system call that changes a name
+    /// in the upper layer until the node table agrees with it again.
+    pub fn renaming<'a>(&'a self, moved: [Option<&'a Node>; 2]) -> Renaming<'a> {
         RENAMING_HERE.with(|c| c.set(c.get() + 1));
         self.names_changing.fetch_add(1, Ordering::SeqCst);
         self.name_changes.fetch_add(1, Ordering::SeqCst);
-        Renaming(self)
+        for n in moved.iter().flatten() {
+            n.name_seq.fetch_add(1, Ordering::SeqCst);
+        }
+        Renaming { table: self, moved }
     }
 
-    /// Runs `f`, which reaches a node by its name in a layer, again (up to a few times) if
-    /// a rename or removal through the mount overlapped it. The kernel does not serialise
-    /// every request about a node with a rename of it or of its parents (a stat, an open, a
-    /// getxattr of a directory being moved elsewhere), so the name `f` used may have been
-    /// its old one: it then failed with ENOENT, or reached whatever took the name. A retry
-    /// sees the node table as the rename left it (or the node unlinked, answered from its
-    /// detached fd). `f` must be safe to repeat.
-    pub fn stable<T>(&self, mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
+    /// Runs `f`, which reaches `node` by its name in its parent's fd, again (up to a few
+    /// times) if a rename or removal through the mount moved or dropped that name meanwhile.
+    /// The kernel does not serialise every request about a node with a rename of it (a
+    /// stat, an open, a getxattr of a directory another process moves), so the name `f`
+    /// used may have been its old one: it then failed with ENOENT, or reached whatever
+    /// took the name (for a directory with lower parts, the whiteout left there). A retry
+    /// sees the node table as the rename left it, or the node unlinked, which callers
+    /// answer from its detached fd. `f` must be safe to repeat. (The parent's fd follows
+    /// the parent wherever it is renamed; opening it by path is `stable`.)
+    pub fn stable_node<T>(&self, node: &Node, f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
+        self.retry_if_changed(|| node.name_seq.load(Ordering::SeqCst), f)
+    }
+
+    /// As `stable_node`, for a path from a layer's root, which a rename of any directory
+    /// on it changes: repeated if any rename or removal overlapped it.
+    pub fn stable<T>(&self, f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
+        self.retry_if_changed(
+            || {
+                let busy = self.names_changing.load(Ordering::SeqCst) != 0;
+                // Odd while busy, as a node's own count.
+                (self.name_changes.load(Ordering::SeqCst) as u32) << 1 | busy as u32
+            },
+            f,
+        )
+    }
+
+    /// Runs `f` until the count `seq` reads even (nothing under way) and unchanged across
+    /// it, at most `STABLE_TRIES` times, waiting up to `NAME_CHANGE_WAIT` each time for a
+    /// change under way to end (a rename is a system call or two).
+    fn retry_if_changed<T>(
+        &self,
+        seq: impl Fn() -> u32,
+        mut f: impl FnMut() -> SysResult<T>,
+    ) -> SysResult<T> {
         if RENAMING_HERE.with(|c| c.get()) > 0 {
             // The rename under way is this thread's own: nothing to wait for.
             return f();
         }
         for _ in 0..STABLE_TRIES {
-            self.wait_for_name_changes();
-            let before = self.name_changes.load(Ordering::SeqCst);
-            let quiet = self.names_changing.load(Ordering::SeqCst) == 0;
+            let mut before = seq();
+            if before & 1 != 0 {
+                let start = std::time::Instant::now();
+                while before & 1 != 0 && start.elapsed() < NAME_CHANGE_WAIT {
+                    std::thread::yield_now();
+                    before = seq();
+                }
+            }
             let res = f();
-            if quiet && self.name_changes.load(Ordering::SeqCst) == before {
+            if before & 1 == 0 && seq() == before {
                 return res;
             }
         }
         f()
-    }
-
-    /// Lets renames and removals under way finish (each is a system call or two), waiting
-    /// at most `NAME_CHANGE_WAIT`.
-    fn wait_for_name_changes(&self) {
-        if self.names_changing.load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        let start = std::time::Instant::now();
-        while self.names_changing.load(Ordering::SeqCst) != 0 && start.elapsed() < NAME_CHANGE_WAIT
-        {
-            std::thread::yield_now();
-        }
     }
 
     /// Forgets cached fds of a directory that went away or changed layers.
@@ -921,6 +952,7 @@ impl Node {
             copy_lock: Mutex::new(()),
             dir_lock: Mutex::new(()),
             unlinked: AtomicBool::new(false),
+            name_seq: std::sync::atomic::AtomicU32::new(0),
             big_layers: AtomicBool::new(false),
             rare: Mutex::new(None),
         }

@@ -90,7 +90,7 @@ impl Overlay {
         })?;
         let node = self.node(id)?;
         let top = node.state().top().ok_or(Errno::ESTALE)?;
-        let mut v = self.nodes.stable(|| {
+        let mut v = self.nodes.stable_node(&node, || {
             let (dir, n) = self.xattr_target(&node, top)?;
             xattr::get_vec(dir.as_fd(), &n, attr)
         })?;
@@ -107,7 +107,7 @@ impl Overlay {
         }
         let node = self.node(id)?;
         let top = node.state().top().ok_or(Errno::ESTALE)?;
-        let raw = self.nodes.stable(|| {
+        let raw = self.nodes.stable_node(&node, || {
             let (dir, n) = self.xattr_target(&node, top)?;
             xattr::list(dir.as_fd(), &n)
         })?;
