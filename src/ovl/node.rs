@@ -2,7 +2,10 @@
 //!
 //! A node is one object of the merged tree. It knows its parent node and name — not a path
 //! string — so a rename is one update; its path inside a layer is rebuilt from the parent
-//! chain when a layer must be reached, then resolved beneath that layer's root fd.
+//! chain when a layer must be reached, then resolved beneath that layer's root fd. The
+//! kernel does not serialise every request about an object with a rename of it, so a name
+//! read from the table may be stale by the time a system call uses it: renames mark what
+//! they move (`renaming`) and such calls repeat (`stable_node`, `stable`).
 //! The node id is the FUSE node id; a node lives while the kernel holds a lookup on it.
 //! Names of one upper inode (hard links) share one node, so nlink and data agree across
 //! the names; lower hard links are separate objects, as in kernel overlayfs (index=off).
