@@ -152,7 +152,7 @@ impl Overlay {
         }
         let res = self.nodes.stable_node(node, || {
             if node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
-                // Removed while we looked (see `stable`): the fallback below answers.
+                // Removed while we looked (see `stable_node`): the fallback below answers.
                 return Err(Errno::ESTALE);
             }
             let (pfd, name) = self.parent_fd(node, top)?;

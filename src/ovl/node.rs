@@ -35,7 +35,7 @@ const DIRFD_CACHE: usize = 1024;
 const DIRFD_CACHE_MIN: usize = 16;
 /// Whether fds ran short once already (warned once per daemon).
 static FD_SHORTAGE_SEEN: AtomicBool = AtomicBool::new(false);
-/// How often `NodeTable::stable` tries before it takes what it gets.
+/// How often `NodeTable::stable_node` and `stable` try before they take what they get.
 const STABLE_TRIES: usize = 4;
 const NAME_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
@@ -250,7 +250,7 @@ pub struct Node {
     /// The object has no name left in the merged tree.
     pub unlinked: AtomicBool,
     /// Odd while a rename or removal through the mount moves or drops one of this node's
-    /// names; bumped again when it is done (see `NodeTable::stable`).
+    /// names; bumped again when it is done (see `NodeTable::stable_node`).
     name_seq: std::sync::atomic::AtomicU32,
     /// A directory of a deep stack whose layer copies were found too big to list before
     /// its lookups (see `namei`), so that the sizes are summed once, not per lookup.
@@ -404,7 +404,7 @@ pub struct NodeTable {
     /// Counters for giving memory back after mass forgets (see `after_removal`).
     removals: AtomicU64,
     /// Renames and removals through the mount: bumped as each starts and ends (`renaming`),
-    /// and how many are under way. See `stable`.
+    /// and how many are under way. See `stable`; each node keeps its own count too.
     name_changes: AtomicU64,
     names_changing: std::sync::atomic::AtomicUsize,
     inserts: AtomicU64,
