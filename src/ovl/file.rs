@@ -181,17 +181,16 @@ impl Overlay {
         // Without O_TRUNC an open may be repeated (`stable`); with it the kernel holds the
         // file's lock, which a rename or removal of it waits for.
         let open_real = |flags: i32| {
-            let res = self.nodes.stable_node(&node, || {
+            let res = self.at_name(&node, top, |dir, name| {
                 if node.unlinked.load(Ordering::Relaxed) {
                     // Removed while we looked: its name may now be another file's.
                     return Err(Errno::ESTALE);
                 }
                 self.nodes.with_fds(|| {
-                    let (pfd, name) = self.parent_fd(&node, top)?;
                     if top == UPPER {
-                        fs::openat_as_owner(pfd.as_fd(), &name, flags)
+                        fs::openat_as_owner(dir, name, flags)
                     } else {
-                        fs::openat_noatime(pfd.as_fd(), &name, flags)
+                        fs::openat_noatime(dir, name, flags)
                     }
                 })
             });

@@ -150,13 +150,12 @@ impl Overlay {
         if node.id == ROOT_ID {
             return fs::fstat(self.nodes.dir_fd(node, top)?.as_fd());
         }
-        let res = self.nodes.stable_node(node, || {
+        let res = self.at_name(node, top, |dir, name| {
             if node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
                 // Removed while we looked (see `stable_node`): the fallback below answers.
                 return Err(Errno::ESTALE);
             }
-            let (pfd, name) = self.parent_fd(node, top)?;
-            fs::fstatat(pfd.as_fd(), &name)
+            fs::fstatat(dir, name)
         });
         match res {
             Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => match node.detached() {
@@ -391,10 +390,7 @@ impl Overlay {
             return Err(Errno::EINVAL);
         }
         let top = node.state().top().ok_or(Errno::ESTALE)?;
-        let target = self.nodes.stable_node(&node, || {
-            let (pfd, name) = self.parent_fd(&node, top)?;
-            fs::readlinkat(pfd.as_fd(), &name)
-        })?;
+        let target = self.at_name(&node, top, fs::readlinkat)?;
         Ok(target.into_vec())
     }
 
@@ -482,10 +478,7 @@ impl Overlay {
         if node.id == ROOT_ID {
             fs::reopen(self.nodes.dir_fd(node, top)?.as_fd(), flags)
         } else {
-            self.nodes.stable_node(node, || {
-                let (pfd, name) = self.parent_fd(node, top)?;
-                fs::openat(pfd.as_fd(), &name, flags, 0)
-            })
+            self.at_name(node, top, |dir, name| fs::openat(dir, name, flags, 0))
         }
     }
 

@@ -704,6 +704,21 @@ impl Overlay {
         let (parent, name) = self.nodes.live_parent(node)?;
         Ok((self.nodes.dir_fd(&parent, layer)?, name))
     }
+
+    /// Runs `f` on the fd of `node`'s parent in `layer` and its name there, again if a
+    /// rename or removal moved that name meanwhile (`NodeTable::stable_node`); `f` must be
+    /// safe to repeat.
+    pub fn at_name<T>(
+        &self,
+        node: &Node,
+        layer: LayerId,
+        mut f: impl FnMut(BorrowedFd<'_>, &OsStr) -> SysResult<T>,
+    ) -> SysResult<T> {
+        self.nodes.stable_node(node, || {
+            let (pfd, name) = self.parent_fd(node, layer)?;
+            f(pfd.as_fd(), &name)
+        })
+    }
 }
 
 /// Fds of one directory in its layers, taken from the shared cache once for a run of

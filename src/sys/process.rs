@@ -84,14 +84,9 @@ pub fn wait_term_signal() -> i32 {
 /// file open through the mount, and every layer, holds fds of ours. Returns the soft limit
 /// in force afterwards.
 pub fn raise_fd_limit() -> u64 {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills a struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+    let Some(r) = nofile_limits() else {
         return 1024;
-    }
+    };
     if r.rlim_cur < r.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: r.rlim_max,
@@ -108,13 +103,16 @@ pub fn raise_fd_limit() -> u64 {
 
 /// The soft limit on open files.
 pub fn fd_limit() -> u64 {
+    nofile_limits().map_or(1024, |r| r.rlim_cur)
+}
+
+fn nofile_limits() -> Option<libc::rlimit> {
     let mut r = libc::rlimit {
-        rlim_cur: 1024,
-        rlim_max: 1024,
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: getrlimit fills a struct we own; on failure it stays as set above.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
-    r.rlim_cur
+    // SAFETY: getrlimit fills a struct we own.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r)
 }
 
 /// Detaches the mount at `path` (lazy unmount).
