@@ -71,8 +71,16 @@ pub fn run(cli: Cli) -> Result<(), String> {
     let fds = sys::process::raise_fd_limit();
     log::debug!("open file limit: {fds}");
 
-    let md = std::fs::metadata(&cli.mountpoint)
-        .map_err(|e| format!("mountpoint {}: {}", cli.mountpoint.display(), e))?;
+    let md = std::fs::metadata(&cli.mountpoint).map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::ENOTCONN) {
+            // What a killed FUSE daemon leaves: the kernel keeps the mount until unmounted.
+            "; the daemon of a FUSE mount there has died: unmount it first \
+             (`umount MOUNTPOINT`, or `fusermount3 -u MOUNTPOINT` as its owner)"
+        } else {
+            ""
+        };
+        format!("mountpoint {}: {e}{hint}", cli.mountpoint.display())
+    })?;
     if !md.is_dir() {
         return Err(format!(
             "mountpoint {} is not a directory",

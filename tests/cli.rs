@@ -1461,6 +1461,31 @@ fn sigterm_to_the_daemon_unmounts_cleanly() {
     lc.verify();
 }
 
+/// A daemon killed with SIGKILL leaves its mount behind ("Transport endpoint is not
+/// connected"); mounting there again fails and says how to clear it, and once it is
+/// unmounted the same command mounts.
+#[test]
+fn mounting_over_a_dead_mount_says_to_unmount_it_first() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("cli-dead-mount");
+    let (st, g) = mount_simple(&sc);
+    let pid = g.pid().unwrap();
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(10)),
+        "daemon outlived SIGKILL for 10 s"
+    );
+    expect_errno(fs::metadata(&st.mnt), libc::ENOTCONN, "the dead mount");
+    let opts = st.full_opts();
+    expect_mount_failure(&sc, &["-o", &opts, &s(&st.mnt)], &st.mnt, &["umount"]);
+    g.unmount();
+    let g = mount_ovlfuse(&st, &[]);
+    ok(fs::read_dir(&st.mnt), "listing after the remount");
+    g.unmount();
+}
+
 #[test]
 fn remount_changes_flags_of_the_live_mount() {
     if !fuse_available() {
