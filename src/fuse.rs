@@ -1049,6 +1049,22 @@ impl Filesystem for OvlFs {
         }
     }
 
+    /// Files of the mount are always ready, as on the layers' filesystems. ENOSYS, without
+    /// fuser's "Not Implemented" warning, makes the kernel answer polls itself from then on
+    /// (ready for reading and writing) and never ask again.
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        reply.error(fuser::Errno::from_i32(libc::ENOSYS));
+    }
+
     fn destroy(&mut self) {
         if self.debug {
             debug!("destroy: {} nodes live", self.ovl.nodes.live_count());

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use std::ffi::OsStr;
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -1685,6 +1686,54 @@ impl Foreground {
         self.guard.unmount();
         let _ = wait_child(&mut self.child, Duration::from_secs(10));
     }
+}
+
+/// poll(2) and select(2) on files of the mount find them ready, as on the layers, and the
+/// daemon logs nothing for it (fuser warned "Not Implemented" at the first poll over
+/// /dev/fuse, at the default log level).
+#[test]
+fn polling_files_finds_them_ready_and_logs_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("cli-poll");
+    let st = simple_stack(&sc);
+    let lc = LowerCheck::new(&st.lowers);
+    for transport in ["uring=off", "uring=auto"] {
+        let fg = Foreground::start(&sc, &st, transport, || {});
+        let lower = fs::File::open(st.mnt.join("b")).expect("open the lower file b");
+        let upper = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(st.mnt.join(format!("polled-{}", transport.len())))
+            .expect("create a file to poll");
+        for _ in 0..2 {
+            let mut fds = [
+                libc::pollfd {
+                    fd: lower.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: upper.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                },
+            ];
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) };
+            assert_eq!(n, 2, "{transport}: poll found {n} of 2 files ready");
+            assert_ne!(fds[0].revents & libc::POLLIN, 0, "{transport}: {fds:?}");
+            assert_ne!(fds[1].revents & libc::POLLOUT, 0, "{transport}: {fds:?}");
+        }
+        let err = fg.stderr();
+        drop((lower, upper));
+        fg.unmount();
+        assert!(
+            !err.contains("Not Implemented") && !err.contains("WARN"),
+            "{transport}: the daemon logged:\n{err}"
+        );
+    }
+    lc.verify();
 }
 
 /// Puts `kernel.io_uring_disabled` back as it was, even when the test fails.

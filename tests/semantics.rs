@@ -473,8 +473,15 @@ fn directory_emptied_over_xattr_whiteouts_can_be_removed() {
         "kernel rmdir of d (if the kernel now removes it, drop the README difference)",
     );
     fs::remove_dir(t.fm().join("d")).expect("ovlfuse rmdir of the emptied d");
-    expect_errno(fs::symlink_metadata(t.fm().join("d")), libc::ENOENT, "d after rmdir");
-    assert!(is_whiteout(&t.f.upper.join("d")), "no whiteout for d in the upper");
+    expect_errno(
+        fs::symlink_metadata(t.fm().join("d")),
+        libc::ENOENT,
+        "d after rmdir",
+    );
+    assert!(
+        is_whiteout(&t.f.upper.join("d")),
+        "no whiteout for d in the upper"
+    );
     t.finish_apart(false, |_, f| {
         let kg = mount_kernel(f);
         expect_errno(
