@@ -65,6 +65,15 @@ impl std::ops::Deref for OvlFs {
     }
 }
 
+/// Who encodes a reply: fuser (requests over /dev/fuse) or our own wire code (io_uring).
+/// fuser sends an entry's `attr.ino` as its node id, and every READDIRPLUS line with
+/// attributes; ours sends what it is given.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    Fuser,
+    Own,
+}
+
 /// The daemon's hold on the adapter once the filesystem value has gone into the session.
 pub struct SessionLink(Arc<Adapter>);
 
@@ -245,13 +254,14 @@ impl Adapter {
         }
     }
 
-    /// An entry's lifetimes and attributes. When a node's id is not its st_ino, the
-    /// attributes go out with no lifetime, so the kernel's next stat asks getattr, whose
-    /// reply carries the real st_ino (fuser sends `attr.ino` as the node id).
+    /// An entry's lifetimes and attributes. Over fuser, when a node's id is not its st_ino,
+    /// the attributes go out with no lifetime, so the kernel's next stat asks getattr, whose
+    /// reply carries the real st_ino (fuser sends `attr.ino` as the node id). Our own wire
+    /// code sends both, so such an entry keeps its st_ino and its lifetime there.
     /// Returns (entry lifetime, attribute lifetime, attributes).
-    pub(crate) fn entry_parts(&self, id: u64, a: &Attr) -> (Duration, Duration, Attr) {
+    pub(crate) fn entry_parts(&self, id: u64, a: &Attr, wire: Wire) -> (Duration, Duration, Attr) {
         let mut a = *a;
-        if id == a.ino {
+        if id == a.ino || wire == Wire::Own {
             (self.ttl, self.attr_ttl(id), a)
         } else {
             a.ino = id;
@@ -319,16 +329,16 @@ impl Adapter {
     }
 
     /// The lines of a READDIRPLUS reply of at most `room` bytes from `offset`, handed to
-    /// `add` with the node id, next offset, name, entry lifetime and attributes (st_ino
-    /// set to the node id) of each, until it says the buffer is full. Where `add` can send
-    /// a line without attributes (`names_only_ok`), such a line has node id 0 and only
-    /// the type and inode number.
+    /// `add` with the node id, next offset, name, entry lifetime and attributes (see
+    /// `entry_parts`) of each, until it says the buffer is full. Where our own wire code
+    /// sends the lines, which can send a line without attributes, such a line has node
+    /// id 0 and only the type and inode number.
     pub(crate) fn fill_dir_plus(
         &self,
         ino: u64,
         offset: u64,
         room: usize,
-        names_only_ok: bool,
+        wire: Wire,
         mut add: impl FnMut(u64, u64, &OsStr, Duration, &Attr) -> bool,
     ) -> Result<(), Errno> {
         let mut list = self.ovl.read_dir(ino, offset)?;
@@ -344,7 +354,7 @@ impl Adapter {
             }
             left -= len;
         }
-        let attrs = lookups.with_attributes(&lines, offset, names_only_ok);
+        let attrs = lookups.with_attributes(&lines, offset, wire == Wire::Own);
         for (next, e) in lines.into_iter().chain(list) {
             if !attrs || DirReader::is_dot(next) {
                 // Node id 0: a plain directory entry, which the kernel links to nothing (it
@@ -367,7 +377,7 @@ impl Adapter {
                 Err(_) => continue,
             };
             // One lifetime for both here: the attributes'.
-            let (_, ttl, a) = self.entry_parts(id, &a);
+            let (_, ttl, a) = self.entry_parts(id, &a, wire);
             if add(id, next, &e.name, ttl, &a) {
                 self.ovl.forget(id, 1);
                 break;
@@ -410,7 +420,7 @@ impl OvlFs {
     /// the attributes go out with no lifetime, so the kernel's next stat asks getattr,
     /// whose reply carries the real st_ino.
     fn reply_entry(&self, reply: ReplyEntry, id: u64, a: &Attr) {
-        let (entry_ttl, attr_ttl, a) = self.entry_parts(id, a);
+        let (entry_ttl, attr_ttl, a) = self.entry_parts(id, a, Wire::Fuser);
         reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(&a), Generation(0));
     }
 
@@ -834,9 +844,15 @@ impl Filesystem for OvlFs {
                 log::warn!("listattrs=off needs FUSE over io_uring: listings over /dev/fuse carry attributes")
             });
         }
-        let r = self.fill_dir_plus(ino.0, offset, 32 << 10, false, |id, next, name, ttl, a| {
-            reply.add(INodeNo(id), next, name, &ttl, &file_attr(a), Generation(0))
-        });
+        let r = self.fill_dir_plus(
+            ino.0,
+            offset,
+            32 << 10,
+            Wire::Fuser,
+            |id, next, name, ttl, a| {
+                reply.add(INodeNo(id), next, name, &ttl, &file_attr(a), Generation(0))
+            },
+        );
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
@@ -946,7 +962,7 @@ impl Filesystem for OvlFs {
             Ok((n, a, fh)) => {
                 let backing = self.backing(fh, n.id);
                 // One lifetime for entry and attributes: the attributes'.
-                let (_, ttl, a) = self.entry_parts(n.id, &a);
+                let (_, ttl, a) = self.entry_parts(n.id, &a, Wire::Fuser);
                 let fa = file_attr(&a);
                 match backing {
                     Some(b) => {

@@ -17,7 +17,7 @@
 //! The requests are decoded here (`fuse_wire`) and answered through the same `Adapter`
 //! and overlay core as on /dev/fuse.
 
-use crate::fuse::{Adapter, PASSTHROUGH_FLAGS};
+use crate::fuse::{Adapter, Wire, PASSTHROUGH_FLAGS};
 use crate::fuse_wire::{fattr, op, Fields, InHeader, Out, Payload};
 use crate::ovl::inode::{SetAttr, TimeSet};
 use crate::ovl::{Ctx, Errno, Node};
@@ -455,7 +455,7 @@ fn answer(
                     .create(&with_umask(a.u32(8)), id, name, a.u32(4), a.i32(0))?;
             let backing = fs.backing(fh, n.id);
             // As `OvlFs::create`: one lifetime for entry and attributes, the attributes'.
-            let (_, ttl, attr) = fs.entry_parts(n.id, &attr);
+            let (_, ttl, attr) = fs.entry_parts(n.id, &attr, Wire::Own);
             let mut out = Out::new(p);
             out.entry(n.id, ttl, ttl, &attr);
             open_out(fs, &mut out, fh, backing);
@@ -543,7 +543,7 @@ fn answer(
                 id,
                 a.u64(8),
                 size,
-                true,
+                Wire::Own,
                 |node, next, name: &OsStr, ttl, attr| !out.direntplus(node, next, name, ttl, attr),
             )?;
             Ok(out.len)
@@ -602,7 +602,7 @@ fn entry_reply(
     r: Result<(Arc<Node>, crate::ovl::Attr), Errno>,
 ) -> Result<usize, Errno> {
     let (n, attr) = r?;
-    let (et, at, attr) = fs.entry_parts(n.id, &attr);
+    let (et, at, attr) = fs.entry_parts(n.id, &attr, Wire::Own);
     let mut out = Out::new(p);
     out.entry(n.id, et, at, &attr);
     Ok(out.len)
