@@ -66,8 +66,8 @@ impl std::ops::Deref for OvlFs {
 }
 
 /// Who encodes a reply: fuser (requests over /dev/fuse) or our own wire code (io_uring).
-/// fuser sends an entry's `attr.ino` as its node id, and every READDIRPLUS line with
-/// attributes; ours sends what it is given.
+/// fuser sends an entry's `attr.ino` as its node id and cannot send a READDIRPLUS line
+/// without attributes; ours sends node id, st_ino and attributes as it is given them.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wire {
     Fuser,
