@@ -3408,6 +3408,82 @@ fn large_file_roundtrip_and_copy_up() {
     t.finish(true);
 }
 
+/// Each xattr call through the descriptor of a removed file, one result per step.
+fn fd_xattr_steps(fd: i32) -> Vec<String> {
+    let name = |n: &str| std::ffi::CString::new(n).unwrap();
+    let get = |n: &str| {
+        let mut buf = [0u8; 64];
+        let r = cvt(unsafe {
+            libc::fgetxattr(fd, name(n).as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        });
+        match r {
+            Ok(len) => format!("{n}={:?}", String::from_utf8_lossy(&buf[..len as usize])),
+            Err(e) => format!("{n}: {}", outcome_unit::<()>(&Err(e))),
+        }
+    };
+    let list = || {
+        let mut buf = [0u8; 256];
+        match cvt(unsafe { libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len()) }) {
+            Ok(len) => {
+                let mut names: Vec<_> = buf[..len as usize]
+                    .split(|b| *b == 0)
+                    .filter(|n| !n.is_empty())
+                    .map(|n| String::from_utf8_lossy(n).into_owned())
+                    .collect();
+                names.sort();
+                format!("list {names:?}")
+            }
+            Err(e) => format!("list: {}", outcome_unit::<()>(&Err(e))),
+        }
+    };
+    let set =
+        cvt(unsafe { libc::fsetxattr(fd, name("user.fd").as_ptr(), b"1".as_ptr().cast(), 1, 0) });
+    let mut out = vec![format!("set {}", outcome_unit(&set))];
+    out.extend([get("user.fd"), get("user.low"), list()]);
+    let rm = cvt(unsafe { libc::fremovexattr(fd, name("user.fd").as_ptr()) });
+    out.extend([format!("remove {}", outcome_unit(&rm)), list()]);
+    out
+}
+
+/// Extended attributes read and written through the descriptor of a removed file reach
+/// that file, as on the kernel overlay, whether it was a lower file copied up by its
+/// open, an upper file, or a lower file never copied up (which a write cannot copy up
+/// any more: EEXIST). They once reached whatever held the old name: a whiteout (EPERM,
+/// and an empty list) or nothing (ENOENT).
+#[test]
+fn xattrs_through_a_descriptor_of_a_removed_file_match_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let t = twin(
+        "sem-fd-xattr-removed",
+        &[&[
+            E::File("ro", b"r"),
+            E::Xattr("ro", "user.low", b"l"),
+            E::File("rw", b"w"),
+            E::Xattr("rw", "user.low", b"l"),
+        ]],
+        &[E::File("up", b"u")],
+    );
+    for (name, flags) in [
+        ("ro", libc::O_RDONLY),
+        ("rw", libc::O_RDWR),
+        ("up", libc::O_RDWR),
+    ] {
+        t.both(
+            &format!("xattrs through a descriptor of removed {name}"),
+            |r| {
+                let f = open_fd(&r.join(name), flags, 0).unwrap();
+                let un = fs::remove_file(r.join(name));
+                let mut steps = vec![format!("unlink {}", outcome_unit(&un))];
+                steps.extend(fd_xattr_steps(f.as_raw_fd()));
+                steps
+            },
+        );
+    }
+    t.finish(true);
+}
+
 #[test]
 fn open_files_survive_unlink_and_rename() {
     if !fuse_available() {

@@ -63,6 +63,11 @@ impl Overlay {
         if node.id == ROOT_ID || node.is_dir() {
             return Ok((self.nodes.dir_fd(node, layer)?, OsStr::new(".").into()));
         }
+        if node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
+            // No name leads to it any more (the old one may now hold a whiteout): reached
+            // through its own fd, as an fgetxattr of a removed file is on the kernel overlay.
+            return Ok((node.detached().ok_or(Errno::ENOENT)?, OsStr::new("").into()));
+        }
         self.parent_fd(node, layer)
     }
 

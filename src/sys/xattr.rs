@@ -1,7 +1,12 @@
 //! Extended attributes of `name` inside a directory fd, never following a final symlink.
+//! An empty `name` means the object the fd itself refers to (an `O_PATH` fd of a file
+//! whose last name is gone).
 //!
 //! Linux 6.13 added `*xattrat` calls that take a directory fd; older kernels get the same
-//! effect through `/proc/self/fd/DIR/NAME` with the `l*` calls.
+//! effect through `/proc/self/fd/DIR/NAME` with the `l*` calls. The fd's own object is
+//! reached through the magic link `/proc/self/fd/N` with the calls that follow it (it
+//! leads to that object, and nothing beyond is followed): an `O_PATH` fd works there, and
+//! not with `fgetxattr` or `AT_EMPTY_PATH`.
 
 use super::{check, check_size, cstr, Errno, SysResult};
 use std::ffi::{CString, OsStr};
@@ -34,10 +39,19 @@ struct XattrArgs {
 }
 
 fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<CString> {
-    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-    use std::os::unix::ffi::OsStrExt;
-    p.extend_from_slice(name.as_bytes());
+    let mut p = format!("/proc/self/fd/{}", dir.as_raw_fd()).into_bytes();
+    if !name.is_empty() {
+        use std::os::unix::ffi::OsStrExt;
+        p.push(b'/');
+        p.extend_from_slice(name.as_bytes());
+    }
     CString::new(p).map_err(|_| Errno::EINVAL)
+}
+
+/// Whether the `*xattrat` calls can reach `name`: not the fd's own object, as they take
+/// no `O_PATH` fd with `AT_EMPTY_PATH` (EBADF).
+fn xattrat_for(name: &OsStr) -> bool {
+    !name.is_empty() && HAVE_XATTRAT.load(Ordering::Relaxed)
 }
 
 fn use_at(ret: libc::c_long) -> Option<SysResult<usize>> {
@@ -55,7 +69,7 @@ fn use_at(ret: libc::c_long) -> Option<SysResult<usize>> {
 /// Reads attribute `attr` of `name` in `dir`. With an empty `buf` returns the value's size.
 pub fn get(dir: BorrowedFd<'_>, name: &OsStr, attr: &str, buf: &mut [u8]) -> SysResult<usize> {
     let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
-    if HAVE_XATTRAT.load(Ordering::Relaxed) {
+    if xattrat_for(name) {
         let n = cstr(name)?;
         let mut args = XattrArgs {
             value: buf.as_mut_ptr() as u64,
@@ -78,8 +92,13 @@ pub fn get(dir: BorrowedFd<'_>, name: &OsStr, attr: &str, buf: &mut [u8]) -> Sys
         }
     }
     let p = proc_path(dir, name)?;
+    let getxattr = if name.is_empty() {
+        libc::getxattr
+    } else {
+        libc::lgetxattr
+    };
     check_size(unsafe {
-        libc::lgetxattr(
+        getxattr(
             p.as_ptr(),
             a.as_ptr(),
             buf.as_mut_ptr() as *mut _,
@@ -112,7 +131,7 @@ pub fn set(
     flags: i32,
 ) -> SysResult<()> {
     let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
-    if HAVE_XATTRAT.load(Ordering::Relaxed) {
+    if xattrat_for(name) {
         let n = cstr(name)?;
         let args = XattrArgs {
             value: value.as_ptr() as u64,
@@ -135,8 +154,13 @@ pub fn set(
         }
     }
     let p = proc_path(dir, name)?;
+    let setxattr = if name.is_empty() {
+        libc::setxattr
+    } else {
+        libc::lsetxattr
+    };
     check(unsafe {
-        libc::lsetxattr(
+        setxattr(
             p.as_ptr(),
             a.as_ptr(),
             value.as_ptr() as *const _,
@@ -167,7 +191,7 @@ pub fn list(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Vec<u8>> {
 /// The attribute names of `name` in `dir` (NUL-terminated, one after another) read into
 /// `buf`; ERANGE when they do not fit.
 pub fn list_into(dir: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> SysResult<usize> {
-    if HAVE_XATTRAT.load(Ordering::Relaxed) {
+    if xattrat_for(name) {
         let n = cstr(name)?;
         let ret = unsafe {
             libc::syscall(
@@ -184,12 +208,17 @@ pub fn list_into(dir: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> SysResult
         }
     }
     let p = proc_path(dir, name)?;
-    check_size(unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len()) })
+    let listxattr = if name.is_empty() {
+        libc::listxattr
+    } else {
+        libc::llistxattr
+    };
+    check_size(unsafe { listxattr(p.as_ptr(), buf.as_mut_ptr() as *mut _, buf.len()) })
 }
 
 pub fn remove(dir: BorrowedFd<'_>, name: &OsStr, attr: &str) -> SysResult<()> {
     let a = CString::new(attr).map_err(|_| Errno::EINVAL)?;
-    if HAVE_XATTRAT.load(Ordering::Relaxed) {
+    if xattrat_for(name) {
         let n = cstr(name)?;
         let ret = unsafe {
             libc::syscall(
@@ -205,7 +234,12 @@ pub fn remove(dir: BorrowedFd<'_>, name: &OsStr, attr: &str) -> SysResult<()> {
         }
     }
     let p = proc_path(dir, name)?;
-    check(unsafe { libc::lremovexattr(p.as_ptr(), a.as_ptr()) }).map(drop)
+    let removexattr = if name.is_empty() {
+        libc::removexattr
+    } else {
+        libc::lremovexattr
+    };
+    check(unsafe { removexattr(p.as_ptr(), a.as_ptr()) }).map(drop)
 }
 
 /// Splits a NUL-separated name list.
