@@ -3408,8 +3408,9 @@ fn large_file_roundtrip_and_copy_up() {
     t.finish(true);
 }
 
-/// Each xattr call through the descriptor of a removed file, one result per step.
-fn fd_xattr_steps(fd: i32) -> Vec<String> {
+/// Each xattr call and inode-flags ioctl through the descriptor of a removed file, one
+/// result per step.
+fn fd_attr_steps(fd: i32) -> Vec<String> {
     let name = |n: &str| std::ffi::CString::new(n).unwrap();
     let get = |n: &str| {
         let mut buf = [0u8; 64];
@@ -3442,16 +3443,40 @@ fn fd_xattr_steps(fd: i32) -> Vec<String> {
     out.extend([get("user.fd"), get("user.low"), list()]);
     let rm = cvt(unsafe { libc::fremovexattr(fd, name("user.fd").as_ptr()) });
     out.extend([format!("remove {}", outcome_unit(&rm)), list()]);
+    const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+    const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+    const FS_NOATIME_FL: libc::c_long = 0x80;
+    let get_flags = || {
+        let mut v: libc::c_long = 0;
+        cvt(unsafe { libc::ioctl(fd, FS_IOC_GETFLAGS as _, &mut v) }).map(|_| v)
+    };
+    let shown = |r: io::Result<libc::c_long>| match r {
+        Ok(v) => format!("noatime {}", v & FS_NOATIME_FL != 0),
+        Err(e) => format!("flags: {}", outcome_unit::<()>(&Err(e))),
+    };
+    let before = get_flags();
+    let set = before
+        .as_ref()
+        .map_err(|e| io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(0)))
+        .and_then(|v| {
+            let mut v = v | FS_NOATIME_FL;
+            cvt(unsafe { libc::ioctl(fd, FS_IOC_SETFLAGS as _, &mut v) })
+        });
+    out.extend([
+        shown(before),
+        format!("set noatime {}", outcome_unit(&set)),
+        shown(get_flags()),
+    ]);
     out
 }
 
-/// Extended attributes read and written through the descriptor of a removed file reach
-/// that file, as on the kernel overlay, whether it was a lower file copied up by its
-/// open, an upper file, or a lower file never copied up (which a write cannot copy up
-/// any more: EEXIST). They once reached whatever held the old name: a whiteout (EPERM,
-/// and an empty list) or nothing (ENOENT).
+/// Extended attributes and inode flags read and written through the descriptor of a
+/// removed file reach that file, as on the kernel overlay, whether it was a lower file
+/// copied up by its open, an upper file, or a lower file never copied up (which a write
+/// cannot copy up any more: EEXIST). They once reached whatever held the old name: a
+/// whiteout (EPERM, an empty list, ENXIO for the ioctls) or nothing (ENOENT).
 #[test]
-fn xattrs_through_a_descriptor_of_a_removed_file_match_the_kernel() {
+fn xattrs_and_flags_through_a_descriptor_of_a_removed_file_match_the_kernel() {
     if !fuse_available() {
         return;
     }
@@ -3476,7 +3501,7 @@ fn xattrs_through_a_descriptor_of_a_removed_file_match_the_kernel() {
                 let f = open_fd(&r.join(name), flags, 0).unwrap();
                 let un = fs::remove_file(r.join(name));
                 let mut steps = vec![format!("unlink {}", outcome_unit(&un))];
-                steps.extend(fd_xattr_steps(f.as_raw_fd()));
+                steps.extend(fd_attr_steps(f.as_raw_fd()));
                 steps
             },
         );

@@ -477,6 +477,9 @@ impl Overlay {
             libc::O_RDONLY | libc::O_NONBLOCK | if node.is_dir() { libc::O_DIRECTORY } else { 0 };
         if node.id == ROOT_ID {
             fs::reopen(self.nodes.dir_fd(node, top)?.as_fd(), flags)
+        } else if node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
+            // Its old name may hold a whiteout now (which opens as a device: ENXIO).
+            fs::reopen(node.detached().ok_or(Errno::ENOENT)?.as_fd(), flags)
         } else {
             self.at_name(node, top, |dir, name| fs::openat(dir, name, flags, 0))
         }
