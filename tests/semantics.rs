@@ -3471,10 +3471,11 @@ fn fd_attr_steps(fd: i32) -> Vec<String> {
 }
 
 /// Extended attributes and inode flags read and written through the descriptor of a
-/// removed file reach that file, as on the kernel overlay, whether it was a lower file
-/// copied up by its open, an upper file, or a lower file never copied up (which a write
-/// cannot copy up any more: EEXIST). They once reached whatever held the old name: a
-/// whiteout (EPERM, an empty list, ENXIO for the ioctls) or nothing (ENOENT).
+/// removed file or directory reach it, as on the kernel overlay, whether it was a lower
+/// file copied up by its open, an upper file or directory, or a lower file or directory
+/// never copied up (which a write cannot copy up any more: EEXIST, ENOTDIR). They once
+/// reached whatever held the old name: a whiteout (EPERM, an empty list, ENXIO for the
+/// ioctls) or nothing (ENOENT).
 #[test]
 fn xattrs_and_flags_through_a_descriptor_of_a_removed_file_match_the_kernel() {
     if !fuse_available() {
@@ -3487,20 +3488,29 @@ fn xattrs_and_flags_through_a_descriptor_of_a_removed_file_match_the_kernel() {
             E::Xattr("ro", "user.low", b"l"),
             E::File("rw", b"w"),
             E::Xattr("rw", "user.low", b"l"),
+            E::Dir("dl"),
+            E::Xattr("dl", "user.low", b"l"),
         ]],
-        &[E::File("up", b"u")],
+        &[E::File("up", b"u"), E::Dir("du")],
     );
+    let dir = libc::O_RDONLY | libc::O_DIRECTORY;
     for (name, flags) in [
         ("ro", libc::O_RDONLY),
         ("rw", libc::O_RDWR),
         ("up", libc::O_RDWR),
+        ("dl", dir),
+        ("du", dir),
     ] {
         t.both(
             &format!("xattrs through a descriptor of removed {name}"),
             |r| {
                 let f = open_fd(&r.join(name), flags, 0).unwrap();
-                let un = fs::remove_file(r.join(name));
-                let mut steps = vec![format!("unlink {}", outcome_unit(&un))];
+                let un = if flags == dir {
+                    fs::remove_dir(r.join(name))
+                } else {
+                    fs::remove_file(r.join(name))
+                };
+                let mut steps = vec![format!("remove {}", outcome_unit(&un))];
                 steps.extend(fd_attr_steps(f.as_raw_fd()));
                 steps
             },
