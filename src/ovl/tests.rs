@@ -200,6 +200,27 @@ fn a_removed_lower_file_still_held_keeps_its_attributes() {
 }
 
 #[test]
+fn xattrs_of_a_removed_file_still_held_are_its_own() {
+    // Copied up by an open for writing, then removed: the old name now holds a whiteout,
+    // and the file's xattrs are reached through its kept fd, not through that name.
+    let f = Fixture::new(1);
+    f.write("l0/dir/held", "12345");
+    let ovl = f.overlay(1);
+    let (d, _) = ovl.lookup(ROOT_ID, OsStr::new("dir")).unwrap();
+    let (held, _) = ovl.lookup(d.id, OsStr::new("held")).unwrap();
+    let fh = ovl.open(&ctx(), held.id, libc::O_RDWR).unwrap();
+    ovl.unlink(d.id, OsStr::new("held")).unwrap();
+    let name = OsStr::new("user.kept");
+    ovl.setxattr(&ctx(), held.id, name, b"v", 0)
+        .expect("setxattr of the removed file");
+    assert_eq!(ovl.getxattr(held.id, name).unwrap(), b"v");
+    assert_eq!(ovl.listxattr(held.id).unwrap(), b"user.kept\0");
+    ovl.removexattr(held.id, name).unwrap();
+    assert_eq!(ovl.listxattr(held.id).unwrap(), b"");
+    ovl.release(fh);
+}
+
+#[test]
 fn copy_up_on_write_keeps_metadata_and_lower() {
     let f = Fixture::new(1);
     f.write("l0/f", "hello");

@@ -58,13 +58,13 @@ impl Overlay {
         node: &Node,
         layer: LayerId,
     ) -> SysResult<(Arc<OwnedFd>, super::listing::Name)> {
-        // A directory through "." in its own fd: its name may change under us (see
-        // `NodeTable::stable`), its fd follows it.
         if node.id != ROOT_ID && node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
             // No name leads to it any more (the old one may now hold a whiteout): reached
             // through its own fd, as an fgetxattr of a removed file is on the kernel overlay.
             return Ok((node.detached().ok_or(Errno::ENOENT)?, OsStr::new("").into()));
         }
+        // A directory through "." in its own fd: its name may change under us (see
+        // `NodeTable::stable`), its fd follows it.
         if node.id == ROOT_ID || node.is_dir() {
             return Ok((self.nodes.dir_fd(node, layer)?, OsStr::new(".").into()));
         }
