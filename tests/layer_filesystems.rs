@@ -1,0 +1,332 @@
+//! Layers on other filesystems than the test directory's own: lower layers packed as the
+//! read-only images container tools ship (squashfs, erofs), uppers on btrfs and xfs, and
+//! a lower layer that is itself an ovlfuse mount (an overlay inside a container whose root
+//! is an overlay). Each case runs the same operations on the kernel overlay and on
+//! ovlfuse over the same lower layers and compares results, merged views and uppers, then
+//! mounts each upper with the other overlay.
+//!
+//! The image and mkfs tools come from squashfs-tools, erofs-utils, btrfs-progs and
+//! xfsprogs (`.ci/run` installs them); a missing one fails the test with its package name.
+
+mod common;
+
+use common::*;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Runs `prog args`, failing the test with its output (and the package that has it when it
+/// is not installed).
+fn run(prog: &str, package: &str, args: &[&OsStr]) {
+    let installed = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+        .unwrap_or(false);
+    assert!(
+        installed,
+        "{prog} is not installed: install the Debian package {package} (.ci/run does)"
+    );
+    let mut cmd = Command::new(prog);
+    cmd.args(args);
+    let o = run_with_timeout(cmd, Duration::from_secs(120));
+    assert!(
+        o.status.success(),
+        "{prog} {args:?} failed:\n{}",
+        show_output(&o)
+    );
+}
+
+/// Packs `src` into a read-only image of `kind` ("squashfs" or "erofs") and mounts it at
+/// `mnt` through a loop device (released when the mount goes).
+fn mount_image_of(kind: &str, src: &Path, img: &Path, mnt: &Path) -> MountGuard {
+    match kind {
+        "squashfs" => run(
+            "mksquashfs",
+            "squashfs-tools",
+            &[
+                src.as_os_str(),
+                img.as_os_str(),
+                OsStr::new("-quiet"),
+                OsStr::new("-noappend"),
+                OsStr::new("-xattrs"),
+            ],
+        ),
+        "erofs" => run(
+            "mkfs.erofs",
+            "erofs-utils",
+            &[img.as_os_str(), src.as_os_str()],
+        ),
+        _ => unreachable!("image kind {kind}"),
+    }
+    loop_mount(img, mnt, "loop,ro")
+}
+
+/// Makes a fresh `kind` ("btrfs" or "xfs") filesystem in a sparse image and mounts it.
+fn mount_new_fs(kind: &str, img: &Path, mnt: &Path) -> MountGuard {
+    let f = fs::File::create(img).unwrap();
+    f.set_len(320 << 20).unwrap();
+    drop(f);
+    let (prog, package) = match kind {
+        "btrfs" => ("mkfs.btrfs", "btrfs-progs"),
+        "xfs" => ("mkfs.xfs", "xfsprogs"),
+        _ => unreachable!("filesystem {kind}"),
+    };
+    run(prog, package, &[OsStr::new("-q"), img.as_os_str()]);
+    loop_mount(img, mnt, "loop")
+}
+
+fn loop_mount(img: &Path, mnt: &Path, opts: &str) -> MountGuard {
+    run(
+        "mount",
+        "mount",
+        &[
+            OsStr::new("-o"),
+            OsStr::new(opts),
+            img.as_os_str(),
+            mnt.as_os_str(),
+        ],
+    );
+    MountGuard::adopt_kernel(mnt)
+}
+
+/// The top lower layer: a whiteout and an opaque directory (in the kernel's formats) over
+/// the bottom layer, and one of each kind of file.
+const TOP: &[E] = &[
+    E::File("f", b"top f"),
+    E::Xattr("f", "user.k", b"v"),
+    E::Hardlink("f", "hard"),
+    E::Symlink("link", "f"),
+    E::Fifo("p"),
+    E::File("d/sub/g", b"g"),
+    E::Mode("d/sub/g", 0o640),
+    E::Owner("d/sub/g", 1000, 1000),
+    E::Whiteout("gone"),
+    E::Opaque("opq"),
+    E::File("opq/top", b"t"),
+    E::File("moved/c", b"c"),
+];
+
+/// The bottom lower layer.
+const BOTTOM: &[E] = &[
+    E::File("gone", b"hidden by a whiteout"),
+    E::File("opq/old", b"hidden by an opaque directory"),
+    E::File("d/low", b"low"),
+    E::File("only_low", b"only low"),
+    E::File("moved/low", b"low in moved"),
+];
+
+fn read_str(p: &Path) -> String {
+    match fs::read(p) {
+        Ok(v) => String::from_utf8_lossy(&v).into_owned(),
+        Err(e) => format!("<{}>", describe_err(&e)),
+    }
+}
+
+fn names_or_err(p: &Path) -> Result<Vec<String>, String> {
+    names(p).map_err(|e| describe_err(&e))
+}
+
+/// Reads, then copy-ups, removals, a directory rename and re-creations; returns what each
+/// step gave.
+fn ops(r: &Path) -> Vec<String> {
+    vec![
+        read_str(&r.join("f")),
+        read_str(&r.join("link")),
+        read_str(&r.join("only_low")),
+        format!("{:?}", names_or_err(r)),
+        format!("{:?}", names_or_err(&r.join("opq"))),
+        format!("{:?}", names_or_err(&r.join("d"))),
+        outcome_unit(&write_at(&r.join("f"), 5, b" appended")),
+        read_str(&r.join("f")),
+        outcome_unit(&lsetxattr(&r.join("d/sub/g"), "user.new", b"1")),
+        outcome_unit(&fs::set_permissions(
+            r.join("p"),
+            fs::Permissions::from_mode(0o600),
+        )),
+        outcome_unit(&fs::remove_file(r.join("link"))),
+        outcome_unit(&fs::remove_file(r.join("only_low"))),
+        outcome_unit(&fs::rename(r.join("moved"), r.join("moved2"))),
+        format!("{:?}", names_or_err(&r.join("moved2"))),
+        outcome_unit(&fs::remove_dir_all(r.join("d"))),
+        outcome_unit(&fs::create_dir(r.join("d"))),
+        outcome_unit(&fs::write(r.join("d/new"), b"new")),
+        outcome_unit(&fs::write(r.join("gone"), b"back")),
+        outcome_unit(&fs::hard_link(r.join("f"), r.join("f2"))),
+        format!("{:?}", names_or_err(r)),
+        format!("{:?}", names_or_err(&r.join("d"))),
+    ]
+}
+
+/// An upper directory as the other overlay will read it: overlay xattrs that only say
+/// where a copy came from (each overlay writes its own) are left out, as are the kernel's
+/// shared whiteout's mode and link count.
+fn normalized_upper(upper: &Path) -> BTreeMap<PathBuf, Node> {
+    let mut s = snapshot(upper, XattrSel::All);
+    for n in s.values_mut() {
+        n.xattrs.retain(|k, _| {
+            k.starts_with("user.")
+                || k == "trusted.overlay.opaque"
+                || k == "trusted.overlay.redirect"
+        });
+        if n.kind == 'c' && n.rdev == 0 {
+            n.mode = 0;
+            n.nlink = 1;
+            n.uid = 0;
+            n.gid = 0;
+        }
+    }
+    s
+}
+
+/// Runs [`ops`] on the kernel overlay and on ovlfuse, each with the given lower layers and
+/// its own upper under `uppers[0]` (kernel) and `uppers[1]` (ovlfuse), and compares; then
+/// swaps the uppers between the two overlays and compares the views again.
+fn compare_on(what: &str, lowers: &[PathBuf], uppers: [&Path; 2], mnts: [&Path; 2]) {
+    let stack = |u: &Path, mnt: &Path| {
+        let upper = u.join("upper");
+        let work = u.join("work");
+        fs::create_dir_all(&upper).unwrap();
+        fs::create_dir_all(&work).unwrap();
+        Stack {
+            lowers: lowers.to_vec(),
+            upper,
+            work,
+            mnt: mnt.to_path_buf(),
+        }
+    };
+    let k = stack(uppers[0], mnts[0]);
+    let f = stack(uppers[1], mnts[1]);
+    let kg = mount_kernel(&k);
+    let fg = mount_ovlfuse(&f, &[]);
+    assert_eq!(
+        ops(&f.mnt),
+        ops(&k.mnt),
+        "{what}: operations, ovlfuse (left) vs kernel (right)"
+    );
+    let views = (
+        snapshot(&k.mnt, XattrSel::User),
+        snapshot(&f.mnt, XattrSel::User),
+    );
+    assert_same_snapshots(
+        &format!("{what}: merged views"),
+        "kernel",
+        &views.0,
+        "ovlfuse",
+        &views.1,
+    );
+    fg.unmount();
+    kg.unmount();
+    assert_same_snapshots(
+        &format!("{what}: upper directories"),
+        "kernel",
+        &normalized_upper(&k.upper),
+        "ovlfuse",
+        &normalized_upper(&f.upper),
+    );
+
+    // Each overlay reads the other's upper as its own.
+    let swapped = |s: &Stack, other: &Stack| Stack {
+        lowers: s.lowers.clone(),
+        upper: other.upper.clone(),
+        work: other.work.clone(),
+        mnt: s.mnt.clone(),
+    };
+    let kg = mount_kernel(&swapped(&k, &f));
+    let fg = mount_ovlfuse(&swapped(&f, &k), &[]);
+    assert_same_snapshots(
+        &format!("{what}: the kernel on ovlfuse's upper, ovlfuse on the kernel's"),
+        "kernel",
+        &snapshot(&k.mnt, XattrSel::User),
+        "ovlfuse",
+        &snapshot(&f.mnt, XattrSel::User),
+    );
+    assert_eq!(
+        snapshot(&k.mnt, XattrSel::User),
+        views.0,
+        "{what}: the kernel shows ovlfuse's upper as it showed its own"
+    );
+    fg.unmount();
+    kg.unmount();
+}
+
+#[test]
+fn lowers_on_squashfs_and_erofs_with_uppers_on_btrfs_and_xfs_match_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("layerfs-images");
+    let (top_src, bottom_src) = (sc.dir("src/top"), sc.dir("src/bottom"));
+    build(&top_src, TOP);
+    build(&bottom_src, BOTTOM);
+    let mut guards = Vec::new();
+    let top = sc.dir("lower/top");
+    let bottom = sc.dir("lower/bottom");
+    guards.push(mount_image_of(
+        "erofs",
+        &top_src,
+        &sc.path("top.erofs"),
+        &top,
+    ));
+    guards.push(mount_image_of(
+        "squashfs",
+        &bottom_src,
+        &sc.path("bottom.sqfs"),
+        &bottom,
+    ));
+    let lowers = vec![top.clone(), bottom.clone()];
+    let lc = LowerCheck::new(&lowers);
+    for upper_fs in ["btrfs", "xfs"] {
+        let mut ups = Vec::new();
+        for who in ["k", "f"] {
+            let d = sc.dir(&format!("{upper_fs}-{who}"));
+            guards.push(mount_new_fs(
+                upper_fs,
+                &sc.path(&format!("{upper_fs}-{who}.img")),
+                &d,
+            ));
+            ups.push(d);
+        }
+        let (km, fm) = (sc.dir("mnt/k"), sc.dir("mnt/f"));
+        compare_on(
+            &format!("lowers on erofs and squashfs, upper on {upper_fs}"),
+            &lowers,
+            [&ups[0], &ups[1]],
+            [&km, &fm],
+        );
+    }
+    lc.verify();
+    // Uppers first, then the images they were copied up from.
+    while let Some(g) = guards.pop() {
+        g.unmount();
+    }
+}
+
+#[test]
+fn a_lower_layer_that_is_an_ovlfuse_mount_matches_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    // The lower layers, served through an ovlfuse mount of their own (read-only view): the
+    // outer overlays reach every lower file through FUSE.
+    let sc = Scratch::new("layerfs-nested");
+    let (top, bottom) = (sc.dir("src/top"), sc.dir("src/bottom"));
+    build(&top, TOP);
+    build(&bottom, BOTTOM);
+    let lc = LowerCheck::new(&[top.clone(), bottom.clone()]);
+    let inner = sc.dir("inner");
+    // The inner view is itself an overlay: it shows the merged tree with its whiteout and
+    // opaque marks applied, so the outer overlays see one plain layer.
+    let ig = mount_ovlfuse_ro(&[top, bottom], &inner, &[]);
+    let (km, fm) = (sc.dir("mnt/k"), sc.dir("mnt/f"));
+    compare_on(
+        "lower on an ovlfuse mount",
+        &[inner.clone()],
+        [&sc.dir("up-k"), &sc.dir("up-f")],
+        [&km, &fm],
+    );
+    ig.unmount();
+    lc.verify();
+}
