@@ -323,7 +323,7 @@ fn a_lower_layer_that_is_an_ovlfuse_mount_matches_the_kernel() {
     let (km, fm) = (sc.dir("mnt/k"), sc.dir("mnt/f"));
     compare_on(
         "lower on an ovlfuse mount",
-        &[inner.clone()],
+        std::slice::from_ref(&inner),
         [&sc.dir("up-k"), &sc.dir("up-f")],
         [&km, &fm],
     );
