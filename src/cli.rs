@@ -174,9 +174,9 @@ Overlay options:
   fsync=0|1              pass fsync/syncfs through to the upper layer (default 1)
   redirect_dir=on        rename directories that have lower parts, recording where their
                          lower parts are in overlay.redirect (default as root of the
-                         initial user namespace; elsewhere off, as rootless kernel
-                         overlayfs has no redirects; always off on an upper filesystem
-                         that takes no xattrs)
+                         initial user namespace without userxattr; elsewhere off, as
+                         rootless kernel overlayfs has no redirects; always off on an
+                         upper filesystem that takes no xattrs)
   redirect_dir=off|follow|nofollow  such renames fail with EXDEV, as on a kernel built
                          without redirects; existing redirects are still followed
   index=off              accepted; \"on\" is not supported
@@ -184,7 +184,8 @@ Overlay options:
   nfs_export=off         accepted; \"on\" is not supported
   xino=on|off|auto       accepted and ignored
   uuid=on|off|null|auto  accepted and ignored
-  userxattr              accepted and ignored
+  userxattr              write overlay xattrs as user.overlay.* (what rootless kernel
+                         overlayfs reads) even as root; redirect_dir then defaults to off
 
 FUSE options:
   allow_other            let other users access the mount

@@ -5335,6 +5335,113 @@ fn upper_on_a_different_file_system_than_the_lowers() {
     drop(guards);
 }
 
+/// Whiteouts, an opaque directory, a merged-directory rename and attributes in the
+/// overlay's own xattr namespace, for [`userxattr_as_root_writes_what_a_userxattr_kernel_writes`].
+fn userxattr_ops(r: &Path) -> Vec<String> {
+    vec![
+        outcome_unit(&fs::remove_file(r.join("d/x"))),
+        outcome_unit(&fs::remove_dir_all(r.join("tree"))),
+        outcome_unit(&fs::create_dir(r.join("tree"))),
+        outcome_unit(&fs::write(r.join("tree/n"), b"n")),
+        outcome_unit(&fs::rename(r.join("moved"), r.join("moved2"))),
+        outcome_unit(&lsetxattr(&r.join("f"), "user.overlay.mine", b"1")),
+        outcome(&lgetxattr(&r.join("f"), "user.overlay.mine")),
+        outcome_unit(&lsetxattr(&r.join("f"), "trusted.overlay.t", b"2")),
+        // In the upper filesystem's order, which the two uppers need not share.
+        outcome(&llistxattr(&r.join("f")).map(|mut v| {
+            v.sort();
+            v
+        })),
+        format!("{:?}", names_or_err(r)),
+    ]
+}
+
+/// An upper's overlay xattrs, less those that only say where a copy came from (each
+/// overlay writes its own form) and the kernel's mount uuid.
+fn upper_without_origins(upper: &Path) -> BTreeMap<PathBuf, Node> {
+    let mut s = snapshot(upper, XattrSel::All);
+    for n in s.values_mut() {
+        n.xattrs
+            .retain(|k, _| !k.contains(".origin") && !k.ends_with(".uuid"));
+        if n.kind == 'c' && n.rdev == 0 {
+            n.mode = 0;
+            n.nlink = 1;
+        }
+    }
+    s
+}
+
+#[test]
+fn userxattr_as_root_writes_what_a_userxattr_kernel_writes() {
+    if !fuse_available() {
+        return;
+    }
+    // As root, `userxattr` makes the kernel write user.overlay.* (so that a rootless mount
+    // can take the upper over) and turns its redirects off; ovlfuse must write the same.
+    let sc = Scratch::new("sem-userxattr");
+    let lower: &[E] = &[
+        E::File("f", b"f"),
+        E::File("d/x", b"x"),
+        E::File("tree/a", b"a"),
+        E::File("moved/c", b"c"),
+    ];
+    let k = Stack::new_at(&sc.dir("k"), 1);
+    let f = Stack::new_at(&sc.dir("f"), 1);
+    build(&k.lowers[0], lower);
+    build(&f.lowers[0], lower);
+    let lc = LowerCheck::new(&[k.lowers[0].clone(), f.lowers[0].clone()]);
+    let kg = mount_kernel_plain(&k, "userxattr");
+    let fg = mount_ovlfuse(&f, &["userxattr"]);
+    assert_eq!(
+        userxattr_ops(&f.mnt),
+        userxattr_ops(&k.mnt),
+        "with userxattr: ovlfuse (left) vs kernel (right)"
+    );
+    let kview = snapshot(&k.mnt, XattrSel::User);
+    assert_same_snapshots(
+        "merged views with userxattr",
+        "kernel",
+        &kview,
+        "ovlfuse",
+        &snapshot(&f.mnt, XattrSel::User),
+    );
+    fg.unmount();
+    kg.unmount();
+    let fu = upper_without_origins(&f.upper);
+    assert_same_snapshots(
+        "uppers written with userxattr",
+        "kernel",
+        &upper_without_origins(&k.upper),
+        "ovlfuse",
+        &fu,
+    );
+    assert_eq!(
+        fu.get(Path::new("tree"))
+            .map(|n| n.xattrs.contains_key("user.overlay.opaque")),
+        Some(true),
+        "the directory made over a removed one is opaque by user.overlay.opaque: {}",
+        show_snapshot(&fu)
+    );
+
+    // The kernel with userxattr mounts ovlfuse's upper and shows what it showed of its own.
+    let swapped = Stack {
+        lowers: f.lowers.clone(),
+        upper: f.upper.clone(),
+        work: f.work.clone(),
+        mnt: sc.dir("swap-mnt"),
+    };
+    let kg = mount_kernel_plain(&swapped, "userxattr");
+    assert_same_snapshots(
+        "the kernel (userxattr) on ovlfuse's upper",
+        "kernel on its own upper",
+        &kview,
+        "kernel on ovlfuse's",
+        &snapshot(&swapped.mnt, XattrSel::User),
+    );
+    kg.unmount();
+    lc.verify();
+}
+
 /// Operations that need no overlay xattr in the upper layer: the kernel overlay does them
 /// on an upper that takes none.
 fn no_xattr_upper_ops(r: &Path) -> Vec<String> {

@@ -173,8 +173,8 @@ impl Layers {
             upper = Some(u);
         }
         // Root of a user namespace cannot write `trusted.*`: it uses the names rootless
-        // kernel overlayfs (`userxattr`) reads.
-        let mut prefix = if sys::is_host_root() {
+        // kernel overlayfs (`userxattr`) reads, as does anyone who asks for them.
+        let mut prefix = if sys::is_host_root() && !p.userxattr {
             "trusted.overlay."
         } else {
             "user.overlay."

@@ -54,8 +54,6 @@ pub(crate) const IGNORED_FLAGS: &[&str] = &[
     "rslave",
     // atime variant that changes nothing for us
     "lazytime",
-    // kernel overlayfs flags
-    "userxattr",
     // libfuse tuning flags
     "clone_fd",
     "splice_read",
@@ -92,6 +90,9 @@ pub struct Params {
     pub kernel_flags: Vec<String>,
     /// Options accepted without effect, as written, so they can be logged.
     pub ignored: Vec<String>,
+    /// `userxattr`: overlay xattrs are written as `user.overlay.*`, as rootless kernel
+    /// overlayfs writes them, even when the daemon could write `trusted.overlay.*`.
+    pub userxattr: bool,
     /// `redirect_dir=on` (the default, unless the mount writes rootless markers): directories
     /// with lower parts may be renamed (a redirect xattr records where their lower parts
     /// are); off, such renames fail with EXDEV.
@@ -184,6 +185,7 @@ impl Default for Params {
             volatile: false,
             kernel_flags: Vec::new(),
             ignored: Vec::new(),
+            userxattr: false,
             redirect_dir: true,
             redirect_dir_given: false,
             remount: false,
@@ -551,6 +553,10 @@ fn apply_option(
         "volatile" => {
             flag(name, value)?;
             p.volatile = true;
+        }
+        "userxattr" => {
+            flag(name, value)?;
+            p.userxattr = true;
         }
         "fsync" => {
             let v = required(name, value, false)?;
@@ -1444,7 +1450,6 @@ mod tests {
             "xino=on",
             "xino=off",
             "xino=auto",
-            "userxattr",
             "uuid=on",
             "uuid=off",
             "uuid=null",
@@ -1452,6 +1457,15 @@ mod tests {
         ];
         let p = ok(&[&format!("lowerdir=/l,{}", opts.join(","))]);
         assert_eq!(p.ignored, opts.to_vec());
+    }
+
+    #[test]
+    fn userxattr_asks_for_user_overlay_xattrs() {
+        assert!(!ok(&["lowerdir=/l"]).userxattr);
+        let p = ok(&["lowerdir=/l,userxattr"]);
+        assert!(p.userxattr);
+        assert!(p.ignored.is_empty());
+        err_contains(&["lowerdir=/l,userxattr=1"], &["userxattr"]);
     }
 
     #[test]
