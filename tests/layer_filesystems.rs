@@ -118,17 +118,6 @@ const BOTTOM: &[E] = &[
     E::File("moved/low", b"low in moved"),
 ];
 
-fn read_str(p: &Path) -> String {
-    match fs::read(p) {
-        Ok(v) => String::from_utf8_lossy(&v).into_owned(),
-        Err(e) => format!("<{}>", describe_err(&e)),
-    }
-}
-
-fn names_or_err(p: &Path) -> Result<Vec<String>, String> {
-    names(p).map_err(|e| describe_err(&e))
-}
-
 /// Reads, then copy-ups, removals, a directory rename and re-creations; returns what each
 /// step gave.
 fn ops(r: &Path) -> Vec<String> {
@@ -161,24 +150,11 @@ fn ops(r: &Path) -> Vec<String> {
 }
 
 /// An upper directory as the other overlay will read it: overlay xattrs that only say
-/// where a copy came from (each overlay writes its own) are left out, as are the kernel's
-/// shared whiteout's mode and link count.
+/// where a copy came from (each overlay writes its own) are left out.
 fn normalized_upper(upper: &Path) -> BTreeMap<PathBuf, Node> {
-    let mut s = snapshot(upper, XattrSel::All);
-    for n in s.values_mut() {
-        n.xattrs.retain(|k, _| {
-            k.starts_with("user.")
-                || k == "trusted.overlay.opaque"
-                || k == "trusted.overlay.redirect"
-        });
-        if n.kind == 'c' && n.rdev == 0 {
-            n.mode = 0;
-            n.nlink = 1;
-            n.uid = 0;
-            n.gid = 0;
-        }
-    }
-    s
+    upper_snapshot(upper, |k| {
+        k.starts_with("user.") || k == "trusted.overlay.opaque" || k == "trusted.overlay.redirect"
+    })
 }
 
 /// Runs [`ops`] on the kernel overlay and on ovlfuse, each with the given lower layers and

@@ -160,19 +160,9 @@ impl Twin {
 /// Snapshot of an upper directory reduced to what both implementations must agree on:
 /// user.* xattrs and trusted.overlay.opaque; whiteouts reduced to "char 0/0".
 fn normalized_upper(upper: &Path) -> BTreeMap<PathBuf, Node> {
-    let mut s = snapshot(upper, XattrSel::All);
-    for n in s.values_mut() {
-        n.xattrs
-            .retain(|k, _| k.starts_with("user.") || k == "trusted.overlay.opaque");
-        if n.kind == 'c' && n.rdev == 0 {
-            // The kernel shares one whiteout inode (nlink > 1) and uses mode 0.
-            n.mode = 0;
-            n.nlink = 1;
-            n.uid = 0;
-            n.gid = 0;
-        }
-    }
-    s
+    upper_snapshot(upper, |k| {
+        k.starts_with("user.") || k == "trusted.overlay.opaque"
+    })
 }
 
 fn is_whiteout(p: &Path) -> bool {
@@ -182,13 +172,6 @@ fn is_whiteout(p: &Path) -> bool {
             m.file_type().is_char_device() && m.rdev() == 0
         }
         Err(_) => false,
-    }
-}
-
-fn read_str(p: &Path) -> String {
-    match fs::read(p) {
-        Ok(v) => String::from_utf8_lossy(&v).into_owned(),
-        Err(e) => format!("<{}>", describe_err(&e)),
     }
 }
 
@@ -206,10 +189,6 @@ fn stat_str(p: &Path) -> String {
         ),
         Err(e) => format!("<{}>", describe_err(&e)),
     }
-}
-
-fn names_or_err(p: &Path) -> Result<Vec<String>, String> {
-    names(p).map_err(|e| describe_err(&e))
 }
 
 fn open_fd(p: &Path, flags: i32, mode: u32) -> io::Result<fs::File> {
@@ -5359,16 +5338,7 @@ fn userxattr_ops(r: &Path) -> Vec<String> {
 /// An upper's overlay xattrs, less those that only say where a copy came from (each
 /// overlay writes its own form) and the kernel's mount uuid.
 fn upper_without_origins(upper: &Path) -> BTreeMap<PathBuf, Node> {
-    let mut s = snapshot(upper, XattrSel::All);
-    for n in s.values_mut() {
-        n.xattrs
-            .retain(|k, _| !k.contains(".origin") && !k.ends_with(".uuid"));
-        if n.kind == 'c' && n.rdev == 0 {
-            n.mode = 0;
-            n.nlink = 1;
-        }
-    }
-    s
+    upper_snapshot(upper, |k| !k.contains(".origin") && !k.ends_with(".uuid"))
 }
 
 #[test]

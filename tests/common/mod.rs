@@ -419,6 +419,19 @@ pub fn names(p: &Path) -> io::Result<Vec<String>> {
     Ok(v)
 }
 
+/// A file's contents as text, or its error as `<ERRNO ...>`.
+pub fn read_str(p: &Path) -> String {
+    match fs::read(p) {
+        Ok(v) => String::from_utf8_lossy(&v).into_owned(),
+        Err(e) => format!("<{}>", describe_err(&e)),
+    }
+}
+
+/// [`names`], with its error described.
+pub fn names_or_err(p: &Path) -> Result<Vec<String>, String> {
+    names(p).map_err(|e| describe_err(&e))
+}
+
 /// Writes `data` at `offset` of `p` (opened O_WRONLY, no O_TRUNC).
 pub fn write_at(p: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
@@ -1690,6 +1703,23 @@ fn show_rel(p: &Path) -> String {
     } else {
         p.display().to_string()
     }
+}
+
+/// A snapshot of an upper directory, keeping the xattrs whose names `keep` accepts, with
+/// every whiteout (char 0/0) shown alike: the kernel shares one whiteout inode (more than
+/// one link, mode 0), ovlfuse makes one per name.
+pub fn upper_snapshot(upper: &Path, keep: impl Fn(&str) -> bool) -> BTreeMap<PathBuf, Node> {
+    let mut s = snapshot(upper, XattrSel::All);
+    for n in s.values_mut() {
+        n.xattrs.retain(|k, _| keep(k));
+        if n.kind == 'c' && n.rdev == 0 {
+            n.mode = 0;
+            n.nlink = 1;
+            n.uid = 0;
+            n.gid = 0;
+        }
+    }
+    s
 }
 
 /// Human-readable differences between two snapshots (empty when equal).
