@@ -5072,12 +5072,11 @@ fn failed_write_back_to_a_full_upper_layer_is_reported() {
 
     // Leave about 1 MiB free.
     let filler = ok(fs::File::create(layer_fs.join("filler")), "create filler");
-    let free = {
-        let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
-        let p = std::ffi::CString::new(layer_fs.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(unsafe { libc::statvfs(p.as_ptr(), &mut v) }, 0, "statvfs");
+    let free_bytes = || {
+        let v = ok(statvfs(&layer_fs), "statvfs");
         v.f_bavail * v.f_frsize
     };
+    let free = free_bytes();
     let r = unsafe { libc::fallocate(filler.as_raw_fd(), 0, 0, (free - MIB as u64) as i64) };
     assert_eq!(r, 0, "fallocate filler: {}", io::Error::last_os_error());
 
@@ -5108,6 +5107,17 @@ fn failed_write_back_to_a_full_upper_layer_is_reported() {
 
     drop(filler);
     ok(fs::remove_file(layer_fs.join("filler")), "remove filler");
+    // The space comes back when the last descriptor of the filler goes: a child that another
+    // test thread forks holds a copy of this one until it execs, which under load can take
+    // a while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while free_bytes() < 512 * MIB as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the filler's space did not come back within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let _ = f.sync_all(); // may still report the old error once
     ok(f.write_all(b"again"), "write once there is room");
     ok(f.sync_all(), "fsync once there is room");
