@@ -4192,6 +4192,55 @@ fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
 }
 
 #[test]
+fn a_default_acl_on_the_workdir_reaches_no_copy() {
+    if !fuse_available() {
+        return;
+    }
+    // default: user::rwx group::r-x other::rwx. Copies are built in workdir/work; had they
+    // inherited it, a copied-up directory would pass `other::rwx` on to what is made in it.
+    let t = twin_with(
+        "sem-workdir-acl",
+        &[&[
+            E::File("f", b"f"),
+            E::Mode("f", 0o600),
+            E::File("d/x", b"x"),
+            E::Mode("d", 0o755),
+        ]],
+        &[],
+        |st| {
+            let dflt = acl(&[(1, 7, u32::MAX), (4, 5, u32::MAX), (0x20, 7, u32::MAX)]);
+            lsetxattr(&st.work, "system.posix_acl_default", &dflt).unwrap();
+        },
+    );
+    t.both("copy-ups and new objects", |r| {
+        let made = [
+            outcome_unit(&write_at(&r.join("f"), 1, b"+")),
+            outcome_unit(&fs::create_dir(r.join("d/new"))),
+            outcome_unit(&fs::write(r.join("d/newfile"), b"n")),
+        ];
+        let shown = ["f", "d", "d/new", "d/newfile"].map(|p| {
+            let p = r.join(p);
+            (
+                stat_str(&p),
+                outcome(&lgetxattr(&p, "system.posix_acl_access")),
+                outcome(&lgetxattr(&p, "system.posix_acl_default")),
+            )
+        });
+        (made, shown)
+    });
+    t.finish_with(true, |k, f| {
+        for st in [k, f] {
+            let w = st.work.join("work");
+            assert_eq!(
+                outcome(&lgetxattr(&w, "system.posix_acl_default")),
+                "err: ENODATA (61)",
+                "{w:?} keeps no default ACL"
+            );
+        }
+    });
+}
+
+#[test]
 fn posix_acls_are_visible_copied_up_and_enforced() {
     if !fuse_available() {
         return;

@@ -490,6 +490,20 @@ fn prepare_work(w: &Layer) -> Result<OwnedFd, String> {
     }
     let fd = fs::openat(w.fd(), name, libc::O_PATH | libc::O_DIRECTORY, 0)
         .map_err(|e| format!("cannot open work directory: {e}"))?;
+    // Copies are built in here: a default ACL inherited from the workdir would give each of
+    // them entries and mode bits its lower original lacks (a world-writable directory from
+    // `default:other::rwx`). The kernel strips both ACLs from its work directory too.
+    for acl in ["system.posix_acl_default", "system.posix_acl_access"] {
+        match sys::xattr::remove_on_dir(fd.as_fd(), acl) {
+            Ok(()) | Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) => {}
+            Err(e) => return Err(format!("cannot remove {acl} from the work directory: {e}")),
+        }
+    }
+    let st = fs::fstat(fd.as_fd()).map_err(|e| format!("cannot stat work directory: {e}"))?;
+    if st.st_mode & 0o7777 != 0o700 {
+        fs::chmod_fd(fd.as_fd(), 0o700)
+            .map_err(|e| format!("cannot set the work directory's mode: {e}"))?;
+    }
     for ent in
         fs::read_dir_all(fd.as_fd()).map_err(|e| format!("cannot read work directory: {e}"))?
     {
