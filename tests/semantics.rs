@@ -7103,6 +7103,186 @@ fn set_inode_flags(p: &Path, flags: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Clears the append-only and immutable flags of the given lower paths when dropped, then
+/// removes the scratch directories holding them, which their own cleanup could not.
+struct Unprotect(std::cell::RefCell<Vec<PathBuf>>);
+
+impl Drop for Unprotect {
+    fn drop(&mut self) {
+        for p in self.0.borrow().iter() {
+            let _ = set_inode_flags(p, 0);
+            let Ok(rel) = p.strip_prefix(TEST_ROOT) else {
+                continue;
+            };
+            if let Some(top) = rel.components().next() {
+                let top = Path::new(TEST_ROOT).join(top);
+                if mounts_below(&top, true).is_empty() {
+                    let _ = fs::remove_dir_all(&top);
+                }
+            }
+        }
+    }
+}
+
+/// Changes to objects of a lower layer that carry the immutable or append-only attribute
+/// (set in the layer itself), for [`lower_immutable_and_append_only_objects_as_on_the_kernel`].
+fn protected_lower_ops(m: &Path) -> Vec<String> {
+    let p = |n: &str| m.join(n);
+    let open = |n: &str, flags: i32| outcome_unit(&open_fd(&p(n), flags, 0o644));
+    vec![
+        open("ifile", libc::O_WRONLY),
+        open("ifile", libc::O_RDONLY),
+        open("afile", libc::O_WRONLY),
+        open("afile", libc::O_WRONLY | libc::O_APPEND | libc::O_TRUNC),
+        outcome_unit(
+            &fs::OpenOptions::new()
+                .write(true)
+                .open(p("ifile"))
+                .and_then(|f| f.set_len(0)),
+        ),
+        outcome_unit(&cvt(unsafe {
+            libc::truncate(cpath(&p("afile")).as_ptr(), 0)
+        })),
+        outcome_unit(&fs::set_permissions(
+            p("ifile"),
+            fs::Permissions::from_mode(0o600),
+        )),
+        outcome_unit(&fs::set_permissions(
+            p("afile"),
+            fs::Permissions::from_mode(0o600),
+        )),
+        outcome_unit(&set_times(&p("afile"), (1, 0), (1, 0))),
+        outcome_unit(&lsetxattr(&p("ifile"), "user.x", b"1")),
+        outcome_unit(&lsetxattr(&p("afile"), "user.x", b"1")),
+        outcome_unit(&lremovexattr(&p("afile"), "user.x")),
+        outcome_unit(&fs::hard_link(p("ifile"), p("ilink"))),
+        outcome_unit(&fs::hard_link(p("afile"), p("alink"))),
+        outcome_unit(&fs::remove_file(p("ifile"))),
+        outcome_unit(&fs::remove_file(p("afile"))),
+        outcome_unit(&fs::rename(p("ifile"), p("i2"))),
+        outcome_unit(&fs::rename(p("plain"), p("ifile"))),
+        open("idir/new", libc::O_WRONLY | libc::O_CREAT),
+        open("idir/f", libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL),
+        outcome_unit(&fs::create_dir(p("idir/d"))),
+        outcome_unit(&fs::remove_file(p("idir/f"))),
+        outcome_unit(&fs::rename(p("plain"), p("idir/x"))),
+        outcome_unit(&fs::remove_file(p("adir/f"))),
+        outcome_unit(&fs::remove_dir(p("adir/sub"))),
+        outcome_unit(&fs::rename(p("adir/f"), p("adir/g"))),
+        // What they allow: appending (which copies the file up), new entries in an
+        // append-only directory (which copies it up); after that, the copies refuse the
+        // same changes.
+        outcome_unit(
+            &fs::OpenOptions::new()
+                .append(true)
+                .open(p("afile"))
+                .and_then(|mut f| f.write_all(b"+")),
+        ),
+        open("adir/new", libc::O_WRONLY | libc::O_CREAT),
+        open("afile", libc::O_WRONLY),
+        outcome_unit(&fs::remove_file(p("adir/f"))),
+        outcome_unit(&fs::remove_file(p("adir/new"))),
+        read_str(&p("afile")),
+        format!("{:?}", names_or_err(&p("adir"))),
+    ]
+}
+
+#[test]
+fn lower_immutable_and_append_only_objects_as_on_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    const IMMUTABLE: u32 = 0x10;
+    const APPEND: u32 = 0x20;
+    const SYNC: u32 = 0x08;
+    const NOATIME: u32 = 0x80;
+    // xfstests overlay/075 and 078: the attributes of lower objects hold through the
+    // overlay, and a copy keeps them (the kernel in its protattr xattr).
+    let protected = Unprotect(Default::default());
+    let t = twin_with(
+        "sem-lower-iflags",
+        &[&[
+            E::File("ifile", b"i"),
+            E::File("afile", b"a"),
+            E::File("plain", b"p"),
+            E::File("idir/f", b"f"),
+            E::File("adir/f", b"f"),
+            E::Dir("adir/sub"),
+            E::File("sfile", b"s"),
+        ]],
+        &[],
+        |st| {
+            set_inode_flags(&st.lowers[0].join("sfile"), SYNC | NOATIME).unwrap();
+            for (n, f) in [
+                ("ifile", IMMUTABLE),
+                ("idir", IMMUTABLE),
+                ("afile", APPEND),
+                ("adir", APPEND),
+            ] {
+                let path = st.lowers[0].join(n);
+                protected.0.borrow_mut().push(path.clone());
+                set_inode_flags(&path, f).expect("chattr in a lower layer on ext4");
+            }
+        },
+    );
+    t.both("changes to protected lower objects", protected_lower_ops);
+    let flags_of = |r: &Path| {
+        ["ifile", "afile", "idir", "adir"]
+            .map(|n| {
+                open_fd(&r.join(n), libc::O_RDONLY | libc::O_NONBLOCK, 0).and_then(|f| {
+                    let mut v: libc::c_long = 0;
+                    cvt(unsafe { libc::ioctl(f.as_raw_fd(), 0x8008_6601, &mut v) })
+                        .map(|_| v & (IMMUTABLE | APPEND) as libc::c_long)
+                })
+            })
+            .map(|r| outcome(&r))
+    };
+    t.both("lsattr through the mount", flags_of);
+    t.both("a copy keeps sync and no-atime", |r| {
+        let chmod = fs::set_permissions(r.join("sfile"), fs::Permissions::from_mode(0o600));
+        let flags = open_fd(&r.join("sfile"), libc::O_RDONLY, 0).and_then(|f| {
+            let mut v: libc::c_long = 0;
+            cvt(unsafe { libc::ioctl(f.as_raw_fd(), 0x8008_6601, &mut v) })
+                .map(|_| v & (SYNC | NOATIME) as libc::c_long)
+        });
+        (outcome_unit(&chmod), outcome(&flags))
+    });
+    t.finish_with(true, |k, f| {
+        // The copies keep them across a remount, in the same attribute.
+        for (who, st) in [("kernel", k), ("ovlfuse", f)] {
+            for n in ["afile", "adir"] {
+                assert_eq!(
+                    outcome(&lgetxattr(&st.upper.join(n), "trusted.overlay.protattr")),
+                    "ok: [97]",
+                    "{who}: the copy of {n} records append-only"
+                );
+            }
+        }
+        let kg = mount_kernel(k);
+        let fg = mount_ovlfuse(f, &[]);
+        let again = |r: &Path| {
+            (
+                outcome_unit(&open_fd(&r.join("afile"), libc::O_WRONLY, 0)),
+                outcome_unit(&fs::remove_file(r.join("adir/f"))),
+                outcome_unit(&open_fd(
+                    &r.join("adir/new2"),
+                    libc::O_WRONLY | libc::O_CREAT,
+                    0o644,
+                )),
+                flags_of(r),
+            )
+        };
+        assert_eq!(
+            again(&f.mnt),
+            again(&k.mnt),
+            "after a remount: ovlfuse (left), kernel (right)"
+        );
+        fg.unmount();
+        kg.unmount();
+    });
+    drop(protected);
+}
+
 #[test]
 fn append_only_and_immutable_files_as_on_the_kernel() {
     if !fuse_available() {

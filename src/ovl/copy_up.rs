@@ -112,7 +112,12 @@ impl Overlay {
                 node.set_upper_key(Some((st.st_dev, st.st_ino)));
             }
         }
-        node.state.write().upper = true;
+        {
+            let mut st = node.state.write();
+            st.upper = true;
+            // Its protection attributes are now read from the copy's protattr (the same).
+            st.prot = 0;
+        }
         if let Some(m) = parent.merged() {
             m.copied_up(&name);
         }
@@ -185,6 +190,9 @@ impl Overlay {
                 debug!("cannot record origin of {:?}: {e:?}", name);
             }
         }
+        if kind == libc::S_IFREG || kind == libc::S_IFDIR {
+            self.copy_inode_flags(lpfd, name, work, tmp, kind);
+        }
         let at = libc::timespec {
             tv_sec: st.st_atime,
             tv_nsec: st.st_atime_nsec,
@@ -195,6 +203,55 @@ impl Overlay {
         };
         fs::utimensat(work, tmp, Some(at), Some(mt))?;
         Ok(())
+    }
+
+    /// The lower object's inode attributes that its copy keeps, as the kernel's copy-up
+    /// keeps them: sync and no-atime on the copy itself; immutable and append-only in
+    /// `<prefix>protattr` (see [`Overlay::check_protection`]), because a copy carrying them
+    /// could not be renamed into place, nor take its children's copies. Best effort, as in
+    /// the kernel: a filesystem without them loses nothing else.
+    fn copy_inode_flags(
+        &self,
+        lpfd: BorrowedFd<'_>,
+        name: &OsStr,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        kind: u32,
+    ) {
+        let prot = fs::protection_flags(lpfd, name).unwrap_or(0);
+        if prot != 0 {
+            if let Err(e) = self.set_protattr(work, tmp, prot) {
+                debug!(
+                    "copy-up of {:?}: protection attributes not kept: {e:?}",
+                    name
+                );
+            }
+        }
+        let dir = if kind == libc::S_IFDIR {
+            libc::O_DIRECTORY
+        } else {
+            0
+        };
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | dir;
+        let kept = fs::openat_noatime(lpfd, name, flags)
+            .and_then(|fd| fs::get_inode_flags(fd.as_fd()))
+            .unwrap_or(0)
+            & (fs::FS_SYNC_FL | fs::FS_NOATIME_FL);
+        if kept != 0 {
+            let res = fs::openat(work, tmp, flags, 0).and_then(|fd| {
+                let now = fs::get_inode_flags(fd.as_fd())?;
+                fs::set_inode_flags(
+                    fd.as_fd(),
+                    (now & !(fs::FS_SYNC_FL | fs::FS_NOATIME_FL)) | kept,
+                )
+            });
+            if let Err(e) = res {
+                debug!(
+                    "copy-up of {:?}: sync/noatime attributes not kept: {e:?}",
+                    name
+                );
+            }
+        }
     }
 
     /// Marks an upper directory as holding copied-up entries, so readdir knows to look up

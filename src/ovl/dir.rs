@@ -9,7 +9,7 @@
 //! `redirect_dir`); `mv` then copies. Each change patches the merged listings it touches.
 
 use super::copy_up::temp_name;
-use super::inode::Attr;
+use super::inode::{Attr, Change};
 use super::layers::{remove_tree, UPPER};
 use super::listing::{Entry, Name};
 use super::node::{redirects_from, Lowers};
@@ -162,6 +162,7 @@ impl Overlay {
         if !parent.is_dir() {
             return Err(Errno::ENOTDIR);
         }
+        self.check_protection_to_create(&parent, name)?;
         self.copy_up(&parent, true)?;
         let _g = parent.dir_lock.lock();
         // In a directory with no lower part, the upper entry (checked next) is all there is.
@@ -348,6 +349,8 @@ impl Overlay {
             state: NodeState {
                 upper: true,
                 lowers: Lowers::None,
+                // Nothing new carries a protattr.
+                prot: super::inode::PROT_KNOWN,
                 ..Default::default()
             },
             upper_key,
@@ -424,6 +427,8 @@ impl Overlay {
             return Err(Errno::ENOENT);
         }
         let parent = self.node(parent_id)?;
+        self.check_protection(&node, Change::Link)?;
+        self.check_protection_to_create(&parent, name)?;
         self.copy_up(&node, true)?;
         self.copy_up(&parent, true)?;
         let _g = parent.dir_lock.lock();
@@ -481,7 +486,10 @@ impl Overlay {
         // Refuse before anything is copied up, as the kernel does.
         {
             let (child, made) = self.child_node(&parent, name)?.ok_or(Errno::ENOENT)?;
-            let res = self.check_removable(&child, want_dir);
+            let res = self
+                .check_protection(&parent, Change::RemoveFrom)
+                .and_then(|()| self.check_protection(&child, Change::Remove))
+                .and_then(|()| self.check_removable(&child, want_dir));
             self.release_temp(&child, made);
             res?;
         }
@@ -567,6 +575,16 @@ impl Overlay {
             super::namei::Redirect::Abs(p) => [b"/", p.as_bytes()].concat(),
             super::namei::Redirect::Rel(n) => n.as_bytes().to_vec(),
         })
+    }
+
+    /// [`Overlay::check_protection`] of a new entry `name` in `parent`, after the VFS's own
+    /// first check: a name already there is EEXIST.
+    fn check_protection_to_create(&self, parent: &Arc<Node>, name: &OsStr) -> SysResult<()> {
+        let res = self.check_protection(parent, Change::CreateIn);
+        if res.is_err() && self.find_child(parent, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        res
     }
 
     fn check_removable(&self, child: &Arc<Node>, want_dir: bool) -> SysResult<()> {
@@ -852,6 +870,17 @@ impl Overlay {
                     return Err(Errno::EINVAL);
                 }
             }
+        }
+        // Then the VFS's checks of the immutable and append-only attributes (may_delete of
+        // each name that goes, may_create of one that comes), before it looks at types.
+        self.check_protection(op, Change::RemoveFrom)?;
+        self.check_protection(src, Change::Remove)?;
+        match dst {
+            Some(d) => {
+                self.check_protection(np, Change::RemoveFrom)?;
+                self.check_protection(d, Change::Remove)?;
+            }
+            None => self.check_protection(np, Change::CreateIn)?,
         }
         // Type mismatches are refused by the VFS before a filesystem sees the rename.
         if !exchange {

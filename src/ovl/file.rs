@@ -9,7 +9,7 @@
 //! writer.
 
 use super::dir::NewObject;
-use super::inode::Attr;
+use super::inode::{Attr, Change};
 use super::layers::UPPER;
 use super::node::Node;
 use super::params::Atime;
@@ -170,6 +170,8 @@ impl Overlay {
         let trunc = flags & libc::O_TRUNC != 0;
         if writes || trunc {
             self.require_upper()?;
+            let append = flags & libc::O_APPEND != 0;
+            self.check_protection(&node, Change::Open { append, trunc })?;
             self.copy_up(&node, !trunc)?;
         }
         let st = node.state();

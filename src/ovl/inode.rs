@@ -9,7 +9,10 @@ use super::layers::UPPER;
 use super::node::{Node, ROOT_ID};
 use super::{Ctx, Errno, Overlay, SysResult};
 use crate::sys::fs::{self, Stat};
-use std::os::fd::{AsFd, OwnedFd};
+use crate::sys::xattr;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,6 +89,62 @@ impl TimeSet {
     }
 }
 
+/// Where an upper copy keeps its lower original's immutable and append-only attributes
+/// (after the private prefix), as the kernel does.
+pub const PROTATTR_XATTR: &str = "protattr";
+
+/// `NodeState::prot` bits.
+pub const PROT_KNOWN: u8 = 1;
+const PROT_IMMUTABLE: u8 = 2;
+const PROT_APPEND: u8 = 4;
+
+/// `Node::prot` for known attributes `flags` (FS_IMMUTABLE_FL, FS_APPEND_FL).
+pub fn prot_known(flags: u32) -> u8 {
+    let mut v = PROT_KNOWN;
+    if flags & fs::FS_IMMUTABLE_FL != 0 {
+        v |= PROT_IMMUTABLE;
+    }
+    if flags & fs::FS_APPEND_FL != 0 {
+        v |= PROT_APPEND;
+    }
+    v
+}
+
+fn prot_flags(v: u8) -> u32 {
+    let mut f = 0;
+    if v & PROT_IMMUTABLE != 0 {
+        f |= fs::FS_IMMUTABLE_FL;
+    }
+    if v & PROT_APPEND != 0 {
+        f |= fs::FS_APPEND_FL;
+    }
+    f
+}
+
+/// A change that the immutable or append-only attribute may forbid
+/// ([`Overlay::check_protection`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Change {
+    /// Opening for writing (`append`: with O_APPEND) or truncating.
+    Open { append: bool, trunc: bool },
+    /// A change of size.
+    Truncate,
+    /// A change of mode, owner, or times to given values.
+    Meta,
+    /// Times set to now.
+    Touch,
+    /// An extended attribute set or removed.
+    Xattr,
+    /// A new name for it.
+    Link,
+    /// Its removal, or its move to another name.
+    Remove,
+    /// A new entry in it (a directory).
+    CreateIn,
+    /// An entry removed from it, or moved out (a directory).
+    RemoveFrom,
+}
+
 /// The changes of one setattr call; `None` fields stay as they are.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SetAttr {
@@ -138,7 +197,7 @@ pub struct StatFs {
 impl Overlay {
     /// The real stat of the copy of `node` that is seen.
     pub fn stat_node(&self, node: &Node) -> SysResult<Stat> {
-        if node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
+        if node.unlinked.load(Ordering::Relaxed) {
             // No name leads to it any more (the old one may now be a whiteout).
             return match node.detached() {
                 Some(fd) => fs::fstat(fd.as_fd()),
@@ -151,7 +210,7 @@ impl Overlay {
             return fs::fstat(self.nodes.dir_fd(node, top)?.as_fd());
         }
         let res = self.at_name(node, top, |dir, name| {
-            if node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
+            if node.unlinked.load(Ordering::Relaxed) {
                 // Removed while we looked (see `stable_node`): the fallback below answers.
                 return Err(Errno::ESTALE);
             }
@@ -219,7 +278,7 @@ impl Overlay {
             && set.ctime.is_some()
             && set.atime.is_none()
             && (set.mode, set.uid, set.gid, set.size) == (None, None, None, None)
-            && node.unlinked.load(std::sync::atomic::Ordering::Relaxed)
+            && node.unlinked.load(Ordering::Relaxed)
             && !node.is_upper()
         {
             // With the writeback cache the kernel moves the ctime of a file it unlinks
@@ -227,6 +286,22 @@ impl Overlay {
             // file there is no copy to keep them on (the lower layer is never written, and
             // a copy-up would land on the name it no longer has).
             return self.getattr_node(&node);
+        }
+        // (Times to now come as given times with the writeback cache: see now_in_disguise.)
+        let given_times = (matches!(set.atime, Some(TimeSet::At(_)))
+            || matches!(set.mtime, Some(TimeSet::At(_))))
+            && !set.now_in_disguise();
+        for (wanted, change) in [
+            (set.size.is_some(), Change::Truncate),
+            (
+                set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || given_times,
+                Change::Meta,
+            ),
+            (set.atime.is_some() || set.mtime.is_some(), Change::Touch),
+        ] {
+            if wanted {
+                self.check_protection(&node, change)?;
+            }
         }
         let skip_data = set.size == Some(0);
         self.copy_up(&node, !skip_data)?;
@@ -238,7 +313,7 @@ impl Overlay {
         // The upper copy is reached by name, or — for the root, and for an object whose
         // last name is gone — through an `O_PATH` fd of its own. Nothing here opens the
         // object for I/O (a fifo would block).
-        let unlinked = node.unlinked.load(std::sync::atomic::Ordering::Relaxed);
+        let unlinked = node.unlinked.load(Ordering::Relaxed);
         let target = if node.id == ROOT_ID {
             Target::Fd(self.nodes.dir_fd(&node, UPPER)?)
         } else if unlinked {
@@ -461,10 +536,46 @@ impl Overlay {
         let mut buf = vec![0u8; size.max(8)];
         let n = input.len().min(size);
         buf[..n].copy_from_slice(&input[..n]);
+        // Immutable and append-only go to an upper object's protattr, never on itself, as
+        // with the kernel (see `protection`): a directory carrying them could take no copy
+        // of a child. Both commands carry the flags in their first word.
+        let (imm, app) = if cmd == fs::FS_IOC_GETFLAGS || cmd == fs::FS_IOC_SETFLAGS {
+            (fs::FS_IMMUTABLE_FL, fs::FS_APPEND_FL)
+        } else {
+            (fs::FS_XFLAG_IMMUTABLE, fs::FS_XFLAG_APPEND)
+        };
+        let copy = node.is_upper() && !node.unlinked.load(Ordering::Relaxed);
+        let kept = if copy { self.protection(&node) } else { 0 };
+        let word = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+        let wanted = word(&buf);
+        if set && copy {
+            buf[..4].copy_from_slice(&(wanted & !(imm | app)).to_ne_bytes());
+        }
         fs::attr_ioctl(fd.as_fd(), cmd, &mut buf)?;
         if set {
+            if copy {
+                let mut prot = 0;
+                if wanted & imm != 0 {
+                    prot |= fs::FS_IMMUTABLE_FL;
+                }
+                if wanted & app != 0 {
+                    prot |= fs::FS_APPEND_FL;
+                }
+                self.at_name(&node, UPPER, |dir, name| self.set_protattr(dir, name, prot))?;
+                node.state.write().prot = prot_known(prot);
+            }
             self.notify_attr_changed(node.id);
             return Ok(Vec::new());
+        }
+        if copy {
+            let mut w = word(&buf);
+            if kept & fs::FS_IMMUTABLE_FL != 0 {
+                w |= imm;
+            }
+            if kept & fs::FS_APPEND_FL != 0 {
+                w |= app;
+            }
+            buf[..4].copy_from_slice(&w.to_ne_bytes());
         }
         buf.truncate(size.min(out_size.max(size)));
         Ok(buf)
@@ -477,12 +588,107 @@ impl Overlay {
             libc::O_RDONLY | libc::O_NONBLOCK | if node.is_dir() { libc::O_DIRECTORY } else { 0 };
         if node.id == ROOT_ID {
             fs::reopen(self.nodes.dir_fd(node, top)?.as_fd(), flags)
-        } else if node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
+        } else if node.unlinked.load(Ordering::Relaxed) {
             // Its old name may hold a whiteout now (which opens as a device: ENXIO).
             fs::reopen(node.detached().ok_or(Errno::ENOENT)?.as_fd(), flags)
         } else {
             self.at_name(node, top, |dir, name| fs::openat(dir, name, flags, 0))
         }
+    }
+
+    /// Refuses (EPERM) a `change` to `node` that the VFS would refuse for its immutable or
+    /// append-only attribute, where no filesystem would refuse it for us. The kernel's FUSE
+    /// client does not know these attributes, and an upper filesystem checks only its own:
+    /// while `node` has no upper copy they are its lower copy's (a change would reach a
+    /// fresh copy, which carries none); a copy made from a lower object keeps them in
+    /// `<prefix>protattr`, as the kernel's copies do. Checked as the VFS does, before
+    /// anything else about the change.
+    pub fn check_protection(&self, node: &Node, change: Change) -> SysResult<()> {
+        let flags = self.protection(node);
+        if flags == 0 {
+            return Ok(());
+        }
+        let immutable = flags & fs::FS_IMMUTABLE_FL != 0;
+        let append = flags & fs::FS_APPEND_FL != 0;
+        let refused = match change {
+            Change::Open { append: a, trunc } => immutable || (append && (!a || trunc)),
+            Change::Touch | Change::CreateIn => immutable,
+            Change::Truncate
+            | Change::Meta
+            | Change::Xattr
+            | Change::Link
+            | Change::Remove
+            | Change::RemoveFrom => immutable || append,
+        };
+        if refused {
+            Err(Errno::EPERM)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The immutable and append-only attributes of `node` that no filesystem enforces
+    /// for us: its lower copy's while it has no upper one; then those its upper copy keeps
+    /// in `<prefix>protattr` ("a", "i" or "ai", the kernel's format). Layers do not change
+    /// under the mount, so they are read once per node and then kept on it.
+    pub(super) fn protection(&self, node: &Node) -> u32 {
+        let st = node.state();
+        if st.prot & PROT_KNOWN != 0 {
+            return prot_flags(st.prot);
+        }
+        if node.id == ROOT_ID || node.unlinked.load(Ordering::Relaxed) {
+            return 0;
+        }
+        // Best effort: where they cannot be read, a change meets its own error.
+        let flags = if st.upper {
+            let attr = format!("{}{PROTATTR_XATTR}", self.layers.xattr_prefix);
+            let mut buf = [0u8; 8];
+            match self.at_name(node, UPPER, |dir, name| {
+                xattr::get(dir, name, &attr, &mut buf)
+            }) {
+                Ok(n) => buf[..n].iter().fold(0, |f, c| match c {
+                    b'a' => f | fs::FS_APPEND_FL,
+                    b'i' => f | fs::FS_IMMUTABLE_FL,
+                    _ => f,
+                }),
+                Err(_) => 0,
+            }
+        } else if let Some(top) = st.top() {
+            self.at_name(node, top, fs::protection_flags).unwrap_or(0)
+        } else {
+            0
+        };
+        let mut now = node.state.write();
+        // Unless a copy-up changed where they are read from meanwhile.
+        if now.upper == st.upper {
+            now.prot = prot_known(flags);
+        }
+        flags
+    }
+
+    /// Records `prot` (immutable and append-only bits) in the `<prefix>protattr` of `name`
+    /// in `dir`, or removes it when there are none.
+    pub(super) fn set_protattr(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        prot: u32,
+    ) -> SysResult<()> {
+        let attr = format!("{}{PROTATTR_XATTR}", self.layers.xattr_prefix);
+        let mut v = Vec::new();
+        if prot & fs::FS_APPEND_FL != 0 {
+            v.push(b'a');
+        }
+        if prot & fs::FS_IMMUTABLE_FL != 0 {
+            v.push(b'i');
+        }
+        if v.is_empty() {
+            return match xattr::remove(dir, name, &attr) {
+                Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) => Ok(()),
+                other => other,
+            };
+        }
+        xattr::set(dir, name, &attr, &v, 0)
     }
 
     /// Whether `node` carries the immutable or append-only attribute. The kernel's FUSE

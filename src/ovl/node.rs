@@ -211,6 +211,10 @@ pub struct NodeState {
     pub lowers: Lowers,
     /// The upper directory has been marked impure (it holds copied-up entries).
     pub impure: bool,
+    /// The immutable and append-only attributes no filesystem enforces for us, once read
+    /// (see `Overlay::protection`): 0 unknown, else `PROT_KNOWN` and the `PROT_*` bits of
+    /// those it has.
+    pub prot: u8,
     /// Lower layers where this directory sits at another path than its own, because a
     /// kernel with `redirect_dir=on` renamed it (`overlay.redirect`): (layer, path).
     pub redirects: Redirects,

@@ -6,6 +6,7 @@
 //! a caller's own attribute under that prefix is stored *escaped*: `trusted.overlay.X`
 //! through the mount is `trusted.overlay.overlay.X` in the layer, so overlays nest.
 
+use super::inode::Change;
 use super::layers::LayerId;
 use super::node::{Node, ROOT_ID};
 use super::{Ctx, Errno, Overlay, SysResult};
@@ -140,6 +141,7 @@ impl Overlay {
         let attr = &self.layer_attr(name)?;
         self.require_upper()?;
         let node = self.node(id)?;
+        self.check_protection(&node, Change::Xattr)?;
         self.copy_up(&node, true)?;
         let (dir, n) = self.xattr_target(&node, super::UPPER)?;
         if self.cfg.own.maps_ids() && is_acl_name(attr) {
@@ -168,6 +170,7 @@ impl Overlay {
         let attr = &self.layer_attr(name)?;
         self.require_upper()?;
         let node = self.node(id)?;
+        self.check_protection(&node, Change::Xattr)?;
         if !node.is_upper() {
             // Nothing to remove means nothing to copy up.
             let top = node.state().top().ok_or(Errno::ESTALE)?;

@@ -636,12 +636,56 @@ pub fn statx_mnt_id(path: &CStr) -> Option<u64> {
     Some(stx.stx_mnt_id)
 }
 
+/// The immutable and append-only attributes (`FS_IMMUTABLE_FL`, `FS_APPEND_FL`) of `name`
+/// in `dir` (of `dir` itself for an empty name), as `statx` reports them without an open;
+/// 0 where the filesystem reports neither.
+pub fn protection_flags(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<u32> {
+    let c = cstr(name)?;
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_SYMLINK_NOFOLLOW
+        | libc::AT_STATX_DONT_SYNC
+        | if name.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        };
+    check(unsafe { libc::statx(dir.as_raw_fd(), c.as_ptr(), flags, 0, &mut stx) })?;
+    let attrs = stx.stx_attributes & stx.stx_attributes_mask;
+    let mut out = 0;
+    if attrs & libc::STATX_ATTR_IMMUTABLE as u64 != 0 {
+        out |= FS_IMMUTABLE_FL;
+    }
+    if attrs & libc::STATX_ATTR_APPEND as u64 != 0 {
+        out |= FS_APPEND_FL;
+    }
+    Ok(out)
+}
+
 pub const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
 pub const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
 pub const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
 pub const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+pub const FS_SYNC_FL: u32 = 0x08;
 pub const FS_IMMUTABLE_FL: u32 = 0x10;
 pub const FS_APPEND_FL: u32 = 0x20;
+pub const FS_NOATIME_FL: u32 = 0x80;
+/// FS_IOC_FSGETXATTR's names for immutable and append-only (`fsx_xflags`).
+pub const FS_XFLAG_IMMUTABLE: u32 = 0x08;
+pub const FS_XFLAG_APPEND: u32 = 0x10;
+
+/// FS_IOC_GETFLAGS of an open file.
+pub fn get_inode_flags(fd: BorrowedFd<'_>) -> SysResult<u32> {
+    let mut buf = [0u8; 8];
+    attr_ioctl(fd, FS_IOC_GETFLAGS, &mut buf)?;
+    Ok(u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]))
+}
+
+/// FS_IOC_SETFLAGS of an open file.
+pub fn set_inode_flags(fd: BorrowedFd<'_>, flags: u32) -> SysResult<()> {
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&flags.to_ne_bytes());
+    attr_ioctl(fd, FS_IOC_SETFLAGS, &mut buf)
+}
 
 /// An inode-attribute ioctl (FS_IOC_{GET,SET}FLAGS, FS_IOC_FS{GET,SET}XATTR) on `fd`, with
 /// `buf` as its argument (read and written).
