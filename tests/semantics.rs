@@ -7083,6 +7083,82 @@ fn atime_mount_options_behave_as_on_the_kernel() {
     }
 }
 
+/// Lists directory `p` through a fresh open and says whether its atime moved, and whether
+/// its ctime did.
+fn listing_moves_times(p: &Path) -> (bool, bool) {
+    let before = fs::symlink_metadata(p).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let n = fs::read_dir(p).unwrap().count();
+    assert!(n > 0, "{p:?} lists empty");
+    let after = fs::symlink_metadata(p).unwrap();
+    (
+        (after.atime(), after.atime_nsec()) != (before.atime(), before.atime_nsec()),
+        (after.ctime(), after.ctime_nsec()) != (before.ctime(), before.ctime_nsec()),
+    )
+}
+
+#[test]
+fn listing_moves_directory_atimes_as_on_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    // xfstests overlay/039. An upper directory and a merged one, their atimes older than
+    // their mtimes, each listed twice: relatime moves the atime on the first listing only,
+    // strictatime on both, noatime and nodiratime on neither, a read-only mount never; no
+    // listing moves a ctime or a lower directory's atime.
+    let cases: [(&str, [(bool, bool); 2]); 5] = [
+        ("relatime", [(true, false), (false, false)]),
+        ("strictatime", [(true, false), (true, false)]),
+        ("noatime", [(false, false), (false, false)]),
+        ("relatime,nodiratime", [(false, false), (false, false)]),
+        ("ro,strictatime", [(false, false), (false, false)]),
+    ];
+    for (opt, want) in cases {
+        let prep = |st: &Stack| {
+            build(
+                &st.lowers[0],
+                &[E::File("m/a", b"a"), E::File("low/x", b"x")],
+            );
+            build(&st.upper, &[E::File("d/f", b"f"), E::File("m/b", b"b")]);
+            for dir in ["d", "m"] {
+                let c = cpath(&st.upper.join(dir));
+                let ts = [
+                    libc::timespec {
+                        tv_sec: 1000,
+                        tv_nsec: 0,
+                    },
+                    libc::timespec {
+                        tv_sec: 2000,
+                        tv_nsec: 0,
+                    },
+                ];
+                assert_eq!(
+                    unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) },
+                    0
+                );
+            }
+        };
+        let got = kernel_then_ovlfuse("sem-diratime", opt, prep, |m, kernel| {
+            let low = listing_moves_times(&m.join("low"));
+            assert_eq!(
+                low,
+                (false, false),
+                "lower directory (kernel: {kernel}, {opt})"
+            );
+            ["d", "m"].map(|d| {
+                let p = m.join(d);
+                [listing_moves_times(&p), listing_moves_times(&p)]
+            })
+        });
+        assert_eq!(got[0], [want; 2], "kernel overlayfs with {opt}");
+        assert_eq!(
+            got[1], [want; 2],
+            "ovlfuse with {opt} (kernel: {:?})",
+            got[0]
+        );
+    }
+}
+
 /// Sets the append-only and immutable flags of `p` through the mount to those in `flags`,
 /// keeping its other inode flags, as chattr(1) does (FS_IOC_GETFLAGS, then SETFLAGS).
 /// Setting the bare value would also clear flags such as ext4's extents flag, which

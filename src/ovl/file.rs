@@ -517,7 +517,7 @@ impl Overlay {
 
 /// The `relatime` rule: a read moves atime when it is not newer than mtime or ctime, or is
 /// a day old.
-fn relatime_due(st: &fs::Stat) -> bool {
+pub(super) fn relatime_due(st: &fs::Stat) -> bool {
     let at = (st.st_atime, st.st_atime_nsec);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

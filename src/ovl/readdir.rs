@@ -271,6 +271,9 @@ impl Overlay {
         if !node.is_dir() {
             return Err(Errno::ENOTDIR);
         }
+        if offset == 0 {
+            self.dir_accessed(&node);
+        }
         let merged = self.merged_dir(&node)?;
         let parent_ino = if node.id == ROOT_ID {
             node.ino
@@ -288,6 +291,34 @@ impl Overlay {
             (offset < 2).then(|| dot("..", parent_ino)),
         ];
         Ok(DirReader::new(merged, dots, offset))
+    }
+
+    /// A listing from the start moves the atime of the directory's upper copy, as it does
+    /// on the kernel overlay; lower copies never move. Layer directories are read with
+    /// O_NOATIME, so the upper copy is read once more, through our clone of the upper
+    /// mount, which carries this mount's atime options (and then moves the atime without
+    /// touching the ctime, as utimensat would). Only where they say it moves: under
+    /// `relatime`, once the atime is not newer than the mtime or ctime, or a day old.
+    fn dir_accessed(&self, node: &Node) {
+        use super::params::Atime;
+        if !node.is_upper() || self.cfg.atime == Atime::Never {
+            return;
+        }
+        let Ok(fd) = self.nodes.dir_fd(node, UPPER) else {
+            return;
+        };
+        if self.cfg.atime == Atime::Relative
+            && !fs::fstat(fd.as_fd()).is_ok_and(|st| super::file::relatime_due(&st))
+        {
+            return;
+        }
+        match fs::reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+            .and_then(|d| fs::touch_dir(d.as_fd()))
+        {
+            // The kernel's cached attributes still hold the old atime.
+            Ok(()) => self.notify_attr_changed(node.id),
+            Err(e) => log::debug!("atime of directory {}: {e:?}", node.id),
+        }
     }
 
     pub fn fsyncdir(&self, id: u64, datasync: bool) -> SysResult<()> {

@@ -515,6 +515,24 @@ pub fn read_dirents_at_start<N>(
 
 const DIRENT_BUF_LEN: usize = 64 * 1024;
 
+/// Reads the first entry of the directory open as `fd` and nothing more: the access moves
+/// its atime as the filesystem and the mount's options say, without a change of ctime.
+pub fn touch_dir(fd: BorrowedFd<'_>) -> SysResult<()> {
+    let mut buf = [0u8; 512];
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
 fn parse_dirents<N>(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
