@@ -202,7 +202,8 @@ Mount flags:
   ro                     read-only mount
   rw                     read-write mount (default)
   remount                change the flags (ro, rw, nodev, ...) of the live mount at
-                         MOUNTPOINT and exit; no layers needed
+                         MOUNTPOINT and exit; no layers needed (a mount without an
+                         upper layer stays read-only)
   nodev, nosuid, noexec, dev, suid, exec, sync, async, dirsync
                          passed to the kernel mount
   relatime (default), strictatime, noatime, atime, nodiratime

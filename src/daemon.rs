@@ -316,7 +316,17 @@ fn remount(mnt: &Path, p: &Params) -> Result<(), String> {
     if nosuid {
         flags |= libc::MS_NOSUID;
     }
-    process::remount(mnt, flags).map_err(|e| format!("cannot remount {}: {e}", mnt.display()))
+    process::remount(mnt, flags).map_err(|e| format!("cannot remount {}: {e}", mnt.display()))?;
+    if flags & libc::MS_RDONLY == 0 && process::serves_read_only(mnt) {
+        // A view with no upper layer stays read-only whatever its mount flags say; the
+        // kernel refuses such a remount too ("is write-protected").
+        let _ = process::remount(mnt, flags | libc::MS_RDONLY);
+        return Err(format!(
+            "cannot remount {} read-write: it has no upper layer",
+            mnt.display()
+        ));
+    }
+    Ok(())
 }
 
 fn init_logging(debug: bool) {

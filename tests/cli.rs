@@ -1532,6 +1532,43 @@ fn remount_changes_flags_of_the_live_mount() {
 /// A SOURCE directory holding lower/ (and upper/ with work/) stands for its layers when the
 /// options name none: how xfstests mounts a FUSE filesystem after clearing MOUNT_OPTIONS.
 #[test]
+fn remount_rw_of_a_view_without_upper_is_refused() {
+    if !fuse_available() {
+        return;
+    }
+    // xfstests overlay/035: the kernel refuses to remount a lower-only overlay read-write
+    // ("is write-protected"); a mount that said rw but answered every change with EROFS
+    // would tell tools the wrong thing.
+    let sc = Scratch::new("cli-remount-view");
+    let st = simple_stack(&sc);
+    let lc = LowerCheck::new(&st.lowers);
+    let g = mount_ovlfuse_ro(&st.lowers, &st.mnt, &[]);
+    let ro = |what: &str| {
+        let m = mount_at(&st.mnt).unwrap();
+        assert!(
+            m.opts.split(',').any(|o| o == "ro"),
+            "{what}: not read-only: {m:?}"
+        );
+    };
+    ro("mounted");
+    let out = run_ovlfuse(&["-o", "remount,rw", st.mnt.to_str().unwrap()]);
+    assert!(!out.status.success(), "remount,rw of a view succeeded");
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("read-write") && err.contains("no upper layer"),
+        "remount,rw: {err}"
+    );
+    ro("after the refused remount");
+    expect_errno(
+        fs::write(st.mnt.join("new"), b"x"),
+        libc::EROFS,
+        "write after the refused remount",
+    );
+    g.unmount();
+    lc.verify();
+}
+
+#[test]
 fn source_directory_names_the_layers_when_options_do_not() {
     if !fuse_available() {
         return;

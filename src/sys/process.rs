@@ -180,6 +180,27 @@ pub fn remount(path: &Path, flags: libc::c_ulong) -> SysResult<()> {
     .map(drop)
 }
 
+/// Whether the (writable) mount at `path` answers a change with EROFS, as a view without
+/// an upper layer does: asks to replace an attribute nothing carries, which changes nothing
+/// where changes are allowed (ENODATA there).
+pub fn serves_read_only(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let name = c"user.ovlfuse.remount-probe";
+    let r = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            name.as_ptr(),
+            std::ptr::null(),
+            0,
+            libc::XATTR_REPLACE,
+        )
+    };
+    r < 0 && Errno::last() == Errno::EROFS
+}
+
 /// Raises the read-ahead window of the FUSE mount at `mnt` to at least `kib` KiB. The
 /// window asked for at FUSE init is capped by the connection's default of 128 KiB, and
 /// with it a sequential read of a lower file (served by the daemon) costs a round trip
