@@ -98,7 +98,7 @@ pub const PROT_KNOWN: u8 = 1;
 const PROT_IMMUTABLE: u8 = 2;
 const PROT_APPEND: u8 = 4;
 
-/// `Node::prot` for known attributes `flags` (FS_IMMUTABLE_FL, FS_APPEND_FL).
+/// `NodeState::prot` for known attributes `flags` (FS_IMMUTABLE_FL, FS_APPEND_FL).
 pub fn prot_known(flags: u32) -> u8 {
     let mut v = PROT_KNOWN;
     if flags & fs::FS_IMMUTABLE_FL != 0 {

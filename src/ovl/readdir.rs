@@ -296,8 +296,8 @@ impl Overlay {
     /// A listing from the start moves the atime of the directory's upper copy, as it does
     /// on the kernel overlay; lower copies never move. Layer directories are read with
     /// O_NOATIME, so the upper copy is read once more, through our clone of the upper
-    /// mount, which carries this mount's atime options (and then moves the atime without
-    /// touching the ctime, as utimensat would). Only where they say it moves: under
+    /// mount, which carries this mount's atime options; a read moves the atime without
+    /// touching the ctime, which utimensat would. Only where the options say it moves: under
     /// `relatime`, once the atime is not newer than the mtime or ctime, or a day old.
     fn dir_accessed(&self, node: &Node) {
         use super::params::Atime;
