@@ -7052,21 +7052,7 @@ fn atime_mount_options_behave_as_on_the_kernel() {
             fs::write(st.lowers[0].join("low"), vec![b'l'; 4096]).unwrap();
             fs::write(st.upper.join("f"), vec![b'x'; 4096]).unwrap();
             // atime 1000 s, mtime 2000 s after the epoch: older than mtime.
-            let c = cpath(&st.upper.join("f"));
-            let ts = [
-                libc::timespec {
-                    tv_sec: 1000,
-                    tv_nsec: 0,
-                },
-                libc::timespec {
-                    tv_sec: 2000,
-                    tv_nsec: 0,
-                },
-            ];
-            assert_eq!(
-                unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) },
-                0
-            );
+            set_times(&st.upper.join("f"), (1000, 0), (2000, 0)).unwrap();
         };
         let got = kernel_then_ovlfuse("sem-atime", opt, prep, |m, kernel| {
             let f = m.join("f");
@@ -7121,21 +7107,7 @@ fn listing_moves_directory_atimes_as_on_the_kernel() {
             );
             build(&st.upper, &[E::File("d/f", b"f"), E::File("m/b", b"b")]);
             for dir in ["d", "m"] {
-                let c = cpath(&st.upper.join(dir));
-                let ts = [
-                    libc::timespec {
-                        tv_sec: 1000,
-                        tv_nsec: 0,
-                    },
-                    libc::timespec {
-                        tv_sec: 2000,
-                        tv_nsec: 0,
-                    },
-                ];
-                assert_eq!(
-                    unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) },
-                    0
-                );
+                set_times(&st.upper.join(dir), (1000, 0), (2000, 0)).unwrap();
             }
         };
         let got = kernel_then_ovlfuse("sem-diratime", opt, prep, |m, kernel| {

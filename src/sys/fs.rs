@@ -518,7 +518,11 @@ const DIRENT_BUF_LEN: usize = 64 * 1024;
 /// Reads the first entry of the directory open as `fd` and nothing more: the access moves
 /// its atime as the filesystem and the mount's options say, without a change of ctime.
 pub fn touch_dir(fd: BorrowedFd<'_>) -> SysResult<()> {
-    let mut buf = [0u8; 512];
+    getdents(fd, &mut [0u8; 512]).map(drop)
+}
+
+/// One getdents64 into `buf`: the bytes of whole entries it holds, 0 at the end.
+fn getdents(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
     let n = unsafe {
         libc::syscall(
             libc::SYS_getdents64,
@@ -530,7 +534,7 @@ pub fn touch_dir(fd: BorrowedFd<'_>) -> SysResult<()> {
     if n < 0 {
         return Err(Errno::last());
     }
-    Ok(())
+    Ok(n as usize)
 }
 
 fn parse_dirents<N>(
@@ -540,24 +544,14 @@ fn parse_dirents<N>(
 ) -> SysResult<Vec<RawDirent<N>>> {
     let mut out = Vec::new();
     loop {
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_getdents64,
-                fd.as_raw_fd(),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        if n < 0 {
-            return Err(Errno::last());
-        }
+        let n = getdents(fd, buf)?;
         if n == 0 {
             break;
         }
         let mut pos = 0usize;
-        while pos < n as usize {
+        while pos < n {
             // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
-            let rec = &buf[pos..n as usize];
+            let rec = &buf[pos..n];
             if rec.len() < 19 {
                 return Err(Errno::EIO);
             }
