@@ -218,25 +218,22 @@ impl Overlay {
         tmp: &OsStr,
         kind: u32,
     ) {
-        let prot = fs::protection_flags(lpfd, name).unwrap_or(0);
-        if prot != 0 {
-            if let Err(e) = self.set_protattr(work, tmp, prot) {
-                debug!(
-                    "copy-up of {:?}: protection attributes not kept: {e:?}",
-                    name
-                );
-            }
-        }
         let dir = if kind == libc::S_IFDIR {
             libc::O_DIRECTORY
         } else {
             0
         };
         let flags = libc::O_RDONLY | libc::O_NONBLOCK | dir;
-        let kept = fs::openat_noatime(lpfd, name, flags)
+        let lower = fs::openat_noatime(lpfd, name, flags)
             .and_then(|fd| fs::get_inode_flags(fd.as_fd()))
-            .unwrap_or(0)
-            & (fs::FS_SYNC_FL | fs::FS_NOATIME_FL);
+            .unwrap_or(0);
+        let prot = lower & (fs::FS_IMMUTABLE_FL | fs::FS_APPEND_FL);
+        if prot != 0 {
+            if let Err(e) = self.set_protattr(work, tmp, prot) {
+                debug!("copy-up of {name:?}: protection attributes not kept: {e:?}");
+            }
+        }
+        let kept = lower & (fs::FS_SYNC_FL | fs::FS_NOATIME_FL);
         if kept != 0 {
             let res = fs::openat(work, tmp, flags, 0).and_then(|fd| {
                 let now = fs::get_inode_flags(fd.as_fd())?;

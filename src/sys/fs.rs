@@ -650,7 +650,8 @@ pub fn statx_mnt_id(path: &CStr) -> Option<u64> {
 
 /// The immutable and append-only attributes (`FS_IMMUTABLE_FL`, `FS_APPEND_FL`) of `name`
 /// in `dir` (of `dir` itself for an empty name), as `statx` reports them without an open;
-/// 0 where the filesystem reports neither.
+/// 0 where the filesystem reports neither. A hint only: some filesystems (erofs) report
+/// every file immutable without such a flag on the inode.
 pub fn protection_flags(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<u32> {
     let c = cstr(name)?;
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
