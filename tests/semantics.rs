@@ -4237,6 +4237,12 @@ fn a_default_acl_on_the_workdir_reaches_no_copy() {
                 "{w:?} keeps no default ACL"
             );
         }
+        let mode = |st: &Stack| fs::metadata(st.work.join("work")).unwrap().mode() & 0o7777;
+        assert_eq!(
+            mode(f),
+            mode(k),
+            "mode of work/work: ovlfuse (left), kernel (right)"
+        );
     });
 }
 

@@ -499,10 +499,19 @@ fn prepare_work(w: &Layer) -> Result<OwnedFd, String> {
             Err(e) => return Err(format!("cannot remove {acl} from the work directory: {e}")),
         }
     }
-    let st = fs::fstat(fd.as_fd()).map_err(|e| format!("cannot stat work directory: {e}"))?;
-    if st.st_mode & 0o7777 != 0o700 {
-        fs::chmod_fd(fd.as_fd(), 0o700)
-            .map_err(|e| format!("cannot set the work directory's mode: {e}"))?;
+    // No mode bits either, as the kernel leaves it: nothing but the daemon has business
+    // there. A daemon that needs them to create anything (a plain user's) keeps 0700.
+    let mode = |m: u32| {
+        fs::chmod_fd(fd.as_fd(), m)
+            .map_err(|e| format!("cannot set the work directory's mode: {e}"))
+    };
+    mode(0)?;
+    let probe = OsStr::new("#ovlfuse.probe");
+    match fs::mkdirat(fd.as_fd(), probe, 0o700) {
+        Ok(()) => {
+            let _ = fs::unlinkat(fd.as_fd(), probe, true);
+        }
+        Err(_) => mode(0o700)?,
     }
     for ent in
         fs::read_dir_all(fd.as_fd()).map_err(|e| format!("cannot read work directory: {e}"))?
