@@ -7338,6 +7338,55 @@ fn lower_immutable_and_append_only_objects_as_on_the_kernel() {
 }
 
 #[test]
+fn attributes_set_on_an_open_file_hold_for_its_descriptor_as_on_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    // xfstests generic/553: a descriptor opened before chattr +i may still write, but not
+    // copy data in or allocate; one opened before chattr +a may not truncate or punch.
+    // For an upper file and for a lower one (copied up by the chattr).
+    const IMMUTABLE: u32 = 0x10;
+    const APPEND: u32 = 0x20;
+    let t = twin(
+        "sem-iflags-open",
+        &[&[E::File("low", b"lower data"), E::File("src", b"source")]],
+        &[E::File("up", b"upper data")],
+    );
+    t.both("through descriptors opened before the attribute", |r| {
+        let mut out = Vec::new();
+        for (name, flag) in [("up", IMMUTABLE), ("low", IMMUTABLE), ("up", APPEND)] {
+            let p = r.join(name);
+            let flags = if flag == APPEND {
+                libc::O_WRONLY | libc::O_APPEND
+            } else {
+                libc::O_RDWR
+            };
+            let f = open_fd(&p, flags, 0).unwrap();
+            let src = open_fd(&r.join("src"), libc::O_RDONLY, 0).unwrap();
+            let fd = f.as_raw_fd();
+            out.push(outcome_unit(&set_inode_flags(&p, flag)));
+            out.push(outcome_unit(&f.write_at(b"X", 1)));
+            out.push(outcome_unit(&cvt(unsafe { libc::ftruncate(fd, 4) })));
+            out.push(outcome_unit(&cvt(unsafe {
+                libc::fallocate(fd, 0, 0, 8192)
+            })));
+            let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            out.push(outcome_unit(&cvt(unsafe {
+                libc::fallocate(fd, punch, 0, 1)
+            })));
+            let (mut off_in, mut off_out): (libc::loff_t, libc::loff_t) = (0, 0);
+            out.push(outcome_unit(&cvt(unsafe {
+                libc::copy_file_range(src.as_raw_fd(), &mut off_in, fd, &mut off_out, 3, 0)
+            })));
+            out.push(outcome_unit(&set_inode_flags(&p, 0)));
+            out.push(read_str(&p));
+        }
+        out
+    });
+    t.finish(true);
+}
+
+#[test]
 fn append_only_and_immutable_files_as_on_the_kernel() {
     if !fuse_available() {
         return;

@@ -475,6 +475,8 @@ impl Overlay {
 
     pub fn fallocate(&self, ctx: &Ctx, fh: u64, offset: u64, len: u64, mode: i32) -> SysResult<()> {
         let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
+        let keep_size = mode & !libc::FALLOC_FL_KEEP_SIZE == 0;
+        self.check_protection(&h.node, Change::Allocate { keep_size })?;
         let fd = h.fd();
         fs::fallocate(fd.as_fd(), mode, offset, len)?;
         self.kill_suid_sgid(ctx, &h.node, &fd);
@@ -504,6 +506,7 @@ impl Overlay {
     ) -> SysResult<u32> {
         let hi = self.file_handle(fh_in).ok_or(Errno::EBADF)?;
         let ho = self.file_handle(fh_out).ok_or(Errno::EBADF)?;
+        self.check_protection(&ho.node, Change::CopyInto)?;
         let fi = self.read_fd(&hi)?;
         let fo = ho.fd();
         let len = len.min(u32::MAX as u64 & !0xfff) as usize;

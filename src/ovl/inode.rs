@@ -127,8 +127,14 @@ fn prot_flags(v: u8) -> u32 {
 pub enum Change {
     /// Opening for writing (`append`: with O_APPEND) or truncating.
     Open { append: bool, trunc: bool },
-    /// A change of size.
+    /// A change of size by name (truncate).
     Truncate,
+    /// A change of size through an open file (ftruncate): only append-only forbids it.
+    TruncateOpen,
+    /// Data written into it by copy_file_range (only immutable forbids it).
+    CopyInto,
+    /// fallocate (`keep_size`: a mode that only allocates, allowed on append-only).
+    Allocate { keep_size: bool },
     /// A change of mode, owner, or times to given values.
     Meta,
     /// Times set to now.
@@ -291,8 +297,14 @@ impl Overlay {
         let given_times = (matches!(set.atime, Some(TimeSet::At(_)))
             || matches!(set.mtime, Some(TimeSet::At(_))))
             && !set.now_in_disguise();
+        // ftruncate reaches us with its file: the VFS checks only append-only there.
+        let truncate = if set.fh.is_some() {
+            Change::TruncateOpen
+        } else {
+            Change::Truncate
+        };
         for (wanted, change) in [
-            (set.size.is_some(), Change::Truncate),
+            (set.size.is_some(), truncate),
             (
                 set.mode.is_some() || set.uid.is_some() || set.gid.is_some() || given_times,
                 Change::Meta,
@@ -612,7 +624,9 @@ impl Overlay {
         let append = flags & fs::FS_APPEND_FL != 0;
         let refused = match change {
             Change::Open { append: a, trunc } => immutable || (append && (!a || trunc)),
-            Change::Touch | Change::CreateIn => immutable,
+            Change::Touch | Change::CreateIn | Change::CopyInto => immutable,
+            Change::TruncateOpen => append,
+            Change::Allocate { keep_size } => immutable || (append && !keep_size),
             Change::Truncate
             | Change::Meta
             | Change::Xattr
