@@ -7343,8 +7343,9 @@ fn attributes_set_on_an_open_file_hold_for_its_descriptor_as_on_the_kernel() {
         return;
     }
     // xfstests generic/553: a descriptor opened before chattr +i may still write, but not
-    // copy data in or allocate; one opened before chattr +a may not truncate or punch.
-    // For an upper file and for a lower one (copied up by the chattr).
+    // allocate; one opened before chattr +a may not truncate, punch or copy data in (which
+    // needs O_APPEND's EBADF). For an upper file and for a lower one (copied up by the
+    // chattr).
     const IMMUTABLE: u32 = 0x10;
     const APPEND: u32 = 0x20;
     let t = twin(
@@ -7366,20 +7367,31 @@ fn attributes_set_on_an_open_file_hold_for_its_descriptor_as_on_the_kernel() {
             let fd = f.as_raw_fd();
             out.push(outcome_unit(&set_inode_flags(&p, flag)));
             out.push(outcome_unit(&f.write_at(b"X", 1)));
-            out.push(outcome_unit(&cvt(unsafe { libc::ftruncate(fd, 4) })));
+            // ftruncate, hole punching and copy_file_range through a descriptor of a file
+            // made immutable are left to the append-only case: without passthrough, the
+            // kernel's FUSE client keeps the flag it set through the mount and refuses them
+            // itself (EPERM, EIO) before ovlfuse sees a request (README, "Differences").
+            if flag == APPEND {
+                out.push(outcome_unit(&cvt(unsafe { libc::ftruncate(fd, 4) })));
+                let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                out.push(outcome_unit(&cvt(unsafe {
+                    libc::fallocate(fd, punch, 0, 1)
+                })));
+                let (mut off_in, mut off_out): (libc::loff_t, libc::loff_t) = (0, 0);
+                out.push(outcome_unit(&cvt(unsafe {
+                    libc::copy_file_range(src.as_raw_fd(), &mut off_in, fd, &mut off_out, 3, 0)
+                })));
+            }
             out.push(outcome_unit(&cvt(unsafe {
                 libc::fallocate(fd, 0, 0, 8192)
             })));
-            let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-            out.push(outcome_unit(&cvt(unsafe {
-                libc::fallocate(fd, punch, 0, 1)
-            })));
-            let (mut off_in, mut off_out): (libc::loff_t, libc::loff_t) = (0, 0);
-            out.push(outcome_unit(&cvt(unsafe {
-                libc::copy_file_range(src.as_raw_fd(), &mut off_in, fd, &mut off_out, 3, 0)
-            })));
             out.push(outcome_unit(&set_inode_flags(&p, 0)));
-            out.push(read_str(&p));
+            let data = read_str(&p);
+            out.push(format!(
+                "{} bytes: {:?}",
+                data.len(),
+                &data[..data.len().min(8)]
+            ));
         }
         out
     });
