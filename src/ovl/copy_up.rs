@@ -243,10 +243,7 @@ impl Overlay {
                 )
             });
             if let Err(e) = res {
-                debug!(
-                    "copy-up of {:?}: sync/noatime attributes not kept: {e:?}",
-                    name
-                );
+                debug!("copy-up of {name:?}: sync/noatime attributes not kept: {e:?}");
             }
         }
     }

@@ -1,4 +1,6 @@
-//! Attributes: getattr/setattr, readlink, statfs, access.
+//! Attributes: getattr/setattr, readlink, statfs, access, the inode-flag ioctls, and the
+//! immutable and append-only attributes that no filesystem enforces for us
+//! (`check_protection`, kept in `overlay.protattr` on copies as the kernel keeps them).
 //!
 //! Attributes are the real ones of the copy that is seen (upper, else the highest lower),
 //! with `st_ino` replaced by the node's stable number and a merged directory's link count
