@@ -648,15 +648,19 @@ impl Overlay {
     /// in `<prefix>protattr` ("a", "i" or "ai", the kernel's format). Layers do not change
     /// under the mount, so they are read once per node and then kept on it.
     pub(super) fn protection(&self, node: &Node) -> u32 {
-        let st = node.state();
-        if st.prot & PROT_KNOWN != 0 {
-            return prot_flags(st.prot);
+        // Every change asks, so the known answer is read without a copy of the state.
+        let (known, upper, top) = {
+            let st = node.state.read();
+            (st.prot, st.upper, st.top())
+        };
+        if known & PROT_KNOWN != 0 {
+            return prot_flags(known);
         }
         if node.id == ROOT_ID || node.unlinked.load(Ordering::Relaxed) {
             return 0;
         }
         // Best effort: where they cannot be read, a change meets its own error.
-        let flags = if st.upper {
+        let flags = if upper {
             let attr = format!("{}{PROTATTR_XATTR}", self.layers.xattr_prefix);
             let mut buf = [0u8; 8];
             match self.at_name(node, UPPER, |dir, name| {
@@ -669,14 +673,14 @@ impl Overlay {
                 }),
                 Err(_) => 0,
             }
-        } else if let Some(top) = st.top() {
+        } else if let Some(top) = top {
             self.lower_protection(node, top)
         } else {
             0
         };
         let mut now = node.state.write();
         // Unless a copy-up changed where they are read from meanwhile.
-        if now.upper == st.upper {
+        if now.upper == upper {
             now.prot = prot_known(flags);
         }
         flags
@@ -733,14 +737,8 @@ impl Overlay {
         if node.kind != libc::S_IFREG && node.kind != libc::S_IFDIR {
             return false;
         }
-        let Ok(fd) = self.open_for_ioctl(node) else {
-            return false;
-        };
-        let mut buf = [0u8; 8];
-        if fs::attr_ioctl(fd.as_fd(), fs::FS_IOC_GETFLAGS, &mut buf).is_err() {
-            return false;
-        }
-        let flags = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
-        flags & (fs::FS_IMMUTABLE_FL | fs::FS_APPEND_FL) != 0
+        self.open_for_ioctl(node)
+            .and_then(|fd| fs::get_inode_flags(fd.as_fd()))
+            .is_ok_and(|f| f & (fs::FS_IMMUTABLE_FL | fs::FS_APPEND_FL) != 0)
     }
 }
