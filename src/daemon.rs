@@ -67,7 +67,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
     // Modes of new files are exactly what the caller asked for (the kernel has already
     // applied the caller's umask).
     sys::set_umask(0);
-    sys::one_malloc_arena();
+    sys::heap::one_malloc_arena();
     let fds = sys::process::raise_fd_limit();
     log::debug!("open file limit: {fds}");
 

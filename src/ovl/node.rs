@@ -400,6 +400,9 @@ pub struct NodeInit {
     pub seen: Option<Stat>,
 }
 
+/// Heap freed with a forgotten node, roughly: the node, its name and its two map entries.
+const NODE_HEAP_BYTES: usize = std::mem::size_of::<Node>() + 64;
+
 pub struct NodeTable {
     nodes: DashMap<NodeId, Arc<Node>>,
     children: DashMap<ChildKey, NodeId>,
@@ -596,9 +599,11 @@ impl NodeTable {
     }
 
     /// After many nodes are forgotten (the kernel dropped its inode cache), hands the memory
-    /// back: the maps keep their capacity and the allocator its freed pages otherwise, so
-    /// the daemon would stay at its peak size for good. Checked every 4096 removals.
+    /// back: the maps keep their capacity otherwise, and glibc its freed pages (`sys::heap`
+    /// trims once the wave of forgets pauses), so the daemon would stay at its peak size for
+    /// good. The maps are checked every 4096 removals.
     fn after_removal(&self) {
+        crate::sys::heap::freed(NODE_HEAP_BYTES);
         if self.removals.fetch_add(1, Ordering::Relaxed) % 4096 != 4095 {
             return;
         }
@@ -608,7 +613,6 @@ impl NodeTable {
             self.peak.store(len, Ordering::Relaxed);
             self.nodes.shrink_to_fit();
             self.children.shrink_to_fit();
-            crate::sys::trim_heap();
         }
     }
 

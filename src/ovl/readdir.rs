@@ -21,9 +21,9 @@ use std::sync::Arc;
 const MERGED_BUDGET: usize = 400_000;
 /// How many directories may keep a merged listing.
 const MERGED_DIRS: usize = 8192;
-/// Entries of a listing from which building or freeing it is worth a `malloc_trim` (it
-/// frees about 4 MiB; the trim takes about 1 ms).
-const TRIM_AFTER_LISTING: usize = 100_000;
+/// Heap freed per entry when a listing is dropped, or by the temporaries of building one
+/// (100k entries: about 4 MiB).
+const ENTRY_HEAP_BYTES: usize = 40;
 
 fn dtype_kind(dt: u8) -> Option<u32> {
     Some(match dt {
@@ -53,11 +53,9 @@ impl Overlay {
         let m = Arc::new(self.build_merged(node)?);
         node.set_merged(Some(m.clone()));
         self.remember_merged(node, m.len());
-        // Building a big listing goes through a hash map and a sorted copy of it that are
-        // freed again at once; glibc would keep them in RSS.
-        if m.len() >= TRIM_AFTER_LISTING {
-            crate::sys::trim_heap();
-        }
+        // Building a listing goes through a hash map and a sorted copy of it that are freed
+        // again at once; glibc would keep them in RSS.
+        crate::sys::heap::freed(m.len() * ENTRY_HEAP_BYTES);
         Ok(m)
     }
 
@@ -91,10 +89,8 @@ impl Overlay {
             }
         }
         // Dropping a big listing frees tens of MiB at once, which glibc keeps in its free
-        // lists (and in RSS) until asked; hand them back, as forget does.
-        if freed >= TRIM_AFTER_LISTING {
-            crate::sys::trim_heap();
-        }
+        // lists (and in RSS) until asked.
+        crate::sys::heap::freed(freed * ENTRY_HEAP_BYTES);
     }
 
     fn build_merged(&self, node: &Arc<Node>) -> SysResult<MergedDir> {

@@ -5,6 +5,7 @@
 
 pub mod caller_groups;
 pub mod fs;
+pub mod heap;
 pub mod process;
 pub mod xattr;
 
@@ -197,26 +198,6 @@ pub fn is_host_root() -> bool {
 
 pub fn getgid() -> u32 {
     unsafe { libc::getgid() }
-}
-
-/// Puts every thread's allocations in one malloc arena, unless MALLOC_ARENA_MAX says
-/// otherwise. With an arena per serving thread, nodes made by one thread and forgotten by
-/// another leave holes in several heaps, and the daemon settled 2-2.5x above its size after
-/// the first forget (stat of 100k files, forget, repeated: 20-29 MiB after forgets instead
-/// of 11-12). Threads allocate little per request, mostly from their own tcache.
-pub fn one_malloc_arena() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
-        }
-    }
-}
-
-/// Returns freed heap memory to the system (glibc keeps it otherwise).
-pub fn trim_heap() {
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 #[cfg(test)]
