@@ -107,6 +107,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             noxattrs: params.noxattrs,
             statahead: statahead_mode(&params),
             listattrs: params.listattrs,
+            read_only: params.read_only,
         },
     )
     .map_err(|e| format!("cannot set up the overlay: {e}"))?;

@@ -7766,3 +7766,82 @@ fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) {
         }
     }
 }
+
+/// xfstests overlay/038: an upper directory is marked impure when a copied-up file moves
+/// into it from another directory (not when an upper-only file does), readdir then shows
+/// the copy's own inode number, and once the last such entry is gone the next listing
+/// drops the mark; a directory that still holds a copy keeps it.
+#[test]
+fn impure_marks_come_and_go_as_on_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let got = kernel_then_ovlfuse(
+        "sem-impure",
+        "",
+        |st: &Stack| {
+            build(
+                &st.lowers[0],
+                &[
+                    E::File("f1", b"1"),
+                    E::File("f2", b"2"),
+                    E::File("f3", b"3"),
+                    E::Dir("t"),
+                ],
+            )
+        },
+        |m, kernel| {
+            let upper = m.parent().unwrap().join("upper");
+            let marked = |d: &str| lgetxattr(&upper.join(d), "trusted.overlay.impure").is_ok();
+            // Each listed name's d_ino against its st_ino.
+            let inos_agree = |d: &str| {
+                read_dir_raw(&m.join(d))
+                    .unwrap()
+                    .iter()
+                    .filter(|e| e.name != "." && e.name != "..")
+                    .all(|e| fs::symlink_metadata(m.join(d).join(&e.name)).unwrap().ino() == e.ino)
+            };
+            let mut steps = Vec::new();
+            let mut note = |what: &str, d: &str| {
+                let agree = inos_agree(d);
+                steps.push(format!("{what}: marked {} d_ino {agree}", marked(d)));
+                assert!(
+                    agree,
+                    "{what}: d_ino differs from st_ino (kernel: {kernel})"
+                );
+            };
+            for d in ["a", "b", "plain"] {
+                fs::create_dir_all(m.join(format!("t/{d}/sub"))).unwrap();
+            }
+            note("new directory", "t/a");
+            fs::write(m.join("t/u"), b"u").unwrap();
+            fs::rename(m.join("t/u"), m.join("t/plain/u")).unwrap();
+            fs::rename(m.join("t/plain/u"), m.join("t/plain/v")).unwrap();
+            note("an upper-only file moved in", "t/plain");
+            fs::rename(m.join("f1"), m.join("t/a/f1")).unwrap();
+            note("a lower file moved in", "t/a");
+            fs::rename(m.join("f2"), m.join("t/b/f2")).unwrap();
+            fs::rename(m.join("f3"), m.join("t/b/f3")).unwrap();
+            note("two lower files moved in", "t/b");
+            fs::remove_file(m.join("t/a/f1")).unwrap();
+            fs::remove_dir(m.join("t/a/sub")).unwrap();
+            note("its only copy removed, listed", "t/a");
+            fs::remove_file(m.join("t/b/f2")).unwrap();
+            note("one of two copies removed, listed", "t/b");
+            fs::rename(m.join("t/b/f3"), m.join("t/f3")).unwrap();
+            note("the other moved out, listed", "t/b");
+            steps
+        },
+    );
+    let want = [
+        "new directory: marked false d_ino true",
+        "an upper-only file moved in: marked false d_ino true",
+        "a lower file moved in: marked true d_ino true",
+        "two lower files moved in: marked true d_ino true",
+        "its only copy removed, listed: marked false d_ino true",
+        "one of two copies removed, listed: marked true d_ino true",
+        "the other moved out, listed: marked false d_ino true",
+    ];
+    assert_eq!(got[0], want, "kernel overlayfs");
+    assert_eq!(got[1], got[0], "ovlfuse against the kernel");
+}

@@ -12,6 +12,7 @@ use super::layers::{remove_tree, UPPER};
 use super::namei::{IMPURE_XATTR, ORIGIN_XATTR};
 use super::node::{Node, ROOT_ID};
 use super::ownership::OverrideStat;
+use super::whiteout;
 use super::{Errno, Overlay, SysResult};
 use crate::sys::fs::{self, Stat};
 use crate::sys::xattr;
@@ -262,6 +263,43 @@ impl Overlay {
         if ok {
             dir.state.write().impure = true;
         }
+    }
+
+    /// Marks `dir` impure if its entry `name` (in `fd`, its upper directory) came from
+    /// another layer: the kernel marks the new parent when a copy or a redirected
+    /// directory moves to another directory.
+    pub fn mark_impure_if_holds_copy(&self, dir: &Node, fd: BorrowedFd<'_>, name: &OsStr) {
+        if whiteout::OverlayXattrs::of(fd, name).came_from_elsewhere() {
+            self.mark_impure(dir);
+        }
+    }
+
+    /// Whether removing `name` (from elsewhere) from upper-only directory `dir` (its upper
+    /// copy open as `fd`) may leave it pure. The caller then drops the directory's listing:
+    /// the next one is built afresh and drops the mark, as the kernel re-reads an impure
+    /// directory after each change to it.
+    pub fn may_turn_pure(&self, dir: &Node, fd: BorrowedFd<'_>, name: &OsStr) -> bool {
+        let candidate = {
+            let st = dir.state.read();
+            st.impure && st.upper && st.lowers.is_empty()
+        };
+        candidate && whiteout::OverlayXattrs::of(fd, name).came_from_elsewhere()
+    }
+
+    /// Removes the mark from upper directory `dir` (open as `fd`) once its listing found no
+    /// entry from another layer. Best effort, as on the kernel: a mark left costs only
+    /// origin lookups.
+    pub fn drop_impure(&self, dir: &Node, fd: BorrowedFd<'_>) {
+        let attr = format!("{}{}", self.layers.xattr_prefix, IMPURE_XATTR);
+        match xattr::remove_on_dir(fd, &attr) {
+            Ok(()) => {}
+            Err(e) if e == Errno::ENODATA => {}
+            Err(e) => {
+                debug!("cannot drop the impure mark of directory {}: {e:?}", dir.id);
+                return;
+            }
+        }
+        dir.state.write().impure = false;
     }
 }
 

@@ -632,6 +632,7 @@ impl Overlay {
         let upfd = upfd.as_fd();
         let top = cst.top().ok_or(Errno::ESTALE)?;
         self.keep_detached(child, top);
+        let may_turn_pure = cst.upper && self.may_turn_pure(parent, upfd, name);
         let renaming = self.nodes.renaming([Some(child), None]);
         let mut replaced = None;
         if cst.upper {
@@ -658,6 +659,9 @@ impl Overlay {
         }
         if let Some(m) = parent.merged() {
             m.remove(name);
+        }
+        if may_turn_pure {
+            parent.set_merged(None);
         }
         if let Some(tmp) = replaced {
             // Out of the view already; whatever is left stays in the workdir, which the
@@ -968,11 +972,9 @@ impl Overlay {
             if let Some(m) = np.merged() {
                 m.insert(nname, Entry::upper(src.kind, src.ino));
             }
-            if !src.is_dir() {
-                self.mark_impure(np);
-            }
-            if !d.is_dir() {
-                self.mark_impure(op);
+            if op.id != np.id {
+                self.mark_impure_if_holds_copy(np, nfd, nname);
+                self.mark_impure_if_holds_copy(op, ofd, oname);
             }
             return Ok(());
         }
@@ -991,6 +993,7 @@ impl Overlay {
         if target_not_empty {
             return Err(Errno::ENOTEMPTY);
         }
+        let op_may_turn_pure = op.id != np.id && self.may_turn_pure(op, ofd, oname);
         let _renaming = self.nodes.renaming([Some(src), dst.map(|d| &**d)]);
         if let Some(d) = dst {
             if d.is_dir() && d.is_upper() {
@@ -1061,10 +1064,15 @@ impl Overlay {
         }
         if !src.is_dir() {
             src.state.write().lowers.clear();
-            self.mark_impure(np);
+        }
+        if op.id != np.id {
+            self.mark_impure_if_holds_copy(np, nfd, nname);
         }
         if let Some(m) = op.merged() {
             m.remove(oname);
+        }
+        if op_may_turn_pure {
+            op.set_merged(None);
         }
         if let Some(m) = np.merged() {
             m.insert(nname, Entry::upper(src.kind, src.ino));

@@ -89,6 +89,9 @@ pub struct Config {
     pub statahead: statahead::Mode,
     /// What READDIRPLUS replies carry for their entries (`listattrs=`).
     pub listattrs: statahead::ListAttrs,
+    /// Mounted `ro` with an upper layer: housekeeping writes (dropping a stale impure
+    /// mark) are left out, as the kernel leaves them out on a read-only mount.
+    pub read_only: bool,
 }
 
 impl Default for Config {
@@ -103,6 +106,7 @@ impl Default for Config {
             noxattrs: false,
             statahead: statahead::Mode::Auto,
             listattrs: statahead::ListAttrs::Auto,
+            read_only: false,
         }
     }
 }

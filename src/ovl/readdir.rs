@@ -108,6 +108,10 @@ impl Overlay {
         let mut lower_seen: HashSet<Name> = HashSet::default();
         // Upper directories that may merge with a lower one: their d_ino is the lower's.
         let mut maybe_merged: HashSet<Name> = HashSet::default();
+        // An upper-only directory marked impure that turns out to hold nothing from another
+        // layer loses the mark, as on the kernel (its listing then needs no origins).
+        let pure_upper = st.lowers.is_empty();
+        let mut holds_copies = false;
         let n_layers = order.len();
         for (i, layer) in order.into_iter().enumerate() {
             let (fd, raw) = self
@@ -203,7 +207,11 @@ impl Overlay {
                     } else if impure {
                         if let Some(o) = self.origin_ino(dfd, os) {
                             ino = o;
+                            holds_copies = true;
                         }
+                    }
+                    if impure && pure_upper && !holds_copies {
+                        holds_copies = whiteout::OverlayXattrs::of(dfd, os).came_from_elsewhere();
                     }
                 }
                 entries.insert(
@@ -215,6 +223,12 @@ impl Overlay {
                         lower_positive: positive,
                     },
                 );
+            }
+            if impure && pure_upper && !holds_copies && !self.cfg.read_only {
+                self.drop_impure(node, dfd);
+            } else if impure && !st.impure {
+                // Marked by an earlier mount: removals from it now check for the last copy.
+                node.state.write().impure = true;
             }
             for h in markers {
                 if is_lower {

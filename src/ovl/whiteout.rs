@@ -32,12 +32,22 @@ const WHITEOUT_XATTRS: [&str; 2] = ["trusted.overlay.whiteout", "user.overlay.wh
 /// Where a directory renamed by a kernel with `redirect_dir=on` records its lower path.
 pub const REDIRECT_XATTRS: [&str; 2] = ["trusted.overlay.redirect", "user.overlay.redirect"];
 
+/// Where a copy-up records the object it came from: the kernel's names, and ours
+/// (`<prefix>ovlfuse.origin`).
+const ORIGIN_XATTRS: [&str; 4] = [
+    "trusted.overlay.origin",
+    "user.overlay.origin",
+    "trusted.overlay.ovlfuse.origin",
+    "user.overlay.ovlfuse.origin",
+];
+
 /// Which overlay attributes a layer directory carries, by name (their values are read
 /// only for those it has).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OverlayXattrs {
     opaque: bool,
     redirect: bool,
+    origin: bool,
 }
 
 impl OverlayXattrs {
@@ -53,17 +63,26 @@ impl OverlayXattrs {
                 OverlayXattrs {
                     opaque: has(&OPAQUE_XATTRS),
                     redirect: has(&REDIRECT_XATTRS),
+                    origin: has(&ORIGIN_XATTRS),
                 }
             }
             Err(e) if e == Errno::EOPNOTSUPP => OverlayXattrs {
                 opaque: false,
                 redirect: false,
+                origin: false,
             },
             Err(_) => OverlayXattrs {
                 opaque: true,
                 redirect: true,
+                origin: true,
             },
         }
+    }
+
+    /// Whether the object came from another layer (a copy-up's origin, or a renamed
+    /// directory's redirect): what makes the upper directory holding it "impure".
+    pub fn came_from_elsewhere(&self) -> bool {
+        self.origin || self.redirect
     }
 
     /// Whether the directory may carry a redirect (read it to know).
@@ -320,7 +339,9 @@ mod tests {
         use std::os::fd::{AsFd, OwnedFd};
         let root = std::path::PathBuf::from(format!("/tmp/ovlfuse-unit-xa-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        for d in ["plain", "other", "opq", "opq_x", "redir", "crowded"] {
+        for d in [
+            "plain", "other", "opq", "opq_x", "redir", "copy", "ours", "crowded",
+        ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         let dir: OwnedFd = std::fs::File::open(&root).unwrap().into();
@@ -331,6 +352,8 @@ mod tests {
         set("opq", "user.overlay.opaque", b"y");
         set("opq_x", "user.overlay.opaque", b"x");
         set("redir", "user.overlay.redirect", b"/elsewhere");
+        set("copy", "user.overlay.origin", b"\0");
+        set("ours", "user.overlay.ovlfuse.origin", b"1:2");
         for i in 0..40 {
             set(
                 "crowded",
@@ -343,6 +366,7 @@ mod tests {
         let none = OverlayXattrs {
             opaque: false,
             redirect: false,
+            origin: false,
         };
         assert_eq!(of("plain"), none);
         assert_eq!(of("other"), none);
@@ -351,9 +375,14 @@ mod tests {
         // "x" marks a directory holding xattr whiteouts, not an opaque one.
         assert!(of("opq_x").opaque && !of("opq_x").opaque_dir(fd, OsStr::new("opq_x")));
         assert!(of("redir").may_redirect() && !of("redir").opaque);
+        // What makes a directory holding them impure: a redirect, either origin.
+        assert!(!of("plain").came_from_elsewhere() && !of("opq").came_from_elsewhere());
+        for d in ["redir", "copy", "ours"] {
+            assert!(of(d).came_from_elsewhere(), "{d}");
+        }
         // 40 names of 47 bytes overflow the 1 KiB list: everything may be present.
         let crowded = of("crowded");
-        assert!(crowded.opaque && crowded.may_redirect());
+        assert!(crowded.opaque && crowded.may_redirect() && crowded.came_from_elsewhere());
         assert!(crowded.opaque_dir(fd, OsStr::new("crowded")));
         let _ = std::fs::remove_dir_all(&root);
     }
