@@ -306,3 +306,64 @@ fn a_lower_layer_that_is_an_ovlfuse_mount_matches_the_kernel() {
     ig.unmount();
     lc.verify();
 }
+
+/// An upper layer on an overlay, kernel overlayfs or ovlfuse (the kernel refuses that:
+/// xfstests overlay/022). The overlay beneath refuses whiteout devices, so ovlfuse writes
+/// xattr whiteouts, and stores ovlfuse's overlay attributes escaped, so it does not take
+/// them for its own. The operations and the view match the kernel overlay's on a plain
+/// upper, and the view is the same again when ovlfuse is mounted anew on that upper.
+#[test]
+fn an_upper_layer_on_an_overlay_matches_the_kernel_on_a_plain_one() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("layerfs-upper-on-overlay");
+    let (top, bottom) = (sc.dir("src/top"), sc.dir("src/bottom"));
+    build(&top, TOP);
+    build(&bottom, BOTTOM);
+    let lowers = vec![top, bottom];
+    let lc = LowerCheck::new(&lowers);
+    let on = |dir: &str, mnt: &str| Stack {
+        lowers: lowers.clone(),
+        upper: sc.dir(&format!("{dir}/upper")),
+        work: sc.dir(&format!("{dir}/work")),
+        mnt: sc.dir(mnt),
+    };
+    let k = on("k", "mnt/k");
+    let kg = mount_kernel(&k);
+    let want_ops = ops(&k.mnt);
+    let want_view = snapshot(&k.mnt, XattrSel::User);
+    kg.unmount();
+    for beneath in ["kernel", "ovlfuse"] {
+        let b = Stack::new_at(&sc.dir(&format!("beneath-{beneath}")), 1);
+        let bg = match beneath {
+            "kernel" => mount_kernel(&b),
+            _ => mount_ovlfuse(&b, &[]),
+        };
+        let f = on(
+            &format!("beneath-{beneath}/mnt/layers"),
+            &format!("mnt/f-{beneath}"),
+        );
+        let what = format!("upper on a {beneath} overlay");
+        let fg = mount_ovlfuse(&f, &[]);
+        assert_eq!(
+            ops(&f.mnt),
+            want_ops,
+            "{what}: operations, ovlfuse (left) vs the kernel on a plain upper (right)"
+        );
+        let view = snapshot(&f.mnt, XattrSel::User);
+        fg.unmount();
+        assert_same_snapshots(&what, "kernel", &want_view, "ovlfuse", &view);
+        let fg = mount_ovlfuse(&f, &[]);
+        assert_same_snapshots(
+            &format!("{what}, mounted anew"),
+            "kernel",
+            &want_view,
+            "ovlfuse",
+            &snapshot(&f.mnt, XattrSel::User),
+        );
+        fg.unmount();
+        bg.unmount();
+    }
+    lc.verify();
+}
