@@ -78,6 +78,10 @@ impl Overlay {
                 rdev: Some(lst.st_rdev),
             })
         });
+        // Before the copy lands, as on the kernel: a crash after the rename then leaves no
+        // copy in an unmarked directory (whose listing would show the copy's own inode
+        // number). Every copy-up marks, of a directory too, and a failed one leaves it.
+        self.mark_impure(&parent);
         let attempt = || {
             let res = self
                 .build_copy(lpfd.as_fd(), &name, &eff, work, &tmp, with_data)
@@ -104,9 +108,6 @@ impl Overlay {
                 return Err(Errno::ENOTDIR);
             }
             return Err(e);
-        }
-        if !node.is_dir() {
-            self.mark_impure(&parent);
         }
         if let Ok(st) = fs::fstatat(upfd.as_fd(), &name) {
             if !node.is_dir() {
