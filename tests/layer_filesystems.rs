@@ -118,6 +118,16 @@ const BOTTOM: &[E] = &[
     E::File("moved/low", b"low in moved"),
 ];
 
+/// A scratch area named `name` with [`TOP`] and [`BOTTOM`] built in it (src/top and
+/// src/bottom).
+fn scratch_with_sources(name: &str) -> (Scratch, PathBuf, PathBuf) {
+    let sc = Scratch::new(name);
+    let (top, bottom) = (sc.dir("src/top"), sc.dir("src/bottom"));
+    build(&top, TOP);
+    build(&bottom, BOTTOM);
+    (sc, top, bottom)
+}
+
 /// Reads, then copy-ups, removals, a directory rename and re-creations; returns what each
 /// step gave.
 fn ops(r: &Path) -> Vec<String> {
@@ -233,10 +243,7 @@ fn lowers_on_squashfs_and_erofs_with_uppers_on_btrfs_and_xfs_match_the_kernel() 
     if !fuse_available() {
         return;
     }
-    let sc = Scratch::new("layerfs-images");
-    let (top_src, bottom_src) = (sc.dir("src/top"), sc.dir("src/bottom"));
-    build(&top_src, TOP);
-    build(&bottom_src, BOTTOM);
+    let (sc, top_src, bottom_src) = scratch_with_sources("layerfs-images");
     let mut guards = Vec::new();
     let top = sc.dir("lower/top");
     let bottom = sc.dir("lower/bottom");
@@ -287,10 +294,7 @@ fn a_lower_layer_that_is_an_ovlfuse_mount_matches_the_kernel() {
     }
     // The lower layers, served through an ovlfuse mount of their own (read-only view): the
     // outer overlays reach every lower file through FUSE.
-    let sc = Scratch::new("layerfs-nested");
-    let (top, bottom) = (sc.dir("src/top"), sc.dir("src/bottom"));
-    build(&top, TOP);
-    build(&bottom, BOTTOM);
+    let (sc, top, bottom) = scratch_with_sources("layerfs-nested");
     let lc = LowerCheck::new(&[top.clone(), bottom.clone()]);
     let inner = sc.dir("inner");
     // The inner view is itself an overlay: it shows the merged tree with its whiteout and
@@ -317,10 +321,7 @@ fn an_upper_layer_on_an_overlay_matches_the_kernel_on_a_plain_one() {
     if !fuse_available() {
         return;
     }
-    let sc = Scratch::new("layerfs-upper-on-overlay");
-    let (top, bottom) = (sc.dir("src/top"), sc.dir("src/bottom"));
-    build(&top, TOP);
-    build(&bottom, BOTTOM);
+    let (sc, top, bottom) = scratch_with_sources("layerfs-upper-on-overlay");
     let lowers = vec![top, bottom];
     let lc = LowerCheck::new(&lowers);
     let on = |dir: &str, mnt: &str| Stack {

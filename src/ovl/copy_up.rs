@@ -78,9 +78,10 @@ impl Overlay {
                 rdev: Some(lst.st_rdev),
             })
         });
-        // Before the copy lands, as on the kernel: a crash after the rename then leaves no
-        // copy in an unmarked directory (whose listing would show the copy's own inode
-        // number). Every copy-up marks, of a directory too, and a failed one leaves it.
+        // The parent is marked before the copy lands, as on the kernel, so a crash after the
+        // rename leaves no copy in an unmarked directory (whose listing would then show the
+        // copy's own inode number). A directory's copy-up marks it too; a failed copy-up
+        // leaves the mark.
         self.mark_impure(&parent);
         let attempt = || {
             let res = self
