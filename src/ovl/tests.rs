@@ -1017,3 +1017,46 @@ fn replies_carry_names_only_as_configured_and_lookups_then_warm_the_listing() {
         );
     }
 }
+
+/// A copy moved into an upper-only directory marks it impure; once the copy is gone, the
+/// directory's next listing drops the mark, but not on a mount made `ro`.
+#[test]
+fn impure_mark_dropped_by_the_listing_after_the_last_copy_goes_unless_read_only() {
+    for read_only in [false, true] {
+        let f = Fixture::new(1);
+        f.write("l0/f", "F");
+        std::fs::create_dir_all(f.p("upper/pure")).unwrap();
+        let ovl = f.overlay_with(
+            1,
+            Config {
+                fsync: false,
+                read_only,
+                ..Config::default()
+            },
+        );
+        let mark = format!("{}impure", ovl.layers.xattr_prefix);
+        let marked = || {
+            let d = std::fs::File::open(f.p("upper/pure")).unwrap();
+            crate::sys::xattr::get_on_dir(d.as_fd(), &mark).is_ok()
+        };
+        let (pure, _) = ovl.lookup(ROOT_ID, OsStr::new("pure")).unwrap();
+        let (file, _) = ovl.lookup(ROOT_ID, OsStr::new("f")).unwrap();
+        assert!(
+            !marked(),
+            "ro={read_only}: an upper-only directory starts pure"
+        );
+        ovl.rename(ROOT_ID, OsStr::new("f"), pure.id, OsStr::new("f"), 0)
+            .unwrap();
+        assert!(marked(), "ro={read_only}: a copy moved in marks it");
+        // Its listing reports the copy under the lower inode number it keeps.
+        let listed: Vec<u64> = ovl
+            .read_dir(pure.id, 2)
+            .unwrap()
+            .map(|(_, e)| e.ino)
+            .collect();
+        assert_eq!(listed, vec![file.ino], "ro={read_only}");
+        ovl.unlink(pure.id, OsStr::new("f")).unwrap();
+        assert_eq!(names(&ovl, pure.id), Vec::<String>::new());
+        assert_eq!(marked(), read_only, "ro={read_only}: after the listing");
+    }
+}
