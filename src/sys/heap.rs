@@ -52,14 +52,21 @@ pub fn freed(bytes: usize) {
 
 fn trim_after_pause() {
     loop {
-        let seen = OWED.load(Ordering::Relaxed);
-        std::thread::sleep(QUIET);
-        if OWED.load(Ordering::Relaxed) == seen {
-            break;
+        loop {
+            let seen = OWED.load(Ordering::Relaxed);
+            std::thread::sleep(QUIET);
+            if OWED.load(Ordering::Relaxed) == seen {
+                break;
+            }
+        }
+        trim();
+        WAITING.store(false, Ordering::Release);
+        // Frees counted during the trim found a trimmer still waiting and were left to it:
+        // if they add up to enough, this thread waits for their pause too.
+        if OWED.load(Ordering::Relaxed) < TRIM_WORTH || WAITING.swap(true, Ordering::AcqRel) {
+            return;
         }
     }
-    trim();
-    WAITING.store(false, Ordering::Release);
 }
 
 /// Returns freed heap memory to the system now.
