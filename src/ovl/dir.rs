@@ -5,8 +5,10 @@
 //! exchanged with the upper entry (`RENAME_EXCHANGE`), or left by the rename itself
 //! (`RENAME_WHITEOUT`). A directory made where a whiteout hid a name is opaque, as is a
 //! directory moved into a merged directory, so that lower content never leaks into it.
-//! Directories with lower parts cannot be renamed (EXDEV, as kernel overlayfs without
-//! `redirect_dir`); `mv` then copies. Each change patches the merged listings it touches.
+//! A directory with lower parts moves only with `redirect_dir=on`: its upper copy then
+//! carries a redirect to its old place, written as the kernel writes one; without it the
+//! rename fails with EXDEV, as on kernel overlayfs, and `mv` copies. Each change patches the
+//! merged listings it touches.
 
 use super::copy_up::temp_name;
 use super::inode::{Attr, Change};

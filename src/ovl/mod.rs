@@ -8,7 +8,8 @@
 //! directory's layers, readdir), `listing` (a merged directory's entries in readdir order
 //! and its offsets), `statahead` (warming the layers' caches for READDIRPLUS, and what its
 //! replies carry), `copy_up`, `dir` (create/remove/rename), `inode` (attributes), `file`
-//! (open files and I/O), `xattr`, `whiteout` (on-disk formats), `ino` (inode numbers).
+//! (open files and I/O), `xattr`, `whiteout` (on-disk formats), `ino` (inode numbers),
+//! `ownership` (id mapping, squashing and owners kept in an xattr, for container engines).
 
 pub mod copy_up;
 pub mod dir;
