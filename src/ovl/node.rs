@@ -12,7 +12,7 @@
 
 use super::layers::{LayerId, Layers, UPPER};
 use super::listing::{MergedDir, Name};
-use super::{whiteout, DashMap};
+use super::{whiteout, DashMap, HashMap};
 use crate::sys::fs::{self, Stat};
 use crate::sys::{Errno, SysResult};
 use lru::LruCache;
@@ -496,6 +496,30 @@ impl NodeTable {
     pub fn peek_child(&self, parent: NodeId, name: &OsStr) -> Option<Arc<Node>> {
         let id = *self.children.get(&(parent, name) as &dyn ChildName)?;
         self.nodes.get(&id).map(|n| n.clone())
+    }
+
+    /// The shown inode number of each live child of `parent` whose name `want` holds, as
+    /// `peek_child` of every name in `want` would find them. Walks whichever is smaller:
+    /// the names asked about, or every live name in the mount (a fresh listing of a big
+    /// directory has few of its names live, and probing the map costs more per name than
+    /// walking it).
+    pub fn live_child_inos<V>(&self, parent: NodeId, want: &HashMap<Name, V>) -> Vec<(Name, u64)> {
+        if want.len() <= self.children.len() {
+            return want
+                .keys()
+                .filter_map(|name| Some((name.clone(), self.peek_child(parent, name)?.ino)))
+                .collect();
+        }
+        // Ids first, so that no shard of `children` is held while `nodes` is read.
+        let live: Vec<(Name, NodeId)> = self
+            .children
+            .iter()
+            .filter(|kv| kv.key().parent == parent && want.contains_key(&*kv.key().name))
+            .map(|kv| (kv.key().name.clone(), *kv.value()))
+            .collect();
+        live.into_iter()
+            .filter_map(|(name, id)| Some((name, self.nodes.get(&id)?.ino)))
+            .collect()
     }
 
     /// Makes the node for `name` in `parent` — or, when a live node already stands for the

@@ -242,9 +242,9 @@ impl Overlay {
         // Shown names carry their lower-positive mark in their entry; the set holds the rest.
         lower_positive.shrink_to_fit();
         // Objects the kernel already knows keep the number it has seen.
-        for (name, e) in entries.iter_mut() {
-            if let Some(n) = self.nodes.peek_child(node.id, name) {
-                e.ino = n.ino;
+        for (name, ino) in self.nodes.live_child_inos(node.id, &entries) {
+            if let Some(e) = entries.get_mut(&name) {
+                e.ino = ino;
             }
         }
         Ok(MergedDir::from_entries(entries, lower_positive))

@@ -1060,3 +1060,40 @@ fn impure_mark_dropped_by_the_listing_after_the_last_copy_goes_unless_read_only(
         assert_eq!(marked(), read_only, "ro={read_only}: after the listing");
     }
 }
+
+/// A listing built while some of its names are live shows those objects with the number
+/// the kernel has already seen, even when the layer now holds another inode there: found
+/// by walking the mount's live names (a listing with more entries than those) and by
+/// probing them name by name (a listing with fewer).
+#[test]
+fn listings_show_live_objects_under_the_number_already_shown() {
+    let f = Fixture::new(1);
+    for i in 0..40 {
+        f.write(&format!("l0/big/f{i}"), "x");
+    }
+    f.write("l0/small/a", "x");
+    let ovl = f.overlay(1);
+    let lookup = |dir: u64, name: &str| ovl.lookup(dir, OsStr::new(name)).unwrap();
+    let (big, _) = lookup(ROOT_ID, "big");
+    let (small, _) = lookup(ROOT_ID, "small");
+    let (_, f7) = lookup(big.id, "f7");
+    let (_, f8) = lookup(big.id, "f8");
+    let (_, a) = lookup(small.id, "a");
+    // Each of these names now holds a new inode, made while the old one still existed.
+    for rel in ["l0/big/f7", "l0/small/a"] {
+        f.write(&format!("{rel}.new"), "y");
+        std::fs::rename(f.p(&format!("{rel}.new")), f.p(rel)).unwrap();
+    }
+    let listed = |dir: u64, name: &str| {
+        ovl.read_dir(dir, 2)
+            .unwrap()
+            .find(|(_, e)| &*e.name == OsStr::new(name))
+            .map(|(_, e)| e.ino)
+            .unwrap()
+    };
+    assert_eq!(listed(big.id, "f7"), f7.ino, "walked");
+    assert_eq!(listed(big.id, "f8"), f8.ino, "unchanged");
+    assert_eq!(listed(small.id, "a"), a.ino, "probed");
+    let new_ino = std::fs::metadata(f.p("l0/small/a")).unwrap().ino();
+    assert_ne!(new_ino, a.ino, "the layer's own number is another");
+}
