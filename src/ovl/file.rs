@@ -8,6 +8,7 @@
 //! of them, and a write-back that finds the upper layer full is reported to the next
 //! writer.
 
+use super::copy_up::WRITEBACK_CHUNK;
 use super::dir::NewObject;
 use super::inode::{Attr, Change};
 use super::layers::UPPER;
@@ -455,6 +456,9 @@ impl Overlay {
         if let (Some(m), true) = (mtime, done > 0) {
             let _ = fs::utimens_fd(fd.as_fd(), None, Some(m));
         }
+        if write_back {
+            start_disk_writes(&fd, offset, done as u64);
+        }
         if done > 0 {
             self.kill_suid_sgid(ctx, &h.node, &fd);
         }
@@ -520,6 +524,24 @@ impl Overlay {
 
 /// The `relatime` rule: a read moves atime when it is not newer than mtime or ctime, or is
 /// a day old.
+/// Starts the disk writes of each `WRITEBACK_CHUNK` of an upper file that a write-back
+/// from the kernel's write cache completes, as copy-up does with its copies: otherwise
+/// they start only at the fsync (or after the dirty pages' 30 s), which then waits for all
+/// of them, and the data sits in the page cache twice meanwhile (the kernel's copy for the
+/// mount and the upper file's). 1 GiB written by dd, passthrough=off, 11 and 6 runs
+/// interleaved: with conv=fsync median 1.27 s before, 0.95 s after; without, 0.80 s and
+/// 0.85 s (the write-back's last requests now start disk writes themselves). Files under
+/// one chunk never get here.
+fn start_disk_writes(fd: &OwnedFd, offset: u64, len: u64) {
+    let chunk = WRITEBACK_CHUNK as u64;
+    let (from, to) = (offset / chunk * chunk, (offset + len) / chunk * chunk);
+    if to > from {
+        if let Err(e) = fs::start_writeback(fd.as_fd(), from, to - from) {
+            log::debug!("cannot start the disk writes of a written-back range: {e:?}");
+        }
+    }
+}
+
 pub(super) fn relatime_due(st: &fs::Stat) -> bool {
     let at = (st.st_atime, st.st_atime_nsec);
     let now = std::time::SystemTime::now()

@@ -1097,3 +1097,43 @@ fn listings_show_live_objects_under_the_number_already_shown() {
     let new_ino = std::fs::metadata(f.p("l0/small/a")).unwrap().ino();
     assert_ne!(new_ino, a.ino, "the layer's own number is another");
 }
+
+/// With the kernel's write cache, the disk writes of an upper file start as each 8 MiB of
+/// it is written back, not at the fsync; a file that stays under 8 MiB is left to the
+/// upper filesystem's own write-back.
+#[test]
+fn written_back_data_starts_its_disk_writes_chunk_by_chunk() {
+    let f = Fixture::new(1);
+    f.write("upper/big", "");
+    let upper = std::fs::File::open(f.p("upper")).unwrap();
+    if fs::fstatfs(upper.as_fd()).unwrap().f_type == libc::TMPFS_MAGIC {
+        eprintln!("SKIPPED: the upper layer is on tmpfs, which has no disk writes to start");
+        return;
+    }
+    let ovl = f.overlay(1);
+    ovl.set_write_cache();
+    let (node, _) = ovl.lookup(ROOT_ID, OsStr::new("big")).unwrap();
+    let fh = ovl.open(&ctx(), node.id, libc::O_RDWR).unwrap();
+    let fd = ovl.file_handle(fh).unwrap().fd();
+    let dirty = |off: u64, len: u64| fs::dirty_pages(fd.as_fd(), off, len).unwrap();
+    let (chunk, piece) = (super::copy_up::WRITEBACK_CHUNK as u64, 1u64 << 20);
+    let data = vec![7u8; piece as usize];
+    // Write-backs come in pieces of up to 1 MiB: a chunk short of its last piece stays
+    // dirty.
+    let mut off = 0;
+    while off + piece < chunk {
+        ovl.write(&ctx(), fh, off, &data, true).unwrap();
+        off += piece;
+    }
+    assert_eq!(dirty(0, chunk), (chunk - piece) / 4096, "under one chunk");
+    // The piece that completes the first chunk, then one into the second.
+    ovl.write(&ctx(), fh, off, &data, true).unwrap();
+    assert_eq!(
+        dirty(0, chunk),
+        0,
+        "the completed chunk's disk writes started"
+    );
+    ovl.write(&ctx(), fh, chunk, &data, true).unwrap();
+    assert_eq!(dirty(chunk, chunk), piece / 4096, "the next chunk waits");
+    ovl.release(fh);
+}

@@ -422,6 +422,39 @@ pub fn start_writeback(fd: BorrowedFd<'_>, off: u64, len: u64) -> SysResult<()> 
     .map(drop)
 }
 
+/// How many pages of `fd` in `off..off + len` are dirty in the page cache (`cachestat`,
+/// Linux 6.5+), for tests of when disk writes start.
+#[cfg(test)]
+pub fn dirty_pages(fd: BorrowedFd<'_>, off: u64, len: u64) -> SysResult<u64> {
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct CacheStat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let range = Range { off, len };
+    let mut st = CacheStat::default();
+    check(unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            fd.as_raw_fd(),
+            &range as *const Range,
+            &mut st as *mut CacheStat,
+            0,
+        ) as libc::c_int
+    })?;
+    Ok(st.dirty)
+}
+
 pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> SysResult<()> {
     check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) }).map(drop)
 }
