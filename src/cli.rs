@@ -158,8 +158,9 @@ Options may come before or after the operands; repeated -o accumulate.
 
 Flags:
   -o OPTIONS        comma-separated mount options (see below); also -oOPTIONS
-  -f                stay in the foreground
-  -d, --debug       log debug messages (implies -f)
+  -f                stay in the foreground (log to stderr; in the background the
+                    daemon logs to the system log, /dev/log, where there is one)
+  -d, --debug       log debug messages (implies -f); RUST_LOG sets the log filter
   -s                single-threaded (accepted and ignored)
   -h, --help        print this help and exit
   -V, --version     print the version and exit

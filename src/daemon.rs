@@ -61,7 +61,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
         return remount(&cli.mountpoint, &params);
     }
     let debug = cli.debug || params.debug;
-    init_logging(debug);
+    crate::logging::init(debug);
     let foreground = cli.foreground || debug;
 
     // Modes of new files are exactly what the caller asked for (the kernel has already
@@ -214,6 +214,7 @@ fn serve(
     if let Some(mut w) = ready.take() {
         let _ = w.write_all(&[0]);
         drop(w);
+        crate::logging::to_syslog();
         process::stdio_to_null();
         let _ = std::env::set_current_dir("/");
     }
@@ -328,14 +329,6 @@ fn remount(mnt: &Path, p: &Params) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn init_logging(debug: bool) {
-    let default = if debug { "debug" } else { "warn" };
-    let env = env_logger::Env::default().default_filter_or(default);
-    let _ = env_logger::Builder::from_env(env)
-        .format_timestamp_micros()
-        .try_init();
 }
 
 /// The FUSE mount configuration from the overlay's mount options.

@@ -3,7 +3,8 @@
 //!
 //! `ovl` is the overlay core (no FUSE types), `fuse` the thin adapter to `fuser` (with `passthrough`, its bookkeeping of FUSE
 //! passthrough opens, and `devfuse_cpu`, the CPU its /dev/fuse threads run on), `sys`
-//! the raw system calls, `cli` the command line, `daemon` mounting and backgrounding.
+//! the raw system calls, `cli` the command line, `daemon` mounting and backgrounding, `logging` where log
+//! records go (stderr, then the system log in the background).
 
 pub mod cli;
 pub mod daemon;
@@ -11,6 +12,7 @@ pub mod devfuse_cpu;
 pub mod fuse;
 pub mod fuse_uring;
 pub mod fuse_wire;
+pub mod logging;
 pub mod ovl;
 pub mod passthrough;
 pub mod sys;

@@ -2060,3 +2060,74 @@ fn open_file_limit_is_raised_and_cached_directory_fds_make_room() {
     );
     lc.verify();
 }
+
+/// In the background the daemon's stderr is /dev/null, so its log records go to the system
+/// log: here a SIGTERM's "unmounting" line at daemon.info, tagged with the daemon's pid.
+/// The test listens on /dev/log itself, so it runs only where no system logger holds that
+/// socket, and says so otherwise.
+#[test]
+fn a_background_daemon_logs_to_the_system_log() {
+    if !fuse_available() {
+        return;
+    }
+    let dev_log = Path::new("/dev/log");
+    if fs::symlink_metadata(dev_log).is_ok() {
+        eprintln!("SKIPPED: /dev/log belongs to this machine's system logger; not taken over");
+        return;
+    }
+    let log = ok(
+        std::os::unix::net::UnixDatagram::bind(dev_log),
+        "listen on /dev/log",
+    );
+    struct Unbind;
+    impl Drop for Unbind {
+        fn drop(&mut self) {
+            let _ = fs::remove_file("/dev/log");
+        }
+    }
+    let _unbind = Unbind;
+    ok(
+        log.set_read_timeout(Some(Duration::from_secs(10))),
+        "log timeout",
+    );
+    let sc = Scratch::new("cli-syslog");
+    let st = simple_stack(&sc);
+    let status = ok(
+        Command::new(ovlfuse_bin())
+            .env("RUST_LOG", "info")
+            .args(["-o", &st.full_opts(), &s(&st.mnt)])
+            .status(),
+        "run ovlfuse",
+    );
+    let g = MountGuard::adopt_fuse(&st.mnt);
+    assert!(status.success(), "ovlfuse failed: {status:?}");
+    let pid = g.pid().expect("daemon pid");
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let mut seen = Vec::new();
+    let line = loop {
+        let mut buf = [0u8; 4096];
+        let n = match log.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => panic!("no 'unmounting' record on /dev/log within 10 s ({e}); got {seen:?}"),
+        };
+        // Daemons of other tests may log here meanwhile.
+        let l = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if l.contains(&format!("[{pid}]")) && l.contains("unmounting") {
+            break l;
+        }
+        seen.push(l);
+    };
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(10)),
+        "daemon ignored SIGTERM for 10 s"
+    );
+    if mount_at(&st.mnt).is_none() {
+        g.forget();
+    }
+    let want = format!("<30>ovlfuse[{pid}]: INFO ");
+    assert!(line.starts_with(&want), "{line:?} does not start {want:?}");
+    assert!(
+        line.ends_with(&format!("unmounting {}", st.mnt.display())),
+        "{line:?}"
+    );
+}
