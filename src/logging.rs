@@ -43,15 +43,14 @@ pub fn init(debug: bool) {
 }
 
 /// From now on, records go to the system log, when it has a socket; otherwise they are
-/// dropped with the stderr they went to. Returns whether they go there.
-pub fn to_syslog() -> bool {
+/// dropped with the stderr they went to.
+pub fn to_syslog() {
     let Ok(sock) = UnixDatagram::unbound() else {
-        return false;
+        return;
     };
-    if sock.connect(SYSLOG_SOCKET).is_err() || sock.set_nonblocking(true).is_err() {
-        return false;
+    if sock.connect(SYSLOG_SOCKET).is_ok() && sock.set_nonblocking(true).is_ok() {
+        let _ = SYSLOG.set(sock);
     }
-    SYSLOG.set(sock).is_ok()
 }
 
 const FACILITY_DAEMON: u8 = 3 << 3;

@@ -522,8 +522,6 @@ impl Overlay {
     }
 }
 
-/// The `relatime` rule: a read moves atime when it is not newer than mtime or ctime, or is
-/// a day old.
 /// Starts the disk writes of each `WRITEBACK_CHUNK` of an upper file that a write-back
 /// from the kernel's write cache completes, as copy-up does with its copies: otherwise
 /// they start only at the fsync (or after the dirty pages' 30 s), which then waits for all
@@ -542,6 +540,8 @@ fn start_disk_writes(fd: &OwnedFd, offset: u64, len: u64) {
     }
 }
 
+/// The `relatime` rule: a read moves atime when it is not newer than mtime or ctime, or is
+/// a day old.
 pub(super) fn relatime_due(st: &fs::Stat) -> bool {
     let at = (st.st_atime, st.st_atime_nsec);
     let now = std::time::SystemTime::now()

@@ -52,18 +52,23 @@ pub fn freed(bytes: usize) {
 
 fn trim_after_pause() {
     loop {
-        loop {
-            let seen = OWED.load(Ordering::Relaxed);
-            std::thread::sleep(QUIET);
-            if OWED.load(Ordering::Relaxed) == seen {
-                break;
-            }
-        }
+        wait_for_pause();
         trim();
         WAITING.store(false, Ordering::Release);
         // Frees counted during the trim found a trimmer still waiting and were left to it:
         // if they add up to enough, this thread waits for their pause too.
         if OWED.load(Ordering::Relaxed) < TRIM_WORTH || WAITING.swap(true, Ordering::AcqRel) {
+            return;
+        }
+    }
+}
+
+/// Returns once no free has been counted for `QUIET`.
+fn wait_for_pause() {
+    loop {
+        let seen = OWED.load(Ordering::Relaxed);
+        std::thread::sleep(QUIET);
+        if OWED.load(Ordering::Relaxed) == seen {
             return;
         }
     }
