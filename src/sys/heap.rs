@@ -77,12 +77,21 @@ fn wait_for_pause() {
 /// Returns freed heap memory to the system now.
 fn trim() {
     let owed = OWED.swap(0, Ordering::Relaxed);
-    log::debug!(
-        "returning freed heap to the system (about {} KiB freed)",
-        owed >> 10
-    );
     unsafe {
         libc::malloc_trim(0);
+    }
+    if log::log_enabled!(log::Level::Debug) {
+        // What the heap holds after the trim tells a leak (in use grows) from fragmentation
+        // (free grows) when RSS creeps over hours.
+        let m = unsafe { libc::mallinfo2() };
+        log::debug!(
+            "returned freed heap to the system (about {} KiB freed since the last trim); \
+             heap now {} KiB in use, {} KiB free, {} KiB in its own mappings",
+            owed >> 10,
+            m.uordblks >> 10,
+            m.fordblks >> 10,
+            m.hblkhd >> 10
+        );
     }
 }
 
