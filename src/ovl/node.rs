@@ -12,7 +12,7 @@
 
 use super::layers::{LayerId, Layers, UPPER};
 use super::listing::{MergedDir, Name};
-use super::{whiteout, DashMap, HashMap};
+use super::{whiteout, DashMap};
 use crate::sys::fs::{self, Stat};
 use crate::sys::{Errno, SysResult};
 use lru::LruCache;
@@ -498,15 +498,18 @@ impl NodeTable {
         self.nodes.get(&id).map(|n| n.clone())
     }
 
-    /// The shown inode number of each live child of `parent` whose name `want` holds, as
-    /// `peek_child` of every name in `want` would find them. Walks whichever is smaller:
-    /// the names asked about, or every live name in the mount (a fresh listing of a big
-    /// directory has few of its names live, and probing the map costs more per name than
-    /// walking it).
-    pub fn live_child_inos<V>(&self, parent: NodeId, want: &HashMap<Name, V>) -> Vec<(Name, u64)> {
-        if want.len() <= self.children.len() {
-            return want
-                .keys()
+    /// The shown inode number of each live child of `parent` among `names`, as
+    /// `peek_child` of every one of them would find them; perhaps with other live children
+    /// of `parent` too. Walks whichever is smaller: the names asked about, or every live
+    /// name in the mount (a fresh listing of a big directory has few of its names live,
+    /// and probing the map costs more per name than walking it).
+    pub fn live_child_inos<'a>(
+        &self,
+        parent: NodeId,
+        names: impl ExactSizeIterator<Item = &'a Name>,
+    ) -> Vec<(Name, u64)> {
+        if names.len() <= self.children.len() {
+            return names
                 .filter_map(|name| Some((name.clone(), self.peek_child(parent, name)?.ino)))
                 .collect();
         }
@@ -514,7 +517,7 @@ impl NodeTable {
         let live: Vec<(Name, NodeId)> = self
             .children
             .iter()
-            .filter(|kv| kv.key().parent == parent && want.contains_key(&*kv.key().name))
+            .filter(|kv| kv.key().parent == parent)
             .map(|kv| (kv.key().name.clone(), *kv.value()))
             .collect();
         live.into_iter()
