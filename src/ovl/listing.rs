@@ -210,10 +210,6 @@ impl Slotted {
         Slotted(Vec::with_capacity(n))
     }
 
-    pub fn reserve(&mut self, n: usize) {
-        self.0.reserve(n);
-    }
-
     pub fn push(&mut self, name: Name, e: Entry) {
         self.0.push((slot_of(&name), name, e));
     }

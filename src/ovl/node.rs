@@ -403,6 +403,22 @@ pub struct NodeInit {
 /// Heap freed with a forgotten node, roughly: the node, its name and its two map entries.
 const NODE_HEAP_BYTES: usize = std::mem::size_of::<Node>() + 64;
 
+/// A layer's copy of a directory, about to be listed (see `NodeTable::list_dir`).
+pub struct LayerDir {
+    pub fd: Arc<OwnedFd>,
+    /// A second open of it, at its start, when `fd` was not opened to be read.
+    reader: Option<OwnedFd>,
+}
+
+impl LayerDir {
+    /// Hands each entry (name, inode number, `d_type`) to `f`, as the directory holds it
+    /// now; once.
+    pub fn for_each_entry(&self, f: impl FnMut(&OsStr, u64, u8)) -> SysResult<()> {
+        let r = self.reader.as_ref().map_or(self.fd.as_fd(), |r| r.as_fd());
+        fs::for_each_dirent_at_start(r, f)
+    }
+}
+
 pub struct NodeTable {
     nodes: DashMap<NodeId, Arc<Node>>,
     children: DashMap<ChildKey, NodeId>,
@@ -786,24 +802,18 @@ impl NodeTable {
         self.open_dir(node, layer, false).map(|(fd, _)| fd)
     }
 
-    /// The directory's fd in `layer` (as `dir_fd`) and its entries, each name made by
-    /// `name`. When the fd is not cached yet it is opened for reading (without moving
-    /// atime) and read from its start before it is cached, which saves the second open a
-    /// cached `O_PATH` fd needs; only `*at` calls use a cached fd, so its position never
-    /// matters after that.
-    pub fn list_dir<N>(
-        &self,
-        node: &Node,
-        layer: LayerId,
-        name: impl FnMut(&OsStr) -> N,
-    ) -> SysResult<(Arc<OwnedFd>, Vec<fs::RawDirent<N>>)> {
+    /// The directory's fd in `layer` (as `dir_fd`), to read its entries from. When the fd
+    /// is not cached yet it is opened for reading (without moving atime), to be read from
+    /// its start before it is cached, which saves the second open a cached `O_PATH` fd
+    /// needs; only `*at` calls use a cached fd, so its position never matters after that.
+    pub fn list_dir(&self, node: &Node, layer: LayerId) -> SysResult<LayerDir> {
         let (fd, fresh) = self.open_dir(node, layer, true)?;
-        let entries = if fresh {
-            fs::read_dirents_at_start(fd.as_fd(), name)?
+        let reader = if fresh {
+            None
         } else {
-            fs::read_dirents(fd.as_fd(), name)?
+            Some(fs::open_to_list(fd.as_fd())?)
         };
-        Ok((fd, entries))
+        Ok(LayerDir { fd, reader })
     }
 
     fn open_dir(

@@ -36,13 +36,6 @@ enum Collected {
 }
 
 impl Collected {
-    fn reserve(&mut self, n: usize) {
-        match self {
-            Collected::Merging(m) => m.reserve(n),
-            Collected::Unique(v) => v.reserve(n),
-        }
-    }
-
     /// The entry kept for `name`; in a single layer's listing, never one already kept.
     fn get_mut(&mut self, name: &OsStr) -> Option<&mut Entry> {
         match self {
@@ -197,14 +190,11 @@ impl Overlay {
         let mut holds_copies = false;
         let n_layers = order.len();
         for (i, layer) in order.into_iter().enumerate() {
-            let (fd, raw) = self
-                .nodes
-                .list_dir(node, layer, |n: &OsStr| Name::from(n))?;
-            let dfd = fd.as_fd();
+            let dir = self.nodes.list_dir(node, layer)?;
+            let dfd = dir.fd.as_fd();
             let is_lower = layer != UPPER;
             // Whether a lower layer below this one still reads `lower_seen`.
             let lower_follows = i + 1 < n_layers;
-            entries.reserve(raw.len());
             let dev = self.layers.get(layer).dev;
             // Read at the first entry that could be an xattr whiteout: a directory of
             // directories never needs it.
@@ -217,19 +207,18 @@ impl Overlay {
                     )
                     .is_ok());
             let mut markers: Vec<Name> = Vec::new();
-            for e in raw {
-                let os: &OsStr = &e.name;
+            dir.for_each_entry(|os, d_ino, dtype| {
                 if whiteout::is_marker_name(os) {
                     if let Some(h) = whiteout::oci_hidden_name(os) {
                         markers.push(Name::from(h));
                     }
-                    continue;
+                    return;
                 }
-                let kind = match dtype_kind(e.dtype) {
+                let kind = match dtype_kind(dtype) {
                     Some(k) => k,
                     None => match fs::fstatat(dfd, os) {
                         Ok(s) => fs::ifmt(s.st_mode),
-                        Err(_) => continue,
+                        Err(_) => return,
                     },
                 };
                 let is_wh = match kind {
@@ -251,7 +240,7 @@ impl Overlay {
                 // whiteout; only the layers below this one need to remember it was seen.
                 let first_lower = is_lower
                     && if lower_follows {
-                        let n = entries.key(os).unwrap_or_else(|| e.name.clone());
+                        let n = entries.key(os).unwrap_or_else(|| Name::from(os));
                         name = Some(n.clone());
                         lower_seen.insert(n)
                     } else {
@@ -262,24 +251,24 @@ impl Overlay {
                     ent.lower_positive |= positive;
                     if kind == libc::S_IFDIR && maybe_merged.remove(os) && ent.kind == libc::S_IFDIR
                     {
-                        ent.ino = self.layers.ino.map(dev, e.ino);
+                        ent.ino = self.layers.ino.map(dev, d_ino);
                     } else {
                         maybe_merged.remove(os);
                     }
-                    continue;
+                    return;
                 }
-                let name = name.unwrap_or_else(|| e.name.clone());
+                let name = name.unwrap_or_else(|| Name::from(os));
                 if hidden.contains(os) {
                     if positive {
                         lower_positive.insert(name);
                     }
-                    continue;
+                    return;
                 }
                 if is_wh {
                     hidden.insert(name);
-                    continue;
+                    return;
                 }
-                let mut ino = self.layers.ino.map(dev, e.ino);
+                let mut ino = self.layers.ino.map(dev, d_ino);
                 if layer == UPPER {
                     if kind == libc::S_IFDIR {
                         if !st.lowers.is_empty() && !whiteout::is_opaque_dir(dfd, os) {
@@ -304,7 +293,7 @@ impl Overlay {
                         lower_positive: positive,
                     },
                 );
-            }
+            })?;
             if impure && pure_upper && !holds_copies && !self.cfg.read_only {
                 self.drop_impure(node, dfd);
             } else if impure && !st.impure {

@@ -521,29 +521,43 @@ pub fn read_dir_all(dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirent>> {
 /// its own form copies each once.
 pub fn read_dirents<N>(
     dir: BorrowedFd<'_>,
-    name: impl FnMut(&OsStr) -> N,
-) -> SysResult<Vec<RawDirent<N>>> {
-    // Reading a layer must not change it, not even its atime.
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
-    let fd = match raw_openat(dir.as_raw_fd(), c".", flags | libc::O_NOATIME, 0) {
-        Err(Errno::EPERM) => raw_openat(dir.as_raw_fd(), c".", flags, 0)?,
-        other => other?,
-    };
-    read_dirents_at_start(fd.as_fd(), name)
-}
-
-/// `read_dirents` of a directory fd opened for reading and not read yet (its position is
-/// the start): no second open.
-pub fn read_dirents_at_start<N>(
-    fd: BorrowedFd<'_>,
     mut name: impl FnMut(&OsStr) -> N,
 ) -> SysResult<Vec<RawDirent<N>>> {
+    let fd = open_to_list(dir)?;
+    let mut out = Vec::new();
+    for_each_dirent_at_start(fd.as_fd(), |n, ino, dtype| {
+        out.push(RawDirent {
+            name: name(n),
+            ino,
+            dtype,
+        })
+    })?;
+    Ok(out)
+}
+
+/// A new fd for reading the directory `dir` refers to from its start, leaving `dir`'s
+/// offset alone.
+pub fn open_to_list(dir: BorrowedFd<'_>) -> SysResult<OwnedFd> {
+    // Reading a layer must not change it, not even its atime.
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+    match raw_openat(dir.as_raw_fd(), c".", flags | libc::O_NOATIME, 0) {
+        Err(Errno::EPERM) => raw_openat(dir.as_raw_fd(), c".", flags, 0),
+        other => other,
+    }
+}
+
+/// Hands each entry (name, inode number, `d_type`; minus `.` and `..`) of a directory fd
+/// opened for reading and not read yet (its position is the start) to `f`, as getdents
+/// returns them: a caller keeping only some of the names, or keeping them in its own
+/// form, builds no list of them all first.
+pub fn for_each_dirent_at_start(
+    fd: BorrowedFd<'_>,
+    mut f: impl FnMut(&OsStr, u64, u8),
+) -> SysResult<()> {
     thread_local! {
         static BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
     }
-    super::with_scratch(&BUF, DIRENT_BUF_LEN, |buf| {
-        parse_dirents(fd, buf, &mut name)
-    })
+    super::with_scratch(&BUF, DIRENT_BUF_LEN, |buf| parse_dirents(fd, buf, &mut f))
 }
 
 const DIRENT_BUF_LEN: usize = 64 * 1024;
@@ -570,12 +584,11 @@ fn getdents(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
     Ok(n as usize)
 }
 
-fn parse_dirents<N>(
+fn parse_dirents(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
-    name: &mut impl FnMut(&OsStr) -> N,
-) -> SysResult<Vec<RawDirent<N>>> {
-    let mut out = Vec::new();
+    f: &mut impl FnMut(&OsStr, u64, u8),
+) -> SysResult<()> {
     loop {
         let n = getdents(fd, buf)?;
         if n == 0 {
@@ -598,11 +611,7 @@ fn parse_dirents<N>(
                 .unwrap_or(name_bytes.len());
             let n = &name_bytes[..len];
             if n != b"." && n != b".." {
-                out.push(RawDirent {
-                    name: name(OsStr::from_bytes(n)),
-                    ino,
-                    dtype,
-                });
+                f(OsStr::from_bytes(n), ino, dtype);
             }
             if reclen == 0 {
                 return Err(Errno::EIO);
@@ -610,7 +619,7 @@ fn parse_dirents<N>(
             pos += reclen;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// `open_tree(path, OPEN_TREE_CLONE)`: a private, detached copy of the mount at `path`
