@@ -789,6 +789,34 @@ fn creating_after_misses_in_merged_dirs_does_not_deadlock() {
     assert_eq!(names(&ovl, d.id).len(), 11);
 }
 
+/// A listing dropped (to keep within the budget) and built again reads each layer from
+/// its start again, through a second open of the directory cached by the first build,
+/// whether the directory is in one layer or merged from several; whiteouts and OCI
+/// markers stay hidden.
+#[test]
+fn a_listing_built_again_reads_every_layer_from_its_start() {
+    let f = Fixture::new(2);
+    for n in ["a", "b", "gone"] {
+        f.write(&format!("l0/one/{n}"), "x");
+    }
+    f.write("l0/one/.wh.b", "");
+    f.write("l0/both/a", "x");
+    f.write("l1/both/b", "x");
+    f.write("l1/both/c", "x");
+    whiteout(&f.p("l0/both/c"));
+    let ovl = f.overlay(2);
+    for (dir, want) in [("one", ["a", "b", "gone"]), ("both", ["a", "b", "gone"])] {
+        let (d, _) = ovl.lookup(ROOT_ID, OsStr::new(dir)).unwrap();
+        let want: Vec<&str> = want
+            .into_iter()
+            .filter(|n| dir == "one" || *n != "gone")
+            .collect();
+        assert_eq!(names(&ovl, d.id), want, "{dir}: first build");
+        d.set_merged(None);
+        assert_eq!(names(&ovl, d.id), want, "{dir}: built again");
+    }
+}
+
 #[test]
 fn lookups_answered_from_a_listing_see_copy_ups_and_whiteouts() {
     // Once a directory is listed, lookups of lower files use the layer the listing
