@@ -505,8 +505,8 @@ pub fn fstatfs(fd: BorrowedFd<'_>) -> SysResult<libc::statfs> {
 }
 
 /// One directory entry as read from a layer.
-pub struct RawDirent<N = OsString> {
-    pub name: N,
+pub struct RawDirent {
+    pub name: OsString,
     pub ino: u64,
     pub dtype: u8,
 }
@@ -514,20 +514,11 @@ pub struct RawDirent<N = OsString> {
 /// Reads every entry (minus `.` and `..`) of the directory `fd` refers to. The fd is
 /// duplicated by re-opening so the caller's fd offset is untouched.
 pub fn read_dir_all(dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirent>> {
-    read_dirents(dir, OsStr::to_os_string)
-}
-
-/// `read_dir_all` with each name made by `name`, so that a caller keeping the names in
-/// its own form copies each once.
-pub fn read_dirents<N>(
-    dir: BorrowedFd<'_>,
-    mut name: impl FnMut(&OsStr) -> N,
-) -> SysResult<Vec<RawDirent<N>>> {
     let fd = open_to_list(dir)?;
     let mut out = Vec::new();
-    for_each_dirent_at_start(fd.as_fd(), |n, ino, dtype| {
+    for_each_dirent_at_start(fd.as_fd(), |name, ino, dtype| {
         out.push(RawDirent {
-            name: name(n),
+            name: name.to_os_string(),
             ino,
             dtype,
         })
