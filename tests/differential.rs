@@ -3534,6 +3534,56 @@ fn regress_create_over_whiteout_in_a_setgid_directory() {
     );
 }
 
+/// Seed 59000182 (and likely 41000363, 43001222, 52000065): a lower file moved out of a
+/// set-group-ID directory of another group onto a name a whiteout holds must leave a
+/// whiteout behind. ovlfuse made a new one in place (RENAME_WHITEOUT), in the directory's
+/// group (0:1000); the kernel exchanges the two names, so the whiteout that was at the
+/// target, made in the workdir as 0:0, moves to the old name. (An unlink's whiteout there
+/// is a link of the shared one, 0:0 on both.)
+#[test]
+fn regress_rename_onto_a_whiteout_from_a_setgid_directory() {
+    regress(
+        "regress_rename_onto_a_whiteout_from_a_setgid_directory",
+        vec![vec![
+            dir("d3"),
+            LE::Mode(s("d3"), 0o2775),
+            LE::Owner(s("d3"), 1000, 1000),
+            file("d3/x", "x"),
+            file("d3/y", "y"),
+            dir("d3/sub"),
+            file("d3/z", "z"),
+            file("a", "a"),
+            file("b", "b"),
+            file("e", "e"),
+        ]],
+        vec![
+            Op::Unlink { path: s("d3/z") },
+            Op::Rename {
+                from: s("a"),
+                to: s("c"),
+                flags: 0,
+            },
+            Op::Rename {
+                from: s("d3/x"),
+                to: s("a"),
+                flags: RENAME_NOREPLACE,
+            },
+            Op::Unlink { path: s("b") },
+            Op::Rename {
+                from: s("d3/y"),
+                to: s("b"),
+                flags: 0,
+            },
+            Op::Unlink { path: s("e") },
+            Op::Rename {
+                from: s("d3/sub"),
+                to: s("e"),
+                flags: 0,
+            },
+        ],
+    );
+}
+
 /// Seed 920383 with the writeback cache (the third test pass): the kernel moves the ctime
 /// of a file it unlinks and sends the times back when the last open file of it closes;
 /// for a lower file ovlfuse tried to copy it up for that, and close(2) failed with EIO.

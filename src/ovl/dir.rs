@@ -1027,9 +1027,11 @@ impl Overlay {
             && fs::fstatat(nfd, nname)
                 .map(|st| whiteout::is_whiteout_stat(&st))
                 .unwrap_or(false);
-        if src.is_dir() && target_is_whiteout {
-            // A directory cannot replace a char device: exchange them, and keep the
-            // whiteout at the old name only if that name needs one.
+        if target_is_whiteout && (src.is_dir() || old_needs_whiteout) {
+            // A directory cannot replace a char device, and a whiteout the old name needs
+            // is the one already at the new name, as on the kernel (a new one made in
+            // place would take the group of a set-group-ID directory): exchange them, and
+            // keep the whiteout at the old name only if that name needs one.
             fs::renameat2(ofd, oname, nfd, nname, fs::RENAME_EXCHANGE)?;
             if !old_needs_whiteout {
                 fs::unlinkat(ofd, oname, false)?;
