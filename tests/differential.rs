@@ -2762,6 +2762,12 @@ fn file(p: &str, d: &str) -> LE {
 fn dir(p: &str) -> LE {
     LE::Dir(s(p))
 }
+/// A set-group-ID directory (mode 02775) owned by `uid:gid`, then `inside` it.
+fn setgid_dir(p: &str, uid: u32, gid: u32, inside: Vec<LE>) -> Vec<LE> {
+    let mut v = vec![dir(p), LE::Mode(s(p), 0o2775), LE::Owner(s(p), uid, gid)];
+    v.extend(inside);
+    v
+}
 fn op_write(p: &str, d: &str) -> Op {
     Op::CreateWrite {
         path: s(p),
@@ -3510,13 +3516,12 @@ fn regress_listxattr_size_counts_hidden_xattrs() {
 fn regress_create_over_whiteout_in_a_setgid_directory() {
     regress(
         "regress_create_over_whiteout_in_a_setgid_directory",
-        vec![vec![
-            dir("d3"),
-            LE::Mode(s("d3"), 0o2775),
-            LE::Owner(s("d3"), 0, 1000),
-            file("d3/y", "y"),
-            file("d3/f", "f"),
-        ]],
+        vec![setgid_dir(
+            "d3",
+            0,
+            1000,
+            vec![file("d3/y", "y"), file("d3/f", "f")],
+        )],
         vec![
             Op::Unlink { path: s("d3/y") },
             Op::Mkdir {
@@ -3534,7 +3539,7 @@ fn regress_create_over_whiteout_in_a_setgid_directory() {
     );
 }
 
-/// Seed 59000182 (and likely 41000363, 43001222, 52000065): a lower file moved out of a
+/// Seeds 59000182, 41000363, 43001222 and 52000065 (each in its mode): a lower file moved out of a
 /// set-group-ID directory of another group onto a name a whiteout holds must leave a
 /// whiteout behind. ovlfuse made a new one in place (RENAME_WHITEOUT), in the directory's
 /// group (0:1000); the kernel exchanges the two names, so the whiteout that was at the
@@ -3544,18 +3549,20 @@ fn regress_create_over_whiteout_in_a_setgid_directory() {
 fn regress_rename_onto_a_whiteout_from_a_setgid_directory() {
     regress(
         "regress_rename_onto_a_whiteout_from_a_setgid_directory",
-        vec![vec![
-            dir("d3"),
-            LE::Mode(s("d3"), 0o2775),
-            LE::Owner(s("d3"), 1000, 1000),
-            file("d3/x", "x"),
-            file("d3/y", "y"),
-            dir("d3/sub"),
-            file("d3/z", "z"),
-            file("a", "a"),
-            file("b", "b"),
-            file("e", "e"),
-        ]],
+        vec![setgid_dir(
+            "d3",
+            1000,
+            1000,
+            vec![
+                file("d3/x", "x"),
+                file("d3/y", "y"),
+                dir("d3/sub"),
+                file("d3/z", "z"),
+                file("a", "a"),
+                file("b", "b"),
+                file("e", "e"),
+            ],
+        )],
         vec![
             Op::Unlink { path: s("d3/z") },
             Op::Rename {
