@@ -363,6 +363,26 @@ impl Node {
         }
     }
 
+    /// Whether the fd kept for this object since it lost its last name is the upper inode
+    /// `key` (st_dev, st_ino): then that inode is alive, and is this object.
+    fn keeps_alive(&self, key: Option<(u64, u64)>) -> bool {
+        self.read_rare(|r| match &r.detached {
+            Some(Detached::Fd(fd)) => fs::fstat(fd.as_fd())
+                .ok()
+                .map(|st| Some((st.st_dev, st.st_ino)) == key),
+            _ => None,
+        })
+        .unwrap_or(false)
+    }
+
+    /// The object lost its last name, as far as the node knew, and is found again under
+    /// `loc`: that is its name from now on.
+    fn revive(&self, loc: Loc) {
+        *self.loc.write() = loc;
+        self.with_rare(|r| r.detached = None);
+        self.unlinked.store(false, Ordering::Relaxed);
+    }
+
     pub fn set_detached(&self, fd: Arc<OwnedFd>) {
         self.with_rare(|r| r.detached = Some(Detached::Fd(fd)));
     }
@@ -572,9 +592,18 @@ impl NodeTable {
                 dashmap::Entry::Occupied(o) => {
                     let n = o.get().clone();
                     let same_upper = init.upper_key.is_some() && n.upper_key() == init.upper_key;
+                    let unlinked = n.unlinked.load(Ordering::Relaxed);
                     let same_object = n.kind == init.kind
-                        && !n.unlinked.load(Ordering::Relaxed)
-                        && (n.loc() == loc || same_upper);
+                        && ((!unlinked && (n.loc() == loc || same_upper))
+                            || (unlinked && same_upper && n.keeps_alive(init.upper_key)));
+                    if same_object && unlinked {
+                        // An upper hard link whose known names were all removed while it
+                        // was open, found again under a name the node never knew: the
+                        // open file holds that inode, so its number cannot have gone to
+                        // another file. One node, or the kernel would keep two inodes'
+                        // attributes for one file, one of them stale.
+                        n.revive(loc.clone());
+                    }
                     if same_object {
                         n.lookups.fetch_add(1, Ordering::Relaxed);
                         if n.loc() != loc {

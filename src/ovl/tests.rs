@@ -1165,3 +1165,31 @@ fn written_back_data_starts_its_disk_writes_chunk_by_chunk() {
     assert_eq!(dirty(chunk, chunk), piece / 4096, "the next chunk waits");
     ovl.release(fh);
 }
+
+/// Soak, 2026-12-04: a hard-linked upper file, forgotten by the kernel, then opened and
+/// unlinked under one name: a lookup of its other name must find the same node, which
+/// the open file holds, not make a second one for the same file, whose attributes the
+/// kernel would keep stale while writes went through the first (`stat` of the other name
+/// showed the size from before the write).
+#[test]
+fn the_other_name_of_an_open_unlinked_file_finds_its_node() {
+    let f = Fixture::new(1);
+    f.write("l0/g", "lower-content\n");
+    let ovl = f.overlay(1);
+    let (g, _) = ovl.lookup(ROOT_ID, OsStr::new("g")).unwrap();
+    ovl.link(&ctx(), g.id, ROOT_ID, OsStr::new("h")).unwrap();
+    // The kernel forgets both names' node.
+    ovl.forget(g.id, 2);
+    let (h, _) = ovl.lookup(ROOT_ID, OsStr::new("h")).unwrap();
+    let fh = ovl.open(&ctx(), h.id, libc::O_RDWR).unwrap();
+    ovl.unlink(ROOT_ID, OsStr::new("h")).unwrap();
+    let (g2, before) = ovl.lookup(ROOT_ID, OsStr::new("g")).unwrap();
+    assert_eq!(g2.id, h.id, "the name left leads to the open file's node");
+    ovl.write(&ctx(), fh, before.size, b"more", false).unwrap();
+    assert_eq!(ovl.getattr(g2.id, None).unwrap().size, before.size + 4);
+    ovl.release(fh);
+    // A name of a file whose other, removed name nothing holds open gets a node as usual.
+    ovl.forget(h.id, 2);
+    let (g3, _) = ovl.lookup(ROOT_ID, OsStr::new("g")).unwrap();
+    assert_eq!(ovl.getattr(g3.id, None).unwrap().size, before.size + 4);
+}
