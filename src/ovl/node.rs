@@ -598,9 +598,9 @@ impl NodeTable {
                             || (unlinked && same_upper && n.keeps_alive(init.upper_key)));
                     if same_object && unlinked {
                         // An upper hard link whose known names were all removed while it
-                        // was open, found again under a name the node never knew: the
-                        // open file holds that inode, so its number cannot have gone to
-                        // another file. One node, or the kernel would keep two inodes'
+                        // was open, found again under a name the node never knew: the fd
+                        // the node keeps holds that inode, so its number cannot have gone
+                        // to another file. One node, or the kernel would keep two inodes'
                         // attributes for one file, one of them stale.
                         n.revive(loc.clone());
                     }
