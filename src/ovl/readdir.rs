@@ -209,7 +209,8 @@ impl Overlay {
             let mut markers: Vec<Name> = Vec::new();
             dir.for_each_entry(|os, d_ino, dtype| {
                 if whiteout::is_marker_name(os) {
-                    if let Some(h) = whiteout::oci_hidden_name(os) {
+                    // What a marker hides matters only to the layers below.
+                    if let Some(h) = whiteout::oci_hidden_name(os).filter(|_| lower_follows) {
                         markers.push(Name::from(h));
                     }
                     return;
@@ -299,10 +300,6 @@ impl Overlay {
             } else if impure && !st.impure {
                 // Marked by an earlier mount: removals from it now check for the last copy.
                 node.state.write().impure = true;
-            }
-            // What markers hide matters only to the layers below.
-            if !lower_follows {
-                continue;
             }
             for h in markers {
                 if is_lower {
