@@ -727,7 +727,7 @@ impl Filesystem for OvlFs {
             static BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
         }
         crate::sys::with_scratch(&BUF, size as usize, |buf| {
-            match self.ovl.read_into(fh.0, offset, buf) {
+            match self.ovl.read_into(fh.0, offset, buf, None) {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(err(e)),
             }

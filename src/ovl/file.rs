@@ -350,11 +350,35 @@ impl Overlay {
 
     /// Reads into `buf` from `offset`, filling it unless the file ends first; returns the
     /// length read. Callers reuse one buffer across reads.
-    pub fn read_into(&self, fh: u64, offset: u64, buf: &mut [u8]) -> SysResult<usize> {
+    ///
+    /// With `before_wait`, what the layer's page cache holds is read first without
+    /// waiting, and `before_wait` runs once before the read waits for the disk (a ring
+    /// thread pinned to its caller's CPU then lets the disk's interrupt wake it wherever
+    /// that lands).
+    pub fn read_into(
+        &self,
+        fh: u64,
+        offset: u64,
+        buf: &mut [u8],
+        mut before_wait: Option<&mut dyn FnMut()>,
+    ) -> SysResult<usize> {
         let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
         let fd = self.read_fd(&h)?;
         let mut done = 0;
         while done < buf.len() {
+            if let Some(f) = before_wait.as_mut() {
+                match fs::pread_cached(fd.as_fd(), &mut buf[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        done += n;
+                        continue;
+                    }
+                    Err(Errno::EAGAIN) => f(),
+                    Err(Errno::EOPNOTSUPP) => {}
+                    Err(e) => return Err(e),
+                }
+                before_wait = None;
+            }
             let n = fs::pread(fd.as_fd(), &mut buf[done..], offset + done as u64)?;
             if n == 0 {
                 break;

@@ -107,7 +107,7 @@ fn upper_hides_lower_and_lowers_stack_in_order() {
     let (a, _) = ovl.lookup(ROOT_ID, OsStr::new("a")).unwrap();
     let fh = ovl.open(&ctx(), a.id, libc::O_RDONLY).unwrap();
     let mut buf = [0u8; 100];
-    let n = ovl.read_into(fh, 0, &mut buf).unwrap();
+    let n = ovl.read_into(fh, 0, &mut buf, None).unwrap();
     assert_eq!(&buf[..n], b"l0");
     assert_eq!(names(&ovl, ROOT_ID), vec!["a", "b", "c"]);
 }
@@ -996,7 +996,7 @@ fn with_the_write_cache_an_append_open_writes_at_the_offsets_it_is_given() {
     // A write-back of the page at offset 0 overwrites it, where O_APPEND would append.
     ovl.write(&ctx(), fh, 2, b"ab", true).unwrap();
     let mut buf = [0u8; 16];
-    let n_read = ovl.read_into(fh, 0, &mut buf).unwrap();
+    let n_read = ovl.read_into(fh, 0, &mut buf, None).unwrap();
     assert_eq!(&buf[..n_read], b"01ab456789");
     ovl.release(fh);
     assert_eq!(std::fs::read(f.p("upper/f")).unwrap(), b"01ab456789");
@@ -1192,4 +1192,49 @@ fn the_other_name_of_an_open_unlinked_file_finds_its_node() {
     ovl.forget(h.id, 2);
     let (g3, _) = ovl.lookup(ROOT_ID, OsStr::new("g")).unwrap();
     assert_eq!(ovl.getattr(g3.id, None).unwrap().size, before.size + 4);
+}
+
+/// A read told of waits takes what the page cache holds without waiting, says once that
+/// it will wait before the rest comes from the disk, and reads what a plain read reads.
+#[test]
+fn a_read_that_must_wait_for_the_disk_says_so_once_and_reads_the_same() {
+    const MIB: usize = 1 << 20;
+    let f = Fixture::new(1);
+    let data: Vec<u8> = (0..4 * MIB).map(|i| (i % 251) as u8).collect();
+    std::fs::write(f.p("l0/big"), &data).unwrap();
+    let file = std::fs::File::open(f.p("l0/big")).unwrap();
+    file.sync_all().unwrap();
+    // Clean pages go: the first half stays cached, the second must come from the disk.
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let dropped = unsafe { libc::posix_fadvise(raw, 2 * MIB as i64, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(dropped, 0);
+    // Whether this filesystem can tell (tmpfs never waits): probe the last page, where
+    // any readahead the probe starts is past what the read below first waits for.
+    let waits = fs::pread_cached(file.as_fd(), &mut [0u8; 4096], (4 * MIB - 4096) as u64)
+        == Err(Errno::EAGAIN);
+    if !waits {
+        eprintln!(
+            "NOTE: /tmp's filesystem serves every read from memory; only the bytes are checked"
+        );
+    }
+    let ovl = f.overlay(1);
+    let (n, _) = ovl.lookup(ROOT_ID, OsStr::new("big")).unwrap();
+    let fh = ovl.open(&ctx(), n.id, libc::O_RDONLY).unwrap();
+    let mut buf = vec![0u8; 4 * MIB + 4096];
+    for (round, expect_calls) in [(1, usize::from(waits)), (2, 0)] {
+        let mut calls = 0;
+        let mut said = || calls += 1;
+        let got = ovl.read_into(fh, 0, &mut buf, Some(&mut said)).unwrap();
+        assert_eq!(got, data.len(), "round {round}");
+        assert!(buf[..got] == data[..], "round {round}: bytes differ");
+        assert_eq!(calls, expect_calls, "round {round}: calls before waiting");
+    }
+    let mut calls = 0;
+    let mut said = || calls += 1;
+    assert_eq!(
+        ovl.read_into(fh, 4 * MIB as u64, &mut buf, Some(&mut said)),
+        Ok(0)
+    );
+    assert_eq!(calls, 0, "a read at the end waits for nothing");
+    ovl.release(fh);
 }

@@ -382,6 +382,17 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> SysResult<usize> {
     })
 }
 
+/// pread of what the page cache holds (RWF_NOWAIT): EAGAIN where it would wait for the
+/// disk, EOPNOTSUPP where the filesystem cannot tell.
+pub fn pread_cached(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> SysResult<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut _,
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over `buf`, which outlives the call.
+    check_size(unsafe { libc::preadv2(fd.as_raw_fd(), &iov, 1, off as i64, libc::RWF_NOWAIT) })
+}
+
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], off: u64) -> SysResult<usize> {
     check_size(unsafe {
         libc::pwrite(

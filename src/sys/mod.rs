@@ -56,6 +56,7 @@ impl Errno {
     pub const ELOOP: Errno = Errno(libc::ELOOP);
     pub const ERANGE: Errno = Errno(libc::ERANGE);
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
+    pub const EAGAIN: Errno = Errno(libc::EAGAIN);
     pub const ESTALE: Errno = Errno(libc::ESTALE);
     pub const EMLINK: Errno = Errno(libc::EMLINK);
     pub const EBUSY: Errno = Errno(libc::EBUSY);
