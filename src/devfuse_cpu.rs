@@ -82,6 +82,9 @@ struct ThreadState {
     /// A move the kernel refused (a CPU outside the daemon's cpuset, say), not tried again
     /// on every request while it is still the one wanted.
     refused: Option<Option<usize>>,
+    /// Let run on its former CPUs while a read waits for a disk (`Follow::free`), still
+    /// counted as pinned: its next request pins it again, or lets it go for good.
+    freed: bool,
     /// Its scheduling class while pinned (kept while it is not, as the governor's history
     /// still holds, and opening it again costs a /proc open per move).
     class: Option<Governor>,
@@ -134,8 +137,25 @@ impl Follow {
                 NO_CPU => None,
                 c => Some(c),
             };
-            if want != st.pinned && st.refused != Some(want) {
+            let freed = std::mem::take(&mut st.freed);
+            if (want != st.pinned || freed) && st.refused != Some(want) {
                 move_thread(st, want, self.class);
+            }
+        });
+    }
+
+    /// Whether the calling thread is pinned to its caller's CPU now.
+    pub fn pinned(&self) -> bool {
+        self.on && STATE.with_borrow(|st| st.pinned.is_some() && !st.freed)
+    }
+
+    /// Before a read waits for a disk: lets a pinned thread be woken on any of its former
+    /// CPUs, where the disk's interrupt lands, until its next request (the reason is in
+    /// `fuse_uring::Placement`).
+    pub fn free(&self) {
+        STATE.with_borrow_mut(|st| {
+            if let (Some(_), Some(home), false) = (st.pinned, &st.home, st.freed) {
+                st.freed = crate::sys::process::set_thread_cpus(home).is_ok();
             }
         });
     }
@@ -333,5 +353,40 @@ mod tests {
         })
         .join()
         .expect("the thread");
+    }
+
+    #[test]
+    fn a_thread_let_go_for_a_disk_wait_is_pinned_again_at_its_next_request() {
+        use crate::sys::process::thread_cpu_list as our_cpus;
+        let before = our_cpus();
+        if before.len() < 2 {
+            eprintln!("NOTE: this thread may run on one CPU only; pinning changes nothing here");
+        }
+        let f = Follow::new(true, Policy::Normal);
+        // No looker: this test sets the CPU wanted itself.
+        STATE.with_borrow_mut(|st| st.next_look = Some(Instant::now() + Duration::from_secs(3600)));
+        let cpu = before[0];
+        f.target.store(cpu, Ordering::Relaxed);
+        f.serving(1);
+        assert_eq!(our_cpus(), vec![cpu], "pinned to the caller's CPU");
+        assert!(f.pinned());
+        f.free();
+        assert_eq!(our_cpus(), before, "let go while a read waits");
+        assert!(!f.pinned());
+        f.serving(1);
+        assert_eq!(our_cpus(), vec![cpu], "pinned again by the next request");
+        assert!(f.pinned());
+        // No CPU wanted any more: the next request lets it go for good.
+        f.free();
+        f.target.store(NO_CPU, Ordering::Relaxed);
+        f.serving(1);
+        assert_eq!(our_cpus(), before);
+        assert!(!f.pinned());
+        f.free();
+        assert_eq!(
+            our_cpus(),
+            before,
+            "an unpinned thread has nothing to let go"
+        );
     }
 }

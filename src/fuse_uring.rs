@@ -17,7 +17,7 @@
 //! The requests are decoded here (`fuse_wire`) and answered through the same `Adapter`
 //! and overlay core as on /dev/fuse.
 
-use crate::fuse::{Adapter, Wire, PASSTHROUGH_FLAGS};
+use crate::fuse::{Adapter, Wire, FREE_FOR_READS_UP_TO, PASSTHROUGH_FLAGS};
 use crate::fuse_wire::{fattr, op, Fields, InHeader, Out, Payload};
 use crate::ovl::inode::{SetAttr, TimeSet};
 use crate::ovl::{Ctx, Errno, Node};
@@ -507,8 +507,10 @@ fn answer(
         op::READ => {
             let size = (a.u32(16) as usize).min(p.len());
             let mut free = || place.free();
+            let before_wait: Option<&mut dyn FnMut()> =
+                (size <= FREE_FOR_READS_UP_TO).then_some(&mut free);
             fs.ovl
-                .read_into(a.u64(0), a.u64(8), &mut p[..size], Some(&mut free))
+                .read_into(a.u64(0), a.u64(8), &mut p[..size], before_wait)
         }
         op::WRITE => {
             let data = args.bytes(a.u32(16) as usize).ok_or(EINVAL)?;
@@ -690,5 +692,27 @@ fn open_out(fs: &Adapter, out: &mut Out<'_>, fh: u64, backing: Option<Arc<Backin
             b.id(),
         ),
         None => out.open(fh, fs.open_flags(fh).bits(), 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Placement;
+    use crate::sys::process::thread_cpu_list as our_cpus;
+
+    #[test]
+    fn a_ring_thread_let_go_for_a_disk_wait_goes_home_once() {
+        let before = our_cpus();
+        let cpu = *before.last().unwrap();
+        let mut p = Placement::pin(cpu);
+        assert_eq!(our_cpus(), vec![cpu]);
+        p.home();
+        assert_eq!(our_cpus(), vec![cpu], "home while home: unchanged");
+        p.free();
+        assert_eq!(our_cpus(), before, "free: every CPU it had before pinning");
+        assert!(p.away);
+        p.home();
+        assert_eq!(our_cpus(), vec![cpu], "back on its queue's CPU");
+        assert!(!p.away);
     }
 }

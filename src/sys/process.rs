@@ -151,6 +151,16 @@ pub fn thread_cpus() -> SysResult<CpuSet> {
     Ok(set)
 }
 
+/// The CPUs the calling thread may run on, as a list (for tests).
+#[cfg(test)]
+pub fn thread_cpu_list() -> Vec<usize> {
+    let set = thread_cpus().expect("sched_getaffinity");
+    // SAFETY: CPU_ISSET reads within the set for indexes below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
 /// Lets the calling thread run only on the CPUs of `set`.
 pub fn set_thread_cpus(set: &CpuSet) -> SysResult<()> {
     // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t of the size given.
