@@ -182,8 +182,8 @@ impl Drop for Mapping {
     }
 }
 
-/// Where a ring thread runs: on its queue's CPU, except after a read that waited for a
-/// disk, until its next request.
+/// Where a ring thread runs: on its queue's CPU, except after a small read (up to
+/// `FREE_FOR_READS_UP_TO`) that waited for a disk, until its next request.
 ///
 /// Why the exception: a disk's interrupts may all arrive on one CPU (the benchmark VM's
 /// virtio disk sends every one to CPU 1). A thread pinned to the other CPU, sleeping on
@@ -259,10 +259,10 @@ fn command(
 /// Serves one ring entry until the connection ends.
 ///
 /// The thread is pinned to its queue's CPU (but see `Placement`) and starts idle-class
-/// (SCHED_IDLE, see `uring_priority`). The caller whose request it serves sleeps on the same CPU; when
-/// the reply wakes it, the scheduler looks for an idle CPU to run it on. A CPU running
-/// only idle-class work counts as idle, so the caller stays where it was (and preempts
-/// us, who are about to wait anyway). With normal priority, the caller moved to the
+/// (SCHED_IDLE, see `uring_priority`). The caller whose request it serves sleeps on the
+/// same CPU; when the reply wakes it, the scheduler looks for an idle CPU to run it on. A
+/// CPU running only idle-class work counts as idle, so the caller stays where it was (and
+/// preempts us, who are about to wait anyway). With normal priority, the caller moved to the
 /// other, really idle CPU at nearly every reply, and its next request went to that CPU's
 /// queue: two wake-ups of idle CPUs per round trip, the cost the ring was meant to save.
 /// Measured on the 2-core VM (Python stat loop, 20000 lookups): 12-15 us per lookup

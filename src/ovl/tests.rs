@@ -1206,6 +1206,7 @@ fn a_read_that_must_wait_for_the_disk_says_so_once_and_reads_the_same() {
     file.sync_all().unwrap();
     // Clean pages go: the first half stays cached, the second must come from the disk.
     let raw = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: an advice on an open fd of ours; no memory is passed.
     let dropped = unsafe { libc::posix_fadvise(raw, 2 * MIB as i64, 0, libc::POSIX_FADV_DONTNEED) };
     assert_eq!(dropped, 0);
     // Whether this filesystem can tell (tmpfs never waits): probe the last page, where
