@@ -374,8 +374,9 @@ impl Overlay {
                         continue;
                     }
                     Err(Errno::EAGAIN) => f(),
-                    Err(Errno::EOPNOTSUPP) => {}
-                    Err(e) => return Err(e),
+                    // A filesystem that cannot tell (EOPNOTSUPP), or a failure the plain
+                    // read below reports.
+                    Err(_) => {}
                 }
                 before_wait = None;
             }
