@@ -357,36 +357,45 @@ mod tests {
 
     #[test]
     fn a_thread_let_go_for_a_disk_wait_is_pinned_again_at_its_next_request() {
-        use crate::sys::process::thread_cpu_list as our_cpus;
-        let before = our_cpus();
-        if before.len() < 2 {
-            eprintln!("NOTE: this thread may run on one CPU only; pinning changes nothing here");
-        }
-        let f = Follow::new(true, Policy::Normal);
-        // No looker: this test sets the CPU wanted itself.
-        STATE.with_borrow_mut(|st| st.next_look = Some(Instant::now() + Duration::from_secs(3600)));
-        let cpu = before[0];
-        f.target.store(cpu, Ordering::Relaxed);
-        f.serving(1);
-        assert_eq!(our_cpus(), vec![cpu], "pinned to the caller's CPU");
-        assert!(f.pinned());
-        f.free();
-        assert_eq!(our_cpus(), before, "let go while a read waits");
-        assert!(!f.pinned());
-        f.serving(1);
-        assert_eq!(our_cpus(), vec![cpu], "pinned again by the next request");
-        assert!(f.pinned());
-        // No CPU wanted any more: the next request lets it go for good.
-        f.free();
-        f.target.store(NO_CPU, Ordering::Relaxed);
-        f.serving(1);
-        assert_eq!(our_cpus(), before);
-        assert!(!f.pinned());
-        f.free();
-        assert_eq!(
-            our_cpus(),
-            before,
-            "an unpinned thread has nothing to let go"
-        );
+        // A thread of our own, so the test runner's threads keep their CPUs.
+        std::thread::spawn(|| {
+            use crate::sys::process::thread_cpu_list as our_cpus;
+            let before = our_cpus();
+            if before.len() < 2 {
+                eprintln!(
+                    "NOTE: this thread may run on one CPU only; pinning changes nothing here"
+                );
+            }
+            let f = Follow::new(true, Policy::Normal);
+            // No looker: this test sets the CPU wanted itself.
+            STATE.with_borrow_mut(|st| {
+                st.next_look = Some(Instant::now() + Duration::from_secs(3600))
+            });
+            let cpu = before[0];
+            f.target.store(cpu, Ordering::Relaxed);
+            f.serving(1);
+            assert_eq!(our_cpus(), vec![cpu], "pinned to the caller's CPU");
+            assert!(f.pinned());
+            f.free();
+            assert_eq!(our_cpus(), before, "let go while a read waits");
+            assert!(!f.pinned());
+            f.serving(1);
+            assert_eq!(our_cpus(), vec![cpu], "pinned again by the next request");
+            assert!(f.pinned());
+            // No CPU wanted any more: the next request lets it go for good.
+            f.free();
+            f.target.store(NO_CPU, Ordering::Relaxed);
+            f.serving(1);
+            assert_eq!(our_cpus(), before);
+            assert!(!f.pinned());
+            f.free();
+            assert_eq!(
+                our_cpus(),
+                before,
+                "an unpinned thread has nothing to let go"
+            );
+        })
+        .join()
+        .expect("the pinning thread");
     }
 }

@@ -737,11 +737,7 @@ impl Filesystem for OvlFs {
         crate::sys::with_scratch(&BUF, size as usize, |buf| {
             let mut free = || self.follow.free();
             let before_wait: Option<&mut dyn FnMut()> =
-                if buf.len() <= FREE_FOR_READS_UP_TO && self.follow.pinned() {
-                    Some(&mut free)
-                } else {
-                    None
-                };
+                (buf.len() <= FREE_FOR_READS_UP_TO && self.follow.pinned()).then_some(&mut free);
             match self.ovl.read_into(fh.0, offset, buf, before_wait) {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(err(e)),

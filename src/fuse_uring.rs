@@ -702,17 +702,22 @@ mod tests {
 
     #[test]
     fn a_ring_thread_let_go_for_a_disk_wait_goes_home_once() {
-        let before = our_cpus();
-        let cpu = *before.last().unwrap();
-        let mut p = Placement::pin(cpu);
-        assert_eq!(our_cpus(), vec![cpu]);
-        p.home();
-        assert_eq!(our_cpus(), vec![cpu], "home while home: unchanged");
-        p.free();
-        assert_eq!(our_cpus(), before, "free: every CPU it had before pinning");
-        assert!(p.away);
-        p.home();
-        assert_eq!(our_cpus(), vec![cpu], "back on its queue's CPU");
-        assert!(!p.away);
+        // A thread of our own, so the test runner's threads keep their CPUs.
+        std::thread::spawn(|| {
+            let before = our_cpus();
+            let cpu = *before.last().unwrap();
+            let mut p = Placement::pin(cpu);
+            assert_eq!(our_cpus(), vec![cpu]);
+            p.home();
+            assert_eq!(our_cpus(), vec![cpu], "home while home: unchanged");
+            p.free();
+            assert_eq!(our_cpus(), before, "free: every CPU it had before pinning");
+            assert!(p.away);
+            p.home();
+            assert_eq!(our_cpus(), vec![cpu], "back on its queue's CPU");
+            assert!(!p.away);
+        })
+        .join()
+        .expect("the pinning thread");
     }
 }
