@@ -418,17 +418,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_request_from_another_caller_unpins_its_thread_at_once() {
-        // A thread of our own, so the test runner's threads keep their CPUs.
+    /// Runs `test` on a thread of its own, so the test runner's threads keep their CPUs,
+    /// with a `Follow` that starts no looker (the test sets the CPU wanted itself) and the
+    /// CPUs the thread had at the start.
+    fn without_looker(test: impl FnOnce(&Follow, Vec<usize>) + Send + 'static) {
         std::thread::spawn(|| {
-            use crate::sys::process::thread_cpu_list as our_cpus;
-            let before = our_cpus();
+            let before = crate::sys::process::thread_cpu_list();
             let f = Follow::new(true, Policy::Normal);
-            // No looker: this test sets the CPU wanted itself.
             STATE.with_borrow_mut(|st| {
                 st.next_look = Some(Instant::now() + Duration::from_secs(3600))
             });
+            test(&f, before);
+        })
+        .join()
+        .expect("the pinning thread");
+    }
+
+    #[test]
+    fn a_request_from_another_caller_unpins_its_thread_at_once() {
+        use crate::sys::process::thread_cpu_list as our_cpus;
+        without_looker(|f, before| {
             f.target.store(before[0], Ordering::Relaxed);
             f.serving(1);
             assert!(f.pinned(), "pinned for the first caller");
@@ -439,9 +448,7 @@ mod tests {
             f.target.store(before[0], Ordering::Relaxed);
             f.serving(1);
             assert!(!f.pinned(), "not pinned again while callers take turns");
-        })
-        .join()
-        .expect("the pinning thread");
+        });
     }
 
     #[test]
@@ -458,20 +465,13 @@ mod tests {
 
     #[test]
     fn a_thread_let_go_for_a_disk_wait_is_pinned_again_at_its_next_request() {
-        // A thread of our own, so the test runner's threads keep their CPUs.
-        std::thread::spawn(|| {
-            use crate::sys::process::thread_cpu_list as our_cpus;
-            let before = our_cpus();
+        use crate::sys::process::thread_cpu_list as our_cpus;
+        without_looker(|f, before| {
             if before.len() < 2 {
                 eprintln!(
                     "NOTE: this thread may run on one CPU only; pinning changes nothing here"
                 );
             }
-            let f = Follow::new(true, Policy::Normal);
-            // No looker: this test sets the CPU wanted itself.
-            STATE.with_borrow_mut(|st| {
-                st.next_look = Some(Instant::now() + Duration::from_secs(3600))
-            });
             let cpu = before[0];
             f.target.store(cpu, Ordering::Relaxed);
             f.serving(1);
@@ -495,8 +495,6 @@ mod tests {
                 before,
                 "an unpinned thread has nothing to let go"
             );
-        })
-        .join()
-        .expect("the pinning thread");
+        });
     }
 }
