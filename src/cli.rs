@@ -244,13 +244,13 @@ Container options (as fuse-overlayfs spells them):
                          idle-class (a wake-up on another CPU costs most of a round
                          trip on a small VM); 0: they run where the scheduler puts
                          them
-  listattrs=auto|on|off  what listings (READDIRPLUS) over io_uring carry for each
+  listattrs=auto|on|off  what listings (READDIRPLUS) carry for each
                          entry: auto (default): its attributes, except in a
                          directory of 4096 entries or more whose first stats show
                          the layers' caches cold: names only, as the kernel's own
                          listing (callers that stat the entries look them up,
                          which warms the rest on the stat-ahead threads); on:
-                         always; off: never. Over /dev/fuse: always
+                         always; off: never
   statahead=auto|on|off  idle-class helper threads (one per CPU besides one) stat
                          entries ahead: those of a cold listing whose names are
                          being looked up, and those of a reply with attributes:

@@ -235,9 +235,11 @@ fn serve(
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    session
-        .run()
-        .map_err(|e| format!("session ended with an error: {e}"))
+    let served = link.serve(session.as_fd(), config.n_threads.unwrap_or(1));
+    // fuser's `destroy` first (which leaves at once if the kernel ended the connection),
+    // then its unmount.
+    drop(session);
+    served.map_err(|e| format!("session ended with an error: {e}"))
 }
 
 /// A plain user's mount goes through fusermount3, which grants `allow_other` only where

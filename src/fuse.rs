@@ -1,31 +1,24 @@
-//! The FUSE adapter: turns `fuser` requests into calls on the overlay core and the core's
-//! results into replies. It holds no overlay logic, and no `fuser` type goes below it.
+//! The FUSE adapter: the state both transports share to answer requests (`Adapter`: the
+//! overlay, lifetimes, passthrough, the io_uring rings), the INIT negotiation (through
+//! fuser, which mounts and answers INIT; `fuse_dev` serves the requests after it), and the
+//! choices made for replies: open flags, directory caching, READDIRPLUS lines. It holds no
+//! overlay logic, and no `fuser` type goes below it.
 
 use crate::fuse_uring::{UringConfig, UringMode};
 use crate::ovl::file::PageCache;
-use crate::ovl::inode::{SetAttr, Time, TimeSet};
 use crate::ovl::listing::DirReader;
-use crate::ovl::statahead::ListAttrs;
-use crate::ovl::{Attr, Ctx, Errno, Overlay};
+use crate::ovl::{Attr, Errno, Overlay};
 use crate::passthrough::Backing;
-use fuser::{
-    AccessFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
-};
+use fuser::{Filesystem, FopenFlags, INodeNo, InitFlags, KernelConfig, Request};
 use log::debug;
-use std::cell::Cell;
 use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-/// The overlay as a `fuser` filesystem. Its state is shared with the io_uring transport
-/// (`fuse_uring`), which serves the same requests on other threads once the kernel moves
-/// them there.
+/// The overlay as a `fuser` filesystem, for the mount and INIT; its state is shared with
+/// the threads that serve the requests (`fuse_dev`, `fuse_uring`).
 pub struct OvlFs(Arc<Adapter>);
 
 /// What both transports need to answer a request.
@@ -50,12 +43,12 @@ pub struct Adapter {
     uring: UringConfig,
     /// Passthrough, else the writeback cache, where allowed (`-o passthrough,writeback`).
     data: crate::passthrough::DataPath,
-    /// Who may use the mount, checked by fuser on /dev/fuse and by us on the ring.
+    /// Who may use the mount, checked for each request (`fuse_ops`).
     pub(crate) acl: fuser::SessionACL,
     /// The mount's owner for that check (fuser's too: our effective uid at start).
     pub(crate) owner: u32,
     /// Which CPU the /dev/fuse threads run on (`follow_caller=`).
-    follow: crate::devfuse_cpu::Follow,
+    pub(crate) follow: crate::devfuse_cpu::Follow,
 }
 
 impl std::ops::Deref for OvlFs {
@@ -63,15 +56,6 @@ impl std::ops::Deref for OvlFs {
     fn deref(&self) -> &Adapter {
         &self.0
     }
-}
-
-/// Who encodes a reply: fuser (requests over /dev/fuse) or our own wire code (io_uring).
-/// fuser sends an entry's `attr.ino` as its node id and cannot send a READDIRPLUS line
-/// without attributes; ours sends node id, st_ino and attributes as it is given them.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wire {
-    Fuser,
-    Own,
 }
 
 /// The daemon's hold on the adapter once the filesystem value has gone into the session.
@@ -89,6 +73,12 @@ impl SessionLink {
             crate::fuse_uring::start(self.0.clone(), device, entries, self.0.uring.priority);
         }
     }
+
+    /// Serves the session's requests over /dev/fuse (`fuse_dev`) on `threads` threads until
+    /// the connection ends.
+    pub fn serve(&self, session: BorrowedFd<'_>, threads: usize) -> std::io::Result<()> {
+        crate::fuse_dev::serve(self.0.clone(), session, threads)
+    }
 }
 
 /// The largest READ whose serving thread, pinned to its caller's CPU, lets itself be
@@ -104,12 +94,7 @@ pub const FREE_FOR_READS_UP_TO: usize = 64 << 10;
 pub const MAX_READAHEAD: u32 = 1 << 20;
 
 /// The largest WRITE request asked for at init.
-const MAX_WRITE: u32 = 1 << 20;
-
-/// How long a /dev/fuse thread lets FORGETs pile up once the rings serve requests
-/// (`Adapter::pause_before_forgets`). 0.5 to 20 ms measured the same; each pause delays
-/// only the release of forgotten nodes.
-const FORGET_PAUSE: Duration = Duration::from_millis(2);
+pub(crate) const MAX_WRITE: u32 = 1 << 20;
 
 /// Where the session's notifier goes once the session exists (it is made after the
 /// filesystem value has been handed to it).
@@ -159,124 +144,7 @@ impl OvlFs {
 /// any other, page-cache ones included: the backing file has its own cache).
 pub(crate) const PASSTHROUGH_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
-pub(crate) fn err(e: Errno) -> fuser::Errno {
-    fuser::Errno::from_i32(e.0)
-}
-
-fn ctx(req: &Request) -> Ctx {
-    Ctx {
-        uid: req.uid(),
-        gid: req.gid(),
-        pid: req.pid(),
-        umask: 0,
-    }
-}
-
-fn ctx_umask(req: &Request, umask: u32) -> Ctx {
-    Ctx { umask, ..ctx(req) }
-}
-
-fn kind_of(mode: u32) -> FileType {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFSOCK => FileType::Socket,
-        _ => FileType::RegularFile,
-    }
-}
-
-fn system_time(t: Time) -> SystemTime {
-    if t.sec >= 0 {
-        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
-    } else {
-        UNIX_EPOCH - Duration::new(t.sec.unsigned_abs(), 0) + Duration::new(0, t.nsec)
-    }
-}
-
-fn time_of(t: SystemTime) -> Time {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => Time {
-            sec: d.as_secs() as i64,
-            nsec: d.subsec_nanos(),
-        },
-        Err(e) => {
-            let d = e.duration();
-            let mut sec = -(d.as_secs() as i64);
-            let mut nsec = d.subsec_nanos();
-            if nsec > 0 {
-                sec -= 1;
-                nsec = 1_000_000_000 - nsec;
-            }
-            Time { sec, nsec }
-        }
-    }
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: a.size,
-        blocks: a.blocks,
-        atime: system_time(a.atime),
-        mtime: system_time(a.mtime),
-        ctime: system_time(a.ctime),
-        // Linux's FUSE has no birth time; fuser sends it to macOS only.
-        crtime: UNIX_EPOCH,
-        kind: kind_of(a.mode),
-        perm: (a.mode & 0o7777) as u16,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: a.rdev,
-        blksize: a.blksize,
-        flags: 0,
-    }
-}
-
-fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
-    t.map(|t| match t {
-        TimeOrNow::Now => TimeSet::Now,
-        TimeOrNow::SpecificTime(s) => TimeSet::At(time_of(s)),
-    })
-}
-
 impl Adapter {
-    /// Called on a /dev/fuse thread for each node of a FORGET or BATCH_FORGET read
-    /// (`unique` is the read's request id); pauses once per read, before its first node.
-    ///
-    /// Why: once the rings serve every other request, each FORGET the kernel queues wakes
-    /// a /dev/fuse thread sleeping in read(2), and the caller whose unlink evicted the
-    /// inode pays for that cross-CPU wake-up (here a VM exit). A thread that pauses is
-    /// not waiting, so the kernel only queues the FORGETs, and the thread's next read
-    /// takes all of them as one BATCH_FORGET: rm -rf of 10k lower files went from
-    /// 0.35-0.41 s to 0.27-0.29 s, with 30% fewer context switches. Only then: before the
-    /// rings serve (or without them) a pausing thread would hold up real requests.
-    fn pause_before_forgets(&self, unique: u64) {
-        thread_local!(static LAST_READ: Cell<u64> = const { Cell::new(0) });
-        let first_of_read = LAST_READ.with(|l| l.replace(unique)) != unique;
-        if first_of_read && self.ring_live.load(Ordering::Relaxed) {
-            std::thread::sleep(FORGET_PAUSE);
-        }
-    }
-
-    /// An entry's lifetimes and attributes. Over fuser, when a node's id is not its st_ino,
-    /// the attributes go out with no lifetime, so the kernel's next stat asks getattr, whose
-    /// reply carries the real st_ino (fuser sends `attr.ino` as the node id). Our own wire
-    /// code sends both, so such an entry keeps its st_ino and its lifetime there.
-    /// Returns (entry lifetime, attribute lifetime, attributes).
-    pub(crate) fn entry_parts(&self, id: u64, a: &Attr, wire: Wire) -> (Duration, Duration, Attr) {
-        let mut a = *a;
-        if id == a.ino || wire == Wire::Own {
-            (self.ttl, self.attr_ttl(id), a)
-        } else {
-            a.ino = id;
-            (self.ttl, Duration::ZERO, a)
-        }
-    }
-
     /// How long the kernel may keep node `id`'s attributes: none while a passthrough file
     /// of it is open read-write, whose mapped writes change its times without a request
     /// (see `passthrough`).
@@ -321,14 +189,14 @@ impl Adapter {
     }
 
     /// OPENDIR's open flags, or the error to answer.
-    pub(crate) fn opendir_flags(&self, ino: u64) -> Result<FopenFlags, fuser::Errno> {
+    pub(crate) fn opendir_flags(&self, ino: u64) -> Result<FopenFlags, Errno> {
         // Once refused, the kernel opens directories without asking us, and keeps
         // their listings cached (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR): one round trip less
         // per directory listed.
         if self.skip_opendir.load(Ordering::Relaxed) {
-            return Err(fuser::Errno::ENOSYS);
+            return Err(Errno(libc::ENOSYS));
         }
-        self.ovl.opendir(ino).map_err(err)?;
+        self.ovl.opendir(ino)?;
         Ok(if self.ovl.cache_listing(ino) {
             FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
         } else {
@@ -337,16 +205,14 @@ impl Adapter {
     }
 
     /// The lines of a READDIRPLUS reply of at most `room` bytes from `offset`, handed to
-    /// `add` with the node id, next offset, name, entry lifetime and attributes (see
-    /// `entry_parts`) of each, until it says the buffer is full. Where our own wire code
-    /// sends the lines, which can send a line without attributes, such a line has node
-    /// id 0 and only the type and inode number.
+    /// `add` with the node id, next offset, name, lifetime and attributes of each, until it
+    /// says the buffer is full. A line without attributes (see `ListAttrs`) has node id 0
+    /// and only the type and inode number.
     pub(crate) fn fill_dir_plus(
         &self,
         ino: u64,
         offset: u64,
         room: usize,
-        wire: Wire,
         mut add: impl FnMut(u64, u64, &OsStr, Duration, &Attr) -> bool,
     ) -> Result<(), Errno> {
         let mut list = self.ovl.read_dir(ino, offset)?;
@@ -362,7 +228,7 @@ impl Adapter {
             }
             left -= len;
         }
-        let attrs = lookups.with_attributes(&lines, offset, wire == Wire::Own);
+        let attrs = lookups.with_attributes(&lines, offset);
         for (next, e) in lines.into_iter().chain(list) {
             if !attrs || DirReader::is_dot(next) {
                 // Node id 0: a plain directory entry, which the kernel links to nothing (it
@@ -385,8 +251,7 @@ impl Adapter {
                 Err(_) => continue,
             };
             // One lifetime for both here: the attributes'.
-            let (_, ttl, a) = self.entry_parts(id, &a, wire);
-            if add(id, next, &e.name, ttl, &a) {
+            if add(id, next, &e.name, self.attr_ttl(id), &a) {
                 self.ovl.forget(id, 1);
                 break;
             }
@@ -421,24 +286,6 @@ impl OvlFs {
                 }
             }
             Err(e) => log::warn!("cannot set up io_uring ({e}); serving /dev/fuse"),
-        }
-    }
-
-    /// fuser sends `attr.ino` as the entry's node id. When a node's id is not its st_ino,
-    /// the attributes go out with no lifetime, so the kernel's next stat asks getattr,
-    /// whose reply carries the real st_ino.
-    fn reply_entry(&self, reply: ReplyEntry, id: u64, a: &Attr) {
-        let (entry_ttl, attr_ttl, a) = self.entry_parts(id, a, Wire::Fuser);
-        reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(&a), Generation(0));
-    }
-
-    fn xattr_reply(reply: ReplyXattr, size: u32, data: Vec<u8>) {
-        if size == 0 {
-            reply.size(data.len() as u32);
-        } else if data.len() > size as usize {
-            reply.error(fuser::Errno::from_i32(libc::ERANGE));
-        } else {
-            reply.data(&data);
         }
     }
 }
@@ -521,575 +368,6 @@ impl Filesystem for OvlFs {
             self.start_uring(config);
         }
         Ok(())
-    }
-
-    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.follow.serving(req.pid());
-        match self.ovl.lookup(parent.0, name) {
-            Ok((n, a)) => self.reply_entry(reply, n.id, &a),
-            // A negative entry (node id 0) with a lifetime: the kernel remembers the name is
-            // absent, so repeated probes (PATH and include-path searches) stay in the kernel.
-            // Only the kernel itself creates names we show, and it updates its own cache
-            // when it does.
-            Err(Errno::ENOENT) => {
-                let mut fa = file_attr(&Attr::default());
-                fa.ino = INodeNo(0);
-                reply.entry(&self.ttl, &fa, Generation(0));
-            }
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
-        self.pause_before_forgets(req.unique().0);
-        self.ovl.forget(ino.0, nlookup);
-    }
-
-    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.follow.serving(req.pid());
-        match self.ovl.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.attr_ttl(ino.0), &file_attr(&a)),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn setattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        self.follow.serving(req.pid());
-        let set = SetAttr {
-            mode,
-            uid,
-            gid,
-            size,
-            atime: time_set(atime),
-            mtime: time_set(mtime),
-            ctime: ctime.map(time_of),
-            fh: fh.map(|f| f.0),
-        };
-        match self.ovl.setattr(&ctx(req), ino.0, &set) {
-            Ok(a) => reply.attr(&self.attr_ttl(ino.0), &file_attr(&a)),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.follow.serving(req.pid());
-        match self.ovl.readlink(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        self.follow.serving(req.pid());
-        match self
-            .ovl
-            .mknod(&ctx_umask(req, umask), parent.0, name, mode, rdev as u64)
-        {
-            Ok((n, a)) => self.reply_entry(reply, n.id, &a),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn mkdir(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        reply: ReplyEntry,
-    ) {
-        self.follow.serving(req.pid());
-        match self.ovl.mkdir(&ctx_umask(req, umask), parent.0, name, mode) {
-            Ok((n, a)) => self.reply_entry(reply, n.id, &a),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.follow.serving(req.pid());
-        match self.ovl.unlink(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.follow.serving(req.pid());
-        match self.ovl.rmdir(parent.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn symlink(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        target: &Path,
-        reply: ReplyEntry,
-    ) {
-        self.follow.serving(req.pid());
-        match self
-            .ovl
-            .symlink(&ctx(req), parent.0, link_name, target.as_os_str())
-        {
-            Ok((n, a)) => self.reply_entry(reply, n.id, &a),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn rename(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        newparent: INodeNo,
-        newname: &OsStr,
-        flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.follow.serving(req.pid());
-        match self
-            .ovl
-            .rename(parent.0, name, newparent.0, newname, flags.bits())
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn link(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        self.follow.serving(req.pid());
-        match self.ovl.link(&ctx(req), ino.0, newparent.0, newname) {
-            Ok((n, a)) => self.reply_entry(reply, n.id, &a),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.follow.serving(req.pid());
-        match self.ovl.open(&ctx(req), ino.0, flags.0) {
-            Ok(fh) => match self.backing(fh, ino.0) {
-                Some(b) => {
-                    // SAFETY: `b` keeps the id open while the file is; `into_raw` stops
-                    // fuser from closing it again.
-                    let id = unsafe { reply.wrap_backing(b.id()) };
-                    reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_FLAGS, &id);
-                    let _ = id.into_raw();
-                }
-                None => reply.opened(FileHandle(fh), self.open_flags(fh)),
-            },
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn read(
-        &self,
-        req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        self.follow.serving(req.pid());
-        thread_local! {
-            // A fresh zeroed megabyte per request cost more than the copy it holds.
-            static BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-        }
-        crate::sys::with_scratch(&BUF, size as usize, |buf| {
-            let mut free = || self.follow.free();
-            let before_wait: Option<&mut dyn FnMut()> =
-                (buf.len() <= FREE_FOR_READS_UP_TO && self.follow.pinned()).then_some(&mut free);
-            match self.ovl.read_into(fh.0, offset, buf, before_wait) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => reply.error(err(e)),
-            }
-        });
-    }
-
-    fn write(
-        &self,
-        req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        self.follow.serving(req.pid());
-        let write_back = write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
-        match self.ovl.write(&ctx(req), fh.0, offset, data, write_back) {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn flush(
-        &self,
-        req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        self.follow.serving(req.pid());
-        reply.ok();
-    }
-
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.pt.release(fh.0);
-        self.ovl.release(fh.0);
-        reply.ok();
-    }
-
-    fn fsync(
-        &self,
-        req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.follow.serving(req.pid());
-        match self.ovl.fsync(fh.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.follow.serving(req.pid());
-        match self.opendir_flags(ino.0) {
-            Ok(flags) => reply.opened(FileHandle(0), flags),
-            Err(e) => reply.error(e),
-        }
-    }
-
-    fn readdir(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        self.follow.serving(req.pid());
-        match self.ovl.read_dir(ino.0, offset) {
-            Ok(list) => {
-                for (next, e) in list {
-                    if reply.add(INodeNo(e.ino), next, kind_of(e.kind), &e.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn readdirplus(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
-        self.follow.serving(req.pid());
-        // fuser does not tell the size asked for; the kernel asks for what the caller's
-        // getdents buffer holds, 32 KiB from glibc's readdir. And it sends each line's
-        // inode number as its node id, so every line here carries a node and attributes.
-        if self.ovl.cfg.listattrs == ListAttrs::Off {
-            static TOLD: std::sync::Once = std::sync::Once::new();
-            TOLD.call_once(|| {
-                log::warn!("listattrs=off needs FUSE over io_uring: listings over /dev/fuse carry attributes")
-            });
-        }
-        let r = self.fill_dir_plus(
-            ino.0,
-            offset,
-            32 << 10,
-            Wire::Fuser,
-            |id, next, name, ttl, a| {
-                reply.add(INodeNo(id), next, name, &ttl, &file_attr(a), Generation(0))
-            },
-        );
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        reply.ok();
-    }
-
-    fn fsyncdir(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.follow.serving(req.pid());
-        match self.ovl.fsyncdir(ino.0, datasync) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.follow.serving(req.pid());
-        match self.ovl.statfs() {
-            Ok(s) => reply.statfs(
-                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
-            ),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn setxattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-        _position: u32,
-        reply: ReplyEmpty,
-    ) {
-        self.follow.serving(req.pid());
-        match self.ovl.setxattr(&ctx(req), ino.0, name, value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.follow.serving(req.pid());
-        match self.ovl.getxattr(ino.0, name) {
-            Ok(v) => Self::xattr_reply(reply, size, v),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.follow.serving(req.pid());
-        match self.ovl.listxattr(ino.0) {
-            Ok(v) => Self::xattr_reply(reply, size, v),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.follow.serving(req.pid());
-        match self.ovl.removexattr(ino.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        self.follow.serving(req.pid());
-        match self.ovl.access(ino.0, mask.bits()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn create(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        flags: i32,
-        reply: ReplyCreate,
-    ) {
-        self.follow.serving(req.pid());
-        match self
-            .ovl
-            .create(&ctx_umask(req, umask), parent.0, name, mode, flags)
-        {
-            Ok((n, a, fh)) => {
-                let backing = self.backing(fh, n.id);
-                // One lifetime for entry and attributes: the attributes'.
-                let (_, ttl, a) = self.entry_parts(n.id, &a, Wire::Fuser);
-                let fa = file_attr(&a);
-                match backing {
-                    Some(b) => {
-                        // SAFETY: as in `open`.
-                        let id = unsafe { reply.wrap_backing(b.id()) };
-                        reply.created_passthrough(
-                            &ttl,
-                            &fa,
-                            Generation(0),
-                            FileHandle(fh),
-                            PASSTHROUGH_FLAGS,
-                            &id,
-                        );
-                        let _ = id.into_raw();
-                    }
-                    None => reply.created(
-                        &ttl,
-                        &fa,
-                        Generation(0),
-                        FileHandle(fh),
-                        self.open_flags(fh),
-                    ),
-                }
-            }
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn fallocate(
-        &self,
-        req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        length: u64,
-        mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        self.follow.serving(req.pid());
-        match self.ovl.fallocate(&ctx(req), fh.0, offset, length, mode) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn lseek(
-        &self,
-        req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        reply: ReplyLseek,
-    ) {
-        self.follow.serving(req.pid());
-        match self.ovl.lseek(fh.0, offset, whence) {
-            Ok(o) => reply.offset(o),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn copy_file_range(
-        &self,
-        req: &Request,
-        _ino_in: INodeNo,
-        fh_in: FileHandle,
-        offset_in: u64,
-        _ino_out: INodeNo,
-        fh_out: FileHandle,
-        offset_out: u64,
-        len: u64,
-        _flags: CopyFileRangeFlags,
-        reply: ReplyWrite,
-    ) {
-        self.follow.serving(req.pid());
-        match self
-            .ovl
-            .copy_file_range(&ctx(req), fh_in.0, offset_in, fh_out.0, offset_out, len)
-        {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    fn ioctl(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        _flags: fuser::IoctlFlags,
-        cmd: u32,
-        in_data: &[u8],
-        out_size: u32,
-        reply: fuser::ReplyIoctl,
-    ) {
-        self.follow.serving(req.pid());
-        match self.ovl.attr_ioctl(ino.0, cmd, in_data, out_size as usize) {
-            Ok(out) => reply.ioctl(0, &out[..out.len().min(out_size as usize)]),
-            Err(e) => reply.error(err(e)),
-        }
-    }
-
-    /// Files of the mount are always ready, as on the layers' filesystems. ENOSYS, without
-    /// fuser's "Not Implemented" warning, makes the kernel answer polls itself from then on
-    /// (ready for reading and writing) and never ask again.
-    fn poll(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _ph: fuser::PollNotifier,
-        _events: fuser::PollEvents,
-        _flags: fuser::PollFlags,
-        reply: fuser::ReplyPoll,
-    ) {
-        reply.error(fuser::Errno::from_i32(libc::ENOSYS));
     }
 
     fn destroy(&mut self) {

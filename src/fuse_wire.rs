@@ -1,6 +1,8 @@
-//! The FUSE wire format, for the io_uring transport (`fuse_uring`): reading a request's
-//! arguments and writing replies, as `include/uapi/linux/fuse.h` lays them out. On
-//! /dev/fuse, fuser does this for us; its codec is private, so the ring has its own.
+//! The FUSE wire format, for both transports (`fuse_dev`, `fuse_uring`): reading a
+//! request's arguments and writing replies, as `include/uapi/linux/fuse.h` lays them out.
+//! fuser has a codec too, but a private one, which cannot send a READDIRPLUS line without
+//! attributes nor an entry whose node id differs from its st_ino, and is not told how big
+//! a READDIRPLUS reply may be.
 //!
 //! All fields are native-endian, as the kernel writes them.
 
@@ -10,10 +12,11 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
-/// Request opcodes served on the ring (the kernel sends FORGET, BATCH_FORGET and INTERRUPT
-/// through /dev/fuse even then).
+/// Request opcodes we serve or must recognise (the kernel sends FORGET, BATCH_FORGET and
+/// INTERRUPT through /dev/fuse even when io_uring carries the rest).
 pub mod op {
     pub const LOOKUP: u32 = 1;
+    pub const FORGET: u32 = 2;
     pub const GETATTR: u32 = 3;
     pub const SETATTR: u32 = 4;
     pub const READLINK: u32 = 5;
@@ -41,8 +44,11 @@ pub mod op {
     pub const FSYNCDIR: u32 = 30;
     pub const ACCESS: u32 = 34;
     pub const CREATE: u32 = 35;
+    pub const INTERRUPT: u32 = 36;
     pub const DESTROY: u32 = 38;
     pub const IOCTL: u32 = 39;
+    pub const NOTIFY_REPLY: u32 = 41;
+    pub const BATCH_FORGET: u32 = 42;
     pub const FALLOCATE: u32 = 43;
     pub const READDIRPLUS: u32 = 44;
     pub const RENAME2: u32 = 45;
@@ -94,6 +100,23 @@ impl InHeader {
             gid: f.u32(28),
             pid: f.u32(32),
         }
+    }
+}
+
+/// Over /dev/fuse a request's arguments follow its header one after another: the opcode's
+/// fixed argument struct (io_uring hands that one over in a buffer of its own), then names
+/// and data. This is that struct's length, for the opcodes with more after it; the others
+/// have nothing else (`usize::MAX`: all of it). The lengths are those of protocol 7.12 and
+/// later, which the kernel sends us (fuser answers INIT with 7.40), and of
+/// `fuse_setxattr_in` without FUSE_SETXATTR_EXT, which we do not ask for.
+pub fn fixed_arg_len(opcode: u32) -> usize {
+    match opcode {
+        op::LOOKUP | op::SYMLINK | op::UNLINK | op::RMDIR | op::REMOVEXATTR => 0,
+        op::MKDIR | op::RENAME | op::LINK | op::SETXATTR | op::GETXATTR | op::BATCH_FORGET => 8,
+        op::MKNOD | op::RENAME2 | op::CREATE => 16,
+        op::IOCTL => 32,
+        op::WRITE => 40,
+        _ => usize::MAX,
     }
 }
 

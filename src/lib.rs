@@ -10,6 +10,8 @@ pub mod cli;
 pub mod daemon;
 pub mod devfuse_cpu;
 pub mod fuse;
+pub mod fuse_dev;
+pub mod fuse_ops;
 pub mod fuse_uring;
 pub mod fuse_wire;
 pub mod logging;

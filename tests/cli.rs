@@ -1859,7 +1859,7 @@ fn threaded_0_serves_dev_fuse_on_one_thread_even_with_io_uring_offered() {
         .expect("daemon threads")
         .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
         .collect();
-    let servers = threads.iter().filter(|c| c.starts_with("fuser")).count();
+    let servers = threads.iter().filter(|c| c.starts_with("ovl-dev-")).count();
     assert_eq!(servers, 1, "/dev/fuse serving threads: {threads:?}");
     assert!(
         !threads.iter().any(|c| c.starts_with("ovl-statahead")),

@@ -892,7 +892,7 @@ fn threaded_0_serves_on_one_thread() {
             let n = fs::read_dir(format!("/proc/{pid}/task"))
                 .unwrap()
                 .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
-                .filter(|c| c.starts_with("fuser-"))
+                .filter(|c| c.starts_with("ovl-dev-"))
                 .count();
             if n >= want || Instant::now() > deadline {
                 return n;
@@ -915,7 +915,7 @@ fn threaded_0_serves_on_one_thread() {
     assert_eq!(fs::read(st.mnt.join("f")).unwrap(), b"f");
     // Give a second thread, were there one, the time the default's took to appear. And
     // a helper thread the first request starts (`ovl-follow`) carries its creator's name
-    // (`fuser-0`) until it names itself, so it can be counted once right after the read.
+    // (`ovl-dev-0`) until it names itself, so it can be counted once right after the read.
     std::thread::sleep(Duration::from_millis(100));
     let counts: Vec<usize> = (0..5)
         .map(|_| {

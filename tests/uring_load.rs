@@ -173,10 +173,10 @@ fn uring_idle_0_gives_normal_priority() {
     drop(g);
 }
 
-/// The CPUs each /dev/fuse thread (`fuser-N`) of daemon `pid` may run on, and its
+/// The CPUs each /dev/fuse thread (`ovl-dev-N`) of daemon `pid` may run on, and its
 /// scheduling policy.
 fn devfuse_threads(pid: u32) -> Vec<(Vec<usize>, u32)> {
-    daemon_threads(pid, "fuser-")
+    daemon_threads(pid, "ovl-dev-")
         .into_iter()
         .map(|t| (t.cpus, t.policy))
         .collect()

@@ -756,19 +756,10 @@ impl ListedLookups<'_> {
     }
 
     /// Whether the entries `lines`, read from `offset` of the directory's listing, go out
-    /// with their attributes (then looked up with `lookup`) or, where the reply can carry
-    /// lines without (`names_only_ok`), with names only; see `statahead::ListAttrs`.
-    pub fn with_attributes(
-        &mut self,
-        lines: &[(u64, Listed)],
-        offset: u64,
-        names_only_ok: bool,
-    ) -> bool {
-        let mode = match self.ovl.cfg.listattrs {
-            _ if !names_only_ok => ListAttrs::On,
-            m => m,
-        };
-        match mode {
+    /// with their attributes (then looked up with `lookup`) or with names only; see
+    /// `statahead::ListAttrs`.
+    pub fn with_attributes(&mut self, lines: &[(u64, Listed)], offset: u64) -> bool {
+        match self.ovl.cfg.listattrs {
             ListAttrs::Off => {
                 if let Some(m) = self.dir.merged() {
                     m.set_listed_names_only(true, offset <= 2);

@@ -41,8 +41,8 @@ const MAX_HELPERS: usize = 4;
 /// (3.5 while the inode's block is still in memory), on the machines this was measured on.
 const COLD_STAT: Duration = Duration::from_micros(3);
 
-/// What READDIRPLUS replies carry for their entries (`listattrs=`), where the transport
-/// can send a line without a node (see `ListedLookups::with_attributes`).
+/// What READDIRPLUS replies carry for their entries (`listattrs=`; see
+/// `ListedLookups::with_attributes`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ListAttrs {
     /// Attributes while the layers' caches hold the entries (a stat then costs about 1 us

@@ -1024,10 +1024,7 @@ fn replies_carry_names_only_as_configured_and_lookups_then_warm_the_listing() {
         let (d, _) = ovl.lookup(ROOT_ID, OsStr::new("d")).unwrap();
         let lines: Vec<_> = ovl.read_dir(d.id, 0).unwrap().collect();
         assert_eq!(lines.len(), 102, "{listattrs:?}: 100 names and the dots");
-        let attrs = ovl
-            .listed_lookups(d.id)
-            .unwrap()
-            .with_attributes(&lines, 0, true);
+        let attrs = ovl.listed_lookups(d.id).unwrap().with_attributes(&lines, 0);
         // A directory this small keeps its attributes under `auto`, cold or not.
         const { assert!(100 < NAMES_ONLY_FROM) };
         assert_eq!(attrs, listattrs != ListAttrs::Off, "{listattrs:?}");
