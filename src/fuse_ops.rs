@@ -158,16 +158,16 @@ pub fn answer(
         }
         op::CREATE => {
             let name = args.name().ok_or(EINVAL)?;
-            let (n, attr, fh) =
-                fs.ovl
-                    .create(&with_umask(a.u32(8)), id, name, a.u32(4), a.i32(0))?;
-            let backing = fs.backing(fh, n.id);
-            // One lifetime for entry and attributes: the attributes'.
-            let ttl = fs.attr_ttl(n.id);
-            let mut out = Out::new(p);
-            out.entry(n.id, ttl, ttl, &attr);
-            open_out(fs, &mut out, fh, backing);
-            Ok(out.len)
+            let made = fs
+                .ovl
+                .create(&with_umask(a.u32(8)), id, name, a.u32(4), a.i32(0))?;
+            created_reply(fs, p, made)
+        }
+        op::TMPFILE => {
+            let made = fs
+                .ovl
+                .tmpfile(&with_umask(a.u32(8)), id, a.u32(4), a.i32(0))?;
+            created_reply(fs, p, made)
         }
         op::READ => {
             let size = (a.u32(16) as usize).min(p.len());
@@ -310,6 +310,21 @@ fn entry_reply(
     let (n, attr) = r?;
     let mut out = Out::new(p);
     out.entry(n.id, fs.ttl, fs.attr_ttl(n.id), &attr);
+    Ok(out.len)
+}
+
+/// CREATE's and TMPFILE's reply: the new entry and its open file.
+fn created_reply(
+    fs: &Adapter,
+    p: &mut [u8],
+    (n, attr, fh): (Arc<Node>, crate::ovl::Attr, u64),
+) -> Result<usize, Errno> {
+    let backing = fs.backing(fh, n.id);
+    // One lifetime for entry and attributes: the attributes'.
+    let ttl = fs.attr_ttl(n.id);
+    let mut out = Out::new(p);
+    out.entry(n.id, ttl, ttl, &attr);
+    open_out(fs, &mut out, fh, backing);
     Ok(out.len)
 }
 

@@ -54,6 +54,7 @@ pub mod op {
     pub const RENAME2: u32 = 45;
     pub const LSEEK: u32 = 46;
     pub const COPY_FILE_RANGE: u32 = 47;
+    pub const TMPFILE: u32 = 51;
 }
 
 /// `fuse_setattr_in.valid` bits.
@@ -113,7 +114,7 @@ pub fn fixed_arg_len(opcode: u32) -> usize {
     match opcode {
         op::LOOKUP | op::SYMLINK | op::UNLINK | op::RMDIR | op::REMOVEXATTR => 0,
         op::MKDIR | op::RENAME | op::LINK | op::SETXATTR | op::GETXATTR | op::BATCH_FORGET => 8,
-        op::MKNOD | op::RENAME2 | op::CREATE => 16,
+        op::MKNOD | op::RENAME2 | op::CREATE | op::TMPFILE => 16,
         op::IOCTL => 32,
         op::WRITE => 40,
         _ => usize::MAX,

@@ -531,6 +531,30 @@ fn xattr_permissions_keep_owner_mode_and_type_in_an_xattr() {
             "mknod",
         );
         ok(lchown(&m.join("low"), 9, 9), "chown of a lower file");
+        // A file made with O_TMPFILE and named afterwards keeps its owner and mode there too.
+        let tmp = unsafe {
+            libc::open(
+                cpath(m).as_ptr(),
+                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+                0o2751 as libc::c_uint,
+            )
+        };
+        let tmp = ok(cvt(tmp), "O_TMPFILE");
+        let proc = std::ffi::CString::new(format!("/proc/self/fd/{tmp}")).unwrap();
+        let linked = cvt(unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                proc.as_ptr(),
+                libc::AT_FDCWD,
+                cpath(&m.join("tmp")).as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        });
+        unsafe { libc::close(tmp) };
+        ok(linked, "linkat of the O_TMPFILE file");
+        let mt = fs::metadata(m.join("tmp")).unwrap();
+        assert_eq!((mt.uid(), mt.gid(), mt.mode() & 0o7777), (0, 0, 0o2751));
+        assert_eq!(lgetxattr(&st.upper.join("tmp"), attr).unwrap(), b"0:0:2751");
         let md = fs::metadata(m.join("f")).unwrap();
         assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (77, 88, 0o4750));
         let dv = fs::symlink_metadata(m.join("dev")).unwrap();

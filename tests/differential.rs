@@ -1269,9 +1269,8 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
 
 /// Operation kinds whose difference from the kernel ovlfuse documents as deliberate (README,
 /// "Differences from kernel overlayfs"); left out unless OVLFUSE_DIFF_STRICT=1.
-/// * open_tmpfile: EOPNOTSUPP (fuser has no FUSE_TMPFILE)
 /// * listxattr_sized: exact sizes, where the kernel counts its hidden private xattrs
-const DOCUMENTED_DIFFERENCES: &[&str] = &["open_tmpfile", "listxattr_sized"];
+const DOCUMENTED_DIFFERENCES: &[&str] = &["listxattr_sized"];
 
 fn gen_case(seed: u64) -> Case {
     let mut rng = Rng::new(seed);
@@ -3418,7 +3417,6 @@ fn regress_failed_exchange_copies_nothing_up() {
 
 /// Kernel: O_TMPFILE works on overlayfs (6.6+), and the file can be linked in.
 #[test]
-#[ignore = "difference documented as deliberate in README"]
 fn regress_o_tmpfile() {
     regress(
         "regress_o_tmpfile",
@@ -3682,6 +3680,47 @@ fn regress_linkat_unlinked_lower_file() {
                 slot: 1,
                 path: s("d1/z"),
             },
+            op_readdir("d1"),
+        ],
+    );
+}
+
+/// Kernel: a removed file cannot be named again, also when it was copied up first (its
+/// upper copy has a link count of one, the lower file's was two) or made in the upper
+/// layer; a file made with O_TMPFILE can, and a second name then as any file.
+#[test]
+fn regress_linkat_removed_upper_file_and_tmpfile() {
+    regress(
+        "regress_linkat_removed_upper_file_and_tmpfile",
+        vec![vec![
+            dir("d1"),
+            file("d2", "d2 data"),
+            LE::Hardlink(s("d2"), s("d1/b")),
+        ]],
+        vec![
+            held(0, "d2", HeldMode::ReadWrite),
+            Op::WriteHeld {
+                slot: 0,
+                data: b"copied up".to_vec(),
+            },
+            Op::Unlink { path: s("d2") },
+            Op::LinkHeld {
+                slot: 0,
+                path: s("d1/y"),
+            },
+            Op::OpenTmpfile {
+                slot: 1,
+                dir: s("d1"),
+            },
+            Op::LinkHeld {
+                slot: 1,
+                path: s("d1/t"),
+            },
+            Op::LinkHeld {
+                slot: 1,
+                path: s("d1/t2"),
+            },
+            Op::FstatHeld { slot: 1 },
             op_readdir("d1"),
         ],
     );

@@ -3600,7 +3600,6 @@ fn directory_attribute_changes_copy_up_the_directory() {
 }
 
 #[test]
-#[ignore = "fuser 0.18 has no FUSE_TMPFILE support, so ovlfuse cannot implement O_TMPFILE yet"]
 fn o_tmpfile_matches_kernel() {
     if !fuse_available() {
         return;
@@ -3637,6 +3636,110 @@ fn o_tmpfile_matches_kernel() {
         }
     });
     t.finish(true);
+}
+
+/// O_TMPFILE's other cases, against the kernel: a file opened with O_EXCL cannot be given
+/// a name; the link count goes from 0 to 1 when one is given; a name over a lower file's
+/// whiteout; the umask and the set-group-ID rules of a new file; a closed unnamed file
+/// leaves nothing in the upper layer or the workdir; a file in a lower-only directory
+/// copies that directory up (and only that).
+#[test]
+fn o_tmpfile_corner_cases_match_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let t = twin(
+        "sem-tmpfile-corners",
+        &[&[
+            E::Dir("d"),
+            E::File("d/x", b"x"),
+            E::Dir("d/sub"),
+            E::File("gone", b"lower"),
+            E::Dir("g"),
+        ]],
+        &[],
+    );
+    let link = |f: &fs::File, to: &Path| {
+        let proc = std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
+        let c = cpath(to);
+        outcome_unit(&cvt(unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                proc.as_ptr(),
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        }))
+    };
+    let nlink = |f: &fs::File| {
+        f.metadata()
+            .map(|m| m.nlink())
+            .map_err(|e| errno_name(e.raw_os_error().unwrap_or(0)))
+    };
+    t.both("O_EXCL: never named", |r| {
+        let f = open_fd(
+            &r.join("d"),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_EXCL,
+            0o600,
+        )
+        .expect("O_TMPFILE|O_EXCL");
+        (
+            nlink(&f),
+            link(&f, &r.join("d/excl")),
+            stat_str(&r.join("d/excl")),
+        )
+    });
+    t.both("named over a whiteout, link count 0 then 1", |r| {
+        let _ = fs::remove_file(r.join("gone"));
+        let f = open_fd(r, libc::O_TMPFILE | libc::O_WRONLY, 0o644).expect("O_TMPFILE");
+        let before = nlink(&f);
+        let w = outcome_unit(&f.write_all_at(b"new", 0));
+        let l = link(&f, &r.join("gone"));
+        let same = fs::symlink_metadata(r.join("gone")).map(|m| m.ino()).ok()
+            == f.metadata().map(|m| m.ino()).ok();
+        (
+            before,
+            w,
+            l,
+            nlink(&f),
+            same,
+            read_str(&r.join("gone")),
+            stat_str(&r.join("gone")),
+        )
+    });
+    t.both("umask and set-group-ID", |r| {
+        let old = unsafe { libc::umask(0o027) };
+        let f = open_fd(&r.join("d/sub"), libc::O_TMPFILE | libc::O_RDWR, 0o2777);
+        unsafe { libc::umask(old) };
+        let f = f.expect("O_TMPFILE");
+        let mode = f.metadata().map(|m| m.mode()).ok();
+        (
+            mode,
+            link(&f, &r.join("d/sub/m")),
+            stat_str(&r.join("d/sub/m")),
+        )
+    });
+    t.both("closed without a name", |r| {
+        let f = open_fd(&r.join("g"), libc::O_TMPFILE | libc::O_RDWR, 0o600).expect("O_TMPFILE");
+        let w = outcome_unit(&f.write_all_at(&[7u8; 100_000], 0));
+        drop(f);
+        (w, names_or_err(&r.join("g")))
+    });
+    t.compare_views("after the unnamed files");
+    t.finish_with(true, |_, f| {
+        // The closed unnamed file's space is freed, and nothing of it is left behind.
+        let left: Vec<_> = fs::read_dir(f.upper.join("g")).unwrap().collect();
+        assert!(left.is_empty(), "upper g holds {left:?}");
+        // (The shared whiteout that removals link to stays, as on the kernel.)
+        let work: Vec<_> = fs::read_dir(f.work.join("work"))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            work.iter().all(|n| n == "#whiteout"),
+            "the workdir holds {work:?}"
+        );
+    });
 }
 
 // ---------------------------------------------------------------------------------------

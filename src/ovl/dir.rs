@@ -191,13 +191,9 @@ impl Overlay {
         let opaque = kind == libc::S_IFDIR
             && (hides_marker || (self.cfg.redirect_dir && parent.has_lowers()));
 
-        // Owner: the caller; group: the directory's if it is set-group-ID, as the upper
-        // filesystem would decide for a process creating the file itself. In disk ids.
         let own = &self.cfg.own;
         let real_pst = fs::fstat(upfd)?;
-        let pst = self.effective_stat(&parent, &real_pst);
-        let uid = own.disk_uid(ctx.uid);
-        let gid = new_object_gid(&pst, own.disk_gid(ctx.gid));
+        let (uid, gid, perm) = self.new_object_ids(ctx, &parent, upfd, &real_pst, &what);
         // The upper filesystem gives a new object our ids (the group as above); a caller
         // with the same ids needs no chown, which would cost an inode update in the upper
         // filesystem's journal per create.
@@ -216,19 +212,6 @@ impl Overlay {
             (None, false) => real_pst,
         };
         let needs_chown = uid != our_uid || gid != new_object_gid(&made_in, our_gid);
-        let mut perm = what.perm();
-        if kind != libc::S_IFLNK
-            && (self.cfg.noacl
-                || crate::sys::xattr::get_on_dir(upfd, "system.posix_acl_default").is_err())
-        {
-            perm &= !ctx.umask;
-        }
-        if kind == libc::S_IFDIR && pst.st_mode & libc::S_ISGID != 0 {
-            perm |= libc::S_ISGID;
-        } else if perm & libc::S_ISGID != 0 && !ctx.in_group_or_root(own.shown_gid(gid)) {
-            // A file may not be made set-group-ID for a group its creator is not in.
-            perm &= !libc::S_ISGID;
-        }
         let kept = self.upper_override().is_some();
         // Where owners live in an xattr, special files are stored as plain files with their
         // type in the xattr too: only plain files and directories take `user.` xattrs, and
@@ -366,6 +349,112 @@ impl Overlay {
         Ok((node, attr, file))
     }
 
+    /// open(O_TMPFILE) in directory `parent_id`: a file with no name, made in the upper copy
+    /// of the directory (copied up first) as the kernel overlay makes it, which linkat(2)
+    /// may name later (`link`). Returns its node (with no name, reached through the fd it
+    /// keeps), attributes and the open fd (`flags`: the open's access mode and flags).
+    pub fn create_unnamed(
+        &self,
+        ctx: &Ctx,
+        parent_id: u64,
+        mode: u32,
+        flags: i32,
+    ) -> SysResult<(Arc<Node>, Attr, OwnedFd)> {
+        self.require_upper()?;
+        let parent = self.node(parent_id)?;
+        if !parent.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        self.check_protection(&parent, Change::CreateIn)?;
+        self.copy_up(&parent, true)?;
+        let upfd = self.nodes.dir_fd(&parent, UPPER)?;
+        let upfd = upfd.as_fd();
+        let real_pst = fs::fstat(upfd)?;
+        let what = NewObject::File { mode, flags };
+        let (uid, gid, perm) = self.new_object_ids(ctx, &parent, upfd, &real_pst, &what);
+        // Never O_EXCL: the kernel keeps that promise on its own inode, and ours must stay
+        // linkable for `link`.
+        let open = super::file::real_open_flags(flags) & !(libc::O_EXCL | libc::O_CREAT);
+        let fd = fs::openat(
+            upfd,
+            OsStr::new("."),
+            open | libc::O_TMPFILE,
+            self.real_perm(perm, libc::S_IFREG),
+        )?;
+        let (our_uid, our_gid) = crate::sys::creator_ids();
+        if self.upper_override().is_some() {
+            // Through the fd itself (an empty name): the file has no other way in.
+            let o = OverrideStat {
+                uid,
+                gid,
+                mode: libc::S_IFREG | (perm & 0o7777),
+                rdev: Some(0),
+            };
+            self.write_override(fd.as_fd(), OsStr::new(""), &o, libc::S_IFREG)?;
+        } else if uid != our_uid || gid != new_object_gid(&real_pst, our_gid) {
+            match fs::fchown(fd.as_fd(), uid, gid) {
+                Err(e) if self.cfg.own.squashed() => log::debug!("new file keeps its owner: {e:?}"),
+                other => other?,
+            }
+            // chown clears set-user/group-ID bits; put them back.
+            if perm & 0o7000 != 0 {
+                let now = fs::fstat(fd.as_fd())?.st_mode & 0o777;
+                fs::chmod_fd(fd.as_fd(), now | (perm & 0o7000))?;
+            }
+        }
+        let st = fs::fstat(fd.as_fd())?;
+        let init = NodeInit {
+            kind: libc::S_IFREG,
+            ino: self.layers.ino.map(st.st_dev, st.st_ino),
+            state: NodeState {
+                upper: true,
+                lowers: Lowers::None,
+                prot: super::inode::PROT_KNOWN,
+                ..Default::default()
+            },
+            upper_key: Some((st.st_dev, st.st_ino)),
+            seen: None,
+        };
+        let kept = fs::reopen(fd.as_fd(), libc::O_PATH | libc::O_CLOEXEC)?;
+        let node = self.nodes.insert_unnamed(parent.id, init, Arc::new(kept));
+        let attr = self.attr_of(&node, &st);
+        Ok((node, attr, fd))
+    }
+
+    /// The owner, group (disk ids) and permission bits of a new object `what` made by
+    /// `ctx` in `parent` (upper copy `upfd`, whose stat is `real_pst`): the caller; the
+    /// directory's group if it is set-group-ID; the mode asked for less the umask where no
+    /// default ACL applies, as the upper filesystem would decide for a process creating
+    /// the object itself.
+    fn new_object_ids(
+        &self,
+        ctx: &Ctx,
+        parent: &Node,
+        upfd: BorrowedFd<'_>,
+        real_pst: &fs::Stat,
+        what: &NewObject<'_>,
+    ) -> (u32, u32, u32) {
+        let own = &self.cfg.own;
+        let kind = what.kind();
+        let pst = self.effective_stat(parent, real_pst);
+        let uid = own.disk_uid(ctx.uid);
+        let gid = new_object_gid(&pst, own.disk_gid(ctx.gid));
+        let mut perm = what.perm();
+        if kind != libc::S_IFLNK
+            && (self.cfg.noacl
+                || crate::sys::xattr::get_on_dir(upfd, "system.posix_acl_default").is_err())
+        {
+            perm &= !ctx.umask;
+        }
+        if kind == libc::S_IFDIR && pst.st_mode & libc::S_ISGID != 0 {
+            perm |= libc::S_ISGID;
+        } else if perm & libc::S_ISGID != 0 && !ctx.in_group_or_root(own.shown_gid(gid)) {
+            // A file may not be made set-group-ID for a group its creator is not in.
+            perm &= !libc::S_ISGID;
+        }
+        (uid, gid, perm)
+    }
+
     pub fn mkdir(
         &self,
         ctx: &Ctx,
@@ -424,10 +513,18 @@ impl Overlay {
         if node.is_dir() {
             return Err(Errno::EPERM);
         }
-        if node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
-            // linkat(AT_EMPTY_PATH) of a removed file: the VFS says ENOENT for nlink 0.
-            return Err(Errno::ENOENT);
-        }
+        // A file with no name: made by O_TMPFILE (`create_unnamed`), which linkat(2) may
+        // name, or removed while open, which may not be named again (ENOENT, as on the
+        // kernel overlay). The VFS asks us for the latter when its link count was above
+        // one (a lower hard link); an upper one the upper filesystem refuses itself.
+        let unnamed = if node.unlinked.load(std::sync::atomic::Ordering::Relaxed) {
+            if !node.is_upper() {
+                return Err(Errno::ENOENT);
+            }
+            Some(node.detached().ok_or(Errno::ENOENT)?)
+        } else {
+            None
+        };
         let parent = self.node(parent_id)?;
         self.check_protection(&node, Change::Link)?;
         self.check_protection_to_create(&parent, name)?;
@@ -435,7 +532,15 @@ impl Overlay {
         self.copy_up(&parent, true)?;
         let _g = parent.dir_lock.lock();
         self.require_absent(&parent, name)?;
-        let (opfd, oname) = self.parent_fd(&node, UPPER)?;
+        let source = match unnamed {
+            Some(_) => None,
+            None => Some(self.parent_fd(&node, UPPER)?),
+        };
+        let link_to = |dir: BorrowedFd<'_>, to: &OsStr| match (&source, &unnamed) {
+            (Some((opfd, oname)), _) => fs::linkat(opfd.as_fd(), oname, dir, to),
+            (None, Some(fd)) => fs::link_fd(fd.as_fd(), dir, to),
+            (None, None) => Err(Errno::ENOENT),
+        };
         let nfd = self.nodes.dir_fd(&parent, UPPER)?;
         let nfd = nfd.as_fd();
         let upper_whiteout = match fs::fstatat(nfd, name) {
@@ -447,12 +552,12 @@ impl Overlay {
         if upper_whiteout {
             let work = self.layers.work()?;
             let tmp = temp_name();
-            let res = fs::linkat(opfd.as_fd(), &oname, work, &tmp)
+            let res = link_to(work, &tmp)
                 .and_then(|()| fs::renameat2(work, &tmp, nfd, name, fs::RENAME_EXCHANGE));
             let _ = fs::unlinkat(work, &tmp, false);
             res?;
         } else {
-            fs::linkat(opfd.as_fd(), &oname, nfd, name)?;
+            link_to(nfd, name)?;
         }
         let st = fs::fstatat(nfd, name)?;
         self.nodes.add_link(&node, parent.id, name);

@@ -320,6 +320,28 @@ impl Overlay {
         Ok((node, attr, fh))
     }
 
+    /// open(O_TMPFILE) in directory `parent`: makes a file with no name and returns it open
+    /// (see `create_unnamed`).
+    pub fn tmpfile(
+        &self,
+        ctx: &Ctx,
+        parent: u64,
+        mode: u32,
+        flags: i32,
+    ) -> SysResult<(Arc<Node>, Attr, u64)> {
+        let flags = flags & !libc::O_TMPFILE;
+        let (real, cached) = if self.writes_cached() {
+            write_cache_flags(flags, self.room_for_cached_writes())
+        } else {
+            (flags, true)
+        };
+        let (node, attr, fd) = self
+            .nodes
+            .with_fds(|| self.create_unnamed(ctx, parent, mode, real))?;
+        let fh = self.add_handle(node.clone(), fd, true, flags, !cached);
+        Ok((node, attr, fh))
+    }
+
     /// The fd to read through: a read-only handle opened on a lower copy moves to the
     /// upper copy once the file has been copied up.
     pub fn read_fd(&self, h: &FileHandle) -> SysResult<Arc<OwnedFd>> {

@@ -627,17 +627,48 @@ impl NodeTable {
         self.next_synthetic.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Takes one more lookup reference on a node (a hard link made through the mount).
+    /// Takes one more lookup reference on a node (a hard link made through the mount); a
+    /// node with no name (O_TMPFILE) takes the new one as its name.
     pub fn add_link(&self, node: &Arc<Node>, parent: NodeId, name: &OsStr) {
         node.lookups.fetch_add(1, Ordering::Relaxed);
-        let name = Name::from(name);
-        node.with_rare(|r| {
-            r.aliases.push(Loc {
+        let loc = Loc {
+            parent,
+            name: Name::from(name),
+        };
+        if node.unlinked.load(Ordering::Relaxed) {
+            node.revive(loc.clone());
+        } else {
+            node.with_rare(|r| r.aliases.push(loc.clone()));
+        }
+        self.children.insert(
+            ChildKey {
                 parent,
-                name: name.clone(),
-            })
-        });
-        self.children.insert(ChildKey { parent, name }, node.id);
+                name: loc.name,
+            },
+            node.id,
+        );
+    }
+
+    /// Makes the node of a file with no name (O_TMPFILE) in directory `parent`, reached
+    /// through `fd` (`O_PATH`), with one lookup reference. No name leads to it until
+    /// `add_link` gives it one.
+    pub fn insert_unnamed(&self, parent: NodeId, init: NodeInit, fd: Arc<OwnedFd>) -> Arc<Node> {
+        let loc = Loc {
+            parent,
+            name: Name::from(OsStr::new("")),
+        };
+        let mut id = init.ino;
+        if id == ROOT_ID || id == 0 || self.nodes.contains_key(&id) {
+            id = self.synthetic_id();
+        }
+        let node = Arc::new(Node::new(id, init.kind, init.ino, loc, init.state));
+        node.set_upper_key(init.upper_key);
+        node.lookups.store(1, Ordering::Relaxed);
+        node.unlinked.store(true, Ordering::Relaxed);
+        node.set_detached(fd);
+        self.nodes.insert(id, node.clone());
+        self.note_size();
+        node
     }
 
     /// Drops `n` lookup references; the node goes when none are left.

@@ -182,6 +182,25 @@ pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult
     check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(drop)
 }
 
+/// Gives the file open as `fd` the name `nname` in `ndir`: a file made with O_TMPFILE
+/// (without O_EXCL), through its /proc/self/fd link, which needs no capability (linkat's
+/// AT_EMPTY_PATH does, before Linux 6.10).
+pub fn link_fd(fd: BorrowedFd<'_>, ndir: BorrowedFd<'_>, nname: &OsStr) -> SysResult<()> {
+    let o = proc_fd(fd)?;
+    let n = cstr(nname)?;
+    // SAFETY: both names are NUL-terminated strings that outlive the call.
+    check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            o.as_ptr(),
+            ndir.as_raw_fd(),
+            n.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
 pub fn linkat(
     odir: BorrowedFd<'_>,
     oname: &OsStr,
