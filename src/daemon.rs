@@ -390,8 +390,8 @@ pub fn fuse_config(p: &Params, source: Option<&str>) -> fuser::Config {
     let mut c = fuser::Config::default();
     c.mount_options = opts;
     c.acl = acl;
+    // Our /dev/fuse threads (`serve`), each with its own clone of the descriptor.
     c.n_threads = Some(if p.single_threaded { 1 } else { threads });
-    c.clone_fd = true;
     c
 }
 

@@ -13,9 +13,9 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Who may use a mount without allow_other (fuser's rule, which its own request loop
-/// applies): requests from other users fail, but for those the kernel may send on a file
-/// already open.
+/// Who may use a mount without allow_other (the rule of fuser's own request loop, kept):
+/// requests from other users fail, but for those the kernel may send on a file already
+/// open.
 fn allowed(fs: &Adapter, req: &InHeader) -> bool {
     use fuser::SessionACL;
     let owner = fs.owner;
@@ -286,7 +286,8 @@ pub fn answer(
             out.put(&data[..data.len().min(out_size)]);
             Ok(out.len)
         }
-        // What fuser answers for an operation our filesystem does not implement.
+        // The kernel then does without (POSIX locks, polls, statx, bmap) or fails the call
+        // with EOPNOTSUPP, and stops asking.
         _ => Err(Errno(libc::ENOSYS)),
     }
 }

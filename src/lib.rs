@@ -1,8 +1,10 @@
 //! ovlfuse: a union (overlay) filesystem in userspace over FUSE, with the semantics of
 //! Linux kernel overlayfs.
 //!
-//! `ovl` is the overlay core (no FUSE types), `fuse` the thin adapter to `fuser` (with `passthrough`, its bookkeeping of FUSE
-//! passthrough opens, and `devfuse_cpu`, the CPU its /dev/fuse threads run on), `sys`
+//! `ovl` is the overlay core (no FUSE types); `fuse` the thin adapter (INIT through
+//! `fuser`, which mounts; `fuse_ops` answers each request, `fuse_wire` encodes it,
+//! `fuse_dev` and `fuse_uring` carry it; `passthrough` keeps FUSE passthrough opens, and
+//! `devfuse_cpu` the CPU the /dev/fuse threads run on), `sys`
 //! the raw system calls, `cli` the command line, `daemon` mounting and backgrounding, `logging` where log
 //! records go (stderr, then the system log in the background).
 

@@ -564,10 +564,9 @@ impl NodeTable {
     /// Makes the node for `name` in `parent` — or, when a live node already stands for the
     /// same object (an upper hard link), adds the name to it — with one lookup reference.
     ///
-    /// The node id is the object's `st_ino` where it can be: fuser sends an entry's node id
-    /// as its inode number. Another object holding that number gets a synthetic id; its
-    /// entry replies then carry no attribute lifetime, so the kernel asks getattr at once
-    /// and learns the real `st_ino` from it.
+    /// The node id is the object's `st_ino` where it can be (one number to follow in
+    /// traces); another object holding that number gets a synthetic id. Replies carry
+    /// node id and `st_ino` apart, so callers see the real `st_ino` either way.
     pub fn insert(&self, parent: NodeId, name: Name, init: NodeInit) -> Arc<Node> {
         let key = ChildKey {
             parent,
