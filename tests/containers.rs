@@ -540,16 +540,7 @@ fn xattr_permissions_keep_owner_mode_and_type_in_an_xattr() {
             )
         };
         let tmp = ok(cvt(tmp), "O_TMPFILE");
-        let proc = std::ffi::CString::new(format!("/proc/self/fd/{tmp}")).unwrap();
-        let linked = cvt(unsafe {
-            libc::linkat(
-                libc::AT_FDCWD,
-                proc.as_ptr(),
-                libc::AT_FDCWD,
-                cpath(&m.join("tmp")).as_ptr(),
-                libc::AT_SYMLINK_FOLLOW,
-            )
-        });
+        let linked = link_open_file(tmp, &m.join("tmp"));
         unsafe { libc::close(tmp) };
         ok(linked, "linkat of the O_TMPFILE file");
         let mt = fs::metadata(m.join("tmp")).unwrap();

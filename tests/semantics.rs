@@ -3614,18 +3614,7 @@ fn o_tmpfile_matches_kernel() {
             )],
             Ok(f) => {
                 let w = f.write_all_at(b"tmp", 0);
-                let c = cpath(&r.join("d/linked"));
-                let proc =
-                    std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
-                let l = cvt(unsafe {
-                    libc::linkat(
-                        libc::AT_FDCWD,
-                        proc.as_ptr(),
-                        libc::AT_FDCWD,
-                        c.as_ptr(),
-                        libc::AT_SYMLINK_FOLLOW,
-                    )
-                });
+                let l = link_open_file(f.as_raw_fd(), &r.join("d/linked"));
                 vec![
                     "open: ok".into(),
                     outcome_unit(&w),
@@ -3659,19 +3648,7 @@ fn o_tmpfile_corner_cases_match_kernel() {
         ]],
         &[],
     );
-    let link = |f: &fs::File, to: &Path| {
-        let proc = std::ffi::CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
-        let c = cpath(to);
-        outcome_unit(&cvt(unsafe {
-            libc::linkat(
-                libc::AT_FDCWD,
-                proc.as_ptr(),
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                libc::AT_SYMLINK_FOLLOW,
-            )
-        }))
-    };
+    let link = |f: &fs::File, to: &Path| outcome_unit(&link_open_file(f.as_raw_fd(), to));
     let nlink = |f: &fs::File| {
         f.metadata()
             .map(|m| m.nlink())

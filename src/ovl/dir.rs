@@ -326,21 +326,8 @@ impl Overlay {
             Some(f) => fs::fstat(f.as_fd())?,
             None => fs::fstatat(upfd, name)?,
         };
-        let ino = self.layers.ino.map(st.st_dev, st.st_ino);
-        let upper_key = (kind != libc::S_IFDIR).then_some((st.st_dev, st.st_ino));
-        let init = NodeInit {
-            kind,
-            ino,
-            state: NodeState {
-                upper: true,
-                lowers: Lowers::None,
-                // Nothing new carries a protattr.
-                prot: super::inode::PROT_KNOWN,
-                ..Default::default()
-            },
-            upper_key,
-            seen: None,
-        };
+        let init = self.new_upper_node(kind, &st);
+        let ino = init.ino;
         let node = self.nodes.insert(parent.id, Name::from(name), init);
         if let Some(m) = parent.merged() {
             m.insert(name, Entry::upper(kind, ino));
@@ -403,22 +390,30 @@ impl Overlay {
             }
         }
         let st = fs::fstat(fd.as_fd())?;
-        let init = NodeInit {
-            kind: libc::S_IFREG,
+        let init = self.new_upper_node(libc::S_IFREG, &st);
+        let path_fd = fs::reopen(fd.as_fd(), libc::O_PATH | libc::O_CLOEXEC)?;
+        let node = self
+            .nodes
+            .insert_unnamed(parent.id, init, Arc::new(path_fd));
+        let attr = self.attr_of(&node, &st);
+        Ok((node, attr, fd))
+    }
+
+    /// What a node needs of an object just made in the upper layer, whose stat is `st`.
+    fn new_upper_node(&self, kind: u32, st: &fs::Stat) -> NodeInit {
+        NodeInit {
+            kind,
             ino: self.layers.ino.map(st.st_dev, st.st_ino),
             state: NodeState {
                 upper: true,
                 lowers: Lowers::None,
+                // Nothing new carries a protattr.
                 prot: super::inode::PROT_KNOWN,
                 ..Default::default()
             },
-            upper_key: Some((st.st_dev, st.st_ino)),
+            upper_key: (kind != libc::S_IFDIR).then_some((st.st_dev, st.st_ino)),
             seen: None,
-        };
-        let kept = fs::reopen(fd.as_fd(), libc::O_PATH | libc::O_CLOEXEC)?;
-        let node = self.nodes.insert_unnamed(parent.id, init, Arc::new(kept));
-        let attr = self.attr_of(&node, &st);
-        Ok((node, attr, fd))
+        }
     }
 
     /// The owner, group (disk ids) and permission bits of a new object `what` made by
@@ -532,14 +527,14 @@ impl Overlay {
         self.copy_up(&parent, true)?;
         let _g = parent.dir_lock.lock();
         self.require_absent(&parent, name)?;
+        // The upper file to link: by its fd, or by its name in its upper directory.
         let source = match unnamed {
-            Some(_) => None,
-            None => Some(self.parent_fd(&node, UPPER)?),
+            Some(fd) => Ok(fd),
+            None => Err(self.parent_fd(&node, UPPER)?),
         };
-        let link_to = |dir: BorrowedFd<'_>, to: &OsStr| match (&source, &unnamed) {
-            (Some((opfd, oname)), _) => fs::linkat(opfd.as_fd(), oname, dir, to),
-            (None, Some(fd)) => fs::link_fd(fd.as_fd(), dir, to),
-            (None, None) => Err(Errno::ENOENT),
+        let link_to = |dir: BorrowedFd<'_>, to: &OsStr| match &source {
+            Ok(fd) => fs::link_fd(fd.as_fd(), dir, to),
+            Err((opfd, oname)) => fs::linkat(opfd.as_fd(), oname, dir, to),
         };
         let nfd = self.nodes.dir_fd(&parent, UPPER)?;
         let nfd = nfd.as_fd();

@@ -186,6 +186,24 @@ pub fn cpath(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap_or_else(|_| panic!("NUL in path {p:?}"))
 }
 
+/// Gives the file open as `fd` the name `to`, through its /proc/self/fd link
+/// (`linkat(AT_SYMLINK_FOLLOW)`, the way a file made with O_TMPFILE gets a name).
+pub fn link_open_file(fd: std::os::fd::RawFd, to: &Path) -> io::Result<()> {
+    let from = cstr(&format!("/proc/self/fd/{fd}"));
+    let to = cpath(to);
+    // SAFETY: both names are NUL-terminated and outlive the call.
+    cvt(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
 fn cstr(s: &str) -> CString {
     CString::new(s).unwrap_or_else(|_| panic!("NUL in {s:?}"))
 }
