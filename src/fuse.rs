@@ -31,7 +31,7 @@ pub struct Adapter {
     /// (FUSE_NO_OPENDIR_SUPPORT, Linux 5.1); older ones would fail the open instead.
     pub(crate) skip_opendir: AtomicBool,
     /// Set once a request has come over io_uring: from then on /dev/fuse brings only
-    /// FORGET and INTERRUPT (see `pause_before_forgets`).
+    /// FORGET and INTERRUPT (see `fuse_dev::pause_before_forgets`).
     pub(crate) ring_live: AtomicBool,
     /// The session's /dev/fuse descriptor: backing files are registered through it, and
     /// the io_uring transport's commands go to it.

@@ -15,7 +15,7 @@
 //! lifetime. One codec for both transports also leaves one dispatch to keep right.
 
 use crate::fuse::Adapter;
-use crate::fuse_wire::{op, Fields, InHeader, IN_HEADER_LEN, OUT_HEADER_LEN};
+use crate::fuse_wire::{op, Fields, InHeader, IN_HEADER_LEN};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -138,18 +138,7 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
         let follow = &fs.follow;
         let mut let_go = || follow.free();
         let let_go: Option<&mut dyn FnMut()> = follow.pinned().then_some(&mut let_go);
-        // A panic must not end the thread: the caller would wait for its reply for ever.
-        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            crate::fuse_ops::answer(fs, &req, op_in, p, in_len, let_go)
-        }));
-        let (error, out_len) = match answered {
-            Ok(Ok(len)) => (0, len),
-            Ok(Err(e)) => (-e.0, 0),
-            Err(_) => {
-                log::error!("request {} (opcode {}) panicked", req.unique, req.opcode);
-                (-libc::EIO, 0)
-            }
-        };
+        let (error, out_len) = crate::fuse_ops::answer_caught(fs, &req, op_in, p, in_len, let_go);
         match reply(dev, req.unique, error, &p[..out_len]) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
@@ -165,11 +154,7 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
 
 /// Writes the reply to request `unique`: an errno (negative) or the body.
 fn reply(dev: &OwnedFd, unique: u64, error: i32, body: &[u8]) -> io::Result<()> {
-    let mut head = [0u8; OUT_HEADER_LEN];
-    let len = (OUT_HEADER_LEN + body.len()) as u32;
-    head[0..4].copy_from_slice(&len.to_ne_bytes());
-    head[4..8].copy_from_slice(&error.to_ne_bytes());
-    head[8..16].copy_from_slice(&unique.to_ne_bytes());
+    let mut head = crate::fuse_wire::out_header(body.len(), error, unique);
     let iov = [
         libc::iovec {
             iov_base: head.as_mut_ptr().cast(),

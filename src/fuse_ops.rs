@@ -40,11 +40,35 @@ fn allowed(fs: &Adapter, req: &InHeader) -> bool {
 
 const EINVAL: Errno = Errno(libc::EINVAL);
 
+/// `answer`, as the transports send it back: (0 or a negative errno, the body's length).
+/// A panic is answered with EIO and logged: the caller, and on io_uring the ring entry,
+/// would otherwise wait for the reply for ever.
+pub fn answer_caught(
+    fs: &Adapter,
+    req: &InHeader,
+    op_in: &[u8],
+    p: &mut [u8],
+    in_len: usize,
+    let_go: Option<&mut dyn FnMut()>,
+) -> (i32, usize) {
+    let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        answer(fs, req, op_in, p, in_len, let_go)
+    }));
+    match answered {
+        Ok(Ok(len)) => (0, len),
+        Ok(Err(e)) => (-e.0, 0),
+        Err(_) => {
+            log::error!("request {} (opcode {}) panicked", req.unique, req.opcode);
+            (-libc::EIO, 0)
+        }
+    }
+}
+
 /// Answers one request: `op_in` is the opcode's fixed argument struct, `p[..in_len]` the
 /// request's variable part; the reply body goes into `p` (over the request); returns its
 /// length. `let_go` lets the serving thread off its pinned CPU before a small READ waits
 /// for a disk (see `FREE_FOR_READS_UP_TO`).
-pub fn answer(
+fn answer(
     fs: &Adapter,
     req: &InHeader,
     op_in: &[u8],

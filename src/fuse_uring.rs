@@ -326,24 +326,11 @@ fn serve(fs: &Adapter, dev: &OwnedFd, entry: Entry, priority: Policy) -> std::io
         let in_len = (f.u32(ENT_PAYLOAD_SZ) as usize).min(p.len());
         let mut op_in = [0u8; OP_IN];
         op_in.copy_from_slice(&h[OP_IN..2 * OP_IN]);
-        // A panic must not take the entry with it: the kernel would wait for this
-        // request, and hand this entry no other, for ever.
-        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut let_go = || place.free();
-            crate::fuse_ops::answer(fs, &req, &op_in, p, in_len, Some(&mut let_go))
-        }));
-        let (error, out_len) = match answered {
-            Ok(Ok(n)) => (0, n),
-            Ok(Err(e)) => (-e.0, 0),
-            Err(_) => {
-                log::error!("request {} (opcode {}) panicked", req.unique, req.opcode);
-                (-libc::EIO, 0)
-            }
-        };
-        let len = (crate::fuse_wire::OUT_HEADER_LEN + out_len) as u32;
-        h[0..4].copy_from_slice(&len.to_ne_bytes());
-        h[4..8].copy_from_slice(&error.to_ne_bytes());
-        h[8..16].copy_from_slice(&req.unique.to_ne_bytes());
+        let mut let_go = || place.free();
+        let (error, out_len) =
+            crate::fuse_ops::answer_caught(fs, &req, &op_in, p, in_len, Some(&mut let_go));
+        h[..crate::fuse_wire::OUT_HEADER_LEN]
+            .copy_from_slice(&crate::fuse_wire::out_header(out_len, error, req.unique));
         h[ENT_PAYLOAD_SZ..ENT_PAYLOAD_SZ + 4].copy_from_slice(&(out_len as u32).to_ne_bytes());
         cmd = CMD_COMMIT_AND_FETCH;
         class.served();

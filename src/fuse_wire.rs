@@ -104,6 +104,16 @@ impl InHeader {
     }
 }
 
+/// `struct fuse_out_header` of a reply with a body of `body_len` bytes; `error` is 0 or a
+/// negative errno.
+pub fn out_header(body_len: usize, error: i32, unique: u64) -> [u8; OUT_HEADER_LEN] {
+    let mut h = [0u8; OUT_HEADER_LEN];
+    h[0..4].copy_from_slice(&((OUT_HEADER_LEN + body_len) as u32).to_ne_bytes());
+    h[4..8].copy_from_slice(&error.to_ne_bytes());
+    h[8..16].copy_from_slice(&unique.to_ne_bytes());
+    h
+}
+
 /// Over /dev/fuse a request's arguments follow its header one after another: the opcode's
 /// fixed argument struct (io_uring hands that one over in a buffer of its own), then names
 /// and data. This is that struct's length, for the opcodes with more after it; the others

@@ -657,17 +657,25 @@ impl NodeTable {
             name: Name::from(OsStr::new("")),
         };
         let mut id = init.ino;
-        if id == ROOT_ID || id == 0 || self.nodes.contains_key(&id) {
+        if id == ROOT_ID || id == 0 {
             id = self.synthetic_id();
         }
-        let node = Arc::new(Node::new(id, init.kind, init.ino, loc, init.state));
-        node.set_upper_key(init.upper_key);
-        node.lookups.store(1, Ordering::Relaxed);
-        node.unlinked.store(true, Ordering::Relaxed);
-        node.set_detached(fd);
-        self.nodes.insert(id, node.clone());
-        self.note_size();
-        node
+        // As in `insert`, taken atomically: a live node may hold the number already.
+        loop {
+            match self.nodes.entry(id) {
+                dashmap::Entry::Vacant(v) => {
+                    let node = Arc::new(Node::new(id, init.kind, init.ino, loc, init.state));
+                    node.set_upper_key(init.upper_key);
+                    node.lookups.store(1, Ordering::Relaxed);
+                    node.unlinked.store(true, Ordering::Relaxed);
+                    node.set_detached(fd);
+                    v.insert(node.clone());
+                    self.note_size();
+                    return node;
+                }
+                dashmap::Entry::Occupied(_) => id = self.synthetic_id(),
+            }
+        }
     }
 
     /// Drops `n` lookup references; the node goes when none are left.
