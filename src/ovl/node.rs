@@ -420,6 +420,14 @@ pub struct NodeInit {
     pub seen: Option<Stat>,
 }
 
+/// The node `id` of what `init` found, at `loc`, with one lookup reference.
+fn new_node(id: NodeId, init: NodeInit, loc: Loc) -> Arc<Node> {
+    let node = Arc::new(Node::new(id, init.kind, init.ino, loc, init.state));
+    node.set_upper_key(init.upper_key);
+    node.lookups.store(1, Ordering::Relaxed);
+    node
+}
+
 /// Heap freed with a forgotten node, roughly: the node, its name and its two map entries.
 const NODE_HEAP_BYTES: usize = std::mem::size_of::<Node>() + 64;
 
@@ -573,16 +581,11 @@ impl NodeTable {
             name: name.clone(),
         };
         let loc = Loc { parent, name };
-        let mut id = init.ino;
-        if id == ROOT_ID || id == 0 {
-            id = self.synthetic_id();
-        }
+        let mut id = self.first_id(init.ino);
         loop {
             match self.nodes.entry(id) {
                 dashmap::Entry::Vacant(v) => {
-                    let node = Arc::new(Node::new(id, init.kind, init.ino, loc, init.state));
-                    node.set_upper_key(init.upper_key);
-                    node.lookups.store(1, Ordering::Relaxed);
+                    let node = new_node(id, init, loc);
                     v.insert(node.clone());
                     self.children.insert(key, id);
                     self.note_size();
@@ -622,6 +625,16 @@ impl NodeTable {
         }
     }
 
+    /// The id a node of the object numbered `ino` tries first: that number, unless it is
+    /// the root's or none.
+    fn first_id(&self, ino: u64) -> NodeId {
+        if ino == ROOT_ID || ino == 0 {
+            self.synthetic_id()
+        } else {
+            ino
+        }
+    }
+
     fn synthetic_id(&self) -> NodeId {
         self.next_synthetic.fetch_add(1, Ordering::Relaxed)
     }
@@ -656,17 +669,12 @@ impl NodeTable {
             parent,
             name: Name::from(OsStr::new("")),
         };
-        let mut id = init.ino;
-        if id == ROOT_ID || id == 0 {
-            id = self.synthetic_id();
-        }
+        let mut id = self.first_id(init.ino);
         // As in `insert`, taken atomically: a live node may hold the number already.
         loop {
             match self.nodes.entry(id) {
                 dashmap::Entry::Vacant(v) => {
-                    let node = Arc::new(Node::new(id, init.kind, init.ino, loc, init.state));
-                    node.set_upper_key(init.upper_key);
-                    node.lookups.store(1, Ordering::Relaxed);
+                    let node = new_node(id, init, loc);
                     node.unlinked.store(true, Ordering::Relaxed);
                     node.set_detached(fd);
                     v.insert(node.clone());
