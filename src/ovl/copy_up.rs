@@ -10,7 +10,7 @@
 
 use super::layers::{remove_tree, UPPER};
 use super::namei::{IMPURE_XATTR, ORIGIN_XATTR};
-use super::node::{Node, ROOT_ID};
+use super::node::{Node, MAX_DEPTH, ROOT_ID};
 use super::ownership::OverrideStat;
 use super::whiteout;
 use super::{Errno, Overlay, SysResult};
@@ -33,17 +33,36 @@ pub fn temp_name() -> OsString {
 
 impl Overlay {
     /// Makes sure `node` has an upper copy; `with_data` false copies a file empty.
+    ///
+    /// The ancestors that lack one are copied first, from the highest down. A loop, not
+    /// recursion: a lower tree may be deeper than a serving thread's stack allows (one
+    /// frame per level overflowed it at about 4000 levels, and took the daemon down).
     pub fn copy_up(&self, node: &Arc<Node>, with_data: bool) -> SysResult<()> {
         if node.is_upper() {
             return Ok(());
         }
         self.require_upper()?;
-        if node.id == ROOT_ID {
-            return Ok(());
+        let mut missing = Vec::new();
+        let mut cur = node.clone();
+        while !cur.is_upper() && cur.id != ROOT_ID {
+            if missing.len() > MAX_DEPTH {
+                return Err(Errno::ELOOP);
+            }
+            let parent = self.node(cur.parent())?;
+            missing.push(std::mem::replace(&mut cur, parent));
         }
-        let parent = self.node(node.parent())?;
-        self.copy_up(&parent, true)?;
+        let Some((first, ancestors)) = missing.split_first() else {
+            return Ok(());
+        };
+        for dir in ancestors.iter().rev() {
+            self.copy_up_one(dir, true)?;
+        }
+        self.copy_up_one(first, with_data)
+    }
 
+    /// Copies up `node`, whose parent has an upper copy already.
+    fn copy_up_one(&self, node: &Arc<Node>, with_data: bool) -> SysResult<()> {
+        let parent = self.node(node.parent())?;
         let _guard = node.copy_lock.lock();
         if node.is_upper() {
             return Ok(());

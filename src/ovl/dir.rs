@@ -122,7 +122,7 @@ impl Overlay {
             if id == anc {
                 return true;
             }
-            if id == ROOT_ID || depth > 4096 {
+            if id == ROOT_ID || depth > super::node::MAX_DEPTH {
                 return false;
             }
             id = match self.node(id) {

@@ -12,7 +12,7 @@ use super::ownership::{OverrideStat, OVERRIDE_XATTRS};
 use super::params::{Atime, Params};
 use super::whiteout;
 use crate::sys::{self, fs, Errno};
-use std::ffi::{CString, OsStr};
+use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -522,23 +522,87 @@ fn prepare_work(w: &Layer) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-/// Removes `name` inside `dir`, recursively if it is a directory. Only ever used on our own
-/// work directory and on upper directories that hold nothing but whiteouts.
+/// How many levels of a tree `remove_tree` keeps open at once.
+const REMOVE_LEVELS: usize = 64;
+
+/// Removes `name` inside `dir`, with everything under it if it is a directory. Only ever
+/// used on our own work directory and on upper directories that hold nothing but
+/// whiteouts.
+///
+/// Depth first with one open directory per level, in a loop rather than by recursion: a
+/// leftover tree may be deeper than the stack allows. Below `REMOVE_LEVELS` levels a
+/// subtree is moved up beside `name` and removed after it, so that a tree of any depth
+/// needs only so many descriptors. That happens only in the work directory: a directory
+/// of whiteouts has one level.
 pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> sys::SysResult<()> {
+    let mut pending = vec![name.to_owned()];
+    while let Some(next) = pending.pop() {
+        remove_levels(dir, &next, &mut pending)?;
+    }
+    Ok(())
+}
+
+/// `remove_tree` of `name`, down to `REMOVE_LEVELS`; the names of the subtrees it moved up
+/// into `dir` go to `moved`.
+fn remove_levels(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    moved: &mut Vec<OsString>,
+) -> sys::SysResult<()> {
+    if remove_entry(dir, name)? {
+        return Ok(());
+    }
+    /// A directory being emptied: its name in the level above, the entries left.
+    struct Level {
+        fd: OwnedFd,
+        name: OsString,
+        left: Vec<fs::RawDirent>,
+    }
+    let open = |at: BorrowedFd<'_>, name: &OsStr| -> sys::SysResult<Level> {
+        let fd = fs::openat(at, name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let left = fs::read_dir_all(fd.as_fd())?;
+        Ok(Level {
+            fd,
+            name: name.to_owned(),
+            left,
+        })
+    };
+    let mut levels = vec![open(dir, name)?];
+    loop {
+        let depth = levels.len();
+        let Some(top) = levels.last_mut() else { break };
+        if let Some(ent) = top.left.pop() {
+            if remove_entry(top.fd.as_fd(), &ent.name)? {
+                continue;
+            }
+            if depth < REMOVE_LEVELS {
+                let below = open(top.fd.as_fd(), &ent.name)?;
+                levels.push(below);
+            } else {
+                let up = super::copy_up::temp_name();
+                fs::renameat2(top.fd.as_fd(), &ent.name, dir, &up, fs::RENAME_NOREPLACE)?;
+                moved.push(up);
+            }
+            continue;
+        }
+        let Some(emptied) = levels.pop() else { break };
+        let above = levels.last().map_or(dir, |l| l.fd.as_fd());
+        fs::unlinkat(above, &emptied.name, true)?;
+    }
+    Ok(())
+}
+
+/// Removes `name` unless it is a directory with entries; whether it did.
+fn remove_entry(dir: BorrowedFd<'_>, name: &OsStr) -> sys::SysResult<bool> {
     // Nearly everything removed here is a whiteout: unlink first, which Linux refuses to a
     // directory with EISDIR, rather than a stat of each entry.
     match fs::unlinkat(dir, name, false) {
         Err(Errno::EISDIR) => {}
-        other => return other,
+        other => return other.map(|()| true),
     }
     match fs::unlinkat(dir, name, true) {
-        Ok(()) => return Ok(()),
-        Err(e) if e != Errno::ENOTEMPTY && e != Errno(libc::EEXIST) => return Err(e),
-        Err(_) => {}
+        Ok(()) => Ok(true),
+        Err(e) if e == Errno::ENOTEMPTY || e == Errno(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e),
     }
-    let sub = fs::openat(dir, name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
-    for ent in fs::read_dir_all(sub.as_fd())? {
-        remove_tree(sub.as_fd(), &ent.name)?;
-    }
-    fs::unlinkat(dir, name, true)
 }

@@ -1236,3 +1236,28 @@ fn a_read_that_must_wait_for_the_disk_says_so_once_and_reads_the_same() {
     assert_eq!(calls, 0, "a read at the end waits for nothing");
     ovl.release(fh);
 }
+
+#[test]
+fn a_leftover_deeper_than_the_levels_kept_open_is_cleared_from_the_work_dir() {
+    let f = Fixture::new(1);
+    // 300 levels (past the 64 kept open at once), each with a whiteout beside the next.
+    let mut dir = f.p("work/work/#ovlfuse.left");
+    std::fs::create_dir_all(&dir).unwrap();
+    let top = std::fs::File::open(&dir).unwrap();
+    let mut at = top;
+    for _ in 0..300 {
+        fs::mknodat(at.as_fd(), OsStr::new("wh"), libc::S_IFCHR, 0).unwrap();
+        fs::mkdirat(at.as_fd(), OsStr::new("x"), 0o755).unwrap();
+        dir.push("x");
+        at = std::fs::File::open(&dir).unwrap();
+    }
+    drop(at);
+    let _ovl = f.overlay(1);
+    // Only the shared whiteout that the set-up makes stays.
+    let left: Vec<_> = std::fs::read_dir(f.p("work/work"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "#whiteout")
+        .collect();
+    assert!(left.is_empty(), "left in the work directory: {left:?}");
+}
