@@ -188,6 +188,28 @@ impl Adapter {
             }
     }
 
+    /// Before the reply to an open (`Overlay::prefill`): hands the kernel's page cache the
+    /// data of a small lower file read through us (`cached`: not passthrough), by
+    /// NOTIFY_STORE.
+    pub(crate) fn prefill(
+        &self,
+        fh: u64,
+        node: u64,
+        cached: bool,
+        before_wait: Option<&mut dyn FnMut()>,
+    ) {
+        let notifier = self.notifier.get().filter(|_| cached);
+        let mut store = |data: &[u8]| {
+            if let Some(n) = notifier {
+                if let Err(e) = n.store(INodeNo(node), 0, data) {
+                    debug!("store of node {node}'s data: {e}");
+                }
+            }
+        };
+        let give: Option<crate::ovl::file::DataSink> = notifier.map(|_| &mut store as _);
+        self.ovl.prefill(fh, give, before_wait);
+    }
+
     /// OPENDIR's open flags, or the error to answer.
     pub(crate) fn opendir_flags(&self, ino: u64) -> Result<FopenFlags, Errno> {
         // Once refused, the kernel opens directories without asking us, and keeps

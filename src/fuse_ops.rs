@@ -177,7 +177,9 @@ fn answer(
         op::OPEN => {
             let fh = fs.ovl.open(&ctx, id, a.i32(0))?;
             let mut out = Out::new(p);
-            open_reply(fs, &mut out, fh, id);
+            let backing = fs.backing(fh, id);
+            fs.prefill(fh, id, backing.is_none(), let_go);
+            open_out(fs, &mut out, fh, backing);
             Ok(out.len)
         }
         op::CREATE => {
@@ -375,13 +377,7 @@ fn xattr_reply(p: &mut [u8], size: u32, v: &[u8]) -> Result<usize, Errno> {
     }
 }
 
-/// `fuse_open_out` for a new open file: passthrough when the adapter gives a backing file.
-fn open_reply(fs: &Adapter, out: &mut Out<'_>, fh: u64, node: u64) {
-    let backing = fs.backing(fh, node);
-    open_out(fs, out, fh, backing);
-}
-
-/// `fuse_open_out` with the open file's mode already decided.
+/// `fuse_open_out` for a new open file: passthrough when the adapter gave a backing file.
 fn open_out(fs: &Adapter, out: &mut Out<'_>, fh: u64, backing: Option<Arc<Backing>>) {
     match backing {
         Some(b) => out.open(

@@ -102,6 +102,15 @@ pub(super) fn write_cache_flags(rflags: i32, room: bool) -> (i32, bool) {
     }
 }
 
+/// The largest lower file whose data an open hands the kernel at once (`prefill`): a
+/// caller that opens a file without reading it all costs a read of this much at most.
+const PREFILL_UP_TO: usize = 64 * 1024;
+/// The bit of a file node's `tally` (its open files) set once `prefill` gave its data.
+const PREFILLED: u32 = 1 << 31;
+
+/// Where `prefill` hands a file's data.
+pub type DataSink<'a> = &'a mut dyn FnMut(&[u8]);
+
 /// The opens to try, in order, for a writable open of an existing file while the kernel
 /// caches writes: `write_cache_flags`; without O_NOATIME (a file we do not own); for
 /// direct I/O without O_APPEND; and as asked (an append-only file, which no open without
@@ -150,6 +159,7 @@ impl Overlay {
         direct: bool,
     ) -> u64 {
         let fh = self.new_fh();
+        node.tally.fetch_add(1, Ordering::Relaxed);
         let h = FileHandle {
             node,
             fd: RwLock::new(Arc::new(fd)),
@@ -513,7 +523,66 @@ impl Overlay {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files.remove(&fh);
+        if let Some((_, h)) = self.files.remove(&fh) {
+            h.node.tally.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Before the open `fh` of a regular file returns: the first time its node is opened
+    /// while no other file of it is, and it is a small lower file read through us, hands
+    /// `give` its whole data, for the kernel's page cache (which such a file keeps).
+    ///
+    /// Why: a read of it is then served by the kernel, which saves the READ round trip
+    /// and the GETATTR that follows one (the kernel marks the atime stale after each READ,
+    /// so the next stat asks us). `tar c` of 50k small lower files made four requests
+    /// per file (OPEN, READ, GETATTR, RELEASE), now two.
+    ///
+    /// Every open of a regular file passes here, and waits while another open of the node
+    /// hands its data over: filling the page cache locks its pages, and a read through a
+    /// file opened meanwhile could lock them first and wait for a READ that no serving
+    /// thread is free to answer. So data goes over only while this is the one open file
+    /// (no mapping can outlive its file), and opens made meanwhile return after it.
+    ///
+    /// `before_wait` as for `read_into`.
+    pub fn prefill(
+        &self,
+        fh: u64,
+        give: Option<DataSink<'_>>,
+        before_wait: Option<&mut dyn FnMut()>,
+    ) {
+        let Some(h) = self.file_handle(fh) else {
+            return;
+        };
+        if h.node.kind != libc::S_IFREG {
+            return;
+        }
+        let _barrier = h.node.dir_lock.lock();
+        let Some(give) = give else {
+            return;
+        };
+        // This file alone, and no data given before.
+        if h.node.tally.load(Ordering::Relaxed) != 1
+            || h.is_upper()
+            || h.direct
+            || h.flags & libc::O_ACCMODE != libc::O_RDONLY
+        {
+            return;
+        }
+        h.node.tally.fetch_or(PREFILLED, Ordering::Relaxed);
+        let fd = h.fd();
+        let Ok(st) = fs::fstat(fd.as_fd()) else {
+            return;
+        };
+        if st.st_size <= 0 || st.st_size as usize > PREFILL_UP_TO {
+            return;
+        }
+        let mut data = vec![0u8; st.st_size as usize];
+        if self
+            .read_into(fh, 0, &mut data, before_wait)
+            .is_ok_and(|n| n == data.len())
+        {
+            give(&data);
+        }
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {

@@ -252,7 +252,7 @@ impl Overlay {
             return;
         }
         let build = st.lowers.len() >= DEEP_STACK
-            || (parent.misses.fetch_add(1, Ordering::Relaxed) + 1 == MISSES_BEFORE_LISTING
+            || (parent.tally.fetch_add(1, Ordering::Relaxed) + 1 == MISSES_BEFORE_LISTING
                 && self.layer_dirs_bytes(parent, &st) <= LISTABLE_DIR_BYTES);
         if build {
             let _ = self.merged_dir(parent);

@@ -247,8 +247,10 @@ pub struct Node {
     /// and for objects whose number another live object holds (a lower hard link whose
     /// sibling was copied up, a reused upper inode number).
     pub ino: u64,
-    /// Lookups of absent names in this directory, until its merged listing is built.
-    pub misses: std::sync::atomic::AtomicU32,
+    /// A directory's lookups of absent names, until its merged listing is built (see
+    /// `namei`); any other node's files open through the mount (see `Overlay::prefill`).
+    /// One field for both, as a node never changes kind and must stay small.
+    pub tally: std::sync::atomic::AtomicU32,
     loc: RwLock<Loc>,
     pub state: RwLock<NodeState>,
     lookups: AtomicU64,
@@ -257,7 +259,8 @@ pub struct Node {
     upper_key: Mutex<(u64, u64)>,
     /// Held while the node is copied up, so a copy-up happens once.
     pub copy_lock: Mutex<()>,
-    /// Held (on a directory) while a name inside it is created, removed or renamed.
+    /// Held, on a directory, while a name inside it is created, removed or renamed; on a
+    /// file, while an open hands its data to the kernel (see `Overlay::prefill`).
     pub dir_lock: Mutex<()>,
     /// The object has no name left in the merged tree.
     pub unlinked: AtomicBool,
@@ -1129,7 +1132,7 @@ impl Node {
             id,
             kind,
             ino,
-            misses: std::sync::atomic::AtomicU32::new(0),
+            tally: std::sync::atomic::AtomicU32::new(0),
             loc: RwLock::new(loc),
             state: RwLock::new(state),
             lookups: AtomicU64::new(0),
