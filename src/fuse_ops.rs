@@ -347,6 +347,9 @@ fn created_reply(
     (n, attr, fh): (Arc<Node>, crate::ovl::Attr, u64),
 ) -> Result<usize, Errno> {
     let backing = fs.backing(fh, n.id);
+    // Only the wait of an open of a file whose data another open is handing over: a made
+    // file is upper, whose data never goes over.
+    fs.prefill(fh, n.id, false, None);
     // One lifetime for entry and attributes: the attributes'.
     let ttl = fs.attr_ttl(n.id);
     let mut out = Out::new(p);
