@@ -565,6 +565,8 @@ impl Overlay {
             || h.is_upper()
             || h.direct
             || h.flags & libc::O_ACCMODE != libc::O_RDONLY
+            // Its reads bypass the page cache.
+            || h.flags & libc::O_DIRECT != 0
         {
             return;
         }
