@@ -198,16 +198,16 @@ impl Adapter {
         cached: bool,
         before_wait: Option<&mut dyn FnMut()>,
     ) {
-        let notifier = self.notifier.get().filter(|_| cached);
+        let Some(n) = self.notifier.get().filter(|_| cached) else {
+            // Only the wait for another open handing the node's data over.
+            return self.ovl.prefill(fh, None, None);
+        };
         let mut store = |data: &[u8]| {
-            if let Some(n) = notifier {
-                if let Err(e) = n.store(INodeNo(node), 0, data) {
-                    debug!("store of node {node}'s data: {e}");
-                }
+            if let Err(e) = n.store(INodeNo(node), 0, data) {
+                debug!("store of node {node}'s data: {e}");
             }
         };
-        let give: Option<crate::ovl::file::DataSink> = notifier.map(|_| &mut store as _);
-        self.ovl.prefill(fh, give, before_wait);
+        self.ovl.prefill(fh, Some(&mut store), before_wait);
     }
 
     /// OPENDIR's open flags, or the error to answer.

@@ -66,8 +66,9 @@ pub fn answer_caught(
 
 /// Answers one request: `op_in` is the opcode's fixed argument struct, `p[..in_len]` the
 /// request's variable part; the reply body goes into `p` (over the request); returns its
-/// length. `let_go` lets the serving thread off its pinned CPU before a small READ waits
-/// for a disk (see `FREE_FOR_READS_UP_TO`).
+/// length. `let_go` lets the serving thread off its pinned CPU before a small READ, or an
+/// OPEN handing a small file's data to the kernel, waits for a disk (see
+/// `FREE_FOR_READS_UP_TO`).
 fn answer(
     fs: &Adapter,
     req: &InHeader,
