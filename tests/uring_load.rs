@@ -2,8 +2,10 @@
 //! under CPU load (`uring_idle=`), and the CPU of the /dev/fuse threads (`follow_caller=`).
 //!
 //! A test binary of its own because it keeps every CPU busy for seconds: cargo runs test
-//! binaries one at a time, so no other mount test runs beside it. It asserts what the
-//! daemon does (the threads' scheduling policy and CPUs), not how fast it is.
+//! binaries one at a time, so no other mount test runs beside it; and its tests take
+//! turns (`machine_to_myself`), since each reads how the scheduler treats the daemon and
+//! the others' busy threads would change that. It asserts what the daemon does (the
+//! threads' scheduling policy and CPUs), not how fast it is.
 
 mod common;
 
@@ -16,6 +18,22 @@ use std::time::{Duration, Instant};
 
 const SCHED_OTHER: u32 = 0;
 const SCHED_IDLE: u32 = 5;
+
+/// Held by each test while it runs. The harness runs a binary's tests on parallel threads;
+/// here the callers one test keeps spinning on every CPU fill the CPUs another test needs
+/// free (CI once saw a ring thread kept at normal priority for 40 s that way).
+fn machine_to_myself() -> std::sync::MutexGuard<'static, ()> {
+    static MACHINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    MACHINE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Threads runnable system-wide right now (the 4th field of /proc/loadavg), for messages.
+fn runnable_now() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(3).map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
 
 /// One busy thread pinned to each CPU until dropped.
 struct BusyCpus {
@@ -104,6 +122,7 @@ fn ring_threads_leave_idle_class_while_the_cpus_are_full_and_come_back_after() {
     if !fuse_uring_available() {
         return;
     }
+    let _turn = machine_to_myself();
     let sc = Scratch::new("uring-load");
     let st = Stack::new(&sc, 1);
     ok(fs::write(st.lowers[0].join("f"), b"x"), "lower file");
@@ -131,7 +150,12 @@ fn ring_threads_leave_idle_class_while_the_cpus_are_full_and_come_back_after() {
     // normal-priority thread that serves requests from now on must come back. (One that
     // serves none keeps its class, and costs nothing while it waits.)
     let mark = ring_threads(pid);
+    let mut runnable = std::collections::VecDeque::new();
     let back = requests_until(&f, Duration::from_secs(40), || {
+        if runnable.len() == 12 {
+            runnable.pop_front();
+        }
+        runnable.push_back(runnable_now());
         let now = ring_threads(pid);
         let moved_and_serving: Vec<_> = now
             .iter()
@@ -146,7 +170,9 @@ fn ring_threads_leave_idle_class_while_the_cpus_are_full_and_come_back_after() {
     assert!(
         back,
         "40 s after the CPUs were freed, the normal-priority ring threads that serve \
-         requests are not idle-class again: (tid, policy, switches) {mark:?} then {after:?}"
+         requests are not idle-class again: (tid, policy, switches) {mark:?} then {after:?}; \
+         threads runnable system-wide at the last looks (a thread stays at normal priority \
+         while others fill the CPUs): {runnable:?}"
     );
     assert_eq!(ok(fs::read(&f), "read"), b"x");
     g.unmount();
@@ -159,6 +185,7 @@ fn uring_idle_0_gives_normal_priority() {
     if !fuse_uring_available() {
         return;
     }
+    let _turn = machine_to_myself();
     let sc = Scratch::new("uring-normal");
     let st = Stack::new(&sc, 1);
     ok(fs::write(st.lowers[0].join("f"), b"x"), "lower file");
@@ -216,6 +243,7 @@ fn devfuse_threads_follow_a_caller_from_cpu_to_cpu() {
     if !fuse_available() || !two_cpus() {
         return;
     }
+    let _turn = machine_to_myself();
     let sc = Scratch::new("follow");
     let st = Stack::new(&sc, 1);
     ok(fs::write(st.lowers[0].join("f"), b"x"), "lower file");
@@ -263,6 +291,7 @@ fn devfuse_threads_let_go_for_callers_on_two_cpus_and_stay_put_when_told() {
     if !fuse_available() || !two_cpus() {
         return;
     }
+    let _turn = machine_to_myself();
     let sc = Scratch::new("follow-two");
     let st = Stack::new(&sc, 1);
     ok(fs::write(st.lowers[0].join("f"), b"x"), "lower file");
