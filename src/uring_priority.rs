@@ -10,8 +10,11 @@
 //! thread watches how long it waits to run once woken (its run-queue delay, from
 //! /proc/thread-self/schedstat) and moves to normal priority while that is long. It tries
 //! idle-class again after a while, unless other threads filled every CPU at each look
-//! meanwhile (/proc/loadavg): a try on full CPUs stalls a request for as long as they
-//! run (up to a second, measured).
+//! meanwhile (/proc/loadavg) and its own CPU never fell idle (/proc/stat): a try on a
+//! full CPU stalls a request for as long as the others run (up to a second, measured).
+//! The count alone is not enough: one busy thread pinned to the other CPU, with anything
+//! else runnable at each look (a kernel thread, the caller), reads as full CPUs and kept
+//! a ring thread whose own CPU was free at normal priority for good.
 
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
@@ -33,6 +36,9 @@ const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// Fewer wake-ups than this in a period are judged as this many: a few long waits are
 /// starvation, a few short ones say nothing.
 const MIN_WAKEUPS: u64 = 50;
+/// The share of a normal-priority spell its CPU must have spent idle for a try of
+/// idle-class, when the count of runnable threads says the CPUs are full.
+const IDLE_ROOM: f64 = 0.02;
 /// Mean wait to run per wake-up above which idle-class costs more than it saves.
 const STARVED: Duration = Duration::from_micros(40);
 /// How long normal priority lasts before idle-class is tried again; doubled (up to
@@ -78,13 +84,16 @@ impl Adaptive {
     }
 
     /// A period ends at `now` with `wakeups` wake-ups that waited `waited` in all;
-    /// `runnable` counts the threads runnable right now, ourselves included.
+    /// `runnable` counts the threads runnable right now, ourselves included;
+    /// `idle_share` tells what share of the normal-priority spell the thread's CPU spent
+    /// idle (asked at a spell's end only, and a new spell starts from there).
     fn step(
         &mut self,
         now: Instant,
         wakeups: u64,
         waited: Duration,
         runnable: impl FnOnce() -> Option<usize>,
+        idle_share: impl FnOnce() -> Option<f64>,
     ) -> Step {
         if let Some(until) = self.normal_until {
             if let Some(r) = runnable() {
@@ -93,8 +102,10 @@ impl Adaptive {
             if now < until {
                 return Step::Stay;
             }
-            // Others filled every CPU at each look: a try would stall.
-            if self.fewest_runnable.is_some_and(|r| r > self.cpus) {
+            // Others filled every CPU at each look, ours with no pause: a try would stall.
+            if self.fewest_runnable.is_some_and(|r| r > self.cpus)
+                && idle_share().is_none_or(|s| s < IDLE_ROOM)
+            {
                 self.normal_until = Some(now + self.hold);
                 self.fewest_runnable = None;
                 return Step::Stay;
@@ -139,6 +150,54 @@ fn online_cpus() -> usize {
     usize::try_from(n).unwrap_or(1).max(1)
 }
 
+/// The idle time of the calling thread's CPU since a mark, from /proc/stat.
+#[derive(Default)]
+struct CpuIdle {
+    /// (CPU, idle ticks, all ticks) at the mark.
+    mark: Option<(usize, u64, u64)>,
+}
+
+impl CpuIdle {
+    fn mark(&mut self) {
+        self.mark = Self::now();
+    }
+
+    /// The share of the time since the mark that the CPU spent idle; marks again. `None`
+    /// when unknown, or when the thread has moved to another CPU since.
+    fn share_since_mark(&mut self) -> Option<f64> {
+        let (cpu0, idle0, all0) = self.mark?;
+        self.mark = Self::now();
+        let (cpu, idle, all) = self.mark?;
+        let span = all.checked_sub(all0).filter(|&d| d > 0)?;
+        (cpu == cpu0).then(|| idle.saturating_sub(idle0) as f64 / span as f64)
+    }
+
+    fn now() -> Option<(usize, u64, u64)> {
+        let cpu = crate::sys::process::current_cpu()?;
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        let (idle, all) = cpu_ticks(&text, cpu)?;
+        Some((cpu, idle, all))
+    }
+}
+
+/// From /proc/stat, CPU `cpu`'s (idle, all) ticks so far; waiting for I/O counts as idle.
+fn cpu_ticks(stat: &str, cpu: usize) -> Option<(u64, u64)> {
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal guest guest_nice: guest time is
+    // counted in user and nice already.
+    let idle = ticks.get(3)? + ticks.get(4).unwrap_or(&0);
+    let all = ticks.iter().take(8).sum();
+    Some((idle, all))
+}
+
 /// Run-queue delay so far of the calling thread: (total wait, times it was run).
 struct SchedStat(std::fs::File);
 
@@ -168,6 +227,7 @@ fn parse_schedstat(text: &[u8]) -> Option<(u64, u64)> {
 pub struct Governor {
     policy: Policy,
     adaptive: Option<(Adaptive, SchedStat)>,
+    cpu_idle: CpuIdle,
     last_check: Instant,
     last: (u64, u64),
 }
@@ -199,6 +259,7 @@ impl Governor {
         Governor {
             policy,
             adaptive,
+            cpu_idle: CpuIdle::default(),
             last_check: Instant::now(),
             last,
         }
@@ -238,14 +299,24 @@ impl Governor {
             runs.saturating_sub(self.last.1),
         );
         self.last = (wait, runs);
-        let step = state.step(now, wakeups, Duration::from_nanos(waited), runnable_threads);
+        let cpu_idle = &mut self.cpu_idle;
+        let step = state.step(
+            now,
+            wakeups,
+            Duration::from_nanos(waited),
+            runnable_threads,
+            || cpu_idle.share_since_mark(),
+        );
         log::trace!(
             "ring thread: {wakeups} runs waited {waited} ns in all; {step:?} (idle: {})",
             state.idle()
         );
         match step {
             Step::Stay => {}
-            Step::ToNormal => set_class(false),
+            Step::ToNormal => {
+                set_class(false);
+                self.cpu_idle.mark();
+            }
             Step::ToIdle => set_class(true),
         }
     }
@@ -267,6 +338,8 @@ mod tests {
     /// Looks at a 2-CPU machine: nobody else, or two busy threads besides us.
     const FREE: fn() -> Option<usize> = || Some(1);
     const FULL: fn() -> Option<usize> = || Some(3);
+    /// The thread's CPU was never idle during a normal-priority spell.
+    const CPU_BUSY: fn() -> Option<f64> = || Some(0.0);
 
     #[test]
     fn schedstat_line_gives_wait_and_runs() {
@@ -278,16 +351,19 @@ mod tests {
     fn short_waits_keep_idle_class() {
         let mut a = Adaptive::new(2);
         let t = Instant::now();
-        assert_eq!(a.step(t, 1000, US * 5000, FULL), Step::Stay);
+        assert_eq!(a.step(t, 1000, US * 5000, FULL, CPU_BUSY), Step::Stay);
         // A few wake-ups with short waits say nothing.
-        assert_eq!(a.step(t, 3, US * 30, FULL), Step::Stay);
+        assert_eq!(a.step(t, 3, US * 30, FULL, CPU_BUSY), Step::Stay);
         assert!(a.idle());
     }
 
     #[test]
     fn a_few_long_waits_are_starvation() {
         let mut a = Adaptive::new(2);
-        assert_eq!(a.step(Instant::now(), 1, 300 * MS, FREE), Step::ToNormal);
+        assert_eq!(
+            a.step(Instant::now(), 1, 300 * MS, FREE, CPU_BUSY),
+            Step::ToNormal
+        );
         assert!(!a.idle());
     }
 
@@ -297,18 +373,39 @@ mod tests {
         let t0 = Instant::now();
         // 100 us per wake-up: starved.
         let starved = |n: u64| US * 100 * n as u32;
-        assert_eq!(a.step(t0, 500, starved(500), FREE), Step::ToNormal);
-        assert_eq!(a.step(t0 + MS, 500, Duration::ZERO, FREE), Step::Stay);
+        assert_eq!(
+            a.step(t0, 500, starved(500), FREE, CPU_BUSY),
+            Step::ToNormal
+        );
+        assert_eq!(
+            a.step(t0 + MS, 500, Duration::ZERO, FREE, CPU_BUSY),
+            Step::Stay
+        );
         let t1 = t0 + FIRST_HOLD;
-        assert_eq!(a.step(t1, 500, Duration::ZERO, FREE), Step::ToIdle);
+        assert_eq!(
+            a.step(t1, 500, Duration::ZERO, FREE, CPU_BUSY),
+            Step::ToIdle
+        );
         // The try finds the thread starved again: the next hold is twice as long.
-        assert_eq!(a.step(t1 + MS, 500, starved(500), FREE), Step::ToNormal);
+        assert_eq!(
+            a.step(t1 + MS, 500, starved(500), FREE, CPU_BUSY),
+            Step::ToNormal
+        );
         let early = t1 + FIRST_HOLD + MS;
-        assert_eq!(a.step(early, 500, Duration::ZERO, FREE), Step::Stay);
+        assert_eq!(
+            a.step(early, 500, Duration::ZERO, FREE, CPU_BUSY),
+            Step::Stay
+        );
         let t2 = t1 + MS + FIRST_HOLD * 2;
-        assert_eq!(a.step(t2, 500, Duration::ZERO, FREE), Step::ToIdle);
+        assert_eq!(
+            a.step(t2, 500, Duration::ZERO, FREE, CPU_BUSY),
+            Step::ToIdle
+        );
         // This try finds room: idle-class stays, and the hold starts over.
-        assert_eq!(a.step(t2 + MS, 500, Duration::ZERO, FULL), Step::Stay);
+        assert_eq!(
+            a.step(t2 + MS, 500, Duration::ZERO, FULL, CPU_BUSY),
+            Step::Stay
+        );
         assert_eq!(a.hold, FIRST_HOLD);
         assert!(a.idle());
     }
@@ -317,16 +414,61 @@ mod tests {
     fn no_try_while_others_fill_every_cpu_at_each_look() {
         let mut a = Adaptive::new(2);
         let t0 = Instant::now();
-        assert_eq!(a.step(t0, 1, 300 * MS, FREE), Step::ToNormal);
-        assert_eq!(a.step(t0 + MS, 500, Duration::ZERO, FULL), Step::Stay);
+        assert_eq!(a.step(t0, 1, 300 * MS, FREE, CPU_BUSY), Step::ToNormal);
+        assert_eq!(
+            a.step(t0 + MS, 500, Duration::ZERO, FULL, CPU_BUSY),
+            Step::Stay
+        );
         let t1 = t0 + FIRST_HOLD;
-        assert_eq!(a.step(t1, 500, Duration::ZERO, FULL), Step::Stay);
+        assert_eq!(a.step(t1, 500, Duration::ZERO, FULL, CPU_BUSY), Step::Stay);
         assert!(!a.idle());
         // One look with a CPU to spare during the next spell (two runnable: us and
         // the caller) is enough for a try at its end.
-        assert_eq!(a.step(t1 + MS, 500, Duration::ZERO, || Some(2)), Step::Stay);
+        assert_eq!(
+            a.step(t1 + MS, 500, Duration::ZERO, || Some(2), CPU_BUSY),
+            Step::Stay
+        );
         let t2 = t1 + FIRST_HOLD;
-        assert_eq!(a.step(t2, 500, Duration::ZERO, FULL), Step::ToIdle);
+        assert_eq!(
+            a.step(t2, 500, Duration::ZERO, FULL, CPU_BUSY),
+            Step::ToIdle
+        );
+    }
+
+    #[test]
+    fn a_try_when_the_count_says_full_but_our_cpu_had_room() {
+        let mut a = Adaptive::new(2);
+        let t0 = Instant::now();
+        assert_eq!(a.step(t0, 1, 300 * MS, FREE, CPU_BUSY), Step::ToNormal);
+        assert_eq!(
+            a.step(t0 + MS, 500, Duration::ZERO, FULL, CPU_BUSY),
+            Step::Stay
+        );
+        // One thread busy on the other CPU and another runnable at each look: the count
+        // says full, but this thread's CPU was idle a tenth of the spell.
+        let t1 = t0 + FIRST_HOLD;
+        assert_eq!(
+            a.step(t1, 500, Duration::ZERO, FULL, || Some(0.1)),
+            Step::ToIdle
+        );
+        // Not knowing the CPU's idle time leaves the count to decide.
+        assert_eq!(a.step(t1 + MS, 1, 300 * MS, FREE, CPU_BUSY), Step::ToNormal);
+        let t2 = t1 + MS + a.hold;
+        assert_eq!(
+            a.step(t2 - MS, 500, Duration::ZERO, FULL, CPU_BUSY),
+            Step::Stay
+        );
+        assert_eq!(a.step(t2, 500, Duration::ZERO, FULL, || None), Step::Stay);
+        assert!(!a.idle());
+    }
+
+    #[test]
+    fn proc_stat_cpu_lines_give_idle_and_all_ticks() {
+        let stat = "cpu  9 9 9 9 9 9 9 9 0 0\ncpu0 10 1 20 300 40 5 6 7 0 0\n\
+                    cpu1 1 0 1 50 0 0 0 0 0 0\nintr 1 2 3\n";
+        assert_eq!(cpu_ticks(stat, 0), Some((340, 389)));
+        assert_eq!(cpu_ticks(stat, 1), Some((50, 52)));
+        assert_eq!(cpu_ticks(stat, 2), None);
     }
 
     #[test]
@@ -335,9 +477,9 @@ mod tests {
         let mut t = Instant::now();
         let starved = US * 100 * 100;
         for _ in 0..10 {
-            assert_eq!(a.step(t, 100, starved, FREE), Step::ToNormal);
+            assert_eq!(a.step(t, 100, starved, FREE, CPU_BUSY), Step::ToNormal);
             t += a.hold;
-            assert_eq!(a.step(t, 100, Duration::ZERO, FREE), Step::ToIdle);
+            assert_eq!(a.step(t, 100, Duration::ZERO, FREE, CPU_BUSY), Step::ToIdle);
         }
         assert_eq!(a.hold, MAX_HOLD);
     }

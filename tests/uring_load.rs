@@ -74,20 +74,33 @@ impl Drop for BusyCpus {
     }
 }
 
-/// Makes requests (a getxattr of a missing name is one each) until `done` says so or
-/// `limit` passes; returns whether `done` did.
-fn requests_until(f: &Path, limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+/// Makes requests (a getxattr of a missing name is one each), 20 at a time with a pause
+/// of 20 ms between, until `done` says so or `limit` passes (one round at least);
+/// returns whether `done` did.
+fn requests_until(f: &Path, limit: Duration, done: impl FnMut() -> bool) -> bool {
+    requests_paced(f, limit, Duration::from_millis(20), done)
+}
+
+/// `requests_until` with another pause.
+fn requests_paced(
+    f: &Path,
+    limit: Duration,
+    pause: Duration,
+    mut done: impl FnMut() -> bool,
+) -> bool {
     let end = Instant::now() + limit;
-    while Instant::now() < end {
+    loop {
         for _ in 0..20 {
             expect_errno(lgetxattr(f, "user.absent"), libc::ENODATA, "getxattr");
         }
         if done() {
             return true;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(pause);
     }
-    false
 }
 
 /// `ovlfuse -f` from this process: the daemon stays in the test's session, and so in its
@@ -113,16 +126,47 @@ fn mount_in_our_group(st: &Stack, opts: &str) -> (MountGuard, std::process::Chil
     }
 }
 
+/// The share of half a second each CPU spent idle, by CPU number.
+fn cpu_idle_shares() -> std::collections::BTreeMap<usize, f64> {
+    let ticks = || -> std::collections::BTreeMap<usize, (u64, u64)> {
+        let stat = ok(fs::read_to_string("/proc/stat"), "/proc/stat");
+        stat.lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let cpu = f.next()?.strip_prefix("cpu")?.parse().ok()?;
+                let t: Vec<u64> = f.map(|f| f.parse().unwrap_or(0)).collect();
+                Some((cpu, (t[3] + t[4], t.iter().take(8).sum())))
+            })
+            .collect()
+    };
+    let a = ticks();
+    std::thread::sleep(Duration::from_millis(500));
+    ticks()
+        .into_iter()
+        .filter_map(|(cpu, (i1, a1))| {
+            let (i0, a0) = a.get(&cpu)?;
+            Some((cpu, (i1 - i0) as f64 / (a1 - a0).max(1) as f64))
+        })
+        .collect()
+}
+
 /// By default the ring threads are idle-class; once busy threads of the daemon's own
 /// scheduling group fill every CPU, the threads serving requests move to normal priority
 /// (an idle-class thread would wait behind the busy ones at every request: 6-12 ms per
 /// lookup, measured); once the CPUs are free again, they go back to idle-class.
+///
+/// After the busy spell the caller takes turns on the CPUs of the threads that moved (a
+/// ring thread serves the requests made on its CPU, and looks at its class when it
+/// serves one). Only those on CPUs that were mostly idle before the test must come
+/// back: a program of someone else's busy on a CPU rightly keeps that CPU's thread at
+/// normal priority.
 #[test]
 fn ring_threads_leave_idle_class_while_the_cpus_are_full_and_come_back_after() {
     if !fuse_uring_available() {
         return;
     }
     let _turn = machine_to_myself();
+    let idle_before = cpu_idle_shares();
     let sc = Scratch::new("uring-load");
     let st = Stack::new(&sc, 1);
     ok(fs::write(st.lowers[0].join("f"), b"x"), "lower file");
@@ -139,40 +183,63 @@ fn ring_threads_leave_idle_class_while_the_cpus_are_full_and_come_back_after() {
     let moved = requests_until(&f, Duration::from_secs(20), || {
         ring_thread_policies(pid).contains(&SCHED_OTHER)
     });
-    let during = ring_thread_policies(pid);
+    let during = daemon_threads(pid, "ring");
     drop(busy);
     assert!(
         moved,
-        "with every CPU busy, no ring thread left idle-class in 20 s: {during:?}"
+        "with every CPU busy, no ring thread left idle-class in 20 s: {:?}",
+        ring_thread_policies(pid)
     );
-    // Back to idle-class after the normal-priority spell (2 s, longer when a try found
-    // the CPUs still full). A thread looks again when it serves a request, so each
-    // normal-priority thread that serves requests from now on must come back. (One that
-    // serves none keeps its class, and costs nothing while it waits.)
-    let mark = ring_threads(pid);
-    let mut runnable = std::collections::VecDeque::new();
-    let back = requests_until(&f, Duration::from_secs(40), || {
-        if runnable.len() == 12 {
-            runnable.pop_front();
-        }
-        runnable.push_back(runnable_now());
-        let now = ring_threads(pid);
-        let moved_and_serving: Vec<_> = now
+    // (tid, CPU) of the threads that moved, on CPUs nothing else kept busy before.
+    let moved: Vec<(u32, usize)> = during
+        .iter()
+        .filter(|t| t.policy == SCHED_OTHER)
+        .filter_map(|t| Some((t.tid, *t.cpus.first()?)))
+        .filter(|(_, cpu)| idle_before.get(cpu).is_some_and(|&s| s > 0.5))
+        .collect();
+    assert!(
+        !moved.is_empty(),
+        "the ring threads that moved to normal priority are all on CPUs that were busy \
+         before the test (idle shares by CPU {idle_before:?}): (tid, policy, CPUs) {:?}",
+        during
             .iter()
-            .filter(|(tid, _, sw)| {
-                mark.iter()
-                    .any(|(t, p, s0)| t == tid && *p == SCHED_OTHER && sw > s0)
-            })
-            .collect();
-        !moved_and_serving.is_empty() && moved_and_serving.iter().all(|(_, p, _)| *p == SCHED_IDLE)
-    });
-    let after = ring_threads(pid);
+            .map(|t| (t.tid, t.policy, &t.cpus))
+            .collect::<Vec<_>>()
+    );
+    let (f2, moved2) = (f.clone(), moved.clone());
+    let (back, runnable) = std::thread::spawn(move || {
+        let mut runnable = std::collections::VecDeque::new();
+        let end = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < end {
+            for (_, cpu) in &moved2 {
+                pin_me(*cpu);
+                if runnable.len() == 12 {
+                    runnable.pop_front();
+                }
+                runnable.push_back(runnable_now());
+                let all_back = requests_paced(&f2, Duration::ZERO, Duration::ZERO, || {
+                    let now = daemon_threads(pid, "ring");
+                    moved2
+                        .iter()
+                        .all(|(tid, _)| now.iter().any(|t| t.tid == *tid && t.policy == SCHED_IDLE))
+                });
+                if all_back {
+                    return (true, runnable);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (false, runnable)
+    })
+    .join()
+    .expect("the caller on the moved threads' CPUs");
     assert!(
         back,
-        "40 s after the CPUs were freed, the normal-priority ring threads that serve \
-         requests are not idle-class again: (tid, policy, switches) {mark:?} then {after:?}; \
-         threads runnable system-wide at the last looks (a thread stays at normal priority \
-         while others fill the CPUs): {runnable:?}"
+        "40 s after the CPUs were freed, the ring threads that moved to normal priority \
+         (tid, CPU) {moved:?} are not all idle-class again, after requests on their CPUs: \
+         (tid, policy, switches) {:?}; threads runnable system-wide at the last looks: \
+         {runnable:?}",
+        ring_threads(pid)
     );
     assert_eq!(ok(fs::read(&f), "read"), b"x");
     g.unmount();

@@ -115,7 +115,6 @@ fn nofile_limits() -> Option<libc::rlimit> {
     (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r)
 }
 
-/// Detaches the mount at `path` (lazy unmount).
 /// Moves the calling thread to the idle scheduling class (SCHED_IDLE: it runs only on a
 /// CPU nothing else wants) or back to the normal one.
 pub fn set_sched_idle(idle: bool) -> SysResult<()> {
@@ -167,6 +166,13 @@ pub fn set_thread_cpus(set: &CpuSet) -> SysResult<()> {
     check(unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(set), set) }).map(|_| ())
 }
 
+/// The CPU the calling thread runs on now.
+pub fn current_cpu() -> Option<usize> {
+    // SAFETY: sched_getcpu has no arguments and no memory effects.
+    usize::try_from(unsafe { libc::sched_getcpu() }).ok()
+}
+
+/// Detaches the mount at `path` (lazy unmount).
 pub fn umount_detach(path: &Path) -> SysResult<()> {
     use std::os::unix::ffi::OsStrExt;
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
