@@ -276,6 +276,26 @@ fn devfuse_threads(pid: u32) -> Vec<(Vec<usize>, u32)> {
         .collect()
 }
 
+/// Waits (10 s at most) for daemon `pid` to start its /dev/fuse threads: the mount is
+/// ready before they are all named, and a slow start (another program busy on a CPU)
+/// showed none at the first look.
+fn wait_for_devfuse_threads(pid: u32) {
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut last = 0;
+    loop {
+        let n = devfuse_threads(pid).len();
+        if n > 0 && n == last {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "daemon {pid} started no /dev/fuse thread in 10 s"
+        );
+        last = n;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The CPUs each /dev/fuse thread of daemon `pid` may run on.
 fn devfuse_thread_cpus(pid: u32) -> Vec<Vec<usize>> {
     devfuse_threads(pid).into_iter().map(|(c, _)| c).collect()
@@ -319,6 +339,7 @@ fn devfuse_threads_follow_a_caller_from_cpu_to_cpu() {
     let g = mount_ovlfuse(&st, &["uring=off", "uring_idle=1"]);
     let pid = g.pid().expect("the daemon's pid");
     let f = st.mnt.join("f");
+    wait_for_devfuse_threads(pid);
     let home = devfuse_thread_cpus(pid);
     assert!(
         !home.is_empty() && home.iter().all(|c| c.len() >= 2),
@@ -364,6 +385,7 @@ fn devfuse_threads_let_go_for_callers_on_two_cpus_and_stay_put_when_told() {
     ok(fs::write(st.lowers[0].join("f"), b"x"), "lower file");
     let g = mount_ovlfuse(&st, &["uring=off"]);
     let pid = g.pid().expect("the daemon's pid");
+    wait_for_devfuse_threads(pid);
     let f = st.mnt.join("f");
     let f1 = f.clone();
     // First pinned by a caller on CPU 1 alone...
@@ -419,6 +441,7 @@ fn devfuse_threads_let_go_for_callers_on_two_cpus_and_stay_put_when_told() {
 
     let g = mount_ovlfuse(&st, &["uring=off", "follow_caller=0"]);
     let pid = g.pid().expect("the daemon's pid");
+    wait_for_devfuse_threads(pid);
     std::thread::spawn(move || {
         pin_me(1);
         let moved = requests_until(&f, Duration::from_secs(1), || {
