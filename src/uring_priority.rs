@@ -410,8 +410,9 @@ mod tests {
         assert!(a.idle());
     }
 
-    #[test]
-    fn no_try_while_others_fill_every_cpu_at_each_look() {
+    /// A thread starved into normal priority, whose first look of the spell finds the
+    /// CPUs full; and when the spell began.
+    fn starved_then_full() -> (Adaptive, Instant) {
         let mut a = Adaptive::new(2);
         let t0 = Instant::now();
         assert_eq!(a.step(t0, 1, 300 * MS, FREE, CPU_BUSY), Step::ToNormal);
@@ -419,6 +420,12 @@ mod tests {
             a.step(t0 + MS, 500, Duration::ZERO, FULL, CPU_BUSY),
             Step::Stay
         );
+        (a, t0)
+    }
+
+    #[test]
+    fn no_try_while_others_fill_every_cpu_at_each_look() {
+        let (mut a, t0) = starved_then_full();
         let t1 = t0 + FIRST_HOLD;
         assert_eq!(a.step(t1, 500, Duration::ZERO, FULL, CPU_BUSY), Step::Stay);
         assert!(!a.idle());
@@ -437,13 +444,7 @@ mod tests {
 
     #[test]
     fn a_try_when_the_count_says_full_but_our_cpu_had_room() {
-        let mut a = Adaptive::new(2);
-        let t0 = Instant::now();
-        assert_eq!(a.step(t0, 1, 300 * MS, FREE, CPU_BUSY), Step::ToNormal);
-        assert_eq!(
-            a.step(t0 + MS, 500, Duration::ZERO, FULL, CPU_BUSY),
-            Step::Stay
-        );
+        let (mut a, t0) = starved_then_full();
         // One thread busy on the other CPU and another runnable at each look: the count
         // says full, but this thread's CPU was idle a tenth of the spell.
         let t1 = t0 + FIRST_HOLD;
