@@ -404,9 +404,17 @@ fn parse_lowerdir(raw_value: &str) -> Result<Vec<PathBuf>, String> {
     let pieces = split_unescaped(value, ':');
     let mut layers = Vec::with_capacity(pieces.len());
     for (i, piece) in pieces.iter().enumerate() {
+        // "a::b" names data-only layers to the kernel (Linux 6.5; the layers after "::"
+        // serve file data for metacopy files), which a user copying a kernel mount's
+        // options should hear plainly.
+        let between = i > 0 && i + 1 < pieces.len() && !pieces[i - 1].is_empty();
+        if piece.is_empty() && between {
+            return Err(format!(
+                "lowerdir: \"::\" in \"{raw_value}\" marks data-only lower layers, which \
+                 ovlfuse does not support (it has no metacopy); separate layers with one \":\""
+            ));
+        }
         if piece.is_empty() {
-            // "a::b" means data-only layers to the kernel; we have none, so
-            // all an empty element can be is a mistake.
             return Err(format!(
                 "lowerdir: empty layer path (layer {} of \"{}\")",
                 i + 1,
@@ -1073,11 +1081,15 @@ mod tests {
     }
 
     #[test]
-    fn double_colon_is_empty_layer() {
+    fn double_colon_names_data_only_layers() {
         err_contains(
             &["lowerdir=/a::/b"],
-            &["lowerdir: empty layer path", "layer 2"],
+            &["\"::\"", "data-only lower layers", "not support"],
         );
+        err_contains(&["lowerdir=/a:/b::/c::/d"], &["data-only lower layers"]);
+        // Escaped colons are part of a name.
+        let p = ok(&[r"lowerdir=/a\:\:b"]);
+        assert_eq!(p.lowerdirs, vec![PathBuf::from("/a::b")]);
     }
 
     #[test]
