@@ -140,6 +140,14 @@ impl Follow {
         }
     }
 
+    /// Starts the looker before the first request, so that no caller waits for a thread
+    /// to be made (about 100 us on the first request of a fresh mount).
+    pub fn start(&self) {
+        if self.on {
+            self.looker();
+        }
+    }
+
     /// Called by a /dev/fuse thread as it starts on a request from thread `pid` (0 for
     /// the kernel's own), which waits for the reply.
     pub fn serving(&self, pid: u32) {
@@ -207,6 +215,13 @@ impl Follow {
     /// caller holds while it waits for our reply (a caller writing back a shared mapping
     /// did; the serving thread hung in the read, and the caller with it).
     fn ask(&self, pid: u32) {
+        if let Some(tx) = self.looker() {
+            let _ = tx.try_send(pid);
+        }
+    }
+
+    /// Where serving threads hand callers to the looker, which this starts the first time.
+    fn looker(&self) -> Option<&SyncSender<u32>> {
         let tx = self.looker.get_or_init(|| {
             let (tx, rx) = sync_channel::<u32>(1);
             let target = self.target.clone();
@@ -229,9 +244,7 @@ impl Follow {
                 .ok()
                 .map(|_| tx)
         });
-        if let Some(tx) = tx {
-            let _ = tx.try_send(pid);
-        }
+        tx.as_ref()
     }
 }
 
@@ -449,6 +462,16 @@ mod tests {
             f.serving(1);
             assert!(!f.pinned(), "not pinned again while callers take turns");
         });
+    }
+
+    #[test]
+    fn the_looker_starts_before_the_first_request_when_on() {
+        let on = Follow::new(true, Policy::Adaptive);
+        on.start();
+        assert!(matches!(on.looker.get(), Some(Some(_))), "looker started");
+        let off = Follow::new(false, Policy::Adaptive);
+        off.start();
+        assert!(off.looker.get().is_none(), "no looker with follow_caller=0");
     }
 
     #[test]

@@ -37,6 +37,7 @@ const DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
 /// Serves the session's requests on `threads` threads until the kernel ends the
 /// connection (unmount, abort) or sends DESTROY.
 pub fn serve(fs: Arc<Adapter>, session: BorrowedFd<'_>, threads: usize) -> io::Result<()> {
+    fs.follow.start();
     let mut serving = Vec::new();
     for i in 0..threads.max(1) {
         let dev = if i == 0 {
