@@ -7797,13 +7797,14 @@ fn full_upper_layer_fails_like_the_kernel_and_loses_nothing() {
 
         // Space back: the copy-up goes through and keeps the lower data. Over FUSE the
         // blocks are freed when the kernel's asynchronous RELEASE of `fill` arrives (see
-        // the README): wait for them, within a bound.
+        // the README): wait for them, within a bound generous enough for a loaded CI
+        // machine (it takes milliseconds).
         ok(fs::remove_file(m.join("fill")), &format!("{who}: rm fill"));
         let t0 = std::time::Instant::now();
         while ok(statvfs(&layer_fs), "statvfs").f_bfree == 0 {
             assert!(
-                t0.elapsed() < std::time::Duration::from_secs(2),
-                "{who}: the deleted file's space did not come back within 2 s"
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "{who}: the deleted file's space did not come back within 10 s"
             );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
