@@ -3655,6 +3655,48 @@ fn regress_fchown_removed_dir() {
     );
 }
 
+/// Seed 71000596: a lower file kept open while it and then its (lower) directory are
+/// removed; changing it through the descriptor needs a copy-up whose parent is gone. The
+/// kernel says ENOENT (ovlfuse said ENOTDIR, from renaming the parent's copy onto its
+/// whiteout); with the directory still there, both say EEXIST.
+#[test]
+fn regress_fchmod_of_a_file_whose_directory_was_removed() {
+    regress(
+        "regress_fchmod_of_a_file_whose_directory_was_removed",
+        vec![vec![
+            dir("d1"),
+            file("d1/x", "x"),
+            dir("d2"),
+            dir("d2/e"),
+            file("d2/e/y", "y"),
+        ]],
+        vec![
+            held(0, "d1/x", HeldMode::ReadOnly),
+            Op::Unlink { path: s("d1/x") },
+            Op::Rmdir { path: s("d1") },
+            Op::FchmodHeld {
+                slot: 0,
+                mode: 0o644,
+            },
+            Op::FchownHeld {
+                slot: 0,
+                uid: 0,
+                gid: 0,
+            },
+            Op::FstatHeld { slot: 0 },
+            // Two levels down, the upper directory gone.
+            held(1, "d2/e/y", HeldMode::ReadOnly),
+            Op::Unlink { path: s("d2/e/y") },
+            Op::Rmdir { path: s("d2/e") },
+            Op::Rmdir { path: s("d2") },
+            Op::FchmodHeld {
+                slot: 1,
+                mode: 0o600,
+            },
+        ],
+    );
+}
+
 /// linkat(AT_EMPTY_PATH) of a descriptor whose (lower, hard-linked) file was unlinked.
 #[test]
 fn regress_linkat_unlinked_lower_file() {

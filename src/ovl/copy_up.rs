@@ -54,6 +54,16 @@ impl Overlay {
         let Some((first, ancestors)) = missing.split_first() else {
             return Ok(());
         };
+        // A removed directory cannot take a copy of anything: its name is a whiteout now,
+        // or nothing. The kernel reports ENOENT (a file kept open after its directory was
+        // removed, then changed through that descriptor); going on, the whiteout said
+        // ENOTDIR. (`cur` is the ancestor that has an upper copy already.)
+        if std::iter::once(&cur)
+            .chain(ancestors)
+            .any(|d| d.unlinked.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return Err(Errno::ENOENT);
+        }
         for dir in ancestors.iter().rev() {
             self.copy_up_one(dir, true)?;
         }
