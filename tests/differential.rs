@@ -3697,6 +3697,30 @@ fn regress_fchmod_of_a_file_whose_directory_was_removed() {
     );
 }
 
+/// Seed 74001761: a lower directory replaced by renaming another over it, then changed
+/// through a descriptor opened on it before. The kernel copies the old directory over the
+/// new one's upper directory (which loses its redirect); ovlfuse refuses with ENOTDIR.
+#[test]
+#[ignore = "difference documented in README: the kernel replaces the renamed directory"]
+fn regress_fchmod_of_a_directory_replaced_by_rename() {
+    regress(
+        "regress_fchmod_of_a_directory_replaced_by_rename",
+        vec![vec![dir("d1"), dir("d1/s")], vec![dir("d2"), dir("d2/y")]],
+        vec![
+            held(0, "d2/y", HeldMode::ReadOnly),
+            Op::Rename {
+                from: s("d1/s"),
+                to: s("d2/y"),
+                flags: 0,
+            },
+            Op::FchmodHeld {
+                slot: 0,
+                mode: 0o4755,
+            },
+        ],
+    );
+}
+
 /// linkat(AT_EMPTY_PATH) of a descriptor whose (lower, hard-linked) file was unlinked.
 #[test]
 fn regress_linkat_unlinked_lower_file() {
