@@ -3743,6 +3743,34 @@ fn regress_fchown_of_an_unlinked_lower_fifo() {
     );
 }
 
+/// Seed 80000153: a lower directory renamed over a non-empty upper-only directory in
+/// another parent fails with ENOTEMPTY, after the kernel has copied the source up and
+/// marked the new parent impure (it marks before the rename); the mark stays.
+#[test]
+fn regress_failed_rename_of_a_copy_leaves_the_new_parent_impure() {
+    regress(
+        "regress_failed_rename_of_a_copy_leaves_the_new_parent_impure",
+        vec![vec![dir("d1")], vec![dir("c")]],
+        vec![
+            Op::Mkdir {
+                path: s("d1/s"),
+                mode: 0o700,
+            },
+            Op::CreateWrite {
+                path: s("d1/s/z"),
+                data: b"z data".to_vec(),
+                excl: false,
+                mode: 0o666,
+            },
+            Op::Rename {
+                from: s("c"),
+                to: s("d1/s"),
+                flags: 0,
+            },
+        ],
+    );
+}
+
 /// linkat(AT_EMPTY_PATH) of a descriptor whose (lower, hard-linked) file was unlinked.
 #[test]
 fn regress_linkat_unlinked_lower_file() {

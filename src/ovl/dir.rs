@@ -1093,6 +1093,11 @@ impl Overlay {
             whiteout::set_opaque(ofd, oname, prefix, xattrs)?;
         }
         if target_not_empty {
+            // The kernel marks the new parent impure before the rename that fails, when
+            // what moves is a copy from another layer; the mark stays.
+            if op.id != np.id {
+                self.mark_impure_if_holds_copy(np, ofd, oname);
+            }
             return Err(Errno::ENOTEMPTY);
         }
         let op_may_turn_pure = op.id != np.id && self.may_turn_pure(op, ofd, oname);
