@@ -60,7 +60,7 @@ impl Overlay {
         // ENOTDIR. (`cur` is the ancestor that has an upper copy already.)
         if std::iter::once(&cur)
             .chain(ancestors)
-            .any(|d| d.unlinked.load(std::sync::atomic::Ordering::Relaxed))
+            .any(|d| d.unlinked.load(Ordering::Relaxed))
         {
             return Err(Errno::ENOENT);
         }

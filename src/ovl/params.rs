@@ -404,17 +404,16 @@ fn parse_lowerdir(raw_value: &str) -> Result<Vec<PathBuf>, String> {
     let pieces = split_unescaped(value, ':');
     let mut layers = Vec::with_capacity(pieces.len());
     for (i, piece) in pieces.iter().enumerate() {
-        // "a::b" names data-only layers to the kernel (Linux 6.5; the layers after "::"
-        // serve file data for metacopy files), which a user copying a kernel mount's
-        // options should hear plainly.
-        let between = i > 0 && i + 1 < pieces.len() && !pieces[i - 1].is_empty();
-        if piece.is_empty() && between {
-            return Err(format!(
-                "lowerdir: \"::\" in \"{raw_value}\" marks data-only lower layers, which \
-                 ovlfuse does not support (it has no metacopy); separate layers with one \":\""
-            ));
-        }
         if piece.is_empty() {
+            // "a::b" names data-only layers to the kernel (Linux 6.5; the layers after
+            // "::" serve file data for metacopy files), which a user copying a kernel
+            // mount's options should hear plainly.
+            if i > 0 && i + 1 < pieces.len() && !pieces[i - 1].is_empty() {
+                return Err(format!(
+                    "lowerdir: \"::\" in \"{raw_value}\" marks data-only lower layers, which \
+                     ovlfuse does not support (it has no metacopy); separate layers with one \":\""
+                ));
+            }
             return Err(format!(
                 "lowerdir: empty layer path (layer {} of \"{}\")",
                 i + 1,
