@@ -595,6 +595,48 @@ enum Op {
         path: String,
         mtime: (i64, i64),
     },
+    /// fallocate(fd, mode, off, len) + fstat size and blocks-in-use hint
+    FallocateHeld {
+        slot: usize,
+        mode: i32,
+        off: u64,
+        len: u64,
+    },
+    /// lseek(fd, off, SEEK_DATA or SEEK_HOLE), judged by `seek_verdict`
+    SeekHeld {
+        slot: usize,
+        whence: i32,
+        off: u64,
+    },
+    /// copy_file_range from one path (O_RDONLY) into another (O_WRONLY), then read the target
+    CopyRange {
+        from: String,
+        to: String,
+        off_in: u64,
+        off_out: u64,
+        len: u64,
+    },
+    /// fsetxattr through a held descriptor
+    FsetxattrHeld {
+        slot: usize,
+        name: String,
+        value: Vec<u8>,
+    },
+    /// fgetxattr through a held descriptor
+    FgetxattrHeld {
+        slot: usize,
+        name: String,
+    },
+    /// futimens(fd, {UTIME_OMIT, mtime}) + fstat
+    FutimensHeld {
+        slot: usize,
+        mtime: (i64, i64),
+    },
+    /// fsync or fdatasync through a held descriptor
+    FsyncHeld {
+        slot: usize,
+        data_only: bool,
+    },
     /// Run `op` with fsuid/fsgid set to uid/gid (which drops the fs capabilities), so that
     /// permission checks apply.
     As {
@@ -661,6 +703,16 @@ fn show_data(d: &[u8]) -> String {
             d.len(),
             String::from_utf8_lossy(&d[..12])
         )
+    }
+}
+
+fn falloc_mode(mode: i32) -> &'static str {
+    match mode {
+        0 => "0",
+        libc::FALLOC_FL_KEEP_SIZE => "FALLOC_FL_KEEP_SIZE",
+        3 => "FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE",
+        libc::FALLOC_FL_ZERO_RANGE => "FALLOC_FL_ZERO_RANGE",
+        _ => "?",
     }
 }
 
@@ -834,6 +886,56 @@ impl fmt::Display for Op {
                 "utimensat({:?}, atime=UTIME_OMIT, mtime={}.{:09}, AT_SYMLINK_NOFOLLOW) + lstat",
                 path, mtime.0, mtime.1
             ),
+            Op::FallocateHeld {
+                slot,
+                mode,
+                off,
+                len,
+            } => write!(
+                f,
+                "fallocate(fd{}, {}, {}, {}) + fstat",
+                slot,
+                falloc_mode(*mode),
+                off,
+                len
+            ),
+            Op::SeekHeld { slot, whence, off } => write!(
+                f,
+                "lseek(fd{}, {}, {})",
+                slot,
+                off,
+                if *whence == libc::SEEK_DATA {
+                    "SEEK_DATA"
+                } else {
+                    "SEEK_HOLE"
+                }
+            ),
+            Op::CopyRange {
+                from,
+                to,
+                off_in,
+                off_out,
+                len,
+            } => write!(
+                f,
+                "copy_file_range({:?} at {}, {:?} at {}, {}) + read target",
+                from, off_in, to, off_out, len
+            ),
+            Op::FsetxattrHeld { slot, name, value } => {
+                write!(f, "fsetxattr(fd{}, {:?}, {})", slot, name, show_data(value))
+            }
+            Op::FgetxattrHeld { slot, name } => write!(f, "fgetxattr(fd{}, {:?})", slot, name),
+            Op::FutimensHeld { slot, mtime } => write!(
+                f,
+                "futimens(fd{}, atime=UTIME_OMIT, mtime={}.{:09}) + fstat",
+                slot, mtime.0, mtime.1
+            ),
+            Op::FsyncHeld { slot, data_only } => write!(
+                f,
+                "{}(fd{})",
+                if *data_only { "fdatasync" } else { "fsync" },
+                slot
+            ),
         }
     }
 }
@@ -886,6 +988,13 @@ impl Op {
             Op::ListXattrSized { .. } => "listxattr_sized",
             Op::Access { .. } => "access",
             Op::LUtimens { .. } => "lutimens",
+            Op::FallocateHeld { .. } => "fallocate_held",
+            Op::SeekHeld { .. } => "seek_held",
+            Op::CopyRange { .. } => "copy_range",
+            Op::FsetxattrHeld { .. } => "fsetxattr_held",
+            Op::FgetxattrHeld { .. } => "fgetxattr_held",
+            Op::FutimensHeld { .. } => "futimens_held",
+            Op::FsyncHeld { .. } => "fsync_held",
         }
     }
 }
@@ -1053,6 +1162,13 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
         1,  // 36 listxattr_sized
         3,  // 37 access
         2,  // 38 lutimens
+        2,  // 39 fallocate_held
+        1,  // 40 seek_held
+        2,  // 41 copy_range
+        1,  // 42 fsetxattr_held
+        1,  // 43 fgetxattr_held
+        1,  // 44 futimens_held
+        1,  // 45 fsync_held
     ];
     let path = pg.pick(rng);
     match rng.weighted(w) {
@@ -1260,6 +1376,49 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
                 1_300_000_000 + rng.below(1000) as i64,
                 rng.below(1_000_000_000) as i64,
             ),
+        },
+        39 => Op::FallocateHeld {
+            slot: rng.below(HELD_SLOTS as u64) as usize,
+            mode: *rng.pick(&[
+                0,
+                libc::FALLOC_FL_KEEP_SIZE,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                libc::FALLOC_FL_ZERO_RANGE,
+            ]),
+            off: *rng.pick(&[0u64, 2, 4096, 9000]),
+            len: *rng.pick(&[1u64, 10, 4096, 20000]),
+        },
+        40 => Op::SeekHeld {
+            slot: rng.below(HELD_SLOTS as u64) as usize,
+            whence: *rng.pick(&[libc::SEEK_DATA, libc::SEEK_HOLE]),
+            off: *rng.pick(&[0u64, 1, 4096, 10000, 100000]),
+        },
+        41 => Op::CopyRange {
+            from: path,
+            to: pg.pick(rng),
+            off_in: *rng.pick(&[0u64, 1, 10]),
+            off_out: *rng.pick(&[0u64, 3, 5000]),
+            len: *rng.pick(&[1u64, 20, 100000]),
+        },
+        42 => Op::FsetxattrHeld {
+            slot: rng.below(HELD_SLOTS as u64) as usize,
+            name: rng.pick(XATTR_NAMES).to_string(),
+            value: rng.data(20),
+        },
+        43 => Op::FgetxattrHeld {
+            slot: rng.below(HELD_SLOTS as u64) as usize,
+            name: rng.pick(XATTR_NAMES).to_string(),
+        },
+        44 => Op::FutimensHeld {
+            slot: rng.below(HELD_SLOTS as u64) as usize,
+            mtime: (
+                1_400_000_000 + rng.below(1000) as i64,
+                rng.below(1_000_000_000) as i64,
+            ),
+        },
+        45 => Op::FsyncHeld {
+            slot: rng.below(HELD_SLOTS as u64) as usize,
+            data_only: rng.pct(50),
         },
         _ => Op::CloseHeld {
             slot: rng.below(HELD_SLOTS as u64) as usize,
@@ -1654,6 +1813,25 @@ fn read_all(fd: libc::c_int, off: Option<u64>) -> R {
     }
 }
 
+/// Whether an lseek(SEEK_DATA / SEEK_HOLE) answer keeps the rules every filesystem keeps,
+/// rather than the answer itself: where the holes of a copied-up file lie differs by design
+/// (ovlfuse keeps each hole, the kernel overlay only those covering whole 1 MiB chunks; see
+/// README, Differences), and a filesystem may always call a hole data.
+fn seek_verdict(whence: i32, off: u64, size: u64, got: Result<u64, i32>) -> R {
+    let data = whence == libc::SEEK_DATA;
+    match got {
+        Err(libc::ENXIO) if off >= size => Ok("ENXIO at or past the end".into()),
+        // no data from `off` on: allowed, as the rest may be one hole
+        Err(libc::ENXIO) if data => Ok("ok".into()),
+        Err(e) => Err(e),
+        Ok(r) if off >= size => Ok(format!("{} past the end (size {})", r, size)),
+        Ok(r) if r < off => Ok(format!("{} before the offset", r)),
+        Ok(r) if data && r >= size => Ok(format!("data at {} past the end (size {})", r, size)),
+        Ok(r) if r > size => Ok(format!("hole at {} past the end (size {})", r, size)),
+        Ok(_) => Ok("ok".into()),
+    }
+}
+
 fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
     let p = |rel: &str| cpath(root, rel);
     unsafe {
@@ -2043,6 +2221,104 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
                 ))?;
                 let st = do_stat(&c, false)?;
                 Ok(format!("mtime={}.{:09}", st.st_mtime, st.st_mtime_nsec))
+            }
+            Op::FallocateHeld {
+                slot,
+                mode,
+                off,
+                len,
+            } => {
+                let fd = held_fd(held, *slot)?;
+                chk(libc::fallocate(
+                    fd,
+                    *mode,
+                    *off as libc::off_t,
+                    *len as libc::off_t,
+                ))?;
+                let mut st: libc::stat = std::mem::zeroed();
+                chk(libc::fstat(fd, &mut st))?;
+                Ok(format!("size={}", st.st_size))
+            }
+            Op::SeekHeld { slot, whence, off } => {
+                let fd = held_fd(held, *slot)?;
+                let mut st: libc::stat = std::mem::zeroed();
+                chk(libc::fstat(fd, &mut st))?;
+                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    // FUSE answers a directory's lseek in the kernel (README, Differences)
+                    return Ok("directory, not compared".into());
+                }
+                let r = libc::lseek(fd, *off as libc::off_t, *whence);
+                let got = if r < 0 { Err(errno()) } else { Ok(r as u64) };
+                seek_verdict(*whence, *off, st.st_size as u64, got)
+            }
+            Op::CopyRange {
+                from,
+                to,
+                off_in,
+                off_out,
+                len,
+            } => {
+                let src = open(&p(from), libc::O_RDONLY, 0)?;
+                let dst = open(&p(to), libc::O_WRONLY, 0)?;
+                let mut oi = *off_in as libc::off64_t;
+                let mut oo = *off_out as libc::off64_t;
+                let n = libc::copy_file_range(src.0, &mut oi, dst.0, &mut oo, *len as usize, 0);
+                if n < 0 {
+                    return Err(errno());
+                }
+                drop(dst);
+                let back = open(&p(to), libc::O_RDONLY, 0)?;
+                Ok(format!("copied {}; {}", n, show_r(&read_all(back.0, None))))
+            }
+            Op::FsetxattrHeld { slot, name, value } => {
+                chk(libc::fsetxattr(
+                    held_fd(held, *slot)?,
+                    cstr(name).as_ptr(),
+                    value.as_ptr() as *const _,
+                    value.len(),
+                    0,
+                ))?;
+                Ok("ok".into())
+            }
+            Op::FgetxattrHeld { slot, name } => {
+                let mut buf = vec![0u8; 256];
+                let n = libc::fgetxattr(
+                    held_fd(held, *slot)?,
+                    cstr(name).as_ptr(),
+                    buf.as_mut_ptr() as *mut _,
+                    buf.len(),
+                );
+                if n < 0 {
+                    return Err(errno());
+                }
+                buf.truncate(n as usize);
+                Ok(format!("{:?}", String::from_utf8_lossy(&buf)))
+            }
+            Op::FutimensHeld { slot, mtime } => {
+                let fd = held_fd(held, *slot)?;
+                let ts = [
+                    libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: libc::UTIME_OMIT,
+                    },
+                    libc::timespec {
+                        tv_sec: mtime.0 as libc::time_t,
+                        tv_nsec: mtime.1 as _,
+                    },
+                ];
+                chk(libc::futimens(fd, ts.as_ptr()))?;
+                let mut st: libc::stat = std::mem::zeroed();
+                chk(libc::fstat(fd, &mut st))?;
+                Ok(format!("mtime={}.{:09}", st.st_mtime, st.st_mtime_nsec))
+            }
+            Op::FsyncHeld { slot, data_only } => {
+                let fd = held_fd(held, *slot)?;
+                chk(if *data_only {
+                    libc::fdatasync(fd)
+                } else {
+                    libc::fsync(fd)
+                })?;
+                Ok("ok".into())
             }
             Op::As { uid, gid, op } => {
                 // fs ids are per thread; the gid first, while still privileged.

@@ -1244,6 +1244,29 @@ fn copy_up_of_sparse_file_keeps_holes() {
         f.read_exact_at(&mut buf, GIB / 4).unwrap();
         assert_eq!(buf, [0u8; 6], "{who}: a hole reads as zeros");
     }
+    // Through the mount, the holes are where the lower file had them (the kernel overlay
+    // copies 1 MiB chunks, so its first hole starts at 1 MiB: README, Differences).
+    use std::os::fd::AsRawFd;
+    let seek =
+        |f: &fs::File, off: u64, whence| unsafe { libc::lseek(f.as_raw_fd(), off as i64, whence) };
+    let f = ok(fs::File::open(st.mnt.join("sparse")), "open");
+    let lower = fs::File::open(&lf).unwrap();
+    let hole = seek(&lower, 0, libc::SEEK_HOLE);
+    assert!(
+        hole > 0 && hole < (1 << 20),
+        "the lower's first hole at {hole}"
+    );
+    assert_eq!(
+        seek(&f, 0, libc::SEEK_HOLE),
+        hole,
+        "first hole, through ovlfuse"
+    );
+    assert_eq!(
+        seek(&f, hole as u64, libc::SEEK_DATA),
+        seek(&lower, hole as u64, libc::SEEK_DATA),
+        "next data after the first hole, through ovlfuse"
+    );
+    drop(f);
     g.unmount();
     kg.unmount();
     lc.verify();
