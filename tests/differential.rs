@@ -2247,8 +2247,14 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
                     // FUSE answers a directory's lseek in the kernel (README, Differences)
                     return Ok("directory, not compared".into());
                 }
+                // Put the position back: it shows where holes were found, which differs
+                // by design (see seek_verdict), and later writes go there.
+                let pos = libc::lseek(fd, 0, libc::SEEK_CUR);
                 let r = libc::lseek(fd, *off as libc::off_t, *whence);
                 let got = if r < 0 { Err(errno()) } else { Ok(r as u64) };
+                if pos >= 0 {
+                    libc::lseek(fd, pos, libc::SEEK_SET);
+                }
                 seek_verdict(*whence, *off, st.st_size as u64, got)
             }
             Op::CopyRange {
@@ -4043,6 +4049,59 @@ fn regress_failed_rename_of_a_copy_leaves_the_new_parent_impure() {
                 to: s("d1/s"),
                 flags: 0,
             },
+        ],
+    );
+}
+
+/// Seed 85000187: fsync through a descriptor of a directory removed since (after its
+/// copy-up). The kernel syncs the removed upper directory and succeeds; ovlfuse looked for
+/// it by name and met its whiteout (ENOTDIR).
+#[test]
+fn regress_fsync_of_a_removed_directory() {
+    regress(
+        "regress_fsync_of_a_removed_directory",
+        vec![vec![dir("d2"), dir("d2/s"), dir("d3")]],
+        vec![
+            held(0, "d2/s", HeldMode::ReadOnly),
+            Op::FsetxattrHeld {
+                slot: 0,
+                name: s("user.k1"),
+                value: b"v".to_vec(),
+            },
+            Op::Rmdir { path: s("d2/s") },
+            Op::FsyncHeld {
+                slot: 0,
+                data_only: false,
+            },
+            // never copied up
+            held(1, "d3", HeldMode::ReadOnly),
+            Op::Rmdir { path: s("d3") },
+            Op::FsyncHeld {
+                slot: 1,
+                data_only: true,
+            },
+        ],
+    );
+}
+
+/// Seed 85000293 (writeback cache): futimens through a descriptor of a lower file whose
+/// name another file took by rename. Both overlays fail the copy-up with EEXIST; ovlfuse
+/// took the request for the kernel's flush of cached times at close and let it pass.
+#[test]
+fn regress_futimens_of_a_replaced_lower_file() {
+    regress(
+        "regress_futimens_of_a_replaced_lower_file",
+        vec![vec![file("e", "new")], vec![file("d2", "old")]],
+        vec![
+            held(0, "d2", HeldMode::ReadOnly),
+            op_rename("e", "d2", 0),
+            Op::FutimensHeld {
+                slot: 0,
+                mtime: (1_400_000_000, 5),
+            },
+            Op::FstatHeld { slot: 0 },
+            Op::CloseHeld { slot: 0 },
+            op_stat("d2"),
         ],
     );
 }

@@ -70,7 +70,7 @@ impl Attr {
 }
 
 /// A time to set: the current time, or a given one.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeSet {
     Now,
     At(Time),
@@ -292,8 +292,12 @@ impl Overlay {
             // With the writeback cache the kernel moves the ctime of a file it unlinks
             // itself, and sends the times when the last open file of it closes: for a lower
             // file there is no copy to keep them on (the lower layer is never written, and
-            // a copy-up would land on the name it no longer has).
-            return self.getattr_node(&node);
+            // a copy-up would land on the name it no longer has). Such a flush sends the
+            // mtime the file has; a futimens that changes it goes on to fail as a copy-up.
+            let attr = self.getattr_node(&node)?;
+            if matches!(set.mtime, None) || set.mtime == Some(TimeSet::At(attr.mtime)) {
+                return Ok(attr);
+            }
         }
         // (Times to now come as given times with the writeback cache: see now_in_disguise.)
         let given_times = (matches!(set.atime, Some(TimeSet::At(_)))

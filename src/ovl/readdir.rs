@@ -15,6 +15,7 @@ use crate::sys::fs;
 use crate::sys::xattr;
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// How many entries the merged listings of all directories may hold together.
@@ -406,7 +407,9 @@ impl Overlay {
 
     pub fn fsyncdir(&self, id: u64, datasync: bool) -> SysResult<()> {
         let node = self.node(id)?;
-        if !self.cfg.fsync || !node.is_upper() {
+        // A removed directory has nothing left to sync (its removal is its parent's), and
+        // its name may now hold a whiteout or another object.
+        if !self.cfg.fsync || !node.is_upper() || node.unlinked.load(Ordering::Relaxed) {
             return Ok(());
         }
         let fd = self.nodes.dir_fd(&node, UPPER)?;
