@@ -4106,6 +4106,36 @@ fn regress_futimens_of_a_replaced_lower_file() {
     );
 }
 
+/// Seed 86001155: copy_file_range from a copied-up file moved its atime (our copy read the
+/// upper file through an fd without O_NOATIME); the kernel overlay touches atime on read,
+/// splice and mmap only.
+#[test]
+fn regress_copy_file_range_leaves_the_source_atime() {
+    regress(
+        "regress_copy_file_range_leaves_the_source_atime",
+        vec![vec![file("c", "source data"), file("t", "target")]],
+        vec![
+            Op::LUtimens {
+                path: s("c"),
+                mtime: (1_300_000_000, 0),
+            },
+            Op::CopyRange {
+                from: s("c"),
+                to: s("t"),
+                off_in: 0,
+                off_out: 3,
+                len: 4,
+            },
+            // the truncate's reply brings the upper file's atime into the kernel's cache
+            Op::Truncate {
+                path: s("c"),
+                size: 5,
+            },
+            op_stat("c"),
+        ],
+    );
+}
+
 /// linkat(AT_EMPTY_PATH) of a descriptor whose (lower, hard-linked) file was unlinked.
 #[test]
 fn regress_linkat_unlinked_lower_file() {

@@ -630,9 +630,16 @@ impl Overlay {
         let ho = self.file_handle(fh_out).ok_or(Errno::EBADF)?;
         self.check_protection(&ho.node, Change::CopyInto)?;
         let fi = self.read_fd(&hi)?;
+        // The kernel overlay copies without moving the source's atime (it touches atime
+        // only on read, splice and mmap), where a copy from our fd would move the upper
+        // copy's. A file we may not open so is copied as it is.
+        let quiet = (hi.node.is_upper() && hi.flags & libc::O_NOATIME == 0)
+            .then(|| fs::reopen(fi.as_fd(), libc::O_RDONLY | libc::O_NOATIME).ok())
+            .flatten();
+        let fi = quiet.as_ref().map_or(fi.as_fd(), |q| q.as_fd());
         let fo = ho.fd();
         let len = len.min(u32::MAX as u64 & !0xfff) as usize;
-        let n = fs::copy_file_range(fi.as_fd(), off_in, fo.as_fd(), off_out, len)?;
+        let n = fs::copy_file_range(fi, off_in, fo.as_fd(), off_out, len)?;
         if n > 0 {
             self.kill_suid_sgid(ctx, &ho.node, &fo);
         }
