@@ -264,6 +264,10 @@ Container options (as fuse-overlayfs spells them):
                          namespace, or passthrough=off) the kernel caches writes
                          and sends them in batches of up to 1 MiB (FUSE writeback
                          cache; default 1); 0: each write(2) is a request
+  btime=0|1              1: statx shows birth times (of the copy shown, as on the
+                         kernel overlay); costs a request per file for the first
+                         statx that asks for one (Rust's metadata() does). Default
+                         0: none shown
   fast_ino=0|1, plugins=LIST  accepted and ignored
 
 Accepted and ignored (mount(8), fstab and SELinux):
@@ -590,6 +594,7 @@ mod tests {
             "passthrough=",
             "fast_ino=",
             "writeback=",
+            "btime=0|1",
             "plugins=",
             "defaults",
             "auto,",

@@ -108,6 +108,7 @@ pub fn run(cli: Cli) -> Result<(), String> {
             statahead: statahead_mode(&params),
             listattrs: params.listattrs,
             read_only: params.read_only,
+            btime: params.btime,
         },
     )
     .map_err(|e| format!("cannot set up the overlay: {e}"))?;

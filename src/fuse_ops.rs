@@ -111,6 +111,18 @@ fn answer(
             let attr = fs.ovl.getattr(id, fh)?;
             attr_reply(fs, p, id, &attr)
         }
+        // Sent instead of GETATTR only when the caller asks for the birth time (coreutils'
+        // stat does; so does Rust's metadata()), once per inode while its attributes stay
+        // cached. Without btime=1 it gets ENOSYS below, and the kernel stops asking.
+        op::STATX if fs.ovl.cfg.btime => {
+            let fh = (a.u32(0) & crate::fuse_wire::GETATTR_FH != 0).then(|| a.u64(8));
+            let attr = fs.ovl.getattr(id, fh)?;
+            // Without it the reply still holds every other attribute.
+            let birth = fs.ovl.birth_time(id, fh).unwrap_or(None);
+            let mut out = Out::new(p);
+            out.statx_out(fs.attr_ttl(id), &attr, birth);
+            Ok(out.len)
+        }
         op::SETATTR => {
             let valid = a.u32(0);
             let has = |b: u32| valid & b != 0;
@@ -313,7 +325,7 @@ fn answer(
             out.put(&data[..data.len().min(out_size)]);
             Ok(out.len)
         }
-        // The kernel then does without (POSIX locks, polls, statx, bmap) or fails the call
+        // The kernel then does without (POSIX locks, polls, bmap) or fails the call
         // with EOPNOTSUPP, and stops asking.
         _ => Err(Errno(libc::ENOSYS)),
     }

@@ -55,6 +55,7 @@ pub mod op {
     pub const LSEEK: u32 = 46;
     pub const COPY_FILE_RANGE: u32 = 47;
     pub const TMPFILE: u32 = 51;
+    pub const STATX: u32 = 52;
 }
 
 /// `fuse_setattr_in.valid` bits.
@@ -291,6 +292,38 @@ impl<'a> Out<'a> {
         self.u32(ttl.subsec_nanos());
         self.u32(0);
         self.attr(a);
+    }
+
+    /// `struct fuse_statx_out` (288 bytes): the attributes, and the birth time where
+    /// there is one. The kernel's FUSE client takes nothing else from it.
+    pub fn statx_out(&mut self, ttl: Duration, a: &Attr, birth: Option<Time>) {
+        const BASIC_STATS: u32 = 0x7ff;
+        const BTIME: u32 = 0x800;
+        self.u64(ttl.as_secs());
+        self.u32(ttl.subsec_nanos());
+        self.u32(0); // flags
+        self.zeros(16); // spare
+        self.u32(BASIC_STATS | if birth.is_some() { BTIME } else { 0 });
+        self.u32(a.blksize);
+        self.u64(0); // attributes
+        self.u32(a.nlink);
+        self.u32(a.uid);
+        self.u32(a.gid);
+        self.put(&(a.mode as u16).to_ne_bytes());
+        self.zeros(2);
+        self.u64(a.ino);
+        self.u64(a.size);
+        self.u64(a.blocks);
+        self.u64(0); // attributes_mask
+        for t in [a.atime, birth.unwrap_or_default(), a.ctime, a.mtime] {
+            self.u64(t.sec as u64);
+            self.u32(t.nsec);
+            self.u32(0);
+        }
+        // rdev as the kernel encodes it in `fuse_attr` (new_encode_dev)
+        self.u32((a.rdev >> 8) & 0xfff);
+        self.u32((a.rdev & 0xff) | ((a.rdev >> 12) & 0xfff00));
+        self.zeros(8 + 14 * 8); // dev (unused by the kernel) and spare
     }
 
     /// `struct fuse_open_out` (16 bytes).

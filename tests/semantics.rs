@@ -1187,6 +1187,106 @@ fn copy_up_on_truncate() {
     });
 }
 
+/// statx's birth time (with the basic attributes, as stat(1) asks), None where the
+/// filesystem keeps none.
+fn birth_time(p: &Path) -> Option<(i64, u32)> {
+    let c = cpath(p);
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+            &mut stx,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "statx {}: {}",
+        p.display(),
+        io::Error::last_os_error()
+    );
+    (stx.stx_mask & libc::STATX_BTIME != 0).then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec))
+}
+
+/// With btime=1, as on the kernel overlay, statx shows the birth time of the copy it
+/// reports on: the lower file's until a copy-up, then the upper copy's. Without it, none
+/// (README, Differences), and Rust's metadata() (statx of every field) costs no request
+/// after a listing.
+#[test]
+fn birth_time_is_that_of_the_copy_shown() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("sem-btime");
+    let st = Stack::new(&sc, 1);
+    let kst = Stack::new_at(&sc.dir("k"), 0);
+    let low = &st.lowers[0];
+    fs::write(low.join("f"), b"f").unwrap();
+    fs::write(low.join("g"), b"g").unwrap();
+    fs::create_dir(low.join("d")).unwrap();
+    assert!(
+        birth_time(&low.join("f")).is_some(),
+        "the scratch filesystem keeps no birth times"
+    );
+    // apart from the lower files' by more than the clock's granularity
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let lc = LowerCheck::new(&st.lowers);
+    let kst = Stack {
+        lowers: st.lowers.clone(),
+        ..kst
+    };
+    let g = mount_ovlfuse(&st, &[]);
+    assert_eq!(
+        birth_time(&st.mnt.join("f")),
+        None,
+        "a birth time without btime=1"
+    );
+    g.unmount();
+    let kg = mount_kernel(&kst);
+    let g = mount_ovlfuse(&st, &["btime=1"]);
+    for (who, root, upper) in [
+        ("kernel", &kst.mnt, &kst.upper),
+        ("ovlfuse", &st.mnt, &st.upper),
+    ] {
+        for name in ["f", "g", "d"] {
+            assert_eq!(
+                birth_time(&root.join(name)),
+                birth_time(&low.join(name)),
+                "{who}: {name} before any copy-up"
+            );
+        }
+        ok(
+            fs::set_permissions(root.join("g"), fs::Permissions::from_mode(0o600)),
+            &format!("{who}: chmod"),
+        );
+        ok(
+            fs::write(root.join("d/new"), b"n"),
+            &format!("{who}: create in d"),
+        );
+        for name in ["g", "d", "d/new"] {
+            let shown = birth_time(&root.join(name));
+            assert_eq!(
+                shown,
+                birth_time(&upper.join(name)),
+                "{who}: {name} after copy-up"
+            );
+            assert_ne!(shown, birth_time(&low.join("f")), "{who}: {name}");
+        }
+        assert_eq!(
+            birth_time(&root.join("f")),
+            birth_time(&low.join("f")),
+            "{who}: f"
+        );
+        assert_eq!(birth_time(root), birth_time(upper), "{who}: the root");
+    }
+    g.unmount();
+    kg.unmount();
+    lc.verify();
+}
+
 #[test]
 fn copy_up_of_sparse_file_keeps_holes() {
     if !fuse_available() {

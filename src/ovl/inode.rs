@@ -205,32 +205,55 @@ pub struct StatFs {
 impl Overlay {
     /// The real stat of the copy of `node` that is seen.
     pub fn stat_node(&self, node: &Node) -> SysResult<Stat> {
+        self.at_shown_copy(node, fs::fstatat)
+    }
+
+    /// Runs `f` on the copy of `node` whose attributes are shown, given as (directory, name)
+    /// or, for the root and for an object with no name left, as (its own fd, "").
+    fn at_shown_copy<T>(
+        &self,
+        node: &Node,
+        f: impl Fn(BorrowedFd<'_>, &OsStr) -> SysResult<T>,
+    ) -> SysResult<T> {
+        let own = |fd: BorrowedFd<'_>| f(fd, OsStr::new(""));
         if node.unlinked.load(Ordering::Relaxed) {
             // No name leads to it any more (the old one may now be a whiteout).
             return match node.detached() {
-                Some(fd) => fs::fstat(fd.as_fd()),
+                Some(fd) => own(fd.as_fd()),
                 None => Err(Errno::ENOENT),
             };
         }
         let st = node.state();
         let top = st.top().ok_or(Errno::ESTALE)?;
         if node.id == ROOT_ID {
-            return fs::fstat(self.nodes.dir_fd(node, top)?.as_fd());
+            return own(self.nodes.dir_fd(node, top)?.as_fd());
         }
         let res = self.at_name(node, top, |dir, name| {
             if node.unlinked.load(Ordering::Relaxed) {
                 // Removed while we looked (see `stable_node`): the fallback below answers.
                 return Err(Errno::ESTALE);
             }
-            fs::fstatat(dir, name)
+            f(dir, name)
         });
         match res {
             Err(e) if e == Errno::ENOENT || e == Errno::ESTALE => match node.detached() {
-                Some(fd) => fs::fstat(fd.as_fd()),
+                Some(fd) => own(fd.as_fd()),
                 None => Err(e),
             },
             other => other,
         }
+    }
+
+    /// The birth time of the copy `getattr` reports on, where its filesystem keeps one (as
+    /// the kernel overlay's statx shows that copy's).
+    pub fn birth_time(&self, id: u64, fh: Option<u64>) -> SysResult<Option<Time>> {
+        let node = self.node(id)?;
+        let birth = if let Some(h) = fh.and_then(|fh| self.file_handle(fh)) {
+            fs::birth_time(self.read_fd(&h)?.as_fd(), OsStr::new(""))?
+        } else {
+            self.at_shown_copy(&node, fs::birth_time)?
+        };
+        Ok(birth.map(|(sec, nsec)| Time { sec, nsec }))
     }
 
     pub fn attr_of(&self, node: &Node, st: &Stat) -> Attr {
@@ -295,7 +318,7 @@ impl Overlay {
             // a copy-up would land on the name it no longer has). Such a flush sends the
             // mtime the file has; a futimens that changes it goes on to fail as a copy-up.
             let attr = self.getattr_node(&node)?;
-            if matches!(set.mtime, None) || set.mtime == Some(TimeSet::At(attr.mtime)) {
+            if set.mtime.is_none() || set.mtime == Some(TimeSet::At(attr.mtime)) {
                 return Ok(attr);
             }
         }

@@ -93,6 +93,8 @@ pub struct Config {
     /// Mounted `ro` with an upper layer: housekeeping writes (dropping a stale impure
     /// mark) are left out, as the kernel leaves them out on a read-only mount.
     pub read_only: bool,
+    /// Birth times are answered (`btime=1`).
+    pub btime: bool,
 }
 
 impl Default for Config {
@@ -108,6 +110,7 @@ impl Default for Config {
             statahead: statahead::Mode::Auto,
             listattrs: statahead::ListAttrs::Auto,
             read_only: false,
+            btime: false,
         }
     }
 }

@@ -145,6 +145,9 @@ pub struct Params {
     /// `writeback=1|0`: without passthrough, the kernel caches writes (FUSE writeback
     /// cache) and sends them in large batches.
     pub writeback: bool,
+    /// `btime=1|0`: answer statx's birth time (FUSE_STATX), at one more request per
+    /// inode for callers that ask for it.
+    pub btime: bool,
 }
 
 /// The atime policy of the mount, applied by us to the upper layer (the kernel's FUSE
@@ -210,6 +213,7 @@ impl Default for Params {
             listattrs: Default::default(),
             passthrough: true,
             writeback: true,
+            btime: false,
         }
     }
 }
@@ -707,6 +711,11 @@ fn apply_option(
             let v = required(name, value, false)?;
             one_of(name, v, &["0", "1"])?;
             p.writeback = decode(v) == "1";
+        }
+        "btime" => {
+            let v = required(name, value, false)?;
+            one_of(name, v, &["0", "1"])?;
+            p.btime = decode(v) == "1";
         }
         "passthrough" => {
             let v = required(name, value, false)?;
@@ -1669,6 +1678,10 @@ mod tests {
         assert!(p.passthrough && p.writeback);
         assert!(err(&["lowerdir=/l,passthrough=on"]).contains("passthrough"));
         assert!(err(&["lowerdir=/l,writeback=yes"]).contains("writeback"));
+        assert!(!ok(&["lowerdir=/l"]).btime);
+        assert!(ok(&["lowerdir=/l,btime=1"]).btime);
+        assert!(!ok(&["lowerdir=/l,btime=1,btime=0"]).btime);
+        assert!(err(&["lowerdir=/l,btime=on"]).contains("btime"));
     }
 
     #[test]
@@ -1694,6 +1707,7 @@ mod tests {
             "passthrough",
             "fast_ino",
             "writeback",
+            "btime",
             "noxattrs",
             "xattr_permissions",
             "gidmapping",

@@ -131,7 +131,11 @@ pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> SysResult<OwnedFd> {
     )
 }
 
+/// lstat of `name` in `dir`; of `dir` itself for an empty name.
 pub fn fstatat(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Stat> {
+    if name.is_empty() {
+        return fstat(dir);
+    }
     let c = cstr(name)?;
     let mut st: Stat = unsafe { std::mem::zeroed() };
     check(unsafe {
@@ -709,6 +713,30 @@ pub fn statx_mnt_id(path: &CStr) -> Option<u64> {
         return None;
     }
     Some(stx.stx_mnt_id)
+}
+
+/// The birth time (seconds, nanoseconds) of `name` in `dir` (of `dir` itself for an empty
+/// name), where its filesystem keeps one.
+pub fn birth_time(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Option<(i64, u32)>> {
+    let c = cstr(name)?;
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_SYMLINK_NOFOLLOW
+        | if name.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        };
+    check(unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            flags,
+            libc::STATX_BTIME,
+            &mut stx,
+        )
+    })?;
+    Ok((stx.stx_mask & libc::STATX_BTIME != 0)
+        .then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec)))
 }
 
 /// The immutable and append-only attributes (`FS_IMMUTABLE_FL`, `FS_APPEND_FL`) of `name`
