@@ -637,6 +637,13 @@ enum Op {
         slot: usize,
         data_only: bool,
     },
+    /// mmap(MAP_SHARED) of a held descriptor's whole file, a write of `data` at `off`
+    /// (both cut to the file's size: a store past its end would fault), msync, munmap
+    MmapWriteHeld {
+        slot: usize,
+        off: u64,
+        data: Vec<u8>,
+    },
     /// Run `op` with fsuid/fsgid set to uid/gid (which drops the fs capabilities), so that
     /// permission checks apply.
     As {
@@ -936,6 +943,13 @@ impl fmt::Display for Op {
                 if *data_only { "fdatasync" } else { "fsync" },
                 slot
             ),
+            Op::MmapWriteHeld { slot, off, data } => write!(
+                f,
+                "mmap(fd{}, MAP_SHARED) + store at {} {} + msync + munmap",
+                slot,
+                off,
+                show_data(data)
+            ),
         }
     }
 }
@@ -995,6 +1009,7 @@ impl Op {
             Op::FgetxattrHeld { .. } => "fgetxattr_held",
             Op::FutimensHeld { .. } => "futimens_held",
             Op::FsyncHeld { .. } => "fsync_held",
+            Op::MmapWriteHeld { .. } => "mmap_write_held",
         }
     }
 }
@@ -1169,6 +1184,7 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
         1,  // 43 fgetxattr_held
         1,  // 44 futimens_held
         1,  // 45 fsync_held
+        2,  // 46 mmap_write_held
     ];
     let path = pg.pick(rng);
     match rng.weighted(w) {
@@ -1273,7 +1289,11 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
         15 => Op::SetXattr {
             path,
             name: rng.pick(XATTR_NAMES).to_string(),
-            value: rng.data(20),
+            // now and then more than fits beside the inode (ext4 then takes a block)
+            value: {
+                let max = if rng.pct(10) { 3000 } else { 20 };
+                rng.data(max)
+            },
             flags: *rng.pick(&[0, 0, libc::XATTR_CREATE, libc::XATTR_REPLACE]),
         },
         16 => Op::RemoveXattr {
@@ -1419,6 +1439,11 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
         45 => Op::FsyncHeld {
             slot: rng.below(HELD_SLOTS as u64) as usize,
             data_only: rng.pct(50),
+        },
+        46 => Op::MmapWriteHeld {
+            slot: rng.below(HELD_SLOTS as u64) as usize,
+            off: *rng.pick(&[0u64, 5, 4095, 4100]),
+            data: rng.data(40),
         },
         _ => Op::CloseHeld {
             slot: rng.below(HELD_SLOTS as u64) as usize,
@@ -2325,6 +2350,46 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
                     libc::fsync(fd)
                 })?;
                 Ok("ok".into())
+            }
+            Op::MmapWriteHeld { slot, off, data } => {
+                let fd = held_fd(held, *slot)?;
+                let mut st: libc::stat = std::mem::zeroed();
+                chk(libc::fstat(fd, &mut st))?;
+                let size = st.st_size as usize;
+                if st.st_mode & libc::S_IFMT != libc::S_IFREG || size == 0 {
+                    // mmap of a directory, device or empty file: compare the error only
+                    let m = libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                        fd,
+                        0,
+                    );
+                    if m == libc::MAP_FAILED {
+                        return Err(errno());
+                    }
+                    libc::munmap(m, 4096);
+                    return Ok(format!("mapped, size {}", size));
+                }
+                let m = libc::mmap(
+                    std::ptr::null_mut(),
+                    size,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd,
+                    0,
+                );
+                if m == libc::MAP_FAILED {
+                    return Err(errno());
+                }
+                let at = (*off as usize).min(size - 1);
+                let n = data.len().min(size - at);
+                std::ptr::copy_nonoverlapping(data.as_ptr(), (m as *mut u8).add(at), n);
+                let synced = chk(libc::msync(m, size, libc::MS_SYNC));
+                libc::munmap(m, size);
+                synced?;
+                Ok(format!("stored {} at {}", n, at))
             }
             Op::As { uid, gid, op } => {
                 // fs ids are per thread; the gid first, while still privileged.
