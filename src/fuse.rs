@@ -376,6 +376,15 @@ impl Filesystem for OvlFs {
             if f == InitFlags::FUSE_POSIX_ACL && self.ovl.cfg.noacl {
                 continue;
             }
+            // With the writeback cache the kernel keeps the file size itself, and after an
+            // OPEN that truncated it drops the lock and later sets its size to 0 again
+            // without asking; a write or truncate by another process in between reaches
+            // the upper file but not the kernel's size (the mount then shows 0 bytes where
+            // the file holds data, which comes back after a remount). Without atomic
+            // O_TRUNC the kernel truncates with a SETATTR under the file's lock.
+            if f == InitFlags::FUSE_ATOMIC_O_TRUNC && self.ovl.writes_cached() {
+                continue;
+            }
             if let Err(missing) = config.add_capabilities(f) {
                 debug!("kernel lacks FUSE capability {missing:?}");
             }

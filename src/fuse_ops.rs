@@ -146,7 +146,19 @@ fn answer(
                 fh: has(fattr::FH).then(|| a.u64(8)),
             };
             let attr = fs.ovl.setattr(&ctx, id, &set)?;
-            attr_reply(fs, p, id, &attr)
+            // A size change may land between another process's open(O_TRUNC) and the
+            // kernel's setting its own size to 0 after it (the kernel's FUSE client does
+            // that without a request, atomic O_TRUNC); attributes kept from this reply
+            // would then show size 0 for the whole timeout. Without a lifetime the next
+            // stat asks. (With the writeback cache atomic O_TRUNC is off: see `init`.)
+            let ttl = if set.size.is_some() {
+                Duration::ZERO
+            } else {
+                fs.attr_ttl(id)
+            };
+            let mut out = Out::new(p);
+            out.attr_out(ttl, &attr);
+            Ok(out.len)
         }
         op::READLINK => {
             let t = fs.ovl.readlink(id)?;

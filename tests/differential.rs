@@ -1457,11 +1457,16 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
 const DOCUMENTED_DIFFERENCES: &[&str] = &["listxattr_sized"];
 
 fn gen_case(seed: u64) -> Case {
+    // OVLFUSE_DIFF_MAX_OPS=n: sequences of n/2..n operations instead of 40..80
+    gen_case_with(seed, env_u64("OVLFUSE_DIFF_MAX_OPS").unwrap_or(80), &[])
+}
+
+/// A case of `max_ops / 2 ..= max_ops` operations, none of the kinds in `never`.
+fn gen_case_with(seed: u64, max_ops: u64, never: &[&str]) -> Case {
     let mut rng = Rng::new(seed);
     let n_lowers = rng.range(2, 3) as usize;
     let layers = gen_layers(&mut rng, n_lowers);
-    // OVLFUSE_DIFF_MAX_OPS=n: sequences of n/2..n operations instead of 40..80
-    let max_ops = env_u64("OVLFUSE_DIFF_MAX_OPS").unwrap_or(80).max(2);
+    let max_ops = max_ops.max(2);
     let n_ops = rng.range(max_ops / 2, max_ops);
     let mut pg = PathGen::new(&layers);
     let mut ops = Vec::new();
@@ -1485,6 +1490,7 @@ fn gen_case(seed: u64) -> Case {
     if !std::env::var("OVLFUSE_DIFF_STRICT").is_ok_and(|v| v != "0") {
         skip.extend(DOCUMENTED_DIFFERENCES.iter().map(|k| k.to_string()));
     }
+    skip.extend(never.iter().map(|k| k.to_string()));
     for _ in 0..n_ops {
         let mut op = gen_op(&mut rng, &pg);
         while skip.iter().any(|k| k == op.kind()) {
@@ -2955,6 +2961,151 @@ fn env_u64(name: &str) -> Option<u64> {
     } else {
         v.parse().ok()
     }
+}
+
+/// Errors no operation here may give, whatever ran beside it: they mean the daemon lost
+/// track of something (or of the connection).
+const NEVER_ERRNOS: &[i32] = &[
+    libc::EIO,
+    libc::ESTALE,
+    libc::EFAULT,
+    libc::ENOMEM,
+    libc::EUCLEAN,
+    libc::EDEADLK,
+    libc::ENOTCONN,
+    libc::ECONNABORTED,
+    libc::EOVERFLOW,
+];
+
+/// One seed of `concurrent_sequences`: Err says what went wrong, and what each thread ran.
+fn run_concurrent(seed: u64, threads: usize) -> Result<(), String> {
+    let mut shown_ops = String::new();
+    run_concurrent_ops(seed, threads, &mut shown_ops).map_err(|e| format!("{e}\n{shown_ops}"))
+}
+
+fn run_concurrent_ops(seed: u64, threads: usize, shown_ops: &mut String) -> Result<(), String> {
+    // mmap stores are left out: a truncate beside one would fault the test itself.
+    let case = gen_case_with(seed, 60 * threads as u64, &["mmap_write_held"]);
+    let s = Scratch::new(&format!("conc-{seed}"));
+    let f = Stack::new(&s, case.layers.len());
+    for (i, layer) in case.layers.iter().enumerate() {
+        build_layer(&f.lowers[i], layer);
+    }
+    let lc = LowerCheck::new(&f.lowers);
+    let g = common::mount_ovlfuse(&f, &[]);
+    let root = g.path().to_path_buf();
+    // Operation i goes to thread i % threads, each with descriptor slots of its own.
+    let mut shares: Vec<Vec<Op>> = vec![Vec::new(); threads];
+    for (i, op) in case.ops.iter().enumerate() {
+        shares[i % threads].push(op.clone());
+    }
+    *shown_ops = format!("{:?}\n", case.layers);
+    for (t, ops) in shares.iter().enumerate() {
+        for op in ops {
+            shown_ops.push_str(&format!("  thread {t}: {op}\n"));
+        }
+    }
+    let r2 = root.clone();
+    let ran = with_timeout(Duration::from_secs(120), move || {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
+        let hs: Vec<_> = shares
+            .into_iter()
+            .enumerate()
+            .map(|(t, ops)| {
+                let (root, b) = (r2.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let mut held = Held::new();
+                    let mut bad = Vec::new();
+                    b.wait();
+                    for op in &ops {
+                        if let Err(e) = exec(op, &root, &mut held) {
+                            if NEVER_ERRNOS.contains(&e) {
+                                bad.push(format!("thread {t}: {op}: {}", errno_name(e)));
+                            }
+                        }
+                    }
+                    held.close_all();
+                    bad
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec!["a thread panicked".into()])
+            })
+            .collect::<Vec<String>>()
+    });
+    let bad = match ran {
+        Ok(bad) => bad,
+        Err(why) => {
+            if let Some(pid) = g.pid() {
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+            g.forget();
+            return Err(format!(
+                "seed {seed}: {}",
+                why.unwrap_or_else(|| "the operations hung for 120 s".into())
+            ));
+        }
+    };
+    if !bad.is_empty() {
+        return Err(format!("seed {seed}: {}", bad.join("; ")));
+    }
+    let shown = snapshot_timeout(&root, XattrSel::User).map_err(|e| format!("seed {seed}: {e}"))?;
+    g.unmount();
+    for (who, kernel) in [
+        ("the kernel overlay", true),
+        ("ovlfuse mounted again", false),
+    ] {
+        let sx = Scratch::new(&format!("conc-{seed}-x{}", kernel as u8));
+        let st = fresh_stack_over(&sx, &f.lowers, &f.upper);
+        let g = if kernel {
+            common::mount_kernel(&st)
+        } else {
+            common::mount_ovlfuse(&st, &[])
+        };
+        let snap = snapshot_timeout(g.path(), XattrSel::User).map_err(|e| format!("{e}"))?;
+        g.unmount();
+        let d = common::diff_snapshots(&snap, &shown);
+        if !d.is_empty() {
+            return Err(format!(
+                "seed {seed}: {who} over the upper layer ovlfuse left (left) vs what ovlfuse \
+                 showed at the end (right):\n  {}",
+                d.join("\n  ")
+            ));
+        }
+    }
+    lc.verify();
+    Ok(())
+}
+
+/// Several threads run one random case's operations at once on one mount. The kernel
+/// cannot be compared step by step (the interleaving is not repeatable); what must hold is
+/// that nothing hangs or fails with an errno of `NEVER_ERRNOS`, and that the kernel
+/// overlay, and ovlfuse mounted again, over the upper layer left show exactly the tree
+/// ovlfuse showed at the end. OVLFUSE_DIFF_CONC_SEEDS / _BASE_SEED / _THREADS: more.
+#[test]
+fn concurrent_sequences() {
+    if !common::fuse_available() {
+        return;
+    }
+    let n = env_u64("OVLFUSE_DIFF_CONC_SEEDS").unwrap_or(64);
+    let base = env_u64("OVLFUSE_DIFF_CONC_BASE_SEED").unwrap_or(0x0C0C_0000);
+    let threads = env_u64("OVLFUSE_DIFF_CONC_THREADS").unwrap_or(4).max(2) as usize;
+    let failures: Vec<String> = (base..base + n)
+        .filter_map(|seed| {
+            std::panic::catch_unwind(|| run_concurrent(seed, threads))
+                .unwrap_or_else(|p| Err(format!("seed {seed}: {}", panic_msg(p))))
+                .err()
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {n} concurrent seeds from {base} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

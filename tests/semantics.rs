@@ -1345,7 +1345,14 @@ fn copy_up_of_sparse_file_keeps_holes() {
         assert_eq!(buf, [0u8; 6], "{who}: a hole reads as zeros");
     }
     // Through the mount, the holes are where the lower file had them (the kernel overlay
-    // copies 1 MiB chunks, so its first hole starts at 1 MiB: README, Differences).
+    // copies 1 MiB chunks, so its first hole starts at 1 MiB: README, Differences). Not
+    // with the writeback cache, where the kernel answers these lseeks itself.
+    if data_path_opt().is_some() {
+        g.unmount();
+        kg.unmount();
+        lc.verify();
+        return;
+    }
     use std::os::fd::AsRawFd;
     let seek =
         |f: &fs::File, off: u64, whence| unsafe { libc::lseek(f.as_raw_fd(), off as i64, whence) };
@@ -6657,6 +6664,60 @@ fn lowers_on_different_file_systems_with_colliding_inode_numbers() {
     kg.unmount();
     lc.verify();
     drop(guards);
+}
+
+/// open(O_TRUNC) racing a truncate of the same file by another process: whichever comes
+/// last, the size the mount shows is the upper file's. With the writeback cache and the
+/// kernel's atomic O_TRUNC, the kernel set its own size to 0 after the truncate had
+/// reached the upper file (README, Differences), in about one race in four.
+#[test]
+fn o_trunc_open_racing_a_truncate_leaves_one_size() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("sem-otrunc-race");
+    let st = Stack::new(&sc, 1);
+    ok(
+        fs::write(st.upper.join("f"), vec![b'u'; 1140]),
+        "write upper f",
+    );
+    let g = mount_ovlfuse(&st, &[]);
+    let (shown, on_disk) = (st.mnt.join("f"), st.upper.join("f"));
+    let mut apart = Vec::new();
+    for round in 0..200 {
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                barrier.wait();
+                ok(
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .open(&shown)
+                        .and_then(|f| f.set_len(10000)),
+                    "ftruncate through another open file",
+                );
+            });
+            barrier.wait();
+            ok(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&shown),
+                "open O_TRUNC",
+            );
+        });
+        let (a, b) = (
+            ok(fs::metadata(&shown), "stat through the mount").len(),
+            ok(fs::metadata(&on_disk), "stat the upper file").len(),
+        );
+        if a != b {
+            apart.push(format!(
+                "round {round}: the mount shows {a} bytes, the upper file has {b}"
+            ));
+        }
+    }
+    g.unmount();
+    assert!(apart.is_empty(), "{}", apart.join("\n"));
 }
 
 #[test]

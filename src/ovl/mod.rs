@@ -162,7 +162,7 @@ impl Overlay {
     }
 
     /// Whether the kernel caches writes (see `set_write_cache`).
-    fn writes_cached(&self) -> bool {
+    pub fn writes_cached(&self) -> bool {
         self.write_cache.load(Ordering::Relaxed)
     }
 
