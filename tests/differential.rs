@@ -3005,6 +3005,22 @@ fn run_concurrent_ops(seed: u64, threads: usize, shown_ops: &mut String) -> Resu
             shown_ops.push_str(&format!("  thread {t}: {op}\n"));
         }
     }
+    // OVLFUSE_DIFF_CONC_DROP=1: one more thread drops the kernel's dentry and inode
+    // caches every few milliseconds meanwhile, so that FORGETs race the lookups. Not by
+    // default: other tests of the binary, running beside this one, would see their atimes
+    // move differently.
+    let dropping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+        std::env::var("OVLFUSE_DIFF_CONC_DROP").is_ok_and(|v| v != "0"),
+    ));
+    let dropper = {
+        let dropping = dropping.clone();
+        std::thread::spawn(move || {
+            while dropping.load(Ordering::Relaxed) {
+                drop_caches();
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        })
+    };
     let r2 = root.clone();
     let ran = with_timeout(Duration::from_secs(120), move || {
         let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
@@ -3036,6 +3052,8 @@ fn run_concurrent_ops(seed: u64, threads: usize, shown_ops: &mut String) -> Resu
             })
             .collect::<Vec<String>>()
     });
+    dropping.store(false, Ordering::Relaxed);
+    let _ = dropper.join();
     let bad = match ran {
         Ok(bad) => bad,
         Err(why) => {
