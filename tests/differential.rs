@@ -3071,6 +3071,11 @@ fn run_concurrent_ops(seed: u64, threads: usize, shown_ops: &mut String) -> Resu
         return Err(format!("seed {seed}: {}", bad.join("; ")));
     }
     let shown = snapshot_timeout(&root, XattrSel::User).map_err(|e| format!("seed {seed}: {e}"))?;
+    // For the report: what the mount shows once the kernel has let go of what it cached
+    // (a difference that goes away is a stale kernel cache, one that stays the daemon's).
+    drop_caches();
+    let recached =
+        snapshot_timeout(&root, XattrSel::User).map_err(|e| format!("seed {seed}: {e}"))?;
     g.unmount();
     for (who, kernel) in [
         ("the kernel overlay", true),
@@ -3087,10 +3092,16 @@ fn run_concurrent_ops(seed: u64, threads: usize, shown_ops: &mut String) -> Resu
         g.unmount();
         let d = common::diff_snapshots(&snap, &shown);
         if !d.is_empty() {
+            let again = common::diff_snapshots(&snap, &recached);
             return Err(format!(
                 "seed {seed}: {who} over the upper layer ovlfuse left (left) vs what ovlfuse \
-                 showed at the end (right):\n  {}",
-                d.join("\n  ")
+                 showed at the end (right):\n  {}\n  after the kernel dropped its caches: {}",
+                d.join("\n  "),
+                if again.is_empty() {
+                    "the same as the upper layer".to_string()
+                } else {
+                    again.join("; ")
+                }
             ));
         }
     }

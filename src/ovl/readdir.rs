@@ -123,7 +123,23 @@ impl Overlay {
         if let Some(m) = node.merged() {
             return Ok(m);
         }
-        let m = Arc::new(self.build_merged(node)?);
+        // A copy-up into this directory does not take its lock: one that lands while the
+        // lower layers are read would leave its name listed as lower for good (and lookups
+        // answered from the listing would show the lower copy). It changes the upper
+        // directory's ctime, so a listing built across one is built again, and after
+        // three such tries used for this request only.
+        let mut tries = 0;
+        let m = loop {
+            let before = self.upper_dir_stamp(node);
+            let m = Arc::new(self.build_merged(node)?);
+            if self.upper_dir_stamp(node) == before {
+                break m;
+            }
+            tries += 1;
+            if tries == 3 {
+                return Ok(m);
+            }
+        };
         node.set_merged(Some(m.clone()));
         self.remember_merged(node, m.len());
         // Building a listing goes through a hash map and a sorted copy of it that are freed
@@ -164,6 +180,17 @@ impl Overlay {
         // Dropping a big listing frees tens of MiB at once, which glibc keeps in its free
         // lists (and in RSS) until asked.
         crate::sys::heap::freed(freed * ENTRY_HEAP_BYTES);
+    }
+
+    /// What tells a change in directory `node`'s upper copy: its inode and change time
+    /// (None while it has none).
+    fn upper_dir_stamp(&self, node: &Node) -> Option<(u64, i64, i64)> {
+        if !node.is_upper() {
+            return None;
+        }
+        let fd = self.nodes.dir_fd(node, UPPER).ok()?;
+        let st = fs::fstat(fd.as_fd()).ok()?;
+        Some((st.st_ino, st.st_ctime, st.st_ctime_nsec))
     }
 
     fn build_merged(&self, node: &Arc<Node>) -> SysResult<MergedDir> {
