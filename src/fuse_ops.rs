@@ -150,8 +150,9 @@ fn answer(
             // kernel's setting its own size to 0 after it (the kernel's FUSE client does
             // that without a request, atomic O_TRUNC); attributes kept from this reply
             // would then show size 0 for the whole timeout. Without a lifetime the next
-            // stat asks. (With the writeback cache atomic O_TRUNC is off: see `init`.)
-            let ttl = if set.size.is_some() {
+            // stat asks. (With the writeback cache atomic O_TRUNC is off, see `init`, and
+            // the kernel keeps sizes itself.)
+            let ttl = if set.size.is_some() && !fs.ovl.writes_cached() {
                 Duration::ZERO
             } else {
                 fs.attr_ttl(id)
