@@ -1187,26 +1187,29 @@ fn copy_up_on_truncate() {
     });
 }
 
-/// statx's birth time (with the basic attributes, as stat(1) asks), None where the
-/// filesystem keeps none.
-fn birth_time(p: &Path) -> Option<(i64, u32)> {
+/// statx of `p` with `flags`, asking for `mask`; asserts that it succeeds.
+fn statx_of(p: &Path, flags: i32, mask: u32) -> libc::statx {
     let c = cpath(p);
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let r = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
-            &mut stx,
-        )
-    };
+    // SAFETY: statx fills the zeroed struct it is given; the path is a live C string.
+    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), flags, mask, &mut sx) };
     assert_eq!(
         r,
         0,
         "statx {}: {}",
         p.display(),
         io::Error::last_os_error()
+    );
+    sx
+}
+
+/// statx's birth time (with the basic attributes, as stat(1) asks), None where the
+/// filesystem keeps none.
+fn birth_time(p: &Path) -> Option<(i64, u32)> {
+    let stx = statx_of(
+        p,
+        libc::AT_SYMLINK_NOFOLLOW,
+        libc::STATX_BASIC_STATS | libc::STATX_BTIME,
     );
     (stx.stx_mask & libc::STATX_BTIME != 0).then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec))
 }
@@ -7226,24 +7229,10 @@ fn removed_merged_directories_leave_nothing_in_the_workdir() {
 /// (mtime, ctime) of `p` in nanoseconds, asked of statx for those two only: a stat asking
 /// for atime too would refresh attributes the kernel marked stale for its own reasons.
 fn times_ns(p: &Path) -> (i128, i128) {
-    let c = cpath(p);
-    // SAFETY: statx fills the zeroed struct it is given; the path is a live C string.
-    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
-    let r = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_STATX_SYNC_AS_STAT,
-            libc::STATX_MTIME | libc::STATX_CTIME,
-            &mut sx,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "statx {}: {}",
-        p.display(),
-        io::Error::last_os_error()
+    let sx = statx_of(
+        p,
+        libc::AT_STATX_SYNC_AS_STAT,
+        libc::STATX_MTIME | libc::STATX_CTIME,
     );
     let ns = |t: libc::statx_timestamp| t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
     (ns(sx.stx_mtime), ns(sx.stx_ctime))
