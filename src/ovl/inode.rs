@@ -371,8 +371,12 @@ impl Overlay {
                 std::ffi::OsStr::new(".").into(),
             )
         } else {
-            let (pfd, name) = self.parent_fd(&node, UPPER)?;
-            Target::Name(pfd, name)
+            match self.parent_fd(&node, UPPER) {
+                Ok((pfd, name)) => Target::Name(pfd, name),
+                // Its directory is no longer known (see `Node::revive`): its own fd.
+                Err(Errno::ESTALE) => Target::Fd(node.detached().ok_or(Errno::ESTALE)?),
+                Err(e) => return Err(e),
+            }
         };
 
         // The kernel's FUSE client sends chown(-1, -1) as a setattr with nothing in it; a

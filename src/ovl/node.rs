@@ -387,10 +387,12 @@ impl Node {
     }
 
     /// The object lost its last name, as far as the node knew, and is found again under
-    /// `loc`: that is its name from now on.
+    /// `loc`: that is its name from now on. The fd it was reached through stays, for when
+    /// that name's directory is no longer known: the kernel keeps an O_TMPFILE file open
+    /// under the directory it was made in, not under the one it was linked into, and may
+    /// forget the latter meanwhile.
     fn revive(&self, loc: Loc) {
         *self.loc.write() = loc;
-        self.with_rare(|r| r.detached = None);
         self.unlinked.store(false, Ordering::Relaxed);
     }
 

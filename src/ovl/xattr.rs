@@ -69,7 +69,13 @@ impl Overlay {
         if node.id == ROOT_ID || node.is_dir() {
             return Ok((self.nodes.dir_fd(node, layer)?, OsStr::new(".").into()));
         }
-        self.parent_fd(node, layer)
+        match self.parent_fd(node, layer) {
+            // Its directory is no longer known (see `Node::revive`): its own fd.
+            Err(Errno::ESTALE) if layer == super::UPPER => {
+                Ok((node.detached().ok_or(Errno::ESTALE)?, OsStr::new("").into()))
+            }
+            r => r,
+        }
     }
 
     /// The layer name of attribute `name` given through the mount, after the checks every
