@@ -109,7 +109,7 @@ fn answer(
         op::GETATTR => {
             let fh = (a.u32(0) & crate::fuse_wire::GETATTR_FH != 0).then(|| a.u64(8));
             let attr = fs.ovl.getattr(id, fh)?;
-            attr_reply(fs, p, id, &attr)
+            attr_reply(p, fs.attr_ttl(id), &attr)
         }
         // Sent instead of GETATTR only when the caller asks for the birth time (coreutils'
         // stat does; so does Rust's metadata()), once per inode while its attributes stay
@@ -157,9 +157,7 @@ fn answer(
             } else {
                 fs.attr_ttl(id)
             };
-            let mut out = Out::new(p);
-            out.attr_out(ttl, &attr);
-            Ok(out.len)
+            attr_reply(p, ttl, &attr)
         }
         op::READLINK => {
             let t = fs.ovl.readlink(id)?;
@@ -344,14 +342,9 @@ fn answer(
     }
 }
 
-fn attr_reply(
-    fs: &Adapter,
-    p: &mut [u8],
-    id: u64,
-    attr: &crate::ovl::Attr,
-) -> Result<usize, Errno> {
+fn attr_reply(p: &mut [u8], ttl: Duration, attr: &crate::ovl::Attr) -> Result<usize, Errno> {
     let mut out = Out::new(p);
-    out.attr_out(fs.attr_ttl(id), attr);
+    out.attr_out(ttl, attr);
     Ok(out.len)
 }
 

@@ -1798,6 +1798,26 @@ fn dtype_name(t: u8) -> char {
     }
 }
 
+fn fstat_fd(fd: libc::c_int) -> Result<libc::stat, i32> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    chk(unsafe { libc::fstat(fd, &mut st) })?;
+    Ok(st)
+}
+
+/// utimensat/futimens times that leave atime alone and set mtime.
+fn atime_omitted(mtime: (i64, i64)) -> [libc::timespec; 2] {
+    [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: mtime.0 as libc::time_t,
+            tv_nsec: mtime.1 as _,
+        },
+    ]
+}
+
 fn held_fd(held: &Held, slot: usize) -> Result<libc::c_int, i32> {
     match held.0[slot] {
         fd if fd >= 0 => Ok(fd),
@@ -2105,8 +2125,7 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
                 Ok(format!("wrote {}", r?))
             }
             Op::FstatHeld { slot } => {
-                let mut st: libc::stat = std::mem::zeroed();
-                chk(libc::fstat(held_fd(held, *slot)?, &mut st))?;
+                let st = fstat_fd(held_fd(held, *slot)?)?;
                 Ok(describe_stat(&st))
             }
             Op::FtruncateHeld { slot, size } => {
@@ -2238,16 +2257,7 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
                 Ok("ok".into())
             }
             Op::LUtimens { path, mtime } => {
-                let ts = [
-                    libc::timespec {
-                        tv_sec: 0,
-                        tv_nsec: libc::UTIME_OMIT,
-                    },
-                    libc::timespec {
-                        tv_sec: mtime.0 as libc::time_t,
-                        tv_nsec: mtime.1 as _,
-                    },
-                ];
+                let ts = atime_omitted(*mtime);
                 let c = p(path);
                 chk(libc::utimensat(
                     libc::AT_FDCWD,
@@ -2271,14 +2281,12 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
                     *off as libc::off_t,
                     *len as libc::off_t,
                 ))?;
-                let mut st: libc::stat = std::mem::zeroed();
-                chk(libc::fstat(fd, &mut st))?;
+                let st = fstat_fd(fd)?;
                 Ok(format!("size={}", st.st_size))
             }
             Op::SeekHeld { slot, whence, off } => {
                 let fd = held_fd(held, *slot)?;
-                let mut st: libc::stat = std::mem::zeroed();
-                chk(libc::fstat(fd, &mut st))?;
+                let st = fstat_fd(fd)?;
                 if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
                     // FUSE answers a directory's lseek in the kernel (README, Differences)
                     return Ok("directory, not compared".into());
@@ -2338,19 +2346,9 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
             }
             Op::FutimensHeld { slot, mtime } => {
                 let fd = held_fd(held, *slot)?;
-                let ts = [
-                    libc::timespec {
-                        tv_sec: 0,
-                        tv_nsec: libc::UTIME_OMIT,
-                    },
-                    libc::timespec {
-                        tv_sec: mtime.0 as libc::time_t,
-                        tv_nsec: mtime.1 as _,
-                    },
-                ];
+                let ts = atime_omitted(*mtime);
                 chk(libc::futimens(fd, ts.as_ptr()))?;
-                let mut st: libc::stat = std::mem::zeroed();
-                chk(libc::fstat(fd, &mut st))?;
+                let st = fstat_fd(fd)?;
                 Ok(format!("mtime={}.{:09}", st.st_mtime, st.st_mtime_nsec))
             }
             Op::FsyncHeld { slot, data_only } => {
@@ -2368,8 +2366,7 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
             }
             Op::MmapWriteHeld { slot, off, data } => {
                 let fd = held_fd(held, *slot)?;
-                let mut st: libc::stat = std::mem::zeroed();
-                chk(libc::fstat(fd, &mut st))?;
+                let st = fstat_fd(fd)?;
                 let size = st.st_size as usize;
                 if st.st_mode & libc::S_IFMT != libc::S_IFREG || size == 0 {
                     // mmap of a directory, device or empty file: compare the error only

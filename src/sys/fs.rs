@@ -715,26 +715,25 @@ pub fn statx_mnt_id(path: &CStr) -> Option<u64> {
     Some(stx.stx_mnt_id)
 }
 
+/// statx of `name` in `dir` (of `dir` itself for an empty name), not following a last
+/// symlink, with `flags` added.
+fn statx_at(dir: BorrowedFd<'_>, name: &OsStr, flags: i32, mask: u32) -> SysResult<libc::statx> {
+    let c = cstr(name)?;
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let empty = if name.is_empty() {
+        libc::AT_EMPTY_PATH
+    } else {
+        0
+    };
+    let flags = flags | libc::AT_SYMLINK_NOFOLLOW | empty;
+    check(unsafe { libc::statx(dir.as_raw_fd(), c.as_ptr(), flags, mask, &mut stx) })?;
+    Ok(stx)
+}
+
 /// The birth time (seconds, nanoseconds) of `name` in `dir` (of `dir` itself for an empty
 /// name), where its filesystem keeps one.
 pub fn birth_time(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Option<(i64, u32)>> {
-    let c = cstr(name)?;
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let flags = libc::AT_SYMLINK_NOFOLLOW
-        | if name.is_empty() {
-            libc::AT_EMPTY_PATH
-        } else {
-            0
-        };
-    check(unsafe {
-        libc::statx(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            flags,
-            libc::STATX_BTIME,
-            &mut stx,
-        )
-    })?;
+    let stx = statx_at(dir, name, 0, libc::STATX_BTIME)?;
     Ok((stx.stx_mask & libc::STATX_BTIME != 0)
         .then_some((stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec)))
 }
@@ -744,16 +743,7 @@ pub fn birth_time(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Option<(i64, u
 /// 0 where the filesystem reports neither. A hint only: some filesystems (erofs) report
 /// every file immutable without such a flag on the inode.
 pub fn protection_flags(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<u32> {
-    let c = cstr(name)?;
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let flags = libc::AT_SYMLINK_NOFOLLOW
-        | libc::AT_STATX_DONT_SYNC
-        | if name.is_empty() {
-            libc::AT_EMPTY_PATH
-        } else {
-            0
-        };
-    check(unsafe { libc::statx(dir.as_raw_fd(), c.as_ptr(), flags, 0, &mut stx) })?;
+    let stx = statx_at(dir, name, libc::AT_STATX_DONT_SYNC, 0)?;
     let attrs = stx.stx_attributes & stx.stx_attributes_mask;
     let mut out = 0;
     if attrs & libc::STATX_ATTR_IMMUTABLE as u64 != 0 {
