@@ -4951,3 +4951,35 @@ fn regress_redirect_path_through_an_opaque_directory_keeps_its_own_layer() {
         ],
     );
 }
+
+/// Seed 97001988: a held directory emptied through its descriptor, then replaced by a
+/// rename. Its upper copy still held the whiteout, so ovlfuse first swapped in an empty
+/// stand-in (mode 0700) and the descriptor's fstat then showed the stand-in's mode; the
+/// kernel (and now ovlfuse) shows the replaced directory's own.
+#[test]
+fn regress_fstat_of_a_directory_replaced_after_emptying() {
+    regress(
+        "regress_fstat_of_a_directory_replaced_after_emptying",
+        vec![vec![
+            dir("d1"),
+            dir("d3"),
+            dir("d1/s"),
+            file("d3/y", "y"),
+        ]],
+        vec![
+            held(0, "d3", HeldMode::ReadOnly),
+            Op::RenameAtHeld {
+                slot: 0,
+                name: s("y"),
+                to: s("f"),
+            },
+            op_rename("d1/s", "d3", 0),
+            Op::FstatHeld { slot: 0 },
+            Op::As {
+                uid: 1000,
+                gid: 100,
+                op: Box::new(Op::FstatHeld { slot: 0 }),
+            },
+        ],
+    );
+}

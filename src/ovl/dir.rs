@@ -1103,6 +1103,11 @@ impl Overlay {
         let op_may_turn_pure = op.id != np.id && self.may_turn_pure(op, ofd, oname);
         let _renaming = self.nodes.renaming([Some(src), dst.map(|d| &**d)]);
         if let Some(d) = dst {
+            // Before the swap below: descriptors of the target keep the directory they
+            // were opened on (as on the kernel), not the empty stand-in that replaces it.
+            if let Some(top) = d.state().top() {
+                self.keep_detached(d, top);
+            }
             if d.is_dir() && d.is_upper() {
                 // The target is empty in the merged view but its upper copy may still hold
                 // whiteouts; swap in an empty opaque directory first, atomically.
@@ -1123,11 +1128,6 @@ impl Overlay {
         let _ = noreplace;
         let rflags = 0;
         let mut whiteout_after = false;
-        if let Some(d) = dst {
-            if let Some(top) = d.state().top() {
-                self.keep_detached(d, top);
-            }
-        }
         let target_is_whiteout = dst.is_none()
             && fs::fstatat(nfd, nname)
                 .map(|st| whiteout::is_whiteout_stat(&st))
