@@ -2908,8 +2908,9 @@ fn run_ops(
 /// A step where the two overlays part in a way the README documents ("A copy-up never
 /// replaces what holds the name now"): an attribute change through a held descriptor of a
 /// directory, fifo or device whose name was removed or taken. The kernel copies it up by
-/// renaming the copy over whatever holds the name (Ok); ovlfuse refuses (EEXIST, ENOTDIR).
-/// From there on the trees differ, so the case ends at that step.
+/// renaming the copy over whatever holds the name (Ok), or, where the parent directory is
+/// gone too, fails with EIO; ovlfuse refuses (EEXIST, ENOTDIR), or fails with ENOENT as both
+/// do for a regular file. From there on the trees differ, so the case ends at that step.
 fn documented_divergence(op: &Op, rk: &R, rf: &R, fheld: &Held) -> Option<&'static str> {
     let slot = match op {
         Op::As { op, .. } => return documented_divergence(op, rk, rf, fheld),
@@ -2919,12 +2920,20 @@ fn documented_divergence(op: &Op, rk: &R, rf: &R, fheld: &Held) -> Option<&'stat
         | Op::FsetxattrHeld { slot, .. } => *slot,
         _ => return None,
     };
-    let refused = matches!(rf, Err(e) if *e == libc::EEXIST || *e == libc::ENOTDIR);
     let regular = held_fd(fheld, slot)
         .and_then(fstat_fd)
         .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
         .unwrap_or(true);
-    (rk.is_ok() && refused && !regular).then_some("copy-up over a name taken since the open")
+    if regular {
+        return None;
+    }
+    match (rk, rf) {
+        (Ok(_), Err(libc::EEXIST | libc::ENOTDIR)) => {
+            Some("copy-up over a name taken since the open")
+        }
+        (Err(libc::EIO), Err(libc::ENOENT)) => Some("copy-up into a removed directory"),
+        _ => None,
+    }
 }
 
 /// Run a case; Err on the first difference between kernel overlayfs and ovlfuse.
@@ -4979,6 +4988,26 @@ fn regress_fstat_of_a_directory_replaced_after_emptying() {
                 uid: 1000,
                 gid: 100,
                 op: Box::new(Op::FstatHeld { slot: 0 }),
+            },
+        ],
+    );
+}
+
+/// Seed 97002898: a lower directory held open, removed, then its parent removed, then
+/// fchmod through the descriptor: the kernel fails with EIO, ovlfuse with ENOENT (README,
+/// "A copy-up never replaces what holds the name now").
+#[test]
+fn regress_fchmod_of_a_lower_directory_whose_parent_was_removed() {
+    regress_documented(
+        "regress_fchmod_of_a_lower_directory_whose_parent_was_removed",
+        vec![vec![dir("d3"), dir("d3/x")]],
+        vec![
+            held(0, "d3/x", HeldMode::ReadOnly),
+            Op::Rmdir { path: s("d3/x") },
+            Op::Rmdir { path: s("d3") },
+            Op::FchmodHeld {
+                slot: 0,
+                mode: 0o4755,
             },
         ],
     );
