@@ -5012,3 +5012,37 @@ fn regress_fchmod_of_a_lower_directory_whose_parent_was_removed() {
         ],
     );
 }
+
+/// Seed 97400217 (caches dropped before every step): an O_TMPFILE file linked into one
+/// directory, then, once the kernel had forgotten that directory, linked into another:
+/// ESTALE, where the kernel overlay links it. The second link now goes through the fd kept
+/// for the file.
+#[test]
+fn regress_tmpfile_linked_twice_after_its_first_directory_is_forgotten() {
+    regress(
+        "regress_tmpfile_linked_twice_after_its_first_directory_is_forgotten",
+        vec![vec![dir("d2"), dir("d3")]],
+        vec![
+            Op::Mkdir {
+                path: s("d1"),
+                mode: 0o1777,
+            },
+            Op::OpenTmpfile {
+                slot: 1,
+                dir: s("d2"),
+            },
+            Op::LinkHeld {
+                slot: 1,
+                path: s("d3/y"),
+            },
+            Op::DropCaches,
+            Op::LinkHeld {
+                slot: 1,
+                path: s("d1/x"),
+            },
+            Op::FstatHeld { slot: 1 },
+            op_stat("d3/y"),
+            op_stat("d1/x"),
+        ],
+    );
+}

@@ -527,10 +527,17 @@ impl Overlay {
         self.copy_up(&parent, true)?;
         let _g = parent.dir_lock.lock();
         self.require_absent(&parent, name)?;
-        // The upper file to link: by its fd, or by its name in its upper directory.
+        // The upper file to link: by its fd, or by its name in its upper directory; by the
+        // fd kept for it where the kernel has forgotten that directory (an O_TMPFILE file
+        // named after its open: the kernel keeps the file under the directory it was made
+        // in).
         let source = match unnamed {
             Some(fd) => Ok(fd),
-            None => Err(self.parent_fd(&node, UPPER)?),
+            None => match self.parent_fd(&node, UPPER) {
+                Ok(at) => Err(at),
+                Err(Errno::ESTALE) => Ok(node.detached().ok_or(Errno::ESTALE)?),
+                Err(e) => return Err(e),
+            },
         };
         let link_to = |dir: BorrowedFd<'_>, to: &OsStr| match &source {
             Ok(fd) => fs::link_fd(fd.as_fd(), dir, to),
