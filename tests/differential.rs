@@ -1585,7 +1585,11 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
         },
         52 => Op::OpenHeld {
             slot: rng.below(HELD_SLOTS as u64) as usize,
-            path: if rng.pct(10) { ".".into() } else { pg.pick_dir(rng) },
+            path: if rng.pct(10) {
+                ".".into()
+            } else {
+                pg.pick_dir(rng)
+            },
             mode: HeldMode::ReadOnly,
         },
         _ => Op::CloseHeld {
@@ -2527,12 +2531,20 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
                 Ok(format!("wrote {}", write_all(&fd, data, None)?))
             }
             Op::MkdirAtHeld { slot, name } => {
-                chk(libc::mkdirat(held_fd(held, *slot)?, cstr(name).as_ptr(), 0o755))?;
+                chk(libc::mkdirat(
+                    held_fd(held, *slot)?,
+                    cstr(name).as_ptr(),
+                    0o755,
+                ))?;
                 Ok("ok".into())
             }
             Op::UnlinkAtHeld { slot, name, dir } => {
                 let flags = if *dir { libc::AT_REMOVEDIR } else { 0 };
-                chk(libc::unlinkat(held_fd(held, *slot)?, cstr(name).as_ptr(), flags))?;
+                chk(libc::unlinkat(
+                    held_fd(held, *slot)?,
+                    cstr(name).as_ptr(),
+                    flags,
+                ))?;
                 Ok("ok".into())
             }
             Op::StatAtHeld { slot, name } => {
@@ -4969,12 +4981,7 @@ fn regress_redirect_path_through_an_opaque_directory_keeps_its_own_layer() {
 fn regress_fstat_of_a_directory_replaced_after_emptying() {
     regress(
         "regress_fstat_of_a_directory_replaced_after_emptying",
-        vec![vec![
-            dir("d1"),
-            dir("d3"),
-            dir("d1/s"),
-            file("d3/y", "y"),
-        ]],
+        vec![vec![dir("d1"), dir("d3"), dir("d1/s"), file("d3/y", "y")]],
         vec![
             held(0, "d3", HeldMode::ReadOnly),
             Op::RenameAtHeld {
