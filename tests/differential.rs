@@ -2838,7 +2838,7 @@ fn run_ops(
     kroot: &Path,
     froot: &Path,
     verbose: bool,
-) -> Result<(Vec<R>, Option<&'static str>), (Failure, bool)> {
+) -> Result<Outcome, (Failure, bool)> {
     let drop_each = std::env::var("OVLFUSE_DIFF_DROP_CACHES")
         .map(|v| v != "0")
         .unwrap_or(false);
@@ -2914,7 +2914,10 @@ fn run_ops(
     }
     kheld.close_all();
     fheld.close_all();
-    result.map(|_| (kernel, stopped))
+    result.map(|_| Outcome {
+        kernel,
+        documented: stopped,
+    })
 }
 
 /// A step where the two overlays part in a way the README documents ("A copy-up never
@@ -2974,7 +2977,7 @@ fn run_case(case: &Case, verbose: bool) -> Result<Outcome, Failure> {
     let kroot = kg.path().to_path_buf();
     let froot = fg.path().to_path_buf();
 
-    let (kernel, documented) = match run_ops(case, &kroot, &froot, verbose) {
+    let outcome = match run_ops(case, &kroot, &froot, verbose) {
         Ok(k) => k,
         Err((f, hung)) => {
             if hung {
@@ -2989,13 +2992,13 @@ fn run_case(case: &Case, verbose: bool) -> Result<Outcome, Failure> {
         }
     };
 
-    if documented.is_some() {
+    if outcome.documented.is_some() {
         // The trees part at that step on purpose; nothing after it is compared.
         kg.unmount();
         fg.unmount();
         lck.verify();
         lcf.verify();
-        return Ok(Outcome { kernel, documented });
+        return Ok(outcome);
     }
 
     // Merged views.
@@ -3049,10 +3052,7 @@ fn run_case(case: &Case, verbose: bool) -> Result<Outcome, Failure> {
 
     lck.verify();
     lcf.verify();
-    Ok(Outcome {
-        kernel,
-        documented: None,
-    })
+    Ok(outcome)
 }
 
 fn panic_msg(p: Box<dyn std::any::Any + Send>) -> String {
