@@ -5054,3 +5054,33 @@ fn regress_tmpfile_linked_twice_after_its_first_directory_is_forgotten() {
         ],
     );
 }
+
+/// Seed 97900341: a held lower directory replaced by renaming a non-empty directory over
+/// it, then fchmod through the descriptor. The kernel's copy-up renames the copy over the
+/// name and fails with ENOTEMPTY; ovlfuse answered ENOTDIR (it still does where a
+/// non-directory holds the name, as the kernel does).
+#[test]
+fn regress_fchmod_of_a_directory_replaced_by_a_non_empty_one() {
+    regress(
+        "regress_fchmod_of_a_directory_replaced_by_a_non_empty_one",
+        vec![vec![dir("d1"), dir("e"), dir("f")]],
+        vec![
+            Op::Mkdir {
+                path: s("d1/n"),
+                mode: 0o755,
+            },
+            held(0, "e", HeldMode::ReadOnly),
+            op_rename("d1", "e", 0),
+            Op::FchmodHeld {
+                slot: 0,
+                mode: 0o644,
+            },
+            held(1, "f", HeldMode::ReadOnly),
+            Op::Rmdir { path: s("f") },
+            Op::FchmodHeld {
+                slot: 1,
+                mode: 0o644,
+            },
+        ],
+    );
+}

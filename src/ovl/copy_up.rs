@@ -133,9 +133,19 @@ impl Overlay {
         if let Err(e) = self.nodes.with_fds(attempt) {
             warn!("copy-up of {:?} failed: {e:?}", name);
             // Something (a whiteout, once the object was removed while open) holds the name:
-            // the kernel reports EEXIST for a file and ENOTDIR for a directory.
+            // the kernel reports EEXIST for a file. For a directory it renames its copy over
+            // the name, which fails with ENOTDIR over a non-directory and ENOTEMPTY over a
+            // directory with entries (an empty one it replaces, which we refuse: README).
             if e == Errno::EEXIST && node.is_dir() {
-                return Err(Errno::ENOTDIR);
+                let holder_has_entries =
+                    fs::openat(upfd.as_fd(), &name, libc::O_PATH | libc::O_DIRECTORY, 0)
+                        .and_then(|d| fs::read_dir_all(d.as_fd()))
+                        .is_ok_and(|entries| !entries.is_empty());
+                return Err(if holder_has_entries {
+                    Errno::ENOTEMPTY
+                } else {
+                    Errno::ENOTDIR
+                });
             }
             return Err(e);
         }
