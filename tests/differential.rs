@@ -1217,9 +1217,6 @@ impl PathGen {
                 self.dir_slots[*slot] = is_dir.then(|| path.clone());
             }
             Op::OpenTmpfile { slot, .. } | Op::CloseHeld { slot } => self.dir_slots[*slot] = None,
-            _ => {}
-        }
-        match op {
             Op::As { op, .. } => self.note(op),
             Op::CreateWrite { path, .. } | Op::Symlink { path, .. } | Op::Mkfifo { path, .. } => {
                 self.add(path)

@@ -137,11 +137,7 @@ impl Overlay {
             // the name, which fails with ENOTDIR over a non-directory and ENOTEMPTY over a
             // directory with entries (an empty one it replaces, which we refuse: README).
             if e == Errno::EEXIST && node.is_dir() {
-                let holder_has_entries =
-                    fs::openat(upfd.as_fd(), &name, libc::O_PATH | libc::O_DIRECTORY, 0)
-                        .and_then(|d| fs::read_dir_all(d.as_fd()))
-                        .is_ok_and(|entries| !entries.is_empty());
-                return Err(if holder_has_entries {
+                return Err(if fs::dir_has_entries(upfd.as_fd(), &name) == Ok(true) {
                     Errno::ENOTEMPTY
                 } else {
                     Errno::ENOTDIR

@@ -11,7 +11,7 @@
 //! merged listings it touches.
 
 use super::copy_up::temp_name;
-use super::inode::{Attr, Change};
+use super::inode::{Attr, Change, Target};
 use super::layers::{remove_tree, UPPER};
 use super::listing::{Entry, Name};
 use super::node::{redirects_from, Lowers};
@@ -527,21 +527,14 @@ impl Overlay {
         self.copy_up(&parent, true)?;
         let _g = parent.dir_lock.lock();
         self.require_absent(&parent, name)?;
-        // The upper file to link: by its fd, or by its name in its upper directory; by the
-        // fd kept for it where the kernel has forgotten that directory (an O_TMPFILE file
-        // named after its open: the kernel keeps the file under the directory it was made
-        // in).
+        // The upper file to link: by its fd, or by its name in its upper directory.
         let source = match unnamed {
-            Some(fd) => Ok(fd),
-            None => match self.parent_fd(&node, UPPER) {
-                Ok(at) => Err(at),
-                Err(Errno::ESTALE) => Ok(node.detached().ok_or(Errno::ESTALE)?),
-                Err(e) => return Err(e),
-            },
+            Some(fd) => Target::Fd(fd),
+            None => self.upper_by_name(&node)?,
         };
         let link_to = |dir: BorrowedFd<'_>, to: &OsStr| match &source {
-            Ok(fd) => fs::link_fd(fd.as_fd(), dir, to),
-            Err((opfd, oname)) => fs::linkat(opfd.as_fd(), oname, dir, to),
+            Target::Fd(fd) => fs::link_fd(fd.as_fd(), dir, to),
+            Target::Name(opfd, oname) => fs::linkat(opfd.as_fd(), oname, dir, to),
         };
         let nfd = self.nodes.dir_fd(&parent, UPPER)?;
         let nfd = nfd.as_fd();
@@ -1118,8 +1111,7 @@ impl Overlay {
             if d.is_dir() && d.is_upper() {
                 // The target is empty in the merged view but its upper copy may still hold
                 // whiteouts; swap in an empty opaque directory first, atomically.
-                let dfd = fs::openat(nfd, nname, libc::O_PATH | libc::O_DIRECTORY, 0)?;
-                if !fs::read_dir_all(dfd.as_fd())?.is_empty() {
+                if fs::dir_has_entries(nfd, nname)? {
                     let work = self.layers.work()?;
                     let tmp = temp_name();
                     fs::mkdirat(work, &tmp, 0o700)?;

@@ -183,8 +183,8 @@ impl SetAttr {
     }
 }
 
-/// How setattr reaches the upper copy of a node.
-enum Target {
+/// How a change reaches the upper copy of a node: by name in a directory, or by its own fd.
+pub(super) enum Target {
     Name(Arc<std::os::fd::OwnedFd>, super::listing::Name),
     Fd(Arc<std::os::fd::OwnedFd>),
 }
@@ -203,6 +203,17 @@ pub struct StatFs {
 }
 
 impl Overlay {
+    /// The upper copy of non-directory `node` by its name in its upper directory, or by
+    /// the fd kept for it where the kernel no longer knows that directory (see
+    /// `Node::revive`: an O_TMPFILE file named after its open).
+    pub(super) fn upper_by_name(&self, node: &Node) -> SysResult<Target> {
+        match self.parent_fd(node, UPPER) {
+            Ok((pfd, name)) => Ok(Target::Name(pfd, name)),
+            Err(Errno::ESTALE) => Ok(Target::Fd(node.detached().ok_or(Errno::ESTALE)?)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The real stat of the copy of `node` that is seen.
     pub fn stat_node(&self, node: &Node) -> SysResult<Stat> {
         self.at_shown_copy(node, fs::fstatat)
@@ -371,12 +382,7 @@ impl Overlay {
                 std::ffi::OsStr::new(".").into(),
             )
         } else {
-            match self.parent_fd(&node, UPPER) {
-                Ok((pfd, name)) => Target::Name(pfd, name),
-                // Its directory is no longer known (see `Node::revive`): its own fd.
-                Err(Errno::ESTALE) => Target::Fd(node.detached().ok_or(Errno::ESTALE)?),
-                Err(e) => return Err(e),
-            }
+            self.upper_by_name(&node)?
         };
 
         // The kernel's FUSE client sends chown(-1, -1) as a setattr with nothing in it; a

@@ -6,7 +6,7 @@
 //! a caller's own attribute under that prefix is stored *escaped*: `trusted.overlay.X`
 //! through the mount is `trusted.overlay.overlay.X` in the layer, so overlays nest.
 
-use super::inode::Change;
+use super::inode::{Change, Target};
 use super::layers::LayerId;
 use super::node::{Node, ROOT_ID};
 use super::{Ctx, Errno, Overlay, SysResult};
@@ -69,13 +69,13 @@ impl Overlay {
         if node.id == ROOT_ID || node.is_dir() {
             return Ok((self.nodes.dir_fd(node, layer)?, OsStr::new(".").into()));
         }
-        match self.parent_fd(node, layer) {
-            // Its directory is no longer known (see `Node::revive`): its own fd.
-            Err(Errno::ESTALE) if layer == super::UPPER => {
-                Ok((node.detached().ok_or(Errno::ESTALE)?, OsStr::new("").into()))
-            }
-            r => r,
+        if layer != super::UPPER {
+            return self.parent_fd(node, layer);
         }
+        Ok(match self.upper_by_name(node)? {
+            Target::Name(pfd, name) => (pfd, name),
+            Target::Fd(fd) => (fd, OsStr::new("").into()),
+        })
     }
 
     /// The layer name of attribute `name` given through the mount, after the checks every

@@ -562,6 +562,14 @@ pub fn read_dir_all(dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirent>> {
 
 /// A new fd for reading the directory `dir` refers to from its start, leaving `dir`'s
 /// offset alone.
+/// Whether directory `name` in `parent` holds any entry (whiteouts count).
+pub fn dir_has_entries(parent: BorrowedFd<'_>, name: &OsStr) -> SysResult<bool> {
+    let dir = openat(parent, name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    let mut any = false;
+    for_each_dirent_at_start(open_to_list(dir.as_fd())?.as_fd(), |_, _, _| any = true)?;
+    Ok(any)
+}
+
 pub fn open_to_list(dir: BorrowedFd<'_>) -> SysResult<OwnedFd> {
     // Reading a layer must not change it, not even its atime.
     let flags = libc::O_RDONLY | libc::O_DIRECTORY;
