@@ -673,6 +673,13 @@ enum Op {
         off: u64,
         data: Vec<u8>,
     },
+    /// An operation by the path `/proc/self/fd/N` of a held descriptor: it reaches the
+    /// object the descriptor holds (which may have lost its name or, from an `O_PATH`
+    /// open, have no open file for FUSE to name), by path, not through the open file.
+    ProcFd {
+        slot: usize,
+        act: ProcAct,
+    },
     /// Drop the kernel's dentry and inode caches (both mounts at once); regression cases
     /// only, the random ones use OVLFUSE_DIFF_DROP_CACHES.
     DropCaches,
@@ -690,6 +697,25 @@ enum HeldMode {
     ReadOnly,
     ReadWrite,
     Append,
+    /// O_PATH: no open file on the filesystem, only a handle on the object
+    Path,
+}
+
+/// What `Op::ProcFd` does by a held descriptor's `/proc/self/fd/N` path.
+#[derive(Clone, Debug)]
+enum ProcAct {
+    /// chmod(2)
+    Chmod(u32),
+    /// chown(2) (following the magic link, as the descriptor's own object is meant)
+    Chown(u32, u32),
+    /// truncate(2)
+    Truncate(u64),
+    /// utimensat(2), {UTIME_OMIT, mtime}, then stat
+    Utimens((i64, i64)),
+    /// setxattr(2)
+    SetXattr(String, Vec<u8>),
+    /// open(2) again with this mode (O_NONBLOCK), fstat, read what it may, close
+    Reopen(HeldMode),
 }
 
 impl HeldMode {
@@ -698,6 +724,7 @@ impl HeldMode {
             HeldMode::ReadOnly => libc::O_RDONLY,
             HeldMode::ReadWrite => libc::O_RDWR,
             HeldMode::Append => libc::O_WRONLY | libc::O_APPEND,
+            HeldMode::Path => libc::O_PATH,
         }
     }
     fn name(self) -> &'static str {
@@ -705,6 +732,7 @@ impl HeldMode {
             HeldMode::ReadOnly => "O_RDONLY",
             HeldMode::ReadWrite => "O_RDWR",
             HeldMode::Append => "O_WRONLY|O_APPEND",
+            HeldMode::Path => "O_PATH",
         }
     }
 }
@@ -969,6 +997,23 @@ impl fmt::Display for Op {
                 "futimens(fd{}, atime=UTIME_OMIT, mtime={}.{:09}) + fstat",
                 slot, mtime.0, mtime.1
             ),
+            Op::ProcFd { slot, act } => {
+                let at = format!("/proc/self/fd/<fd{}>", slot);
+                match act {
+                    ProcAct::Chmod(m) => write!(f, "chmod({}, 0o{:o})", at, m),
+                    ProcAct::Chown(u, g) => write!(f, "chown({}, {}, {})", at, u, g),
+                    ProcAct::Truncate(n) => write!(f, "truncate({}, {})", at, n),
+                    ProcAct::Utimens(t) => write!(
+                        f,
+                        "utimensat({}, atime=UTIME_OMIT, mtime={}.{:09}) + stat",
+                        at, t.0, t.1
+                    ),
+                    ProcAct::SetXattr(n, v) => {
+                        write!(f, "setxattr({}, {:?}, {})", at, n, show_data(v))
+                    }
+                    ProcAct::Reopen(m) => write!(f, "open({}, {}) + fstat + read", at, m.name()),
+                }
+            }
             Op::FsyncHeld { slot, data_only } => write!(
                 f,
                 "{}(fd{})",
@@ -1062,6 +1107,14 @@ impl Op {
             Op::FsetxattrHeld { .. } => "fsetxattr_held",
             Op::FgetxattrHeld { .. } => "fgetxattr_held",
             Op::FutimensHeld { .. } => "futimens_held",
+            Op::ProcFd { act, .. } => match act {
+                ProcAct::Chmod(_) => "procfd_chmod",
+                ProcAct::Chown(..) => "procfd_chown",
+                ProcAct::Truncate(_) => "procfd_truncate",
+                ProcAct::Utimens(_) => "procfd_utimens",
+                ProcAct::SetXattr(..) => "procfd_setxattr",
+                ProcAct::Reopen(_) => "procfd_reopen",
+            },
             Op::FsyncHeld { .. } => "fsync_held",
             Op::MmapWriteHeld { .. } => "mmap_write_held",
             Op::DropCaches => "drop_caches",
@@ -1291,6 +1344,7 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
         1,  // 50 stat_at_held
         2,  // 51 rename_at_held
         2,  // 52 open_held of a directory (for the *_at_held kinds)
+        3,  // 53 procfd_*: by a held descriptor's /proc/self/fd path
     ];
     let path = pg.pick(rng);
     let at = pg.pick_at(rng);
@@ -1437,6 +1491,7 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
                 HeldMode::ReadOnly,
                 HeldMode::ReadWrite,
                 HeldMode::Append,
+                HeldMode::Path,
             ]),
         },
         24 => Op::ReadHeld {
@@ -1589,6 +1644,27 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
                 pg.pick_dir(rng)
             },
             mode: HeldMode::ReadOnly,
+        },
+        53 => Op::ProcFd {
+            slot: rng.below(HELD_SLOTS as u64) as usize,
+            act: match rng.below(7) {
+                0 => ProcAct::Chmod(*rng.pick(&[0o600u32, 0o644, 0o755, 0o4755])),
+                1 => {
+                    let (u, g) = *rng.pick(&[(1000u32, 1000u32), (0, 0), (4321, u32::MAX)]);
+                    ProcAct::Chown(u, g)
+                }
+                2 => ProcAct::Truncate(*rng.pick(&[0u64, 5, 100, 5000])),
+                3 => ProcAct::Utimens((
+                    1_500_000_000 + rng.below(1000) as i64,
+                    rng.below(1_000_000_000) as i64,
+                )),
+                4 => ProcAct::SetXattr(rng.pick(XATTR_NAMES).to_string(), rng.data(20)),
+                _ => ProcAct::Reopen(*rng.pick(&[
+                    HeldMode::ReadOnly,
+                    HeldMode::ReadWrite,
+                    HeldMode::Append,
+                ])),
+            },
         },
         _ => Op::CloseHeld {
             slot: rng.below(HELD_SLOTS as u64) as usize,
@@ -2501,6 +2577,43 @@ fn exec(op: &Op, root: &Path, held: &mut Held) -> R {
                 let st = fstat_fd(fd)?;
                 Ok(format!("mtime={}.{:09}", st.st_mtime, st.st_mtime_nsec))
             }
+            Op::ProcFd { slot, act } => {
+                let at = cstr(&format!("/proc/self/fd/{}", held_fd(held, *slot)?));
+                match act {
+                    ProcAct::Chmod(m) => chk(libc::chmod(at.as_ptr(), *m))?,
+                    ProcAct::Chown(u, g) => chk(libc::chown(at.as_ptr(), *u, *g))?,
+                    ProcAct::Truncate(n) => chk(libc::truncate(at.as_ptr(), *n as libc::off_t))?,
+                    ProcAct::Utimens(t) => {
+                        let ts = atime_omitted(*t);
+                        chk(libc::utimensat(libc::AT_FDCWD, at.as_ptr(), ts.as_ptr(), 0))?;
+                        let st = do_stat(&at, true)?;
+                        return Ok(format!("mtime={}.{:09}", st.st_mtime, st.st_mtime_nsec));
+                    }
+                    ProcAct::SetXattr(n, v) => chk(libc::setxattr(
+                        at.as_ptr(),
+                        cstr(n).as_ptr(),
+                        v.as_ptr() as *const _,
+                        v.len(),
+                        0,
+                    ))?,
+                    ProcAct::Reopen(m) => {
+                        let fd = libc::open(at.as_ptr(), m.flags() | OPEN_BASE);
+                        if fd < 0 {
+                            return Err(errno());
+                        }
+                        let fd = Fd(fd);
+                        let st = fstat_fd(fd.0)?;
+                        let mut line = describe_stat(&st);
+                        if st.st_mode & libc::S_IFMT == libc::S_IFREG
+                            && !matches!(m, HeldMode::Append)
+                        {
+                            line += &format!(" data={}", read_all(fd.0, Some(0))?);
+                        }
+                        return Ok(line);
+                    }
+                }
+                Ok("ok".into())
+            }
             Op::FsyncHeld { slot, data_only } => {
                 let fd = held_fd(held, *slot)?;
                 chk(if *data_only {
@@ -2931,6 +3044,11 @@ fn documented_divergence(op: &Op, rk: &R, rf: &R, fheld: &Held) -> Option<&'stat
         | Op::FchownHeld { slot, .. }
         | Op::FutimensHeld { slot, .. }
         | Op::FsetxattrHeld { slot, .. } => *slot,
+        Op::ProcFd {
+            slot,
+            act:
+                ProcAct::Chmod(_) | ProcAct::Chown(..) | ProcAct::Utimens(_) | ProcAct::SetXattr(..),
+        } => *slot,
         _ => return None,
     };
     let regular = held_fd(fheld, slot)
