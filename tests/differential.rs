@@ -5199,3 +5199,23 @@ fn regress_fchmod_of_a_directory_replaced_by_a_non_empty_one() {
         ],
     );
 }
+
+#[test]
+fn regress_fchown_of_a_fifo_whose_name_a_directory_took() {
+    // Seed 98000611: the kernel renames a FIFO's copy over its name, which fails over a
+    // directory with EISDIR; ovlfuse answered EEXIST.
+    regress(
+        "regress_fchown_of_a_fifo_whose_name_a_directory_took",
+        vec![vec![LE::Fifo(s("b")), dir("d3")]],
+        vec![
+            held(0, "b", HeldMode::ReadOnly),
+            Op::Unlink { path: s("b") },
+            op_rename("d3", "b", 0),
+            Op::FchownHeld {
+                slot: 0,
+                uid: 1000,
+                gid: 1000,
+            },
+        ],
+    );
+}

@@ -133,15 +133,26 @@ impl Overlay {
         if let Err(e) = self.nodes.with_fds(attempt) {
             warn!("copy-up of {:?} failed: {e:?}", name);
             // Something (a whiteout, once the object was removed while open) holds the name:
-            // the kernel reports EEXIST for a file. For a directory it renames its copy over
-            // the name, which fails with ENOTDIR over a non-directory and ENOTEMPTY over a
-            // directory with entries (an empty one it replaces, which we refuse: README).
-            if e == Errno::EEXIST && node.is_dir() {
-                return Err(if fs::dir_has_entries(upfd.as_fd(), &name) == Ok(true) {
-                    Errno::ENOTEMPTY
-                } else {
-                    Errno::ENOTDIR
-                });
+            // the kernel links a regular file's copy there (EEXIST). Anything else it renames
+            // over the name, which fails as rename(2) does: a directory over a non-directory
+            // with ENOTDIR, over a directory with entries with ENOTEMPTY; a non-directory
+            // over a directory with EISDIR. Where that rename would succeed, we refuse with
+            // EEXIST or ENOTDIR (README).
+            if e == Errno::EEXIST && node.kind != libc::S_IFREG {
+                let holder_is_dir =
+                    fs::fstatat(upfd.as_fd(), &name).is_ok_and(|st| fs::is_dir(&st));
+                if node.is_dir() {
+                    return Err(
+                        if holder_is_dir && fs::dir_has_entries(upfd.as_fd(), &name) == Ok(true) {
+                            Errno::ENOTEMPTY
+                        } else {
+                            Errno::ENOTDIR
+                        },
+                    );
+                }
+                if holder_is_dir {
+                    return Err(Errno::EISDIR);
+                }
             }
             return Err(e);
         }
