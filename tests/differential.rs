@@ -5219,3 +5219,28 @@ fn regress_fchown_of_a_fifo_whose_name_a_directory_took() {
         ],
     );
 }
+
+#[test]
+fn regress_reopen_of_a_tmpfile_whose_directory_was_removed() {
+    // Seed 98003350: an O_TMPFILE file opened again through /proc/self/fd after its
+    // directory was removed: ENOTDIR (we looked for it below the removed directory).
+    regress(
+        "regress_reopen_of_a_tmpfile_whose_directory_was_removed",
+        vec![vec![dir("d2")]],
+        vec![
+            Op::OpenTmpfile {
+                slot: 2,
+                dir: s("d2"),
+            },
+            Op::Rmdir { path: s("d2") },
+            Op::ProcFd {
+                slot: 2,
+                act: ProcAct::Reopen(HeldMode::ReadOnly),
+            },
+            Op::ProcFd {
+                slot: 2,
+                act: ProcAct::Reopen(HeldMode::ReadWrite),
+            },
+        ],
+    );
+}

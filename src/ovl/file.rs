@@ -194,6 +194,14 @@ impl Overlay {
         // Without O_TRUNC an open may be repeated (`stable`); with it the kernel holds the
         // file's lock, which a rename or removal of it waits for.
         let open_real = |flags: i32| {
+            if node.unlinked.load(Ordering::Relaxed) {
+                // No name leads to it (an O_TMPFILE file, one removed while open: reopened
+                // through /proc/self/fd), and its directory may be gone too.
+                return match node.detached() {
+                    Some(d) => fs::reopen(d.as_fd(), flags),
+                    None => Err(Errno::ENOENT),
+                };
+            }
             let res = self.at_name(&node, top, |dir, name| {
                 if node.unlinked.load(Ordering::Relaxed) {
                     // Removed while we looked: its name may now be another file's.
