@@ -5244,3 +5244,26 @@ fn regress_reopen_of_a_tmpfile_whose_directory_was_removed() {
         ],
     );
 }
+
+#[test]
+fn regress_mmap_write_to_a_set_group_id_lower_file_moves_its_mtime() {
+    // Seed 98100578: pages written through a mapping come back to the daemon marked as
+    // write-back even without the writeback cache; we kept the file's mtime for the kernel
+    // to send, which it does only with that cache (set-ID files are not passthrough).
+    regress(
+        "regress_mmap_write_to_a_set_group_id_lower_file_moves_its_mtime",
+        vec![vec![
+            file("b", "some data in a set-group-ID file"),
+            LE::Mode(s("b"), 0o2755),
+        ]],
+        vec![
+            held(1, "b", HeldMode::ReadWrite),
+            Op::MmapWriteHeld {
+                slot: 1,
+                off: 4100,
+                data: b"y".to_vec(),
+            },
+            Op::FstatHeld { slot: 1 },
+        ],
+    );
+}

@@ -492,9 +492,12 @@ impl Overlay {
         // The kernel keeps the mtime of a file it caches writes for, and sends it with its
         // write-back of the inode, before or after the data (or beside it, on another
         // thread: hence the lock, which setattr takes too); the data's arrival must not
-        // move it past that.
-        let _times = write_back.then(|| times_lock(h.node.id));
-        let mtime = write_back
+        // move it past that. Without the writeback cache the kernel keeps no times (pages
+        // written through a mapping come back marked as write-back all the same), so the
+        // write moves the mtime, as any write does.
+        let keep_mtime = write_back && self.writes_cached();
+        let _times = keep_mtime.then(|| times_lock(h.node.id));
+        let mtime = keep_mtime
             .then(|| fs::fstat(fd.as_fd()).ok())
             .flatten()
             .map(|st| libc::timespec {
