@@ -699,6 +699,8 @@ enum HeldMode {
     Append,
     /// O_PATH: no open file on the filesystem, only a handle on the object
     Path,
+    /// O_PATH|O_NOFOLLOW: a symlink itself, not what it points to
+    PathNoFollow,
 }
 
 /// What `Op::ProcFd` does by a held descriptor's `/proc/self/fd/N` path.
@@ -725,6 +727,7 @@ impl HeldMode {
             HeldMode::ReadWrite => libc::O_RDWR,
             HeldMode::Append => libc::O_WRONLY | libc::O_APPEND,
             HeldMode::Path => libc::O_PATH,
+            HeldMode::PathNoFollow => libc::O_PATH | libc::O_NOFOLLOW,
         }
     }
     fn name(self) -> &'static str {
@@ -733,6 +736,7 @@ impl HeldMode {
             HeldMode::ReadWrite => "O_RDWR",
             HeldMode::Append => "O_WRONLY|O_APPEND",
             HeldMode::Path => "O_PATH",
+            HeldMode::PathNoFollow => "O_PATH|O_NOFOLLOW",
         }
     }
 }
@@ -1492,6 +1496,7 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
                 HeldMode::ReadWrite,
                 HeldMode::Append,
                 HeldMode::Path,
+                HeldMode::PathNoFollow,
             ]),
         },
         24 => Op::ReadHeld {
