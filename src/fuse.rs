@@ -120,6 +120,10 @@ impl OvlFs {
                 }
             }
         }));
+        let s = slot.clone();
+        let _ = ovl
+            .data_changed
+            .set(Box::new(move |id| invalidate_data(&s, id)));
         let fs = Arc::new(Adapter {
             ovl,
             ttl,
@@ -137,6 +141,37 @@ impl OvlFs {
             follow,
         });
         (OvlFs(fs.clone()), SessionLink(fs))
+    }
+}
+
+/// How long a request that changed a file's data waits for the kernel to drop its cached
+/// pages (`invalidate_data`).
+const DATA_INVAL_WAIT: Duration = Duration::from_millis(50);
+
+/// Drops the kernel's cached pages of node `id`, on a thread of its own, waiting for that
+/// at most `DATA_INVAL_WAIT`: the kernel waits for each page under a read, whose READ may
+/// be queued behind the very request that asks, so it must be able to answer first.
+fn invalidate_data(slot: &NotifierSlot, id: u64) {
+    let s = slot.clone();
+    let (done, wait) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("ovl-inval".into())
+        .spawn(move || {
+            if let Some(n) = s.get() {
+                // Offset 0, length 0: every page, and the attributes.
+                if let Err(e) = n.inval_inode(INodeNo(id), 0, 0) {
+                    debug!("inval_inode {id} (data): {e}");
+                }
+            }
+            let _ = done.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            if wait.recv_timeout(DATA_INVAL_WAIT).is_err() {
+                debug!("dropping node {id}'s cached pages is taking long; answering first");
+            }
+        }
+        Err(e) => debug!("cannot start a thread to drop node {id}'s cached pages: {e}"),
     }
 }
 

@@ -5272,3 +5272,39 @@ fn regress_mmap_write_to_a_set_group_id_lower_file_moves_its_mtime() {
         ],
     );
 }
+
+#[test]
+fn regress_read_through_a_descriptor_opened_before_copy_up_moves_the_copys_atime() {
+    // Seeds 98900377, 98400242 and many like them: a small lower file's data is handed to
+    // the kernel's page cache at its open; once a change through another path copied it
+    // up, reads through that descriptor were served from those pages and never moved the
+    // copy's atime, where the kernel overlay reads the copy.
+    regress(
+        "regress_read_through_a_descriptor_opened_before_copy_up_moves_the_copys_atime",
+        vec![vec![
+            file("c", "some small lower data"),
+            file("e", "more small data"),
+        ]],
+        vec![
+            held(0, "c", HeldMode::ReadOnly),
+            Op::FsetxattrHeld {
+                slot: 0,
+                name: s("trusted.t1"),
+                value: b"v".to_vec(),
+            },
+            Op::ReadHeld { slot: 0 },
+            Op::FstatHeld { slot: 0 },
+            held(1, "e", HeldMode::ReadOnly),
+            Op::ReadHeld { slot: 1 },
+            Op::ProcFd {
+                slot: 1,
+                act: ProcAct::Chown(4321, u32::MAX),
+            },
+            Op::ReadHeld { slot: 1 },
+            Op::Stat {
+                path: s("e"),
+                follow: true,
+            },
+        ],
+    );
+}

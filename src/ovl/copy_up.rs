@@ -173,6 +173,14 @@ impl Overlay {
         // The kernel's cached attributes came from the lower copy: a directory that becomes
         // merged reports nlink 1 from now on, a lower hard link's copy has nlink 1.
         self.notify_attr_changed(node.id);
+        if node.kind == libc::S_IFREG && super::file::has_open_files(node) {
+            // Files open since before the copy-up read pages cached from the lower copy
+            // (handed over at their open, for a small file), which never reach us; the
+            // kernel overlay's reads through them go to the copy from now on, and move its
+            // atime. Drop those pages, once a hand-over under way has landed.
+            drop(node.dir_lock.lock());
+            self.notify_data_changed(node.id);
+        }
         Ok(())
     }
 

@@ -108,6 +108,11 @@ const PREFILL_UP_TO: usize = 64 * 1024;
 /// The bit of a file node's `tally` (its open files) set once `prefill` gave its data.
 const PREFILLED: u32 = 1 << 31;
 
+/// Whether file `node` is open through the mount.
+pub(super) fn has_open_files(node: &Node) -> bool {
+    node.tally.load(Ordering::Relaxed) & !PREFILLED != 0
+}
+
 /// Where `prefill` hands a file's data.
 pub type DataSink<'a> = &'a mut dyn FnMut(&[u8]);
 

@@ -122,6 +122,9 @@ pub struct Overlay {
     pub cfg: Config,
     /// Tells the kernel that its cached attributes of a node are stale (set by the adapter).
     pub attr_changed: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
+    /// Tells the kernel to drop the pages it caches of a file, waiting a bounded time for
+    /// that (set by the adapter).
+    pub data_changed: std::sync::OnceLock<Box<dyn Fn(u64) + Send + Sync>>,
     /// Directories whose merged listing is built, with its size, least recently built
     /// first; and the total of those sizes.
     merged_lru: parking_lot::Mutex<(lru::LruCache<NodeId, usize>, usize)>,
@@ -146,6 +149,7 @@ impl Overlay {
             nodes,
             cfg,
             attr_changed: std::sync::OnceLock::new(),
+            data_changed: std::sync::OnceLock::new(),
             merged_lru: parking_lot::Mutex::new((lru::LruCache::unbounded(), 0)),
             files: DashMap::default(),
             statahead,
@@ -186,6 +190,13 @@ impl Overlay {
     /// Our own change altered attributes the kernel may hold in its cache.
     pub fn notify_attr_changed(&self, id: NodeId) {
         if let Some(f) = self.attr_changed.get() {
+            f(id);
+        }
+    }
+
+    /// The kernel's cached pages of file `id` no longer show what reads should reach.
+    pub fn notify_data_changed(&self, id: NodeId) {
+        if let Some(f) = self.data_changed.get() {
             f(id);
         }
     }
