@@ -743,6 +743,9 @@ impl HeldMode {
 
 const HELD_SLOTS: usize = 3;
 
+/// Owners a chown through a held descriptor (or its /proc/self/fd path) gives (-1: keep).
+const HELD_OWNERS: &[(u32, u32)] = &[(1000, 1000), (0, 0), (4321, u32::MAX)];
+
 /// Descriptors held open across steps, per mount (-1 = empty slot).
 #[derive(Clone, Copy, Debug)]
 struct Held([libc::c_int; HELD_SLOTS]);
@@ -1536,7 +1539,7 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
             mode: *rng.pick(&[0o600u32, 0o644, 0o755, 0o4755, 0o1777]),
         },
         34 => {
-            let (uid, gid) = *rng.pick(&[(1000u32, 1000u32), (0, 0), (4321, u32::MAX)]);
+            let (uid, gid) = *rng.pick(HELD_OWNERS);
             Op::FchownHeld {
                 slot: rng.below(HELD_SLOTS as u64) as usize,
                 uid,
@@ -1655,7 +1658,7 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
             act: match rng.below(7) {
                 0 => ProcAct::Chmod(*rng.pick(&[0o600u32, 0o644, 0o755, 0o4755])),
                 1 => {
-                    let (u, g) = *rng.pick(&[(1000u32, 1000u32), (0, 0), (4321, u32::MAX)]);
+                    let (u, g) = *rng.pick(HELD_OWNERS);
                     ProcAct::Chown(u, g)
                 }
                 2 => ProcAct::Truncate(*rng.pick(&[0u64, 5, 100, 5000])),

@@ -141,18 +141,14 @@ impl Overlay {
             if e == Errno::EEXIST && node.kind != libc::S_IFREG {
                 let holder_is_dir =
                     fs::fstatat(upfd.as_fd(), &name).is_ok_and(|st| fs::is_dir(&st));
-                if node.is_dir() {
-                    return Err(
-                        if holder_is_dir && fs::dir_has_entries(upfd.as_fd(), &name) == Ok(true) {
-                            Errno::ENOTEMPTY
-                        } else {
-                            Errno::ENOTDIR
-                        },
-                    );
-                }
-                if holder_is_dir {
-                    return Err(Errno::EISDIR);
-                }
+                return Err(match (node.is_dir(), holder_is_dir) {
+                    (true, true) if fs::dir_has_entries(upfd.as_fd(), &name) == Ok(true) => {
+                        Errno::ENOTEMPTY
+                    }
+                    (true, _) => Errno::ENOTDIR,
+                    (false, true) => Errno::EISDIR,
+                    (false, false) => e,
+                });
             }
             return Err(e);
         }

@@ -202,10 +202,8 @@ impl Overlay {
             if node.unlinked.load(Ordering::Relaxed) {
                 // No name leads to it (an O_TMPFILE file, one removed while open: reopened
                 // through /proc/self/fd), and its directory may be gone too.
-                return match node.detached() {
-                    Some(d) => fs::reopen(d.as_fd(), flags),
-                    None => Err(Errno::ENOENT),
-                };
+                let kept = node.detached().ok_or(Errno::ENOENT)?;
+                return fs::reopen(kept.as_fd(), flags);
             }
             let res = self.at_name(&node, top, |dir, name| {
                 if node.unlinked.load(Ordering::Relaxed) {

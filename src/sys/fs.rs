@@ -560,8 +560,6 @@ pub fn read_dir_all(dir: BorrowedFd<'_>) -> SysResult<Vec<RawDirent>> {
     Ok(out)
 }
 
-/// A new fd for reading the directory `dir` refers to from its start, leaving `dir`'s
-/// offset alone.
 /// Whether directory `name` in `parent` holds any entry (whiteouts count).
 pub fn dir_has_entries(parent: BorrowedFd<'_>, name: &OsStr) -> SysResult<bool> {
     let dir = openat(parent, name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
@@ -570,6 +568,8 @@ pub fn dir_has_entries(parent: BorrowedFd<'_>, name: &OsStr) -> SysResult<bool> 
     Ok(any)
 }
 
+/// A new fd for reading the directory `dir` refers to from its start, leaving `dir`'s
+/// offset alone.
 pub fn open_to_list(dir: BorrowedFd<'_>) -> SysResult<OwnedFd> {
     // Reading a layer must not change it, not even its atime.
     let flags = libc::O_RDONLY | libc::O_DIRECTORY;
