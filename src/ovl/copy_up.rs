@@ -1,12 +1,17 @@
 //! Copy-up: giving an object that lives only in a lower layer a copy in the upper layer,
 //! before its first change.
 //!
-//! Parents go first (a directory copies without its children). The copy is built under a
-//! temporary name in `workdir/work` — data (reflink, else `copy_file_range` around holes,
-//! else read/write), xattrs minus overlay-private ones, owner, mode, times — then renamed
-//! into place with one `renameat2`. A crash before that rename leaves the old view (the
-//! leftover is removed at the next mount); after it, the new one. Callers that are about
-//! to throw the data away (truncate to 0, open with O_TRUNC) skip copying it.
+//! Parents go first (a directory copies without its children). The copy is built in
+//! `workdir/work` — data (reflink, else `copy_file_range` around holes, else read/write),
+//! xattrs minus overlay-private ones, owner, mode, times — and put into place in one step.
+//! A regular file is built as an unnamed O_TMPFILE file and linked into place, as the
+//! kernel's copy-up does where the upper filesystem allows: no directory entry is made and
+//! removed in the work directory (a chmod of a lower file: 64 instead of 77 us here), and a
+//! crash leaves nothing behind. Anything else, and files where the work directory makes no
+//! O_TMPFILE files, is built under a temporary name and renamed into place with one
+//! `renameat2`. A crash before that rename leaves the old view (the leftover is removed at
+//! the next mount); after it, the new one. Callers that are about to throw the data away
+//! (truncate to 0, open with O_TRUNC) skip copying it.
 
 use super::layers::{remove_tree, UPPER};
 use super::namei::{IMPURE_XATTR, ORIGIN_XATTR};
@@ -18,7 +23,7 @@ use crate::sys::fs::{self, Stat};
 use crate::sys::xattr;
 use log::{debug, warn};
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -112,47 +117,51 @@ impl Overlay {
         // copy's own inode number). A directory's copy-up marks it too; a failed copy-up
         // leaves the mark.
         self.mark_impure(&parent);
+        let kind = fs::ifmt(lst.st_mode);
         let attempt = || {
+            let draft = self.start_copy(work, &tmp, kind, lst.st_rdev, lpfd.as_fd(), &name)?;
             let res = self
-                .build_copy(lpfd.as_fd(), &name, &eff, work, &tmp, with_data)
+                .build_copy(&draft, lpfd.as_fd(), &name, &eff, with_data)
                 .and_then(|()| match &kept {
                     // A symlink refusing it keeps its inode's owner.
-                    Some(o) => self
-                        .write_override(work, &tmp, o, fs::ifmt(lst.st_mode))
-                        .map(drop),
+                    Some(o) => {
+                        let (dir, n) = draft.at();
+                        self.write_override(dir, n, o, kind).map(drop)
+                    }
                     None => Ok(()),
                 })
-                .and_then(|()| {
-                    fs::renameat2(work, &tmp, upfd.as_fd(), &name, fs::RENAME_NOREPLACE)
-                });
+                .and_then(|()| draft.put_in_place(upfd.as_fd(), &name));
             if res.is_err() {
-                let _ = remove_tree(work, &tmp);
+                draft.discard();
             }
-            res
+            res.map(|()| draft)
         };
-        if let Err(e) = self.nodes.with_fds(attempt) {
-            warn!("copy-up of {:?} failed: {e:?}", name);
-            // Something (a whiteout, once the object was removed while open) holds the name:
-            // the kernel links a regular file's copy there (EEXIST). Anything else it renames
-            // over the name, which fails as rename(2) does: a directory over a non-directory
-            // with ENOTDIR, over a directory with entries with ENOTEMPTY; a non-directory
-            // over a directory with EISDIR. Where that rename would succeed, we refuse with
-            // EEXIST or ENOTDIR (README).
-            if e == Errno::EEXIST && node.kind != libc::S_IFREG {
-                let holder_is_dir =
-                    fs::fstatat(upfd.as_fd(), &name).is_ok_and(|st| fs::is_dir(&st));
-                return Err(match (node.is_dir(), holder_is_dir) {
-                    (true, true) if fs::dir_has_entries(upfd.as_fd(), &name) == Ok(true) => {
-                        Errno::ENOTEMPTY
-                    }
-                    (true, _) => Errno::ENOTDIR,
-                    (false, true) => Errno::EISDIR,
-                    (false, false) => e,
-                });
+        let placed = match self.nodes.with_fds(attempt) {
+            Ok(draft) => draft,
+            Err(e) => {
+                warn!("copy-up of {:?} failed: {e:?}", name);
+                // Something (a whiteout, once the object was removed while open) holds the name:
+                // the kernel links a regular file's copy there (EEXIST). Anything else it renames
+                // over the name, which fails as rename(2) does: a directory over a non-directory
+                // with ENOTDIR, over a directory with entries with ENOTEMPTY; a non-directory
+                // over a directory with EISDIR. Where that rename would succeed, we refuse with
+                // EEXIST or ENOTDIR (README).
+                if e == Errno::EEXIST && node.kind != libc::S_IFREG {
+                    let holder_is_dir =
+                        fs::fstatat(upfd.as_fd(), &name).is_ok_and(|st| fs::is_dir(&st));
+                    return Err(match (node.is_dir(), holder_is_dir) {
+                        (true, true) if fs::dir_has_entries(upfd.as_fd(), &name) == Ok(true) => {
+                            Errno::ENOTEMPTY
+                        }
+                        (true, _) => Errno::ENOTDIR,
+                        (false, true) => Errno::EISDIR,
+                        (false, false) => e,
+                    });
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        if let Ok(st) = fs::fstatat(upfd.as_fd(), &name) {
+        };
+        if let Ok(st) = placed.stat(upfd.as_fd(), &name) {
             if !node.is_dir() {
                 node.set_upper_key(Some((st.st_dev, st.st_ino)));
             }
@@ -180,46 +189,74 @@ impl Overlay {
         Ok(())
     }
 
-    /// Builds the upper copy of lower entry `name` (in `lpfd`) as `tmp` in the work dir.
-    fn build_copy(
+    /// Makes the object the copy of a lower `kind` object is built on: for a regular file,
+    /// an unnamed one (O_TMPFILE) while the work directory's filesystem makes them, as the
+    /// kernel's copy-up does; else the object under the name `tmp` in the work directory.
+    fn start_copy<'a>(
         &self,
+        work: BorrowedFd<'a>,
+        tmp: &'a OsStr,
+        kind: u32,
+        rdev: u64,
         lpfd: BorrowedFd<'_>,
         name: &OsStr,
-        st: &Stat,
-        work: BorrowedFd<'_>,
-        tmp: &OsStr,
-        with_data: bool,
-    ) -> SysResult<()> {
-        let kind = fs::ifmt(st.st_mode);
+    ) -> SysResult<Draft<'a>> {
+        if kind == libc::S_IFREG && self.layers.work_makes_tmpfiles() {
+            let flags = libc::O_TMPFILE | libc::O_WRONLY;
+            match fs::openat(work, OsStr::new("."), flags, 0o600) {
+                Ok(fd) => return Ok(Draft::Unnamed(fd)),
+                // EOPNOTSUPP from filesystems without it; EISDIR or EINVAL from kernels
+                // or filesystems that do not know the flag.
+                Err(e) if [Errno::EOPNOTSUPP, Errno::EISDIR, Errno::EINVAL].contains(&e) => {
+                    self.layers.work_lacks_tmpfiles(e)
+                }
+                Err(e) => return Err(e),
+            }
+        }
         match kind {
             libc::S_IFDIR => fs::mkdirat(work, tmp, 0o700)?,
-            libc::S_IFREG => {
-                let dst = fs::openat(
-                    work,
-                    tmp,
-                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                    0o600,
-                )?;
-                // Only copied data needs syncing before the rename (as in the kernel's
-                // ovl_copy_up_file): an empty copy is whole as soon as it exists, and
-                // O_TRUNC, truncate(0) and empty files then cost no journal commit.
-                if with_data && st.st_size > 0 {
-                    let src = fs::openat_noatime(lpfd, name, libc::O_RDONLY)?;
-                    copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64, self.cfg.fsync)?;
-                    if self.cfg.fsync {
-                        fs::fsync(dst.as_fd(), false)?;
-                    }
-                }
-            }
+            libc::S_IFREG => drop(fs::openat(
+                work,
+                tmp,
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                0o600,
+            )?),
             libc::S_IFLNK => {
                 let target = fs::readlinkat(lpfd, name)?;
                 fs::symlinkat(&target, work, tmp)?;
             }
-            _ => fs::mknodat(work, tmp, kind | 0o600, st.st_rdev)?,
+            _ => fs::mknodat(work, tmp, kind | 0o600, rdev)?,
+        }
+        Ok(Draft::Named(work, tmp))
+    }
+
+    /// Gives `draft`, the copy of lower entry `name` (in `lpfd`), its data (`with_data`) and
+    /// the lower object's metadata `st`.
+    fn build_copy(
+        &self,
+        draft: &Draft<'_>,
+        lpfd: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &Stat,
+        with_data: bool,
+    ) -> SysResult<()> {
+        let kind = fs::ifmt(st.st_mode);
+        // Only copied data needs syncing before the copy goes into place (as in the
+        // kernel's ovl_copy_up_file): an empty copy is whole as soon as it exists, and
+        // O_TRUNC, truncate(0) and empty files then cost no journal commit.
+        if kind == libc::S_IFREG && with_data && st.st_size > 0 {
+            let src = fs::openat_noatime(lpfd, name, libc::O_RDONLY)?;
+            draft.with_open(libc::O_WRONLY, |dst| {
+                copy_data(src.as_fd(), dst, st.st_size as u64, self.cfg.fsync)?;
+                if self.cfg.fsync {
+                    fs::fsync(dst, false)?;
+                }
+                Ok(())
+            })?;
         }
         // Owner first: chown(2) strips security.capability and set-id bits, so xattrs and
         // the mode go on after it.
-        match fs::fchownat(work, tmp, Some(st.st_uid), Some(st.st_gid)) {
+        match draft.chown(st.st_uid, st.st_gid) {
             // An unprivileged mount cannot give a copy away, and root of a user namespace
             // cannot give it to an id outside its map (EINVAL); it stays the mounter's, as
             // with fuse-overlayfs.
@@ -230,21 +267,22 @@ impl Overlay {
             }
             other => other?,
         }
-        copy_xattrs(lpfd, name, work, tmp, self.layers.xattr_prefix)?;
+        let (dir, at) = draft.at();
+        copy_xattrs(lpfd, name, dir, at, self.layers.xattr_prefix)?;
         if kind != libc::S_IFLNK {
-            fs::fchmodat(work, tmp, self.real_perm(st.st_mode & 0o7777, kind))?;
+            draft.chmod(self.real_perm(st.st_mode & 0o7777, kind))?;
         }
 
         if kind != libc::S_IFDIR {
             let attr = format!("{}{}", self.layers.xattr_prefix, ORIGIN_XATTR);
             let val = format!("{}:{}", st.st_dev, st.st_ino);
-            if let Err(e) = xattr::set(work, tmp, &attr, val.as_bytes(), 0) {
+            if let Err(e) = xattr::set(dir, at, &attr, val.as_bytes(), 0) {
                 // Only st_ino stability after remount depends on it.
                 debug!("cannot record origin of {:?}: {e:?}", name);
             }
         }
         if kind == libc::S_IFREG || kind == libc::S_IFDIR {
-            self.copy_inode_flags(lpfd, name, work, tmp, kind);
+            self.copy_inode_flags(lpfd, name, draft, kind);
         }
         let at = libc::timespec {
             tv_sec: st.st_atime,
@@ -254,8 +292,7 @@ impl Overlay {
             tv_sec: st.st_mtime,
             tv_nsec: st.st_mtime_nsec,
         };
-        fs::utimensat(work, tmp, Some(at), Some(mt))?;
-        Ok(())
+        draft.utimens(at, mt)
     }
 
     /// The lower object's inode attributes that its copy keeps, as the kernel's copy-up
@@ -263,14 +300,7 @@ impl Overlay {
     /// `<prefix>protattr` (see [`Overlay::check_protection`]), because a copy carrying them
     /// could not be renamed into place, nor take its children's copies. Best effort, as in
     /// the kernel: a filesystem without them loses nothing else.
-    fn copy_inode_flags(
-        &self,
-        lpfd: BorrowedFd<'_>,
-        name: &OsStr,
-        work: BorrowedFd<'_>,
-        tmp: &OsStr,
-        kind: u32,
-    ) {
+    fn copy_inode_flags(&self, lpfd: BorrowedFd<'_>, name: &OsStr, draft: &Draft<'_>, kind: u32) {
         let dir = if kind == libc::S_IFDIR {
             libc::O_DIRECTORY
         } else {
@@ -282,18 +312,16 @@ impl Overlay {
             .unwrap_or(0);
         let prot = lower & (fs::FS_IMMUTABLE_FL | fs::FS_APPEND_FL);
         if prot != 0 {
-            if let Err(e) = self.set_protattr(work, tmp, prot) {
+            let (dir, at) = draft.at();
+            if let Err(e) = self.set_protattr(dir, at, prot) {
                 debug!("copy-up of {name:?}: protection attributes not kept: {e:?}");
             }
         }
         let kept = lower & (fs::FS_SYNC_FL | fs::FS_NOATIME_FL);
         if kept != 0 {
-            let res = fs::openat(work, tmp, flags, 0).and_then(|fd| {
-                let now = fs::get_inode_flags(fd.as_fd())?;
-                fs::set_inode_flags(
-                    fd.as_fd(),
-                    (now & !(fs::FS_SYNC_FL | fs::FS_NOATIME_FL)) | kept,
-                )
+            let res = draft.with_open(flags, |fd| {
+                let now = fs::get_inode_flags(fd)?;
+                fs::set_inode_flags(fd, (now & !(fs::FS_SYNC_FL | fs::FS_NOATIME_FL)) | kept)
             });
             if let Err(e) = res {
                 debug!("copy-up of {name:?}: sync/noatime attributes not kept: {e:?}");
@@ -352,6 +380,82 @@ impl Overlay {
             }
         }
         dir.state.write().impure = false;
+    }
+}
+
+/// The copy being built in the work directory: an object under a temporary name there, or
+/// a regular file made with O_TMPFILE, which no name leads to until it is linked into place
+/// (nothing is left behind if the daemon dies first).
+enum Draft<'a> {
+    Named(BorrowedFd<'a>, &'a OsStr),
+    Unnamed(OwnedFd),
+}
+
+impl Draft<'_> {
+    /// The (directory fd, name) that reach the copy in the calls taking both; an unnamed
+    /// file is the fd's own object (an empty name).
+    fn at(&self) -> (BorrowedFd<'_>, &OsStr) {
+        match self {
+            Draft::Named(dir, name) => (*dir, name),
+            Draft::Unnamed(fd) => (fd.as_fd(), OsStr::new("")),
+        }
+    }
+
+    /// Runs `f` with the copy open (`flags`: an access mode and open flags).
+    fn with_open<T>(
+        &self,
+        flags: i32,
+        f: impl FnOnce(BorrowedFd<'_>) -> SysResult<T>,
+    ) -> SysResult<T> {
+        match self {
+            Draft::Named(dir, name) => f(fs::openat(*dir, name, flags, 0)?.as_fd()),
+            Draft::Unnamed(fd) => f(fd.as_fd()),
+        }
+    }
+
+    fn chown(&self, uid: u32, gid: u32) -> SysResult<()> {
+        match self {
+            Draft::Named(dir, name) => fs::fchownat(*dir, name, Some(uid), Some(gid)),
+            Draft::Unnamed(fd) => fs::fchown(fd.as_fd(), uid, gid),
+        }
+    }
+
+    fn chmod(&self, mode: u32) -> SysResult<()> {
+        match self {
+            Draft::Named(dir, name) => fs::fchmodat(*dir, name, mode),
+            Draft::Unnamed(fd) => fs::chmod_fd(fd.as_fd(), mode),
+        }
+    }
+
+    fn utimens(&self, atime: libc::timespec, mtime: libc::timespec) -> SysResult<()> {
+        match self {
+            Draft::Named(dir, name) => fs::utimensat(*dir, name, Some(atime), Some(mtime)),
+            Draft::Unnamed(fd) => fs::utimens_fd(fd.as_fd(), Some(atime), Some(mtime)),
+        }
+    }
+
+    /// Gives the copy the name `name` in upper directory `dir`, failing with EEXIST if
+    /// something holds it: one rename, or one link of the unnamed file. Either is atomic.
+    fn put_in_place(&self, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+        match self {
+            Draft::Named(work, tmp) => fs::renameat2(*work, tmp, dir, name, fs::RENAME_NOREPLACE),
+            Draft::Unnamed(fd) => fs::link_fd(fd.as_fd(), dir, name),
+        }
+    }
+
+    /// The copy's attributes once in place as `name` in `dir`.
+    fn stat(&self, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Stat> {
+        match self {
+            Draft::Named(..) => fs::fstatat(dir, name),
+            Draft::Unnamed(fd) => fs::fstat(fd.as_fd()),
+        }
+    }
+
+    /// Removes a copy that failed (an unnamed one goes with its fd).
+    fn discard(&self) {
+        if let Draft::Named(work, tmp) = self {
+            let _ = remove_tree(*work, tmp);
+        }
     }
 }
 

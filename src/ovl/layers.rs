@@ -16,6 +16,7 @@ use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Index of a layer: 0 is the upper layer, 1..=N the lower layers from the highest down.
@@ -62,6 +63,9 @@ pub struct Layers {
     pub any_idmapped: bool,
     /// How whiteouts are written; see [`whiteout::Format`].
     pub whiteout_format: whiteout::Format,
+    /// Cleared once the work directory's filesystem refuses O_TMPFILE: copies of regular
+    /// files are then built under a name and renamed into place, as other objects are.
+    work_tmpfiles: AtomicBool,
     pub ino: InoMap,
     /// The upperdir and workdir, locked for as long as the daemon lives (see `claim`).
     _claims: Vec<OwnedFd>,
@@ -89,6 +93,19 @@ impl Layers {
 
     pub fn work(&self) -> sys::SysResult<BorrowedFd<'_>> {
         self.work.as_ref().map(|f| f.as_fd()).ok_or(Errno::EROFS)
+    }
+
+    /// Whether copies of regular files may be built as O_TMPFILE files in the work
+    /// directory (until its filesystem first refuses one).
+    pub fn work_makes_tmpfiles(&self) -> bool {
+        self.work_tmpfiles.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the work directory's filesystem refused an O_TMPFILE file (`e`).
+    pub fn work_lacks_tmpfiles(&self, e: Errno) {
+        if self.work_tmpfiles.swap(false, Ordering::Relaxed) {
+            log::info!("the work directory makes no O_TMPFILE files ({e:?}): copies of files are built under a name instead");
+        }
     }
 
     /// Opens and checks every layer named by the mount options. Every problem is reported
@@ -203,6 +220,7 @@ impl Layers {
             work,
             xattr_prefix: prefix,
             upper_xattrs: xattrs_ok,
+            work_tmpfiles: AtomicBool::new(true),
             ino: InoMap::new(devs, p.ino32),
             _claims: claims,
         })

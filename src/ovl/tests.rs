@@ -1261,3 +1261,60 @@ fn a_leftover_deeper_than_the_levels_kept_open_is_cleared_from_the_work_dir() {
         .collect();
     assert!(left.is_empty(), "left in the work directory: {left:?}");
 }
+
+/// Both ways of building a file's copy (an O_TMPFILE file linked into place, or a named
+/// file renamed there, where the work directory makes no O_TMPFILE files) give the same
+/// copy, and leave nothing in the work directory.
+#[test]
+fn a_copy_built_unnamed_or_named_keeps_data_owner_mode_times_and_xattrs() {
+    use std::os::unix::fs::PermissionsExt;
+    for unnamed in [true, false] {
+        let f = Fixture::new(1);
+        f.write("l0/d/f", "lower data");
+        let lf = f.p("l0/d/f");
+        std::fs::set_permissions(&lf, std::fs::Permissions::from_mode(0o2640)).unwrap();
+        std::os::unix::fs::lchown(&lf, Some(1234), Some(5678)).unwrap();
+        let lfd = fs::open_path(&std::ffi::CString::new(lf.to_str().unwrap()).unwrap(), 0).unwrap();
+        crate::sys::xattr::set(lfd.as_fd(), OsStr::new(""), "user.kept", b"v1", 0).unwrap();
+        let old = libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 123_456_789,
+        };
+        fs::utimens_fd(lfd.as_fd(), Some(old), Some(old)).unwrap();
+        let ovl = f.overlay(1);
+        if !unnamed {
+            ovl.layers.work_lacks_tmpfiles(Errno::EOPNOTSUPP);
+        }
+        let (d, _) = ovl.lookup(ROOT_ID, OsStr::new("d")).unwrap();
+        let (n, _) = ovl.lookup(d.id, OsStr::new("f")).unwrap();
+        let fh = ovl.open(&ctx(), n.id, libc::O_RDWR).unwrap();
+        ovl.release(fh);
+
+        let up = std::fs::symlink_metadata(f.p("upper/d/f")).unwrap();
+        assert_eq!(std::fs::read(f.p("upper/d/f")).unwrap(), b"lower data");
+        assert_eq!(up.mode() & 0o7777, 0o2640, "unnamed: {unnamed}");
+        assert_eq!((up.uid(), up.gid()), (1234, 5678), "unnamed: {unnamed}");
+        assert_eq!((up.mtime(), up.mtime_nsec()), (old.tv_sec, old.tv_nsec));
+        assert_eq!((up.atime(), up.atime_nsec()), (old.tv_sec, old.tv_nsec));
+        assert_eq!(up.nlink(), 1, "unnamed: {unnamed}");
+        let ufd = fs::open_path(
+            &std::ffi::CString::new(f.p("upper/d/f").to_str().unwrap()).unwrap(),
+            0,
+        )
+        .unwrap();
+        let get = |attr: &str| crate::sys::xattr::get_vec(ufd.as_fd(), OsStr::new(""), attr);
+        assert_eq!(get("user.kept").unwrap(), b"v1", "unnamed: {unnamed}");
+        let origin = format!("{}{}", ovl.layers.xattr_prefix, super::namei::ORIGIN_XATTR);
+        assert!(get(&origin).is_ok(), "the copy records its origin");
+        // (Beside the whiteout kept there for linking.)
+        let left: Vec<_> = std::fs::read_dir(f.p("work/work"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with("#ovlfuse"))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "unnamed: {unnamed}: work dir holds {left:?}"
+        );
+    }
+}

@@ -186,12 +186,33 @@ pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult
     check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(drop)
 }
 
+/// Whether linkat(2) has taken AT_EMPTY_PATH from us (or not yet refused it).
+static LINK_EMPTY_PATH: AtomicBool = AtomicBool::new(true);
+
 /// Gives the file open as `fd` the name `nname` in `ndir`: a file made with O_TMPFILE
-/// (without O_EXCL), through its /proc/self/fd link, which needs no capability (linkat's
-/// AT_EMPTY_PATH does, before Linux 6.10).
+/// (without O_EXCL). By the fd itself (AT_EMPTY_PATH), where the kernel lets us: with
+/// CAP_DAC_READ_SEARCH, or from Linux 6.10 for a file opened with our credentials; else
+/// through its /proc/self/fd link, which needs neither but costs a walk through /proc.
 pub fn link_fd(fd: BorrowedFd<'_>, ndir: BorrowedFd<'_>, nname: &OsStr) -> SysResult<()> {
-    let o = proc_fd(fd)?;
     let n = cstr(nname)?;
+    if LINK_EMPTY_PATH.load(Ordering::Relaxed) {
+        // SAFETY: both names are NUL-terminated strings that outlive the call.
+        let ret = check(unsafe {
+            libc::linkat(
+                fd.as_raw_fd(),
+                empty_path().as_ptr(),
+                ndir.as_raw_fd(),
+                n.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        });
+        match ret {
+            // Refused for want of the capability (or a directory gone: /proc says which).
+            Err(Errno::ENOENT) | Err(Errno::EPERM) => {}
+            other => return other.map(drop),
+        }
+    }
+    let o = proc_fd(fd)?;
     // SAFETY: both names are NUL-terminated strings that outlive the call.
     check(unsafe {
         libc::linkat(
@@ -202,6 +223,7 @@ pub fn link_fd(fd: BorrowedFd<'_>, ndir: BorrowedFd<'_>, nname: &OsStr) -> SysRe
             libc::AT_SYMLINK_FOLLOW,
         )
     })
+    .inspect(|_| LINK_EMPTY_PATH.store(false, Ordering::Relaxed))
     .map(drop)
 }
 

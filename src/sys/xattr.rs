@@ -153,6 +153,22 @@ pub fn set(
             return r.map(drop);
         }
     }
+    if name.is_empty() {
+        // A file open for real (not O_PATH) takes it directly, without a walk through /proc.
+        let ret = unsafe {
+            libc::fsetxattr(
+                dir.as_raw_fd(),
+                a.as_ptr(),
+                value.as_ptr() as *const _,
+                value.len(),
+                flags,
+            )
+        };
+        match check(ret) {
+            Err(Errno::EBADF) => {}
+            other => return other.map(drop),
+        }
+    }
     let p = proc_path(dir, name)?;
     let setxattr = if name.is_empty() {
         libc::setxattr
