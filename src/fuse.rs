@@ -396,11 +396,13 @@ impl Filesystem for OvlFs {
             // size, mtime and ctime of regular files itself, and sends the times back
             // with its write-back.
             self.ovl.set_write_cache();
-            // Files opened for direct I/O where that cache cannot serve (see
-            // `Overlay::room_for_cached_writes`) may still be mapped shared.
-            if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) {
-                debug!("kernel lacks FUSE capability {missing:?}");
-            }
+        }
+        // Files opened for direct I/O (where the write cache cannot serve, see
+        // `Overlay::room_for_cached_writes`; empty upper files whose next read moves their
+        // atime, see `Overlay::page_cache`) may still be mapped shared.
+        match config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP) {
+            Ok(()) => self.ovl.set_direct_io_maps(),
+            Err(missing) => debug!("kernel lacks FUSE capability {missing:?}"),
         }
         let skip = !self.ovl.wants_opendir()
             && config

@@ -6089,6 +6089,68 @@ fn inode_flags_ioctl_matches_kernel() {
     t.finish(true);
 }
 
+/// An empty set-group-ID upper file (read through the kernel's page cache, not
+/// passthrough) whose next read moves its atime is opened for direct I/O, so that the read
+/// reaches the daemon: a shared mapping of it still works, sees what is written to the file
+/// afterwards, and the read moves the atime as on the kernel overlay.
+#[test]
+fn a_shared_mapping_of_an_empty_set_id_file_opened_read_only_sees_later_writes() {
+    if !fuse_available() {
+        return;
+    }
+    let t = twin(
+        "sem-empty-direct-mmap",
+        &[&[E::File("l", b"lower")]],
+        &[E::File("g", b""), E::Mode("g", 0o2755)],
+    );
+    let seen = t.both_ret("map, write, read", |r| {
+        let g = r.join("g");
+        let old = (1_000_000_000, 0);
+        set_times(&g, old, (1_000_000_001, 0)).unwrap();
+        let f = fs::File::open(&g).unwrap();
+        // SAFETY: a fresh shared read-only mapping of an open file, touched only after the
+        // file has grown over its first bytes, and unmapped below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return format!("mmap: {}", describe_err(&io::Error::last_os_error()));
+        }
+        let mut empty = Vec::new();
+        let n = (&f).read_to_end(&mut empty).unwrap();
+        let atime_moved = fs::metadata(&g).unwrap().atime() != old.0;
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&g)
+            .unwrap()
+            .write_all(b"hello")
+            .unwrap();
+        let mut seen = [0u8; 5];
+        // SAFETY: the file now holds these 5 bytes, within the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(map as *const u8, seen.as_mut_ptr(), 5) };
+        let mut read = Vec::new();
+        (&f).read_to_end(&mut read).unwrap();
+        unsafe { libc::munmap(map, 4096) };
+        format!(
+            "read {n} while empty, atime moved {atime_moved}; mapped {:?}, read {:?}",
+            String::from_utf8_lossy(&seen),
+            String::from_utf8_lossy(&read)
+        )
+    });
+    assert_eq!(
+        seen,
+        "read 0 while empty, atime moved true; mapped \"hello\", read \"hello\""
+    );
+    t.finish(true);
+}
+
 /// openat() relative to a directory fd.
 fn openat(dir: &fs::File, name: &str, flags: i32, mode: u32) -> io::Result<fs::File> {
     let c = std::ffi::CString::new(name).unwrap();

@@ -302,16 +302,24 @@ impl Overlay {
         if h.direct {
             return PageCache::Bypass;
         }
-        if !h.is_upper() || h.flags & libc::O_NOATIME != 0 {
+        if !h.is_upper() || h.flags & libc::O_NOATIME != 0 || self.cfg.atime == Atime::Never {
             return PageCache::Keep;
         }
-        let keep = match self.cfg.atime {
-            Atime::Never => true,
-            Atime::Strict => false,
-            Atime::Relative => fs::fstat(h.fd().as_fd()).map_or(true, |st| !relatime_due(&st)),
+        let Ok(st) = fs::fstat(h.fd().as_fd()) else {
+            return PageCache::Keep;
         };
-        if keep {
+        if self.cfg.atime == Atime::Relative && !relatime_due(&st) {
             PageCache::Keep
+        } else if st.st_size == 0
+            && h.flags & libc::O_ACCMODE == libc::O_RDONLY
+            && self.direct_io_maps.load(Ordering::Relaxed)
+        {
+            // The kernel sends no READ for a read at the end of the file it knows, and a
+            // read of an empty file is nothing else; the kernel overlay's read moves the
+            // atime all the same. Direct I/O sends every read to us; where the kernel
+            // would refuse a shared mapping of the file so opened, the difference stays.
+            // Only read-only opens: a file opened to be written is seldom read while empty.
+            PageCache::Bypass
         } else {
             PageCache::Drop
         }

@@ -135,6 +135,10 @@ pub struct Overlay {
     /// offset, through any writable open file of the inode (set by the adapter at INIT
     /// when it asks for the FUSE writeback cache; see `file::write_cache_flags`).
     write_cache: std::sync::atomic::AtomicBool,
+    /// The kernel lets files open for direct I/O be mapped shared (FUSE_DIRECT_IO_ALLOW_MMAP,
+    /// Linux 6.6; set by the adapter at INIT): only then may an open that needs no direct
+    /// I/O be given it (see `file::page_cache`).
+    direct_io_maps: std::sync::atomic::AtomicBool,
     /// Nodes whose write-back failed (full disk, quota), with the error: the next write(2)
     /// to them fails with it (see `file::write`).
     write_back_errors: DashMap<u64, Errno>,
@@ -155,6 +159,7 @@ impl Overlay {
             statahead,
             next_fh: AtomicU64::new(1),
             write_cache: std::sync::atomic::AtomicBool::new(false),
+            direct_io_maps: std::sync::atomic::AtomicBool::new(false),
             write_back_errors: DashMap::default(),
         })
     }
@@ -163,6 +168,11 @@ impl Overlay {
     /// its write-back can use any of them.
     pub fn set_write_cache(&self) {
         self.write_cache.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on files open for direct I/O may be mapped shared (see `direct_io_maps`).
+    pub fn set_direct_io_maps(&self) {
+        self.direct_io_maps.store(true, Ordering::Relaxed);
     }
 
     /// Whether the kernel caches writes (see `set_write_cache`).
