@@ -1754,10 +1754,19 @@ fn flag_names(flags: u32) -> String {
 /// FS_IOC_GETFLAGS of `path`, opened as lsattr and chattr open it (never following a
 /// final symlink), and the fd, for a SETFLAGS to follow.
 unsafe fn get_inode_flags(path: &CString) -> Result<(std::os::fd::OwnedFd, u32), i32> {
+    get_inode_flags_of(path, false)
+}
+
+/// [`get_inode_flags`], following a final symlink if `follow`.
+unsafe fn get_inode_flags_of(
+    path: &CString,
+    follow: bool,
+) -> Result<(std::os::fd::OwnedFd, u32), i32> {
     use std::os::fd::FromRawFd;
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
     let fd = libc::open(
         path.as_ptr(),
-        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        libc::O_RDONLY | libc::O_NONBLOCK | nofollow | libc::O_CLOEXEC,
     );
     if fd < 0 {
         return Err(errno());
@@ -3208,43 +3217,64 @@ fn protection_checked_late(
     kroot: &Path,
     kheld: &Held,
 ) -> Option<&'static str> {
-    if !matches!(
+    let refused_first = matches!(
         (rk, rf),
         (
             Err(libc::EPERM),
             Err(libc::ENOTDIR | libc::EISDIR | libc::EACCES)
         )
-    ) {
+    );
+    // access(W_OK) of an immutable object: the VFS says EPERM on the kernel overlay, and
+    // nothing stops it on FUSE.
+    let access_allowed =
+        matches!((rk, rf), (Err(libc::EPERM), Ok(_))) && matches!(unwrap_as(op), Op::Access { .. });
+    if !refused_first && !access_allowed {
         return None;
     }
-    let protected = |p: &Path| {
+    let protected = |p: &Path, follow: bool| {
         let c = CString::new(p.as_os_str().as_bytes()).unwrap();
         // SAFETY: a NUL-terminated path; the fd is closed with the result.
-        unsafe { get_inode_flags(&c) }.is_ok_and(|(_, f)| f & (FS_APPEND_FL | FS_IMMUTABLE_FL) != 0)
+        unsafe { get_inode_flags_of(&c, follow) }
+            .is_ok_and(|(_, f)| f & (FS_APPEND_FL | FS_IMMUTABLE_FL) != 0)
     };
-    named_paths(op)
-        .into_iter()
-        .filter_map(|(slot, p)| {
-            // A name relative to a held directory: reached through its /proc link.
-            let base = match slot {
-                Some(slot) => {
-                    PathBuf::from(format!("/proc/self/fd/{}", held_fd(kheld, slot).ok()?))
-                }
-                None => kroot.to_path_buf(),
-            };
-            let parent = Path::new(p).parent().filter(|d| !d.as_os_str().is_empty());
-            Some([base.join(p), base.join(parent.unwrap_or(Path::new(".")))])
-        })
-        .flatten()
-        .any(|p| protected(&p))
+    let held = |slot: usize| {
+        held_fd(kheld, slot)
+            .ok()
+            .map(|fd| PathBuf::from(format!("/proc/self/fd/{fd}")))
+    };
+    let mut objects = Vec::new();
+    for (slot, p) in named_paths(op) {
+        // A name relative to a held directory: reached through its /proc link.
+        let Some(base) = (match slot {
+            Some(slot) => held(slot),
+            None => Some(kroot.to_path_buf()),
+        }) else {
+            continue;
+        };
+        let parent = Path::new(p).parent().unwrap_or(Path::new(""));
+        objects.push(base.join(p));
+        objects.push(base.join(parent).join("."));
+    }
+    // The object a held descriptor refers to.
+    objects.extend(held_object(op).and_then(held));
+    objects
+        .iter()
+        .any(|p| protected(p, false) || protected(p, true))
         .then_some("a protected object refused by the VFS's own checks first")
+}
+
+/// `op` without an `As` wrapper.
+fn unwrap_as(op: &Op) -> &Op {
+    match op {
+        Op::As { op, .. } => unwrap_as(op),
+        other => other,
+    }
 }
 
 /// The paths an operation names: relative to the mount root, or to the directory held in
 /// a slot.
 fn named_paths(op: &Op) -> Vec<(Option<usize>, &str)> {
-    match op {
-        Op::As { op, .. } => named_paths(op),
+    match unwrap_as(op) {
         Op::Rename { from, to, .. }
         | Op::Link { from, to, .. }
         | Op::CopyRange { from, to, .. } => {
@@ -3254,13 +3284,19 @@ fn named_paths(op: &Op) -> Vec<(Option<usize>, &str)> {
         Op::UnlinkAtHeld { slot, name, .. }
         | Op::CreateAtHeld { slot, name, .. }
         | Op::MkdirAtHeld { slot, name } => vec![(Some(*slot), name)],
+        Op::OpenTmpfile { dir, .. } => vec![(None, dir)],
         Op::CreateWrite { path, .. }
         | Op::Append { path, .. }
         | Op::OpenTrunc { path }
         | Op::Truncate { path, .. }
         | Op::Pwrite { path, .. }
         | Op::Unlink { path }
+        | Op::Mkdir { path, .. }
         | Op::Rmdir { path }
+        | Op::Symlink { path, .. }
+        | Op::Mkfifo { path, .. }
+        | Op::Mknod { path, .. }
+        | Op::LinkHeld { path, .. }
         | Op::Chmod { path, .. }
         | Op::Chown { path, .. }
         | Op::Utimens { path, .. }
@@ -3271,6 +3307,23 @@ fn named_paths(op: &Op) -> Vec<(Option<usize>, &str)> {
         | Op::Access { path, .. }
         | Op::Chattr { path, .. } => vec![(None, path)],
         _ => Vec::new(),
+    }
+}
+
+/// The slot whose held object an operation changes through the descriptor or its /proc
+/// link.
+fn held_object(op: &Op) -> Option<usize> {
+    match unwrap_as(op) {
+        Op::ProcFd { slot, .. }
+        | Op::WriteHeld { slot, .. }
+        | Op::FtruncateHeld { slot, .. }
+        | Op::FchmodHeld { slot, .. }
+        | Op::FchownHeld { slot, .. }
+        | Op::FutimensHeld { slot, .. }
+        | Op::FsetxattrHeld { slot, .. }
+        | Op::FallocateHeld { slot, .. }
+        | Op::LinkHeld { slot, .. } => Some(*slot),
+        _ => None,
     }
 }
 
@@ -5528,6 +5581,38 @@ fn regress_a_read_of_an_emptied_set_user_id_file_moves_its_atime() {
                 op: Box::new(Op::Read { path: s("e") }),
             },
             op_stat("e"),
+        ],
+    );
+}
+
+#[test]
+fn regress_rename_whiteout_of_an_immutable_file_is_refused_for_the_flag_first() {
+    // Seeds 99403192, 99405053: renameat2(RENAME_WHITEOUT) of an immutable (or append-only)
+    // file, or into such a directory: the VFS refuses it (EPERM) before the kernel overlay
+    // refuses the flag (EINVAL); we refused the flag first.
+    regress(
+        "regress_rename_whiteout_of_an_immutable_file_is_refused_for_the_flag_first",
+        vec![vec![file("e", "lower data"), dir("d")]],
+        vec![
+            Op::Chattr {
+                path: s("e"),
+                set: FS_IMMUTABLE_FL,
+                clear: 0,
+            },
+            op_rename("e", "f", RENAME_WHITEOUT),
+            op_rename("d", "g", RENAME_WHITEOUT),
+            Op::Chattr {
+                path: s("d"),
+                set: FS_APPEND_FL,
+                clear: 0,
+            },
+            op_rename("d", "g", RENAME_WHITEOUT),
+            Op::Chattr {
+                path: s("e"),
+                set: 0,
+                clear: FS_IMMUTABLE_FL,
+            },
+            op_rename("e", "f", RENAME_WHITEOUT),
         ],
     );
 }

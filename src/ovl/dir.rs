@@ -897,7 +897,11 @@ impl Overlay {
         self.require_upper()?;
         let exchange = flags & fs::RENAME_EXCHANGE != 0;
         let noreplace = flags & fs::RENAME_NOREPLACE != 0;
-        if flags & !(fs::RENAME_EXCHANGE | fs::RENAME_NOREPLACE) != 0 || (exchange && noreplace) {
+        // RENAME_WHITEOUT: the kernel overlay refuses it (EINVAL), but only once the VFS's
+        // own checks of the names have passed (`rename_locked`).
+        let whiteout = flags & fs::RENAME_WHITEOUT != 0;
+        let known = fs::RENAME_EXCHANGE | fs::RENAME_NOREPLACE | fs::RENAME_WHITEOUT;
+        if flags & !known != 0 || (exchange && (noreplace || whiteout)) {
             return Err(Errno::EINVAL);
         }
         if oname.len() > 255 {
@@ -933,6 +937,7 @@ impl Overlay {
             dst.as_ref().map(|d| &d.0),
             exchange,
             noreplace,
+            whiteout,
         );
         self.release_temp(&src, src_made);
         if let Some((d, made)) = dst {
@@ -952,6 +957,7 @@ impl Overlay {
         dst: Option<&Arc<Node>>,
         exchange: bool,
         noreplace: bool,
+        whiteout: bool,
     ) -> SysResult<()> {
         if noreplace && dst.is_some() {
             return Err(Errno::EEXIST);
@@ -998,6 +1004,9 @@ impl Overlay {
                     return Err(Errno::EISDIR);
                 }
             }
+        }
+        if whiteout {
+            return Err(Errno::EINVAL);
         }
         // Without redirects, a directory with lower parts cannot move: the kernel says EXDEV
         // before it looks at the target. With redirect_dir=on it moves (not in an exchange)
