@@ -186,7 +186,9 @@ pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult
     check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(drop)
 }
 
-/// Whether linkat(2) has taken AT_EMPTY_PATH from us (or not yet refused it).
+/// Whether to try linkat(2) with AT_EMPTY_PATH: cleared once the /proc route worked where
+/// it was refused (a daemon without the capability on a kernel before 6.10), so such a
+/// daemon pays for one refusal, not one per link.
 static LINK_EMPTY_PATH: AtomicBool = AtomicBool::new(true);
 
 /// Gives the file open as `fd` the name `nname` in `ndir`: a file made with O_TMPFILE

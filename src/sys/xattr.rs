@@ -6,7 +6,8 @@
 //! effect through `/proc/self/fd/DIR/NAME` with the `l*` calls. The fd's own object is
 //! reached through the magic link `/proc/self/fd/N` with the calls that follow it (it
 //! leads to that object, and nothing beyond is followed): an `O_PATH` fd works there, and
-//! not with `fgetxattr` or `AT_EMPTY_PATH`.
+//! not with `fgetxattr` or `AT_EMPTY_PATH`. `set` tries `fsetxattr` first, which takes a
+//! file open for real (a copy being built) without that walk.
 
 use super::{check, check_size, cstr, Errno, SysResult};
 use std::ffi::{CString, OsStr};
@@ -155,6 +156,7 @@ pub fn set(
     }
     if name.is_empty() {
         // A file open for real (not O_PATH) takes it directly, without a walk through /proc.
+        // SAFETY: NUL-terminated name and a value buffer of the length given.
         let ret = unsafe {
             libc::fsetxattr(
                 dir.as_raw_fd(),
