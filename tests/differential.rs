@@ -4,8 +4,9 @@
 //! overlayfs is mounted on one copy and ovlfuse on the other, and the same random sequence of
 //! system calls is applied to both mounts.  Every step's result (value or errno) must be
 //! identical; afterwards the merged trees, the upper directories on disk, and "cross mounts"
-//! (kernel over ovlfuse's upper, ovlfuse over the kernel's upper) are compared, and the lower
-//! layers are checked to be untouched.  A step where the two part in a way the README
+//! (kernel over ovlfuse's upper, ovlfuse over the kernel's upper) are compared, with the
+//! inode flags chattr sets of their files and directories, and the lower layers are checked
+//! to be untouched.  A step where the two part in a way the README
 //! documents (`documented_divergence`, `protection_checked_late`) ends its case there:
 //! counted and listed, not failed.
 //!
@@ -3055,6 +3056,43 @@ fn final_check(
     }
 }
 
+/// The inode flags (those chattr sets here, `shown_flags`) of every regular file and
+/// directory of a snapshot of the tree at `root`, or the error reading them.
+fn inode_flags_of_tree(root: &Path, tree: &BTreeMap<PathBuf, Node>) -> BTreeMap<PathBuf, String> {
+    tree.iter()
+        .filter(|(_, n)| n.kind == 'f' || n.kind == 'd')
+        .map(|(rel, _)| {
+            let c = CString::new(root.join(rel).as_os_str().as_bytes()).unwrap();
+            // SAFETY: a NUL-terminated path; the fd is closed with the result.
+            let shown = match unsafe { get_inode_flags(&c) } {
+                Ok((_, f)) => shown_flags(f),
+                Err(e) => common::errno_name(e),
+            };
+            (rel.clone(), shown)
+        })
+        .collect()
+}
+
+fn flags_check(
+    what: &'static str,
+    a: &BTreeMap<PathBuf, String>,
+    b: &BTreeMap<PathBuf, String>,
+) -> Result<(), Failure> {
+    let diffs: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|p| a.get(*p) != b.get(*p))
+        .map(|p| format!("{}: {:?} vs {:?}", p.display(), a.get(p), b.get(p)))
+        .collect();
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Final { what, diffs })
+    }
+}
+
 fn fresh_stack_over(s: &Scratch, lowers: &[PathBuf], upper: &Path) -> Stack {
     Stack {
         lowers: lowers.to_vec(),
@@ -3381,6 +3419,9 @@ fn run_case(case: &Case, verbose: bool) -> Result<Outcome, Failure> {
     let kmerged = snapshot_timeout(&kroot, XattrSel::User)?;
     let fmerged = snapshot_timeout(&froot, XattrSel::User)?;
     final_check("merged tree", &kmerged, &fmerged)?;
+    let kflags = inode_flags_of_tree(&kroot, &kmerged);
+    let fflags = inode_flags_of_tree(&froot, &fmerged);
+    flags_check("merged tree's inode flags", &kflags, &fflags)?;
 
     kg.unmount();
     fg.unmount();
@@ -3405,11 +3446,18 @@ fn run_case(case: &Case, verbose: bool) -> Result<Outcome, Failure> {
         let st = fresh_stack_over(&sx, &f.lowers, &f.upper);
         let g = common::mount_kernel(&st);
         let snap = snapshot_timeout(g.path(), XattrSel::User)?;
+        // Immutable and append-only flags live in ovlfuse's protattr xattrs there.
+        let flags = inode_flags_of_tree(g.path(), &snap);
         g.unmount();
         final_check(
             "kernel mount over ovlfuse's upper vs ovlfuse merged tree",
             &snap,
             &fmerged,
+        )?;
+        flags_check(
+            "inode flags, kernel mount over ovlfuse's upper vs ovlfuse merged tree",
+            &flags,
+            &fflags,
         )?;
     }
     // ovlfuse over the kernel's layers must show what the kernel showed.
@@ -3418,11 +3466,17 @@ fn run_case(case: &Case, verbose: bool) -> Result<Outcome, Failure> {
         let st = fresh_stack_over(&sx, &k.lowers, &k.upper);
         let g = common::mount_ovlfuse(&st, &[]);
         let snap = snapshot_timeout(g.path(), XattrSel::User)?;
+        let flags = inode_flags_of_tree(g.path(), &snap);
         g.unmount();
         final_check(
             "kernel merged tree vs ovlfuse mount over kernel's upper",
             &kmerged,
             &snap,
+        )?;
+        flags_check(
+            "inode flags, kernel merged tree vs ovlfuse mount over kernel's upper",
+            &kflags,
+            &flags,
         )?;
     }
 
