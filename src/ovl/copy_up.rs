@@ -87,7 +87,6 @@ impl Overlay {
         let upfd = self.nodes.dir_fd(&parent, UPPER)?;
         let lst = fs::fstatat(lpfd.as_fd(), &name)?;
         let work = self.layers.work()?;
-        let tmp = temp_name();
         debug!("copy-up {:?} from layer {lower} (data: {with_data})", name);
         // Where the upper layer keeps owners in an xattr, the copy keeps the lower's
         // effective owner and mode there (its own override, else its inode's).
@@ -119,7 +118,7 @@ impl Overlay {
         self.mark_impure(&parent);
         let kind = fs::ifmt(lst.st_mode);
         let attempt = || {
-            let draft = self.start_copy(work, &tmp, kind, lst.st_rdev, lpfd.as_fd(), &name)?;
+            let draft = self.start_copy(work, kind, lst.st_rdev, lpfd.as_fd(), &name)?;
             let res = self
                 .build_copy(&draft, lpfd.as_fd(), &name, &eff, with_data)
                 .and_then(|()| match &kept {
@@ -191,11 +190,11 @@ impl Overlay {
 
     /// Makes the object the copy of a lower `kind` object is built on: for a regular file,
     /// an unnamed one (O_TMPFILE) while the work directory's filesystem makes them, as the
-    /// kernel's copy-up does; else the object under the name `tmp` in the work directory.
+    /// kernel's copy-up does; else the object under a temporary name in the work directory
+    /// (made only then: the unnamed file needs none).
     fn start_copy<'a>(
         &self,
         work: BorrowedFd<'a>,
-        tmp: &'a OsStr,
         kind: u32,
         rdev: u64,
         lpfd: BorrowedFd<'_>,
@@ -213,19 +212,20 @@ impl Overlay {
                 Err(e) => return Err(e),
             }
         }
+        let tmp = temp_name();
         match kind {
-            libc::S_IFDIR => fs::mkdirat(work, tmp, 0o700)?,
+            libc::S_IFDIR => fs::mkdirat(work, &tmp, 0o700)?,
             libc::S_IFREG => drop(fs::openat(
                 work,
-                tmp,
+                &tmp,
                 libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
                 0o600,
             )?),
             libc::S_IFLNK => {
                 let target = fs::readlinkat(lpfd, name)?;
-                fs::symlinkat(&target, work, tmp)?;
+                fs::symlinkat(&target, work, &tmp)?;
             }
-            _ => fs::mknodat(work, tmp, kind | 0o600, rdev)?,
+            _ => fs::mknodat(work, &tmp, kind | 0o600, rdev)?,
         }
         Ok(Draft::Named(work, tmp))
     }
@@ -387,7 +387,7 @@ impl Overlay {
 /// a regular file made with O_TMPFILE, which no name leads to until it is linked into place
 /// (nothing is left behind if the daemon dies first).
 enum Draft<'a> {
-    Named(BorrowedFd<'a>, &'a OsStr),
+    Named(BorrowedFd<'a>, OsString),
     Unnamed(OwnedFd),
 }
 
