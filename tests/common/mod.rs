@@ -624,6 +624,35 @@ pub fn wait_pid_exit(pid: u32, timeout: Duration) -> bool {
     }
 }
 
+/// Each thread of process `pid`: name, scheduler state, where it waits (wchan) and, where
+/// we may read it, its kernel stack; so that a daemon that will not exit says why.
+pub fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(no /proc/{pid}/task: the process is gone)\n");
+    };
+    let mut out = String::new();
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let state = read("status")
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .map(|l| l["State:".len()..].trim().to_string())
+            .unwrap_or_default();
+        out += &format!(
+            "  {} {} [{}] wchan {}\n",
+            t.file_name().to_string_lossy(),
+            read("comm").trim(),
+            state,
+            read("wchan").trim()
+        );
+        for l in read("stack").lines() {
+            out += &format!("      {l}\n");
+        }
+    }
+    out
+}
+
 /// Environment variable naming the directory a test launched ovlfuse from.
 pub const LAUNCH_CWD_ENV: &str = "OVLFUSE_TEST_LAUNCH_CWD";
 
@@ -1093,8 +1122,10 @@ impl MountGuard {
         if let Some(pid) = self.pid {
             assert!(
                 wait_pid_exit(pid, Duration::from_secs(10)),
-                "the ovlfuse daemon (pid {pid}) for {:?} did not exit within 10 s of the unmount",
-                self.mnt
+                "the ovlfuse daemon (pid {pid}) for {:?} did not exit within 10 s of the unmount; \
+                 its threads now:\n{}",
+                self.mnt,
+                thread_states(pid)
             );
         }
     }
