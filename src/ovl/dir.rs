@@ -766,9 +766,13 @@ impl Overlay {
             parent.set_merged(None);
         }
         if let Some(tmp) = replaced {
-            // Out of the view already; whatever is left stays in the workdir, which the
-            // next mount empties.
-            if let Err(e) = remove_tree(self.layers.work()?, &tmp) {
+            // Out of the view already. A directory (of whiteouts) goes after the reply (see
+            // `reaper`); a file at once, as its removal shows: in the link count of its
+            // other names, and in the space it frees.
+            let work = self.layers.work()?;
+            if child.is_dir() {
+                self.reaper.remove(work, tmp);
+            } else if let Err(e) = remove_tree(work, &tmp) {
                 log::warn!("cannot clear {tmp:?} from the work directory: {e:?}");
             }
         }
@@ -1126,7 +1130,8 @@ impl Overlay {
                     fs::mkdirat(work, &tmp, 0o700)?;
                     let res = whiteout::set_opaque(work, &tmp, prefix, xattrs)
                         .and_then(|()| fs::renameat2(work, &tmp, nfd, nname, fs::RENAME_EXCHANGE));
-                    let _ = remove_tree(work, &tmp);
+                    // The old directory of whiteouts, or after a failure the new one.
+                    self.reaper.remove(work, tmp);
                     res?;
                 }
             }

@@ -613,13 +613,16 @@ fn remove_levels(
 /// Removes `name` unless it is a directory with entries; whether it did.
 fn remove_entry(dir: BorrowedFd<'_>, name: &OsStr) -> sys::SysResult<bool> {
     // Nearly everything removed here is a whiteout: unlink first, which Linux refuses to a
-    // directory with EISDIR, rather than a stat of each entry.
+    // directory with EISDIR, rather than a stat of each entry. An entry already gone counts
+    // as removed: a daemon that has just ended its session may still be clearing its
+    // leftovers while the next mount clears the work directory (see `reaper`).
     match fs::unlinkat(dir, name, false) {
         Err(Errno::EISDIR) => {}
+        Err(Errno::ENOENT) => return Ok(true),
         other => return other.map(|()| true),
     }
     match fs::unlinkat(dir, name, true) {
-        Ok(()) => Ok(true),
+        Ok(()) | Err(Errno::ENOENT) => Ok(true),
         Err(e) if e == Errno::ENOTEMPTY || e == Errno(libc::EEXIST) => Ok(false),
         Err(e) => Err(e),
     }

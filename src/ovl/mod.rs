@@ -9,7 +9,8 @@
 //! and its offsets), `statahead` (warming the layers' caches for READDIRPLUS, and what its
 //! replies carry), `copy_up`, `dir` (create/remove/rename), `inode` (attributes), `file`
 //! (open files and I/O), `xattr`, `whiteout` (on-disk formats), `ino` (inode numbers),
-//! `ownership` (id mapping, squashing and owners kept in an xattr, for container engines).
+//! `ownership` (id mapping, squashing and owners kept in an xattr, for container engines),
+//! `reaper` (removing directories of whiteouts that removals swap out, after the reply).
 
 pub mod copy_up;
 pub mod dir;
@@ -23,6 +24,7 @@ pub mod node;
 pub mod ownership;
 pub mod params;
 pub mod readdir;
+pub mod reaper;
 pub mod statahead;
 pub mod whiteout;
 pub mod xattr;
@@ -142,12 +144,16 @@ pub struct Overlay {
     /// Nodes whose write-back failed (full disk, quota), with the error: the next write(2)
     /// to them fails with it (see `file::write`).
     write_back_errors: DashMap<u64, Errno>,
+    /// Removes the directories of whiteouts that removals swapped into the work directory,
+    /// after their reply.
+    reaper: reaper::Reaper,
 }
 
 impl Overlay {
     pub fn new(layers: Layers, cfg: Config) -> SysResult<Overlay> {
         let nodes = node::NodeTable::new(&layers)?;
         let statahead = statahead::StatAhead::new(cfg.statahead);
+        let reaper = reaper::Reaper::new(layers.work().ok());
         Ok(Overlay {
             layers,
             nodes,
@@ -161,7 +167,14 @@ impl Overlay {
             write_cache: std::sync::atomic::AtomicBool::new(false),
             direct_io_maps: std::sync::atomic::AtomicBool::new(false),
             write_back_errors: DashMap::default(),
+            reaper,
         })
+    }
+
+    /// The session is over: waits (a while) until what removals left in the work directory
+    /// is gone.
+    pub fn finish_removals(&self) {
+        self.reaper.finish();
     }
 
     /// From now on the kernel caches writes (FUSE writeback cache): open files so that

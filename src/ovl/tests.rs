@@ -297,6 +297,50 @@ fn rmdir_then_mkdir_gives_an_opaque_dir_and_mkdir_elsewhere_does_not() {
 }
 
 #[test]
+fn what_removals_swap_into_the_workdir_is_gone_once_the_session_finishes() {
+    let f = Fixture::new(1);
+    for i in 0..300 {
+        f.write(&format!("l0/d/f{i}"), "x");
+        f.write(&format!("l0/t/f{i}"), "x");
+    }
+    f.write("l0/file", "lower");
+    f.write("upper/file", "upper");
+    let ovl = f.overlay(1);
+    let (d, _) = ovl.lookup(ROOT_ID, OsStr::new("d")).unwrap();
+    let (t, _) = ovl.lookup(ROOT_ID, OsStr::new("t")).unwrap();
+    for i in 0..300 {
+        let name = format!("f{i}");
+        ovl.unlink(d.id, OsStr::new(&name)).unwrap();
+        ovl.unlink(t.id, OsStr::new(&name)).unwrap();
+    }
+    // rmdir of a merged directory whose upper copy holds 300 whiteouts, rename of an
+    // empty directory onto another such one, unlink of an upper file over a lower one
+    // (removed at once).
+    ovl.rmdir(ROOT_ID, OsStr::new("d")).unwrap();
+    ovl.mkdir(&ctx(), ROOT_ID, OsStr::new("e"), 0o755).unwrap();
+    ovl.rename(ROOT_ID, OsStr::new("e"), ROOT_ID, OsStr::new("t"), 0)
+        .unwrap();
+    ovl.unlink(ROOT_ID, OsStr::new("file")).unwrap();
+    // Out of the view at once, whatever the work directory still holds.
+    assert_eq!(names(&ovl, ROOT_ID), ["t"]);
+    let (t2, _) = ovl.lookup(ROOT_ID, OsStr::new("t")).unwrap();
+    assert!(names(&ovl, t2.id).is_empty());
+    let (d2, _) = ovl.mkdir(&ctx(), ROOT_ID, OsStr::new("d"), 0o755).unwrap();
+    assert!(names(&ovl, d2.id).is_empty());
+    ovl.finish_removals();
+    let mut left: Vec<String> = std::fs::read_dir(f.p("work/work"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.retain(|n| n != "#whiteout");
+    assert!(left.is_empty(), "the work directory holds {left:?}");
+    // After the session, a removal is carried out before it returns.
+    ovl.rmdir(ROOT_ID, OsStr::new("t")).unwrap();
+    let left = std::fs::read_dir(f.p("work/work")).unwrap().count();
+    assert_eq!(left, 1, "only the shared whiteout is left");
+}
+
+#[test]
 fn without_redirects_rename_of_merged_dir_is_exdev_and_of_upper_dir_works() {
     let f = Fixture::new(1);
     f.write("l0/merged/x", "x");
