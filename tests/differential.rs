@@ -5640,6 +5640,42 @@ fn regress_a_read_of_an_emptied_set_user_id_file_moves_its_atime() {
 }
 
 #[test]
+fn regress_a_kernel_mount_finds_a_copied_up_directory_whose_xattrs_fill_their_space() {
+    // Seed 99984223: a directory copied up by ovlfuse had no kernel `origin` record; the
+    // kernel overlay mounted over that upper writes one at its first lookup of a merged
+    // directory, and when the directory's xattrs had filled their space that write, and so
+    // the lookup, failed (ENOSPC): the directory was gone from the kernel's view.
+    let big = |c: u8, n: usize| vec![c; n];
+    regress(
+        "regress_a_kernel_mount_finds_a_copied_up_directory_whose_xattrs_fill_their_space",
+        vec![vec![dir("a"), dir("a/x")]],
+        vec![
+            Op::SetXattr {
+                path: s("a"),
+                name: s("user.dx"),
+                value: big(b'q', 1387),
+                flags: 0,
+            },
+            Op::As {
+                uid: 1234,
+                gid: 0,
+                op: Box::new(Op::SetXattr {
+                    path: s("a"),
+                    name: s("trusted.overlay.x"),
+                    value: big(b'z', 2576),
+                    flags: 0,
+                }),
+            },
+            Op::Utimens {
+                path: s("a/x"),
+                atime: (1_000_000_175, 181_010_367),
+                mtime: (1_200_000_285, 665_307_644),
+            },
+        ],
+    );
+}
+
+#[test]
 fn regress_rename_whiteout_of_an_immutable_file_is_refused_for_the_flag_first() {
     // Seeds 99403192, 99405053: renameat2(RENAME_WHITEOUT) of an immutable (or append-only)
     // file, or into such a directory: the VFS refuses it (EPERM) before the kernel overlay

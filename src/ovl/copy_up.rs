@@ -280,6 +280,18 @@ impl Overlay {
                 // Only st_ino stability after remount depends on it.
                 debug!("cannot record origin of {:?}: {e:?}", name);
             }
+        } else if self.layers.upper_xattrs {
+            // The kernel's own origin record, as its copy-up writes it on a directory: a
+            // kernel overlay that finds a merged upper directory without one writes it at
+            // its first lookup, and that lookup fails if the directory's xattrs have filled
+            // their space meanwhile (ENOSPC: the directory is gone from its view).
+            let attr = format!("{}{}", self.layers.xattr_prefix, KERNEL_ORIGIN_XATTR);
+            match xattr::set(dir, at, &attr, &kernel_origin(lpfd, name), 0) {
+                Err(e) if e == Errno::EOPNOTSUPP => {
+                    debug!("cannot record origin of {:?}: {e:?}", name)
+                }
+                other => other?,
+            }
         }
         if kind == libc::S_IFREG || kind == libc::S_IFDIR {
             self.copy_inode_flags(lpfd, name, draft, kind);
@@ -606,6 +618,29 @@ pub fn copy_xattrs(
         }
     }
     Ok(())
+}
+
+/// The kernel overlay's name for the origin record of a copied-up directory (after the
+/// mount's xattr prefix).
+const KERNEL_ORIGIN_XATTR: &str = "origin";
+
+/// The origin record the kernel's copy-up writes for lower object `name` in `dir` (struct
+/// ovl_fb): version 0, magic 0xfb, length, flags (byte order), the handle's type, the
+/// filesystem uuid (null, as the kernel writes it with its default `uuid=auto` on an upper
+/// layer it did not make with `uuid=on`), then the handle. Empty where the layer cannot
+/// give handles, as the kernel stores it then.
+fn kernel_origin(dir: BorrowedFd<'_>, name: &OsStr) -> Vec<u8> {
+    let Ok((kind, handle)) = fs::name_to_handle(dir, name) else {
+        return Vec::new();
+    };
+    let (Ok(kind), Ok(len)) = (u8::try_from(kind), u8::try_from(21 + handle.len())) else {
+        return Vec::new();
+    };
+    let flags = if cfg!(target_endian = "big") { 1 } else { 0 };
+    let mut fb = vec![0, 0xfb, len, flags, kind];
+    fb.extend_from_slice(&[0; 16]);
+    fb.extend_from_slice(&handle);
+    fb
 }
 
 #[cfg(test)]

@@ -149,6 +149,34 @@ pub fn fstatat(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Stat> {
     Ok(st)
 }
 
+/// The file handle of `name` in `dir` (not followed if a symlink), as
+/// name_to_handle_at(2) gives it: (handle type, handle bytes). EOPNOTSUPP where the
+/// filesystem cannot export its files.
+pub fn name_to_handle(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<(i32, Vec<u8>)> {
+    /// MAX_HANDLE_SZ in <fcntl.h>.
+    const MAX_HANDLE: usize = 128;
+    // struct file_handle: handle_bytes (u32), handle_type (i32), then the handle.
+    let mut buf = [0u8; 8 + MAX_HANDLE];
+    buf[..4].copy_from_slice(&(MAX_HANDLE as u32).to_ne_bytes());
+    let c = cstr(name)?;
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: the buffer holds a struct file_handle with room for MAX_HANDLE bytes, as
+    // its handle_bytes says; the name is a valid C string and mount_id a live local.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            0,
+        ) as libc::c_int
+    })?;
+    let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let kind = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    Ok((kind, buf[8..8 + len.min(MAX_HANDLE)].to_vec()))
+}
+
 pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<Stat> {
     let mut st: Stat = unsafe { std::mem::zeroed() };
     check(unsafe {
