@@ -561,7 +561,9 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> sys::SysResult<()> {
 }
 
 /// `remove_tree` of `name`, down to `REMOVE_LEVELS`; the names of the subtrees it moved up
-/// into `dir` go to `moved`.
+/// into `dir` go to `moved`. Each level reads its directory a getdents batch at a time and
+/// removes what it read before it reads on: a directory of a million whiteouts costs a
+/// batch of names in memory, not a list of them all.
 fn remove_levels(
     dir: BorrowedFd<'_>,
     name: &OsStr,
@@ -570,31 +572,41 @@ fn remove_levels(
     if remove_entry(dir, name)? {
         return Ok(());
     }
-    /// A directory being emptied: its name in the level above, the entries left.
+    /// A directory being emptied: its name in the level above, the entries of the batch
+    /// read last that are left, whether there is more to read, and how many times it was
+    /// read through (entries that appeared meanwhile, or that a read missed while others
+    /// went, leave it not empty at the end of one).
     struct Level {
         fd: OwnedFd,
         name: OsString,
         left: Vec<fs::RawDirent>,
+        more: bool,
+        passes: u32,
     }
-    let open = |at: BorrowedFd<'_>, name: &OsStr| -> sys::SysResult<Level> {
+    let open = |at: BorrowedFd<'_>, name: &OsStr, passes: u32| -> sys::SysResult<Level> {
         let fd = fs::openat(at, name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
-        let left = fs::read_dir_all(fd.as_fd())?;
         Ok(Level {
-            fd,
+            fd: fs::open_to_list(fd.as_fd())?,
             name: name.to_owned(),
-            left,
+            left: Vec::new(),
+            more: true,
+            passes,
         })
     };
-    let mut levels = vec![open(dir, name)?];
+    let mut levels = vec![open(dir, name, 1)?];
     loop {
         let depth = levels.len();
         let Some(top) = levels.last_mut() else { break };
+        if top.left.is_empty() && top.more {
+            top.more = fs::read_dir_batch(top.fd.as_fd(), &mut top.left)?;
+            continue;
+        }
         if let Some(ent) = top.left.pop() {
             if remove_entry(top.fd.as_fd(), &ent.name)? {
                 continue;
             }
             if depth < REMOVE_LEVELS {
-                let below = open(top.fd.as_fd(), &ent.name)?;
+                let below = open(top.fd.as_fd(), &ent.name, 1)?;
                 levels.push(below);
             } else {
                 let up = super::copy_up::temp_name();
@@ -605,10 +617,20 @@ fn remove_levels(
         }
         let Some(emptied) = levels.pop() else { break };
         let above = levels.last().map_or(dir, |l| l.fd.as_fd());
-        fs::unlinkat(above, &emptied.name, true)?;
+        match fs::unlinkat(above, &emptied.name, true) {
+            Err(Errno::ENOTEMPTY) if emptied.passes < REMOVE_PASSES => {
+                let again = open(above, &emptied.name, emptied.passes + 1)?;
+                levels.push(again);
+            }
+            other => other?,
+        }
     }
     Ok(())
 }
+
+/// How many times `remove_levels` reads a directory through before it gives up on
+/// emptying it.
+const REMOVE_PASSES: u32 = 4;
 
 /// Removes `name` unless it is a directory with entries; whether it did.
 fn remove_entry(dir: BorrowedFd<'_>, name: &OsStr) -> sys::SysResult<bool> {

@@ -639,10 +639,31 @@ pub fn for_each_dirent_at_start(
     fd: BorrowedFd<'_>,
     mut f: impl FnMut(&OsStr, u64, u8),
 ) -> SysResult<()> {
-    thread_local! {
-        static BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
-    }
-    super::with_scratch(&BUF, DIRENT_BUF_LEN, |buf| parse_dirents(fd, buf, &mut f))
+    super::with_scratch(&DIRENT_BUF, DIRENT_BUF_LEN, |buf| {
+        parse_dirents(fd, buf, &mut f)
+    })
+}
+
+/// Appends to `out` the entries (minus `.` and `..`) of one getdents of the directory open
+/// for reading as `fd`, from where its last read ended; false once it is read to its end.
+/// For a caller that removes what it has read before it reads on, so that a directory of
+/// any size costs only a batch of names in memory.
+pub fn read_dir_batch(fd: BorrowedFd<'_>, out: &mut Vec<RawDirent>) -> SysResult<bool> {
+    super::with_scratch(&DIRENT_BUF, DIRENT_BUF_LEN, |buf| {
+        let n = getdents(fd, buf)?;
+        parse_dirent_buf(&buf[..n], &mut |name, ino, dtype| {
+            out.push(RawDirent {
+                name: name.to_os_string(),
+                ino,
+                dtype,
+            })
+        })?;
+        Ok(n > 0)
+    })
+}
+
+thread_local! {
+    static DIRENT_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 const DIRENT_BUF_LEN: usize = 64 * 1024;
@@ -679,30 +700,36 @@ fn parse_dirents(
         if n == 0 {
             break;
         }
-        let mut pos = 0usize;
-        while pos < n {
-            // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
-            let rec = &buf[pos..n];
-            if rec.len() < 19 {
-                return Err(Errno::EIO);
-            }
-            let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or([0; 8]));
-            let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
-            let dtype = rec[18];
-            let name_bytes = &rec[19..reclen.min(rec.len())];
-            let len = name_bytes
-                .iter()
-                .position(|b| *b == 0)
-                .unwrap_or(name_bytes.len());
-            let n = &name_bytes[..len];
-            if n != b"." && n != b".." {
-                f(OsStr::from_bytes(n), ino, dtype);
-            }
-            if reclen == 0 {
-                return Err(Errno::EIO);
-            }
-            pos += reclen;
+        parse_dirent_buf(&buf[..n], f)?;
+    }
+    Ok(())
+}
+
+/// Hands each entry of the getdents result `buf` (whole entries) to `f`, but `.` and `..`.
+fn parse_dirent_buf(buf: &[u8], f: &mut impl FnMut(&OsStr, u64, u8)) -> SysResult<()> {
+    let mut pos = 0usize;
+    while pos < buf.len() {
+        // struct linux_dirent64 { u64 d_ino; i64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+        let rec = &buf[pos..];
+        if rec.len() < 19 {
+            return Err(Errno::EIO);
         }
+        let ino = u64::from_ne_bytes(rec[0..8].try_into().unwrap_or([0; 8]));
+        let reclen = u16::from_ne_bytes([rec[16], rec[17]]) as usize;
+        let dtype = rec[18];
+        let name_bytes = &rec[19..reclen.min(rec.len())];
+        let len = name_bytes
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(name_bytes.len());
+        let n = &name_bytes[..len];
+        if n != b"." && n != b".." {
+            f(OsStr::from_bytes(n), ino, dtype);
+        }
+        if reclen == 0 {
+            return Err(Errno::EIO);
+        }
+        pos += reclen;
     }
     Ok(())
 }
