@@ -228,7 +228,11 @@ impl Overlay {
     ) -> SysResult<T> {
         let own = |fd: BorrowedFd<'_>| f(fd, OsStr::new(""));
         if node.unlinked.load(Ordering::Relaxed) {
-            // No name leads to it any more (the old one may now be a whiteout).
+            // No name leads to it any more (the old one may now be a whiteout). A removed
+            // directory may still be on its way out of the work directory.
+            if node.is_dir() {
+                self.flush_removals();
+            }
             return match node.detached() {
                 Some(fd) => own(fd.as_fd()),
                 None => Err(Errno::ENOENT),

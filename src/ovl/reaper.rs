@@ -14,10 +14,11 @@
 
 use super::layers::remove_tree;
 use crate::sys::process::{set_sched_idle, set_thread_cpus, thread_cpus, CpuSet};
-use parking_lot::Mutex;
-use std::ffi::OsString;
+use parking_lot::{Condvar, Mutex};
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,8 @@ pub struct Reaper {
     /// pinned to one CPU and idle-class, and must not stay so.
     setup: Option<(OwnedFd, Option<CpuSet>)>,
     state: Mutex<State>,
+    /// Removals queued and not done yet, and a signal for each one done (see `flush`).
+    pending: Arc<(Mutex<usize>, Condvar)>,
 }
 
 #[derive(Default)]
@@ -52,6 +55,7 @@ impl Reaper {
         Reaper {
             setup,
             state: Mutex::new(State::default()),
+            pending: Arc::default(),
         }
     }
 
@@ -59,13 +63,34 @@ impl Reaper {
     /// at once where no thread can take it.
     pub fn remove(&self, work: BorrowedFd<'_>, name: OsString) {
         let name = match self.queue() {
-            Some(q) => match q.send(name) {
-                Ok(()) => return,
-                Err(mpsc::SendError(name)) => name,
-            },
+            Some(q) => {
+                *self.pending.0.lock() += 1;
+                match q.send(name) {
+                    Ok(()) => return,
+                    Err(mpsc::SendError(name)) => {
+                        done(&self.pending);
+                        name
+                    }
+                }
+            }
             None => name,
         };
         clear(work, &name);
+    }
+
+    /// Waits until every queued removal is done (10 s at most): a directory still held
+    /// open after its rmdir shows its removal (its size and times), as the kernel overlay's
+    /// does, only once it happened.
+    pub fn flush(&self) {
+        let (count, signal) = &*self.pending;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut n = count.lock();
+        while *n > 0 {
+            if signal.wait_until(&mut n, deadline).timed_out() {
+                log::warn!("queued removals in the work directory are taking long");
+                return;
+            }
+        }
     }
 
     /// Waits until everything queued is removed, for `FINISH_WAIT` at most (what is left
@@ -99,6 +124,7 @@ impl Reaper {
             let work = work.try_clone().ok()?;
             let cpus = *cpus;
             let (tx, rx) = mpsc::channel::<OsString>();
+            let pending = self.pending.clone();
             let spawned = std::thread::Builder::new()
                 .name("ovl-reaper".into())
                 .spawn(move || {
@@ -108,6 +134,7 @@ impl Reaper {
                     }
                     for name in rx {
                         clear(work.as_fd(), &name);
+                        done(&pending);
                     }
                 });
             match spawned {
@@ -125,8 +152,17 @@ impl Reaper {
     }
 }
 
-fn clear(work: BorrowedFd<'_>, name: &OsString) {
+/// Removes `name` from the work directory `work` now, with everything under it; a
+/// failure is logged (the next mount clears what is left).
+pub fn clear(work: BorrowedFd<'_>, name: &OsStr) {
     if let Err(e) = remove_tree(work, name) {
         log::warn!("cannot clear {name:?} from the work directory: {e:?}");
     }
+}
+
+/// One queued removal is done (or will not be): wakes `flush`.
+fn done(pending: &(Mutex<usize>, Condvar)) {
+    let mut n = pending.0.lock();
+    *n = n.saturating_sub(1);
+    pending.1.notify_all();
 }
