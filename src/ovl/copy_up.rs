@@ -636,7 +636,8 @@ fn kernel_origin(dir: BorrowedFd<'_>, name: &OsStr) -> Vec<u8> {
     let (Ok(kind), Ok(len)) = (u8::try_from(kind), u8::try_from(21 + handle.len())) else {
         return Vec::new();
     };
-    let flags = if cfg!(target_endian = "big") { 1 } else { 0 };
+    // OVL_FH_FLAG_BIG_ENDIAN, else nothing: the handle's bytes are in this CPU's order.
+    let flags = u8::from(cfg!(target_endian = "big"));
     let mut fb = vec![0, 0xfb, len, flags, kind];
     fb.extend_from_slice(&[0; 16]);
     fb.extend_from_slice(&handle);

@@ -772,8 +772,8 @@ impl Overlay {
             let work = self.layers.work()?;
             if child.is_dir() {
                 self.reaper.remove(work, tmp);
-            } else if let Err(e) = remove_tree(work, &tmp) {
-                log::warn!("cannot clear {tmp:?} from the work directory: {e:?}");
+            } else {
+                super::reaper::clear(work, &tmp);
             }
         }
         Ok(())

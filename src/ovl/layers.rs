@@ -584,9 +584,8 @@ fn remove_levels(
         passes: u32,
     }
     let open = |at: BorrowedFd<'_>, name: &OsStr, passes: u32| -> sys::SysResult<Level> {
-        let fd = fs::openat(at, name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
         Ok(Level {
-            fd: fs::open_to_list(fd.as_fd())?,
+            fd: fs::openat_noatime(at, name, libc::O_RDONLY | libc::O_DIRECTORY)?,
             name: name.to_owned(),
             left: Vec::new(),
             more: true,
