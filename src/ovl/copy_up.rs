@@ -160,8 +160,9 @@ impl Overlay {
                 return Err(e);
             }
         };
-        if let Ok(st) = placed.stat(upfd.as_fd(), &name) {
-            if !node.is_dir() {
+        // Directories keep no upper key (see `NodeInit::upper_key`): no stat for them.
+        if !node.is_dir() {
+            if let Ok(st) = placed.stat(upfd.as_fd(), &name) {
                 node.set_upper_key(Some((st.st_dev, st.st_ino)));
             }
         }
