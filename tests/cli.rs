@@ -329,6 +329,80 @@ fn lazy_umount_without_open_files_ends_daemon() {
     );
 }
 
+/// A process that made a mount namespace while the mount was up (`unshare -m`, a
+/// container) holds a copy of the mount there: the daemon serves that copy after the
+/// unmount in ours, and exits once the copy goes, as the FUSE connection ends only then.
+#[test]
+fn daemon_serves_a_copy_of_its_mount_in_another_namespace_until_it_goes() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("cli-exit-ns-copy");
+    let (st, g) = mount_simple(&sc);
+    let pid = g.pid().unwrap();
+    let dev = mount_at(&st.mnt).expect("the mount is listed").dev;
+    let b = st.mnt.join("b");
+    // Reads b, says so, waits for a line on stdin, reads b again.
+    let script = r#"cat "$1" && echo && echo ready && read line && cat "$1""#;
+    let mut holder = ok(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+            .arg(&b)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn(),
+        "unshare -m",
+    );
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut first = String::new();
+    use std::io::{BufRead, Read, Write};
+    ok(out.read_line(&mut first), "the holder's first read");
+    let mut ready = String::new();
+    ok(out.read_line(&mut ready), "the holder's ready line");
+    assert_eq!(
+        (first.as_str(), ready.as_str()),
+        ("from lower1\n", "ready\n")
+    );
+    let held = namespaces_holding(&dev);
+    assert!(
+        held.iter().any(|(_, comm)| comm == "sh"),
+        "the holder's namespace is not found holding the mount ({dev}): {held:?}"
+    );
+    let o = run_unmount("fusermount3", &[OsStr::new("-u"), st.mnt.as_os_str()]);
+    assert!(o.status.success(), "fusermount3 -u: {}", show_output(&o));
+    g.forget();
+    assert!(
+        !is_mounted(&st.mnt),
+        "still mounted here after fusermount3 -u"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        pid_alive(pid),
+        "the daemon exited while another namespace still held its mount"
+    );
+    ok(
+        holder.stdin.take().unwrap().write_all(b"go\n"),
+        "wake the holder",
+    );
+    let mut second = String::new();
+    ok(out.read_to_string(&mut second), "the holder's second read");
+    let status = ok(holder.wait(), "wait for the holder");
+    assert!(
+        status.success(),
+        "the copy in the other namespace stopped serving after our unmount: {status:?}, \
+         read {second:?}"
+    );
+    assert_eq!(
+        second, "from lower1",
+        "read through the copy after our unmount"
+    );
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(10)),
+        "daemon pid {pid} still running 10 s after the last copy of its mount went"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Command-line forms
 // ---------------------------------------------------------------------------------------

@@ -464,6 +464,9 @@ pub fn write_at(p: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct MountEntry {
     pub id: u64,
+    /// The superblock's device, `major:minor`: one per FUSE connection, shared by every
+    /// copy of the mount (bind mounts, other mount namespaces).
+    pub dev: String,
     pub mount_point: PathBuf,
     pub opts: String,
     pub fstype: String,
@@ -507,6 +510,7 @@ pub fn mounts() -> Vec<MountEntry> {
         }
         v.push(MountEntry {
             id: fields[0].parse().unwrap_or(0),
+            dev: fields[2].to_string(),
             mount_point: PathBuf::from(unescape_mountinfo(fields[4])),
             opts: fields[5].to_string(),
             fstype: fields[sep + 1].to_string(),
@@ -611,6 +615,55 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 /// Bounded wait for `pid` to be gone (or a zombie). True when it is.
+/// Processes (pid, command), one per mount namespace other than ours, whose namespace
+/// holds a FUSE mount of the superblock `dev` (`major:minor`, see `MountEntry::dev`).
+pub fn namespaces_holding(dev: &str) -> Vec<(u32, String)> {
+    let ours = fs::read_link("/proc/self/ns/mnt").ok();
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in procs.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/mnt")) else {
+            continue;
+        };
+        if Some(&ns) == ours.as_ref() || !seen.insert(ns) {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
+            continue;
+        };
+        let holds = text.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let fstype = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1));
+            f.get(2) == Some(&dev) && fstype.is_some_and(|t| t.starts_with("fuse"))
+        });
+        if holds {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            out.push((pid, comm.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// Polls `done` every 100 ms until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn wait_pid_exit(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -1103,6 +1156,9 @@ impl MountGuard {
     /// daemon (if known) exited within 10 s.
     pub fn unmount(mut self) {
         self.active = false;
+        let dev = (!self.kernel)
+            .then(|| mount_at(&self.mnt).map(|m| m.dev))
+            .flatten();
         let o = if self.kernel {
             run_unmount("umount", &[self.mnt.as_os_str()])
         } else {
@@ -1120,10 +1176,38 @@ impl MountGuard {
             self.mnt
         );
         if let Some(pid) = self.pid {
+            if wait_pid_exit(pid, Duration::from_secs(10)) {
+                return;
+            }
+            // A process that made a mount namespace while the mount was up (`unshare -m`,
+            // a container) holds a copy of it there, and the daemon rightly serves that
+            // copy until it goes.
+            let held = dev.as_deref().map(namespaces_holding).unwrap_or_default();
+            if !held.is_empty() {
+                eprintln!(
+                    "NOTE: the ovlfuse daemon (pid {pid}) for {:?} outlives its unmount: \
+                     another mount namespace holds a copy of the mount (pid, command: \
+                     {held:?}); waiting up to 60 s for it to go",
+                    self.mnt
+                );
+                let dev = dev.unwrap_or_default();
+                if !wait_until(Duration::from_secs(60), || {
+                    namespaces_holding(&dev).is_empty()
+                }) {
+                    eprintln!(
+                        "NOT CHECKED: whether the daemon (pid {pid}) exits after the unmount \
+                         of {:?}: a mount namespace of another process still holds the mount \
+                         ({:?})",
+                        self.mnt,
+                        namespaces_holding(&dev)
+                    );
+                    return;
+                }
+            }
             assert!(
                 wait_pid_exit(pid, Duration::from_secs(10)),
-                "the ovlfuse daemon (pid {pid}) for {:?} did not exit within 10 s of the unmount; \
-                 its threads now:\n{}",
+                "the ovlfuse daemon (pid {pid}) for {:?} did not exit within 10 s of the unmount \
+                 (no other mount namespace holds a copy of the mount); its threads now:\n{}",
                 self.mnt,
                 thread_states(pid)
             );
