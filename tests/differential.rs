@@ -3266,7 +3266,11 @@ fn protection_checked_late(
     // nothing stops it on FUSE.
     let access_allowed =
         matches!((rk, rf), (Err(libc::EPERM), Ok(_))) && matches!(unwrap_as(op), Op::Access { .. });
-    if !refused_first && !access_allowed {
+    // A shared writable mapping of an append-only file: the VFS refuses it on the kernel
+    // overlay (EACCES); the kernel's FUSE client maps without asking us.
+    let mapped = matches!((rk, rf), (Err(libc::EACCES), Ok(_)))
+        && matches!(unwrap_as(op), Op::MmapWriteHeld { .. });
+    if !refused_first && !access_allowed && !mapped {
         return None;
     }
     let protected = |p: &Path, follow: bool| {
@@ -3360,6 +3364,7 @@ fn held_object(op: &Op) -> Option<usize> {
         | Op::FutimensHeld { slot, .. }
         | Op::FsetxattrHeld { slot, .. }
         | Op::FallocateHeld { slot, .. }
+        | Op::MmapWriteHeld { slot, .. }
         | Op::LinkHeld { slot, .. } => Some(*slot),
         _ => None,
     }
@@ -5268,6 +5273,32 @@ fn regress_fchmod_replaced_lower_fifo() {
             },
             Op::FstatHeld { slot: 0 },
             op_stat("d1/s/z"),
+        ],
+    );
+}
+
+/// Random seed 100039692 (session 40): a lower file opened read-write, made append-only,
+/// then mapped shared and writable through that descriptor. The kernel overlay refuses the
+/// mapping (EACCES, the VFS's check of the overlay inode's flag); the kernel's FUSE client
+/// maps the file without asking us and knows no such flag, so the store changes the file
+/// (README, "Immutable and append-only flags are checked by ovlfuse").
+#[test]
+fn regress_shared_writable_map_of_an_append_only_file() {
+    regress_documented(
+        "regress_shared_writable_map_of_an_append_only_file",
+        vec![vec![file("a", "yvttzpveajcojpuaygxuqjmgalxfqligyirmhqrn")]],
+        vec![
+            held(1, "a", HeldMode::ReadWrite),
+            Op::Chattr {
+                path: s("a"),
+                set: FS_APPEND_FL,
+                clear: 0,
+            },
+            Op::MmapWriteHeld {
+                slot: 1,
+                off: 4095,
+                data: b"ihdcpytftkyz".to_vec(),
+            },
         ],
     );
 }
