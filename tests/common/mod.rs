@@ -614,7 +614,6 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
-/// Bounded wait for `pid` to be gone (or a zombie). True when it is.
 /// Processes (pid, command), one per mount namespace other than ours, whose namespace
 /// holds a FUSE mount of the superblock `dev` (`major:minor`, see `MountEntry::dev`).
 pub fn namespaces_holding(dev: &str) -> Vec<(u32, String)> {
@@ -664,6 +663,7 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Bounded wait for `pid` to be gone (or a zombie). True when it is.
 pub fn wait_pid_exit(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
