@@ -231,7 +231,7 @@ impl Overlay {
             // No name leads to it any more (the old one may now be a whiteout). A removed
             // directory may still be on its way out of the work directory.
             if node.is_dir() {
-                self.flush_removals();
+                self.reaper.flush();
             }
             return match node.detached() {
                 Some(fd) => own(fd.as_fd()),

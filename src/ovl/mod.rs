@@ -171,11 +171,6 @@ impl Overlay {
         })
     }
 
-    /// Waits until the removals queued so far are done (see `reaper::Reaper::flush`).
-    fn flush_removals(&self) {
-        self.reaper.flush();
-    }
-
     /// The session is over: waits (a while) until what removals left in the work directory
     /// is gone.
     pub fn finish_removals(&self) {

@@ -82,15 +82,22 @@ impl Reaper {
     /// open after its rmdir shows its removal (its size and times), as the kernel overlay's
     /// does, only once it happened.
     pub fn flush(&self) {
+        if !self.wait_pending(Duration::from_secs(10)) {
+            log::warn!("queued removals in the work directory are taking long");
+        }
+    }
+
+    /// Waits until no queued removal is left, for `limit` at most; whether none is.
+    fn wait_pending(&self, limit: Duration) -> bool {
         let (count, signal) = &*self.pending;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + limit;
         let mut n = count.lock();
         while *n > 0 {
             if signal.wait_until(&mut n, deadline).timed_out() {
-                log::warn!("queued removals in the work directory are taking long");
-                return;
+                return false;
             }
         }
+        true
     }
 
     /// Waits until everything queued is removed, for `FINISH_WAIT` at most (what is left
@@ -103,15 +110,12 @@ impl Reaper {
             s.thread.take()
         };
         let Some(t) = thread else { return };
-        let deadline = Instant::now() + FINISH_WAIT;
-        while !t.is_finished() {
-            if Instant::now() >= deadline {
-                log::info!("leaving the rest of the work directory's clean-up to the next mount");
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(2));
+        // The queue is closed: once nothing is pending, the thread ends.
+        if self.wait_pending(FINISH_WAIT) {
+            let _ = t.join();
+        } else {
+            log::info!("leaving the rest of the work directory's clean-up to the next mount");
         }
-        let _ = t.join();
     }
 
     fn queue(&self) -> Option<mpsc::Sender<OsString>> {

@@ -567,16 +567,7 @@ pub fn is_mounted(p: &Path) -> bool {
 
 /// Bounded polling for a FUSE mount to show up at `p`.
 pub fn wait_for_fuse_mount(p: &Path, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if is_fuse_mounted(p) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(timeout, || is_fuse_mounted(p))
 }
 
 /// Mount points strictly below `root` (or equal to it when `inclusive`).
@@ -649,7 +640,7 @@ pub fn namespaces_holding(dev: &str) -> Vec<(u32, String)> {
     out
 }
 
-/// Polls `done` every 100 ms until it holds (true) or `timeout` passes (false).
+/// Polls `done` every 20 ms until it holds (true) or `timeout` passes (false).
 pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -659,22 +650,13 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 /// Bounded wait for `pid` to be gone (or a zombie). True when it is.
 pub fn wait_pid_exit(pid: u32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if !pid_alive(pid) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(timeout, || !pid_alive(pid))
 }
 
 /// Each thread of process `pid`: name, scheduler state, where it waits (wchan) and, where
