@@ -25,6 +25,10 @@
 //! * `OVLFUSE_DIFF_NO_ATIME=1` leave atimes out of stat results
 //! * `OVLFUSE_DIFF_STRICT=1`   also generate the kinds whose difference ovlfuse documents as
 //!   deliberate (DOCUMENTED_DIFFERENCES)
+//! * `OVLFUSE_DIFF_USERXATTR=1` mount both sides with `userxattr` (overlay xattrs in
+//!   user.overlay.*, no redirects: how rootless podman's layers are written), opaque lower
+//!   directories marked so, and the overlay names among the xattrs set through the mount
+//!   taken from user.overlay.*
 //!
 //! A mismatch report names the seed, the step, the operation and both results.  Seeds are
 //! reproducible for a given version of this file (changing the generator changes them).
@@ -149,6 +153,7 @@ impl LE {
             LE::Symlink(p, t) => E::Symlink(p, t),
             LE::Fifo(p) => E::Fifo(p),
             LE::Whiteout(p) => E::Whiteout(p),
+            LE::Opaque(p) if userxattr() => E::Xattr(p, "user.overlay.opaque", b"y"),
             LE::Opaque(p) => E::Opaque(p),
             LE::Xattr(p, n, v) => E::Xattr(p, n, v),
             LE::Mode(p, m) => E::Mode(p, *m),
@@ -1175,6 +1180,48 @@ const XATTR_NAMES: &[&str] = &[
     "trusted.overlay.x",
     "trusted.overlay.opaque",
 ];
+/// XATTR_NAMES with the overlay's own names in user.overlay.* (the same count, so a seed
+/// makes the same choices in both modes).
+const XATTR_NAMES_USERXATTR: &[&str] = &[
+    "user.k1",
+    "user.k2",
+    "user.dx",
+    "user.new",
+    "user.k1",
+    "user.dx",
+    "trusted.t1",
+    "user.overlay.x",
+    "user.overlay.opaque",
+];
+
+fn xattr_names() -> &'static [&'static str] {
+    if userxattr() {
+        XATTR_NAMES_USERXATTR
+    } else {
+        XATTR_NAMES
+    }
+}
+
+/// OVLFUSE_DIFF_USERXATTR=1: both sides mounted with `userxattr` (see the module doc).
+fn userxattr() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("OVLFUSE_DIFF_USERXATTR").is_ok_and(|v| v != "0"))
+}
+
+/// The kernel overlay on `st`: redirects on, or in userxattr mode as rootless podman's
+/// (redirects off, which the kernel makes its default with `userxattr`).
+fn mount_kernel_side(st: &Stack) -> common::MountGuard {
+    if userxattr() {
+        common::mount_kernel_plain(st, "index=off,metacopy=off,userxattr")
+    } else {
+        common::mount_kernel(st)
+    }
+}
+
+/// ovlfuse on `st`, with `userxattr` in userxattr mode.
+fn mount_ovlfuse_side(st: &Stack) -> common::MountGuard {
+    common::mount_ovlfuse(st, if userxattr() { &["userxattr"] } else { &[] })
+}
 
 /// Paths that probably exist: everything the layers create (whiteouts aside) and everything
 /// earlier operations try to create.  Picking from these keeps most operations from failing
@@ -1487,7 +1534,7 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
         },
         15 => Op::SetXattr {
             path,
-            name: rng.pick(XATTR_NAMES).to_string(),
+            name: rng.pick(xattr_names()).to_string(),
             // now and then more than fits beside the inode (ext4 then takes a block)
             value: {
                 let max = if rng.pct(10) { 3000 } else { 20 };
@@ -1497,11 +1544,11 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
         },
         16 => Op::RemoveXattr {
             path: pg.pick_xattr_path(rng),
-            name: rng.pick(XATTR_NAMES).to_string(),
+            name: rng.pick(xattr_names()).to_string(),
         },
         17 => Op::GetXattr {
             path: pg.pick_xattr_path(rng),
-            name: rng.pick(XATTR_NAMES).to_string(),
+            name: rng.pick(xattr_names()).to_string(),
         },
         18 => Op::ListXattr {
             path: pg.pick_xattr_path(rng),
@@ -1573,7 +1620,7 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
         }
         35 => Op::GetXattrSized {
             path: pg.pick_xattr_path(rng),
-            name: rng.pick(XATTR_NAMES).to_string(),
+            name: rng.pick(xattr_names()).to_string(),
             size: *rng.pick(&[0usize, 1, 3]),
         },
         36 => Op::ListXattrSized {
@@ -1623,12 +1670,12 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
         },
         42 => Op::FsetxattrHeld {
             slot: rng.below(HELD_SLOTS as u64) as usize,
-            name: rng.pick(XATTR_NAMES).to_string(),
+            name: rng.pick(xattr_names()).to_string(),
             value: rng.data(20),
         },
         43 => Op::FgetxattrHeld {
             slot: rng.below(HELD_SLOTS as u64) as usize,
-            name: rng.pick(XATTR_NAMES).to_string(),
+            name: rng.pick(xattr_names()).to_string(),
         },
         44 => Op::FutimensHeld {
             slot: rng.below(HELD_SLOTS as u64) as usize,
@@ -1691,7 +1738,7 @@ fn gen_op(rng: &mut Rng, pg: &PathGen) -> Op {
                     1_500_000_000 + rng.below(1000) as i64,
                     rng.below(1_000_000_000) as i64,
                 )),
-                4 => ProcAct::SetXattr(rng.pick(XATTR_NAMES).to_string(), rng.data(20)),
+                4 => ProcAct::SetXattr(rng.pick(xattr_names()).to_string(), rng.data(20)),
                 _ => ProcAct::Reopen(*rng.pick(&[
                     HeldMode::ReadOnly,
                     HeldMode::ReadWrite,
@@ -3004,11 +3051,8 @@ impl fmt::Display for Failure {
 
 static CASE_COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-const IGNORED_UPPER_XATTRS: &[&str] = &[
-    "trusted.overlay.origin",
-    "trusted.overlay.nlink",
-    "trusted.overlay.uuid",
-];
+/// Kernel-private xattrs (after their trusted.overlay. or user.overlay. prefix).
+const IGNORED_UPPER_XATTRS: &[&str] = &["origin", "nlink", "uuid"];
 
 fn is_whiteout(n: &Node) -> bool {
     n.kind == 'c' && n.rdev == 0
@@ -3016,19 +3060,63 @@ fn is_whiteout(n: &Node) -> bool {
 
 /// Normalize an upper-dir snapshot: drop kernel-private xattrs that ovlfuse need not write
 /// identically, and the link count of whiteouts (the kernel shares one whiteout inode).
-/// `impure` marks are compared only with `with_impure`.
+/// `impure` marks are compared only with `with_impure`, and in userxattr mode only on
+/// directories holding an entry that records where it came from (see `inert_impure_marks`).
 fn normalize_upper(mut m: BTreeMap<PathBuf, Node>, with_impure: bool) -> BTreeMap<PathBuf, Node> {
+    let inert = if userxattr() {
+        inert_impure_marks(&m)
+    } else {
+        Vec::new()
+    };
+    for dir in inert {
+        if let Some(n) = m.get_mut(&dir) {
+            n.xattrs.remove("user.overlay.impure");
+        }
+    }
     for n in m.values_mut() {
         n.xattrs.retain(|k, _| {
-            !(IGNORED_UPPER_XATTRS.contains(&k.as_str())
-                || k.starts_with("trusted.overlay.ovlfuse.")
-                || (!with_impure && k == "trusted.overlay.impure"))
+            let Some(own) = k
+                .strip_prefix("trusted.overlay.")
+                .or_else(|| k.strip_prefix("user.overlay."))
+            else {
+                return true;
+            };
+            !(IGNORED_UPPER_XATTRS.contains(&own)
+                || own.starts_with("ovlfuse.")
+                || (!with_impure && own == "impure"))
         });
         if is_whiteout(n) {
             n.nlink = 0;
         }
     }
     m
+}
+
+/// Directories of an upper snapshot marked impure although no entry of theirs records an
+/// origin or a redirect. With `userxattr` a copied-up symlink or special file cannot carry
+/// its origin (user.* xattrs are for files and directories only); the kernel then marks the
+/// directory it moves or is linked to while its in-memory inode shows the lower file's
+/// number, and drops the mark at a listing that finds none, depending on which names it
+/// still caches. Such a mark is inert: a later mount finds no origin to look up, and drops
+/// it at its first listing.
+fn inert_impure_marks(m: &BTreeMap<PathBuf, Node>) -> Vec<PathBuf> {
+    let records_origin = |n: &Node| {
+        n.xattrs.keys().any(|k| {
+            k.strip_prefix("user.overlay.")
+                .is_some_and(|own| matches!(own, "origin" | "ovlfuse.origin" | "redirect"))
+        })
+    };
+    let meaningful: std::collections::BTreeSet<&Path> = m
+        .iter()
+        .filter(|(_, n)| records_origin(n))
+        .filter_map(|(p, _)| p.parent())
+        .collect();
+    m.iter()
+        .filter(|(p, n)| {
+            n.xattrs.contains_key("user.overlay.impure") && !meaningful.contains(p.as_path())
+        })
+        .map(|(p, _)| p.clone())
+        .collect()
 }
 
 fn snapshot_timeout(root: &Path, sel: XattrSel) -> Result<BTreeMap<PathBuf, Node>, Failure> {
@@ -3391,8 +3479,8 @@ fn run_case(case: &Case, verbose: bool) -> Result<Outcome, Failure> {
         fix_times(&f.lowers[i]);
     }
 
-    let kg = common::mount_kernel(&k);
-    let fg = common::mount_ovlfuse(&f, &[]);
+    let kg = mount_kernel_side(&k);
+    let fg = mount_ovlfuse_side(&f);
     let kroot = kg.path().to_path_buf();
     let froot = fg.path().to_path_buf();
 
@@ -3449,7 +3537,7 @@ fn run_case(case: &Case, verbose: bool) -> Result<Outcome, Failure> {
     {
         let sx = Scratch::new(&format!("{}-xk", base));
         let st = fresh_stack_over(&sx, &f.lowers, &f.upper);
-        let g = common::mount_kernel(&st);
+        let g = mount_kernel_side(&st);
         let snap = snapshot_timeout(g.path(), XattrSel::User)?;
         // Immutable and append-only flags live in ovlfuse's protattr xattrs there.
         let flags = inode_flags_of_tree(g.path(), &snap);
@@ -3469,7 +3557,7 @@ fn run_case(case: &Case, verbose: bool) -> Result<Outcome, Failure> {
     {
         let sx = Scratch::new(&format!("{}-xf", base));
         let st = fresh_stack_over(&sx, &k.lowers, &k.upper);
-        let g = common::mount_ovlfuse(&st, &[]);
+        let g = mount_ovlfuse_side(&st);
         let snap = snapshot_timeout(g.path(), XattrSel::User)?;
         let flags = inode_flags_of_tree(g.path(), &snap);
         g.unmount();
@@ -3687,7 +3775,7 @@ fn run_concurrent_ops(seed: u64, threads: usize, shown_ops: &mut String) -> Resu
         build_layer(&f.lowers[i], layer);
     }
     let lc = LowerCheck::new(&f.lowers);
-    let g = common::mount_ovlfuse(&f, &[]);
+    let g = mount_ovlfuse_side(&f);
     let root = g.path().to_path_buf();
     // Operation i goes to thread i % threads, each with descriptor slots of its own.
     let mut shares: Vec<Vec<Op>> = vec![Vec::new(); threads];
@@ -3779,9 +3867,9 @@ fn run_concurrent_ops(seed: u64, threads: usize, shown_ops: &mut String) -> Resu
         let sx = Scratch::new(&format!("conc-{seed}-x{}", kernel as u8));
         let st = fresh_stack_over(&sx, &f.lowers, &f.upper);
         let g = if kernel {
-            common::mount_kernel(&st)
+            mount_kernel_side(&st)
         } else {
-            common::mount_ovlfuse(&st, &[])
+            mount_ovlfuse_side(&st)
         };
         let snap = snapshot_timeout(g.path(), XattrSel::User).map_err(|e| format!("{e}"))?;
         g.unmount();
