@@ -28,7 +28,8 @@
 //! * `OVLFUSE_DIFF_USERXATTR=1` mount both sides with `userxattr` (overlay xattrs in
 //!   user.overlay.*, no redirects: how rootless podman's layers are written), opaque lower
 //!   directories marked so, and the overlay names among the xattrs set through the mount
-//!   taken from user.overlay.*
+//!   taken from user.overlay.* (`random_sequences_userxattr` always runs this way, with
+//!   `OVLFUSE_DIFF_USERXATTR_SEEDS` seeds, default 100)
 //!
 //! A mismatch report names the seed, the step, the operation and both results.  Seeds are
 //! reproducible for a given version of this file (changing the generator changes them).
@@ -1202,10 +1203,27 @@ fn xattr_names() -> &'static [&'static str] {
     }
 }
 
-/// OVLFUSE_DIFF_USERXATTR=1: both sides mounted with `userxattr` (see the module doc).
+thread_local! {
+    /// Set on the thread of `random_sequences_userxattr`, whatever the environment says.
+    static USERXATTR_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether cases are generated, built and mounted in userxattr mode (see the module doc):
+/// OVLFUSE_DIFF_USERXATTR=1, or on the thread of `random_sequences_userxattr`.
 fn userxattr() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("OVLFUSE_DIFF_USERXATTR").is_ok_and(|v| v != "0"))
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    USERXATTR_HERE.with(|c| c.get())
+        || *ENV.get_or_init(|| std::env::var("OVLFUSE_DIFF_USERXATTR").is_ok_and(|v| v != "0"))
+}
+
+/// The command that replays `seed` in the mode of this thread.
+fn replay_command(seed: u64) -> String {
+    let mode = if userxattr() {
+        "OVLFUSE_DIFF_USERXATTR=1 "
+    } else {
+        ""
+    };
+    format!("{mode}OVLFUSE_SEED={seed} cargo test --test differential replay -- --nocapture")
 }
 
 /// The kernel overlay on `st`: redirects on, or in userxattr mode as rootless podman's
@@ -3599,10 +3617,7 @@ fn run_case_caught(case: &Case, verbose: bool) -> Result<Outcome, Failure> {
 
 fn replay_hint(case: &Case) -> String {
     match case.seed {
-        Some(s) => format!(
-            "replay: OVLFUSE_SEED={} cargo test --test differential replay -- --nocapture",
-            s
-        ),
+        Some(s) => format!("replay: {}", replay_command(s)),
         None => format!(
             "replay: cargo test --test differential {} -- --nocapture",
             case.name
@@ -3927,6 +3942,25 @@ fn random_sequences() {
     }
     let n = env_u64("OVLFUSE_DIFF_SEEDS").unwrap_or(DEFAULT_SEEDS);
     let base = env_u64("OVLFUSE_DIFF_BASE_SEED").unwrap_or(DEFAULT_BASE_SEED);
+    run_random_sequences("random_sequences", n, base);
+}
+
+/// `random_sequences` in userxattr mode (rootless podman's format: user.overlay.* xattrs,
+/// no redirects), whatever OVLFUSE_DIFF_USERXATTR says; OVLFUSE_DIFF_USERXATTR_SEEDS seeds
+/// (default 100) from OVLFUSE_DIFF_BASE_SEED.
+#[test]
+fn random_sequences_userxattr() {
+    if !common::fuse_available() {
+        return;
+    }
+    let n = env_u64("OVLFUSE_DIFF_USERXATTR_SEEDS").unwrap_or(100);
+    let base = env_u64("OVLFUSE_DIFF_BASE_SEED").unwrap_or(DEFAULT_BASE_SEED);
+    USERXATTR_HERE.with(|c| c.set(true));
+    run_random_sequences("random_sequences_userxattr", n, base);
+}
+
+/// Runs seeds `base..base + n` on this thread; panics with a summary if any differ.
+fn run_random_sequences(test: &str, n: u64, base: u64) {
     let fail_fast = std::env::var("OVLFUSE_DIFF_FAIL_FAST")
         .map(|v| v != "0")
         .unwrap_or(false);
@@ -3971,7 +4005,7 @@ fn random_sequences() {
         }
     }
     eprintln!(
-        "random_sequences: {} seeds from {} in {:?}, {} failing",
+        "{test}: {} seeds from {} in {:?}, {} failing",
         n,
         base,
         start.elapsed(),
@@ -4014,12 +4048,12 @@ fn random_sequences() {
         s += "Details:\n";
         for (seed, f, again) in &failures {
             s += &format!(
-                "  seed {}: {}\n    (reproduced on {}/{} reruns)\n    replay: OVLFUSE_SEED={} cargo test --test differential replay -- --nocapture\n",
+                "  seed {}: {}\n    (reproduced on {}/{} reruns)\n    replay: {}\n",
                 seed,
                 f.to_string().replace('\n', "\n  "),
                 again,
                 RERUNS,
-                seed
+                replay_command(*seed)
             );
         }
         panic!("{}", s);
