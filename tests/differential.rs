@@ -1181,26 +1181,22 @@ const XATTR_NAMES: &[&str] = &[
     "trusted.overlay.x",
     "trusted.overlay.opaque",
 ];
-/// XATTR_NAMES with the overlay's own names in user.overlay.* (the same count, so a seed
-/// makes the same choices in both modes).
-const XATTR_NAMES_USERXATTR: &[&str] = &[
-    "user.k1",
-    "user.k2",
-    "user.dx",
-    "user.new",
-    "user.k1",
-    "user.dx",
-    "trusted.t1",
-    "user.overlay.x",
-    "user.overlay.opaque",
-];
-
+/// XATTR_NAMES, with the overlay's own names in user.overlay.* in userxattr mode (as many,
+/// so that a seed makes the same choices in both modes).
 fn xattr_names() -> &'static [&'static str] {
-    if userxattr() {
-        XATTR_NAMES_USERXATTR
-    } else {
-        XATTR_NAMES
+    static USER: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    if !userxattr() {
+        return XATTR_NAMES;
     }
+    USER.get_or_init(|| {
+        XATTR_NAMES
+            .iter()
+            .map(|n| match n.strip_prefix("trusted.overlay.") {
+                Some(own) => &*Box::leak(format!("user.overlay.{own}").into_boxed_str()),
+                None => *n,
+            })
+            .collect()
+    })
 }
 
 thread_local! {
