@@ -3281,6 +3281,7 @@ fn run_ops(
         if rk != rf {
             if let Some(why) = documented_divergence(op, &rk, &rf, &fheld)
                 .or_else(|| protection_checked_late(op, &rk, &rf, kroot, &kheld))
+                .or_else(|| linked_copy_without_origin(op, froot, &fheld))
             {
                 kernel.push(rk);
                 stopped = Some(why);
@@ -3405,6 +3406,35 @@ fn protection_checked_late(
         .iter()
         .any(|p| protected(p, false) || protected(p, true))
         .then_some("a protected object refused by the VFS's own checks first")
+}
+
+/// The documented difference "hard links to a copy that could not record its origin"
+/// (README): with `userxattr`, a copied-up symlink, FIFO or device keeps no origin (user.*
+/// xattrs are for files and directories only), and a name linked to it through the mount is
+/// another inode on the kernel overlay until the next mount (its own FIFO; a rename of one
+/// name onto the other is checked as between two objects, or fails with ESTALE). ovlfuse
+/// keeps one inode. Only where an object the operation names is such a hard link on the
+/// ovlfuse side.
+fn linked_copy_without_origin(op: &Op, froot: &Path, fheld: &Held) -> Option<&'static str> {
+    if !userxattr() {
+        return None;
+    }
+    let linked_special = |p: &Path| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| {
+            let t = m.file_type();
+            !t.is_file() && !t.is_dir() && std::os::unix::fs::MetadataExt::nlink(&m) > 1
+        })
+    };
+    named_paths(op)
+        .into_iter()
+        .filter_map(|(slot, p)| match slot {
+            Some(slot) => held_fd(fheld, slot)
+                .ok()
+                .map(|fd| PathBuf::from(format!("/proc/self/fd/{fd}")).join(p)),
+            None => Some(froot.join(p)),
+        })
+        .any(|p| linked_special(&p))
+        .then_some("a hard link to a copy that could not record its origin (userxattr)")
 }
 
 /// `op` without an `As` wrapper.
