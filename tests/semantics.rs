@@ -5261,6 +5261,74 @@ fn listings_with_names_only_show_what_listings_with_attributes_show() {
     }
 }
 
+/// With the writeback cache the kernel keeps a file's times and moves them for a
+/// truncate(2) by path only where the size changes. A truncate of a lower file to the size
+/// it has must then leave its copy's mtime as the mount shows it, so that the next mount
+/// shows the same (it used to show the time of the truncate there, and the old one
+/// here). A truncate that changes the size moves the mtime on both.
+#[test]
+fn truncate_to_its_own_size_keeps_the_shown_mtime_with_the_writeback_cache() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("sem-truncate-same-size-wb");
+    let st = Stack::new(&sc, 1);
+    build(
+        &st.lowers[0],
+        &[
+            E::File("same", b"0123456789"),
+            E::File("other", b"0123456789"),
+        ],
+    );
+    let old = (1_100_000_000, 0);
+    for name in ["same", "other"] {
+        ok(
+            set_times(&st.lowers[0].join(name), old, old),
+            "set lower times",
+        );
+    }
+    let g = mount_ovlfuse(&st, &["passthrough=off"]);
+    let truncate = |name: &str, size: i64| {
+        let c = cpath(&st.mnt.join(name));
+        ok(cvt(unsafe { libc::truncate(c.as_ptr(), size) }), "truncate");
+    };
+    truncate("same", 10);
+    truncate("other", 4);
+    let shown = ok(mtime_of(&st.mnt.join("same")), "mtime in the mount");
+    assert_eq!(
+        shown, old,
+        "the mount shows the truncated file's mtime as it was"
+    );
+    let stored = ok(mtime_of(&st.upper.join("same")), "mtime of the upper copy");
+    assert_eq!(
+        stored, shown,
+        "the upper copy keeps the mtime the mount shows"
+    );
+    let other = ok(
+        mtime_of(&st.mnt.join("other")),
+        "mtime of the shortened file",
+    );
+    assert!(
+        other.0 > old.0,
+        "shortening a file moves its mtime: {other:?}"
+    );
+    assert_eq!(
+        ok(
+            mtime_of(&st.upper.join("other")),
+            "upper mtime of the shortened file"
+        ),
+        other
+    );
+    g.unmount();
+    let g = mount_ovlfuse(&st, &["passthrough=off"]);
+    assert_eq!(
+        ok(mtime_of(&st.mnt.join("same")), "mtime after a remount"),
+        shown,
+        "the next mount shows what this one showed"
+    );
+    g.unmount();
+}
+
 /// SEEK_DATA and SEEK_HOLE never report a hole over data the kernel still caches: with
 /// the writeback cache the upper file lacks it until write-back, so the kernel answers
 /// these itself from the size it keeps (all data). Without that, a sparse-aware copy (`cp`)

@@ -450,7 +450,14 @@ impl Overlay {
                 }
                 (None, Target::Fd(fd)) => Arc::new(fs::reopen(fd.as_fd(), libc::O_WRONLY)?),
             };
-            fs::ftruncate(fd.as_fd(), size)?;
+            // With the writeback cache the kernel keeps a file's times itself, and moves
+            // them for a truncate(2) only where the size changes (then it sends them along):
+            // truncating the copy to the size it has would move its times where the mount
+            // shows none moving, until the next mount shows them moved.
+            let keeps_times = self.writes_cached() && set.mtime.is_none() && set.fh.is_none();
+            if !(keeps_times && fs::fstat(fd.as_fd())?.st_size as u64 == size) {
+                fs::ftruncate(fd.as_fd(), size)?;
+            }
             self.kill_suid_sgid(ctx, &node, &fd);
         }
         if set.atime.is_some() || set.mtime.is_some() {
