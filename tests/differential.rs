@@ -3418,14 +3418,14 @@ fn protection_checked_late(
 /// xattrs are for files and directories only), and a name linked to it through the mount is
 /// another inode on the kernel overlay until the next mount (its own FIFO; a rename of one
 /// name onto the other is checked as between two objects, or fails with ESTALE). ovlfuse
-/// keeps one inode. Only where an object the operation names is such a hard link on the
-/// ovlfuse side.
+/// keeps one inode. Only where an object the operation names (or a symlink there leads to)
+/// is such a hard link on the ovlfuse side.
 fn linked_copy_without_origin(op: &Op, froot: &Path, fheld: &Held) -> Option<&'static str> {
     if !userxattr() {
         return None;
     }
-    let linked_special = |p: &Path| {
-        std::fs::symlink_metadata(p).is_ok_and(|m| {
+    let linked_special = |m: std::io::Result<std::fs::Metadata>| {
+        m.is_ok_and(|m| {
             let t = m.file_type();
             !t.is_file() && !t.is_dir() && std::os::unix::fs::MetadataExt::nlink(&m) > 1
         })
@@ -3438,7 +3438,8 @@ fn linked_copy_without_origin(op: &Op, froot: &Path, fheld: &Held) -> Option<&'s
                 .map(|fd| PathBuf::from(format!("/proc/self/fd/{fd}")).join(p)),
             None => Some(froot.join(p)),
         })
-        .any(|p| linked_special(&p))
+        // The name itself, or what a symlink there leads to.
+        .any(|p| linked_special(std::fs::symlink_metadata(&p)) || linked_special(p.metadata()))
         .then_some("a hard link to a copy that could not record its origin (userxattr)")
 }
 
