@@ -3963,7 +3963,24 @@ fn concurrent_sequences() {
     if !common::fuse_available() {
         return;
     }
-    let n = env_u64("OVLFUSE_DIFF_CONC_SEEDS").unwrap_or(64);
+    run_concurrent_sequences(64);
+}
+
+/// `concurrent_sequences` in userxattr mode (see `random_sequences_userxattr`), 32 seeds
+/// unless OVLFUSE_DIFF_CONC_SEEDS says otherwise.
+#[test]
+fn concurrent_sequences_userxattr() {
+    if !common::fuse_available() {
+        return;
+    }
+    USERXATTR_HERE.with(|c| c.set(true));
+    run_concurrent_sequences(32);
+}
+
+/// Runs `default_n` (or OVLFUSE_DIFF_CONC_SEEDS) concurrent seeds on this thread; panics
+/// listing the failures.
+fn run_concurrent_sequences(default_n: u64) {
+    let n = env_u64("OVLFUSE_DIFF_CONC_SEEDS").unwrap_or(default_n);
     let base = env_u64("OVLFUSE_DIFF_CONC_BASE_SEED").unwrap_or(0x0C0C_0000);
     let threads = env_u64("OVLFUSE_DIFF_CONC_THREADS").unwrap_or(4).max(2) as usize;
     let failures: Vec<String> = (base..base + n)
