@@ -3446,8 +3446,9 @@ fn linked_copy_without_origin(op: &Op, froot: &Path, fheld: &Held) -> Option<&'s
 /// The documented difference "a truncate(2) to a file's own size moves no times with the
 /// writeback cache" (README): the kernel's FUSE client keeps the times of a file it caches
 /// writes for and moves them only where the size changes; the kernel overlay's moves them.
-/// Asked before the operation runs: whether `op` is such a truncate on the ovlfuse side
-/// (by path, of a regular file or a symlink to one, to the size it has) in a run without passthrough.
+/// Asked before the operation runs: whether `op` is such a truncate on the ovlfuse side (by
+/// path, of a regular file or a symlink to one, to the size it has) in a run without
+/// passthrough.
 fn truncate_keeping_times(op: &Op, froot: &Path) -> Option<&'static str> {
     let Op::Truncate { path, size } = unwrap_as(op) else {
         return None;
