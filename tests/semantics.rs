@@ -7779,6 +7779,53 @@ fn attributes_set_on_an_open_file_hold_for_its_descriptor_as_on_the_kernel() {
     t.finish(true);
 }
 
+/// ftruncate through a descriptor opened before `chattr +i`: the VFS checks only
+/// append-only there, so the kernel overlay extends the file. With the writeback cache the
+/// kernel sends the truncate's times along with the size; ovlfuse refused those as a
+/// change of times to an immutable file (EPERM; random seed 200067009).
+#[test]
+fn ftruncate_through_a_descriptor_opened_before_chattr_i_as_on_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    const IMMUTABLE: u32 = 0x10;
+    let mut shown = Vec::new();
+    for (who, opts) in [
+        ("kernel", None),
+        ("ovlfuse", Some(&[][..])),
+        ("ovlfuse passthrough=off", Some(&["passthrough=off"][..])),
+    ] {
+        let sc = Scratch::new("sem-ftruncate-after-chattr-i");
+        let st = Stack::new(&sc, 1);
+        build(&st.lowers[0], &[E::File("f", b"12345678")]);
+        let lc = LowerCheck::new(&st.lowers);
+        let g = match opts {
+            None => mount_kernel(&st),
+            Some(o) => mount_ovlfuse(&st, o),
+        };
+        let f = ok(
+            fs::OpenOptions::new().append(true).open(st.mnt.join("f")),
+            "open O_WRONLY|O_APPEND",
+        );
+        ok(set_inode_flags(&st.mnt.join("f"), IMMUTABLE), "chattr +i");
+        let r = outcome_unit(&f.set_len(100));
+        let size = ok(fs::metadata(st.mnt.join("f")), "stat").len();
+        drop(f);
+        ok(set_inode_flags(&st.mnt.join("f"), 0), "chattr -i");
+        g.unmount();
+        lc.verify();
+        shown.push((who, r, size));
+    }
+    for (who, r, size) in &shown[1..] {
+        assert_eq!(
+            (r, size),
+            (&shown[0].1, &shown[0].2),
+            "{who}: ftruncate and size, against the kernel overlay's"
+        );
+    }
+    assert_eq!(shown[0].2, 100, "the kernel overlay extends the file");
+}
+
 #[test]
 fn append_only_and_immutable_files_as_on_the_kernel() {
     if !fuse_available() {
