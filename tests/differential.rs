@@ -3387,18 +3387,9 @@ fn protection_checked_late(
         unsafe { get_inode_flags_of(&c, follow) }
             .is_ok_and(|(_, f)| f & (FS_APPEND_FL | FS_IMMUTABLE_FL) != 0)
     };
-    let held = |slot: usize| {
-        held_fd(kheld, slot)
-            .ok()
-            .map(|fd| PathBuf::from(format!("/proc/self/fd/{fd}")))
-    };
     let mut objects = Vec::new();
     for (slot, p) in named_paths(op) {
-        // A name relative to a held directory: reached through its /proc link.
-        let Some(base) = (match slot {
-            Some(slot) => held(slot),
-            None => Some(kroot.to_path_buf()),
-        }) else {
+        let Some(base) = base_of(slot, kroot, kheld) else {
             continue;
         };
         let parent = Path::new(p).parent().unwrap_or(Path::new(""));
@@ -3406,7 +3397,7 @@ fn protection_checked_late(
         objects.push(base.join(parent).join("."));
     }
     // The object a held descriptor refers to.
-    objects.extend(held_object(op).and_then(held));
+    objects.extend(held_object(op).and_then(|slot| held_path(kheld, slot)));
     objects
         .iter()
         .any(|p| protected(p, false) || protected(p, true))
@@ -3432,12 +3423,7 @@ fn linked_copy_without_origin(op: &Op, froot: &Path, fheld: &Held) -> Option<&'s
     };
     named_paths(op)
         .into_iter()
-        .filter_map(|(slot, p)| match slot {
-            Some(slot) => held_fd(fheld, slot)
-                .ok()
-                .map(|fd| PathBuf::from(format!("/proc/self/fd/{fd}")).join(p)),
-            None => Some(froot.join(p)),
-        })
+        .filter_map(|(slot, p)| Some(base_of(slot, froot, fheld)?.join(p)))
         // The name itself, or what a symlink there leads to.
         .any(|p| linked_special(std::fs::symlink_metadata(&p)) || linked_special(p.metadata()))
         .then_some("a hard link to a copy that could not record its origin (userxattr)")
@@ -3456,6 +3442,22 @@ fn truncate_keeping_times(op: &Op, froot: &Path) -> Option<&'static str> {
     (common::data_path_opt() == Some("passthrough=off")
         && std::fs::metadata(froot.join(path)).is_ok_and(|m| m.is_file() && m.len() == *size))
     .then_some("a truncate(2) to the file's own size with the writeback cache")
+}
+
+/// The /proc link of the descriptor held in `slot`.
+fn held_path(held: &Held, slot: usize) -> Option<PathBuf> {
+    held_fd(held, slot)
+        .ok()
+        .map(|fd| PathBuf::from(format!("/proc/self/fd/{fd}")))
+}
+
+/// What a name of `named_paths` is relative to: the mount root, or a held directory
+/// reached through its /proc link.
+fn base_of(slot: Option<usize>, root: &Path, held: &Held) -> Option<PathBuf> {
+    match slot {
+        Some(slot) => held_path(held, slot),
+        None => Some(root.to_path_buf()),
+    }
 }
 
 /// `op` without an `As` wrapper.

@@ -499,6 +499,11 @@ fn unescape_mountinfo(s: &str) -> OsString {
 /// The current mount table of this process's namespace.
 pub fn mounts() -> Vec<MountEntry> {
     let text = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    parse_mountinfo(&text)
+}
+
+/// The entries of a `/proc/PID/mountinfo` text.
+fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     let mut v = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
@@ -627,11 +632,9 @@ pub fn namespaces_holding(dev: &str) -> Vec<(u32, String)> {
         let Ok(text) = fs::read_to_string(format!("/proc/{pid}/mountinfo")) else {
             continue;
         };
-        let holds = text.lines().any(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let fstype = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1));
-            f.get(2) == Some(&dev) && fstype.is_some_and(|t| t.starts_with("fuse"))
-        });
+        let holds = parse_mountinfo(&text)
+            .iter()
+            .any(|m| m.dev == dev && m.fstype.starts_with("fuse"));
         if holds {
             let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             out.push((pid, comm.trim().to_string()));
