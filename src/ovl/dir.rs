@@ -862,6 +862,44 @@ impl Overlay {
         }
     }
 
+    /// Moves the upper entry `oname` of `odir` to the free name `nname` of `ndir` and leaves
+    /// a whiteout at `oname`, as RENAME_WHITEOUT does, where the upper filesystem lacks it:
+    /// a whiteout is put at the new name (where it hides nothing) and exchanged with the
+    /// entry. OCI markers need no exchange: the marker at the old name goes first, and the
+    /// upper entry shadows it until the rename. Returns false, having changed nothing,
+    /// where the filesystem cannot exchange either.
+    fn rename_leaving_whiteout(
+        &self,
+        odir: BorrowedFd<'_>,
+        oname: &OsStr,
+        ndir: BorrowedFd<'_>,
+        nname: &OsStr,
+    ) -> SysResult<bool> {
+        if self.layers.whiteout_format == whiteout::Format::Oci {
+            whiteout::make_oci_marker(odir, oname)?;
+            let res = fs::renameat2(odir, oname, ndir, nname, 0);
+            if res.is_err() {
+                let _ = fs::unlinkat(odir, &whiteout::oci_marker_for(oname), false);
+            }
+            return res.map(|()| true);
+        }
+        if self.layers.whiteout_format == whiteout::Format::Xattr {
+            // The whiteout ends up in the old directory, which must say it holds such.
+            whiteout::mark_xwhiteouts(odir, self.layers.xattr_prefix)?;
+        }
+        self.new_whiteout(ndir, nname)?;
+        match fs::renameat2(odir, oname, ndir, nname, fs::RENAME_EXCHANGE) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let _ = fs::unlinkat(ndir, nname, false);
+                match e {
+                    Errno::EINVAL | Errno::EOPNOTSUPP => Ok(false),
+                    e => Err(e),
+                }
+            }
+        }
+    }
+
     /// Atomically replaces the upper entry `name` in `dir` by a whiteout. Returns the name
     /// the old entry (a directory holding only whiteouts, maybe many) now has in the work
     /// directory, for the caller to dispose of once the rename is over.
@@ -1158,8 +1196,14 @@ impl Overlay {
             match fs::renameat2(ofd, oname, nfd, nname, rflags | fs::RENAME_WHITEOUT) {
                 Ok(()) => {}
                 Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) | Err(Errno::EPERM) => {
-                    fs::renameat2(ofd, oname, nfd, nname, rflags)?;
-                    whiteout_after = true;
+                    // An upper filesystem without RENAME_WHITEOUT (an overlay): to a free
+                    // name, still one step that a crash cannot split. Over a target the
+                    // view shows (or without exchanges either), two steps: for a moment,
+                    // or after a crash then, the lower object shows at the old name too.
+                    if dst.is_some() || !self.rename_leaving_whiteout(ofd, oname, nfd, nname)? {
+                        fs::renameat2(ofd, oname, nfd, nname, rflags)?;
+                        whiteout_after = true;
+                    }
                 }
                 Err(e) => return Err(e),
             }
