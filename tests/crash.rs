@@ -23,7 +23,8 @@ use common::*;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -57,6 +58,8 @@ enum Op {
     Link(&'static str, &'static str),
     Rename(&'static str, &'static str),
     Exchange(&'static str, &'static str),
+    /// (directory, name, data): an O_TMPFILE file written, synced and linked in as name.
+    Tmpfile(&'static str, &'static str, &'static [u8]),
 }
 
 impl Op {
@@ -66,6 +69,9 @@ impl Op {
             Op::Append(f, d) => format!("append {} to {f}", show_bytes(d)),
             Op::Overwrite(f, d) => format!("overwrite the start of {f} with {}", show_bytes(d)),
             Op::SetXattr(f, n, v) => format!("setxattr {n}={} on {f}", show_bytes(v)),
+            Op::Tmpfile(d, n, v) => {
+                format!("O_TMPFILE in {d} with {}, linked as {n}", show_bytes(v))
+            }
             other => format!("{other:?}"),
         }
     }
@@ -100,6 +106,15 @@ impl Op {
             Op::Link(from, to) => fs::hard_link(p(from), p(to)),
             Op::Rename(from, to) => fs::rename(p(from), p(to)),
             Op::Exchange(a, b) => renameat2(&p(a), &p(b), libc::RENAME_EXCHANGE),
+            Op::Tmpfile(dir, name, data) => {
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_TMPFILE)
+                    .open(p(dir))?;
+                file.write_all_at(data, 0)?;
+                file.sync_all()?;
+                link_open_file(file.as_raw_fd(), &p(dir).join(name))
+            }
         }
     }
 }
@@ -145,6 +160,12 @@ const OPS: &[Op] = &[
     Op::Rmdir("m"),
     Op::Mkdir("m"),
     Op::Mknod("m/again"),
+    Op::Unlink("d5/q"),
+    Op::Rename("d4", "d5"),
+    Op::Chmod("d6", 0o700),
+    Op::SetXattr("d6/sub", "user.d", b"1"),
+    Op::Tmpfile("d6/sub", "t.linked", b"tmp data\n"),
+    Op::Link("f00", "newdir2/f00.link"),
 ];
 
 fn pattern(seed: u8) -> Vec<u8> {
@@ -179,6 +200,10 @@ fn build_lowers(lowers: &[PathBuf]) {
         E::Mode("d3/deep", 0o750),
         E::Dir("empty"),
         E::Symlink("l0", "f00"),
+        E::File("d4/p", b"d4/p\n"),
+        E::File("d4/sub/r", b"d4/sub/r\n"),
+        E::File("d5/q", b"d5/q\n"),
+        E::File("d6/sub/s", b"d6/sub/s\n"),
     ]);
     build(&lowers[1], &l1);
     build(
@@ -189,6 +214,7 @@ fn build_lowers(lowers: &[PathBuf]) {
             E::File("d0/a", b"d0/a\n"),
             E::File("d0/b", b"d0/b\n"),
             E::File("d0/sub/x", b"d0/sub/x\n"),
+            E::File("d4/o", b"d4/o in lower0\n"),
         ],
     );
     for (layer, name, seed) in [(&lowers[1], "big/b0", 0u8), (&lowers[0], "big/b1", 7)] {

@@ -10,7 +10,7 @@
 //! rename fails with EXDEV, as on kernel overlayfs, and `mv` copies. Each change patches the
 //! merged listings it touches.
 
-use super::copy_up::temp_name;
+use super::copy_up::{copy_xattrs, temp_name};
 use super::inode::{Attr, Change, Target};
 use super::layers::{remove_tree, UPPER};
 use super::listing::{Entry, Name};
@@ -862,6 +862,43 @@ impl Overlay {
         }
     }
 
+    /// An empty opaque directory in the work directory with the mode, owner, times and
+    /// xattrs of the upper directory `name` in `dir`, to be exchanged with it, as the
+    /// kernel's `ovl_clear_empty` makes one: until the rename that follows the exchange,
+    /// and after a crash between the two, the view shows that directory as it was.
+    fn stand_in_for(&self, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<OsString> {
+        let work = self.layers.work()?;
+        let st = fs::fstatat(dir, name)?;
+        let tmp = temp_name();
+        fs::mkdirat(work, &tmp, 0o700)?;
+        let prefix = self.layers.xattr_prefix;
+        let dress = || {
+            copy_xattrs(dir, name, work, &tmp, prefix)?;
+            whiteout::set_opaque(work, &tmp, prefix, self.layers.upper_xattrs)?;
+            // A daemon that may not give it the owner (a plain user's) leaves its own: the
+            // stand-in shows only until the rename.
+            match fs::fchownat(work, &tmp, Some(st.st_uid), Some(st.st_gid)) {
+                Ok(()) | Err(Errno::EPERM) => {}
+                Err(e) => return Err(e),
+            }
+            fs::fchmodat(work, &tmp, st.st_mode & 0o7777)?;
+            let at = libc::timespec {
+                tv_sec: st.st_atime,
+                tv_nsec: st.st_atime_nsec,
+            };
+            let mt = libc::timespec {
+                tv_sec: st.st_mtime,
+                tv_nsec: st.st_mtime_nsec,
+            };
+            fs::utimensat(work, &tmp, Some(at), Some(mt))
+        };
+        if let Err(e) = dress() {
+            let _ = fs::unlinkat(work, &tmp, true);
+            return Err(e);
+        }
+        Ok(tmp)
+    }
+
     /// Moves the upper entry `oname` of `odir` to the free name `nname` of `ndir` and leaves
     /// a whiteout at `oname`, as RENAME_WHITEOUT does, where the upper filesystem lacks it:
     /// a whiteout is put at the new name (where it hides nothing) and exchanged with the
@@ -1164,10 +1201,8 @@ impl Overlay {
                 // whiteouts; swap in an empty opaque directory first, atomically.
                 if fs::dir_has_entries(nfd, nname)? {
                     let work = self.layers.work()?;
-                    let tmp = temp_name();
-                    fs::mkdirat(work, &tmp, 0o700)?;
-                    let res = whiteout::set_opaque(work, &tmp, prefix, xattrs)
-                        .and_then(|()| fs::renameat2(work, &tmp, nfd, nname, fs::RENAME_EXCHANGE));
+                    let tmp = self.stand_in_for(nfd, nname)?;
+                    let res = fs::renameat2(work, &tmp, nfd, nname, fs::RENAME_EXCHANGE);
                     // The old directory of whiteouts, or after a failure the new one.
                     self.reaper.remove(work, tmp);
                     res?;
