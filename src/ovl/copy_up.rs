@@ -297,14 +297,7 @@ impl Overlay {
         if kind == libc::S_IFREG || kind == libc::S_IFDIR {
             self.copy_inode_flags(lpfd, name, draft, kind);
         }
-        let at = libc::timespec {
-            tv_sec: st.st_atime,
-            tv_nsec: st.st_atime_nsec,
-        };
-        let mt = libc::timespec {
-            tv_sec: st.st_mtime,
-            tv_nsec: st.st_mtime_nsec,
-        };
+        let (at, mt) = fs::stat_times(st);
         draft.utimens(at, mt)
     }
 

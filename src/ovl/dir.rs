@@ -882,14 +882,7 @@ impl Overlay {
                 Err(e) => return Err(e),
             }
             fs::fchmodat(work, &tmp, st.st_mode & 0o7777)?;
-            let at = libc::timespec {
-                tv_sec: st.st_atime,
-                tv_nsec: st.st_atime_nsec,
-            };
-            let mt = libc::timespec {
-                tv_sec: st.st_mtime,
-                tv_nsec: st.st_mtime_nsec,
-            };
+            let (at, mt) = fs::stat_times(&st);
             fs::utimensat(work, &tmp, Some(at), Some(mt))
         };
         if let Err(e) = dress() {

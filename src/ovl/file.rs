@@ -511,10 +511,7 @@ impl Overlay {
         let mtime = keep_mtime
             .then(|| fs::fstat(fd.as_fd()).ok())
             .flatten()
-            .map(|st| libc::timespec {
-                tv_sec: st.st_mtime,
-                tv_nsec: st.st_mtime_nsec,
-            });
+            .map(|st| fs::stat_times(&st).1);
         let mut done = 0;
         while done < data.len() {
             let n = match fs::pwrite(fd.as_fd(), &data[done..], offset + done as u64) {

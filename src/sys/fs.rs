@@ -8,6 +8,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub type Stat = libc::stat;
 
+/// The access and modification times of `st`, as utimensat(2) takes them.
+pub fn stat_times(st: &Stat) -> (libc::timespec, libc::timespec) {
+    let at = libc::timespec {
+        tv_sec: st.st_atime,
+        tv_nsec: st.st_atime_nsec,
+    };
+    let mt = libc::timespec {
+        tv_sec: st.st_mtime,
+        tv_nsec: st.st_mtime_nsec,
+    };
+    (at, mt)
+}
+
 /// Whether openat2 is available; cleared the first time the kernel says ENOSYS.
 static HAVE_OPENAT2: AtomicBool = AtomicBool::new(true);
 
