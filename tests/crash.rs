@@ -279,23 +279,18 @@ fn oracle(sc: &Scratch, lowers: &[PathBuf], fmt: Format) -> (Vec<View>, Vec<Resu
     (views, outcomes)
 }
 
-/// Where a round's workload has got to: the index of the operation it is in (or past the
-/// end), shared with the thread that kills the daemon.
-struct Progress {
-    current: AtomicUsize,
-}
-
 /// Runs OPS on `root` until one's outcome differs from the kernel's; returns the outcomes
-/// seen and each operation's duration.
+/// seen and each operation's duration. `current` tells the thread that kills the daemon
+/// which operation is running (OPS.len() once none is).
 fn run_ops(
     root: &Path,
     want: &[Result<(), i32>],
-    progress: &Progress,
+    current: &AtomicUsize,
 ) -> (Vec<io::Result<()>>, Vec<Duration>) {
     let mut results = Vec::new();
     let mut took = Vec::new();
     for (k, op) in OPS.iter().enumerate() {
-        progress.current.store(k, Ordering::SeqCst);
+        current.store(k, Ordering::SeqCst);
         let t = Instant::now();
         let r = op.apply(root);
         took.push(t.elapsed());
@@ -305,7 +300,7 @@ fn run_ops(
             break;
         }
     }
-    progress.current.store(OPS.len(), Ordering::SeqCst);
+    current.store(OPS.len(), Ordering::SeqCst);
     (results, took)
 }
 
@@ -352,10 +347,7 @@ fn crash_rounds(fmt: Format, label: &str) {
     // each operation's duration, which places the kills of the rounds below.
     let st = stack_over(&at, &lowers, "full");
     let g = fmt.mount_ovlfuse(&st);
-    let progress = Progress {
-        current: AtomicUsize::new(0),
-    };
-    let (results, durations) = run_ops(&st.mnt, &want, &progress);
+    let (results, durations) = run_ops(&st.mnt, &want, &AtomicUsize::new(0));
     for (k, r) in results.iter().enumerate() {
         assert_eq!(
             outcome_of(r),
@@ -389,14 +381,12 @@ fn crash_rounds(fmt: Format, label: &str) {
             let st = stack_over(&at, &lowers, &format!("r{round}-op{target}"));
             let g = fmt.mount_ovlfuse(&st);
             let pid = g.pid().expect("daemon pid");
-            let progress = Arc::new(Progress {
-                current: AtomicUsize::new(0),
-            });
+            let current = Arc::new(AtomicUsize::new(0));
             let worker = {
-                let (root, want, progress) = (st.mnt.clone(), want.clone(), progress.clone());
-                std::thread::spawn(move || run_ops(&root, &want, &progress).0)
+                let (root, want, current) = (st.mnt.clone(), want.clone(), current.clone());
+                std::thread::spawn(move || run_ops(&root, &want, &current).0)
             };
-            while progress.current.load(Ordering::SeqCst) < target {
+            while current.load(Ordering::SeqCst) < target {
                 std::thread::sleep(Duration::from_micros(20));
             }
             if !delay.is_zero() {
@@ -445,14 +435,12 @@ fn crash_rounds(fmt: Format, label: &str) {
                 "round {round}: ovlfuse's work directory holds {left:?} after a mount and \
                  unmount over what a kill left ({leftovers:?})"
             );
-            let kview = if fmt.upper_on_overlay {
-                fview.clone()
-            } else {
+            let kview = (!fmt.upper_on_overlay).then(|| {
                 let kg = fmt.mount_kernel(&st);
                 let v = snapshot(&st.mnt, XattrSel::User);
                 kg.unmount();
                 v
-            };
+            });
 
             let matches = |v: &View| -> Option<usize> {
                 [done, done + 1]
@@ -490,11 +478,10 @@ fn crash_rounds(fmt: Format, label: &str) {
                 leftovers.len(),
                 fstate
             );
-            for (who, view, state) in [
-                ("ovlfuse", &fview, fstate),
-                ("the kernel overlay", &kview, matches(&kview)),
-            ] {
-                if state.is_none() {
+            let shown = std::iter::once(("ovlfuse", &fview))
+                .chain(kview.as_ref().map(|k| ("the kernel overlay", k)));
+            for (who, view) in shown {
+                if matches(view).is_none() {
                     let d = diff_snapshots(&views[done], view);
                     let d1 = diff_snapshots(&views[(done + 1).min(n)], view);
                     panic!(
@@ -512,13 +499,15 @@ fn crash_rounds(fmt: Format, label: &str) {
                     );
                 }
             }
-            assert_same_snapshots(
-                &format!("round {round}: the layers a kill left"),
-                "ovlfuse",
-                &fview,
-                "kernel overlay",
-                &kview,
-            );
+            if let Some(kview) = &kview {
+                assert_same_snapshots(
+                    &format!("round {round}: the layers a kill left"),
+                    "ovlfuse",
+                    &fview,
+                    "kernel overlay",
+                    kview,
+                );
+            }
             if fstate == Some(done + 1) && done < results.len() {
                 interrupted_done += 1;
             }
