@@ -875,10 +875,11 @@ impl Overlay {
         let dress = || {
             copy_xattrs(dir, name, work, &tmp, prefix)?;
             whiteout::set_opaque(work, &tmp, prefix, self.layers.upper_xattrs)?;
-            // A daemon that may not give it the owner (a plain user's) leaves its own: the
-            // stand-in shows only until the rename.
+            // A daemon that may not give it the owner (a plain user's; root of a user
+            // namespace, for an id outside its map: EINVAL) leaves its own: the stand-in
+            // shows only until the rename.
             match fs::fchownat(work, &tmp, Some(st.st_uid), Some(st.st_gid)) {
-                Ok(()) | Err(Errno::EPERM) => {}
+                Ok(()) | Err(Errno::EPERM) | Err(Errno::EINVAL) => {}
                 Err(e) => return Err(e),
             }
             fs::fchmodat(work, &tmp, st.st_mode & 0o7777)?;
