@@ -6305,6 +6305,73 @@ fn paths_longer_than_path_max() {
     t.finish(true);
 }
 
+/// Copies of lower objects of every kind of mode and owner: those the daemon's new objects
+/// already come out as are made with their mode and get no chown or chmod, the others get
+/// both (set-ID and sticky bits, other owners). Either way each copy has its original's
+/// mode, owner and times, as on the kernel overlay.
+#[test]
+fn copies_of_every_mode_and_owner_match_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let modes = [
+        0o000, 0o444, 0o555, 0o600, 0o644, 0o700, 0o755, 0o777, 0o1777, 0o2755, 0o4755, 0o6711,
+    ];
+    let owners = [(0, 0), (0, 4242), (4242, 0), (4242, 4242)];
+    let mut names = Vec::new();
+    for m in modes {
+        for (u, g) in owners {
+            names.push((
+                format!("d{m:o}-{u}-{g}"),
+                format!("f{m:o}-{u}-{g}"),
+                m,
+                u,
+                g,
+            ));
+        }
+    }
+    let mut lower = Vec::new();
+    for (d, f, m, u, g) in &names {
+        lower.push(E::File(f, b"data"));
+        lower.push(E::Dir(d));
+        // Owner first: chown(2) clears set-ID bits.
+        lower.extend([E::Owner(f, *u, *g), E::Owner(d, *u, *g)]);
+        lower.extend([E::Mode(f, *m), E::Mode(d, *m)]);
+    }
+    lower.push(E::File("t", b"truncated"));
+    let t = twin("sem-copy-modes", &[&lower], &[]);
+    // A new xattr copies each one up and changes neither its mode nor its times; O_TRUNC
+    // copies a file without its data.
+    t.both("copy-ups", |r| {
+        let mut out: Vec<String> = names
+            .iter()
+            .flat_map(|(d, f, ..)| [d, f])
+            .map(|n| outcome_unit(&lsetxattr(&r.join(n), "user.copied", b"y")))
+            .collect();
+        out.push(outcome_unit(&open_fd(
+            &r.join("t"),
+            libc::O_WRONLY | libc::O_TRUNC,
+            0,
+        )));
+        out
+    });
+    t.compare_views("after the copy-ups");
+    t.finish_with(true, |k, f| {
+        for st in [k, f] {
+            for (d, f, ..) in &names {
+                for n in [d, f] {
+                    assert_eq!(
+                        mtime_of(&st.upper.join(n)).unwrap(),
+                        mtime_of(&st.lowers[0].join(n)).unwrap(),
+                        "{n} in {:?}: the copy keeps its mtime",
+                        st.upper
+                    );
+                }
+            }
+        }
+    });
+}
+
 #[test]
 fn setuid_bits_and_file_capabilities_follow_kernel_rules() {
     if !fuse_available() {

@@ -117,10 +117,11 @@ impl Overlay {
         // leaves the mark.
         self.mark_impure(&parent);
         let kind = fs::ifmt(lst.st_mode);
+        let made = self.made_as(&eff);
         let attempt = || {
-            let draft = self.start_copy(work, kind, lst.st_rdev, lpfd.as_fd(), &name)?;
+            let draft = self.start_copy(work, kind, lst.st_rdev, lpfd.as_fd(), &name, made)?;
             let res = self
-                .build_copy(&draft, lpfd.as_fd(), &name, &eff, with_data)
+                .build_copy(&draft, lpfd.as_fd(), &name, &eff, with_data, made)
                 .and_then(|()| match &kept {
                     // A symlink refusing it keeps its inode's owner.
                     Some(o) => {
@@ -189,10 +190,37 @@ impl Overlay {
         Ok(())
     }
 
+    /// How much of the owner and mode of a copy with metadata `st` the making of it gives:
+    /// the owner where the daemon's new objects come out with it ([`Made`]); the mode too
+    /// where, moreover, they take modes unchanged, the mode has no set-ID or sticky bit (a
+    /// chown clears set-ID bits: those stay with the chmod after it), and the owner may
+    /// still write the copy's data and xattrs (a daemon without root's powers needs the
+    /// owner's bits for that).
+    ///
+    /// [`Made`]: super::layers::Made
+    fn made_as(&self, st: &Stat) -> MadeAs {
+        let kind = fs::ifmt(st.st_mode);
+        let Some(made) = self.layers.made else {
+            return MadeAs::default();
+        };
+        if (made.uid, made.gid) != (st.st_uid, st.st_gid) {
+            return MadeAs::default();
+        }
+        let perm = self.real_perm(st.st_mode & 0o7777, kind);
+        let owner_bits = if kind == libc::S_IFDIR { 0o700 } else { 0o600 };
+        let mode = (made.exact_mode
+            && kind != libc::S_IFLNK
+            && perm & 0o7000 == 0
+            && (perm & owner_bits == owner_bits || crate::sys::is_host_root()))
+        .then_some(perm);
+        MadeAs { owner: true, mode }
+    }
+
     /// Makes the object the copy of a lower `kind` object is built on: for a regular file,
     /// an unnamed one (O_TMPFILE) while the work directory's filesystem makes them, as the
     /// kernel's copy-up does; else the object under a temporary name in the work directory
-    /// (made only then: the unnamed file needs none).
+    /// (made only then: the unnamed file needs none). It gets the mode `made` says it can
+    /// have from the start, else one only the daemon may use.
     fn start_copy<'a>(
         &self,
         work: BorrowedFd<'a>,
@@ -200,10 +228,12 @@ impl Overlay {
         rdev: u64,
         lpfd: BorrowedFd<'_>,
         name: &OsStr,
+        made: MadeAs,
     ) -> SysResult<Draft<'a>> {
+        let perm = |private: u32| made.mode.unwrap_or(private);
         if kind == libc::S_IFREG && self.layers.work_makes_tmpfiles() {
             let flags = libc::O_TMPFILE | libc::O_WRONLY;
-            match fs::openat(work, OsStr::new("."), flags, 0o600) {
+            match fs::openat(work, OsStr::new("."), flags, perm(0o600)) {
                 Ok(fd) => return Ok(Draft::Unnamed(fd)),
                 // EOPNOTSUPP from filesystems without it; EISDIR or EINVAL from kernels
                 // or filesystems that do not know the flag.
@@ -215,24 +245,24 @@ impl Overlay {
         }
         let tmp = temp_name();
         match kind {
-            libc::S_IFDIR => fs::mkdirat(work, &tmp, 0o700)?,
+            libc::S_IFDIR => fs::mkdirat(work, &tmp, perm(0o700))?,
             libc::S_IFREG => drop(fs::openat(
                 work,
                 &tmp,
                 libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                0o600,
+                perm(0o600),
             )?),
             libc::S_IFLNK => {
                 let target = fs::readlinkat(lpfd, name)?;
                 fs::symlinkat(&target, work, &tmp)?;
             }
-            _ => fs::mknodat(work, &tmp, kind | 0o600, rdev)?,
+            _ => fs::mknodat(work, &tmp, kind | perm(0o600), rdev)?,
         }
         Ok(Draft::Named(work, tmp))
     }
 
     /// Gives `draft`, the copy of lower entry `name` (in `lpfd`), its data (`with_data`) and
-    /// the lower object's metadata `st`.
+    /// the lower object's metadata `st`, but for what its making gave it (`made`).
     fn build_copy(
         &self,
         draft: &Draft<'_>,
@@ -240,6 +270,7 @@ impl Overlay {
         name: &OsStr,
         st: &Stat,
         with_data: bool,
+        made: MadeAs,
     ) -> SysResult<()> {
         let kind = fs::ifmt(st.st_mode);
         // Only copied data needs syncing before the copy goes into place (as in the
@@ -257,7 +288,14 @@ impl Overlay {
         }
         // Owner first: chown(2) strips security.capability and set-id bits, so xattrs and
         // the mode go on after it.
-        match draft.chown(st.st_uid, st.st_gid) {
+        let chown = || {
+            if made.owner {
+                Ok(())
+            } else {
+                draft.chown(st.st_uid, st.st_gid)
+            }
+        };
+        match chown() {
             // An unprivileged mount cannot give a copy away, and root of a user namespace
             // cannot give it to an id outside its map (EINVAL); it stays the mounter's, as
             // with fuse-overlayfs.
@@ -270,7 +308,7 @@ impl Overlay {
         }
         let (dir, at) = draft.at();
         copy_xattrs(lpfd, name, dir, at, self.layers.xattr_prefix)?;
-        if kind != libc::S_IFLNK {
+        if kind != libc::S_IFLNK && made.mode.is_none() {
             draft.chmod(self.real_perm(st.st_mode & 0o7777, kind))?;
         }
 
@@ -307,15 +345,8 @@ impl Overlay {
     /// could not be renamed into place, nor take its children's copies. Best effort, as in
     /// the kernel: a filesystem without them loses nothing else.
     fn copy_inode_flags(&self, lpfd: BorrowedFd<'_>, name: &OsStr, draft: &Draft<'_>, kind: u32) {
-        let dir = if kind == libc::S_IFDIR {
-            libc::O_DIRECTORY
-        } else {
-            0
-        };
-        let flags = libc::O_RDONLY | libc::O_NONBLOCK | dir;
-        let lower = fs::openat_noatime(lpfd, name, flags)
-            .and_then(|fd| fs::get_inode_flags(fd.as_fd()))
-            .unwrap_or(0);
+        let is_dir = kind == libc::S_IFDIR;
+        let lower = fs::inode_flags_at(lpfd, name, is_dir).unwrap_or(0);
         let prot = lower & (fs::FS_IMMUTABLE_FL | fs::FS_APPEND_FL);
         if prot != 0 {
             let (dir, at) = draft.at();
@@ -325,7 +356,8 @@ impl Overlay {
         }
         let kept = lower & (fs::FS_SYNC_FL | fs::FS_NOATIME_FL);
         if kept != 0 {
-            let res = draft.with_open(flags, |fd| {
+            let dir = if is_dir { libc::O_DIRECTORY } else { 0 };
+            let res = draft.with_open(libc::O_RDONLY | libc::O_NONBLOCK | dir, |fd| {
                 let now = fs::get_inode_flags(fd)?;
                 fs::set_inode_flags(fd, (now & !(fs::FS_SYNC_FL | fs::FS_NOATIME_FL)) | kept)
             });
@@ -387,6 +419,15 @@ impl Overlay {
         }
         dir.state.write().impure = false;
     }
+}
+
+/// What making a copy's object already gave it (see `Overlay::made_as`).
+#[derive(Clone, Copy, Default)]
+struct MadeAs {
+    /// Its owner: no chown.
+    owner: bool,
+    /// Its mode, made with it: no chmod.
+    mode: Option<u32>,
 }
 
 /// The copy being built in the work directory: an object under a temporary name there, or

@@ -46,6 +46,18 @@ impl Layer {
     }
 }
 
+/// An object the daemon makes in the work directory, as one made there at mount came out:
+/// its owner (the daemon's ids, unless the filesystem squashes or maps them), and whether
+/// it took the mode asked for unchanged (the daemon's umask is 0 and the work directory has
+/// no default ACL, but a filesystem may force modes). Copy-up then skips a chown or chmod
+/// that would change nothing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Made {
+    pub uid: u32,
+    pub gid: u32,
+    pub exact_mode: bool,
+}
+
 pub struct Layers {
     pub upper: Option<Layer>,
     pub lowers: Vec<Layer>,
@@ -63,6 +75,9 @@ pub struct Layers {
     pub any_idmapped: bool,
     /// How whiteouts are written; see [`whiteout::Format`].
     pub whiteout_format: whiteout::Format,
+    /// What the daemon's new objects in the work directory come out as (None: unknown, as
+    /// on a read-only mount).
+    pub made: Option<Made>,
     /// Cleared once the work directory's filesystem refuses O_TMPFILE: copies of regular
     /// files are then built under a name and renamed into place, as other objects are.
     work_tmpfiles: AtomicBool,
@@ -165,6 +180,7 @@ impl Layers {
         }
         let mut upper = None;
         let mut work = None;
+        let mut made = None;
         if let (Some(up), Some(wp)) = (upper_path, work_path) {
             let (mut u, w) = open_upper_and_work(up, wp, upper_atime_attrs(p))?;
             if let Some(name) = super::ownership::override_xattr_for(p.xattr_permissions) {
@@ -185,8 +201,9 @@ impl Layers {
                     u.path.display()
                 ));
             }
-            work =
-                Some(prepare_work(&w).map_err(|e| format!("workdir {}: {e}", w.path.display()))?);
+            let (fd, m) =
+                prepare_work(&w).map_err(|e| format!("workdir {}: {e}", w.path.display()))?;
+            (work, made) = (Some(fd), m);
             upper = Some(u);
         }
         // Root of a user namespace cannot write `trusted.*`: it uses the names rootless
@@ -220,6 +237,7 @@ impl Layers {
             work,
             xattr_prefix: prefix,
             upper_xattrs: xattrs_ok,
+            made,
             work_tmpfiles: AtomicBool::new(true),
             ino: InoMap::new(devs, p.ino32),
             _claims: claims,
@@ -500,7 +518,7 @@ fn pick_xattr_prefix(work: BorrowedFd<'_>, preferred: &'static str) -> (&'static
 
 /// Creates `workdir/work` and empties it: anything left there is a copy-up or whiteout
 /// that a crash interrupted before its final rename, so it was never visible.
-fn prepare_work(w: &Layer) -> Result<OwnedFd, String> {
+fn prepare_work(w: &Layer) -> Result<(OwnedFd, Option<Made>), String> {
     let name = OsStr::new("work");
     match fs::mkdirat(w.fd(), name, 0o700) {
         Ok(()) | Err(Errno::EEXIST) => {}
@@ -524,20 +542,36 @@ fn prepare_work(w: &Layer) -> Result<OwnedFd, String> {
             .map_err(|e| format!("cannot set the work directory's mode: {e}"))
     };
     mode(0)?;
-    let probe = OsStr::new("#ovlfuse.probe");
-    match fs::mkdirat(fd.as_fd(), probe, 0o700) {
-        Ok(()) => {
-            let _ = fs::unlinkat(fd.as_fd(), probe, true);
+    let made = match probe_made(fd.as_fd()) {
+        Ok(m) => m,
+        Err(_) => {
+            mode(0o700)?;
+            probe_made(fd.as_fd()).ok().flatten()
         }
-        Err(_) => mode(0o700)?,
-    }
+    };
     for ent in
         fs::read_dir_all(fd.as_fd()).map_err(|e| format!("cannot read work directory: {e}"))?
     {
         remove_tree(fd.as_fd(), &ent.name)
             .map_err(|e| format!("cannot clean {:?} from the work directory: {e}", ent.name))?;
     }
-    Ok(fd)
+    Ok((fd, made))
+}
+
+/// Makes a directory in the work directory `work` to see what the daemon's objects come
+/// out as there (see [`Made`]); fails if the daemon cannot make one.
+fn probe_made(work: BorrowedFd<'_>) -> sys::SysResult<Option<Made>> {
+    let probe = OsStr::new("#ovlfuse.probe");
+    // One a crash left would say EEXIST.
+    let _ = fs::unlinkat(work, probe, true);
+    fs::mkdirat(work, probe, 0o777)?;
+    let made = fs::fstatat(work, probe).ok().map(|st| Made {
+        uid: st.st_uid,
+        gid: st.st_gid,
+        exact_mode: st.st_mode & 0o7777 == 0o777,
+    });
+    let _ = fs::unlinkat(work, probe, true);
+    Ok(made)
 }
 
 /// How many levels of a tree `remove_tree` keeps open at once.

@@ -867,6 +867,63 @@ pub const FS_NOATIME_FL: u32 = 0x80;
 pub const FS_XFLAG_IMMUTABLE: u32 = 0x08;
 pub const FS_XFLAG_APPEND: u32 = 0x10;
 
+/// `file_getattr(2)` (Linux 6.17): an inode's attributes by name, without opening it.
+const SYS_FILE_GETATTR: libc::c_long = 468;
+/// Cleared the first time the kernel says ENOSYS to it.
+static HAVE_FILE_GETATTR: AtomicBool = AtomicBool::new(true);
+/// `struct file_attr` as of its first version (24 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct FileAttr {
+    xflags: u64,
+    extsize: u32,
+    nextents: u32,
+    projid: u32,
+    cowextsize: u32,
+}
+/// `fsx_xflags` bits and the FS_*_FL inode flags they stand for.
+const XFLAGS_AS_FLAGS: [(u64, u32); 4] = [
+    (0x08, FS_IMMUTABLE_FL),
+    (0x10, FS_APPEND_FL),
+    (0x20, FS_SYNC_FL),
+    (0x40, FS_NOATIME_FL),
+];
+
+/// The sync, immutable, append-only and no-atime inode flags (`FS_*_FL`) of `name` in
+/// `dir`, a regular file or directory (`is_dir`). One `file_getattr` where the kernel has
+/// it; else FS_IOC_GETFLAGS on a descriptor opened for it (three calls: a copy-up of a
+/// directory took 4.4 us for them, against 1.1 us).
+pub fn inode_flags_at(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> SysResult<u32> {
+    if HAVE_FILE_GETATTR.load(Ordering::Relaxed) {
+        let c = cstr(name)?;
+        let mut fa = FileAttr::default();
+        let ret = unsafe {
+            libc::syscall(
+                SYS_FILE_GETATTR,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &mut fa as *mut FileAttr,
+                std::mem::size_of::<FileAttr>(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if ret == 0 {
+            return Ok(XFLAGS_AS_FLAGS
+                .iter()
+                .filter(|(x, _)| fa.xflags & x != 0)
+                .fold(0, |acc, (_, fl)| acc | fl));
+        }
+        // Anything else (a filesystem whose attributes only its ioctl reaches) tries that.
+        if Errno::last() == Errno::ENOSYS {
+            HAVE_FILE_GETATTR.store(false, Ordering::Relaxed);
+        }
+    }
+    let kind = if is_dir { libc::O_DIRECTORY } else { 0 };
+    let fd = openat_noatime(dir, name, libc::O_RDONLY | libc::O_NONBLOCK | kind)?;
+    let all = XFLAGS_AS_FLAGS.iter().fold(0, |acc, (_, fl)| acc | fl);
+    Ok(get_inode_flags(fd.as_fd())? & all)
+}
+
 /// FS_IOC_GETFLAGS of an open file.
 pub fn get_inode_flags(fd: BorrowedFd<'_>) -> SysResult<u32> {
     let mut buf = [0u8; 8];
