@@ -742,18 +742,16 @@ impl Overlay {
     /// The immutable and append-only flags of `node`'s copy in lower `layer`. statx says
     /// without an open whether there may be any (nearly always not), but it is only a hint:
     /// erofs reports every file immutable, while its inodes carry no such flag and the
-    /// kernel overlay enforces none. So a hint is checked with FS_IOC_GETFLAGS, the inode's
-    /// own flags (only on files and directories: on anything else the ioctl would reach a
-    /// device driver, and the flags cannot be set there anyway).
+    /// kernel overlay enforces none. So a hint is checked against the inode's own flags
+    /// (`fs::inode_flags_at`; only on files and directories: on anything else the ioctl it
+    /// may fall back to would reach a device driver, and the flags cannot be set there).
     fn lower_protection(&self, node: &Node, layer: super::LayerId) -> u32 {
         let hint = self.at_name(node, layer, fs::protection_flags).unwrap_or(0);
         if hint == 0 || (node.kind != libc::S_IFREG && node.kind != libc::S_IFDIR) {
             return 0;
         }
-        let dir = if node.is_dir() { libc::O_DIRECTORY } else { 0 };
         self.at_name(node, layer, |d, name| {
-            let fd = fs::openat_noatime(d, name, libc::O_RDONLY | libc::O_NONBLOCK | dir)?;
-            fs::get_inode_flags(fd.as_fd())
+            fs::inode_flags_at(d, name, node.is_dir())
         })
         .map_or(0, |f| f & (fs::FS_IMMUTABLE_FL | fs::FS_APPEND_FL))
     }
