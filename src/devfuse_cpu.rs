@@ -149,8 +149,9 @@ impl Follow {
     }
 
     /// Called by a /dev/fuse thread as it starts on a request from thread `pid` (0 for
-    /// the kernel's own), which waits for the reply.
-    pub fn serving(&self, pid: u32) {
+    /// the kernel's own), which waits for the reply. A thread let go for a read that
+    /// waited for the disk stays let go for a `small_read` (see `fuse_uring::Placement`).
+    pub fn serving(&self, pid: u32, small_read: bool) {
         if !self.on || pid == 0 {
             return;
         }
@@ -163,6 +164,9 @@ impl Follow {
             if st.next_look.is_none_or(|t| now >= t) {
                 st.next_look = Some(now + LOOK_EVERY);
                 self.ask(pid);
+            }
+            if small_read && st.freed {
+                return;
             }
             let want = match self.target.load(Ordering::Relaxed) {
                 NO_CPU => None,
@@ -452,14 +456,14 @@ mod tests {
         use crate::sys::process::thread_cpu_list as our_cpus;
         without_looker(|f, before| {
             f.target.store(before[0], Ordering::Relaxed);
-            f.serving(1);
+            f.serving(1, false);
             assert!(f.pinned(), "pinned for the first caller");
             assert_eq!(our_cpus(), vec![before[0]]);
-            f.serving(2);
+            f.serving(2, false);
             assert!(!f.pinned(), "let go for the second");
             assert_eq!(our_cpus(), before);
             f.target.store(before[0], Ordering::Relaxed);
-            f.serving(1);
+            f.serving(1, false);
             assert!(!f.pinned(), "not pinned again while callers take turns");
         });
     }
@@ -478,7 +482,7 @@ mod tests {
     fn off_means_no_looks() {
         let f = Follow::new(false, Policy::Adaptive);
         std::thread::spawn(move || {
-            f.serving(std::process::id());
+            f.serving(std::process::id(), false);
             assert!(STATE.with_borrow(|s| s.next_look.is_none()));
             assert!(f.looker.get().is_none(), "no looker thread");
         })
@@ -487,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_let_go_for_a_disk_wait_is_pinned_again_at_its_next_request() {
+    fn a_thread_let_go_for_a_disk_wait_is_pinned_again_at_its_next_request_but_a_small_read() {
         use crate::sys::process::thread_cpu_list as our_cpus;
         without_looker(|f, before| {
             if before.len() < 2 {
@@ -497,19 +501,22 @@ mod tests {
             }
             let cpu = before[0];
             f.target.store(cpu, Ordering::Relaxed);
-            f.serving(1);
+            f.serving(1, false);
             assert_eq!(our_cpus(), vec![cpu], "pinned to the caller's CPU");
             assert!(f.pinned());
             f.free();
             assert_eq!(our_cpus(), before, "let go while a read waits");
             assert!(!f.pinned());
-            f.serving(1);
+            f.serving(1, true);
+            assert_eq!(our_cpus(), before, "still let go for a small read");
+            assert!(!f.pinned(), "nothing to let go before that read");
+            f.serving(1, false);
             assert_eq!(our_cpus(), vec![cpu], "pinned again by the next request");
             assert!(f.pinned());
             // No CPU wanted any more: the next request lets it go for good.
             f.free();
             f.target.store(NO_CPU, Ordering::Relaxed);
-            f.serving(1);
+            f.serving(1, false);
             assert_eq!(our_cpus(), before);
             assert!(!f.pinned());
             f.free();

@@ -89,6 +89,14 @@ impl SessionLink {
 /// read).
 pub const FREE_FOR_READS_UP_TO: usize = 64 << 10;
 
+/// Whether a request is a READ of at most `FREE_FOR_READS_UP_TO` bytes (`op_in`: its fixed
+/// arguments, `fuse_read_in`).
+pub fn is_small_read(opcode: u32, op_in: &[u8]) -> bool {
+    opcode == crate::fuse_wire::op::READ
+        && op_in.len() >= 20
+        && crate::fuse_wire::Fields(op_in).u32(16) as usize <= FREE_FOR_READS_UP_TO
+}
+
 /// Read-ahead asked for at init; the daemon raises the mount's window to it after mounting
 /// (see `sys::process::raise_readahead`).
 pub const MAX_READAHEAD: u32 = 1 << 20;
@@ -452,5 +460,31 @@ impl Filesystem for OvlFs {
         if crate::sys::process::fuse_connection_gone() {
             std::process::exit(0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_small_read, FREE_FOR_READS_UP_TO};
+    use crate::fuse_wire::op;
+
+    /// `fuse_read_in` with `size` at byte 16.
+    fn read_in(size: u32) -> [u8; 40] {
+        let mut a = [0u8; 40];
+        a[16..20].copy_from_slice(&size.to_ne_bytes());
+        a
+    }
+
+    #[test]
+    fn small_reads_are_reads_up_to_the_limit() {
+        let limit = FREE_FOR_READS_UP_TO as u32;
+        assert!(is_small_read(op::READ, &read_in(4096)));
+        assert!(is_small_read(op::READ, &read_in(limit)));
+        assert!(!is_small_read(op::READ, &read_in(limit + 4096)));
+        assert!(!is_small_read(op::WRITE, &read_in(4096)));
+        assert!(
+            !is_small_read(op::READ, &read_in(4096)[..16]),
+            "truncated arguments"
+        );
     }
 }

@@ -131,7 +131,10 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
             op::INTERRUPT | op::NOTIFY_REPLY => continue,
             // Closing a file waits for nobody.
             op::RELEASE | op::RELEASEDIR => {}
-            _ => fs.follow.serving(req.pid),
+            _ => fs.follow.serving(
+                req.pid,
+                crate::fuse::is_small_read(req.opcode, &args[..args_len]),
+            ),
         }
         let fixed = crate::fuse_wire::fixed_arg_len(req.opcode).min(args_len);
         let (op_in, p) = args.split_at_mut(fixed);
