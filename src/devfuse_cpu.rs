@@ -198,6 +198,22 @@ impl Follow {
         at >= self.quiet_until.load(Ordering::Relaxed)
     }
 
+    /// Whether the calling thread is pinned to its caller's CPU, or let go from it for a
+    /// disk wait.
+    pub fn following(&self) -> bool {
+        self.on && STATE.with_borrow(|st| st.pinned.is_some())
+    }
+
+    /// After a small read that did not wait for the disk: a thread let go for an earlier
+    /// one goes back to its caller's CPU (see `fuse_uring::Placement`).
+    pub fn settle(&self) {
+        STATE.with_borrow_mut(|st| {
+            if std::mem::take(&mut st.freed) {
+                move_thread(st, st.pinned, self.class);
+            }
+        });
+    }
+
     /// Whether the calling thread is pinned to its caller's CPU now.
     pub fn pinned(&self) -> bool {
         self.on && STATE.with_borrow(|st| st.pinned.is_some() && !st.freed)
@@ -491,7 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_let_go_for_a_disk_wait_is_pinned_again_at_its_next_request_but_a_small_read() {
+    fn a_thread_let_go_for_a_disk_wait_is_pinned_again_by_a_request_that_does_not_wait() {
         use crate::sys::process::thread_cpu_list as our_cpus;
         without_looker(|f, before| {
             if before.len() < 2 {
@@ -509,7 +525,14 @@ mod tests {
             assert!(!f.pinned());
             f.serving(1, true);
             assert_eq!(our_cpus(), before, "still let go for a small read");
-            assert!(!f.pinned(), "nothing to let go before that read");
+            assert!(
+                f.following() && !f.pinned(),
+                "nothing to let go before that read"
+            );
+            f.settle();
+            assert_eq!(our_cpus(), vec![cpu], "home once a small read did not wait");
+            assert!(f.pinned());
+            f.free();
             f.serving(1, false);
             assert_eq!(our_cpus(), vec![cpu], "pinned again by the next request");
             assert!(f.pinned());

@@ -112,6 +112,7 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
         let req = InHeader::parse(&buf[..IN_HEADER_LEN]);
         let args = &mut buf[IN_HEADER_LEN..];
         let args_len = n - IN_HEADER_LEN;
+        let small_read = crate::fuse::is_small_read(req.opcode, &args[..args_len]);
         match req.opcode {
             op::FORGET => {
                 pause_before_forgets(fs);
@@ -131,18 +132,22 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
             op::INTERRUPT | op::NOTIFY_REPLY => continue,
             // Closing a file waits for nobody.
             op::RELEASE | op::RELEASEDIR => {}
-            _ => fs.follow.serving(
-                req.pid,
-                crate::fuse::is_small_read(req.opcode, &args[..args_len]),
-            ),
+            _ => fs.follow.serving(req.pid, small_read),
         }
         let fixed = crate::fuse_wire::fixed_arg_len(req.opcode).min(args_len);
         let (op_in, p) = args.split_at_mut(fixed);
         let in_len = args_len - fixed;
         let follow = &fs.follow;
-        let mut let_go = || follow.free();
-        let let_go: Option<&mut dyn FnMut()> = follow.pinned().then_some(&mut let_go);
+        let mut waited = false;
+        let mut let_go = || {
+            waited = true;
+            follow.free()
+        };
+        let let_go: Option<&mut dyn FnMut()> = follow.following().then_some(&mut let_go);
         let (error, out_len) = crate::fuse_ops::answer_caught(fs, &req, op_in, p, in_len, let_go);
+        if small_read && !waited {
+            follow.settle();
+        }
         match reply(dev, req.unique, error, &p[..out_len]) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
