@@ -195,10 +195,11 @@ impl Drop for Mapping {
 ///
 /// A small read does not bring it home unless it is served without waiting: in a run of
 /// reads that wait for the disk, each would let it go again, and the trip home is a
-/// migration, started from the CPU it is woken on; reads the page cache serves are
-/// answered faster from home (20000 such reads after one that waited: 0.26 s going home,
-/// 0.41 s staying away). On the AMD host, the same reads (10 interleaved rounds, in two orders of the
-/// tools, medians): 1.37 s going home at every request, 1.26 s so, fuse-overlayfs 1.20 s.
+/// migration, started from the CPU it is woken on. On the AMD host, the same reads (10
+/// interleaved rounds in two orders of the tools, medians): 1.42 s going home at every
+/// request, 1.17 s so, fuse-overlayfs 1.12 s. Reads the page cache serves are answered
+/// faster from home (20000 such reads after some that waited: 0.26 s going home, 0.41 s
+/// staying away).
 struct Placement {
     cpu: usize,
     /// The CPUs the thread was allowed before it was pinned.
