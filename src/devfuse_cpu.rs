@@ -215,6 +215,7 @@ impl Follow {
     }
 
     /// Whether the calling thread is pinned to its caller's CPU now.
+    #[cfg(test)]
     pub fn pinned(&self) -> bool {
         self.on && STATE.with_borrow(|st| st.pinned.is_some() && !st.freed)
     }

@@ -866,6 +866,8 @@ pub const FS_NOATIME_FL: u32 = 0x80;
 /// FS_IOC_FSGETXATTR's names for immutable and append-only (`fsx_xflags`).
 pub const FS_XFLAG_IMMUTABLE: u32 = 0x08;
 pub const FS_XFLAG_APPEND: u32 = 0x10;
+const FS_XFLAG_SYNC: u32 = 0x20;
+const FS_XFLAG_NOATIME: u32 = 0x40;
 
 /// `file_getattr(2)` (Linux 6.17): an inode's attributes by name, without opening it.
 const SYS_FILE_GETATTR: libc::c_long = 468;
@@ -882,11 +884,11 @@ struct FileAttr {
     cowextsize: u32,
 }
 /// `fsx_xflags` bits and the FS_*_FL inode flags they stand for.
-const XFLAGS_AS_FLAGS: [(u64, u32); 4] = [
-    (0x08, FS_IMMUTABLE_FL),
-    (0x10, FS_APPEND_FL),
-    (0x20, FS_SYNC_FL),
-    (0x40, FS_NOATIME_FL),
+const XFLAGS_AS_FLAGS: [(u32, u32); 4] = [
+    (FS_XFLAG_IMMUTABLE, FS_IMMUTABLE_FL),
+    (FS_XFLAG_APPEND, FS_APPEND_FL),
+    (FS_XFLAG_SYNC, FS_SYNC_FL),
+    (FS_XFLAG_NOATIME, FS_NOATIME_FL),
 ];
 
 /// The sync, immutable, append-only and no-atime inode flags (`FS_*_FL`) of `name` in
@@ -910,7 +912,7 @@ pub fn inode_flags_at(dir: BorrowedFd<'_>, name: &OsStr, is_dir: bool) -> SysRes
         if ret == 0 {
             return Ok(XFLAGS_AS_FLAGS
                 .iter()
-                .filter(|(x, _)| fa.xflags & x != 0)
+                .filter(|(x, _)| fa.xflags & u64::from(*x) != 0)
                 .fold(0, |acc, (_, fl)| acc | fl));
         }
         // Anything else (a filesystem whose attributes only its ioctl reaches) tries that.
