@@ -201,7 +201,9 @@ impl Adapter {
 
     /// The backing file for a new open file `fh` of `node`, if it goes through passthrough.
     /// Decided before the reply's attributes are made: it may take away their lifetime.
-    pub(crate) fn backing(&self, fh: u64, node: u64) -> Option<Arc<Backing>> {
+    ///
+    /// `mode`: the file's mode, where the caller has it fresh (see `passthrough_fd`).
+    pub(crate) fn backing(&self, fh: u64, node: u64, mode: Option<u32>) -> Option<Arc<Backing>> {
         let read_write = self.ovl.handle_read_write(fh);
         // Only the first such open of a node needs to tell the kernel; later ones find
         // its attributes already going out with no lifetime.
@@ -210,7 +212,7 @@ impl Adapter {
             fh,
             node,
             read_write,
-            || self.ovl.passthrough_fd(fh),
+            || self.ovl.passthrough_fd(fh, mode),
             self.device.get(),
         );
         if b.is_some() && read_write && !was_volatile {

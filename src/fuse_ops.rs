@@ -201,7 +201,7 @@ fn answer(
         op::OPEN => {
             let fh = fs.ovl.open(&ctx, id, a.i32(0))?;
             let mut out = Out::new(p);
-            let backing = fs.backing(fh, id);
+            let backing = fs.backing(fh, id, None);
             fs.prefill(fh, id, backing.is_none(), let_go);
             open_out(fs, &mut out, fh, backing);
             Ok(out.len)
@@ -365,7 +365,7 @@ fn created_reply(
     p: &mut [u8],
     (n, attr, fh): (Arc<Node>, crate::ovl::Attr, u64),
 ) -> Result<usize, Errno> {
-    let backing = fs.backing(fh, n.id);
+    let backing = fs.backing(fh, n.id, Some(attr.mode));
     // Only the wait of an open of a file whose data another open is handing over: a made
     // file is upper, whose data never goes over.
     fs.prefill(fh, n.id, false, None);

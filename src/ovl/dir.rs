@@ -173,12 +173,52 @@ impl Overlay {
         }
         let upfd = self.nodes.dir_fd(&parent, UPPER)?;
         let upfd = upfd.as_fd();
-        let upper_whiteout = match fs::fstatat(upfd, name) {
-            Ok(st) if whiteout::is_whiteout_in(upfd, name, &st) => true,
-            Ok(_) => return Err(Errno::EEXIST),
-            Err(Errno::ENOENT) => false,
-            Err(e) => return Err(e),
+        // The name is nearly always free: the object is made in place straight away, and
+        // only an EEXIST asks what holds the name. A whiteout sends it the long way
+        // (`make_new`); anything else is the caller's EEXIST.
+        let file = match self.make_new(ctx, &parent, upfd, name, what, false) {
+            Err(Errno::EEXIST) if self.holds_whiteout(upfd, name)? => {
+                self.make_new(ctx, &parent, upfd, name, what, true)?
+            }
+            other => other?,
         };
+        let kind = what.kind();
+        let st = match &file {
+            Some(f) => fs::fstat(f.as_fd())?,
+            None => fs::fstatat(upfd, name)?,
+        };
+        let init = self.new_upper_node(kind, &st);
+        let ino = init.ino;
+        let node = self.nodes.insert(parent.id, Name::from(name), init);
+        if let Some(m) = parent.merged() {
+            m.insert(name, Entry::upper(kind, ino));
+        }
+        let attr = self.attr_of(&node, &st);
+        Ok((node, attr, file))
+    }
+
+    /// Whether `name` in `dir` is a whiteout.
+    fn holds_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<bool> {
+        match fs::fstatat(dir, name) {
+            Ok(st) => Ok(whiteout::is_whiteout_in(dir, name, &st)),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes the new object `what` as `name` in `parent` (upper copy `upfd`), owned as
+    /// the caller `ctx` makes it, over the whiteout `name` holds if `upper_whiteout`;
+    /// returns the open fd of a regular file. EEXIST where the name is taken (by a
+    /// whiteout too, unless `upper_whiteout`).
+    fn make_new(
+        &self,
+        ctx: &Ctx,
+        parent: &Node,
+        upfd: BorrowedFd<'_>,
+        name: &OsStr,
+        what: NewObject<'_>,
+        upper_whiteout: bool,
+    ) -> SysResult<Option<OwnedFd>> {
         let kind = what.kind();
         // Only a whiteout in the upper layer makes a new directory opaque: one in a lower
         // layer already stops the merge below it (this is what the kernel does).
@@ -193,7 +233,7 @@ impl Overlay {
 
         let own = &self.cfg.own;
         let real_pst = fs::fstat(upfd)?;
-        let (uid, gid, perm) = self.new_object_ids(ctx, &parent, upfd, &real_pst, &what);
+        let (uid, gid, perm) = self.new_object_ids(ctx, parent, upfd, &real_pst, &what);
         // The upper filesystem gives a new object our ids (the group as above); a caller
         // with the same ids needs no chown, which would cost an inode update in the upper
         // filesystem's journal per create.
@@ -322,18 +362,7 @@ impl Overlay {
             // The new object (opaque, if a directory) hides what the marker hid.
             let _ = fs::unlinkat(upfd, &whiteout::oci_marker_for(name), false);
         }
-        let st = match &file {
-            Some(f) => fs::fstat(f.as_fd())?,
-            None => fs::fstatat(upfd, name)?,
-        };
-        let init = self.new_upper_node(kind, &st);
-        let ino = init.ino;
-        let node = self.nodes.insert(parent.id, Name::from(name), init);
-        if let Some(m) = parent.merged() {
-            m.insert(name, Entry::upper(kind, ino));
-        }
-        let attr = self.attr_of(&node, &st);
-        Ok((node, attr, file))
+        Ok(file)
     }
 
     /// open(O_TMPFILE) in directory `parent_id`: a file with no name, made in the upper copy

@@ -269,7 +269,9 @@ impl Overlay {
     /// must then see the upper copy, which a fixed backing file would not; and writes by an
     /// unprivileged caller must clear set-ID bits, which a backing file written with our
     /// credentials would not. Without one, nothing is ever copied up or written.
-    pub fn passthrough_fd(&self, fh: u64) -> Option<Arc<OwnedFd>> {
+    /// `mode`: the file's mode where the caller has it fresh (a file it has just made),
+    /// which spares a stat.
+    pub fn passthrough_fd(&self, fh: u64, mode: Option<u32>) -> Option<Arc<OwnedFd>> {
         let h = self.file_handle(fh)?;
         if h.node.kind != libc::S_IFREG {
             return None;
@@ -281,9 +283,14 @@ impl Overlay {
             return None;
         }
         let fd = h.fd();
-        let st = fs::fstat(fd.as_fd()).ok()?;
-        let st = self.effective_stat(&h.node, &st);
-        if st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+        let mode = match mode {
+            Some(m) => m,
+            None => {
+                let st = fs::fstat(fd.as_fd()).ok()?;
+                self.effective_stat(&h.node, &st).st_mode
+            }
+        };
+        if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
             return None;
         }
         Some(fd)
