@@ -917,11 +917,15 @@ fn lookups_answered_from_a_listing_see_copy_ups_and_whiteouts() {
 #[test]
 fn create_over_a_whiteout_in_an_opaque_directory_replaces_it() {
     // An opaque upper directory merges nothing, so creation there skips the merged-view
-    // check; a whiteout left inside it must still be replaced, not refused.
+    // check; a whiteout left inside it must still be replaced, not refused. Creation
+    // makes the object in place first and learns of the whiteout from its EEXIST: every
+    // kind of object must then go over it, and a name held by anything else stay EEXIST.
     let f = Fixture::new(1);
     f.write("l0/d/x", "lower");
     std::fs::create_dir_all(f.p("upper/d")).unwrap();
-    whiteout(&f.p("upper/d/x"));
+    for n in ["x", "sub", "link", "fifo"] {
+        whiteout(&f.p(&format!("upper/d/{n}")));
+    }
     let d = std::fs::File::open(f.p("upper")).unwrap();
     crate::sys::xattr::set(
         d.as_fd(),
@@ -950,7 +954,39 @@ fn create_over_a_whiteout_in_an_opaque_directory_replaces_it() {
             .unwrap_err(),
         Errno::EEXIST
     );
-    assert_eq!(names(&ovl, dn.id), ["x"]);
+    let (sub, _) = ovl.mkdir(&ctx(), dn.id, OsStr::new("sub"), 0o750).unwrap();
+    let (link, _) = ovl
+        .symlink(&ctx(), dn.id, OsStr::new("link"), OsStr::new("x"))
+        .unwrap();
+    let (fifo, _) = ovl
+        .mknod(&ctx(), dn.id, OsStr::new("fifo"), libc::S_IFIFO | 0o600, 0)
+        .unwrap();
+    assert!(sub.is_dir() && link.kind == libc::S_IFLNK && fifo.kind == libc::S_IFIFO);
+    let kind_of = |n: &str| std::fs::symlink_metadata(f.p(&format!("upper/d/{n}"))).unwrap();
+    assert!(kind_of("sub").is_dir());
+    assert_eq!(
+        std::fs::read_link(f.p("upper/d/link")).unwrap(),
+        Path::new("x")
+    );
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &kind_of("fifo").file_type()
+    ));
+    for n in ["x", "sub", "link", "fifo"] {
+        let taken = match n {
+            "sub" => ovl.mkdir(&ctx(), dn.id, OsStr::new(n), 0o750).map(drop),
+            _ => ovl
+                .symlink(&ctx(), dn.id, OsStr::new(n), OsStr::new("x"))
+                .map(drop),
+        };
+        assert_eq!(taken.unwrap_err(), Errno::EEXIST, "{n}");
+    }
+    assert_eq!(names(&ovl, dn.id), ["fifo", "link", "sub", "x"]);
+    let left: Vec<_> = std::fs::read_dir(f.p("work/work"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "#whiteout")
+        .collect();
+    assert!(left.is_empty(), "the work directory holds {left:?}");
 }
 
 #[test]
