@@ -45,6 +45,15 @@ impl Fixture {
         std::fs::write(p, data).unwrap();
     }
 
+    /// What the work directory holds besides the shared whiteout.
+    fn work_leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.p("work/work"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "#whiteout")
+            .collect()
+    }
+
     fn overlay(&self, n_lowers: usize) -> Overlay {
         self.overlay_with(
             n_lowers,
@@ -328,11 +337,7 @@ fn what_removals_swap_into_the_workdir_is_gone_once_the_session_finishes() {
     let (d2, _) = ovl.mkdir(&ctx(), ROOT_ID, OsStr::new("d"), 0o755).unwrap();
     assert!(names(&ovl, d2.id).is_empty());
     ovl.finish_removals();
-    let mut left: Vec<String> = std::fs::read_dir(f.p("work/work"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    left.retain(|n| n != "#whiteout");
+    let left = f.work_leftovers();
     assert!(left.is_empty(), "the work directory holds {left:?}");
     // After the session, a removal is carried out before it returns.
     ovl.rmdir(ROOT_ID, OsStr::new("t")).unwrap();
@@ -981,11 +986,7 @@ fn create_over_a_whiteout_in_an_opaque_directory_replaces_it() {
         assert_eq!(taken.unwrap_err(), Errno::EEXIST, "{n}");
     }
     assert_eq!(names(&ovl, dn.id), ["fifo", "link", "sub", "x"]);
-    let left: Vec<_> = std::fs::read_dir(f.p("work/work"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n != "#whiteout")
-        .collect();
+    let left = f.work_leftovers();
     assert!(left.is_empty(), "the work directory holds {left:?}");
 }
 
@@ -1364,11 +1365,7 @@ fn a_leftover_deeper_than_the_levels_kept_open_is_cleared_from_the_work_dir() {
     drop(at);
     let _ovl = f.overlay(1);
     // Only the shared whiteout that the set-up makes stays.
-    let left: Vec<_> = std::fs::read_dir(f.p("work/work"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .filter(|n| n != "#whiteout")
-        .collect();
+    let left = f.work_leftovers();
     assert!(left.is_empty(), "left in the work directory: {left:?}");
 }
 
