@@ -333,7 +333,9 @@ fn serve(fs: &Adapter, dev: &OwnedFd, entry: Entry, priority: Policy) -> std::io
         // SAFETY: the command completed; none is outstanding until the next push.
         let (h, p) = unsafe { (header.slice(), payload.slice()) };
         let req = InHeader::parse(&h[..crate::fuse_wire::IN_HEADER_LEN]);
-        let small_read = crate::fuse::is_small_read(req.opcode, &h[OP_IN..2 * OP_IN]);
+        let mut op_in = [0u8; OP_IN];
+        op_in.copy_from_slice(&h[OP_IN..2 * OP_IN]);
+        let small_read = crate::fuse::is_small_read(req.opcode, &op_in);
         if !small_read {
             place.home();
         }
@@ -343,8 +345,6 @@ fn serve(fs: &Adapter, dev: &OwnedFd, entry: Entry, priority: Policy) -> std::io
         }
         commit_id = f.u64(ENT_COMMIT_ID);
         let in_len = (f.u32(ENT_PAYLOAD_SZ) as usize).min(p.len());
-        let mut op_in = [0u8; OP_IN];
-        op_in.copy_from_slice(&h[OP_IN..2 * OP_IN]);
         let mut waited = false;
         let mut let_go = || {
             waited = true;

@@ -177,7 +177,7 @@ impl Overlay {
         // only an EEXIST asks what holds the name. A whiteout sends it the long way
         // (`make_new`); anything else is the caller's EEXIST.
         let file = match self.make_new(ctx, &parent, upfd, name, what, false) {
-            Err(Errno::EEXIST) if self.holds_whiteout(upfd, name)? => {
+            Err(Errno::EEXIST) if whiteout::is_whiteout_at(upfd, name)? => {
                 self.make_new(ctx, &parent, upfd, name, what, true)?
             }
             other => other?,
@@ -195,15 +195,6 @@ impl Overlay {
         }
         let attr = self.attr_of(&node, &st);
         Ok((node, attr, file))
-    }
-
-    /// Whether `name` in `dir` is a whiteout.
-    fn holds_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<bool> {
-        match fs::fstatat(dir, name) {
-            Ok(st) => Ok(whiteout::is_whiteout_in(dir, name, &st)),
-            Err(Errno::ENOENT) => Ok(false),
-            Err(e) => Err(e),
-        }
     }
 
     /// Makes the new object `what` as `name` in `parent` (upper copy `upfd`), owned as

@@ -135,6 +135,16 @@ pub fn is_whiteout_in(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> bool {
     is_whiteout_stat(st) || is_xattr_whiteout(dir, name, st) && dir_has_xwhiteouts(dir)
 }
 
+/// Whether the entry `name` of layer directory `dir` is a whiteout (`is_whiteout_in`,
+/// after a stat of it; false where there is no such entry).
+pub fn is_whiteout_at(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<bool> {
+    match fs::fstatat(dir, name) {
+        Ok(st) => Ok(is_whiteout_in(dir, name, &st)),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether a name is one of the OCI marker names, which are never shown.
 pub fn is_marker_name(name: &OsStr) -> bool {
     name.as_bytes().starts_with(OCI_PREFIX)
