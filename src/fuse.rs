@@ -384,6 +384,12 @@ impl Filesystem for OvlFs {
             // symlink's atime moves as on kernel overlayfs.
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_MAX_PAGES,
+            // File handles only for identifying files (fanotify's FIDs, AT_HANDLE_FID), as
+            // on the kernel overlay without nfs_export: a plain name_to_handle_at fails
+            // with EOPNOTSUPP. Otherwise the kernel hands out handles that open_by_handle_at
+            // can resolve only while it still holds the inode (ESTALE after that), and
+            // NFS would export the mount with handles that go stale.
+            InitFlags::FUSE_NO_EXPORT_SUPPORT,
         ];
         // The kernel does reads and writes of upper files itself on the upper file (FUSE
         // passthrough; only for root of the initial user namespace). Stack depth 1: the

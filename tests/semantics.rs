@@ -2342,6 +2342,92 @@ fn statfs_reports_the_upper_file_system() {
     g.unmount();
 }
 
+/// `name_to_handle_at(2)` as on the kernel overlay without `nfs_export`: a plain call fails
+/// with EOPNOTSUPP, so no one is handed a handle that `open_by_handle_at` could resolve only
+/// while the kernel still caches the inode; a handle that only identifies the file
+/// (`AT_HANDLE_FID`, what fanotify reports) is given, and cannot be opened.
+#[test]
+fn file_handles_identify_files_but_do_not_open_them_as_on_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let t = twin(
+        "sem-file-handles",
+        &[&[E::Dir("d"), E::File("d/f", b"lower"), E::File("g", b"g")]],
+        &[],
+    );
+    t.both("copy up g", |r| {
+        outcome_unit(&fs::OpenOptions::new().append(true).open(r.join("g")))
+    });
+    t.both("create n", |r| {
+        outcome_unit(&fs::write(r.join("n"), b"new"))
+    });
+    for name in ["", "d", "d/f", "g", "n"] {
+        t.both(&format!("name_to_handle_at {name:?}"), |r| {
+            outcome_unit(&name_to_handle(&r.join(name), 0))
+        });
+        t.both(
+            &format!("AT_HANDLE_FID then open_by_handle_at {name:?}"),
+            |r| {
+                let fid = name_to_handle(&r.join(name), AT_HANDLE_FID);
+                let opened = match &fid {
+                    Ok(h) => outcome_unit(&open_by_handle(r, h)),
+                    Err(_) => "no handle".to_string(),
+                };
+                (outcome_unit(&fid), opened)
+            },
+        );
+    }
+    t.finish(true);
+}
+
+/// `AT_HANDLE_FID` in <fcntl.h> (Linux 6.5).
+const AT_HANDLE_FID: i32 = 0x200;
+
+/// A `struct file_handle` (handle_bytes, handle_type, then up to MAX_HANDLE_SZ bytes) for
+/// `p`, from `name_to_handle_at(2)` with `flags`.
+fn name_to_handle(p: &Path, flags: i32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 8 + 128];
+    buf[..4].copy_from_slice(&128u32.to_ne_bytes());
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: buf is a struct file_handle with room for the 128 bytes it announces; the
+    // path is a C string and mount_id a live local.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            flags,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(buf)
+}
+
+/// `open_by_handle_at(2)` of `handle` on the mount at `mnt`, read-only.
+fn open_by_handle(mnt: &Path, handle: &[u8]) -> io::Result<fs::File> {
+    let m = fs::File::open(mnt)?;
+    // SAFETY: handle is a struct file_handle filled in by name_to_handle_at.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            m.as_raw_fd(),
+            handle.as_ptr(),
+            libc::O_RDONLY,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just returned to us and owned by no one else.
+    Ok(unsafe { <fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
 #[test]
 fn fallocate_matches_kernel() {
     if !fuse_available() {
