@@ -194,8 +194,11 @@ FUSE options:
   default_permissions    accepted; permissions are always checked
   debug                  log debug messages
   fsname=NAME            file system name shown in the mount table
-  subtype=NAME           file system subtype shown in the mount table
+  subtype=NAME           the mount table then shows the type as fuse.NAME; with
+                         subtype=ovlfuse, mount(8) finds ovlfuse for a remount without -t
   max_read=N, max_write=N, blksize=N, max_idle_threads=N  accepted and ignored
+  user_id=N, group_id=N  accepted and ignored (the mount table shows them, and mount(8)
+                         passes them back on a remount)
   clone_fd, splice_read, splice_write, splice_move, big_writes, kernel_cache,
   auto_cache, direct_io, hard_remove, use_ino, nonempty    accepted and ignored
 
@@ -557,6 +560,7 @@ mod tests {
             "max_write=",
             "blksize=",
             "max_idle_threads=",
+            "user_id=N, group_id=N",
             "ro ",
             "rw ",
             "nodev",

@@ -351,7 +351,11 @@ pub fn fuse_config(p: &Params, source: Option<&str>) -> fuser::Config {
         .unwrap_or_else(|| "ovlfuse".to_string());
     opts.push(MountOption::FSName(fsname));
     if let Some(st) = &p.subtype {
-        opts.push(MountOption::Subtype(st.clone()));
+        // As a kernel option: fuser's own mount(2), which root's mounts take, passes its
+        // Subtype option nowhere, so the mount table said `fuse`. The kernel's FUSE takes
+        // `subtype=` in the mount data (the type then shows as `fuse.NAME`), and
+        // fusermount3 takes it in its options.
+        opts.push(MountOption::CUSTOM(format!("subtype={st}")));
     }
     if p.read_only || !p.has_upper() {
         opts.push(MountOption::RO);

@@ -1616,6 +1616,52 @@ fn remount_changes_flags_of_the_live_mount() {
 
 /// A SOURCE directory holding lower/ (and upper/ with work/) stands for its layers when the
 /// options name none: how xfstests mounts a FUSE filesystem after clearing MOUNT_OPTIONS.
+/// `fsname=` and `subtype=` name the mount in the mount table (`fuse.SUBTYPE`), and with
+/// `subtype=ovlfuse` a remount without `-t` reaches us: mount.fuse3 then runs us with the
+/// mount table's options, the kernel's `user_id=`/`group_id=` among them.
+#[test]
+fn fsname_and_subtype_name_the_mount_and_a_remount_takes_the_table_options() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("cli-subtype");
+    let st = simple_stack(&sc);
+    let lc = LowerCheck::new(&st.lowers);
+    let g = mount_ovlfuse(&st, &["fsname=ovl-subtype-test", "subtype=ovlfuse"]);
+    let m = mount_at(&st.mnt).expect("the mount is in the mount table");
+    assert_eq!(m.fstype, "fuse.ovlfuse", "type in the mount table: {m:?}");
+    assert_eq!(
+        m.source, "ovl-subtype-test",
+        "source in the mount table: {m:?}"
+    );
+    // What `mount -o remount,ro MNT` made mount.fuse3 run (traced by hand).
+    let mnt = st.mnt.to_str().unwrap();
+    let table = "relatime,remount,user_id=0,group_id=0,default_permissions,allow_other,dev,suid";
+    let out = run_ovlfuse(&["ovl-subtype-test", mnt, "-o", &format!("ro,{table}")]);
+    assert!(
+        out.status.success(),
+        "remount with the table's options: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    expect_errno(
+        fs::write(st.mnt.join("new"), b"x"),
+        libc::EROFS,
+        "write after the remount,ro",
+    );
+    let out = run_ovlfuse(&["ovl-subtype-test", mnt, "-o", &format!("rw,{table}")]);
+    assert!(
+        out.status.success(),
+        "remount,rw: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(
+        fs::write(st.mnt.join("new"), b"x"),
+        "write after remount,rw",
+    );
+    g.unmount();
+    lc.verify();
+}
+
 #[test]
 fn remount_rw_of_a_view_without_upper_is_refused() {
     if !fuse_available() {

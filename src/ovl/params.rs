@@ -747,7 +747,9 @@ fn apply_option(
                 _ => p.ino32 = true,
             }
         }
-        "max_idle_threads" | "max_read" | "max_write" | "blksize" => {
+        // user_id= and group_id= are what the mount table shows for every FUSE mount, so
+        // mount(8) passes them back on a remount; the kernel takes ours from the daemon.
+        "max_idle_threads" | "max_read" | "max_write" | "blksize" | "user_id" | "group_id" => {
             number_u32(name, required(name, value, false)?)?;
             ignore = true;
         }
@@ -1506,6 +1508,8 @@ mod tests {
             "nonempty",
             "blksize=4096",
             "max_write=1048576",
+            "user_id=0",
+            "group_id=0",
         ];
         let p = ok(&[&format!("lowerdir=/l,{}", opts.join(","))]);
         assert_eq!(p.ignored, opts.to_vec());
@@ -1569,6 +1573,8 @@ mod tests {
             "max_read",
             "max_write",
             "blksize",
+            "user_id",
+            "group_id",
         ] {
             for bad in ["abc", "-1", "1.5", "99999999999", "12k"] {
                 let e = err(&[&format!("lowerdir=/l,{name}={bad}")]);
