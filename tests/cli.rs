@@ -1572,6 +1572,34 @@ fn mounting_over_a_dead_mount_says_to_unmount_it_first() {
     g.unmount();
 }
 
+/// Runs `ovlfuse SOURCE MNT -o OPTS` as mount.fuse3 would for a remount, first with
+/// `opts[0]` (read-only: the mount table says `ro`, writes fail with EROFS), then with
+/// `opts[1]` (read-write again: writes work).
+#[track_caller]
+fn remount_ro_then_rw(mnt: &Path, source: &str, opts: [impl AsRef<str>; 2]) {
+    let m = mnt.to_str().unwrap();
+    for (i, o) in opts.iter().enumerate() {
+        let out = run_ovlfuse(&[source, m, "-o", o.as_ref()]);
+        assert!(
+            out.status.success(),
+            "remount -o {}: {}",
+            o.as_ref(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = fs::write(mnt.join("new"), b"x");
+        if i == 0 {
+            let e = mount_at(mnt).unwrap();
+            assert!(
+                e.opts.split(',').any(|o| o == "ro"),
+                "not read-only after the remount: {e:?}"
+            );
+            expect_errno(r, libc::EROFS, "write after the read-only remount");
+        } else {
+            ok(r, "write after the read-write remount");
+        }
+    }
+}
+
 #[test]
 fn remount_changes_flags_of_the_live_mount() {
     if !fuse_available() {
@@ -1583,33 +1611,7 @@ fn remount_changes_flags_of_the_live_mount() {
     let st = simple_stack(&sc);
     let lc = LowerCheck::new(&st.lowers);
     let g = mount_ovlfuse(&st, &[]);
-    let mnt = st.mnt.to_str().unwrap();
-    let out = run_ovlfuse(&["overlay", mnt, "-o", "rw,remount,ro,dev,suid"]);
-    assert!(
-        out.status.success(),
-        "remount,ro: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = mount_at(&st.mnt).unwrap();
-    assert!(
-        m.opts.split(',').any(|o| o == "ro"),
-        "not read-only after remount,ro: {m:?}"
-    );
-    expect_errno(
-        fs::write(st.mnt.join("new"), b"x"),
-        libc::EROFS,
-        "write after remount,ro",
-    );
-    let out = run_ovlfuse(&["overlay", mnt, "-o", "remount,rw"]);
-    assert!(
-        out.status.success(),
-        "remount,rw: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ok(
-        fs::write(st.mnt.join("new"), b"x"),
-        "write after remount,rw",
-    );
+    remount_ro_then_rw(&st.mnt, "overlay", ["rw,remount,ro,dev,suid", "remount,rw"]);
     g.unmount();
     lc.verify();
 }
@@ -1635,28 +1637,11 @@ fn fsname_and_subtype_name_the_mount_and_a_remount_takes_the_table_options() {
         "source in the mount table: {m:?}"
     );
     // What `mount -o remount,ro MNT` made mount.fuse3 run (traced by hand).
-    let mnt = st.mnt.to_str().unwrap();
     let table = "relatime,remount,user_id=0,group_id=0,default_permissions,allow_other,dev,suid";
-    let out = run_ovlfuse(&["ovl-subtype-test", mnt, "-o", &format!("ro,{table}")]);
-    assert!(
-        out.status.success(),
-        "remount with the table's options: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    expect_errno(
-        fs::write(st.mnt.join("new"), b"x"),
-        libc::EROFS,
-        "write after the remount,ro",
-    );
-    let out = run_ovlfuse(&["ovl-subtype-test", mnt, "-o", &format!("rw,{table}")]);
-    assert!(
-        out.status.success(),
-        "remount,rw: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ok(
-        fs::write(st.mnt.join("new"), b"x"),
-        "write after remount,rw",
+    remount_ro_then_rw(
+        &st.mnt,
+        "ovl-subtype-test",
+        [format!("ro,{table}"), format!("rw,{table}")],
     );
     g.unmount();
     lc.verify();
