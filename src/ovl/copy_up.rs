@@ -122,22 +122,25 @@ impl Overlay {
             let draft = self.start_copy(work, kind, lst.st_rdev, lpfd.as_fd(), &name, made)?;
             let res = self
                 .build_copy(&draft, lpfd.as_fd(), &name, &eff, with_data, made)
-                .and_then(|()| match &kept {
+                .and_then(|prot| {
                     // A symlink refusing it keeps its inode's owner.
-                    Some(o) => {
+                    if let Some(o) = &kept {
                         let (dir, n) = draft.at();
-                        self.write_override(dir, n, o, kind).map(drop)
+                        self.write_override(dir, n, o, kind)?;
                     }
-                    None => Ok(()),
-                })
-                .and_then(|()| draft.put_in_place(upfd.as_fd(), &name));
-            if res.is_err() {
-                draft.discard();
+                    draft.put_in_place(upfd.as_fd(), &name)?;
+                    Ok(prot)
+                });
+            match res {
+                Ok(prot) => Ok((draft, prot)),
+                Err(e) => {
+                    draft.discard();
+                    Err(e)
+                }
             }
-            res.map(|()| draft)
         };
-        let placed = match self.nodes.with_fds(attempt) {
-            Ok(draft) => draft,
+        let (placed, prot) = match self.nodes.with_fds(attempt) {
+            Ok(done) => done,
             Err(e) => {
                 warn!("copy-up of {:?} failed: {e:?}", name);
                 // Something (a whiteout, once the object was removed while open) holds the name:
@@ -170,8 +173,8 @@ impl Overlay {
         {
             let mut st = node.state.write();
             st.upper = true;
-            // Its protection attributes are now read from the copy's protattr (the same).
-            st.prot = 0;
+            // Its protection attributes are now those the copy's protattr records.
+            st.prot = super::inode::prot_known(prot);
         }
         if let Some(m) = parent.merged() {
             m.copied_up(&name);
@@ -262,7 +265,8 @@ impl Overlay {
     }
 
     /// Gives `draft`, the copy of lower entry `name` (in `lpfd`), its data (`with_data`) and
-    /// the lower object's metadata `st`, but for what its making gave it (`made`).
+    /// the lower object's metadata `st`, but for what its making gave it (`made`). Returns
+    /// the immutable and append-only attributes the copy's protattr records.
     fn build_copy(
         &self,
         draft: &Draft<'_>,
@@ -271,7 +275,7 @@ impl Overlay {
         st: &Stat,
         with_data: bool,
         made: MadeAs,
-    ) -> SysResult<()> {
+    ) -> SysResult<u32> {
         let kind = fs::ifmt(st.st_mode);
         // Only copied data needs syncing before the copy goes into place (as in the
         // kernel's ovl_copy_up_file): an empty copy is whole as soon as it exists, and
@@ -332,26 +336,36 @@ impl Overlay {
                 other => other?,
             }
         }
-        if kind == libc::S_IFREG || kind == libc::S_IFDIR {
-            self.copy_inode_flags(lpfd, name, draft, kind);
-        }
+        let prot = if kind == libc::S_IFREG || kind == libc::S_IFDIR {
+            self.copy_inode_flags(lpfd, name, draft, kind)
+        } else {
+            0
+        };
         let (at, mt) = fs::stat_times(st);
-        draft.utimens(at, mt)
+        draft.utimens(at, mt).map(|()| prot)
     }
 
     /// The lower object's inode attributes that its copy keeps, as the kernel's copy-up
     /// keeps them: sync and no-atime on the copy itself; immutable and append-only in
     /// `<prefix>protattr` (see [`Overlay::check_protection`]), because a copy carrying them
     /// could not be renamed into place, nor take its children's copies. Best effort, as in
-    /// the kernel: a filesystem without them loses nothing else.
-    fn copy_inode_flags(&self, lpfd: BorrowedFd<'_>, name: &OsStr, draft: &Draft<'_>, kind: u32) {
+    /// the kernel: a filesystem without them loses nothing else. Returns the protection
+    /// attributes the protattr now records.
+    fn copy_inode_flags(
+        &self,
+        lpfd: BorrowedFd<'_>,
+        name: &OsStr,
+        draft: &Draft<'_>,
+        kind: u32,
+    ) -> u32 {
         let is_dir = kind == libc::S_IFDIR;
         let lower = fs::inode_flags_at(lpfd, name, is_dir).unwrap_or(0);
-        let prot = lower & (fs::FS_IMMUTABLE_FL | fs::FS_APPEND_FL);
+        let mut prot = lower & (fs::FS_IMMUTABLE_FL | fs::FS_APPEND_FL);
         if prot != 0 {
             let (dir, at) = draft.at();
             if let Err(e) = self.set_protattr(dir, at, prot) {
                 debug!("copy-up of {name:?}: protection attributes not kept: {e:?}");
+                prot = 0;
             }
         }
         let kept = lower & (fs::FS_SYNC_FL | fs::FS_NOATIME_FL);
@@ -365,6 +379,7 @@ impl Overlay {
                 debug!("copy-up of {name:?}: sync/noatime attributes not kept: {e:?}");
             }
         }
+        prot
     }
 
     /// Marks an upper directory as holding copied-up entries, so readdir knows to look up

@@ -112,6 +112,18 @@ pub fn prot_known(flags: u32) -> u8 {
     v
 }
 
+/// `NodeState::prot` for a lower object of type `kind` whose stat came with statx's
+/// protection `hint` (`fs::fstatat_with_protection`): known to be none where the hint says
+/// none or the type cannot carry them, else unknown (`Overlay::protection` then reads them
+/// as `lower_protection` says).
+pub fn prot_of_lower(kind: u32, hint: u32) -> u8 {
+    if hint == 0 || (kind != libc::S_IFREG && kind != libc::S_IFDIR) {
+        prot_known(0)
+    } else {
+        0
+    }
+}
+
 fn prot_flags(v: u8) -> u32 {
     let mut f = 0;
     if v & PROT_IMMUTABLE != 0 {

@@ -6,6 +6,7 @@
 //! built, a name it does not hold is answered as absent without touching the layers, so
 //! lookup and readdir always agree.
 
+use super::inode::prot_of_lower;
 use super::layers::{LayerId, UPPER};
 use super::listing::{DirReader, Listed, MergedDir, Name};
 use super::node::{Lowers, Node, NodeInit, NodeState, ROOT_ID};
@@ -202,11 +203,12 @@ impl Overlay {
         e: &super::listing::Entry,
         fds: &mut DirFds,
     ) -> SysResult<Option<(Arc<Node>, Attr)>> {
-        let st = match fs::fstatat(fds.get(self, parent, e.layer)?.as_fd(), &name) {
-            Ok(st) if fs::ifmt(st.st_mode) == e.kind => st,
-            _ => return Ok(None),
-        };
-        let init = self.lower_object(e.layer, &st);
+        let (st, hint) =
+            match fs::fstatat_with_protection(fds.get(self, parent, e.layer)?.as_fd(), &name) {
+                Ok((st, hint)) if fs::ifmt(st.st_mode) == e.kind => (st, hint),
+                _ => return Ok(None),
+            };
+        let init = self.lower_object(e.layer, &st, hint);
         self.insert_found(parent, name, init).map(Some)
     }
 
@@ -419,8 +421,8 @@ impl Overlay {
                 }
             };
             let look = look.as_os_str();
-            match fs::fstatat(pfd.as_fd(), look) {
-                Ok(st) => {
+            match fs::fstatat_with_protection(pfd.as_fd(), look) {
+                Ok((st, hint)) => {
                     let own_dir = !matches!(redirect, Some(Redirect::Abs(_)));
                     if self.lower_whiteout(parent, l, own_dir, pfd.as_fd(), look, &st) {
                         break;
@@ -439,6 +441,7 @@ impl Overlay {
                                 let state = NodeState {
                                     upper: false,
                                     lowers: Lowers::One(l),
+                                    prot: prot_of_lower(libc::S_IFDIR, hint),
                                     ..Default::default()
                                 };
                                 dir = Some((state, self.layers.ino.map(layer.dev, st.st_ino), st));
@@ -493,7 +496,7 @@ impl Overlay {
                         if dir.is_some() {
                             break;
                         }
-                        return Ok(Found::Node(self.lower_object(l, &st)));
+                        return Ok(Found::Node(self.lower_object(l, &st, hint)));
                     }
                 }
                 // A marker hides the name in the layers still to be looked in; after the
@@ -523,14 +526,16 @@ impl Overlay {
     }
 
     /// A non-directory whose copy in lower layer `l` (stat-ed as `st`) is the one seen.
-    fn lower_object(&self, l: LayerId, st: &fs::Stat) -> NodeInit {
+    fn lower_object(&self, l: LayerId, st: &fs::Stat, prot_hint: u32) -> NodeInit {
+        let kind = fs::ifmt(st.st_mode);
         NodeInit {
-            kind: fs::ifmt(st.st_mode),
+            kind,
             ino: self.layers.ino.map(self.layers.get(l).dev, st.st_ino),
             upper_key: None,
             state: NodeState {
                 upper: false,
                 lowers: Lowers::One(l),
+                prot: prot_of_lower(kind, prot_hint),
                 ..Default::default()
             },
             seen: Some(*st),

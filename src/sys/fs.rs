@@ -843,7 +843,18 @@ pub fn birth_time(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Option<(i64, u
 /// 0 where the filesystem reports neither. A hint only: some filesystems (erofs) report
 /// every file immutable without such a flag on the inode.
 pub fn protection_flags(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<u32> {
-    let stx = statx_at(dir, name, libc::AT_STATX_DONT_SYNC, 0)?;
+    statx_at(dir, name, libc::AT_STATX_DONT_SYNC, 0).map(|stx| protection_hint(&stx))
+}
+
+/// `fstatat` of `name` in `dir`, made with statx so that the same call also gives the
+/// `protection_flags` hint: a lookup then learns, at no cost, that a lower file carries
+/// neither attribute, which its first change would otherwise ask with a statx of its own.
+pub fn fstatat_with_protection(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<(Stat, u32)> {
+    let stx = statx_at(dir, name, 0, libc::STATX_BASIC_STATS)?;
+    Ok((stat_of_statx(&stx), protection_hint(&stx)))
+}
+
+fn protection_hint(stx: &libc::statx) -> u32 {
     let attrs = stx.stx_attributes & stx.stx_attributes_mask;
     let mut out = 0;
     if attrs & libc::STATX_ATTR_IMMUTABLE as u64 != 0 {
@@ -852,7 +863,31 @@ pub fn protection_flags(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<u32> {
     if attrs & libc::STATX_ATTR_APPEND as u64 != 0 {
         out |= FS_APPEND_FL;
     }
-    Ok(out)
+    out
+}
+
+/// What stat(2) reports, from what statx reported (the kernel fills both from one
+/// `struct kstat`).
+fn stat_of_statx(x: &libc::statx) -> Stat {
+    // SAFETY: `stat` is plain old data; all zeroes is a valid value.
+    let mut st: Stat = unsafe { std::mem::zeroed() };
+    st.st_dev = makedev(x.stx_dev_major, x.stx_dev_minor);
+    st.st_ino = x.stx_ino;
+    st.st_nlink = x.stx_nlink as _;
+    st.st_mode = x.stx_mode as _;
+    st.st_uid = x.stx_uid;
+    st.st_gid = x.stx_gid;
+    st.st_rdev = makedev(x.stx_rdev_major, x.stx_rdev_minor);
+    st.st_size = x.stx_size as _;
+    st.st_blksize = x.stx_blksize as _;
+    st.st_blocks = x.stx_blocks as _;
+    st.st_atime = x.stx_atime.tv_sec;
+    st.st_atime_nsec = x.stx_atime.tv_nsec as _;
+    st.st_mtime = x.stx_mtime.tv_sec;
+    st.st_mtime_nsec = x.stx_mtime.tv_nsec as _;
+    st.st_ctime = x.stx_ctime.tv_sec;
+    st.st_ctime_nsec = x.stx_ctime.tv_nsec as _;
+    st
 }
 
 pub const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
@@ -991,5 +1026,58 @@ pub fn set_mount_attrs(fd: BorrowedFd<'_>, set: u64) -> SysResult<()> {
         Err(Errno::last())
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn stat_made_with_statx_is_the_stat_fstatat_gives() {
+        let dev = std::fs::File::open("/dev").unwrap();
+        let tmp = std::env::temp_dir().join(format!("ovlfuse-statx-{}", std::process::id()));
+        std::fs::create_dir(&tmp).unwrap();
+        std::fs::write(tmp.join("f"), b"data").unwrap();
+        std::os::unix::fs::symlink("f", tmp.join("l")).unwrap();
+        let dir = std::fs::File::open(&tmp).unwrap();
+        let cases = [
+            (dir.as_fd(), "f"),
+            (dir.as_fd(), "l"),
+            (dir.as_fd(), ""),
+            (dev.as_fd(), "null"),
+        ];
+        for (d, name) in cases {
+            let want = fstatat(d, OsStr::new(name)).unwrap();
+            let (got, hint) = fstatat_with_protection(d, OsStr::new(name)).unwrap();
+            let fields = |s: &Stat| {
+                (
+                    s.st_dev,
+                    s.st_ino,
+                    s.st_nlink,
+                    s.st_mode,
+                    s.st_uid,
+                    s.st_gid,
+                    s.st_rdev,
+                    s.st_size,
+                    s.st_blksize,
+                    s.st_blocks,
+                    (s.st_atime, s.st_atime_nsec, s.st_mtime, s.st_mtime_nsec),
+                    (s.st_ctime, s.st_ctime_nsec),
+                )
+            };
+            assert_eq!(fields(&got), fields(&want), "{name:?}");
+            assert_eq!(
+                hint,
+                protection_flags(d, OsStr::new(name)).unwrap(),
+                "{name:?}"
+            );
+        }
+        assert_eq!(
+            fstatat_with_protection(dir.as_fd(), OsStr::new("absent")).err(),
+            Some(Errno::ENOENT)
+        );
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }
