@@ -407,6 +407,42 @@ fn xattr_whiteouts_in_lower_match_kernel() {
     t.finish(true);
 }
 
+/// A documented difference (README): an empty file tagged `overlay.whiteout` in a directory
+/// not marked `opaque=x` is no whiteout by overlayfs.rst, and ovlfuse shows it. The kernel
+/// (6.18) lists it too, but its lookup answers ENOENT. Should a kernel agree with ovlfuse,
+/// this test fails and the README entry goes.
+#[test]
+fn a_whiteout_xattr_outside_a_marked_directory_is_a_plain_file() {
+    if !fuse_available() {
+        return;
+    }
+    let t = twin(
+        "sem-xattr-whiteout-unmarked",
+        &[
+            &[E::File("d/a", b"a")],
+            &[
+                E::File("d/tagged", b""),
+                E::Xattr("d/tagged", "trusted.overlay.whiteout", b"y"),
+            ],
+        ],
+        &[],
+    );
+    for root in [t.km(), t.fm()] {
+        assert_eq!(
+            names_or_err(&root.join("d")),
+            Ok(vec!["a".into(), "tagged".into()]),
+            "{root:?}: d"
+        );
+    }
+    assert!(fs::symlink_metadata(t.fm().join("d/tagged")).is_ok_and(|m| m.len() == 0));
+    expect_errno(
+        fs::symlink_metadata(t.km().join("d/tagged")),
+        libc::ENOENT,
+        "kernel lookup of a tagged file in an unmarked directory",
+    );
+    t.finish_apart(true, |_, _| {});
+}
+
 /// Kernel >= 6.7: a zero-size file with trusted.overlay.whiteout inside a directory with
 /// trusted.overlay.opaque=x is a whiteout; the "x" directory itself is not opaque. Here
 /// `d/f` in the upper lower layer hides the `d/f` below it.
