@@ -849,10 +849,21 @@ pub fn protection_flags(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<u32> {
 /// `fstatat` of `name` in `dir`, made with statx so that the same call also gives the
 /// `protection_flags` hint: a lookup then learns, at no cost, that a lower file carries
 /// neither attribute, which its first change would otherwise ask with a statx of its own.
+/// Where statx is refused (a seccomp filter that predates it says ENOSYS), a plain fstatat
+/// and no hint, which `protection_flags` would not get either.
 pub fn fstatat_with_protection(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<(Stat, u32)> {
-    let stx = statx_at(dir, name, 0, libc::STATX_BASIC_STATS)?;
-    Ok((stat_of_statx(&stx), protection_hint(&stx)))
+    if HAVE_STATX.load(Ordering::Relaxed) {
+        match statx_at(dir, name, 0, libc::STATX_BASIC_STATS) {
+            Ok(stx) => return Ok((stat_of_statx(&stx), protection_hint(&stx))),
+            Err(Errno::ENOSYS) => HAVE_STATX.store(false, Ordering::Relaxed),
+            Err(e) => return Err(e),
+        }
+    }
+    fstatat(dir, name).map(|st| (st, 0))
 }
+
+/// Whether statx is available; cleared the first time the kernel says ENOSYS.
+static HAVE_STATX: AtomicBool = AtomicBool::new(true);
 
 fn protection_hint(stx: &libc::statx) -> u32 {
     let attrs = stx.stx_attributes & stx.stx_attributes_mask;
