@@ -1084,6 +1084,12 @@ mod tests {
                 protection_flags(d, OsStr::new(name)).unwrap(),
                 "{name:?}"
             );
+            // The way taken where statx is refused (other tests may take it meanwhile:
+            // it answers the same).
+            HAVE_STATX.store(false, Ordering::Relaxed);
+            let (fell_back, _) = fstatat_with_protection(d, OsStr::new(name)).unwrap();
+            HAVE_STATX.store(true, Ordering::Relaxed);
+            assert_eq!(fields(&fell_back), fields(&want), "{name:?} without statx");
         }
         assert_eq!(
             fstatat_with_protection(dir.as_fd(), OsStr::new("absent")).err(),
