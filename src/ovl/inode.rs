@@ -390,6 +390,12 @@ impl Overlay {
         let target = if node.id == ROOT_ID {
             Target::Fd(self.nodes.dir_fd(&node, UPPER)?)
         } else if unlinked {
+            if node.is_dir() {
+                // A removed directory may still be on its way out of the work directory,
+                // and the removal of what it holds moves its times: that comes first, as
+                // on the kernel overlay, whose rmdir empties it before it answers.
+                self.reaper.flush();
+            }
             Target::Fd(node.detached().ok_or(Errno::ENOENT)?)
         } else if let (Some(h), None) = (&handle, self.upper_override()) {
             // fchown, fchmod and futimens through the caller's own open file: no lookup of
