@@ -7907,6 +7907,53 @@ fn lower_immutable_and_append_only_objects_as_on_the_kernel() {
     drop(protected);
 }
 
+/// A kernel overlay mounted with `metacopy=on` copies up only the metadata of a file whose
+/// owner or mode changes: the copy (marked `overlay.metacopy`) holds no data, which stays
+/// in the lower file. ovlfuse, like the kernel overlay with `metacopy=off`, does not follow
+/// such copies, and must not serve the copy's empty blocks as the file's data. Both refuse
+/// to open them and to change them with EPERM; the kernel refuses their lookup already, so
+/// there `stat` fails too (README).
+#[test]
+fn metadata_only_copies_are_refused_as_on_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let stub = [0u8; 3000];
+    let t = twin(
+        "sem-metacopy",
+        &[&[
+            E::File("stub", &stub),
+            E::Xattr("stub", "trusted.overlay.metacopy", b""),
+            E::File("ustub", b"the data the upper stub stands for"),
+            E::File("plain", b"plain"),
+        ]],
+        &[
+            E::File("ustub", &stub),
+            E::Xattr("ustub", "trusted.overlay.metacopy", b""),
+        ],
+    );
+    t.both("opening and changing metadata-only copies", |r| {
+        let open = |n: &str, flags: i32| outcome_unit(&open_fd(&r.join(n), flags, 0));
+        (
+            open("stub", libc::O_RDONLY),
+            open("stub", libc::O_WRONLY),
+            open("ustub", libc::O_RDONLY),
+            outcome_unit(&fs::set_permissions(
+                r.join("stub"),
+                fs::Permissions::from_mode(0o600),
+            )),
+            read_str(&r.join("plain")),
+        )
+    });
+    expect_errno(
+        fs::symlink_metadata(t.km().join("stub")),
+        libc::EPERM,
+        "kernel lookup of a metadata-only copy",
+    );
+    assert!(fs::symlink_metadata(t.fm().join("stub")).is_ok_and(|m| m.len() == 3000));
+    t.finish_apart(true, |_, _| {});
+}
+
 /// Times set through a descriptor of a directory removed while it was open stay set. The
 /// kernel overlay empties a merged directory before its rmdir answers; ovlfuse removes the
 /// whiteouts it held afterwards, on a thread of its own, and each of those removals moved

@@ -14,7 +14,7 @@
 //! (truncate to 0, open with O_TRUNC) skip copying it.
 
 use super::layers::{remove_tree, UPPER};
-use super::namei::{IMPURE_XATTR, ORIGIN_XATTR};
+use super::namei::{IMPURE_XATTR, METACOPY_XATTR, ORIGIN_XATTR};
 use super::node::{Node, MAX_DEPTH, ROOT_ID};
 use super::ownership::OverrideStat;
 use super::whiteout;
@@ -175,6 +175,8 @@ impl Overlay {
             st.upper = true;
             // Its protection attributes are now those the copy's protattr records.
             st.prot = super::inode::prot_known(prot);
+            // A metadata-only copy fails above (`copy_xattrs`): the copy holds the data.
+            st.whole = true;
         }
         if let Some(m) = parent.merged() {
             m.copied_up(&name);
@@ -643,7 +645,13 @@ pub fn copy_xattrs(
         Err(Errno::EOPNOTSUPP) => return Ok(()),
         Err(e) => return Err(e),
     };
+    let metacopy = format!("{prefix}{METACOPY_XATTR}");
     for raw in xattr::split_names(&list) {
+        if raw == metacopy.as_bytes() {
+            // Its data is in a lower file we do not follow: a copy would hold none.
+            warn!("refusing to copy up {sname:?}: a metadata-only copy (overlay.metacopy)");
+            return Err(Errno::EPERM);
+        }
         if super::xattr::is_private(prefix, raw)
             || raw.starts_with(b"trusted.overlay.") && !raw.starts_with(b"trusted.overlay.overlay.")
         {

@@ -427,8 +427,9 @@ impl Overlay {
             state: NodeState {
                 upper: true,
                 lowers: Lowers::None,
-                // Nothing new carries a protattr.
+                // Nothing new carries a protattr, nor the metadata-only mark.
                 prot: super::inode::PROT_KNOWN,
+                whole: true,
                 ..Default::default()
             },
             upper_key: (kind != libc::S_IFDIR).then_some((st.st_dev, st.st_ino)),

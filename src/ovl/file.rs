@@ -12,6 +12,7 @@ use super::copy_up::WRITEBACK_CHUNK;
 use super::dir::NewObject;
 use super::inode::{Attr, Change};
 use super::layers::UPPER;
+use super::namei::METACOPY_XATTR;
 use super::node::Node;
 use super::params::Atime;
 use super::{Ctx, Errno, Overlay, SysResult};
@@ -192,6 +193,9 @@ impl Overlay {
         }
         let st = node.state();
         let top = st.top().ok_or(Errno::ESTALE)?;
+        if node.kind == libc::S_IFREG && !st.whole {
+            self.refuse_metadata_only(&node, top)?;
+        }
         let mut rflags = real_open_flags(flags);
         if trunc && node.kind == libc::S_IFREG {
             rflags |= libc::O_TRUNC;
@@ -239,6 +243,41 @@ impl Overlay {
             self.kill_suid_sgid(ctx, &node, &fd);
         }
         Ok(self.add_handle(node, fd, top == UPPER, flags, direct))
+    }
+
+    /// Refuses (EPERM) a file whose copy seen, in layer `top`, is a kernel overlay's
+    /// metadata-only copy (`overlay.metacopy`, made with `metacopy=on`): its data is in a
+    /// lower file that ovlfuse does not follow, and the copy holds none, so a read would
+    /// show zeros. The kernel overlay with `metacopy=off` refuses its lookup with EPERM.
+    /// Read once per node: the layers do not change under the mount, and ovlfuse makes no
+    /// such copy.
+    fn refuse_metadata_only(&self, node: &Node, top: super::LayerId) -> SysResult<()> {
+        let attr = format!("{}{METACOPY_XATTR}", self.layers.xattr_prefix);
+        let marked = self.at_name(node, top, |dir, name| {
+            match crate::sys::xattr::get(dir, name, &attr, &mut []) {
+                Ok(_) => Ok(true),
+                Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) => Ok(false),
+                Err(e) => Err(e),
+            }
+        });
+        match marked {
+            Ok(true) => {
+                log::warn!(
+                    "refusing to open node {}: a metadata-only copy (overlay.metacopy)",
+                    node.id
+                );
+                Err(Errno::EPERM)
+            }
+            Ok(false) => {
+                let mut st = node.state.write();
+                if st.top() == Some(top) {
+                    st.whole = true;
+                }
+                Ok(())
+            }
+            // Unreachable by name (removed while open): the open meets the same.
+            Err(_) => Ok(()),
+        }
     }
 
     /// Whether the upper layer has room enough for the kernel to cache writes. A write

@@ -43,6 +43,10 @@ pub enum Found {
 /// file, so that its `st_ino` stays the lower one after copy-up and across remounts.
 pub const ORIGIN_XATTR: &str = "ovlfuse.origin";
 pub const IMPURE_XATTR: &str = "impure";
+/// The kernel's mark (after the prefix) on a metadata-only copy, which a kernel overlay
+/// mounted with `metacopy=on` makes: the data stays in a lower file. ovlfuse follows no
+/// such copy (see `Overlay::refuse_metadata_only`).
+pub const METACOPY_XATTR: &str = "metacopy";
 
 impl Overlay {
     /// Resolves `name` in directory `parent` and returns its node with a lookup reference.

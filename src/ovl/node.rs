@@ -223,6 +223,9 @@ pub struct NodeState {
     /// (see `Overlay::protection`): 0 unknown, else `PROT_KNOWN` and the `PROT_*` bits of
     /// those it has.
     pub prot: u8,
+    /// A regular file whose copy seen is known to hold its own data: not a kernel overlay's
+    /// metadata-only copy (see `Overlay::refuse_metadata_only`).
+    pub whole: bool,
     /// Lower layers where this directory sits at another path than its own, because a
     /// kernel with `redirect_dir=on` renamed it (`overlay.redirect`): (layer, path).
     pub redirects: Redirects,
