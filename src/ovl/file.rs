@@ -255,19 +255,16 @@ impl Overlay {
         let attr = format!("{}{METACOPY_XATTR}", self.layers.xattr_prefix);
         let marked = self.at_name(node, top, |dir, name| {
             match crate::sys::xattr::get(dir, name, &attr, &mut []) {
-                Ok(_) => Ok(true),
+                Ok(_) => {
+                    log::warn!("refusing to open {name:?}: a metadata-only copy ({attr})");
+                    Ok(true)
+                }
                 Err(Errno::ENODATA) | Err(Errno::EOPNOTSUPP) => Ok(false),
                 Err(e) => Err(e),
             }
         });
         match marked {
-            Ok(true) => {
-                log::warn!(
-                    "refusing to open node {}: a metadata-only copy (overlay.metacopy)",
-                    node.id
-                );
-                Err(Errno::EPERM)
-            }
+            Ok(true) => Err(Errno::EPERM),
             Ok(false) => {
                 let mut st = node.state.write();
                 if st.top() == Some(top) {
