@@ -7907,6 +7907,66 @@ fn lower_immutable_and_append_only_objects_as_on_the_kernel() {
     drop(protected);
 }
 
+/// A file the kernel overlay copied up keeps, under ovlfuse, the inode number the kernel
+/// shows for it: the lower file's, which ovlfuse reads from the kernel's origin record (a
+/// file handle of the lower file), in a stat and in a listing. A lower file with hard
+/// links gets no such record from the kernel, and both show the copy's own number.
+#[test]
+fn a_file_the_kernel_copied_up_keeps_its_inode_number_under_ovlfuse() {
+    if !fuse_available() {
+        return;
+    }
+    let t = twin(
+        "sem-kernel-origin",
+        &[&[
+            E::File("d/g", b"g"),
+            E::File("f", b"f"),
+            E::Hardlink("f", "hl"),
+            E::File("plain", b"p"),
+        ]],
+        &[],
+    );
+    t.both("copy-ups", |r| {
+        ["d/g", "f"].map(|n| {
+            outcome_unit(&fs::set_permissions(
+                r.join(n),
+                fs::Permissions::from_mode(0o600),
+            ))
+        })
+    });
+    t.finish_with(true, |k, _| {
+        let inos = |m: &Path| {
+            let stat = ["d/g", "f", "hl", "plain", "d"]
+                .map(|n| fs::symlink_metadata(m.join(n)).map(|md| md.ino()).unwrap());
+            let mut listed: Vec<(String, u64)> = fs::read_dir(m.join("d"))
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    (e.file_name().to_string_lossy().into_owned(), e.ino())
+                })
+                .collect();
+            listed.sort();
+            (stat, listed)
+        };
+        // The kernel's upper, seen by the kernel and then by ovlfuse.
+        let kg = mount_kernel(k);
+        let want = inos(&k.mnt);
+        kg.unmount();
+        let fg = mount_ovlfuse(k, &[]);
+        let got = inos(&k.mnt);
+        fg.unmount();
+        assert_eq!(
+            got, want,
+            "ovlfuse (left) and the kernel (right) on the kernel's upper"
+        );
+        let lower_g = fs::symlink_metadata(k.lowers[0].join("d/g")).unwrap().ino();
+        assert_eq!(
+            want.0[0], lower_g,
+            "the kernel shows the lower number of d/g"
+        );
+    });
+}
+
 /// A kernel overlay mounted with `metacopy=on` copies up only the metadata of a file whose
 /// owner or mode changes: the copy (marked `overlay.metacopy`) holds no data, which stays
 /// in the lower file. ovlfuse, like the kernel overlay with `metacopy=off`, does not follow

@@ -14,7 +14,7 @@
 //! (truncate to 0, open with O_TRUNC) skip copying it.
 
 use super::layers::{remove_tree, UPPER};
-use super::namei::{IMPURE_XATTR, METACOPY_XATTR, ORIGIN_XATTR};
+use super::namei::{IMPURE_XATTR, KERNEL_ORIGIN_XATTR, METACOPY_XATTR, ORIGIN_XATTR};
 use super::node::{Node, MAX_DEPTH, ROOT_ID};
 use super::ownership::OverrideStat;
 use super::whiteout;
@@ -677,10 +677,6 @@ pub fn copy_xattrs(
     }
     Ok(())
 }
-
-/// The kernel overlay's name for the origin record of a copied-up directory (after the
-/// mount's xattr prefix).
-const KERNEL_ORIGIN_XATTR: &str = "origin";
 
 /// The origin record the kernel's copy-up writes for lower object `name` in `dir` (struct
 /// ovl_fb): version 0, magic 0xfb, length, flags (byte order), the handle's type, the

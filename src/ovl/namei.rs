@@ -43,6 +43,10 @@ pub enum Found {
 /// file, so that its `st_ino` stays the lower one after copy-up and across remounts.
 pub const ORIGIN_XATTR: &str = "ovlfuse.origin";
 pub const IMPURE_XATTR: &str = "impure";
+/// The kernel overlay's origin record of a copied-up object (after the prefix): a file
+/// handle of the lower object (struct ovl_fb). ovlfuse writes it on directories it copies
+/// up, and reads it on files the kernel copied up (`kernel_origin_ino`).
+pub const KERNEL_ORIGIN_XATTR: &str = "origin";
 /// The kernel's mark (after the prefix) on a metadata-only copy, which a kernel overlay
 /// mounted with `metacopy=on` makes: the data stays in a lower file. ovlfuse follows no
 /// such copy (see `Overlay::refuse_metadata_only`).
@@ -337,8 +341,9 @@ impl Overlay {
                     }
                     let upper = self.layers.get(UPPER);
                     if !fs::is_dir(&st) {
+                        let kernel_too = self.upper_dir_impure(parent, pfd.as_fd());
                         let ino = self
-                            .origin_ino(pfd.as_fd(), name)
+                            .origin_ino(pfd.as_fd(), name, kernel_too)
                             .unwrap_or_else(|| self.layers.ino.map(upper.dev, st.st_ino));
                         return Ok(Found::Node(NodeInit {
                             kind: fs::ifmt(st.st_mode),
@@ -692,10 +697,17 @@ impl Overlay {
     }
 
     /// The `st_ino` recorded on an upper file by its copy-up, if any.
-    pub fn origin_ino(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
+    /// Where our own record is missing and `kernel_too`, the kernel overlay's record of a
+    /// copy it made (see `kernel_origin_ino`): only an impure directory can hold one, as
+    /// the kernel marks the directory before the copy lands.
+    pub fn origin_ino(&self, dir: BorrowedFd<'_>, name: &OsStr, kernel_too: bool) -> Option<u64> {
         let attr = format!("{}{}", self.layers.xattr_prefix, ORIGIN_XATTR);
         let mut buf = [0u8; 64];
-        let n = xattr::get(dir, name, &attr, &mut buf).ok()?;
+        let n = match xattr::get(dir, name, &attr, &mut buf) {
+            Ok(n) => n,
+            Err(Errno::ENODATA) if kernel_too => return self.kernel_origin_ino(dir, name),
+            Err(_) => return None,
+        };
         let s = std::str::from_utf8(&buf[..n]).ok()?;
         let (dev, ino) = s.split_once(':')?;
         let (dev, ino): (u64, u64) = (dev.parse().ok()?, ino.parse().ok()?);
@@ -703,6 +715,59 @@ impl Overlay {
             return None;
         }
         Some(self.layers.ino.map(dev, ino))
+    }
+
+    /// The `st_ino` the kernel overlay shows for a file it copied up, from the origin
+    /// record its copy-up left (a file handle of the lower file): the lower file's, where
+    /// the handle still leads to a file of a lower layer's filesystem with one link (the
+    /// kernel does not use the number of a lower file with hard links, whose names may have
+    /// been copied up apart). Opening a handle needs CAP_DAC_READ_SEARCH: without it, as
+    /// for a handle that leads nowhere, the copy shows its own number.
+    fn kernel_origin_ino(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
+        let attr = format!("{}{KERNEL_ORIGIN_XATTR}", self.layers.xattr_prefix);
+        let fb = xattr::get_vec(dir, name, &attr).ok()?;
+        let (kind, handle) = origin_file_handle(&fb)?;
+        let mut tried: Vec<u64> = Vec::new();
+        for l in self.layers.lower_ids() {
+            let layer = self.layers.get(l);
+            if tried.contains(&layer.dev) {
+                continue;
+            }
+            tried.push(layer.dev);
+            // open_by_handle_at takes no O_PATH fd (EBADF) for the filesystem.
+            let Ok(root) = fs::openat(
+                layer.fd(),
+                OsStr::new("."),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            ) else {
+                continue;
+            };
+            let Ok(fd) = fs::open_by_handle(root.as_fd(), kind, handle) else {
+                continue;
+            };
+            let st = fs::fstat(fd.as_fd()).ok()?;
+            let usable = !fs::is_dir(&st) && st.st_nlink == 1 && self.layers.ino.knows(st.st_dev);
+            return usable.then(|| self.layers.ino.map(st.st_dev, st.st_ino));
+        }
+        None
+    }
+
+    /// Whether upper directory `dir` (reached as `fd`) is marked impure, read from its
+    /// xattr the first time it is asked.
+    fn upper_dir_impure(&self, dir: &Node, fd: BorrowedFd<'_>) -> bool {
+        {
+            let st = dir.state.read();
+            if st.impure || st.impure_read {
+                return st.impure;
+            }
+        }
+        let attr = format!("{}{IMPURE_XATTR}", self.layers.xattr_prefix);
+        let marked = xattr::get_on_dir(fd, &attr).is_ok();
+        let mut st = dir.state.write();
+        st.impure |= marked;
+        st.impure_read = true;
+        st.impure
     }
 
     /// The parent node of `node` and the fd of that parent directory in `layer`.
@@ -865,4 +930,22 @@ fn join(dir: &OsStr, name: &OsStr) -> std::ffi::OsString {
 pub enum ChildRef {
     Live(Arc<Node>),
     Fresh(NodeInit),
+}
+
+/// The file handle (type, bytes) in a kernel origin record (struct ovl_fb: version 0,
+/// magic 0xfb, its own length, flags, handle type, 16 bytes of uuid, the handle), where
+/// it names a lower object in this CPU's byte order.
+fn origin_file_handle(fb: &[u8]) -> Option<(i32, &[u8])> {
+    const BIG_ENDIAN: u8 = 1;
+    const ANY_ENDIAN: u8 = 2;
+    const PATH_UPPER: u8 = 4;
+    if fb.len() <= 21 || fb[0] != 0 || fb[1] != 0xfb || usize::from(fb[2]) != fb.len() {
+        return None;
+    }
+    let flags = fb[3];
+    let ours = (flags & BIG_ENDIAN != 0) == cfg!(target_endian = "big");
+    if flags & PATH_UPPER != 0 || !(ours || flags & ANY_ENDIAN != 0) {
+        return None;
+    }
+    Some((i32::from(fb[4]), &fb[21..]))
 }

@@ -304,7 +304,7 @@ impl Overlay {
                             maybe_merged.insert(name.clone());
                         }
                     } else if impure {
-                        if let Some(o) = self.origin_ino(dfd, os) {
+                        if let Some(o) = self.origin_ino(dfd, os, true) {
                             ino = o;
                             holds_copies = true;
                         }

@@ -190,6 +190,32 @@ pub fn name_to_handle(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<(i32, Vec<
     Ok((kind, buf[8..8 + len.min(MAX_HANDLE)].to_vec()))
 }
 
+/// The object that file handle (`kind`, `handle`) names on the filesystem of `mount` (any
+/// fd on it), opened `O_PATH`: open_by_handle_at(2), which needs CAP_DAC_READ_SEARCH.
+pub fn open_by_handle(mount: BorrowedFd<'_>, kind: i32, handle: &[u8]) -> SysResult<OwnedFd> {
+    /// MAX_HANDLE_SZ in <fcntl.h>.
+    const MAX_HANDLE: usize = 128;
+    if handle.len() > MAX_HANDLE {
+        return Err(Errno::EINVAL);
+    }
+    let mut buf = [0u8; 8 + MAX_HANDLE];
+    buf[..4].copy_from_slice(&(handle.len() as u32).to_ne_bytes());
+    buf[4..8].copy_from_slice(&kind.to_ne_bytes());
+    buf[8..8 + handle.len()].copy_from_slice(handle);
+    // SAFETY: the buffer holds a struct file_handle whose handle_bytes says how many of
+    // its bytes follow.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            buf.as_ptr(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        ) as libc::c_int
+    })?;
+    // SAFETY: a descriptor just returned to us and owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<Stat> {
     let mut st: Stat = unsafe { std::mem::zeroed() };
     check(unsafe {
