@@ -5500,8 +5500,9 @@ fn seek_data_finds_data_not_yet_written_back() {
 
 /// With the writeback cache a write(2) succeeds once its data is in the page cache. When
 /// the write-back then finds the upper filesystem full, the error is not lost: fsync
-/// reports ENOSPC, and so does the next write(2) (the kernel overlay fails the write that
-/// finds the disk full). Once there is room again, writes and fsync succeed. The upper
+/// reports ENOSPC, and so does the next write(2) while the disk is full (the kernel overlay
+/// fails the write that finds the disk full). Once there is room again, writes and fsync
+/// succeed, even where a write-back failed once more after the last report. The upper
 /// layer is a tmpfs with room enough for cached writes when the file is opened, filled
 /// from outside the overlay while it is open.
 #[test]
@@ -5561,6 +5562,23 @@ fn failed_write_back_to_a_full_upper_layer_is_reported() {
         }
     }
 
+    // A write cached while the disk is still full (one may first report a write-back
+    // that failed meanwhile), whose fsync fails again: the first write after room comes
+    // back must not report that write-back a second time.
+    let mut cached = f.write_all(&chunk);
+    if cached.is_err() {
+        cached = f.write_all(&chunk);
+    }
+    ok(cached, "a write cached while the disk is full");
+    let e = f
+        .sync_all()
+        .expect_err("fsync of a write cached while the disk is full");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC),
+        "fsync while full: {e}"
+    );
+
     drop(filler);
     ok(fs::remove_file(layer_fs.join("filler")), "remove filler");
     // The space comes back when the last descriptor of the filler goes: a child that another
@@ -5574,7 +5592,6 @@ fn failed_write_back_to_a_full_upper_layer_is_reported() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let _ = f.sync_all(); // may still report the old error once
     ok(f.write_all(b"again"), "write once there is room");
     ok(f.sync_all(), "fsync once there is room");
     drop(f);

@@ -81,6 +81,10 @@ pub(super) fn times_lock(id: u64) -> parking_lot::MutexGuard<'static, ()> {
 /// hold dirty (1% of the dirtyable memory by default).
 const CACHED_WRITES_MIN_ROOM: u64 = 1 << 30;
 
+/// The free space at which a full upper layer counts as having room again, so that a
+/// write-back that failed for want of space no longer fails the file's next write.
+const WRITE_BACK_ROOM_AGAIN: u64 = 16 << 20;
+
 /// The real flags of a writable open while the kernel caches writes, and whether its
 /// I/O goes through that cache. The kernel writes dirty pages back at their own offsets
 /// through any writable open file of the inode, so no real file has O_APPEND (it would
@@ -275,6 +279,17 @@ impl Overlay {
             // Unreachable by name (removed while open): the open meets the same.
             Err(_) => Ok(()),
         }
+    }
+
+    /// Whether the upper layer, where a write-back failed for want of space, has room
+    /// again (`WRITE_BACK_ROOM_AGAIN`).
+    pub(super) fn upper_has_room_again(&self) -> bool {
+        let Some(upper) = &self.layers.upper else {
+            return false;
+        };
+        fs::fstatvfs(upper.fd()).is_ok_and(|v| {
+            (v.f_bavail as u128) * (v.f_frsize as u128) >= WRITE_BACK_ROOM_AGAIN as u128
+        })
     }
 
     /// Whether the upper layer has room enough for the kernel to cache writes. A write

@@ -314,7 +314,13 @@ impl Overlay {
             // (or an lseek to the end, or a read past the size the kernel knows, if one
             // comes first: each asks the same way).
             if let Some((_, e)) = self.write_back_errors.remove(&id) {
-                return Err(e);
+                // Unless a full upper filesystem has room again by now: a write there
+                // succeeds on the kernel overlay (the lost write-back is still reported
+                // by fsync and close). A write-back that failed after an earlier report
+                // (pages an fsync flushed) made this one fail when room came back.
+                if e != Errno::ENOSPC || !self.upper_has_room_again() {
+                    return Err(e);
+                }
             }
         }
         if let Some(h) = fh.and_then(|fh| self.file_handle(fh)) {
