@@ -949,3 +949,29 @@ fn origin_file_handle(fb: &[u8]) -> Option<(i32, &[u8])> {
     }
     Some((i32::from(fb[4]), &fb[21..]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::origin_file_handle;
+
+    #[test]
+    fn kernel_origin_records_give_their_file_handle() {
+        // As a kernel overlay's copy-up wrote it on ext4 (null uuid, FILEID_INO32_GEN).
+        let mut fb = vec![0, 0xfb, 29, 0, 1];
+        fb.extend_from_slice(&[0; 16]);
+        fb.extend_from_slice(&[0xed, 0x0e, 0x33, 0, 0xe2, 0x30, 0x81, 0x2d]);
+        assert_eq!(origin_file_handle(&fb), Some((1, &fb[21..])));
+        let with = |i: usize, v: u8| {
+            let mut b = fb.clone();
+            b[i] = v;
+            origin_file_handle(&b).map(|(kind, h)| (kind, h.to_vec()))
+        };
+        assert_eq!(with(1, 0xfa), None, "magic");
+        assert_eq!(with(2, 30), None, "length");
+        assert_eq!(with(3, 4), None, "a handle of an upper object");
+        let other_order = if cfg!(target_endian = "big") { 0 } else { 1 };
+        assert_eq!(with(3, other_order), None, "the other byte order");
+        assert!(with(3, other_order | 2).is_some(), "any byte order");
+        assert_eq!(origin_file_handle(&fb[..21]), None, "no handle");
+    }
+}

@@ -219,7 +219,8 @@ pub struct NodeState {
     pub lowers: Lowers,
     /// The upper directory has been marked impure (it holds copied-up entries).
     pub impure: bool,
-    /// `impure` was read from the directory's xattr, or set by this mount: no more reading.
+    /// `impure` has been read from the directory's xattr. Until then a false `impure` only
+    /// says that this mount did not mark the directory.
     pub impure_read: bool,
     /// The immutable and append-only attributes no filesystem enforces for us, once read
     /// (see `Overlay::protection`): 0 unknown, else `PROT_KNOWN` and the `PROT_*` bits of
