@@ -284,12 +284,16 @@ impl Overlay {
     /// Whether the upper layer, where a write-back failed for want of space, has room
     /// again (`WRITE_BACK_ROOM_AGAIN`).
     pub(super) fn upper_has_room_again(&self) -> bool {
+        self.upper_has_room(WRITE_BACK_ROOM_AGAIN)
+    }
+
+    /// Whether the upper layer has at least `bytes` free for us.
+    fn upper_has_room(&self, bytes: u64) -> bool {
         let Some(upper) = &self.layers.upper else {
             return false;
         };
-        fs::fstatvfs(upper.fd()).is_ok_and(|v| {
-            (v.f_bavail as u128) * (v.f_frsize as u128) >= WRITE_BACK_ROOM_AGAIN as u128
-        })
+        fs::fstatvfs(upper.fd())
+            .is_ok_and(|v| (v.f_bavail as u128) * (v.f_frsize as u128) >= bytes as u128)
     }
 
     /// Whether the upper layer has room enough for the kernel to cache writes. A write
@@ -298,12 +302,7 @@ impl Overlay {
     /// where the space is short, files are opened for direct I/O: each write(2) reaches
     /// the upper filesystem and fails there, as on the kernel overlay.
     fn room_for_cached_writes(&self) -> bool {
-        let Some(upper) = &self.layers.upper else {
-            return false;
-        };
-        fs::fstatvfs(upper.fd()).is_ok_and(|v| {
-            (v.f_bavail as u128) * (v.f_frsize as u128) >= CACHED_WRITES_MIN_ROOM as u128
-        })
+        self.upper_has_room(CACHED_WRITES_MIN_ROOM)
     }
 
     /// Whether the open file `fh` was opened for reading and writing: only such a file can

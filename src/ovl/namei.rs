@@ -754,8 +754,9 @@ impl Overlay {
     }
 
     /// Whether upper directory `dir` (reached as `fd`) is marked impure, read from its
-    /// xattr the first time it is asked.
-    fn upper_dir_impure(&self, dir: &Node, fd: BorrowedFd<'_>) -> bool {
+    /// xattr the first time it is asked. A mark an earlier mount left makes removals from
+    /// it check for the last copy from then on (see `may_turn_pure`).
+    pub(super) fn upper_dir_impure(&self, dir: &Node, fd: BorrowedFd<'_>) -> bool {
         {
             let st = dir.state.read();
             if st.impure || st.impure_read {

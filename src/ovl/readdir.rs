@@ -8,11 +8,9 @@
 
 use super::layers::{LayerId, UPPER};
 use super::listing::{DirReader, Entry, Listed, MergedDir, Name, Slotted};
-use super::namei::IMPURE_XATTR;
 use super::node::{Node, ROOT_ID};
 use super::{whiteout, Errno, HashMap, HashSet, Overlay, SysResult};
 use crate::sys::fs;
-use crate::sys::xattr;
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
@@ -227,13 +225,7 @@ impl Overlay {
             // Read at the first entry that could be an xattr whiteout: a directory of
             // directories never needs it.
             let mut xwhiteouts: Option<bool> = None;
-            let impure = layer == UPPER
-                && (st.impure
-                    || xattr::get_on_dir(
-                        dfd,
-                        &format!("{}{}", self.layers.xattr_prefix, IMPURE_XATTR),
-                    )
-                    .is_ok());
+            let impure = layer == UPPER && self.upper_dir_impure(node, dfd);
             let mut markers: Vec<Name> = Vec::new();
             dir.for_each_entry(|os, d_ino, dtype| {
                 if whiteout::is_marker_name(os) {
@@ -325,9 +317,6 @@ impl Overlay {
             })?;
             if impure && pure_upper && !holds_copies && !self.cfg.read_only {
                 self.drop_impure(node, dfd);
-            } else if impure && !st.impure {
-                // Marked by an earlier mount: removals from it now check for the last copy.
-                node.state.write().impure = true;
             }
             for h in markers {
                 if is_lower {
