@@ -7984,6 +7984,100 @@ fn a_file_the_kernel_copied_up_keeps_its_inode_number_under_ovlfuse() {
     });
 }
 
+/// The other way round: ovlfuse writes the kernel's origin record on what it copies up
+/// (byte for byte as the kernel's copy-up does, lower filesystem uuid included), so a
+/// kernel overlay mounting ovlfuse's upper shows the lower object's inode number for such
+/// copies, in `stat` (and in listings, where all layers share a filesystem), as for its
+/// own. A lower object with hard links gets no record on either. Once with the lower on the
+/// scratch filesystem and once on a tmpfs, whose uuid the records carry.
+#[test]
+fn what_ovlfuse_copied_up_keeps_its_inode_number_under_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("sem-origin-for-kernel");
+    let names = ["d/g", "f", "h1", "h2", "sl", "fifo", "dd", "d"];
+    let copied = ["d/g", "f", "h1", "sl", "fifo", "dd"];
+    for on_tmpfs in [false, true] {
+        let base = sc.dir(if on_tmpfs { "tmpfs" } else { "scratch" });
+        let k = Stack::new_at(&base.join("k"), 1);
+        let mut f = Stack::new_at(&base.join("f"), 1);
+        let _t = on_tmpfs.then(|| mount_tmpfs(&k.lowers[0]));
+        f.lowers = k.lowers.clone();
+        build(
+            &k.lowers[0],
+            &[
+                E::File("d/g", b"g"),
+                E::File("f", b"f"),
+                E::File("h1", b"h"),
+                E::Hardlink("h1", "h2"),
+                E::Symlink("sl", "f"),
+                E::Fifo("fifo"),
+                E::Dir("dd"),
+            ],
+        );
+        let copy_up = |m: &Path| {
+            for n in copied {
+                ok(lchown(&m.join(n), 0, 0), &format!("lchown {n}"));
+            }
+        };
+        let kg = mount_kernel(&k);
+        copy_up(&k.mnt);
+        kg.unmount();
+        let fg = mount_ovlfuse(&f, &[]);
+        copy_up(&f.mnt);
+        fg.unmount();
+        let record =
+            |upper: &Path, n: &str| outcome(&lgetxattr(&upper.join(n), "trusted.overlay.origin"));
+        for n in copied {
+            assert_eq!(
+                record(&f.upper, n),
+                record(&k.upper, n),
+                "origin record of {n} (lower on tmpfs: {on_tmpfs}): ovlfuse's (left), the kernel's (right)"
+            );
+        }
+        assert!(
+            record(&k.upper, "h1").contains("ENODATA"),
+            "setup: the kernel records no origin for a file with hard links"
+        );
+        let inos = |st: &Stack| {
+            let g = mount_kernel(st);
+            let stat: Vec<(&str, u64)> = names
+                .iter()
+                .filter(|&&n| n != "h1")
+                .map(|&n| (n, fs::symlink_metadata(st.mnt.join(n)).unwrap().ino()))
+                .collect();
+            // With layers on two filesystems (and no xino), the kernel lists every upper
+            // entry with the upper inode's number, whatever its stat shows.
+            let mut listed: Vec<(String, u64)> = Vec::new();
+            for dir in ["", "d"].into_iter().filter(|_| !on_tmpfs) {
+                for e in fs::read_dir(st.mnt.join(dir)).unwrap() {
+                    let e = e.unwrap();
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    if n != "h1" {
+                        listed.push((format!("{dir}/{n}"), e.ino()));
+                    }
+                }
+            }
+            listed.sort();
+            g.unmount();
+            (stat, listed)
+        };
+        let theirs = inos(&k);
+        let lower_g = fs::symlink_metadata(k.lowers[0].join("d/g")).unwrap().ino();
+        assert_eq!(
+            theirs.0[0],
+            ("d/g", lower_g),
+            "setup: the kernel shows the lower number of its copy of d/g"
+        );
+        assert_eq!(
+            inos(&f),
+            theirs,
+            "the kernel on ovlfuse's upper (left) and on its own (right), lower on tmpfs: {on_tmpfs}"
+        );
+    }
+}
+
 /// A kernel overlay mounted with `metacopy=on` copies up only the metadata of a file whose
 /// owner or mode changes: the copy (marked `overlay.metacopy`) holds no data, which stays
 /// in the lower file. ovlfuse, like the kernel overlay with `metacopy=off`, does not follow

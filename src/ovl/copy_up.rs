@@ -13,8 +13,10 @@
 //! the next mount); after it, the new one. Callers that are about to throw the data away
 //! (truncate to 0, open with O_TRUNC) skip copying it.
 
-use super::layers::{remove_tree, UPPER};
-use super::namei::{IMPURE_XATTR, KERNEL_ORIGIN_XATTR, METACOPY_XATTR, ORIGIN_XATTR};
+use super::layers::{remove_tree, LayerId, UPPER};
+use super::namei::{
+    origin_record, IMPURE_XATTR, KERNEL_ORIGIN_XATTR, METACOPY_XATTR, ORIGIN_XATTR,
+};
 use super::node::{Node, MAX_DEPTH, ROOT_ID};
 use super::ownership::OverrideStat;
 use super::whiteout;
@@ -121,7 +123,7 @@ impl Overlay {
         let attempt = || {
             let draft = self.start_copy(work, kind, lst.st_rdev, lpfd.as_fd(), &name, made)?;
             let res = self
-                .build_copy(&draft, lpfd.as_fd(), &name, &eff, with_data, made)
+                .build_copy(&draft, (lower, lpfd.as_fd(), &name), &eff, with_data, made)
                 .and_then(|prot| {
                     // A symlink refusing it keeps its inode's owner.
                     if let Some(o) = &kept {
@@ -266,14 +268,14 @@ impl Overlay {
         Ok(Draft::Named(work, tmp))
     }
 
-    /// Gives `draft`, the copy of lower entry `name` (in `lpfd`), its data (`with_data`) and
-    /// the lower object's metadata `st`, but for what its making gave it (`made`). Returns
-    /// the immutable and append-only attributes the copy's protattr records.
+    /// Gives `draft`, the copy of lower entry `name` (in `lpfd`, in layer `lower`), its data
+    /// (`with_data`) and the lower object's metadata `st`, but for what its making gave it
+    /// (`made`). Returns the immutable and append-only attributes the copy's protattr
+    /// records.
     fn build_copy(
         &self,
         draft: &Draft<'_>,
-        lpfd: BorrowedFd<'_>,
-        name: &OsStr,
+        (lower, lpfd, name): (LayerId, BorrowedFd<'_>, &OsStr),
         st: &Stat,
         with_data: bool,
         made: MadeAs,
@@ -325,14 +327,25 @@ impl Overlay {
                 // Only st_ino stability after remount depends on it.
                 debug!("cannot record origin of {:?}: {e:?}", name);
             }
-        } else if self.layers.upper_xattrs {
-            // The kernel's own origin record, as its copy-up writes it on a directory: a
-            // kernel overlay that finds a merged upper directory without one writes it at
-            // its first lookup, and that lookup fails if the directory's xattrs have filled
-            // their space meanwhile (ENOSPC: the directory is gone from its view).
+        }
+        // The kernel's own origin record, as its copy-up (index=off) writes it: on a
+        // directory, and on anything else with a single link (a kernel overlay mounting the
+        // upper then shows the lower object's inode number, as ovlfuse does). A kernel
+        // overlay that finds a merged upper directory without one writes it at its first
+        // lookup, and that lookup fails if the directory's xattrs have filled their space
+        // meanwhile (ENOSPC: the directory is gone from its view).
+        if self.layers.upper_xattrs && (kind == libc::S_IFDIR || st.st_nlink == 1) {
             let attr = format!("{}{}", self.layers.xattr_prefix, KERNEL_ORIGIN_XATTR);
-            match xattr::set(dir, at, &attr, &kernel_origin(lpfd, name), 0) {
-                Err(e) if e == Errno::EOPNOTSUPP => {
+            let record = self.kernel_origin(lower, lpfd, name);
+            match xattr::set(dir, at, &attr, &record, 0) {
+                // user.* xattrs are for regular files and directories only; the kernel
+                // goes on without the record there too.
+                Err(e)
+                    if e == Errno::EOPNOTSUPP
+                        || (e == Errno::EPERM
+                            && kind != libc::S_IFREG
+                            && kind != libc::S_IFDIR) =>
+                {
                     debug!("cannot record origin of {:?}: {e:?}", name)
                 }
                 other => other?,
@@ -382,6 +395,20 @@ impl Overlay {
             }
         }
         prot
+    }
+
+    /// The origin record the kernel's copy-up writes for lower object `name` in `dir`, in
+    /// layer `lower` (see `namei::origin_record`). Empty where the layer cannot give file
+    /// handles, and where the daemon could not open them (no CAP_DAC_READ_SEARCH: rootless),
+    /// as the kernel writes it then.
+    fn kernel_origin(&self, lower: LayerId, dir: BorrowedFd<'_>, name: &OsStr) -> Vec<u8> {
+        if !crate::sys::is_host_root() {
+            return Vec::new();
+        }
+        let Ok((kind, handle)) = fs::name_to_handle(dir, name) else {
+            return Vec::new();
+        };
+        origin_record(self.layers.get(lower).fs_uuid(), kind, &handle).unwrap_or_default()
     }
 
     /// Marks an upper directory as holding copied-up entries, so readdir knows to look up
@@ -676,26 +703,6 @@ pub fn copy_xattrs(
         }
     }
     Ok(())
-}
-
-/// The origin record the kernel's copy-up writes for lower object `name` in `dir` (struct
-/// ovl_fb): version 0, magic 0xfb, length, flags (byte order), the handle's type, the
-/// filesystem uuid (null, as the kernel writes it with its default `uuid=auto` on an upper
-/// layer it did not make with `uuid=on`), then the handle. Empty where the layer cannot
-/// give handles, as the kernel stores it then.
-fn kernel_origin(dir: BorrowedFd<'_>, name: &OsStr) -> Vec<u8> {
-    let Ok((kind, handle)) = fs::name_to_handle(dir, name) else {
-        return Vec::new();
-    };
-    let (Ok(kind), Ok(len)) = (u8::try_from(kind), u8::try_from(21 + handle.len())) else {
-        return Vec::new();
-    };
-    // OVL_FH_FLAG_BIG_ENDIAN, else nothing: the handle's bytes are in this CPU's order.
-    let flags = u8::from(cfg!(target_endian = "big"));
-    let mut fb = vec![0, 0xfb, len, flags, kind];
-    fb.extend_from_slice(&[0; 16]);
-    fb.extend_from_slice(&handle);
-    fb
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Index of a layer: 0 is the upper layer, 1..=N the lower layers from the highest down.
 pub type LayerId = u16;
@@ -38,11 +38,31 @@ pub struct Layer {
     /// The layer sits on an idmapped mount: its ids are already the ids the mount shows.
     /// containers/storage hands such lowers (`mapped/0/...`) together with `uidmapping=`.
     pub idmapped: bool,
+    /// The uuid of the layer's filesystem (see [`Layer::fs_uuid`]), read at first use.
+    pub uuid: OnceLock<[u8; 16]>,
 }
 
 impl Layer {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
+    }
+
+    /// The uuid of the layer's filesystem, as the kernel overlay puts it in the origin
+    /// records it writes (`s_uuid`, read with FS_IOC_GETFSUUID); all zeros where the
+    /// filesystem has none or the kernel cannot say (before 6.5), which is what the kernel
+    /// records for such a filesystem.
+    pub fn fs_uuid(&self) -> [u8; 16] {
+        *self.uuid.get_or_init(|| {
+            // The ioctl takes no O_PATH fd, which the layer's root is.
+            fs::openat(
+                self.fd(),
+                OsStr::new("."),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+            )
+            .and_then(|d| fs::fs_uuid(d.as_fd()))
+            .unwrap_or([0; 16])
+        })
     }
 }
 
@@ -416,6 +436,7 @@ fn open_upper_and_work(
             path: p.to_path_buf(),
             dev: st.st_dev,
             ino: st.st_ino,
+            uuid: OnceLock::new(),
         })
     };
     match (sub(&up), sub(&wp)) {
@@ -471,6 +492,7 @@ fn open_layer(opt: &str, path: PathBuf) -> Result<Layer, String> {
         path,
         dev: st.st_dev,
         ino: st.st_ino,
+        uuid: OnceLock::new(),
     })
 }
 

@@ -726,11 +726,13 @@ impl Overlay {
     fn kernel_origin_ino(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
         let attr = format!("{}{KERNEL_ORIGIN_XATTR}", self.layers.xattr_prefix);
         let fb = xattr::get_vec(dir, name, &attr).ok()?;
-        let (kind, handle) = origin_file_handle(&fb)?;
+        let (uuid, kind, handle) = origin_file_handle(&fb)?;
         let mut tried: Vec<u64> = Vec::new();
         for l in self.layers.lower_ids() {
             let layer = self.layers.get(l);
-            if tried.contains(&layer.dev) {
+            // As on the kernel, a handle is only looked for on a filesystem with the uuid
+            // it was recorded with: another's could name an unrelated file.
+            if tried.contains(&layer.dev) || layer.fs_uuid() != uuid {
                 continue;
             }
             tried.push(layer.dev);
@@ -933,10 +935,10 @@ pub enum ChildRef {
     Fresh(NodeInit),
 }
 
-/// The file handle (type, bytes) in a kernel origin record (struct ovl_fb: version 0,
-/// magic 0xfb, its own length, flags, handle type, 16 bytes of uuid, the handle), where
-/// it names a lower object in this CPU's byte order.
-fn origin_file_handle(fb: &[u8]) -> Option<(i32, &[u8])> {
+/// The filesystem uuid and file handle (type, bytes) in a kernel origin record (struct
+/// ovl_fb: version 0, magic 0xfb, its own length, flags, handle type, 16 bytes of uuid,
+/// the handle), where it names a lower object in this CPU's byte order.
+fn origin_file_handle(fb: &[u8]) -> Option<([u8; 16], i32, &[u8])> {
     const BIG_ENDIAN: u8 = 1;
     const ANY_ENDIAN: u8 = 2;
     const PATH_UPPER: u8 = 4;
@@ -948,12 +950,54 @@ fn origin_file_handle(fb: &[u8]) -> Option<(i32, &[u8])> {
     if flags & PATH_UPPER != 0 || !(ours || flags & ANY_ENDIAN != 0) {
         return None;
     }
-    Some((i32::from(fb[4]), &fb[21..]))
+    let uuid = fb[5..21].try_into().ok()?;
+    Some((uuid, i32::from(fb[4]), &fb[21..]))
+}
+
+/// The origin record (struct ovl_fb) the kernel overlay's copy-up writes for a lower
+/// object whose filesystem has uuid `uuid` and gives it file handle (`kind`, `handle`):
+/// version 0, magic 0xfb, length, flags (byte order), the handle's type, the uuid, then
+/// the handle. None where the record could not say it (a type or length beyond a byte).
+pub(super) fn origin_record(uuid: [u8; 16], kind: i32, handle: &[u8]) -> Option<Vec<u8>> {
+    let kind = u8::try_from(kind).ok()?;
+    let len = u8::try_from(21 + handle.len()).ok()?;
+    // OVL_FH_FLAG_BIG_ENDIAN, else nothing: the handle's bytes are in this CPU's order.
+    let flags = u8::from(cfg!(target_endian = "big"));
+    let mut fb = vec![0, 0xfb, len, flags, kind];
+    fb.extend_from_slice(&uuid);
+    fb.extend_from_slice(handle);
+    Some(fb)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::origin_file_handle;
+    use super::{origin_file_handle, origin_record};
+
+    #[test]
+    fn origin_records_are_written_as_the_kernel_writes_them() {
+        // A kernel overlay's copy-up of a file on tmpfs (little-endian machine).
+        let uuid = [
+            0x8a, 0xd3, 0x7c, 0x73, 0xcf, 0x63, 0x4d, 0x54, 0x80, 0x78, 0xd1, 0x6d, 0xc9, 0x76,
+            0x40, 0xfe,
+        ];
+        let handle = [0x63, 0x42, 0x70, 0x2c, 3, 0, 0, 0, 0, 0, 0, 0];
+        let fb = origin_record(uuid, 1, &handle).unwrap();
+        let mut want = vec![0, 0xfb, 33, u8::from(cfg!(target_endian = "big")), 1];
+        want.extend_from_slice(&uuid);
+        want.extend_from_slice(&handle);
+        assert_eq!(fb, want);
+        assert_eq!(origin_file_handle(&fb), Some((uuid, 1, &handle[..])));
+        assert_eq!(
+            origin_record(uuid, 256, &handle),
+            None,
+            "type beyond a byte"
+        );
+        assert_eq!(
+            origin_record(uuid, 1, &[0; 235]),
+            None,
+            "longer than a byte says"
+        );
+    }
 
     #[test]
     fn kernel_origin_records_give_their_file_handle() {
@@ -961,11 +1005,11 @@ mod tests {
         let mut fb = vec![0, 0xfb, 29, 0, 1];
         fb.extend_from_slice(&[0; 16]);
         fb.extend_from_slice(&[0xed, 0x0e, 0x33, 0, 0xe2, 0x30, 0x81, 0x2d]);
-        assert_eq!(origin_file_handle(&fb), Some((1, &fb[21..])));
+        assert_eq!(origin_file_handle(&fb), Some(([0; 16], 1, &fb[21..])));
         let with = |i: usize, v: u8| {
             let mut b = fb.clone();
             b[i] = v;
-            origin_file_handle(&b).map(|(kind, h)| (kind, h.to_vec()))
+            origin_file_handle(&b).map(|(uuid, kind, h)| (uuid, kind, h.to_vec()))
         };
         assert_eq!(with(1, 0xfa), None, "magic");
         assert_eq!(with(2, 30), None, "length");

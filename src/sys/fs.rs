@@ -190,6 +190,21 @@ pub fn name_to_handle(dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<(i32, Vec<
     Ok((kind, buf[8..8 + len.min(MAX_HANDLE)].to_vec()))
 }
 
+/// FS_IOC_GETFSUUID: _IOR(0x15, 0, struct fsuuid2), where struct fsuuid2 is a length
+/// byte and 16 bytes of uuid.
+const FS_IOC_GETFSUUID: u32 = 0x8011_1500;
+
+/// The uuid of the filesystem `fd` (not an O_PATH fd) is on: its superblock's `s_uuid`
+/// (FS_IOC_GETFSUUID, Linux 6.5). A shorter uuid is padded with zeros.
+pub fn fs_uuid(fd: BorrowedFd<'_>) -> SysResult<[u8; 16]> {
+    let mut buf = [0u8; 17];
+    attr_ioctl(fd, FS_IOC_GETFSUUID, &mut buf)?;
+    let len = usize::from(buf[0]).min(16);
+    let mut uuid = [0u8; 16];
+    uuid[..len].copy_from_slice(&buf[1..1 + len]);
+    Ok(uuid)
+}
+
 /// The object that file handle (`kind`, `handle`) names on the filesystem of `mount` (any
 /// fd on it), opened `O_PATH`: open_by_handle_at(2), which needs CAP_DAC_READ_SEARCH.
 pub fn open_by_handle(mount: BorrowedFd<'_>, kind: i32, handle: &[u8]) -> SysResult<OwnedFd> {
@@ -1012,8 +1027,8 @@ pub fn set_inode_flags(fd: BorrowedFd<'_>, flags: u32) -> SysResult<()> {
     attr_ioctl(fd, FS_IOC_SETFLAGS, &mut buf)
 }
 
-/// An inode-attribute ioctl (FS_IOC_{GET,SET}FLAGS, FS_IOC_FS{GET,SET}XATTR) on `fd`, with
-/// `buf` as its argument (read and written).
+/// An ioctl on `fd` with `buf` as its argument, read and written (FS_IOC_{GET,SET}FLAGS,
+/// FS_IOC_FS{GET,SET}XATTR, FS_IOC_GETFSUUID).
 pub fn attr_ioctl(fd: BorrowedFd<'_>, cmd: u32, buf: &mut [u8]) -> SysResult<()> {
     check(unsafe { libc::ioctl(fd.as_raw_fd(), cmd as _, buf.as_mut_ptr()) }).map(drop)
 }
