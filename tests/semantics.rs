@@ -8078,6 +8078,88 @@ fn what_ovlfuse_copied_up_keeps_its_inode_number_under_the_kernel() {
     }
 }
 
+/// Names grouped by the inode number they show, in `stat` and in a listing of `root`, with
+/// each name's link count: which names one would take for links of one file.
+fn inode_groups(root: &Path) -> (Vec<Vec<String>>, Vec<Vec<String>>, Vec<(String, u64)>) {
+    let group = |pairs: Vec<(String, u64)>| {
+        let mut by: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for (n, ino) in pairs {
+            by.entry(ino).or_default().push(n);
+        }
+        let mut g: Vec<Vec<String>> = by.into_values().collect();
+        g.iter_mut().for_each(|v| v.sort());
+        g.sort();
+        g
+    };
+    let names = names(root).unwrap();
+    let stat: Vec<(String, fs::Metadata)> = names
+        .iter()
+        .map(|n| (n.clone(), fs::symlink_metadata(root.join(n)).unwrap()))
+        .collect();
+    let listed = fs::read_dir(root)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().into_owned(), e.ino())
+        })
+        .collect();
+    (
+        group(stat.iter().map(|(n, m)| (n.clone(), m.ino())).collect()),
+        group(listed),
+        stat.iter().map(|(n, m)| (n.clone(), m.nlink())).collect(),
+    )
+}
+
+/// A copy-up breaks a lower hard link: the copy is another file than the link's other
+/// names, so it must not show their inode number, or tar, rsync -H and du would take two
+/// files with different data for one. The kernel overlay (index=off) gives the copy its
+/// own number, in the mount that copied it and after a remount; so must ovlfuse.
+#[test]
+fn a_copied_up_lower_hard_link_is_another_inode_as_on_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let t = twin(
+        "sem-broken-link",
+        &[&[
+            E::File("h1", b"h"),
+            E::Hardlink("h1", "h2"),
+            E::File("k1", b"k"),
+            E::Hardlink("k1", "k2"),
+            E::Hardlink("k1", "k3"),
+            E::File("plain", b"p"),
+        ]],
+        &[],
+    );
+    t.both("before any copy-up", |r| inode_groups(r));
+    t.both("copy-ups of one name of each", |r| {
+        let chmod = fs::set_permissions(r.join("h1"), fs::Permissions::from_mode(0o600));
+        let write = fs::OpenOptions::new()
+            .append(true)
+            .open(r.join("k2"))
+            .and_then(|mut f| f.write_all(b"more"));
+        (outcome_unit(&chmod), outcome_unit(&write), inode_groups(r))
+    });
+    t.both("a link to the copy", |r| {
+        (
+            outcome_unit(&fs::hard_link(r.join("k2"), r.join("k4"))),
+            inode_groups(r),
+        )
+    });
+    t.finish_with(true, |k, f| {
+        let kg = mount_kernel(k);
+        let want = inode_groups(&k.mnt);
+        kg.unmount();
+        let fg = mount_ovlfuse(f, &[]);
+        let got = inode_groups(&f.mnt);
+        fg.unmount();
+        assert_eq!(
+            got, want,
+            "after a remount: ovlfuse (left), the kernel (right)"
+        );
+    });
+}
+
 /// A kernel overlay mounted with `metacopy=on` copies up only the metadata of a file whose
 /// owner or mode changes: the copy (marked `overlay.metacopy`) holds no data, which stays
 /// in the lower file. ovlfuse, like the kernel overlay with `metacopy=off`, does not follow

@@ -167,9 +167,15 @@ impl Overlay {
             }
         };
         // Directories keep no upper key (see `NodeInit::upper_key`): no stat for them.
+        let mut renumbered = false;
         if !node.is_dir() {
             if let Ok(st) = placed.stat(upfd.as_fd(), &name) {
                 node.set_upper_key(Some((st.st_dev, st.st_ino)));
+                // See `build_copy`: a lower hard link's copy keeps no origin.
+                if lst.st_nlink > 1 {
+                    node.set_ino(self.layers.ino.map(st.st_dev, st.st_ino));
+                    renumbered = true;
+                }
             }
         }
         {
@@ -181,7 +187,11 @@ impl Overlay {
             st.whole = true;
         }
         if let Some(m) = parent.merged() {
-            m.copied_up(&name);
+            m.copied_up(&name, node.ino());
+        }
+        if renumbered {
+            // The kernel's cached listing of the parent holds the old number.
+            self.notify_data_changed(parent.id);
         }
         // The kernel's cached attributes came from the lower copy: a directory that becomes
         // merged reports nlink 1 from now on, a lower hard link's copy has nlink 1.
@@ -320,7 +330,10 @@ impl Overlay {
             draft.chmod(self.real_perm(st.st_mode & 0o7777, kind))?;
         }
 
-        if kind != libc::S_IFDIR {
+        // A copy of a lower hard link is another file than the link's other names: it keeps
+        // no origin, and shows its own inode number (as on the kernel overlay without
+        // `index`), where two files sharing one would look like links to tar or rsync -H.
+        if kind != libc::S_IFDIR && st.st_nlink == 1 {
             let attr = format!("{}{}", self.layers.xattr_prefix, ORIGIN_XATTR);
             let val = format!("{}:{}", st.st_dev, st.st_ino);
             if let Err(e) = xattr::set(dir, at, &attr, val.as_bytes(), 0) {

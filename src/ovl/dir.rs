@@ -577,11 +577,11 @@ impl Overlay {
         }
         let st = fs::fstatat(nfd, name)?;
         self.nodes.add_link(&node, parent.id, name);
-        if node.ino != self.layers.ino.map(st.st_dev, st.st_ino) {
+        if node.ino() != self.layers.ino.map(st.st_dev, st.st_ino) {
             self.mark_impure(&parent);
         }
         if let Some(m) = parent.merged() {
-            m.insert(name, Entry::upper(node.kind, node.ino));
+            m.insert(name, Entry::upper(node.kind, node.ino()));
         }
         Ok((node.clone(), self.attr_of(&node, &st)))
     }
@@ -1172,10 +1172,10 @@ impl Overlay {
                 d.state.write().redirects = redirects_from(dst_paths);
             }
             if let Some(m) = op.merged() {
-                m.insert(oname, Entry::upper(d.kind, d.ino));
+                m.insert(oname, Entry::upper(d.kind, d.ino()));
             }
             if let Some(m) = np.merged() {
-                m.insert(nname, Entry::upper(src.kind, src.ino));
+                m.insert(nname, Entry::upper(src.kind, src.ino()));
             }
             if op.id != np.id {
                 self.mark_impure_if_holds_copy(np, nfd, nname);
@@ -1291,7 +1291,7 @@ impl Overlay {
             op.set_merged(None);
         }
         if let Some(m) = np.merged() {
-            m.insert(nname, Entry::upper(src.kind, src.ino));
+            m.insert(nname, Entry::upper(src.kind, src.ino()));
         }
         Ok(())
     }

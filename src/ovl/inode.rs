@@ -285,7 +285,7 @@ impl Overlay {
 
     pub fn attr_of(&self, node: &Node, st: &Stat) -> Attr {
         let st = self.effective_stat(node, st);
-        let mut a = Attr::from_stat(&st, node.ino);
+        let mut a = Attr::from_stat(&st, node.ino());
         (a.uid, a.gid) = self.shown_ids(node, a.uid, a.gid);
         if node.is_dir() {
             let s = node.state.read();

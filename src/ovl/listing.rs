@@ -317,9 +317,11 @@ impl MergedDir {
     }
 
     /// The entry's object was copied up: its upper copy is the one seen from now on.
-    pub fn copied_up(&self, name: &OsStr) {
+    /// `name` was copied up; its copy shows inode number `ino`.
+    pub fn copied_up(&self, name: &OsStr, ino: u64) {
         if let Some(e) = self.inner.write().get_mut(name) {
             e.layer = UPPER;
+            e.ino = ino;
         }
     }
 

@@ -249,10 +249,8 @@ pub struct Node {
     pub id: NodeId,
     /// File type bits (`S_IFMT`) — a node never changes type.
     pub kind: u32,
-    /// The `st_ino` shown. Equal to the id except for the root (whose id FUSE fixes at 1)
-    /// and for objects whose number another live object holds (a lower hard link whose
-    /// sibling was copied up, a reused upper inode number).
-    pub ino: u64,
+    /// The `st_ino` shown (see [`Node::ino`]).
+    ino: AtomicU64,
     /// A directory's lookups of absent names, until its merged listing is built (see
     /// `namei`); any other node's files open through the mount (see `Overlay::prefill`).
     /// One field for both, as a node never changes kind and must stay small.
@@ -306,6 +304,21 @@ enum Detached {
 impl Node {
     pub fn is_dir(&self) -> bool {
         self.kind == libc::S_IFDIR
+    }
+
+    /// The `st_ino` shown. Equal to the id except for the root (whose id FUSE fixes at 1),
+    /// for objects whose number another live object holds (a lower hard link's other
+    /// names, a reused upper inode number), and for the copy of a lower hard link, which
+    /// takes its own number at copy-up (see [`Node::set_ino`]).
+    pub fn ino(&self) -> u64 {
+        self.ino.load(Ordering::Relaxed)
+    }
+
+    /// A copy-up that breaks a lower hard link makes the copy another file than the
+    /// link's other names: it shows the upper copy's number from then on, as on the
+    /// kernel overlay (without `index`), not the number those names still show.
+    pub fn set_ino(&self, ino: u64) {
+        self.ino.store(ino, Ordering::Relaxed)
     }
 
     pub fn loc(&self) -> Loc {
@@ -573,7 +586,7 @@ impl NodeTable {
     ) -> Vec<(Name, u64)> {
         if names.len() <= self.children.len() {
             return names
-                .filter_map(|name| Some((name.clone(), self.peek_child(parent, name)?.ino)))
+                .filter_map(|name| Some((name.clone(), self.peek_child(parent, name)?.ino())))
                 .collect();
         }
         // Ids first, so that no shard of `children` is held while `nodes` is read.
@@ -584,7 +597,7 @@ impl NodeTable {
             .map(|kv| (kv.key().name.clone(), *kv.value()))
             .collect();
         live.into_iter()
-            .filter_map(|(name, id)| Some((name, self.nodes.get(&id)?.ino)))
+            .filter_map(|(name, id)| Some((name, self.nodes.get(&id)?.ino())))
             .collect()
     }
 
@@ -1139,7 +1152,7 @@ impl Node {
         Node {
             id,
             kind,
-            ino,
+            ino: AtomicU64::new(ino),
             tally: std::sync::atomic::AtomicU32::new(0),
             loc: RwLock::new(loc),
             state: RwLock::new(state),

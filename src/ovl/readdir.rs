@@ -376,9 +376,11 @@ impl Overlay {
         }
         let merged = self.merged_dir(&node)?;
         let parent_ino = if node.id == ROOT_ID {
-            node.ino
+            node.ino()
         } else {
-            self.node(node.parent()).map(|p| p.ino).unwrap_or(node.ino)
+            self.node(node.parent())
+                .map(|p| p.ino())
+                .unwrap_or(node.ino())
         };
         let dot = |name: &str, ino| Listed {
             name: Name::from(OsStr::new(name)),
@@ -387,7 +389,7 @@ impl Overlay {
             layer: UPPER,
         };
         let dots = [
-            (offset < 1).then(|| dot(".", node.ino)),
+            (offset < 1).then(|| dot(".", node.ino())),
             (offset < 2).then(|| dot("..", parent_ino)),
         ];
         Ok(DirReader::new(merged, dots, offset))

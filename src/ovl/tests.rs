@@ -478,7 +478,7 @@ fn private_xattrs_are_hidden() {
 }
 
 #[test]
-fn lower_hard_links_show_one_inode_but_stay_separate_objects() {
+fn lower_hard_links_show_one_inode_until_a_copy_up_parts_them() {
     let f = Fixture::new(1);
     f.write("l0/a", "x");
     std::fs::hard_link(f.p("l0/a"), f.p("l0/b")).unwrap();
@@ -491,16 +491,30 @@ fn lower_hard_links_show_one_inode_but_stay_separate_objects() {
     );
     assert_eq!(aa.ino, ba.ino);
     assert_eq!(aa.nlink, 2);
+    // The directory's listing is built before the copy-up, and must follow it.
+    assert_eq!(names(&ovl, ROOT_ID), ["a", "b"]);
     let fh = ovl.open(&ctx(), a.id, libc::O_WRONLY).unwrap();
     ovl.write(&ctx(), fh, 1, b"y", false).unwrap();
     ovl.release(fh);
     assert_eq!(ovl.getattr(a.id, None).unwrap().nlink, 1);
     assert_eq!(ovl.getattr(b.id, None).unwrap().nlink, 2);
-    assert_eq!(
-        ovl.getattr(a.id, None).unwrap().ino,
-        ba.ino,
-        "st_ino kept across copy-up"
+    // The copy is another file than b now: it shows the upper file's number, as on the
+    // kernel overlay, and b keeps the lower one.
+    let upper_ino = std::fs::symlink_metadata(f.p("upper/a")).unwrap().ino();
+    let after = ovl.getattr(a.id, None).unwrap().ino;
+    assert_ne!(
+        after, ba.ino,
+        "the copy of a lower hard link keeps its number"
     );
+    assert_eq!(after, upper_ino);
+    assert_eq!(ovl.getattr(b.id, None).unwrap().ino, ba.ino);
+    let listed: Vec<u64> = ovl
+        .read_dir(ROOT_ID, 2)
+        .unwrap()
+        .filter(|(_, e)| &*e.name == OsStr::new("a"))
+        .map(|(_, e)| e.ino)
+        .collect();
+    assert_eq!(listed, vec![after], "the listing shows the copy's number");
 }
 
 #[test]
@@ -1160,7 +1174,7 @@ fn impure_mark_dropped_by_the_listing_after_the_last_copy_goes_unless_read_only(
             .unwrap()
             .map(|(_, e)| e.ino)
             .collect();
-        assert_eq!(listed, vec![file.ino], "ro={read_only}");
+        assert_eq!(listed, vec![file.ino()], "ro={read_only}");
         ovl.unlink(pure.id, OsStr::new("f")).unwrap();
         assert_eq!(names(&ovl, pure.id), Vec::<String>::new());
         assert_eq!(marked(), read_only, "ro={read_only}: after the listing");
