@@ -1180,6 +1180,8 @@ impl Overlay {
             if op.id != np.id {
                 self.mark_impure_if_holds_copy(np, nfd, nname);
                 self.mark_impure_if_holds_copy(op, ofd, oname);
+                self.moved_to_another_parent(src);
+                self.moved_to_another_parent(d);
             }
             return Ok(());
         }
@@ -1283,6 +1285,7 @@ impl Overlay {
         }
         if op.id != np.id {
             self.mark_impure_if_holds_copy(np, nfd, nname);
+            self.moved_to_another_parent(src);
         }
         if let Some(m) = op.merged() {
             m.remove(oname);
@@ -1294,6 +1297,17 @@ impl Overlay {
             m.insert(nname, Entry::upper(src.kind, src.ino()));
         }
         Ok(())
+    }
+}
+
+impl Overlay {
+    /// A directory moved to another parent lists another `..` now; the kernel's cached
+    /// listing of it (kept across the rename, which changes nothing in it) still has the
+    /// old one, whose number is not the new parent's.
+    fn moved_to_another_parent(&self, node: &Node) {
+        if node.is_dir() {
+            self.notify_data_changed(node.id);
+        }
     }
 }
 
