@@ -3260,6 +3260,26 @@ fn listed_apart_from_stat(
     apart
 }
 
+/// The link count `stat` shows for every directory of a snapshot of the tree at `root`
+/// (snapshots leave directories' out): 1 for one merged from several layers, as the kernel
+/// overlay shows it, else the count of its one layer's directory.
+fn dir_nlinks(root: &Path, tree: &BTreeMap<PathBuf, Node>) -> BTreeMap<PathBuf, String> {
+    std::iter::once(PathBuf::new())
+        .chain(
+            tree.iter()
+                .filter(|(_, n)| n.kind == 'd')
+                .map(|(p, _)| p.clone()),
+        )
+        .map(|rel| {
+            let shown = match std::fs::symlink_metadata(root.join(&rel)) {
+                Ok(m) => std::os::unix::fs::MetadataExt::nlink(&m).to_string(),
+                Err(e) => e.to_string(),
+            };
+            (rel, shown)
+        })
+        .collect()
+}
+
 fn flags_check(
     what: &'static str,
     a: &BTreeMap<PathBuf, String>,
@@ -3667,6 +3687,11 @@ fn run_case(case: &Case, verbose: bool) -> Result<Outcome, Failure> {
     let kflags = inode_flags_of_tree(&kroot, &kmerged);
     let fflags = inode_flags_of_tree(&froot, &fmerged);
     flags_check("merged tree's inode flags", &kflags, &fflags)?;
+    flags_check(
+        "merged tree's directory link counts",
+        &dir_nlinks(&kroot, &kmerged),
+        &dir_nlinks(&froot, &fmerged),
+    )?;
     let klinks = shared_inodes(&kroot, &kmerged);
     let flinks = shared_inodes(&froot, &fmerged);
     flags_check(

@@ -8110,9 +8110,12 @@ fn dot_dot_of_a_directory_moved_elsewhere_is_its_new_parent() {
     t.finish(true);
 }
 
+/// Names that show one inode number, each group sorted.
+type NameGroups = Vec<Vec<String>>;
+
 /// Names grouped by the inode number they show, in `stat` and in a listing of `root`, with
 /// each name's link count: which names one would take for links of one file.
-fn inode_groups(root: &Path) -> (Vec<Vec<String>>, Vec<Vec<String>>, Vec<(String, u64)>) {
+fn inode_groups(root: &Path) -> (NameGroups, NameGroups, Vec<(String, u64)>) {
     let group = |pairs: Vec<(String, u64)>| {
         let mut by: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for (n, ino) in pairs {
@@ -8163,7 +8166,7 @@ fn a_copied_up_lower_hard_link_is_another_inode_as_on_the_kernel() {
         ]],
         &[],
     );
-    t.both("before any copy-up", |r| inode_groups(r));
+    t.both("before any copy-up", inode_groups);
     t.both("copy-ups of one name of each", |r| {
         let chmod = fs::set_permissions(r.join("h1"), fs::Permissions::from_mode(0o600));
         let write = fs::OpenOptions::new()
