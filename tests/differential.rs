@@ -3217,15 +3217,21 @@ fn shared_inodes(root: &Path, tree: &BTreeMap<PathBuf, Node>) -> BTreeMap<PathBu
 }
 
 /// Every name of a snapshot of the tree at `root` (and each directory's `.` and `..`, but
-/// the root's `..`) whose `d_ino` in its directory's listing is not the `st_ino` a stat of
-/// it shows. ovlfuse always lists a name with the number its stat shows.
+/// the root's `..`) whose `d_ino` or `d_type` in its directory's listing is not what a stat
+/// of it shows. ovlfuse always lists a name with the number and type its stat shows.
 fn listed_apart_from_stat(
     root: &Path,
     tree: &BTreeMap<PathBuf, Node>,
 ) -> BTreeMap<PathBuf, String> {
-    let ino_of = |p: &Path| {
+    // The number and the d_type a stat of the path gives.
+    let stat_of = |p: &Path| {
         std::fs::symlink_metadata(p)
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .map(|m| {
+                (
+                    std::os::unix::fs::MetadataExt::ino(&m),
+                    common::dtype_of(&m),
+                )
+            })
             .ok()
     };
     let mut apart = BTreeMap::new();
@@ -3240,21 +3246,22 @@ fn listed_apart_from_stat(
         };
         for e in entries {
             let (rel, shown) = match e.name.as_bytes() {
-                b"." => (dir.join("."), ino_of(&root.join(&dir))),
+                b"." => (dir.join("."), stat_of(&root.join(&dir))),
                 b".." if dir.as_os_str().is_empty() => continue,
                 b".." => (
                     dir.join(".."),
-                    ino_of(&root.join(dir.parent().unwrap_or(Path::new("")))),
+                    stat_of(&root.join(dir.parent().unwrap_or(Path::new("")))),
                 ),
                 _ if !tree.contains_key(&dir.join(&e.name)) => continue,
-                _ => (dir.join(&e.name), ino_of(&root.join(&dir).join(&e.name))),
+                _ => (dir.join(&e.name), stat_of(&root.join(&dir).join(&e.name))),
             };
-            if shown != Some(e.ino) {
-                apart.insert(
-                    rel,
-                    "listed with another number than its stat shows".to_string(),
-                );
-            }
+            let apart_by = match shown {
+                Some((ino, _)) if ino != e.ino => "another number",
+                Some((_, t)) if t != e.d_type => "another type",
+                Some(_) => continue,
+                None => "no stat",
+            };
+            apart.insert(rel, format!("listed with {apart_by} than its stat shows"));
         }
     }
     apart
@@ -3703,7 +3710,7 @@ fn run_case(case: &Case, verbose: bool) -> Result<Outcome, Failure> {
     // merged from two lower layers with another number than its parent's stat shows now
     // and then (seed 200132050, no operation at all).
     flags_check(
-        "ovlfuse's names listed with another number than their stat shows",
+        "ovlfuse's names listed with another number or type than their stat shows",
         &BTreeMap::new(),
         &listed_apart_from_stat(&froot, &fmerged),
     )?;
