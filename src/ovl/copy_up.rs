@@ -330,38 +330,47 @@ impl Overlay {
             draft.chmod(self.real_perm(st.st_mode & 0o7777, kind))?;
         }
 
-        // A copy of a lower hard link is another file than the link's other names: it keeps
-        // no origin, and shows its own inode number (as on the kernel overlay without
-        // `index`), where two files sharing one would look like links to tar or rsync -H.
-        if kind != libc::S_IFDIR && st.st_nlink == 1 {
-            let attr = format!("{}{}", self.layers.xattr_prefix, ORIGIN_XATTR);
-            let val = format!("{}:{}", st.st_dev, st.st_ino);
-            if let Err(e) = xattr::set(dir, at, &attr, val.as_bytes(), 0) {
-                // Only st_ino stability after remount depends on it.
-                debug!("cannot record origin of {:?}: {e:?}", name);
-            }
-        }
-        // The kernel's own origin record, as its copy-up (index=off) writes it: on a
-        // directory, and on anything else with a single link (a kernel overlay mounting the
-        // upper then shows the lower object's inode number, as ovlfuse does). A kernel
-        // overlay that finds a merged upper directory without one writes it at its first
-        // lookup, and that lookup fails if the directory's xattrs have filled their space
-        // meanwhile (ENOSPC: the directory is gone from its view).
-        if self.layers.upper_xattrs && (kind == libc::S_IFDIR || st.st_nlink == 1) {
-            let attr = format!("{}{}", self.layers.xattr_prefix, KERNEL_ORIGIN_XATTR);
-            let record = self.kernel_origin(lower, lpfd, name);
-            match xattr::set(dir, at, &attr, &record, 0) {
-                // user.* xattrs are for regular files and directories only; the kernel
-                // goes on without the record there too.
-                Err(e)
-                    if e == Errno::EOPNOTSUPP
-                        || (e == Errno::EPERM
-                            && kind != libc::S_IFREG
-                            && kind != libc::S_IFDIR) =>
-                {
-                    debug!("cannot record origin of {:?}: {e:?}", name)
+        // Where the copy came from, for its inode number: the kernel's own origin record, as
+        // its copy-up (index=off) writes it, on a directory and on anything else with one
+        // link; a kernel overlay mounting the upper then shows the lower object's number,
+        // as ovlfuse does. (A kernel overlay that finds a merged upper directory without
+        // one writes it at its first lookup, and that lookup fails if the directory's
+        // xattrs have filled their space meanwhile: ENOSPC, the directory is gone from its
+        // view.) Where that record holds no file handle (a daemon that may not open them,
+        // a layer that gives none), a non-directory gets our own record instead, which
+        // needs none. Not both: on ext4 with 256-byte inodes the two overflow the inode's
+        // room for xattrs, and each copy would take a 4 KiB block more. A copy of a lower
+        // hard link is another file than the link's other names: it gets neither, and
+        // shows its own number (as on the kernel overlay without `index`), where two files
+        // sharing one would look like links to tar or rsync -H.
+        if kind == libc::S_IFDIR || st.st_nlink == 1 {
+            let record = if self.layers.upper_xattrs {
+                self.kernel_origin(lower, lpfd, name)
+            } else {
+                Vec::new()
+            };
+            if kind == libc::S_IFDIR || !record.is_empty() {
+                let attr = format!("{}{}", self.layers.xattr_prefix, KERNEL_ORIGIN_XATTR);
+                match xattr::set(dir, at, &attr, &record, 0) {
+                    // user.* xattrs are for regular files and directories only; the
+                    // kernel goes on without the record there too.
+                    Err(e)
+                        if e == Errno::EOPNOTSUPP
+                            || (e == Errno::EPERM
+                                && kind != libc::S_IFREG
+                                && kind != libc::S_IFDIR) =>
+                    {
+                        debug!("cannot record origin of {:?}: {e:?}", name)
+                    }
+                    other => other?,
                 }
-                other => other?,
+            } else {
+                let attr = format!("{}{}", self.layers.xattr_prefix, ORIGIN_XATTR);
+                let val = format!("{}:{}", st.st_dev, st.st_ino);
+                if let Err(e) = xattr::set(dir, at, &attr, val.as_bytes(), 0) {
+                    // Only st_ino stability after remount depends on it.
+                    debug!("cannot record origin of {:?}: {e:?}", name);
+                }
             }
         }
         let prot = if kind == libc::S_IFREG || kind == libc::S_IFDIR {
@@ -415,13 +424,14 @@ impl Overlay {
     /// handles, and where the daemon could not open them (no CAP_DAC_READ_SEARCH: rootless),
     /// as the kernel writes it then.
     fn kernel_origin(&self, lower: LayerId, dir: BorrowedFd<'_>, name: &OsStr) -> Vec<u8> {
-        if !crate::sys::is_host_root() {
+        if !crate::sys::can_open_file_handles() {
             return Vec::new();
         }
         let Ok((kind, handle)) = fs::name_to_handle(dir, name) else {
             return Vec::new();
         };
-        origin_record(self.layers.get(lower).fs_uuid(), kind, &handle).unwrap_or_default()
+        let uuid = self.layers.get(lower).handle_fs().uuid;
+        origin_record(uuid, kind, &handle).unwrap_or_default()
     }
 
     /// Marks an upper directory as holding copied-up entries, so readdir knows to look up

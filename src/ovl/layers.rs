@@ -38,8 +38,8 @@ pub struct Layer {
     /// The layer sits on an idmapped mount: its ids are already the ids the mount shows.
     /// containers/storage hands such lowers (`mapped/0/...`) together with `uidmapping=`.
     pub idmapped: bool,
-    /// The uuid of the layer's filesystem (see [`Layer::fs_uuid`]), read at first use.
-    pub uuid: OnceLock<[u8; 16]>,
+    /// What file handles of the layer's objects need (see [`HandleFs`]), read at first use.
+    pub handles: OnceLock<HandleFs>,
 }
 
 impl Layer {
@@ -47,23 +47,36 @@ impl Layer {
         self.root.as_fd()
     }
 
-    /// The uuid of the layer's filesystem, as the kernel overlay puts it in the origin
-    /// records it writes (`s_uuid`, read with FS_IOC_GETFSUUID); all zeros where the
-    /// filesystem has none or the kernel cannot say (before 6.5), which is what the kernel
-    /// records for such a filesystem.
-    pub fn fs_uuid(&self) -> [u8; 16] {
-        *self.uuid.get_or_init(|| {
-            // The ioctl takes no O_PATH fd, which the layer's root is.
-            fs::openat(
+    /// The layer's filesystem as file handles of its objects need it.
+    pub fn handle_fs(&self) -> &HandleFs {
+        self.handles.get_or_init(|| {
+            // Neither the ioctl nor open_by_handle_at takes an O_PATH fd, which the layer's
+            // root is.
+            let root = fs::openat(
                 self.fd(),
                 OsStr::new("."),
                 libc::O_RDONLY | libc::O_DIRECTORY,
                 0,
             )
-            .and_then(|d| fs::fs_uuid(d.as_fd()))
-            .unwrap_or([0; 16])
+            .ok();
+            let uuid = root
+                .as_ref()
+                .and_then(|d| fs::fs_uuid(d.as_fd()).ok())
+                .unwrap_or([0; 16]);
+            HandleFs { uuid, root }
         })
     }
+}
+
+/// A layer's filesystem, for the file handles of the kernel's origin records.
+pub struct HandleFs {
+    /// Its uuid, as the kernel overlay puts it in the records it writes (`s_uuid`, read
+    /// with FS_IOC_GETFSUUID); all zeros where the filesystem has none or the kernel cannot
+    /// say (before 6.5), which is what the kernel records for such a filesystem.
+    pub uuid: [u8; 16],
+    /// The layer's root opened for reading: what open_by_handle_at takes to say which
+    /// filesystem a handle is for.
+    pub root: Option<OwnedFd>,
 }
 
 /// An object the daemon makes in the work directory, as one made there at mount came out:
@@ -436,7 +449,7 @@ fn open_upper_and_work(
             path: p.to_path_buf(),
             dev: st.st_dev,
             ino: st.st_ino,
-            uuid: OnceLock::new(),
+            handles: OnceLock::new(),
         })
     };
     match (sub(&up), sub(&wp)) {
@@ -492,7 +505,7 @@ fn open_layer(opt: &str, path: PathBuf) -> Result<Layer, String> {
         path,
         dev: st.st_dev,
         ino: st.st_ino,
-        uuid: OnceLock::new(),
+        handles: OnceLock::new(),
     })
 }
 

@@ -697,17 +697,21 @@ impl Overlay {
     }
 
     /// The `st_ino` recorded on an upper file by its copy-up, if any.
-    /// Where our own record is missing and `kernel_too`, the kernel overlay's record of a
-    /// copy it made (see `kernel_origin_ino`): only an impure directory can hold one, as
-    /// the kernel marks the directory before the copy lands.
+    /// The inode number upper non-directory `name` in `dir` keeps from the lower object it
+    /// was copied from, if any. With `kernel_too` (an impure directory: the kernel marks
+    /// the directory before a copy lands), from the kernel's origin record first, which
+    /// both overlays' copy-ups write where they may open file handles (see
+    /// `kernel_origin_ino`); then, where there is none, from our own.
     pub fn origin_ino(&self, dir: BorrowedFd<'_>, name: &OsStr, kernel_too: bool) -> Option<u64> {
+        // Without CAP_DAC_READ_SEARCH no handle can be opened: only our record can say.
+        if kernel_too && crate::sys::can_open_file_handles() {
+            if let Some(shown) = self.kernel_origin_ino(dir, name) {
+                return shown;
+            }
+        }
         let attr = format!("{}{}", self.layers.xattr_prefix, ORIGIN_XATTR);
         let mut buf = [0u8; 64];
-        let n = match xattr::get(dir, name, &attr, &mut buf) {
-            Ok(n) => n,
-            Err(Errno::ENODATA) if kernel_too => return self.kernel_origin_ino(dir, name),
-            Err(_) => return None,
-        };
+        let n = xattr::get(dir, name, &attr, &mut buf).ok()?;
         let s = std::str::from_utf8(&buf[..n]).ok()?;
         let (dev, ino) = s.split_once(':')?;
         let (dev, ino): (u64, u64) = (dev.parse().ok()?, ino.parse().ok()?);
@@ -721,28 +725,30 @@ impl Overlay {
     /// record its copy-up left (a file handle of the lower file): the lower file's, where
     /// the handle still leads to a file of a lower layer's filesystem with one link (the
     /// kernel does not use the number of a lower file with hard links, whose names may have
-    /// been copied up apart). Opening a handle needs CAP_DAC_READ_SEARCH: without it, as
-    /// for a handle that leads nowhere, the copy shows its own number.
-    fn kernel_origin_ino(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<u64> {
+    /// been copied up apart). None where the copy has no such record (or an empty one);
+    /// Some(None) where it shows its own number.
+    fn kernel_origin_ino(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Option<Option<u64>> {
         let attr = format!("{}{KERNEL_ORIGIN_XATTR}", self.layers.xattr_prefix);
-        let fb = xattr::get_vec(dir, name, &attr).ok()?;
-        let (uuid, kind, handle) = origin_file_handle(&fb)?;
+        let fb = xattr::get_vec(dir, name, &attr)
+            .ok()
+            .filter(|fb| !fb.is_empty())?;
+        Some(self.ino_of_handle(&fb))
+    }
+
+    /// The number a copy with kernel origin record `fb` shows (see `kernel_origin_ino`).
+    fn ino_of_handle(&self, fb: &[u8]) -> Option<u64> {
+        let (uuid, kind, handle) = origin_file_handle(fb)?;
         let mut tried: Vec<u64> = Vec::new();
         for l in self.layers.lower_ids() {
             let layer = self.layers.get(l);
-            // As on the kernel, a handle is only looked for on a filesystem with the uuid
-            // it was recorded with: another's could name an unrelated file.
-            if tried.contains(&layer.dev) || layer.fs_uuid() != uuid {
+            if tried.contains(&layer.dev) {
                 continue;
             }
             tried.push(layer.dev);
-            // open_by_handle_at takes no O_PATH fd (EBADF) for the filesystem.
-            let Ok(root) = fs::openat(
-                layer.fd(),
-                OsStr::new("."),
-                libc::O_RDONLY | libc::O_DIRECTORY,
-                0,
-            ) else {
+            let hfs = layer.handle_fs();
+            // As on the kernel, a handle is only looked for on a filesystem with the uuid
+            // it was recorded with: another's could name an unrelated file.
+            let Some(root) = hfs.root.as_ref().filter(|_| hfs.uuid == uuid) else {
                 continue;
             };
             let Ok(fd) = fs::open_by_handle(root.as_fd(), kind, handle) else {

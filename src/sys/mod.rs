@@ -197,6 +197,23 @@ pub fn is_host_root() -> bool {
     })
 }
 
+/// Whether this process may open file handles (open_by_handle_at): CAP_DAC_READ_SEARCH
+/// in the initial user namespace, which the kernel overlay asks of its mounter before it
+/// records or follows one. Read once, as [`is_host_root`].
+pub fn can_open_file_handles() -> bool {
+    const CAP_DAC_READ_SEARCH: u32 = 2;
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        is_host_root()
+            && std::fs::read_to_string("/proc/self/status").is_ok_and(|st| {
+                st.lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                    .is_some_and(|caps| caps & (1 << CAP_DAC_READ_SEARCH) != 0)
+            })
+    })
+}
+
 pub fn getgid() -> u32 {
     unsafe { libc::getgid() }
 }
