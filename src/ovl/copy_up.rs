@@ -189,7 +189,7 @@ impl Overlay {
         if let Some(m) = parent.merged() {
             m.copied_up(&name, node.ino());
         }
-        if renumbered {
+        if renumbered && parent.state.read().listed {
             // The kernel's cached listing of the parent holds the old number.
             self.notify_data_changed(parent.id);
         }
@@ -430,8 +430,11 @@ impl Overlay {
         let Ok((kind, handle)) = fs::name_to_handle(dir, name) else {
             return Vec::new();
         };
-        let uuid = self.layers.get(lower).handle_fs().uuid;
-        origin_record(uuid, kind, &handle).unwrap_or_default()
+        let dev = self.layers.get(lower).dev;
+        let Some(layer) = self.layers.first_lower_on(dev) else {
+            return Vec::new();
+        };
+        origin_record(layer.handle_fs().uuid, kind, &handle).unwrap_or_default()
     }
 
     /// Marks an upper directory as holding copied-up entries, so readdir knows to look up

@@ -1305,7 +1305,7 @@ impl Overlay {
     /// listing of it (kept across the rename, which changes nothing in it) still has the
     /// old one, whose number is not the new parent's.
     fn moved_to_another_parent(&self, node: &Node) {
-        if node.is_dir() {
+        if node.is_dir() && node.state.read().listed {
             self.notify_data_changed(node.id);
         }
     }

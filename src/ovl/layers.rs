@@ -47,7 +47,8 @@ impl Layer {
         self.root.as_fd()
     }
 
-    /// The layer's filesystem as file handles of its objects need it.
+    /// The layer's filesystem as file handles of its objects need it. (Every caller asks
+    /// the first lower layer on that filesystem, which `Layers::new` asked already.)
     pub fn handle_fs(&self) -> &HandleFs {
         self.handles.get_or_init(|| {
             // Neither the ioctl nor open_by_handle_at takes an O_PATH fd, which the layer's
@@ -128,6 +129,11 @@ impl Layers {
         } else {
             &self.lowers[id as usize - 1]
         }
+    }
+
+    /// The first lower layer on filesystem `dev` (see [`Layer::handle_fs`]).
+    pub fn first_lower_on(&self, dev: u64) -> Option<&Layer> {
+        self.lowers.iter().find(|l| l.dev == dev)
     }
 
     pub fn lower_ids(&self) -> impl Iterator<Item = LayerId> {
@@ -260,6 +266,18 @@ impl Layers {
             Some(w) => whiteout::Format::probe(w.as_fd(), xattrs_ok),
             None => whiteout::Format::Device,
         };
+        // What copy-ups and lookups of copies need for the kernel's origin records, read
+        // now rather than within the first such request (it read /proc and opened each
+        // lower filesystem's root there: ~30 us of a single O_TRUNC on a fresh mount).
+        if upper.is_some() && sys::can_open_file_handles() {
+            let mut seen: Vec<u64> = Vec::new();
+            for l in lowers.iter() {
+                if !seen.contains(&l.dev) {
+                    seen.push(l.dev);
+                    l.handle_fs();
+                }
+            }
+        }
         Ok(Layers {
             whiteout_format,
             any_override,

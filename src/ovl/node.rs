@@ -222,6 +222,9 @@ pub struct NodeState {
     /// `impure` has been read from the directory's xattr. Until then a false `impure` only
     /// says that this mount did not mark the directory.
     pub impure_read: bool,
+    /// A listing of the directory has been read through the mount, so the kernel may hold
+    /// it in its cache (with each entry's number and `..`).
+    pub listed: bool,
     /// The immutable and append-only attributes no filesystem enforces for us, once read
     /// (see `Overlay::protection`): 0 unknown, else `PROT_KNOWN` and the `PROT_*` bits of
     /// those it has.

@@ -373,6 +373,9 @@ impl Overlay {
         }
         if offset == 0 {
             self.dir_accessed(&node);
+            if !node.state.read().listed {
+                node.state.write().listed = true;
+            }
         }
         let merged = self.merged_dir(&node)?;
         let parent_ino = if node.id == ROOT_ID {
