@@ -171,7 +171,7 @@ impl Overlay {
         if !node.is_dir() {
             if let Ok(st) = placed.stat(upfd.as_fd(), &name) {
                 node.set_upper_key(Some((st.st_dev, st.st_ino)));
-                // See `build_copy`: a lower hard link's copy keeps no origin.
+                // See `record_origin`: a lower hard link's copy keeps no origin.
                 if lst.st_nlink > 1 {
                     node.set_ino(self.layers.ino.map(st.st_dev, st.st_ino));
                     renumbered = true;
@@ -330,49 +330,7 @@ impl Overlay {
             draft.chmod(self.real_perm(st.st_mode & 0o7777, kind))?;
         }
 
-        // Where the copy came from, for its inode number: the kernel's own origin record, as
-        // its copy-up (index=off) writes it, on a directory and on anything else with one
-        // link; a kernel overlay mounting the upper then shows the lower object's number,
-        // as ovlfuse does. (A kernel overlay that finds a merged upper directory without
-        // one writes it at its first lookup, and that lookup fails if the directory's
-        // xattrs have filled their space meanwhile: ENOSPC, the directory is gone from its
-        // view.) Where that record holds no file handle (a daemon that may not open them,
-        // a layer that gives none), a non-directory gets our own record instead, which
-        // needs none. Not both: on ext4 with 256-byte inodes the two overflow the inode's
-        // room for xattrs, and each copy would take a 4 KiB block more. A copy of a lower
-        // hard link is another file than the link's other names: it gets neither, and
-        // shows its own number (as on the kernel overlay without `index`), where two files
-        // sharing one would look like links to tar or rsync -H.
-        if kind == libc::S_IFDIR || st.st_nlink == 1 {
-            let record = if self.layers.upper_xattrs {
-                self.kernel_origin(lower, lpfd, name)
-            } else {
-                Vec::new()
-            };
-            if kind == libc::S_IFDIR || !record.is_empty() {
-                let attr = format!("{}{}", self.layers.xattr_prefix, KERNEL_ORIGIN_XATTR);
-                match xattr::set(dir, at, &attr, &record, 0) {
-                    // user.* xattrs are for regular files and directories only; the
-                    // kernel goes on without the record there too.
-                    Err(e)
-                        if e == Errno::EOPNOTSUPP
-                            || (e == Errno::EPERM
-                                && kind != libc::S_IFREG
-                                && kind != libc::S_IFDIR) =>
-                    {
-                        debug!("cannot record origin of {:?}: {e:?}", name)
-                    }
-                    other => other?,
-                }
-            } else {
-                let attr = format!("{}{}", self.layers.xattr_prefix, ORIGIN_XATTR);
-                let val = format!("{}:{}", st.st_dev, st.st_ino);
-                if let Err(e) = xattr::set(dir, at, &attr, val.as_bytes(), 0) {
-                    // Only st_ino stability after remount depends on it.
-                    debug!("cannot record origin of {:?}: {e:?}", name);
-                }
-            }
-        }
+        self.record_origin((dir, at), (lower, lpfd, name), st)?;
         let prot = if kind == libc::S_IFREG || kind == libc::S_IFDIR {
             self.copy_inode_flags(lpfd, name, draft, kind)
         } else {
@@ -419,6 +377,61 @@ impl Overlay {
         prot
     }
 
+    /// Records on the copy `at` in `dir` where it came from (lower object `name` in `lpfd`,
+    /// in layer `lower`), for its inode number: the kernel's own origin record, as its
+    /// copy-up (index=off) writes it, on a directory and on anything else with one link; a
+    /// kernel overlay mounting the upper then shows the lower object's number, as ovlfuse
+    /// does. (A kernel overlay that finds a merged upper directory without
+    /// one writes it at its first lookup, and that lookup fails if the directory's
+    /// xattrs have filled their space meanwhile: ENOSPC, the directory is gone from its
+    /// view.) Where that record holds no file handle (a daemon that may not open them,
+    /// a layer that gives none), a non-directory gets our own record instead, which
+    /// needs none. Not both: on ext4 with 256-byte inodes the two overflow the inode's
+    /// room for xattrs, and each copy would take a 4 KiB block more. A copy of a lower
+    /// hard link is another file than the link's other names: it gets neither, and
+    /// shows its own number (as on the kernel overlay without `index`), where two files
+    /// sharing one would look like links to tar or rsync -H.
+    fn record_origin(
+        &self,
+        (dir, at): (BorrowedFd<'_>, &OsStr),
+        (lower, lpfd, name): (LayerId, BorrowedFd<'_>, &OsStr),
+        st: &Stat,
+    ) -> SysResult<()> {
+        let kind = fs::ifmt(st.st_mode);
+        if kind != libc::S_IFDIR && st.st_nlink != 1 {
+            return Ok(());
+        }
+        let record = if self.layers.upper_xattrs {
+            self.kernel_origin(lower, lpfd, name)
+        } else {
+            Vec::new()
+        };
+        if kind == libc::S_IFDIR || !record.is_empty() {
+            let attr = format!("{}{}", self.layers.xattr_prefix, KERNEL_ORIGIN_XATTR);
+            match xattr::set(dir, at, &attr, &record, 0) {
+                // user.* xattrs are for regular files and directories only; the
+                // kernel goes on without the record there too.
+                Err(e)
+                    if e == Errno::EOPNOTSUPP
+                        || (e == Errno::EPERM
+                            && kind != libc::S_IFREG
+                            && kind != libc::S_IFDIR) =>
+                {
+                    debug!("cannot record origin of {:?}: {e:?}", name)
+                }
+                other => other?,
+            }
+        } else {
+            let attr = format!("{}{}", self.layers.xattr_prefix, ORIGIN_XATTR);
+            let val = format!("{}:{}", st.st_dev, st.st_ino);
+            if let Err(e) = xattr::set(dir, at, &attr, val.as_bytes(), 0) {
+                // Only st_ino stability after remount depends on it.
+                debug!("cannot record origin of {:?}: {e:?}", name);
+            }
+        }
+        Ok(())
+    }
+
     /// The origin record the kernel's copy-up writes for lower object `name` in `dir`, in
     /// layer `lower` (see `namei::origin_record`). Empty where the layer cannot give file
     /// handles, and where the daemon could not open them (no CAP_DAC_READ_SEARCH: rootless),
@@ -431,7 +444,7 @@ impl Overlay {
             return Vec::new();
         };
         let dev = self.layers.get(lower).dev;
-        let Some(layer) = self.layers.first_lower_on(dev) else {
+        let Some(layer) = self.layers.lower_filesystems().find(|l| l.dev == dev) else {
             return Vec::new();
         };
         origin_record(layer.handle_fs().uuid, kind, &handle).unwrap_or_default()

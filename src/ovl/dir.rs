@@ -1298,9 +1298,7 @@ impl Overlay {
         }
         Ok(())
     }
-}
 
-impl Overlay {
     /// A directory moved to another parent lists another `..` now; the kernel's cached
     /// listing of it (kept across the rename, which changes nothing in it) still has the
     /// old one, whose number is not the new parent's.

@@ -47,8 +47,8 @@ impl Layer {
         self.root.as_fd()
     }
 
-    /// The layer's filesystem as file handles of its objects need it. (Every caller asks
-    /// the first lower layer on that filesystem, which `Layers::new` asked already.)
+    /// The layer's filesystem as file handles of its objects need it. (Callers ask the
+    /// layers of `Layers::lower_filesystems`, which `Layers::new` asked already.)
     pub fn handle_fs(&self) -> &HandleFs {
         self.handles.get_or_init(|| {
             // Neither the ioctl nor open_by_handle_at takes an O_PATH fd, which the layer's
@@ -107,6 +107,9 @@ pub struct Layers {
     pub any_override: bool,
     /// Whether any lower layer is on an idmapped mount.
     pub any_idmapped: bool,
+    /// The first lower layer on each filesystem the lower layers are on, in layer order:
+    /// where a file handle of a lower object is made and opened (see `Layer::handle_fs`).
+    pub lower_filesystems: Vec<LayerId>,
     /// How whiteouts are written; see [`whiteout::Format`].
     pub whiteout_format: whiteout::Format,
     /// What the daemon's new objects in the work directory come out as (None: unknown, as
@@ -131,9 +134,9 @@ impl Layers {
         }
     }
 
-    /// The first lower layer on filesystem `dev` (see [`Layer::handle_fs`]).
-    pub fn first_lower_on(&self, dev: u64) -> Option<&Layer> {
-        self.lowers.iter().find(|l| l.dev == dev)
+    /// The first lower layer on each lower filesystem (see `lower_filesystems`).
+    pub fn lower_filesystems(&self) -> impl Iterator<Item = &Layer> {
+        self.lower_filesystems.iter().map(|&id| self.get(id))
     }
 
     pub fn lower_ids(&self) -> impl Iterator<Item = LayerId> {
@@ -266,19 +269,15 @@ impl Layers {
             Some(w) => whiteout::Format::probe(w.as_fd(), xattrs_ok),
             None => whiteout::Format::Device,
         };
-        // What copy-ups and lookups of copies need for the kernel's origin records, read
-        // now rather than within the first such request (it read /proc and opened each
-        // lower filesystem's root there: ~30 us of a single O_TRUNC on a fresh mount).
-        if upper.is_some() && sys::can_open_file_handles() {
-            let mut seen: Vec<u64> = Vec::new();
-            for l in lowers.iter() {
-                if !seen.contains(&l.dev) {
-                    seen.push(l.dev);
-                    l.handle_fs();
-                }
+        let (mut lower_filesystems, mut seen) = (Vec::new(), Vec::new());
+        for (id, l) in (1..).zip(lowers.iter()) {
+            if !seen.contains(&l.dev) {
+                seen.push(l.dev);
+                lower_filesystems.push(id);
             }
         }
-        Ok(Layers {
+        let layers = Layers {
+            lower_filesystems,
             whiteout_format,
             any_override,
             any_idmapped,
@@ -292,7 +291,16 @@ impl Layers {
             work_tmpfiles: AtomicBool::new(true),
             ino: InoMap::new(devs, p.ino32),
             _claims: claims,
-        })
+        };
+        // What copy-ups and lookups of copies need for the kernel's origin records, read
+        // now rather than within the first such request (it read /proc and opened each
+        // lower filesystem's root there: ~30 us of a single O_TRUNC on a fresh mount).
+        if layers.upper.is_some() && sys::can_open_file_handles() {
+            for l in layers.lower_filesystems() {
+                l.handle_fs();
+            }
+        }
+        Ok(layers)
     }
 }
 

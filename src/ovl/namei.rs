@@ -696,7 +696,6 @@ impl Overlay {
         Ok(fs::open_beneath(parent, OsStr::from_bytes(&marker), libc::O_PATH, 0).is_ok())
     }
 
-    /// The `st_ino` recorded on an upper file by its copy-up, if any.
     /// The inode number upper non-directory `name` in `dir` keeps from the lower object it
     /// was copied from, if any. With `kernel_too` (an impure directory: the kernel marks
     /// the directory before a copy lands), from the kernel's origin record first, which
@@ -738,13 +737,7 @@ impl Overlay {
     /// The number a copy with kernel origin record `fb` shows (see `kernel_origin_ino`).
     fn ino_of_handle(&self, fb: &[u8]) -> Option<u64> {
         let (uuid, kind, handle) = origin_file_handle(fb)?;
-        let mut tried: Vec<u64> = Vec::new();
-        for l in self.layers.lower_ids() {
-            let layer = self.layers.get(l);
-            if tried.contains(&layer.dev) {
-                continue;
-            }
-            tried.push(layer.dev);
+        for layer in self.layers.lower_filesystems() {
             let hfs = layer.handle_fs();
             // As on the kernel, a handle is only looked for on a filesystem with the uuid
             // it was recorded with: another's could name an unrelated file.
