@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -330,4 +331,71 @@ fn opaque_directory_along_an_absolute_path_hides_the_layers_below() {
             },
         ],
     );
+}
+
+/// Whether every name listed under `m` (recursively, `.` and `..` aside) carries the
+/// number its lstat shows; the names that do not, with both numbers.
+fn listed_apart_from_stat(m: &Path) -> Vec<String> {
+    let mut bad = Vec::new();
+    let mut dirs = vec![m.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in read_dir_raw(&d).unwrap_or_else(|e| panic!("list {}: {e}", d.display())) {
+            if e.name == "." || e.name == ".." {
+                continue;
+            }
+            let p = d.join(&e.name);
+            let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            if md.ino() != e.ino {
+                bad.push(format!(
+                    "{}: listed {} stat {}",
+                    p.display(),
+                    e.ino,
+                    md.ino()
+                ));
+            }
+            if md.is_dir() {
+                dirs.push(p);
+            }
+        }
+    }
+    bad
+}
+
+/// Directories renamed into a merged directory, into a new upper-only one and within their
+/// parent are listed, after a remount, with the number stat gives them (that of the lower
+/// directory their redirect leads to), on both. Names-only listings make ovlfuse number the
+/// entries itself rather than from a lookup.
+#[test]
+fn renamed_directories_list_with_their_stat_number_after_a_remount() {
+    if !fuse_available() {
+        return;
+    }
+    let moves = |m: &Path| {
+        fs::create_dir(m.join("new")).unwrap();
+        mv(m, "b", "a/b");
+        mv(m, "c", "new/c");
+        mv(m, "keep", "kept");
+    };
+    let sc = Scratch::new("redirect-dino");
+    for (side, opts) in [("k", None), ("f", Some("listattrs=off"))] {
+        let st = Stack::new_at(&sc.dir(side), 2);
+        for (i, l) in layers().iter().enumerate() {
+            build(&st.lowers[i], l);
+        }
+        let mount = |st: &Stack| match opts {
+            None => mount_kernel_redirect(st),
+            Some(o) => mount_ovlfuse(st, &["redirect_dir=on", o]),
+        };
+        let g = mount(&st);
+        moves(&st.mnt);
+        g.unmount();
+        let g = mount(&st);
+        let bad = listed_apart_from_stat(&st.mnt);
+        assert!(
+            bad.is_empty(),
+            "{side}: listed apart from stat:\n{}",
+            bad.join("\n")
+        );
+        g.unmount();
+    }
 }

@@ -8,11 +8,12 @@
 
 use super::layers::{LayerId, UPPER};
 use super::listing::{DirReader, Entry, Listed, MergedDir, Name, Slotted};
+use super::namei::Found;
 use super::node::{Node, ROOT_ID};
 use super::{whiteout, Errno, HashMap, HashSet, Overlay, SysResult};
 use crate::sys::fs;
 use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -291,7 +292,12 @@ impl Overlay {
                 }
                 let mut ino = self.layers.ino.map(dev, d_ino);
                 if layer == UPPER {
-                    if kind == libc::S_IFDIR {
+                    if kind == libc::S_IFDIR
+                        && impure
+                        && self.moved_dir_ino(node, dfd, os, &mut ino)
+                    {
+                        holds_copies = true;
+                    } else if kind == libc::S_IFDIR {
                         if !st.lowers.is_empty() && !whiteout::is_opaque_dir(dfd, os) {
                             maybe_merged.insert(name.clone());
                         }
@@ -338,6 +344,23 @@ impl Overlay {
             }
             Collected::Unique(v) => MergedDir::from_entries(v, lower_positive),
         })
+    }
+
+    /// For upper subdirectory `name` of `dir` (read as `fd`), marked impure: where it is a
+    /// directory renamed here (it carries a redirect), sets `ino` to the number a lookup
+    /// gives it (that of the lower directory the redirect leads to, which no same-name
+    /// entry below shows) and says true. The kernel looks up every entry of an impure
+    /// directory for its number; only renamed directories need it here, and only the
+    /// directories of an impure parent pay the listxattr that tells.
+    fn moved_dir_ino(&self, dir: &Node, fd: BorrowedFd<'_>, name: &OsStr, ino: &mut u64) -> bool {
+        let xa = whiteout::OverlayXattrs::of(fd, name);
+        if self.redirect_of(fd, name, xa).is_none() {
+            return false;
+        }
+        if let Ok(Found::Node(n)) = self.probe(dir, name) {
+            *ino = n.ino;
+        }
+        true
     }
 
     /// Whether the kernel must open directories through us (OPENDIR) rather than skip
