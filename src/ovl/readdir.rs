@@ -292,23 +292,25 @@ impl Overlay {
                 }
                 let mut ino = self.layers.ino.map(dev, d_ino);
                 if layer == UPPER {
-                    if kind == libc::S_IFDIR
-                        && impure
-                        && self.moved_dir_ino(node, dfd, os, &mut ino)
-                    {
-                        holds_copies = true;
-                    } else if kind == libc::S_IFDIR {
-                        if !st.lowers.is_empty() && !whiteout::is_opaque_dir(dfd, os) {
+                    // A directory's overlay attributes, named by one listxattr, say both
+                    // whether it was renamed here and whether it is opaque.
+                    let mut xa = None;
+                    if kind == libc::S_IFDIR && (impure || !st.lowers.is_empty()) {
+                        let x = *xa.insert(whiteout::OverlayXattrs::of(dfd, os));
+                        if impure && self.moved_dir_ino(node, dfd, os, x, &mut ino) {
+                            holds_copies = true;
+                        } else if !st.lowers.is_empty() && !x.opaque_dir(dfd, os) {
                             maybe_merged.insert(name.clone());
                         }
-                    } else if impure {
+                    } else if kind != libc::S_IFDIR && impure {
                         if let Some(o) = self.origin_ino(dfd, os, true) {
                             ino = o;
                             holds_copies = true;
                         }
                     }
                     if impure && pure_upper && !holds_copies {
-                        holds_copies = whiteout::OverlayXattrs::of(dfd, os).came_from_elsewhere();
+                        let x = xa.unwrap_or_else(|| whiteout::OverlayXattrs::of(dfd, os));
+                        holds_copies = x.came_from_elsewhere();
                     }
                 }
                 entries.insert(
@@ -346,14 +348,20 @@ impl Overlay {
         })
     }
 
-    /// For upper subdirectory `name` of `dir` (read as `fd`), marked impure: where it is a
-    /// directory renamed here (it carries a redirect), sets `ino` to the number a lookup
-    /// gives it (that of the lower directory the redirect leads to, which no same-name
-    /// entry below shows) and says true. The kernel looks up every entry of an impure
-    /// directory for its number; only renamed directories need it here, and only the
-    /// directories of an impure parent pay the listxattr that tells.
-    fn moved_dir_ino(&self, dir: &Node, fd: BorrowedFd<'_>, name: &OsStr, ino: &mut u64) -> bool {
-        let xa = whiteout::OverlayXattrs::of(fd, name);
+    /// For upper subdirectory `name` of `dir` (read as `fd`, its overlay attributes `xa`),
+    /// marked impure: where it is a directory renamed here (it carries a redirect), sets
+    /// `ino` to the number a lookup gives it (that of the lower directory the redirect
+    /// leads to, which no same-name entry below shows) and says true. The kernel looks up
+    /// every entry of an impure directory for its number; only renamed directories need it
+    /// here.
+    fn moved_dir_ino(
+        &self,
+        dir: &Node,
+        fd: BorrowedFd<'_>,
+        name: &OsStr,
+        xa: whiteout::OverlayXattrs,
+        ino: &mut u64,
+    ) -> bool {
         if self.redirect_of(fd, name, xa).is_none() {
             return false;
         }
