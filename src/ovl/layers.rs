@@ -109,7 +109,7 @@ pub struct Layers {
     pub any_idmapped: bool,
     /// The first lower layer on each filesystem the lower layers are on, in layer order:
     /// where a file handle of a lower object is made and opened (see `Layer::handle_fs`).
-    pub lower_filesystems: Vec<LayerId>,
+    lower_filesystems: Vec<LayerId>,
     /// How whiteouts are written; see [`whiteout::Format`].
     pub whiteout_format: whiteout::Format,
     /// What the daemon's new objects in the work directory come out as (None: unknown, as
