@@ -399,3 +399,93 @@ fn renamed_directories_list_with_their_stat_number_after_a_remount() {
         g.unmount();
     }
 }
+
+/// The directory `path` (relative, its components below PATH_MAX each) opened under
+/// `root` one component at a time, made first where `create`: the whole path is longer
+/// than one system call may name.
+fn open_deep(root: &Path, path: &[String], create: bool) -> std::os::fd::OwnedFd {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut fd: OwnedFd = fs::File::open(root).expect("open the root").into();
+    for c in path {
+        let name = CString::new(c.as_str()).unwrap();
+        if create {
+            let r = unsafe { libc::mkdirat(fd.as_raw_fd(), name.as_ptr(), 0o755) };
+            assert_eq!(r, 0, "mkdir {c}: {}", std::io::Error::last_os_error());
+        }
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        let n = unsafe { libc::openat(fd.as_raw_fd(), name.as_ptr(), flags) };
+        assert!(n >= 0, "open {c}: {}", std::io::Error::last_os_error());
+        fd = unsafe { OwnedFd::from_raw_fd(n) };
+    }
+    fd
+}
+
+/// A lower directory 17 levels of 255-byte names down moves to another directory: its
+/// redirect (the absolute path of its old place, 4.4 KB) does not fit in an ext4 xattr.
+/// The kernel fails such a rename with EXDEV, so that mv copies instead; ovlfuse must do
+/// the same, not report the upper filesystem's ENOSPC, and leave the directory where it
+/// was.
+#[test]
+fn a_redirect_too_long_for_the_upper_filesystem_fails_the_rename_with_exdev() {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    if !fuse_available() {
+        return;
+    }
+    let deep: Vec<String> = (0..17)
+        .map(|i| format!("{i:02}{}", "d".repeat(253)))
+        .collect();
+    let sc = Scratch::new("redirect-long");
+    let mut outcomes = Vec::new();
+    for side in ["kernel", "ovlfuse"] {
+        let st = Stack::new_at(&sc.dir(side), 1);
+        build(&st.lowers[0], &[E::Dir("b")]);
+        let mut path = vec!["a".to_string()];
+        path.extend(deep.iter().cloned());
+        path.push("victim".into());
+        let victim = open_deep(&st.lowers[0], &path, true);
+        fs::write(
+            format!("/proc/self/fd/{}/file", victim.as_raw_fd()),
+            b"data",
+        )
+        .unwrap();
+        drop(victim);
+        let lc = LowerCheck::new(&st.lowers);
+        let g = match side {
+            "kernel" => mount_kernel_redirect(&st),
+            _ => mount_ovlfuse(&st, &["redirect_dir=on"]),
+        };
+        let parent = open_deep(&st.mnt, &path[..path.len() - 1], false);
+        let target = open_deep(&st.mnt, &["b".to_string()], false);
+        let (from, to) = (
+            CString::new("victim").unwrap(),
+            CString::new("moved").unwrap(),
+        );
+        let r = unsafe {
+            libc::renameat(
+                parent.as_raw_fd(),
+                from.as_ptr(),
+                target.as_raw_fd(),
+                to.as_ptr(),
+            )
+        };
+        let err = std::io::Error::last_os_error().raw_os_error();
+        let outcome = if r == 0 { None } else { err };
+        let still = fs::read(format!("/proc/self/fd/{}/victim/file", parent.as_raw_fd()));
+        let moved = st.mnt.join("b/moved").exists();
+        outcomes.push((outcome, still.ok(), moved));
+        drop((parent, target));
+        g.unmount();
+        lc.verify();
+    }
+    assert_eq!(
+        outcomes[0],
+        (Some(libc::EXDEV), Some(b"data".to_vec()), false),
+        "setup: the kernel overlay should refuse the move with EXDEV"
+    );
+    assert_eq!(
+        outcomes[1], outcomes[0],
+        "ovlfuse (left) vs kernel (right): rename result, the file left behind, the moved name"
+    );
+}

@@ -683,7 +683,18 @@ impl Overlay {
             }
         };
         let prefix = self.layers.xattr_prefix;
-        crate::sys::xattr::set(fromfd, name, &format!("{prefix}redirect"), &v, 0)
+        crate::sys::xattr::set(fromfd, name, &format!("{prefix}redirect"), &v, 0).map_err(|e| {
+            // As the kernel's ovl_set_redirect: a redirect the upper filesystem will not
+            // hold (a path longer than its room for an xattr value: ENOSPC on ext4, E2BIG
+            // elsewhere) fails the rename with EXDEV, so that mv copies instead of giving
+            // up with a misleading "no space left".
+            log::warn!(
+                "cannot record where moved directory {name:?} came from ({} bytes): {e:?}; \
+                 the rename fails with EXDEV",
+                v.len()
+            );
+            Errno::EXDEV
+        })
     }
 
     /// The redirect recorded on the upper directory `name` in `dir`, as written; none on
