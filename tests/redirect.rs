@@ -489,3 +489,85 @@ fn a_redirect_too_long_for_the_upper_filesystem_fails_the_rename_with_exdev() {
         "ovlfuse (left) vs kernel (right): rename result, the file left behind, the moved name"
     );
 }
+
+/// The same move with the upper on tmpfs, which holds the 4.4 KB redirect: ovlfuse moves
+/// the directory (the kernel, by default, refuses redirects over 256 bytes with EXDEV:
+/// README, "Differences"), and the moved directory is then used through its redirect, a
+/// path longer than one system call may name: on this mount, after a remount, and by the
+/// kernel overlay on the same layers, which reads such redirects whatever its own limit.
+#[test]
+fn a_redirect_longer_than_a_path_is_written_and_followed() {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("redirect-longer");
+    let mut st = Stack::new(&sc, 1);
+    let tmp = sc.dir("upperfs");
+    let _t = mount_tmpfs(&tmp);
+    st.upper = tmp.join("upper");
+    st.work = tmp.join("work");
+    fs::create_dir_all(&st.upper).unwrap();
+    fs::create_dir_all(&st.work).unwrap();
+    build(&st.lowers[0], &[E::Dir("b")]);
+    let mut path = vec!["a".to_string()];
+    path.extend((0..17).map(|i| format!("{i:02}{}", "d".repeat(253))));
+    let parent = open_deep(&st.lowers[0], &path, true);
+    let victim = format!("/proc/self/fd/{}/victim", parent.as_raw_fd());
+    fs::create_dir(&victim).unwrap();
+    fs::write(format!("{victim}/low"), b"low").unwrap();
+    drop(parent);
+    let lc = LowerCheck::new(&st.lowers);
+
+    let g = mount_ovlfuse(&st, &["redirect_dir=on"]);
+    let parent = open_deep(&st.mnt, &path, false);
+    let target = open_deep(&st.mnt, &["b".to_string()], false);
+    let (from, to) = (
+        CString::new("victim").unwrap(),
+        CString::new("moved").unwrap(),
+    );
+    let r = unsafe {
+        libc::renameat(
+            parent.as_raw_fd(),
+            from.as_ptr(),
+            target.as_raw_fd(),
+            to.as_ptr(),
+        )
+    };
+    assert_eq!(r, 0, "rename: {}", std::io::Error::last_os_error());
+    drop((parent, target));
+    fs::write(st.mnt.join("b/moved/new"), b"new").expect("create in the moved directory");
+    let redirect = lgetxattr(&st.upper.join("b/moved"), "trusted.overlay.redirect")
+        .expect("the moved directory's redirect");
+    assert!(
+        redirect.len() > 4096,
+        "redirect of {} bytes",
+        redirect.len()
+    );
+    let seen = |m: &Path| {
+        let mut names: Vec<String> = fs::read_dir(m.join("b/moved"))
+            .unwrap_or_else(|e| panic!("list {m:?}/b/moved: {e}"))
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let low = fs::read(m.join("b/moved/low")).unwrap_or_default();
+        let parent = open_deep(m, &path, false);
+        let left = fs::symlink_metadata(format!("/proc/self/fd/{}/victim", parent.as_raw_fd()));
+        (names, low, left.is_ok())
+    };
+    let want = (
+        vec!["low".to_string(), "new".to_string()],
+        b"low".to_vec(),
+        false,
+    );
+    assert_eq!(seen(&st.mnt), want, "ovlfuse, right after the move");
+    g.unmount();
+    let g = mount_ovlfuse(&st, &["redirect_dir=on"]);
+    assert_eq!(seen(&st.mnt), want, "ovlfuse, after a remount");
+    g.unmount();
+    let g = mount_kernel_redirect(&st);
+    assert_eq!(seen(&st.mnt), want, "the kernel overlay on ovlfuse's upper");
+    g.unmount();
+    lc.verify();
+}

@@ -436,6 +436,31 @@ impl Node {
     }
 }
 
+/// `path` cut at slashes into pieces shorter than `limit` bytes each (a piece is longer
+/// only where one name is).
+fn path_chunks(path: &OsStr, limit: usize) -> Vec<OsString> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    for c in path
+        .as_bytes()
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty())
+    {
+        if !cur.is_empty() && cur.len() + 1 + c.len() >= limit {
+            out.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(b'/');
+        }
+        cur.extend_from_slice(c);
+    }
+    if !cur.is_empty() || out.is_empty() {
+        out.push(cur);
+    }
+    out.into_iter().map(OsString::from_vec).collect()
+}
+
 /// Redirect paths as a node keeps them.
 pub fn redirects_from(v: Vec<(LayerId, OsString)>) -> Redirects {
     (!v.is_empty()).then(|| Box::new(v))
@@ -988,8 +1013,29 @@ impl NodeTable {
             }
         }
         let (rel, redirected) = self.path_in(node, layer)?;
-        if rel.len() < DEEP_PATH || redirected {
-            return self.with_fds(|| open(self.roots[layer as usize].as_fd(), &rel));
+        let root = self.roots[layer as usize].as_fd();
+        if rel.len() < DEEP_PATH {
+            return self.with_fds(|| open(root, &rel));
+        }
+        if redirected {
+            // A redirect's path longer than one path walk takes (the kernel writes up to
+            // its redirect_max, which may be raised; we write what the upper filesystem
+            // holds): a few components at a time.
+            let chunks = path_chunks(&rel, DEEP_PATH);
+            let (last, leading) = chunks.split_last().ok_or(Errno::ENOENT)?;
+            return self.with_fds(|| {
+                let mut at: Option<OwnedFd> = None;
+                for c in leading {
+                    let from = at.as_ref().map_or(root, |f| f.as_fd());
+                    at = Some(fs::open_beneath(
+                        from,
+                        c,
+                        libc::O_PATH | libc::O_DIRECTORY,
+                        0,
+                    )?);
+                }
+                open(at.as_ref().map_or(root, |f| f.as_fd()), last)
+            });
         }
         // Too long for one path walk (PATH_MAX): down from the nearest ancestor whose fd is
         // at hand, one level at a time, in a loop (a directory may nest deeper than the
@@ -1197,5 +1243,25 @@ mod tests {
         assert_eq!(size(40), DIRFD_CACHE_MIN);
         assert_eq!(size(1 << 20), DIRFD_CACHE);
         assert_eq!(size(u64::MAX), DIRFD_CACHE);
+    }
+
+    #[test]
+    fn long_paths_are_cut_at_slashes_into_pieces_under_the_limit() {
+        let p = |s: &str| OsString::from(s);
+        assert_eq!(path_chunks(&p("a/bb/ccc"), 100), vec![p("a/bb/ccc")]);
+        assert_eq!(path_chunks(&p("a/bb/ccc"), 6), vec![p("a/bb"), p("ccc")]);
+        assert_eq!(path_chunks(&p("/a//b/"), 100), vec![p("a/b")]);
+        let names: Vec<String> = (0..20)
+            .map(|i| format!("{i:02}{}", "x".repeat(253)))
+            .collect();
+        let long = names.join("/");
+        let chunks = path_chunks(OsStr::new(&long), DEEP_PATH);
+        assert!(
+            chunks.iter().all(|c| c.len() < DEEP_PATH),
+            "{:?}",
+            chunks.iter().map(|c| c.len()).collect::<Vec<_>>()
+        );
+        let joined: Vec<&str> = chunks.iter().map(|c| c.to_str().unwrap()).collect();
+        assert_eq!(joined.join("/"), long);
     }
 }
