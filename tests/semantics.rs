@@ -5797,6 +5797,61 @@ fn upper_on_a_different_file_system_than_the_lowers() {
     drop(guards);
 }
 
+/// A lower file on tmpfs whose xattr names take 73 KiB: more than listxattr(2) returns
+/// (upper on tmpfs too).
+/// The kernel overlay copies it up (its listing is in-kernel); ovlfuse cannot list the
+/// names, so the copy-up fails with E2BIG and nothing changes (README, "Differences").
+/// Checked against the kernel so that a change on either side shows.
+#[test]
+fn a_lower_file_with_more_xattr_names_than_listxattr_returns_is_not_copied_up() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("sem-xattr-names");
+    let mut guards = Vec::new();
+    let mut results = Vec::new();
+    for side in ["kernel", "ovlfuse"] {
+        // The upper on tmpfs as well: ext4 holds a few KiB of xattrs, and the kernel's
+        // copy-up to it fails with ENOSPC.
+        let mut st = Stack::new_at(&sc.dir(side), 1);
+        guards.push(mount_tmpfs(&st.lowers[0]));
+        let upfs = sc.dir(&format!("{side}-upperfs"));
+        guards.push(mount_tmpfs(&upfs));
+        st.upper = upfs.join("upper");
+        st.work = upfs.join("work");
+        fs::create_dir_all(&st.upper).unwrap();
+        fs::create_dir_all(&st.work).unwrap();
+        fs::write(st.lowers[0].join("f"), b"f").unwrap();
+        for i in 0..300 {
+            let name = format!("user.{i:03}{}", "n".repeat(240));
+            lsetxattr(&st.lowers[0].join("f"), &name, b"1").unwrap();
+        }
+        let g = match side {
+            "kernel" => mount_kernel(&st),
+            _ => mount_ovlfuse(&st, &[]),
+        };
+        let chmod = fs::set_permissions(st.mnt.join("f"), fs::Permissions::from_mode(0o600));
+        let mode = fs::symlink_metadata(st.mnt.join("f")).unwrap().mode() & 0o777;
+        results.push((
+            chmod.map_err(|e| e.raw_os_error()),
+            mode,
+            st.upper.join("f").exists(),
+        ));
+        g.unmount();
+    }
+    assert_eq!(
+        results[0],
+        (Ok(()), 0o600, true),
+        "setup: the kernel overlay should copy the file up"
+    );
+    assert_eq!(
+        results[1],
+        (Err(Some(libc::E2BIG)), 0o644, false),
+        "ovlfuse: E2BIG, the mode unchanged, no copy in the upper"
+    );
+    drop(guards);
+}
+
 /// Whiteouts, an opaque directory, a merged-directory rename and attributes in the
 /// overlay's own xattr namespace, for [`userxattr_as_root_writes_what_a_userxattr_kernel_writes`].
 fn userxattr_ops(r: &Path) -> Vec<String> {
