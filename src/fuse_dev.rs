@@ -128,8 +128,14 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
                 }
                 continue;
             }
-            // No reply is wanted: we answer every request as soon as we can anyway.
-            op::INTERRUPT | op::NOTIFY_REPLY => continue,
+            // No reply is wanted. A copy-up of the interrupted request gives up if its
+            // caller is being killed (`ovl::interrupt`); anything else is answered as soon
+            // as it can be anyway.
+            op::INTERRUPT => {
+                fs.ovl.interrupts.interrupted(Fields(args).u64(0));
+                continue;
+            }
+            op::NOTIFY_REPLY => continue,
             // Closing a file waits for nobody.
             op::RELEASE | op::RELEASEDIR => {}
             _ => fs.follow.serving(req.pid, small_read),

@@ -51,6 +51,7 @@ pub fn answer_caught(
     in_len: usize,
     let_go: Option<&mut dyn FnMut()>,
 ) -> (i32, usize) {
+    let _serving = crate::ovl::interrupt::Serving::new(req.unique, req.pid);
     let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         answer(fs, req, op_in, p, in_len, let_go)
     }));

@@ -9175,3 +9175,102 @@ fn small_lower_files_read_as_on_kernel() {
     });
     t.finish(true);
 }
+
+/// A process killed while its open of a big lower file for writing copies the file up is
+/// gone at once, with no copy left in the upper layer, as on the kernel overlay (whose
+/// copy loop stops on a fatal signal); the next write copies the file up whole. Before,
+/// the killed process stayed in the kernel until the copy was done.
+///
+/// The upper is a tmpfs of its own, so that its use shows the copy under way: the kill
+/// comes once 32 MiB of the 1 GiB are copied.
+#[test]
+fn a_writer_killed_during_copy_up_leaves_no_copy() {
+    if !fuse_available() {
+        return;
+    }
+    const SIZE: u64 = 1 << 30;
+    let sc = Scratch::new("sem-killed-copy-up");
+    let big = sc.path("big");
+    {
+        let mut f = fs::File::create(&big).unwrap();
+        let chunk = vec![0x5au8; 8 << 20];
+        for _ in 0..SIZE / chunk.len() as u64 {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let mut outcomes = Vec::new();
+    for side in ["kernel", "ovlfuse"] {
+        let mut st = Stack::new_at(&sc.dir(side), 1);
+        fs::hard_link(&big, st.lowers[0].join("big")).unwrap();
+        let upfs = sc.dir(&format!("{side}-upperfs"));
+        let _t = mount_tmpfs_with(&upfs, "size=3g");
+        st.upper = upfs.join("upper");
+        st.work = upfs.join("work");
+        fs::create_dir_all(&st.upper).unwrap();
+        fs::create_dir_all(&st.work).unwrap();
+        let g = match side {
+            "kernel" => mount_kernel(&st),
+            _ => mount_ovlfuse(&st, &[]),
+        };
+        let used = || {
+            let s = statvfs(&upfs).unwrap();
+            (s.f_blocks - s.f_bfree) as u64 * s.f_frsize as u64
+        };
+        let before = used();
+        let target = st.mnt.join("big");
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("printf x >> \"$1\"")
+            .arg("sh")
+            .arg(&target)
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while used() < before + (32 << 20) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "{side}: the copy-up never started"
+            );
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{side}: the writer ended before its copy-up was seen under way"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        // What is left once the writer is gone (and the copy it started given up).
+        let left = st.upper.join("big").exists();
+        let size = fs::metadata(&target).unwrap().len();
+        // The next write copies the file up whole.
+        let mut f = fs::OpenOptions::new().append(true).open(&target).unwrap();
+        f.write_all(b"y").unwrap();
+        drop(f);
+        let after = fs::metadata(st.upper.join("big")).map(|m| m.len());
+        let mut tail = [0u8; 2];
+        fs::File::open(&target)
+            .unwrap()
+            .read_exact_at(&mut tail, SIZE - 1)
+            .unwrap();
+        outcomes.push((
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            left,
+            size,
+            after.ok(),
+            tail,
+        ));
+        g.unmount();
+    }
+    let want = (
+        Some(libc::SIGKILL),
+        false,
+        SIZE,
+        Some(SIZE + 1),
+        [0x5a, b'y'],
+    );
+    assert_eq!(outcomes[0], want, "setup: the kernel overlay");
+    assert_eq!(
+        outcomes[1], want,
+        "ovlfuse (left) vs what the kernel overlay did (right)"
+    );
+}

@@ -297,7 +297,8 @@ impl Overlay {
         if kind == libc::S_IFREG && with_data && st.st_size > 0 {
             let src = fs::openat_noatime(lpfd, name, libc::O_RDONLY)?;
             draft.with_open(libc::O_WRONLY, |dst| {
-                copy_data(src.as_fd(), dst, st.st_size as u64, self.cfg.fsync)?;
+                let killed = || self.interrupts.caller_killed();
+                copy_data(src.as_fd(), dst, st.st_size as u64, self.cfg.fsync, &killed)?;
                 if self.cfg.fsync {
                     fs::fsync(dst, false)?;
                 }
@@ -596,11 +597,15 @@ impl Draft<'_> {
 /// then goes in chunks and starts each chunk's writeback as soon as it is in the page
 /// cache, so the disk writes overlap the copying instead of all waiting for that fsync
 /// (1 GiB on ext4 here: 0.5 s instead of 0.85 s).
+///
+/// Between chunks it asks `give_up`, and fails with EINTR when that says so (the caller
+/// is being killed: see `interrupt`).
 pub fn copy_data(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     len: u64,
     sync_after: bool,
+    give_up: &dyn Fn() -> bool,
 ) -> SysResult<()> {
     if fs::ficlone(dst, src).is_ok() {
         return Ok(());
@@ -608,8 +613,13 @@ pub fn copy_data(
     let mut copier = RangeCopier {
         src,
         dst,
-        chunk: if sync_after { WRITEBACK_CHUNK } else { 1 << 30 },
+        chunk: if sync_after {
+            WRITEBACK_CHUNK
+        } else {
+            UNSYNCED_CHUNK
+        },
         sync_after,
+        give_up,
         use_cfr: true,
         buf: Vec::new(),
     };
@@ -636,12 +646,16 @@ pub fn copy_data(
 /// that the disk starts early, large enough that each system call moves plenty: 8 and 32
 /// MiB chunks measured alike, whole-file copies 70% slower.
 pub(super) const WRITEBACK_CHUNK: usize = 8 << 20;
+/// The chunk of a copy that is not synced: only as small as a prompt check for a killed
+/// caller needs (a copy_file_range of 64 MiB takes tens of milliseconds).
+const UNSYNCED_CHUNK: usize = 64 << 20;
 
 struct RangeCopier<'a> {
     src: BorrowedFd<'a>,
     dst: BorrowedFd<'a>,
     chunk: usize,
     sync_after: bool,
+    give_up: &'a dyn Fn() -> bool,
     /// Cleared when `copy_file_range` fails (e.g. EXDEV on old kernels, EINVAL on some
     /// filesystems); the rest goes through `buf`.
     use_cfr: bool,
@@ -651,6 +665,10 @@ struct RangeCopier<'a> {
 impl RangeCopier<'_> {
     fn copy(&mut self, mut pos: u64, end: u64) -> SysResult<()> {
         while pos < end {
+            if (self.give_up)() {
+                debug!("copy-up given up at {pos} bytes: its caller is being killed");
+                return Err(Errno(libc::EINTR));
+            }
             let want = ((end - pos) as usize).min(self.chunk);
             let n = self.copy_some(pos, want)?;
             if n == 0 {
@@ -796,7 +814,7 @@ mod tests {
             let d = scratch(&format!("sync{sync_after}"));
             let (src, want, len) = sparse_source(&d);
             let dst = std::fs::File::create(d.join("dst")).unwrap();
-            copy_data(src.as_fd(), dst.as_fd(), len, sync_after).unwrap();
+            copy_data(src.as_fd(), dst.as_fd(), len, sync_after, &|| false).unwrap();
             assert_eq!(std::fs::read(d.join("dst")).unwrap(), want);
             let blocks = |p: &str| std::fs::metadata(d.join(p)).unwrap().blocks();
             if blocks("src") * 512 < len {
@@ -821,12 +839,33 @@ mod tests {
             dst: dst.as_fd(),
             chunk: WRITEBACK_CHUNK,
             sync_after: true,
+            give_up: &|| false,
             use_cfr: false,
             buf: Vec::new(),
         };
         c.copy(0, len).unwrap();
         fs::fsync(dst.as_fd(), false).unwrap();
         assert_eq!(std::fs::read(d.join("dst")).unwrap(), want);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_copy_told_to_give_up_stops_between_chunks_with_eintr() {
+        let d = scratch("give-up");
+        let (src, _, len) = sparse_source(&d);
+        let dst = std::fs::File::create(d.join("dst")).unwrap();
+        let asked = std::cell::Cell::new(0);
+        let give_up = || {
+            asked.set(asked.get() + 1);
+            asked.get() > 1
+        };
+        let r = copy_data(src.as_fd(), dst.as_fd(), len, true, &give_up);
+        assert_eq!(r, Err(crate::sys::Errno(libc::EINTR)));
+        assert_eq!(
+            asked.get(),
+            2,
+            "asked before each chunk, stopped at the second"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

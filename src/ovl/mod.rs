@@ -10,13 +10,15 @@
 //! replies carry), `copy_up`, `dir` (create/remove/rename), `inode` (attributes), `file`
 //! (open files and I/O), `xattr`, `whiteout` (on-disk formats), `ino` (inode numbers),
 //! `ownership` (id mapping, squashing and owners kept in an xattr, for container engines),
-//! `reaper` (removing directories of whiteouts that removals swap out, after the reply).
+//! `reaper` (removing directories of whiteouts that removals swap out, after the reply),
+//! `interrupt` (a long copy-up giving up when its caller is being killed).
 
 pub mod copy_up;
 pub mod dir;
 pub mod file;
 pub mod ino;
 pub mod inode;
+pub mod interrupt;
 pub mod layers;
 pub mod listing;
 pub mod namei;
@@ -147,6 +149,9 @@ pub struct Overlay {
     /// Removes the directories of whiteouts that removals swapped into the work directory,
     /// after their reply.
     reaper: reaper::Reaper,
+    /// Requests the kernel interrupted (set by the adapter), for copy-ups to give up when
+    /// their caller is being killed.
+    pub interrupts: interrupt::Interrupts,
 }
 
 impl Overlay {
@@ -168,6 +173,7 @@ impl Overlay {
             direct_io_maps: std::sync::atomic::AtomicBool::new(false),
             write_back_errors: DashMap::default(),
             reaper,
+            interrupts: interrupt::Interrupts::default(),
         })
     }
 
