@@ -6131,3 +6131,39 @@ fn regress_rename_whiteout_of_an_immutable_file_is_refused_for_the_flag_first() 
         ],
     );
 }
+
+#[test]
+fn regress_a_forgotten_copy_whose_number_is_recorded_nowhere_is_listed_with_its_new_one() {
+    // Seeds 203700019 and five more (userxattr, caches dropped before each step): with
+    // userxattr, a FIFO's or symlink's copy can carry no origin record (user.* xattrs are
+    // for files and directories only). It shows the lower object's number while the kernel
+    // holds it, and its upper copy's once forgotten, on both overlays; our listing of its
+    // directory kept the old number, so a listing and a stat disagreed.
+    USERXATTR_HERE.with(|c| c.set(true));
+    regress(
+        "regress_a_forgotten_copy_whose_number_is_recorded_nowhere_is_listed_with_its_new_one",
+        vec![vec![
+            LE::Fifo(s("p")),
+            LE::Symlink(s("l"), s("p")),
+            dir("d"),
+        ]],
+        vec![
+            Op::Readdir { path: s("") },
+            Op::Chmod {
+                path: s("p"),
+                mode: 0o600,
+            },
+            Op::Chown {
+                path: s("l"),
+                uid: 1000,
+                gid: 1000,
+                nofollow: true,
+            },
+            Op::Readdir { path: s("") },
+            Op::DropCaches,
+            Op::Readdir { path: s("") },
+            op_stat("p"),
+            op_stat("l"),
+        ],
+    );
+}

@@ -124,24 +124,24 @@ impl Overlay {
             let draft = self.start_copy(work, kind, lst.st_rdev, lpfd.as_fd(), &name, made)?;
             let res = self
                 .build_copy(&draft, (lower, lpfd.as_fd(), &name), &eff, with_data, made)
-                .and_then(|prot| {
+                .and_then(|built| {
                     // A symlink refusing it keeps its inode's owner.
                     if let Some(o) = &kept {
                         let (dir, n) = draft.at();
                         self.write_override(dir, n, o, kind)?;
                     }
                     draft.put_in_place(upfd.as_fd(), &name)?;
-                    Ok(prot)
+                    Ok(built)
                 });
             match res {
-                Ok(prot) => Ok((draft, prot)),
+                Ok(built) => Ok((draft, built)),
                 Err(e) => {
                     draft.discard();
                     Err(e)
                 }
             }
         };
-        let (placed, prot) = match self.nodes.with_fds(attempt) {
+        let (placed, (prot, recorded)) = match self.nodes.with_fds(attempt) {
             Ok(done) => done,
             Err(e) => {
                 warn!("copy-up of {:?} failed: {e:?}", name);
@@ -176,6 +176,11 @@ impl Overlay {
                     node.set_ino(self.layers.ino.map(st.st_dev, st.st_ino));
                     renumbered = true;
                 }
+            }
+            if !recorded && !renumbered {
+                // It shows the lower object's number while the kernel holds it, as on the
+                // kernel overlay; once forgotten, its upper copy's (see `forget`).
+                node.set_number_in_memory();
             }
         }
         {
@@ -281,7 +286,7 @@ impl Overlay {
     /// Gives `draft`, the copy of lower entry `name` (in `lpfd`, in layer `lower`), its data
     /// (`with_data`) and the lower object's metadata `st`, but for what its making gave it
     /// (`made`). Returns the immutable and append-only attributes the copy's protattr
-    /// records.
+    /// records, and whether the copy records the lower object's number (`record_origin`).
     fn build_copy(
         &self,
         draft: &Draft<'_>,
@@ -289,7 +294,7 @@ impl Overlay {
         st: &Stat,
         with_data: bool,
         made: MadeAs,
-    ) -> SysResult<u32> {
+    ) -> SysResult<(u32, bool)> {
         let kind = fs::ifmt(st.st_mode);
         // Only copied data needs syncing before the copy goes into place (as in the
         // kernel's ovl_copy_up_file): an empty copy is whole as soon as it exists, and
@@ -331,14 +336,14 @@ impl Overlay {
             draft.chmod(self.real_perm(st.st_mode & 0o7777, kind))?;
         }
 
-        self.record_origin((dir, at), (lower, lpfd, name), st)?;
+        let recorded = self.record_origin((dir, at), (lower, lpfd, name), st)?;
         let prot = if kind == libc::S_IFREG || kind == libc::S_IFDIR {
             self.copy_inode_flags(lpfd, name, draft, kind)
         } else {
             0
         };
         let (at, mt) = fs::stat_times(st);
-        draft.utimens(at, mt).map(|()| prot)
+        draft.utimens(at, mt).map(|()| (prot, recorded))
     }
 
     /// The lower object's inode attributes that its copy keeps, as the kernel's copy-up
@@ -392,15 +397,19 @@ impl Overlay {
     /// hard link is another file than the link's other names: it gets neither, and
     /// shows its own number (as on the kernel overlay without `index`), where two files
     /// sharing one would look like links to tar or rsync -H.
+    ///
+    /// Returns whether the copy shows the lower object's number after it is forgotten:
+    /// false where no record could be written (user.* xattrs on a symlink or FIFO, an
+    /// upper filesystem without xattrs).
     fn record_origin(
         &self,
         (dir, at): (BorrowedFd<'_>, &OsStr),
         (lower, lpfd, name): (LayerId, BorrowedFd<'_>, &OsStr),
         st: &Stat,
-    ) -> SysResult<()> {
+    ) -> SysResult<bool> {
         let kind = fs::ifmt(st.st_mode);
         if kind != libc::S_IFDIR && st.st_nlink != 1 {
-            return Ok(());
+            return Ok(true);
         }
         let record = if self.layers.upper_xattrs {
             self.kernel_origin(lower, lpfd, name)
@@ -418,7 +427,8 @@ impl Overlay {
                             && kind != libc::S_IFREG
                             && kind != libc::S_IFDIR) =>
                 {
-                    debug!("cannot record origin of {:?}: {e:?}", name)
+                    debug!("cannot record origin of {:?}: {e:?}", name);
+                    return Ok(false);
                 }
                 other => other?,
             }
@@ -428,9 +438,10 @@ impl Overlay {
             if let Err(e) = xattr::set(dir, at, &attr, val.as_bytes(), 0) {
                 // Only st_ino stability after remount depends on it.
                 debug!("cannot record origin of {:?}: {e:?}", name);
+                return Ok(false);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The origin record the kernel's copy-up writes for lower object `name` in `dir`, in

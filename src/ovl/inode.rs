@@ -593,7 +593,33 @@ impl Overlay {
         if self.writes_cached() {
             self.write_back_errors.remove(&id);
         }
-        self.nodes.forget(id, n);
+        for loc in self.nodes.forget(id, n) {
+            self.renumber_listed(&loc);
+        }
+    }
+
+    /// The copy at `loc` was forgotten, and with it the lower object's number it showed:
+    /// a lookup now finds its upper copy's, and so must the listing of its directory, ours
+    /// and the kernel's cached one (on the kernel overlay, a listing looks each such entry
+    /// up).
+    fn renumber_listed(&self, loc: &super::node::Loc) {
+        let Ok(parent) = self.node(loc.parent) else {
+            return;
+        };
+        let Some(m) = parent.merged() else {
+            return;
+        };
+        let Ok(st) = self
+            .nodes
+            .dir_fd(&parent, UPPER)
+            .and_then(|fd| fs::fstatat(fd.as_fd(), &loc.name))
+        else {
+            return;
+        };
+        m.copied_up(&loc.name, self.layers.ino.map(st.st_dev, st.st_ino));
+        if parent.state.read().listed {
+            self.notify_data_changed(parent.id);
+        }
     }
 }
 

@@ -291,6 +291,9 @@ struct Rare {
     /// What is kept of the object when its last name goes while it is open, so that
     /// attributes can still be read and changed through it.
     detached: Option<Detached>,
+    /// A copy whose lower object's number (which it shows) is recorded nowhere: once
+    /// forgotten, its names show the upper copy's (see `NodeTable::forget`).
+    number_in_memory: bool,
 }
 
 /// How an object that lost its last name is still reached.
@@ -360,6 +363,11 @@ impl Node {
 
     pub fn set_upper_key(&self, key: Option<(u64, u64)>) {
         *self.upper_key.lock() = key.unwrap_or((0, 0));
+    }
+
+    /// See `Rare::number_in_memory`.
+    pub fn set_number_in_memory(&self) {
+        self.with_rare(|r| r.number_in_memory = true);
     }
 
     fn with_rare<T>(&self, f: impl FnOnce(&mut Rare) -> T) -> T {
@@ -747,9 +755,13 @@ impl NodeTable {
     }
 
     /// Drops `n` lookup references; the node goes when none are left.
-    pub fn forget(&self, id: NodeId, n: u64) {
+    ///
+    /// Returns the names of a forgotten copy whose number lived only in memory
+    /// (`Rare::number_in_memory`): listings that hold them show the old number.
+    pub fn forget(&self, id: NodeId, n: u64) -> Vec<Loc> {
+        let mut renumbered = Vec::new();
         if id == ROOT_ID {
-            return;
+            return renumbered;
         }
         let removed = self.nodes.remove_if(&id, |_, node| {
             let prev = node.lookups.fetch_sub(
@@ -762,18 +774,23 @@ impl NodeTable {
             let loc = node.loc();
             self.remove_child(loc.parent, &loc.name, id);
             // The node is gone: its aliases can be taken rather than copied.
-            let aliases = node
+            let (aliases, in_memory) = node
                 .rare
                 .lock()
                 .as_deref_mut()
-                .map(|r| std::mem::take(&mut r.aliases))
+                .map(|r| (std::mem::take(&mut r.aliases), r.number_in_memory))
                 .unwrap_or_default();
-            for a in aliases {
+            for a in &aliases {
                 self.remove_child(a.parent, &a.name, id);
+            }
+            if in_memory && !node.unlinked.load(Ordering::Relaxed) {
+                renumbered.push(loc);
+                renumbered.extend(aliases);
             }
             self.drop_dirfds(&node);
             self.after_removal();
         }
+        renumbered
     }
 
     /// After many nodes are forgotten (the kernel dropped its inode cache), hands the memory
