@@ -421,6 +421,21 @@ fn open_deep(root: &Path, path: &[String], create: bool) -> std::os::fd::OwnedFd
     fd
 }
 
+/// renameat of "victim" in directory `from` to "moved" in `to`; the errno on failure.
+fn move_victim(
+    from: &impl std::os::fd::AsRawFd,
+    to: &impl std::os::fd::AsRawFd,
+) -> Result<(), i32> {
+    let (a, b) = (c"victim", c"moved");
+    // SAFETY: two open directory descriptors and two NUL-terminated names.
+    let r = unsafe { libc::renameat(from.as_raw_fd(), a.as_ptr(), to.as_raw_fd(), b.as_ptr()) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}
+
 /// A lower directory 17 levels of 255-byte names down moves to another directory: its
 /// redirect (the absolute path of its old place, 4.4 KB) does not fit in an ext4 xattr.
 /// The kernel fails such a rename with EXDEV, so that mv copies instead; ovlfuse must do
@@ -428,7 +443,6 @@ fn open_deep(root: &Path, path: &[String], create: bool) -> std::os::fd::OwnedFd
 /// was.
 #[test]
 fn a_redirect_too_long_for_the_upper_filesystem_fails_the_rename_with_exdev() {
-    use std::ffi::CString;
     use std::os::fd::AsRawFd;
     if !fuse_available() {
         return;
@@ -458,20 +472,7 @@ fn a_redirect_too_long_for_the_upper_filesystem_fails_the_rename_with_exdev() {
         };
         let parent = open_deep(&st.mnt, &path[..path.len() - 1], false);
         let target = open_deep(&st.mnt, &["b".to_string()], false);
-        let (from, to) = (
-            CString::new("victim").unwrap(),
-            CString::new("moved").unwrap(),
-        );
-        let r = unsafe {
-            libc::renameat(
-                parent.as_raw_fd(),
-                from.as_ptr(),
-                target.as_raw_fd(),
-                to.as_ptr(),
-            )
-        };
-        let err = std::io::Error::last_os_error().raw_os_error();
-        let outcome = if r == 0 { None } else { err };
+        let outcome = move_victim(&parent, &target).err();
         let still = fs::read(format!("/proc/self/fd/{}/victim/file", parent.as_raw_fd()));
         let moved = st.mnt.join("b/moved").exists();
         outcomes.push((outcome, still.ok(), moved));
@@ -497,7 +498,6 @@ fn a_redirect_too_long_for_the_upper_filesystem_fails_the_rename_with_exdev() {
 /// kernel overlay on the same layers, which reads such redirects whatever its own limit.
 #[test]
 fn a_redirect_longer_than_a_path_is_written_and_followed() {
-    use std::ffi::CString;
     use std::os::fd::AsRawFd;
     if !fuse_available() {
         return;
@@ -506,10 +506,7 @@ fn a_redirect_longer_than_a_path_is_written_and_followed() {
     let mut st = Stack::new(&sc, 1);
     let tmp = sc.dir("upperfs");
     let _t = mount_tmpfs(&tmp);
-    st.upper = tmp.join("upper");
-    st.work = tmp.join("work");
-    fs::create_dir_all(&st.upper).unwrap();
-    fs::create_dir_all(&st.work).unwrap();
+    st.move_upper_to(&tmp);
     build(&st.lowers[0], &[E::Dir("b")]);
     let mut path = vec!["a".to_string()];
     path.extend((0..17).map(|i| format!("{i:02}{}", "d".repeat(253))));
@@ -523,19 +520,7 @@ fn a_redirect_longer_than_a_path_is_written_and_followed() {
     let g = mount_ovlfuse(&st, &["redirect_dir=on"]);
     let parent = open_deep(&st.mnt, &path, false);
     let target = open_deep(&st.mnt, &["b".to_string()], false);
-    let (from, to) = (
-        CString::new("victim").unwrap(),
-        CString::new("moved").unwrap(),
-    );
-    let r = unsafe {
-        libc::renameat(
-            parent.as_raw_fd(),
-            from.as_ptr(),
-            target.as_raw_fd(),
-            to.as_ptr(),
-        )
-    };
-    assert_eq!(r, 0, "rename: {}", std::io::Error::last_os_error());
+    move_victim(&parent, &target).unwrap_or_else(|e| panic!("rename: errno {e}"));
     drop((parent, target));
     fs::write(st.mnt.join("b/moved/new"), b"new").expect("create in the moved directory");
     let redirect = lgetxattr(&st.upper.join("b/moved"), "trusted.overlay.redirect")

@@ -5817,10 +5817,7 @@ fn a_lower_file_with_more_xattr_names_than_listxattr_returns_is_not_copied_up() 
         guards.push(mount_tmpfs(&st.lowers[0]));
         let upfs = sc.dir(&format!("{side}-upperfs"));
         guards.push(mount_tmpfs(&upfs));
-        st.upper = upfs.join("upper");
-        st.work = upfs.join("work");
-        fs::create_dir_all(&st.upper).unwrap();
-        fs::create_dir_all(&st.work).unwrap();
+        st.move_upper_to(&upfs);
         fs::write(st.lowers[0].join("f"), b"f").unwrap();
         for i in 0..300 {
             let name = format!("user.{i:03}{}", "n".repeat(240));
@@ -9204,10 +9201,7 @@ fn a_writer_killed_during_copy_up_leaves_no_copy() {
         fs::hard_link(&big, st.lowers[0].join("big")).unwrap();
         let upfs = sc.dir(&format!("{side}-upperfs"));
         let _t = mount_tmpfs_with(&upfs, "size=3g");
-        st.upper = upfs.join("upper");
-        st.work = upfs.join("work");
-        fs::create_dir_all(&st.upper).unwrap();
-        fs::create_dir_all(&st.work).unwrap();
+        st.move_upper_to(&upfs);
         let g = match side {
             "kernel" => mount_kernel(&st),
             _ => mount_ovlfuse(&st, &[]),

@@ -1062,6 +1062,16 @@ impl Stack {
         }
     }
 
+    /// Puts the upper and work directories in `fs_root` (the root of another filesystem,
+    /// say a tmpfs the test mounted), made there.
+    pub fn move_upper_to(&mut self, fs_root: &Path) {
+        self.upper = fs_root.join("upper");
+        self.work = fs_root.join("work");
+        for d in [&self.upper, &self.work] {
+            fs::create_dir_all(d).unwrap_or_else(|e| panic!("mkdir {d:?}: {}", describe_err(&e)));
+        }
+    }
+
     /// "lowerdir=a:b" with each path escaped.
     pub fn lowerdir_opt(&self) -> String {
         lowerdir_opt_of(&self.lowers)
