@@ -49,7 +49,9 @@ pub struct IdRange {
 pub fn parse_mapping(v: &str) -> Result<Vec<IdRange>, String> {
     let fields: Vec<&str> = v.split(':').filter(|f| !f.is_empty()).collect();
     if fields.is_empty() || fields.len() % 3 != 0 {
-        return Err("expected DISK:SHOWN:COUNT triples".into());
+        let n = fields.len();
+        let plural = if n == 1 { "" } else { "s" };
+        return Err(format!("{n} field{plural}, where they come in threes"));
     }
     let mut out = Vec::new();
     for t in fields.chunks(3) {

@@ -490,7 +490,7 @@ fn seconds(name: &str, value: &str) -> Result<f64, String> {
 fn id_mapping(name: &str, value: &str) -> Result<Vec<IdRange>, String> {
     parse_mapping(&decode(value)).map_err(|why| {
         format!(
-            "{} ({why})",
+            "{}: {why}",
             invalid(name, value, "FROM:TO:LEN[:FROM:TO:LEN...]")
         )
     })
