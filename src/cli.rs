@@ -171,7 +171,10 @@ Overlay options:
   lowerdir+=DIR          append one lower layer (instead of lowerdir=)
   upperdir=DIR           writable layer; needs workdir=
   workdir=DIR            scratch directory on the upper filesystem; needs upperdir=
-  volatile               never sync the upper layer (implies fsync=0)
+  volatile               never sync the upper layer (implies fsync=0); as kernel
+                         overlayfs does, leave workdir/work/incompat/volatile, which
+                         makes every later mount fail until it is removed (container
+                         engines remove it before each mount)
   fsync=0|1              pass fsync/syncfs through to the upper layer (default 1)
   redirect_dir=on        rename directories that have lower parts, recording where their
                          lower parts are in overlay.redirect (default as root of the

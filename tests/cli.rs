@@ -2236,3 +2236,64 @@ fn a_background_daemon_logs_to_the_system_log() {
         "{line:?}"
     );
 }
+
+/// `volatile` leaves kernel overlayfs's mark (`work/incompat/volatile`): the upper may be
+/// incomplete after a crash, and nobody can tell later, so the next mount is refused
+/// until the mark is removed; container engines remove it before each mount. The kernel
+/// refuses an upper that ovlfuse left so, and ovlfuse one the kernel left so, and neither
+/// takes the mark away.
+#[test]
+fn a_volatile_mount_leaves_a_mark_that_refuses_the_next_mount_as_on_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("cli-volatile-mark");
+    let st = simple_stack(&sc);
+    let mark = st.work.join("work/incompat/volatile");
+    let opts = st.full_opts();
+    let kernel_mount = |extra: &str| {
+        let o = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!("{opts}{extra}"))
+            .arg(&st.mnt)
+            .output()
+            .expect("run mount");
+        o.status.success()
+    };
+    let args = ["-o", &opts, &s(&st.mnt)];
+
+    assert!(kernel_mount(",volatile"), "setup: a volatile kernel mount");
+    MountGuard::adopt_kernel(&st.mnt).unmount();
+    assert!(
+        mark.is_dir(),
+        "setup: the kernel's volatile mount left its mark"
+    );
+    expect_mount_failure(&sc, &args, &st.mnt, &["incompat/volatile"]);
+    assert!(mark.is_dir(), "ovlfuse took the kernel's mark away");
+
+    fs::remove_dir_all(&mark).unwrap();
+    let vopts = format!("{opts},volatile");
+    let g = mount_ovlfuse(&st, &["volatile"]);
+    fs::write(st.mnt.join("written"), b"w").unwrap();
+    g.unmount();
+    assert!(
+        mark.join("dirty").is_file(),
+        "ovlfuse's volatile mount left no mark"
+    );
+    assert!(
+        !kernel_mount(""),
+        "the kernel mounted an upper that ovlfuse's volatile mount marked"
+    );
+    expect_mount_failure(
+        &sc,
+        &["-o", &vopts, &s(&st.mnt)],
+        &st.mnt,
+        &["incompat/volatile"],
+    );
+
+    fs::remove_dir_all(&mark).unwrap();
+    let g = mount_ovlfuse(&st, &[]);
+    assert_eq!(fs::read(st.mnt.join("written")).unwrap(), b"w");
+    g.unmount();
+    assert!(!mark.exists(), "a mount without volatile left the mark");
+}

@@ -243,8 +243,8 @@ impl Layers {
                     u.path.display()
                 ));
             }
-            let (fd, m) =
-                prepare_work(&w).map_err(|e| format!("workdir {}: {e}", w.path.display()))?;
+            let (fd, m) = prepare_work(&w, p.volatile)
+                .map_err(|e| format!("workdir {}: {e}", w.path.display()))?;
             (work, made) = (Some(fd), m);
             upper = Some(u);
         }
@@ -578,8 +578,9 @@ fn pick_xattr_prefix(work: BorrowedFd<'_>, preferred: &'static str) -> (&'static
 }
 
 /// Creates `workdir/work` and empties it: anything left there is a copy-up or whiteout
-/// that a crash interrupted before its final rename, so it was never visible.
-fn prepare_work(w: &Layer) -> Result<(OwnedFd, Option<Made>), String> {
+/// that a crash interrupted before its final rename, so it was never visible. A mount
+/// marked as incompatible (`incompat`) fails; a `volatile` one leaves that mark.
+fn prepare_work(w: &Layer, volatile: bool) -> Result<(OwnedFd, Option<Made>), String> {
     let name = OsStr::new("work");
     match fs::mkdirat(w.fd(), name, 0o700) {
         Ok(()) | Err(Errno::EEXIST) => {}
@@ -587,6 +588,7 @@ fn prepare_work(w: &Layer) -> Result<(OwnedFd, Option<Made>), String> {
     }
     let fd = fs::openat(w.fd(), name, libc::O_PATH | libc::O_DIRECTORY, 0)
         .map_err(|e| format!("cannot open work directory: {e}"))?;
+    check_incompat(fd.as_fd())?;
     // Copies are built in here: a default ACL inherited from the workdir would give each of
     // them entries and mode bits its lower original lacks (a world-writable directory from
     // `default:other::rwx`). The kernel strips both ACLs from its work directory too.
@@ -616,7 +618,69 @@ fn prepare_work(w: &Layer) -> Result<(OwnedFd, Option<Made>), String> {
         remove_tree(fd.as_fd(), &ent.name)
             .map_err(|e| format!("cannot clean {:?} from the work directory: {e}", ent.name))?;
     }
+    if volatile {
+        mark_volatile(fd.as_fd())
+            .map_err(|e| format!("cannot mark the work directory volatile: {e}"))?;
+    }
     Ok((fd, made))
+}
+
+/// Where a mount marks the work directory with what a mount that does not know it must not
+/// go on from: kernel overlayfs's `work/incompat/FEATURE`, a non-empty directory.
+const INCOMPAT: &str = "incompat";
+
+/// Fails if the work directory carries an incompatibility mark, as kernel overlayfs does.
+/// The one there is: `volatile`, left by a mount that never synced, whose upper may be
+/// incomplete if the system crashed since. Nobody can tell that afterwards, so every later
+/// mount is refused until the mark is removed by someone who knows (container engines
+/// remove it before each mount of a container they made volatile). Emptying the work
+/// directory must not take it away.
+fn check_incompat(work: BorrowedFd<'_>) -> Result<(), String> {
+    let dir = match fs::openat(
+        work,
+        OsStr::new(INCOMPAT),
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        0,
+    ) {
+        Ok(d) => d,
+        Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(()),
+        Err(e) => return Err(format!("cannot read work/{INCOMPAT}: {e}")),
+    };
+    let marks =
+        fs::read_dir_all(dir.as_fd()).map_err(|e| format!("cannot read work/{INCOMPAT}: {e}"))?;
+    match marks.first() {
+        None => Ok(()),
+        Some(m) => {
+            let feature = m.name.to_string_lossy();
+            Err(format!(
+                "work/{INCOMPAT}/{feature} is there: the upper layer was last mounted with \
+                 \"{feature}\" (by ovlfuse or kernel overlayfs), so it may be incomplete if the \
+                 system crashed since, and kernel overlayfs refuses it too; if it did not crash, \
+                 remove that directory and mount again"
+            ))
+        }
+    }
+}
+
+/// Leaves kernel overlayfs's mark of a volatile mount, `work/incompat/volatile/dirty`, so
+/// that a later mount, by the kernel or by us, knows (see `check_incompat`).
+fn mark_volatile(work: BorrowedFd<'_>) -> sys::SysResult<()> {
+    let mut at = work.try_clone_to_owned().map_err(|_| Errno::EMFILE)?;
+    for d in [INCOMPAT, "volatile"] {
+        let name = OsStr::new(d);
+        match fs::mkdirat(at.as_fd(), name, 0o700) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        at = fs::openat(
+            at.as_fd(),
+            name,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+    }
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW;
+    fs::openat(at.as_fd(), OsStr::new("dirty"), flags, 0o600).map(drop)
 }
 
 /// Makes a directory in the work directory `work` to see what the daemon's objects come
