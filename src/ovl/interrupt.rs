@@ -7,8 +7,9 @@
 //! signal; the transport records it here (`interrupted`). The serving thread says which
 //! request it serves (`Serving`), and the copy loop asks `caller_killed` between chunks:
 //! true once that request was interrupted and its caller has SIGKILL pending, which is
-//! how the kernel marks every thread of a process that a signal is killing. Other
-//! signals leave a copy-up going, as on the kernel overlay.
+//! how the kernel marks every thread of a process that a signal is killing; every 64 MiB
+//! it looks at the caller whether interrupted or not, for a daemon with no thread free to
+//! read the INTERRUPT. Other signals leave a copy-up going, as on the kernel overlay.
 
 use parking_lot::Mutex;
 use std::cell::Cell;
@@ -66,15 +67,21 @@ impl Interrupts {
         self.any.store(true, Ordering::Relaxed);
     }
 
-    /// Whether the caller of the request this thread serves is being killed.
-    pub fn caller_killed(&self) -> bool {
-        if !self.any.load(Ordering::Relaxed) {
+    /// Whether the caller of the request this thread serves is being killed: looked up
+    /// once its request was interrupted, or whatever the record says with `look_anyway`.
+    /// The INTERRUPT needs a free thread to read it from /dev/fuse, which a daemon with
+    /// one thread (`threaded=0`), or with all of them busy, does not have; so the copy
+    /// loop also looks every so often (a read of /proc/TID/status, some microseconds).
+    pub fn caller_killed(&self, look_anyway: bool) -> bool {
+        if !look_anyway && !self.any.load(Ordering::Relaxed) {
             return false;
         }
         let Some((unique, pid)) = SERVING.with(|s| s.get()) else {
             return false;
         };
-        pid != 0 && self.seen.lock().contains_key(&unique) && crate::sys::process::kill_pending(pid)
+        pid != 0
+            && (look_anyway || self.seen.lock().contains_key(&unique))
+            && crate::sys::process::kill_pending(pid)
     }
 }
 
@@ -87,22 +94,27 @@ mod tests {
         let ints = Interrupts::default();
         let me = unsafe { libc::gettid() } as u32;
         let _s = Serving::new(7, me);
-        assert!(!ints.caller_killed(), "nothing interrupted yet");
+        assert!(!ints.caller_killed(false), "nothing interrupted yet");
         ints.interrupted(8);
-        assert!(!ints.caller_killed(), "another request was interrupted");
+        assert!(
+            !ints.caller_killed(false),
+            "another request was interrupted"
+        );
         ints.interrupted(7);
         // This test's thread has no SIGKILL pending.
         assert!(
-            !ints.caller_killed(),
+            !ints.caller_killed(false),
             "interrupted, but not by a fatal signal"
         );
+        assert!(!ints.caller_killed(true), "looked at, and not being killed");
     }
 
     #[test]
     fn a_thread_serving_nothing_never_gives_up() {
         let ints = Interrupts::default();
         ints.interrupted(1);
-        assert!(!ints.caller_killed());
+        assert!(!ints.caller_killed(false));
+        assert!(!ints.caller_killed(true));
     }
 
     #[test]
