@@ -7,7 +7,8 @@
 //! signal; the transport records it here (`interrupted`). The serving thread says which
 //! request it serves (`Serving`), and the copy loop asks `caller_killed` between chunks:
 //! true once that request was interrupted and its caller has SIGKILL pending, which is
-//! how the kernel marks every thread of a process that a signal is killing; every 64 MiB
+//! how the kernel marks every thread of a process that a signal is killing (read with
+//! `sys::caller_status`'s time limit); every 64 MiB
 //! it looks at the caller whether interrupted or not, for a daemon with no thread free to
 //! read the INTERRUPT. Other signals leave a copy-up going, as on the kernel overlay.
 
@@ -71,7 +72,7 @@ impl Interrupts {
     /// once its request was interrupted, or whatever the record says with `look_anyway`.
     /// The INTERRUPT needs a free thread to read it from /dev/fuse, which a daemon with
     /// one thread (`threaded=0`), or with all of them busy, does not have; so the copy
-    /// loop also looks every so often (a read of /proc/TID/status, some microseconds).
+    /// loop also looks every so often (a read of /proc/TID/status on a thread of its own, some tens of microseconds).
     pub fn caller_killed(&self, look_anyway: bool) -> bool {
         if !look_anyway && !self.any.load(Ordering::Relaxed) {
             return false;
@@ -81,7 +82,7 @@ impl Interrupts {
         };
         pid != 0
             && (look_anyway || self.seen.lock().contains_key(&unique))
-            && crate::sys::process::kill_pending(pid)
+            && crate::sys::caller_status::being_killed(pid)
     }
 }
 

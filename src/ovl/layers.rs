@@ -636,18 +636,13 @@ const INCOMPAT: &str = "incompat";
 /// remove it before each mount of a container they made volatile). Emptying the work
 /// directory must not take it away.
 fn check_incompat(work: BorrowedFd<'_>) -> Result<(), String> {
-    let dir = match fs::openat(
-        work,
-        OsStr::new(INCOMPAT),
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        0,
-    ) {
-        Ok(d) => d,
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+    let marks = match fs::openat(work, OsStr::new(INCOMPAT), flags, 0) {
         Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => return Ok(()),
-        Err(e) => return Err(format!("cannot read work/{INCOMPAT}: {e}")),
-    };
-    let marks =
-        fs::read_dir_all(dir.as_fd()).map_err(|e| format!("cannot read work/{INCOMPAT}: {e}"))?;
+        opened => opened,
+    }
+    .and_then(|d| fs::read_dir_all(d.as_fd()))
+    .map_err(|e| format!("cannot read work/{INCOMPAT}: {e}"))?;
     match marks.first() {
         None => Ok(()),
         Some(m) => {
@@ -665,22 +660,23 @@ fn check_incompat(work: BorrowedFd<'_>) -> Result<(), String> {
 /// Leaves kernel overlayfs's mark of a volatile mount, `work/incompat/volatile/dirty`, so
 /// that a later mount, by the kernel or by us, knows (see `check_incompat`).
 fn mark_volatile(work: BorrowedFd<'_>) -> sys::SysResult<()> {
-    let mut at = work.try_clone_to_owned().map_err(|_| Errno::EMFILE)?;
-    for d in [INCOMPAT, "volatile"] {
-        let name = OsStr::new(d);
-        match fs::mkdirat(at.as_fd(), name, 0o700) {
+    let subdir = |at: BorrowedFd<'_>, name: &str| {
+        let name = OsStr::new(name);
+        match fs::mkdirat(at, name, 0o700) {
             Ok(()) | Err(Errno::EEXIST) => {}
             Err(e) => return Err(e),
         }
-        at = fs::openat(
-            at.as_fd(),
+        fs::openat(
+            at,
             name,
             libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
             0,
-        )?;
-    }
+        )
+    };
+    let incompat = subdir(work, INCOMPAT)?;
+    let volatile = subdir(incompat.as_fd(), "volatile")?;
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW;
-    fs::openat(at.as_fd(), OsStr::new("dirty"), flags, 0o600).map(drop)
+    fs::openat(volatile.as_fd(), OsStr::new("dirty"), flags, 0o600).map(drop)
 }
 
 /// Makes a directory in the work directory `work` to see what the daemon's objects come

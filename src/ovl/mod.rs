@@ -69,7 +69,7 @@ impl Ctx {
     pub fn in_group_or_root(&self, gid: u32) -> bool {
         self.uid == 0
             || gid == self.gid
-            || crate::sys::caller_groups::of(self.pid).is_some_and(|g| g.contains(&gid))
+            || crate::sys::caller_status::groups(self.pid).is_some_and(|g| g.contains(&gid))
     }
 }
 

@@ -349,11 +349,11 @@ impl Overlay {
     }
 
     /// For upper subdirectory `name` of the impure directory `dir` (read as `fd`; `xa`: the
-    /// subdirectory's overlay attributes): where it is a directory renamed here (it carries a redirect), sets
-    /// `ino` to the number a lookup gives it (that of the lower directory the redirect
-    /// leads to, which no same-name entry below shows) and says true. The kernel looks up
-    /// every entry of an impure directory for its number; only renamed directories need it
-    /// here.
+    /// subdirectory's overlay attributes): where it is a directory renamed here (it
+    /// carries a redirect), sets `ino` to the number a lookup gives it (that of the lower
+    /// directory the redirect leads to, which no same-name entry below shows) and says
+    /// true. The kernel looks up every entry of an impure directory for its number; only
+    /// renamed directories need it here.
     fn moved_dir_ino(
         &self,
         dir: &Node,

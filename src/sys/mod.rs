@@ -3,7 +3,7 @@
 //! Everything here works relative to a directory file descriptor and never follows a
 //! symlink in the last component, so callers cannot be tricked into leaving a layer.
 
-pub mod caller_groups;
+pub mod caller_status;
 pub mod fs;
 pub mod heap;
 pub mod process;

@@ -290,24 +290,6 @@ pub fn fuse_connection_gone() -> bool {
     false
 }
 
-/// Whether thread `tid` has SIGKILL pending: how the kernel marks every thread of a
-/// process that a signal is killing (a SIGKILL, or a signal whose default action ends it
-/// without a core dump).
-pub fn kill_pending(tid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return false;
-    };
-    status.lines().any(|l| {
-        let Some(mask) = l
-            .strip_prefix("SigPnd:")
-            .or_else(|| l.strip_prefix("ShdPnd:"))
-        else {
-            return false;
-        };
-        u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0)
-    })
-}
-
 /// Whether the kernel would let us register backing files for FUSE passthrough: it asks
 /// for CAP_SYS_ADMIN in the initial user namespace, which root inside a container's user
 /// namespace (a rootless engine's mount program) does not have.

@@ -1,17 +1,18 @@
-//! The supplementary groups of the process behind a request, read from `/proc` with a
-//! time limit.
+//! What `/proc/PID/status` says of the process behind a request, read with a time limit:
+//! its supplementary groups, and whether it is being killed.
 //!
 //! FUSE tells us a caller's uid, gid and pid, not its other groups, and the set-group-ID
 //! rules need them (a chmod, write or ACL change by someone outside the file's group
-//! clears the bit). `/proc/PID/status` is the only place to read them. But reading another
+//! clears the bit); a long copy-up stops when its caller is being killed (`ovl::interrupt`).
+//! `/proc/PID/status` is the only place to read either. But reading another
 //! process's `/proc` files can wait on that process, and our caller is itself waiting for
 //! our reply, sometimes deep in the kernel: reading `/proc/PID/stat` of a caller that was
 //! writing back a shared mapping hung a serving thread once (see `devfuse_cpu`). So the
 //! read runs on a thread of its own and the serving thread waits for it at most `LIMIT`.
 //! Past that the caller counts as a member of no other group, so the set-group-ID bit is
-//! cleared (the conservative answer), and the reader is left to finish on its own. While
-//! `MAX_STUCK` readers are still out, the answer is given at once, so a caller that never
-//! lets go cannot pile up threads.
+//! cleared (the conservative answer), and as not being killed; the reader is left to
+//! finish on its own. While `MAX_STUCK` readers are still out, the answer is given at
+//! once, so a caller that never lets go cannot pile up threads.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -26,8 +27,8 @@ static OUT: AtomicUsize = AtomicUsize::new(0);
 
 /// Supplementary groups of process (or thread) `pid`; empty when it is gone, and `None`
 /// when its `/proc` entry did not answer in time.
-pub fn of(pid: u32) -> Option<Vec<u32>> {
-    let groups = within(LIMIT, &OUT, move || read(pid));
+pub fn groups(pid: u32) -> Option<Vec<u32>> {
+    let groups = within(LIMIT, &OUT, move || read_groups(pid));
     if groups.is_none() {
         log::warn!(
             "the groups of process {pid} could not be read (its /proc entry did not answer \
@@ -38,7 +39,7 @@ pub fn of(pid: u32) -> Option<Vec<u32>> {
     groups
 }
 
-fn read(pid: u32) -> Vec<u32> {
+fn read_groups(pid: u32) -> Vec<u32> {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return Vec::new();
     };
@@ -51,6 +52,31 @@ fn read(pid: u32) -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whether thread `tid` has SIGKILL pending: how the kernel marks every thread of a
+/// process that a signal is killing (a SIGKILL, or a signal whose default action ends it
+/// without a core dump). False when it is gone or its `/proc` entry did not answer in time.
+pub fn being_killed(tid: u32) -> bool {
+    within(LIMIT, &OUT, move || read_kill_pending(tid)).unwrap_or_else(|| {
+        log::debug!("/proc/{tid}/status did not answer: its thread counts as not being killed");
+        false
+    })
+}
+
+fn read_kill_pending(tid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        return false;
+    };
+    status.lines().any(|l| {
+        let Some(mask) = l
+            .strip_prefix("SigPnd:")
+            .or_else(|| l.strip_prefix("ShdPnd:"))
+        else {
+            return false;
+        };
+        u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & (1 << (libc::SIGKILL - 1)) != 0)
+    })
 }
 
 /// Runs `f` on a thread of its own and waits at most `limit` for its answer; `out` counts
@@ -66,7 +92,7 @@ fn within<T: Send + 'static>(
     }
     let (tx, rx) = mpsc::sync_channel(1);
     let started = std::thread::Builder::new()
-        .name("ovl-groups".into())
+        .name("ovl-caller".into())
         .spawn(move || {
             let _ = tx.send(f());
             out.fetch_sub(1, Ordering::AcqRel);
@@ -89,11 +115,11 @@ mod tests {
         let mut want = vec![0 as libc::gid_t; n.max(0) as usize];
         let n = unsafe { libc::getgroups(want.len() as i32, want.as_mut_ptr()) };
         want.truncate(n.max(0) as usize);
-        let mut got = of(std::process::id()).expect("our own /proc answers");
+        let mut got = groups(std::process::id()).expect("our own /proc answers");
         got.sort();
         want.sort();
         assert_eq!(got, want);
-        assert_eq!(of(u32::MAX), Some(vec![]), "no such process");
+        assert_eq!(groups(u32::MAX), Some(vec![]), "no such process");
     }
 
     #[test]
