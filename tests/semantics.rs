@@ -5062,16 +5062,25 @@ fn removed_files_are_forgotten_while_requests_come_over_io_uring() {
     let g = mount_ovlfuse(&st, &["uring=on"]);
     let pid = g.pid().expect("the daemon's pid");
     let m = &st.mnt;
-    let rings = ok(
-        fs::read_dir(format!("/proc/{pid}/task")),
-        "list the daemon's threads",
-    )
-    .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
-    .filter(|c| c.starts_with("ring"))
-    .count();
+    // The daemon returns once the mount exists; the ring threads start while it answers
+    // INIT, which the first request waits for, and name themselves once running.
+    ok(fs::metadata(m), "stat the mount");
+    let rings = || {
+        ok(
+            fs::read_dir(format!("/proc/{pid}/task")),
+            "list the daemon's threads",
+        )
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.starts_with("ring"))
+        .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rings() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(
-        rings > 0,
-        "uring=on, yet the daemon has no io_uring threads"
+        rings() > 0,
+        "uring=on, yet the daemon has no io_uring threads 10 s after its first answer"
     );
     ok(fs::create_dir(m.join("new")), "mkdir new");
     ok(fs::read_dir(m.join("big")), "list big");
