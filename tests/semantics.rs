@@ -3024,6 +3024,84 @@ fn read_only_fd_opened_before_copy_up() {
     t.finish(true);
 }
 
+/// A shared mapping of a lower file, made through a descriptor opened before a write
+/// elsewhere copies the file up. The kernel overlay maps the lower file itself and keeps
+/// it mapped: the mapping goes on showing the lower data, while read(2) on the same
+/// descriptor shows the copy's (overlayfs.rst, "Non-standard behavior"). Through FUSE a
+/// file has one page cache whatever layer holds it, and the copy-up drops the pages of the
+/// lower data: the mapping shows the copy's data, as read(2) does (README, "Differences").
+#[test]
+fn a_mapping_made_before_a_copy_up_shows_the_lower_data_on_the_kernel_and_the_copy_here() {
+    if !fuse_available() {
+        return;
+    }
+    const BIG: usize = 200_000;
+    let t = twin(
+        "sem-map-before-copy-up",
+        &[&[E::File("small", b"AAAAAAAA"), E::File("big", &[b'B'; BIG])]],
+        &[],
+    );
+    let run = |r: &Path| -> Vec<String> {
+        let mut seen = Vec::new();
+        for name in ["small", "big"] {
+            let ro = ok(fs::File::open(r.join(name)), "open read-only");
+            let len = ok(ro.metadata(), "fstat").len() as usize;
+            let map = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED,
+                    ro.as_raw_fd(),
+                    0,
+                )
+            };
+            assert_ne!(
+                map,
+                libc::MAP_FAILED,
+                "mmap: {}",
+                io::Error::last_os_error()
+            );
+            let mapped = || unsafe { std::slice::from_raw_parts(map as *const u8, 4) }.to_vec();
+            let first = mapped();
+            ok(
+                write_at(&r.join(name), 0, b"ZZZZ"),
+                "write through another descriptor",
+            );
+            let mut read = [0u8; 4];
+            ok(ro.read_exact_at(&mut read, 0), "pread");
+            let after = mapped();
+            unsafe { libc::munmap(map, len) };
+            seen.push(format!(
+                "{name}: mapped {} then {}, read {}",
+                String::from_utf8_lossy(&first),
+                String::from_utf8_lossy(&after),
+                String::from_utf8_lossy(&read),
+            ));
+        }
+        seen
+    };
+    let kernel = run(t.km());
+    let ours = run(t.fm());
+    assert_eq!(
+        kernel,
+        [
+            "small: mapped AAAA then AAAA, read ZZZZ",
+            "big: mapped BBBB then BBBB, read ZZZZ"
+        ],
+        "the kernel overlay's mapping no longer shows the lower data: update the README"
+    );
+    assert_eq!(
+        ours,
+        [
+            "small: mapped AAAA then ZZZZ, read ZZZZ",
+            "big: mapped BBBB then ZZZZ, read ZZZZ"
+        ],
+        "ovlfuse: a mapping and read(2) through one descriptor disagree after a copy-up"
+    );
+    t.finish(true);
+}
+
 // ---------------------------------------------------------------------------------------
 // Inode numbers and cross-implementation compatibility
 // ---------------------------------------------------------------------------------------
