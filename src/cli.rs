@@ -187,7 +187,9 @@ Overlay options:
   metacopy=off           accepted; \"on\" is not supported
   nfs_export=off         accepted; \"on\" is not supported
   xino=on|off|auto       accepted and ignored
-  uuid=on|off|null|auto  accepted and ignored
+  uuid=auto|on|null|off  the kernel overlay's instance uuid on the upper's root, written
+                         where the kernel would write it (auto: on a new upper; on: on
+                         any upper without one; null, off: never). FUSE shows no fsid
   userxattr              write overlay xattrs as user.overlay.* (what rootless kernel
                          overlayfs reads) even as root; redirect_dir then defaults to off
 

@@ -8123,6 +8123,85 @@ fn a_file_the_kernel_copied_up_keeps_its_inode_number_under_ovlfuse() {
     });
 }
 
+/// The kernel overlay's first mount of a new upper stores an instance uuid on the upper's
+/// root (`overlay.uuid`, 16 random bytes); with `uuid=auto` (the default) an upper whose
+/// root is already marked impure gets none, `uuid=on` writes one anyway, `uuid=null` and
+/// `uuid=off` never do, and one that is there is kept. ovlfuse writes and keeps it in the
+/// same cases, under the same prefix, so the kernel finds the same upper whichever of the
+/// two mounted it first.
+#[test]
+fn the_upper_gets_the_kernels_instance_uuid_in_the_same_cases() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("sem-instance-uuid");
+    let kept = [7u8; 16];
+    // What is on the upper root before the mount: an overlay xattr and its value.
+    type Mark<'a> = Option<(&'a str, &'a [u8])>;
+    // (case, mount option, userxattr, mark)
+    let cases: [(&str, &str, bool, Mark); 7] = [
+        ("new upper", "", false, None),
+        ("impure root", "", false, Some(("impure", b"y"))),
+        (
+            "impure root, uuid=on",
+            "uuid=on",
+            false,
+            Some(("impure", b"y")),
+        ),
+        ("uuid=null", "uuid=null", false, None),
+        ("uuid=off", "uuid=off", false, None),
+        ("uuid kept", "", false, Some(("uuid", &kept))),
+        ("new upper, userxattr", "", true, None),
+    ];
+    for (case, opt, userxattr, before) in cases {
+        let prefix = if userxattr {
+            "user.overlay."
+        } else {
+            "trusted.overlay."
+        };
+        let mut seen = Vec::new();
+        for side in ["kernel", "ovlfuse"] {
+            let st = Stack::new_at(&sc.dir(&format!("{case}-{side}")), 1);
+            if let Some((name, value)) = before {
+                ok(
+                    lsetxattr(&st.upper, &format!("{prefix}{name}"), value),
+                    "mark the upper root",
+                );
+            }
+            let mut opts: Vec<&str> = Vec::new();
+            opts.extend((!opt.is_empty()).then_some(opt));
+            opts.extend(userxattr.then_some("userxattr"));
+            let g = if side == "kernel" {
+                let extra = opts.join(",");
+                if userxattr {
+                    mount_kernel_plain(&st, &extra)
+                } else if extra.is_empty() {
+                    mount_kernel(&st)
+                } else {
+                    mount_kernel_with(&st, &extra)
+                }
+            } else {
+                mount_ovlfuse(&st, &opts)
+            };
+            g.unmount();
+            let other = if userxattr { "trusted" } else { "user" };
+            assert!(
+                lgetxattr(&st.upper, &format!("{other}.overlay.uuid")).is_err(),
+                "{case}: {side} stored a uuid under the other prefix"
+            );
+            seen.push(match lgetxattr(&st.upper, &format!("{prefix}uuid")) {
+                Err(e) => format!("none ({})", describe_err(&e)),
+                Ok(v) if v == kept => "the one there before".to_string(),
+                Ok(v) if v.len() == 16 && v[6] >> 4 == 4 && v[8] >> 6 == 2 => {
+                    "a new random one".to_string()
+                }
+                Ok(v) => format!("an odd one: {v:02x?}"),
+            });
+        }
+        assert_eq!(seen[0], seen[1], "{case}: kernel, then ovlfuse");
+    }
+}
+
 /// The other way round: ovlfuse writes the kernel's origin record on what it copies up
 /// (byte for byte as the kernel's copy-up does, lower filesystem uuid included), so a
 /// kernel overlay mounting ovlfuse's upper shows the lower object's inode number for such

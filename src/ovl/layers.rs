@@ -9,7 +9,7 @@
 
 use super::ino::InoMap;
 use super::ownership::{OverrideStat, OVERRIDE_XATTRS};
-use super::params::{Atime, Params};
+use super::params::{Atime, Params, Uuid};
 use super::whiteout;
 use crate::sys::{self, fs, Errno};
 use std::ffi::{CString, OsStr, OsString};
@@ -258,6 +258,9 @@ impl Layers {
         let mut xattrs_ok = false;
         if let Some(w) = &work {
             (prefix, xattrs_ok) = pick_xattr_prefix(w.as_fd(), prefix);
+        }
+        if let Some(u) = upper.as_ref().filter(|_| xattrs_ok) {
+            keep_instance_uuid(u, prefix, p.uuid);
         }
         let devs: Vec<u64> = upper.iter().chain(lowers.iter()).map(|l| l.dev).collect();
         let any_override = upper
@@ -575,6 +578,57 @@ fn pick_xattr_prefix(work: BorrowedFd<'_>, preferred: &'static str) -> (&'static
     }
     log::warn!("upper filesystem supports no overlay xattrs: opaque directories are marked with OCI .wh..wh..opq files (which kernel overlayfs does not read), and renaming a directory with lower parts fails with EXDEV (redirect_dir=off)");
     (preferred, false)
+}
+
+/// The kernel overlay's instance uuid, on the upper layer's root.
+const UUID_XATTR: &str = "uuid";
+
+/// Writes the persistent instance uuid that the kernel overlay's first mount of a new
+/// upper writes (`ovl_init_uuid_xattr`): with `uuid=auto` only where the root is not yet
+/// marked impure, since an older upper without one is mounted `uuid=null`. ovlfuse itself
+/// has no use for it; it is written so that the kernel finds an upper in the same state
+/// whichever of the two mounted it first. Where it cannot be read or written the kernel
+/// falls back to `uuid=null`, and so, in effect, does this.
+fn keep_instance_uuid(upper: &Layer, prefix: &str, mode: Uuid) {
+    if mode == Uuid::Null {
+        return;
+    }
+    let name = format!("{prefix}{UUID_XATTR}");
+    match sys::xattr::get_on_dir(upper.fd(), &name) {
+        Err(Errno::ENODATA) => {}
+        Ok(_) => return,
+        Err(e) => {
+            log::info!("upperdir {}: cannot read {name}: {e}", upper.path.display());
+            return;
+        }
+    }
+    let impure = format!("{prefix}{}", super::namei::IMPURE_XATTR);
+    if mode == Uuid::Auto && sys::xattr::get_on_dir(upper.fd(), &impure).is_ok() {
+        return;
+    }
+    let Some(uuid) = random_uuid() else {
+        log::info!("no random bytes for the overlay's uuid: none stored");
+        return;
+    };
+    if let Err(e) = sys::xattr::set_on_dir(upper.fd(), &name, &uuid) {
+        log::info!(
+            "upperdir {}: cannot store {name}: {e}",
+            upper.path.display()
+        );
+    }
+}
+
+/// A random (version 4) uuid, as the kernel's `uuid_gen` makes one.
+fn random_uuid() -> Option<[u8; 16]> {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        return None;
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    Some(b)
 }
 
 /// Creates `workdir/work` and empties it: anything left there is a copy-up or whiteout

@@ -148,6 +148,8 @@ pub struct Params {
     /// `btime=1|0`: answer statx's birth time (FUSE_STATX), at one more request per
     /// inode for callers that ask for it.
     pub btime: bool,
+    /// `uuid=`: see [`Uuid`].
+    pub uuid: Uuid,
 }
 
 /// The atime policy of the mount, applied by us to the upper layer (the kernel's FUSE
@@ -158,6 +160,21 @@ pub enum Atime {
     Relative,
     Strict,
     Never,
+}
+
+/// `uuid=`: whether the upper layer's root keeps the kernel overlay's persistent
+/// instance uuid (`overlay.uuid`). ovlfuse cannot show it (FUSE passes no fsid), but
+/// writes it as the kernel would, so that the kernel finds the same upper either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Uuid {
+    /// `null` and `off`: no uuid is kept.
+    Null,
+    /// Made on the first mount of an upper that has none.
+    On,
+    /// As `on` for a new upper, one whose root is not yet marked impure; an older upper
+    /// without one keeps none (the kernel then reports the upper filesystem's fsid).
+    #[default]
+    Auto,
 }
 
 impl Params {
@@ -214,6 +231,7 @@ impl Default for Params {
             passthrough: true,
             writeback: true,
             btime: false,
+            uuid: Uuid::Auto,
         }
     }
 }
@@ -642,12 +660,13 @@ fn apply_option(
             ignore = true;
         }
         "uuid" => {
-            one_of(
-                name,
-                required(name, value, false)?,
-                &["on", "off", "null", "auto"],
-            )?;
-            ignore = true;
+            let v = required(name, value, false)?;
+            one_of(name, v, &["on", "off", "null", "auto"])?;
+            p.uuid = match decode(v).as_ref() {
+                "on" => Uuid::On,
+                "auto" => Uuid::Auto,
+                _ => Uuid::Null,
+            };
         }
         "uring" => {
             let v = required(name, value, false)?;
@@ -1472,13 +1491,19 @@ mod tests {
             "xino=on",
             "xino=off",
             "xino=auto",
-            "uuid=on",
-            "uuid=off",
-            "uuid=null",
-            "uuid=auto",
         ];
         let p = ok(&[&format!("lowerdir=/l,{}", opts.join(","))]);
         assert_eq!(p.ignored, opts.to_vec());
+        assert_eq!(p.uuid, Uuid::Auto);
+        for (o, want) in [
+            ("uuid=on", Uuid::On),
+            ("uuid=off", Uuid::Null),
+            ("uuid=null", Uuid::Null),
+            ("uuid=auto", Uuid::Auto),
+        ] {
+            let p = ok(&[&format!("lowerdir=/l,{o}")]);
+            assert_eq!((p.uuid, p.ignored.is_empty()), (want, true), "{o}");
+        }
     }
 
     #[test]
