@@ -297,29 +297,41 @@ impl Adapter {
         }
         let attrs = lookups.with_attributes(&lines, offset);
         for (next, e) in lines.into_iter().chain(list) {
-            if !attrs || DirReader::is_dot(next) {
-                // Node id 0: a plain directory entry, which the kernel links to nothing (it
-                // links no inode for `.` and `..` either, whatever they carry).
-                let a = Attr {
-                    ino: e.ino,
-                    mode: e.kind,
-                    ..Attr::default()
-                };
-                if add(0, next, &e.name, Duration::ZERO, &a) {
-                    break;
-                }
-                continue;
-            }
             // Each entry given with a node counts as a lookup; one that does not fit in the
             // buffer is forgotten again.
-            let (id, a) = match lookups.lookup(&e.name) {
-                Ok((n, a)) => (n.id, a),
-                // Gone since the line was copied out: skip it, as a later readdir would.
-                Err(_) => continue,
+            let found = if !attrs || DirReader::is_dot(next) {
+                None
+            } else {
+                match lookups.lookup(&e.name) {
+                    Ok((n, a)) => Some((n.id, a)),
+                    // Gone since the line was copied out: skip it, as a later readdir would.
+                    Err(Errno::ENOENT) => continue,
+                    // There, but its lookup fails (an invalid redirect, say): listed by
+                    // name, as the kernel overlay lists it, and a stat fails.
+                    Err(_) => None,
+                }
             };
-            // One lifetime for both here: the attributes'.
-            if add(id, next, &e.name, self.attr_ttl(id), &a) {
-                self.ovl.forget(id, 1);
+            let full = match found {
+                // One lifetime for both here: the attributes'.
+                Some((id, a)) => {
+                    let full = add(id, next, &e.name, self.attr_ttl(id), &a);
+                    if full {
+                        self.ovl.forget(id, 1);
+                    }
+                    full
+                }
+                // Node id 0: a plain directory entry, which the kernel links to nothing (it
+                // links no inode for `.` and `..` either, whatever they carry).
+                None => {
+                    let a = Attr {
+                        ino: e.ino,
+                        mode: e.kind,
+                        ..Attr::default()
+                    };
+                    add(0, next, &e.name, Duration::ZERO, &a)
+                }
+            };
+            if full {
                 break;
             }
         }

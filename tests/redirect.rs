@@ -556,3 +556,80 @@ fn a_redirect_longer_than_a_path_is_written_and_followed() {
     g.unmount();
     lc.verify();
 }
+
+/// Redirects the kernel calls invalid, or that lead through `.` or `..`, on directories in
+/// the upper and in a middle layer: the lookup of such a directory fails as on the kernel
+/// overlay (EINVAL for an empty value, an empty component or a relative path with a `/`;
+/// EACCES where the lookup meets `.` or `..`), its parent still lists it, and nothing
+/// outside a layer is ever reached. ovlfuse used to ignore the bad ones, and followed `.`
+/// (merging a lower directory's parent in) and `..` (a stat of what holds the layer).
+#[test]
+fn redirects_the_kernel_calls_invalid_fail_their_lookup_as_there() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("redirect-invalid");
+    // (layer: 0 upper, 1 the middle lower; directory; redirect)
+    let bad: [(usize, &str, &[u8]); 15] = [
+        (0, "u-empty", b""),
+        (0, "u-relative-path", b"../a"),
+        (0, "u-double-slash", b"/a//sub"),
+        (0, "u-trailing-slash", b"/a/sub/"),
+        (0, "u-root", b"/"),
+        (0, "u-dot", b"."),
+        (0, "u-dotdot", b".."),
+        (0, "u-abs-dot", b"/."),
+        (0, "u-abs-dotdot", b"/a/.."),
+        (0, "u-missing-then-dotdot", b"/nothere/.."),
+        (0, "u-nul", b"/a\0junk"),
+        (0, "u-through-bad", b"/x/y"),
+        (1, "m-dotdot", b".."),
+        (1, "m-double-slash", b"/a//sub"),
+        (1, "m-good", b"/a/sub"),
+    ];
+    let mut seen = Vec::new();
+    for side in ["kernel", "ovlfuse"] {
+        let st = Stack::new_at(&sc.dir(side), 2);
+        build(
+            &st.lowers[1],
+            &[E::File("a/sub/f", b"f"), E::File("b/g", b"g")],
+        );
+        // What a `..` out of the lowest layer would reach.
+        build(&sc.dir(side), &[E::File("outside", b"o")]);
+        build(&st.lowers[0], &[E::File("x/y/in-y", b"y")]);
+        ok(
+            lsetxattr(&st.lowers[0].join("x"), "trusted.overlay.redirect", b"q/r"),
+            "redirect on x",
+        );
+        for (layer, dir, value) in bad {
+            let root = if layer == 0 { &st.upper } else { &st.lowers[0] };
+            build(root, &[E::File(&format!("{dir}/own"), b"o")]);
+            ok(
+                lsetxattr(&root.join(dir), "trusted.overlay.redirect", value),
+                "set the redirect",
+            );
+        }
+        let g = if side == "kernel" {
+            mount_kernel_redirect(&st)
+        } else {
+            mount_ovlfuse(&st, &["redirect_dir=on"])
+        };
+        let m = &st.mnt;
+        let mut view = vec![format!("root lists {}", outcome(&names(m)))];
+        for (_, dir, _) in bad {
+            view.push(format!(
+                "{dir}: stat {}, lists {}",
+                outcome(&fs::symlink_metadata(m.join(dir)).map(|md| md.is_dir())),
+                outcome(&names(&m.join(dir)))
+            ));
+        }
+        view.push(format!("x: lists {}", outcome(&names(&m.join("x")))));
+        g.unmount();
+        assert!(
+            !view.iter().any(|v| v.contains("outside")),
+            "{side} reached outside its layers: {view:#?}"
+        );
+        seen.push(view);
+    }
+    assert_eq!(seen[0], seen[1], "kernel, then ovlfuse");
+}

@@ -705,7 +705,7 @@ impl Overlay {
         if xa.opaque_dir(dir, name) {
             return None;
         }
-        Some(match self.redirect_of(dir, name, xa)? {
+        Some(match self.redirect_of(dir, name, xa).ok()?? {
             super::namei::Redirect::Abs(p) => [b"/", p.as_bytes()].concat(),
             super::namei::Redirect::Rel(n) => n.as_bytes().to_vec(),
         })

@@ -375,7 +375,7 @@ impl Overlay {
                             seen: Some(st),
                         }));
                     }
-                    redirect = self.redirect_of(pfd.as_fd(), name, xa);
+                    redirect = self.redirect_of(pfd.as_fd(), name, xa)?;
                     dir = Some((state, ino, st));
                 }
                 // A marker hides lower copies: with no lower layer there is none to hide.
@@ -430,6 +430,9 @@ impl Overlay {
                 }
             };
             let look = look.as_os_str();
+            if matches!(redirect, Some(Redirect::Rel(_))) {
+                redirect_step_ok(look.as_bytes())?;
+            }
             match fs::fstatat_with_protection(pfd.as_fd(), look) {
                 Ok((st, hint)) => {
                     let own_dir = !matches!(redirect, Some(Redirect::Abs(_)));
@@ -482,7 +485,7 @@ impl Overlay {
                         {
                             break;
                         }
-                        if let Some(r) = self.redirect_of(pfd.as_fd(), look, xa) {
+                        if let Some(r) = self.redirect_of(pfd.as_fd(), look, xa)? {
                             // A relative redirect met while following an absolute one
                             // names a sibling of the path being followed.
                             let r = match (r, &redirect) {
@@ -572,31 +575,28 @@ impl Overlay {
                 && whiteout::has_whiteout_xattr(dir, look)
     }
 
-    /// The redirect recorded on directory `name` in layer directory `dir`, if any.
+    /// The redirect recorded on directory `name` in layer directory `dir`, if any. One the
+    /// kernel's `ovl_get_redirect_xattr` would call invalid fails the lookup with EINVAL,
+    /// as there: an empty value, an absolute path with an empty component (`//`, a
+    /// trailing `/`), a relative one with a `/` in it.
     pub(super) fn redirect_of(
         &self,
         dir: BorrowedFd<'_>,
         name: &OsStr,
         xa: whiteout::OverlayXattrs,
-    ) -> Option<Redirect> {
+    ) -> SysResult<Option<Redirect>> {
         if !xa.may_redirect() {
-            return None;
+            return Ok(None);
         }
         for a in whiteout::REDIRECT_XATTRS {
             if let Ok(v) = xattr::get_vec(dir, name, a) {
-                if v.is_empty() || v.contains(&0) {
-                    continue;
-                }
-                return Some(match v.strip_prefix(b"/") {
-                    Some(abs) => Redirect::Abs(OsStr::from_bytes(abs).to_os_string()),
-                    None if !v.contains(&b'/') => {
-                        Redirect::Rel(OsStr::from_bytes(&v).to_os_string())
-                    }
-                    None => continue,
+                return parse_redirect(&v).map(Some).ok_or_else(|| {
+                    log::warn!("invalid redirect {:?} on {name:?}", OsStr::from_bytes(&v));
+                    Errno::EINVAL
                 });
             }
         }
-        None
+        Ok(None)
     }
 
     /// Walks an absolute redirect `p` (layer-relative) in layer `l` one directory at a
@@ -607,10 +607,6 @@ impl Overlay {
     /// one also lifts an opaque ancestor's stop).
     fn walk_redirect(&self, l: LayerId, p: &OsStr) -> SysResult<RedirectWalk> {
         let comps: Vec<&[u8]> = p.as_bytes().split(|c| *c == b'/').collect();
-        // Such a path names nothing a rename could have recorded: it stops the lookup.
-        if comps.iter().any(|c| matches!(*c, b"" | b"." | b"..")) {
-            return Err(Errno::ENOTDIR);
-        }
         let Some((last, dirs)) = comps.split_last() else {
             return Err(Errno::ENOTDIR);
         };
@@ -626,6 +622,7 @@ impl Overlay {
             0,
         )?;
         for (k, c) in dirs.iter().enumerate() {
+            redirect_step_ok(c)?;
             let name = OsStr::from_bytes(c);
             let st = match fs::fstatat(cur.as_fd(), name) {
                 Ok(st) => st,
@@ -642,7 +639,7 @@ impl Overlay {
             let xa = whiteout::OverlayXattrs::of(cur.as_fd(), name);
             if self.dir_is_opaque(cur.as_fd(), name, xa)? {
                 walk.stop = true;
-            } else if let Some(r) = self.redirect_of(cur.as_fd(), name, xa) {
+            } else if let Some(r) = self.redirect_of(cur.as_fd(), name, xa)? {
                 let mut v = match r {
                     Redirect::Abs(a) => {
                         walk.stop = false;
@@ -669,6 +666,7 @@ impl Overlay {
                 Err(e) => return Err(e),
             };
         }
+        redirect_step_ok(last)?;
         walk.at = Some((Arc::new(cur), OsStr::from_bytes(last).to_os_string()));
         Ok(walk)
     }
@@ -909,6 +907,32 @@ pub(super) enum Redirect {
     Abs(std::ffi::OsString),
 }
 
+/// A redirect xattr's value, read as the kernel reads it (a C string: up to its first
+/// NUL); `None` where the kernel calls it invalid. Components `.` and `..` (and an empty
+/// relative name) pass here and fail where a lookup meets them ([`redirect_step_ok`]).
+fn parse_redirect(v: &[u8]) -> Option<Redirect> {
+    if v.is_empty() {
+        return None;
+    }
+    let v = v.split(|c| *c == 0).next().unwrap_or_default();
+    match v.strip_prefix(b"/") {
+        Some(abs) if abs.split(|c| *c == b'/').any(<[u8]>::is_empty) => None,
+        Some(abs) => Some(Redirect::Abs(OsStr::from_bytes(abs).to_os_string())),
+        None if v.contains(&b'/') => None,
+        None => Some(Redirect::Rel(OsStr::from_bytes(v).to_os_string())),
+    }
+}
+
+/// Whether a lookup may look up `name` on a redirect's path: the kernel's
+/// `lookup_one_len` refuses `.`, `..` and the empty name (EACCES), so a redirect that
+/// leads through one fails the lookup that meets it.
+fn redirect_step_ok(name: &[u8]) -> SysResult<()> {
+    match name {
+        b"" | b"." | b".." => Err(Errno::EACCES),
+        _ => Ok(()),
+    }
+}
+
 /// A layer-relative path split at its last `/`: (directory part, last component); the
 /// directory part is empty for a single component.
 pub(super) fn split_last(b: &[u8]) -> (&[u8], &[u8]) {
@@ -970,7 +994,34 @@ pub(super) fn origin_record(uuid: [u8; 16], kind: i32, handle: &[u8]) -> Option<
 
 #[cfg(test)]
 mod tests {
-    use super::{origin_file_handle, origin_record};
+    use super::{origin_file_handle, origin_record, parse_redirect, Redirect};
+    use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn redirects_are_read_as_the_kernel_reads_them() {
+        let read = |v: &[u8]| match parse_redirect(v) {
+            None => "invalid".to_string(),
+            Some(Redirect::Abs(p)) => format!("abs {}", String::from_utf8_lossy(p.as_bytes())),
+            Some(Redirect::Rel(n)) => format!("rel {}", String::from_utf8_lossy(n.as_bytes())),
+        };
+        let cases: [(&[u8], &str); 12] = [
+            (b"", "invalid"),
+            (b"/", "invalid"),
+            (b"//a", "invalid"),
+            (b"/a//b", "invalid"),
+            (b"/a/", "invalid"),
+            (b"a/b", "invalid"),
+            (b"../a", "invalid"),
+            (b"/a/b", "abs a/b"),
+            (b"name", "rel name"),
+            (b"/a\0/b", "abs a"),
+            (b"\0", "rel "),
+            (b"..", "rel .."),
+        ];
+        for (v, want) in cases {
+            assert_eq!(read(v), want, "{:?}", String::from_utf8_lossy(v));
+        }
+    }
 
     #[test]
     fn origin_records_are_written_as_the_kernel_writes_them() {

@@ -362,7 +362,8 @@ impl Overlay {
         xa: whiteout::OverlayXattrs,
         ino: &mut u64,
     ) -> bool {
-        if self.redirect_of(fd, name, xa).is_none() {
+        // An invalid redirect fails the entry's lookup; the listing keeps its number.
+        if !matches!(self.redirect_of(fd, name, xa), Ok(Some(_))) {
             return false;
         }
         if let Ok(Found::Node(n)) = self.probe(dir, name) {
