@@ -2297,3 +2297,48 @@ fn a_volatile_mount_leaves_a_mark_that_refuses_the_next_mount_as_on_the_kernel()
     g.unmount();
     assert!(!mark.exists(), "a mount without volatile left the mark");
 }
+
+/// A `work` entry in the workdir that is no directory (a file, or a symlink, which must
+/// never be followed) is replaced by the work directory, as the kernel overlay replaces
+/// it; nothing the symlink points to is touched. ovlfuse used to refuse the mount
+/// ("cannot open work directory: Not a directory").
+#[test]
+fn a_work_entry_that_is_no_directory_is_replaced_as_on_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("cli-work-not-dir");
+    for side in ["kernel", "ovlfuse"] {
+        for kind in ["symlink", "file"] {
+            let st = Stack::new_at(&sc.dir(&format!("{side}-{kind}")), 1);
+            build(&st.work, &[E::File("keep/precious", b"p")]);
+            let work = st.work.join("work");
+            if kind == "symlink" {
+                std::os::unix::fs::symlink("keep", &work).unwrap();
+            } else {
+                fs::write(&work, b"not a directory").unwrap();
+            }
+            let g = if side == "kernel" {
+                mount_kernel(&st)
+            } else {
+                mount_ovlfuse(&st, &[])
+            };
+            ok(
+                fs::write(st.mnt.join("new"), b"n"),
+                &format!("{side}, {kind}: write through the mount"),
+            );
+            g.unmount();
+            let md = ok(fs::symlink_metadata(&work), "lstat work");
+            assert!(
+                md.is_dir(),
+                "{side}, {kind}: work is {md:?}, not a directory"
+            );
+            assert_eq!(
+                names(&st.work.join("keep")).unwrap(),
+                ["precious"],
+                "{side}, {kind}: what the symlink pointed to"
+            );
+            assert_eq!(fs::read(st.upper.join("new")).unwrap(), b"n");
+        }
+    }
+}

@@ -636,8 +636,26 @@ fn random_uuid() -> Option<[u8; 16]> {
 /// marked as incompatible (`incompat`) fails; a `volatile` one leaves that mark.
 fn prepare_work(w: &Layer, volatile: bool) -> Result<(OwnedFd, Option<Made>), String> {
     let name = OsStr::new("work");
+    let create = || {
+        fs::mkdirat(w.fd(), name, 0o700).map_err(|e| format!("cannot create work directory: {e}"))
+    };
     match fs::mkdirat(w.fd(), name, 0o700) {
-        Ok(()) | Err(Errno::EEXIST) => {}
+        Ok(()) => {}
+        // Something else by that name (a file, a symlink, which is never followed) is
+        // replaced, as the kernel overlay replaces it.
+        Err(Errno::EEXIST) => {
+            let st = fs::fstatat(w.fd(), name)
+                .map_err(|e| format!("cannot look at the work directory: {e}"))?;
+            if !fs::is_dir(&st) {
+                log::info!(
+                    "workdir {}: replacing the work entry, which is no directory",
+                    w.path.display()
+                );
+                fs::unlinkat(w.fd(), name, false)
+                    .map_err(|e| format!("cannot remove work, which is no directory: {e}"))?;
+                create()?;
+            }
+        }
         Err(e) => return Err(format!("cannot create work directory: {e}")),
     }
     let fd = fs::openat(w.fd(), name, libc::O_PATH | libc::O_DIRECTORY, 0)
