@@ -368,3 +368,93 @@ fn an_upper_layer_on_an_overlay_matches_the_kernel_on_a_plain_one() {
     }
     lc.verify();
 }
+
+/// Layers on a filesystem whose directories record no file types (ext4 without
+/// `filetype`: every entry reads as DT_UNKNOWN), lowers and upper alike. ovlfuse looks at
+/// such entries to find whiteouts, so the operations and the view match the kernel
+/// overlay's on the same layers on a plain filesystem. The kernel overlay itself only warns
+/// ("upper fs needs to support d_type") and lists whiteouts as entries that cannot be
+/// stat-ed (README, "Differences").
+#[test]
+fn layers_on_a_filesystem_without_file_types_match_the_kernel_on_a_plain_one() {
+    if !fuse_available() {
+        return;
+    }
+    let (sc, top_src, bottom_src) = scratch_with_sources("layerfs-no-dtype");
+    let k = Stack {
+        lowers: vec![top_src, bottom_src],
+        upper: sc.dir("k/upper"),
+        work: sc.dir("k/work"),
+        mnt: sc.dir("mnt/k"),
+    };
+    let kg = mount_kernel(&k);
+    let want_ops = ops(&k.mnt);
+    let want_view = snapshot(&k.mnt, XattrSel::User);
+    kg.unmount();
+
+    let img = sc.path("no-filetype.img");
+    fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    run(
+        "mkfs.ext4",
+        "e2fsprogs",
+        &[
+            OsStr::new("-q"),
+            OsStr::new("-O"),
+            OsStr::new("^filetype"),
+            img.as_os_str(),
+        ],
+    );
+    let base = sc.dir("no-filetype");
+    let bg = loop_mount(&img, &base, "loop");
+    let on = |dir: &str, mnt: &str| Stack {
+        lowers: vec![base.join("top"), base.join("bottom")],
+        upper: base.join(format!("{dir}/upper")),
+        work: base.join(format!("{dir}/work")),
+        mnt: sc.dir(mnt),
+    };
+    let f = on("f", "mnt/f");
+    build(&f.lowers[0], TOP);
+    build(&f.lowers[1], BOTTOM);
+    fs::create_dir_all(&f.upper).unwrap();
+    fs::create_dir_all(&f.work).unwrap();
+    let lc = LowerCheck::new(&f.lowers);
+    let fg = mount_ovlfuse(&f, &[]);
+    assert_eq!(
+        ops(&f.mnt),
+        want_ops,
+        "operations, ovlfuse on layers without file types (left) vs the kernel on plain ones"
+    );
+    let what = "ovlfuse on layers without file types";
+    assert_same_snapshots(
+        what,
+        "kernel",
+        &want_view,
+        "ovlfuse",
+        &snapshot(&f.mnt, XattrSel::User),
+    );
+    fg.unmount();
+    let fg = mount_ovlfuse(&f, &[]);
+    assert_same_snapshots(
+        &format!("{what}, mounted anew"),
+        "kernel",
+        &want_view,
+        "ovlfuse",
+        &snapshot(&f.mnt, XattrSel::User),
+    );
+    fg.unmount();
+    lc.verify();
+
+    // What the README says of the kernel overlay on such layers.
+    let kk = on("k", "mnt/kk");
+    fs::create_dir_all(&kk.upper).unwrap();
+    fs::create_dir_all(&kk.work).unwrap();
+    let kg = mount_kernel(&kk);
+    let listed = names(&kk.mnt);
+    kg.unmount();
+    assert!(
+        listed.as_ref().is_ok_and(|n| n.iter().any(|n| n == "gone")),
+        "the kernel overlay no longer lists a lower whiteout on a filesystem without file \
+         types ({listed:?}): update the README's \"Differences\""
+    );
+    bg.unmount();
+}
