@@ -8123,6 +8123,69 @@ fn a_file_the_kernel_copied_up_keeps_its_inode_number_under_ovlfuse() {
     });
 }
 
+/// A lower layer that holds the upper and work directories (as `lowerdir=/` does with an
+/// upper anywhere): the kernel overlay mounts it, shows the rest of that layer, and fails
+/// a lookup that reaches the upper, work or `work/work` directory through it (ELOOP: its
+/// trap inodes), also on a redirect's path. ovlfuse used to refuse such a mount ("upperdir
+/// is inside lowerdir").
+#[test]
+fn a_lower_layer_holding_the_upper_is_mounted_and_its_traps_refused_as_on_the_kernel() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("sem-lower-holds-upper");
+    let mut seen = Vec::new();
+    for side in ["kernel", "ovlfuse"] {
+        let base = sc.dir(side);
+        let mut st = Stack::new_at(&base, 1);
+        build(&base, &[E::File("keep", b"k"), E::File("gone", b"g")]);
+        build(&st.upper, &[E::Dir("sub"), E::Dir("moved")]);
+        ok(
+            lsetxattr(
+                &st.upper.join("moved"),
+                "trusted.overlay.redirect",
+                b"/upper/sub",
+            ),
+            "redirect into the upper through the lower",
+        );
+        st.lowers = vec![base.clone()];
+        let g = if side == "kernel" {
+            mount_kernel(&st)
+        } else {
+            mount_ovlfuse(&st, &[])
+        };
+        let m = &st.mnt;
+        let mut view = vec![format!("root lists {}", outcome(&names(m)))];
+        for n in [
+            "keep",
+            "lower0",
+            "mnt",
+            "upper",
+            "work",
+            "work/work",
+            "moved",
+        ] {
+            view.push(format!(
+                "{n}: {}",
+                outcome(&fs::symlink_metadata(m.join(n)).map(|md| md.is_dir()))
+            ));
+        }
+        view.push(format!(
+            "rm gone: {}",
+            outcome(&fs::remove_file(m.join("gone")))
+        ));
+        view.push(format!(
+            "write: {}",
+            outcome(&fs::write(m.join("new"), b"n"))
+        ));
+        view.push(format!("root lists {}", outcome(&names(m))));
+        g.unmount();
+        view.push(format!("upper holds {}", outcome(&names(&st.upper))));
+        seen.push(view);
+    }
+    assert_eq!(seen[0], seen[1], "kernel, then ovlfuse");
+}
+
 /// The kernel overlay's first mount of a new upper stores an instance uuid on the upper's
 /// root (`overlay.uuid`, 16 random bytes); with `uuid=auto` (the default) an upper whose
 /// root is already marked impure gets none, `uuid=on` writes one anyway, `uuid=null` and

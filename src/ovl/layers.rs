@@ -119,11 +119,21 @@ pub struct Layers {
     /// files are then built under a name and renamed into place, as other objects are.
     work_tmpfiles: AtomicBool,
     pub ino: InoMap,
+    /// The upper, work and `work/work` directories as (device, inode): a lookup in a lower
+    /// layer that holds them (`lowerdir=/` with the upper below it) fails with ELOOP
+    /// there, as on the kernel overlay, whose trap inodes refuse them.
+    traps: Vec<(u64, u64)>,
     /// The upperdir and workdir, locked for as long as the daemon lives (see `claim`).
     _claims: Vec<OwnedFd>,
 }
 
 impl Layers {
+    /// Whether a lower layer's directory stat-ed as `st` is one a lookup must not enter
+    /// (see `traps`).
+    pub fn is_trap(&self, st: &fs::Stat) -> bool {
+        self.traps.contains(&(st.st_dev, st.st_ino))
+    }
+
     pub fn get(&self, id: LayerId) -> &Layer {
         if id == UPPER {
             self.upper
@@ -223,6 +233,7 @@ impl Layers {
         let mut upper = None;
         let mut work = None;
         let mut made = None;
+        let mut traps = Vec::new();
         if let (Some(up), Some(wp)) = (upper_path, work_path) {
             let (mut u, w) = open_upper_and_work(up, wp, upper_atime_attrs(p))?;
             if let Some(name) = super::ownership::override_xattr_for(p.xattr_permissions) {
@@ -245,6 +256,8 @@ impl Layers {
             }
             let (fd, m) = prepare_work(&w, p.volatile)
                 .map_err(|e| format!("workdir {}: {e}", w.path.display()))?;
+            traps.extend([(u.dev, u.ino), (w.dev, w.ino)]);
+            traps.extend(fs::fstat(fd.as_fd()).map(|st| (st.st_dev, st.st_ino)));
             (work, made) = (Some(fd), m);
             upper = Some(u);
         }
@@ -293,6 +306,7 @@ impl Layers {
             made,
             work_tmpfiles: AtomicBool::new(true),
             ino: InoMap::new(devs, p.ino32),
+            traps,
             _claims: claims,
         };
         // What copy-ups and lookups of copies need for the kernel's origin records, read
@@ -369,8 +383,8 @@ fn is_within(inner: &Path, outer: &Path) -> bool {
     inner.starts_with(outer)
 }
 
-/// Refuses layer sets where one of upper/work contains, or sits in, another layer: the
-/// overlay would then see its own changes through a lower layer, or hide its workdir.
+/// Refuses layer sets where the upper and work directories overlap each other, or one of
+/// them is, or holds, a lower layer, as the kernel overlay refuses them.
 fn check_overlap(upper: &Path, lowers: &[PathBuf], work: &Path) -> Result<(), String> {
     if upper == work {
         return Err(format!(
@@ -392,12 +406,14 @@ fn check_overlap(upper: &Path, lowers: &[PathBuf], work: &Path) -> Result<(), St
             work.display()
         ));
     }
+    // An upper or work directory inside a lower layer is allowed, as on the kernel
+    // overlay (`lowerdir=/` with the upper somewhere below it): the lower's clone shows
+    // those directories as they are, and nothing is ever written through a lower.
     for l in lowers {
         for (name, p) in [("upperdir", upper), ("workdir", work)] {
-            if is_within(p, l) {
+            if l == p {
                 return Err(format!(
-                    "{name} {} is inside lowerdir {}; layers must not overlap",
-                    p.display(),
+                    "lowerdir {} is also the {name}; layers must not overlap",
                     l.display()
                 ));
             }

@@ -410,9 +410,8 @@ impl Overlay {
                 Some(Redirect::Abs(p)) => {
                     let w = match self.walk_redirect(l, p) {
                         Ok(w) => w,
-                        // A symlink on the way (RESOLVE_NO_SYMLINKS says ELOOP) stops the
-                        // lookup, as a non-directory does in the kernel.
-                        Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => break,
+                        // A non-directory on the way stops the lookup, as in the kernel.
+                        Err(Errno::ENOTDIR) => break,
                         Err(e) => return Err(e),
                     };
                     stop_below = w.stop;
@@ -441,6 +440,9 @@ impl Overlay {
                     }
                     let layer = self.layers.get(l);
                     if fs::is_dir(&st) {
+                        if self.layers.is_trap(&st) {
+                            return Err(Errno::ELOOP);
+                        }
                         let at = match &redirect {
                             None => None,
                             Some(Redirect::Rel(r)) => {
@@ -636,6 +638,9 @@ impl Overlay {
                 walk.stop = true;
                 return Ok(walk);
             }
+            if self.layers.is_trap(&st) {
+                return Err(Errno::ELOOP);
+            }
             let xa = whiteout::OverlayXattrs::of(cur.as_fd(), name);
             if self.dir_is_opaque(cur.as_fd(), name, xa)? {
                 walk.stop = true;
@@ -663,6 +668,9 @@ impl Overlay {
             cur = match fs::open_beneath(cur.as_fd(), name, libc::O_PATH | libc::O_DIRECTORY, 0) {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) => return Ok(walk),
+                // Replaced by a symlink since the stat (RESOLVE_NO_SYMLINKS says ELOOP): a
+                // non-directory, which stops the lookup.
+                Err(Errno::ELOOP) => return Err(Errno::ENOTDIR),
                 Err(e) => return Err(e),
             };
         }
