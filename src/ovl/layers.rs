@@ -652,10 +652,8 @@ fn random_uuid() -> Option<[u8; 16]> {
 /// marked as incompatible (`incompat`) fails; a `volatile` one leaves that mark.
 fn prepare_work(w: &Layer, volatile: bool) -> Result<(OwnedFd, Option<Made>), String> {
     let name = OsStr::new("work");
-    let create = || {
-        fs::mkdirat(w.fd(), name, 0o700).map_err(|e| format!("cannot create work directory: {e}"))
-    };
-    match fs::mkdirat(w.fd(), name, 0o700) {
+    let mkdir = || fs::mkdirat(w.fd(), name, 0o700);
+    match mkdir() {
         Ok(()) => {}
         // Something else by that name (a file, a symlink, which is never followed) is
         // replaced, as the kernel overlay replaces it.
@@ -669,7 +667,7 @@ fn prepare_work(w: &Layer, volatile: bool) -> Result<(OwnedFd, Option<Made>), St
                 );
                 fs::unlinkat(w.fd(), name, false)
                     .map_err(|e| format!("cannot remove work, which is no directory: {e}"))?;
-                create()?;
+                mkdir().map_err(|e| format!("cannot create work directory: {e}"))?;
             }
         }
         Err(e) => return Err(format!("cannot create work directory: {e}")),
