@@ -238,6 +238,35 @@ fn compare_on(what: &str, lowers: &[PathBuf], uppers: [&Path; 2], mnts: [&Path; 
     kg.unmount();
 }
 
+/// Mounts ovlfuse on `f`, runs [`ops`] and compares what they give and the view after
+/// them with what the kernel overlay gave on plain layers; then compares the view once
+/// more after a remount.
+fn ops_and_view_match(
+    what: &str,
+    f: &Stack,
+    want_ops: &[String],
+    want_view: &BTreeMap<PathBuf, Node>,
+) {
+    let fg = mount_ovlfuse(f, &[]);
+    assert_eq!(
+        ops(&f.mnt),
+        want_ops,
+        "{what}: operations, ovlfuse (left) vs the kernel on plain layers (right)"
+    );
+    let view = snapshot(&f.mnt, XattrSel::User);
+    fg.unmount();
+    assert_same_snapshots(what, "kernel", want_view, "ovlfuse", &view);
+    let fg = mount_ovlfuse(f, &[]);
+    assert_same_snapshots(
+        &format!("{what}, mounted anew"),
+        "kernel",
+        want_view,
+        "ovlfuse",
+        &snapshot(&f.mnt, XattrSel::User),
+    );
+    fg.unmount();
+}
+
 #[test]
 fn lowers_on_squashfs_and_erofs_with_uppers_on_btrfs_and_xfs_match_the_kernel() {
     if !fuse_available() {
@@ -346,24 +375,7 @@ fn an_upper_layer_on_an_overlay_matches_the_kernel_on_a_plain_one() {
             &format!("mnt/f-{beneath}"),
         );
         let what = format!("upper on a {beneath} overlay");
-        let fg = mount_ovlfuse(&f, &[]);
-        assert_eq!(
-            ops(&f.mnt),
-            want_ops,
-            "{what}: operations, ovlfuse (left) vs the kernel on a plain upper (right)"
-        );
-        let view = snapshot(&f.mnt, XattrSel::User);
-        fg.unmount();
-        assert_same_snapshots(&what, "kernel", &want_view, "ovlfuse", &view);
-        let fg = mount_ovlfuse(&f, &[]);
-        assert_same_snapshots(
-            &format!("{what}, mounted anew"),
-            "kernel",
-            &want_view,
-            "ovlfuse",
-            &snapshot(&f.mnt, XattrSel::User),
-        );
-        fg.unmount();
+        ops_and_view_match(&what, &f, &want_ops, &want_view);
         bg.unmount();
     }
     lc.verify();
@@ -418,30 +430,12 @@ fn layers_on_a_filesystem_without_file_types_match_the_kernel_on_a_plain_one() {
     fs::create_dir_all(&f.upper).unwrap();
     fs::create_dir_all(&f.work).unwrap();
     let lc = LowerCheck::new(&f.lowers);
-    let fg = mount_ovlfuse(&f, &[]);
-    assert_eq!(
-        ops(&f.mnt),
-        want_ops,
-        "operations, ovlfuse on layers without file types (left) vs the kernel on plain ones"
-    );
-    let what = "ovlfuse on layers without file types";
-    assert_same_snapshots(
-        what,
-        "kernel",
+    ops_and_view_match(
+        "ovlfuse on layers without file types",
+        &f,
+        &want_ops,
         &want_view,
-        "ovlfuse",
-        &snapshot(&f.mnt, XattrSel::User),
     );
-    fg.unmount();
-    let fg = mount_ovlfuse(&f, &[]);
-    assert_same_snapshots(
-        &format!("{what}, mounted anew"),
-        "kernel",
-        &want_view,
-        "ovlfuse",
-        &snapshot(&f.mnt, XattrSel::User),
-    );
-    fg.unmount();
     lc.verify();
 
     // What the README says of the kernel overlay on such layers.
