@@ -561,8 +561,10 @@ fn a_redirect_longer_than_a_path_is_written_and_followed() {
 /// the upper and in a middle layer: the lookup of such a directory fails as on the kernel
 /// overlay (EINVAL for an empty value, an empty component or a relative path with a `/`;
 /// EACCES where the lookup meets `.` or `..`), its parent still lists it, and nothing
-/// outside a layer is ever reached. ovlfuse used to ignore the bad ones, and followed `.`
-/// (merging a lower directory's parent in) and `..` (a stat of what holds the layer).
+/// outside a layer is ever reached. A bad redirect in the lowest layer is no error: there
+/// is no layer below it, and the kernel reads none there. ovlfuse used to ignore the bad
+/// ones, and followed `.` (merging a lower directory's parent in) and `..` (a stat of what
+/// holds the layer).
 #[test]
 fn redirects_the_kernel_calls_invalid_fail_their_lookup_as_there() {
     if !fuse_available() {
@@ -570,7 +572,7 @@ fn redirects_the_kernel_calls_invalid_fail_their_lookup_as_there() {
     }
     let sc = Scratch::new("redirect-invalid");
     // (layer: 0 upper, 1 the middle lower; directory; redirect)
-    let bad: [(usize, &str, &[u8]); 15] = [
+    let bad: [(usize, &str, &[u8]); 17] = [
         (0, "u-empty", b""),
         (0, "u-relative-path", b"../a"),
         (0, "u-double-slash", b"/a//sub"),
@@ -586,6 +588,9 @@ fn redirects_the_kernel_calls_invalid_fail_their_lookup_as_there() {
         (1, "m-dotdot", b".."),
         (1, "m-double-slash", b"/a//sub"),
         (1, "m-good", b"/a/sub"),
+        // Through `p`, a lowest-layer directory whose bad redirect the kernel never reads.
+        (0, "u-through-lowest", b"/p/q"),
+        (1, "m-through-lowest", b"/p/q"),
     ];
     let mut seen = Vec::new();
     for side in ["kernel", "ovlfuse"] {
@@ -596,6 +601,11 @@ fn redirects_the_kernel_calls_invalid_fail_their_lookup_as_there() {
         );
         // What a `..` out of the lowest layer would reach.
         build(&sc.dir(side), &[E::File("outside", b"o")]);
+        build(&st.lowers[1], &[E::File("p/q/in-q", b"q")]);
+        ok(
+            lsetxattr(&st.lowers[1].join("p"), "trusted.overlay.redirect", b"bad/x"),
+            "redirect on the lowest layer's p",
+        );
         build(&st.lowers[0], &[E::File("x/y/in-y", b"y")]);
         ok(
             lsetxattr(&st.lowers[0].join("x"), "trusted.overlay.redirect", b"q/r"),

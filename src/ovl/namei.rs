@@ -641,10 +641,18 @@ impl Overlay {
             if self.layers.is_trap(&st) {
                 return Err(Errno::ELOOP);
             }
-            let xa = whiteout::OverlayXattrs::of(cur.as_fd(), name);
-            if self.dir_is_opaque(cur.as_fd(), name, xa)? {
-                walk.stop = true;
-            } else if let Some(r) = self.redirect_of(cur.as_fd(), name, xa)? {
+            // The lowest layer has none below it for opacity or a redirect to speak of: the
+            // kernel reads neither there (`d->last`), so a bad redirect there is no error.
+            let mut redirect = None;
+            if !self.layers.is_lowest(l) {
+                let xa = whiteout::OverlayXattrs::of(cur.as_fd(), name);
+                if self.dir_is_opaque(cur.as_fd(), name, xa)? {
+                    walk.stop = true;
+                } else {
+                    redirect = self.redirect_of(cur.as_fd(), name, xa)?;
+                }
+            }
+            if let Some(r) = redirect {
                 let mut v = match r {
                     Redirect::Abs(a) => {
                         walk.stop = false;
