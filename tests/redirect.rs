@@ -603,7 +603,11 @@ fn redirects_the_kernel_calls_invalid_fail_their_lookup_as_there() {
         build(&sc.dir(side), &[E::File("outside", b"o")]);
         build(&st.lowers[1], &[E::File("p/q/in-q", b"q")]);
         ok(
-            lsetxattr(&st.lowers[1].join("p"), "trusted.overlay.redirect", b"bad/x"),
+            lsetxattr(
+                &st.lowers[1].join("p"),
+                "trusted.overlay.redirect",
+                b"bad/x",
+            ),
             "redirect on the lowest layer's p",
         );
         build(&st.lowers[0], &[E::File("x/y/in-y", b"y")]);

@@ -3024,8 +3024,8 @@ fn read_only_fd_opened_before_copy_up() {
     t.finish(true);
 }
 
-/// A shared mapping of a lower file, made through a descriptor opened before a write
-/// elsewhere copies the file up. The kernel overlay maps the lower file itself and keeps
+/// A mapping of a lower file (shared, or private and not written to), made through a
+/// descriptor opened before a write elsewhere copies the file up. The kernel overlay maps the lower file itself and keeps
 /// it mapped: the mapping goes on showing the lower data, while read(2) on the same
 /// descriptor shows the copy's (overlayfs.rst, "Non-standard behavior"). Through FUSE a
 /// file has one page cache whatever layer holds it, and the copy-up drops the pages of the
@@ -3038,12 +3038,20 @@ fn a_mapping_made_before_a_copy_up_shows_the_lower_data_on_the_kernel_and_the_co
     const BIG: usize = 200_000;
     let t = twin(
         "sem-map-before-copy-up",
-        &[&[E::File("small", b"AAAAAAAA"), E::File("big", &[b'B'; BIG])]],
+        &[&[
+            E::File("small", b"AAAAAAAA"),
+            E::File("big", &[b'B'; BIG]),
+            E::File("private", b"PPPPPPPP"),
+        ]],
         &[],
     );
     let run = |r: &Path| -> Vec<String> {
         let mut seen = Vec::new();
-        for name in ["small", "big"] {
+        for (name, kind) in [
+            ("small", libc::MAP_SHARED),
+            ("big", libc::MAP_SHARED),
+            ("private", libc::MAP_PRIVATE),
+        ] {
             let ro = ok(fs::File::open(r.join(name)), "open read-only");
             let len = ok(ro.metadata(), "fstat").len() as usize;
             let map = unsafe {
@@ -3051,7 +3059,7 @@ fn a_mapping_made_before_a_copy_up_shows_the_lower_data_on_the_kernel_and_the_co
                     std::ptr::null_mut(),
                     len,
                     libc::PROT_READ,
-                    libc::MAP_SHARED,
+                    kind,
                     ro.as_raw_fd(),
                     0,
                 )
@@ -3087,7 +3095,8 @@ fn a_mapping_made_before_a_copy_up_shows_the_lower_data_on_the_kernel_and_the_co
         kernel,
         [
             "small: mapped AAAA then AAAA, read ZZZZ",
-            "big: mapped BBBB then BBBB, read ZZZZ"
+            "big: mapped BBBB then BBBB, read ZZZZ",
+            "private: mapped PPPP then PPPP, read ZZZZ"
         ],
         "the kernel overlay's mapping no longer shows the lower data: update the README"
     );
@@ -3095,7 +3104,8 @@ fn a_mapping_made_before_a_copy_up_shows_the_lower_data_on_the_kernel_and_the_co
         ours,
         [
             "small: mapped AAAA then ZZZZ, read ZZZZ",
-            "big: mapped BBBB then ZZZZ, read ZZZZ"
+            "big: mapped BBBB then ZZZZ, read ZZZZ",
+            "private: mapped PPPP then ZZZZ, read ZZZZ"
         ],
         "ovlfuse: a mapping and read(2) through one descriptor disagree after a copy-up"
     );
