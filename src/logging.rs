@@ -84,3 +84,42 @@ impl Write for Sink {
         io::stderr().flush()
     }
 }
+
+/// Whether a warning that a request can bring on again and again (a broken mark in a
+/// layer, met by every lookup of it) may be logged now: at most one a second for each
+/// `last` (its time, seconds since the epoch), as the kernel's `pr_warn_ratelimited`
+/// keeps its log readable. The rest can go to the debug log.
+pub fn may_warn(last: &std::sync::atomic::AtomicU64) -> bool {
+    use std::sync::atomic::Ordering;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let before = last.load(Ordering::Relaxed);
+    now != before
+        && last
+            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_warn;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn a_repeating_warning_is_logged_once_a_second() {
+        let secs = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        let last = AtomicU64::new(0);
+        let before = secs();
+        let (first, second) = (may_warn(&last), may_warn(&last));
+        assert!(first, "the first warning");
+        if secs() == before {
+            assert!(!second, "a second one within the same second");
+        }
+    }
+}

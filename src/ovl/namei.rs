@@ -17,7 +17,7 @@ use crate::sys::xattr;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// From this many lower layers under a directory, a lookup miss builds its merged listing.
@@ -593,7 +593,17 @@ impl Overlay {
         for a in whiteout::REDIRECT_XATTRS {
             if let Ok(v) = xattr::get_vec(dir, name, a) {
                 return parse_redirect(&v).map(Some).ok_or_else(|| {
-                    log::warn!("invalid redirect {:?} on {name:?}", OsStr::from_bytes(&v));
+                    static LAST: AtomicU64 = AtomicU64::new(0);
+                    let level = if crate::logging::may_warn(&LAST) {
+                        log::Level::Warn
+                    } else {
+                        log::Level::Debug
+                    };
+                    let v = OsStr::from_bytes(&v);
+                    log::log!(
+                        level,
+                        "invalid redirect {v:?} on {name:?}: its lookup fails"
+                    );
                     Errno::EINVAL
                 });
             }
