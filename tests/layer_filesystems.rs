@@ -1,12 +1,14 @@
 //! Layers on other filesystems than the test directory's own: lower layers packed as the
 //! read-only images container tools ship (squashfs, erofs), uppers on btrfs and xfs, and
 //! a lower layer that is itself an ovlfuse mount (an overlay inside a container whose root
-//! is an overlay). Each case runs the same operations on the kernel overlay and on
-//! ovlfuse over the same lower layers and compares results, merged views and uppers, then
-//! mounts each upper with the other overlay.
+//! is an overlay), an upper on an overlay, and layers on an ext4 whose directories record
+//! no file types. Each case runs the same operations on the kernel overlay and on ovlfuse
+//! and compares results and merged views (and, over the same lower layers, the uppers,
+//! each then mounted with the other overlay).
 //!
-//! The image and mkfs tools come from squashfs-tools, erofs-utils, btrfs-progs and
-//! xfsprogs (`.ci/run` installs them); a missing one fails the test with its package name.
+//! The image and mkfs tools come from squashfs-tools, erofs-utils, btrfs-progs, xfsprogs
+//! and e2fsprogs (`.ci/run` installs them); a missing one fails the test with its package
+//! name.
 
 mod common;
 
