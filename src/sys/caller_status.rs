@@ -39,11 +39,13 @@ pub fn groups(pid: u32) -> Option<Vec<u32>> {
     groups
 }
 
+/// The text of `/proc/PID/status`; empty when the process is gone.
+fn status_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+}
+
 fn read_groups(pid: u32) -> Vec<u32> {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    status
+    status_of(pid)
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
         .map(|g| {
@@ -65,10 +67,7 @@ pub fn being_killed(tid: u32) -> bool {
 }
 
 fn read_kill_pending(tid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
-        return false;
-    };
-    status.lines().any(|l| {
+    status_of(tid).lines().any(|l| {
         let Some(mask) = l
             .strip_prefix("SigPnd:")
             .or_else(|| l.strip_prefix("ShdPnd:"))
