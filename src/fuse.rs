@@ -390,7 +390,8 @@ impl Filesystem for OvlFs {
             // security.capability so that later writes skip that GETXATTR. A passthrough
             // write to a file made set-user-ID while open still clears the bit: the
             // kernel's privilege check then sends an empty SETATTR, which we carry out as
-            // chown(-1, -1) (semantics test, against the kernel).
+            // chown(-1, -1) unless the caller is root and not in chown(2) (semantics test,
+            // against the kernel; `is_privileged_write_check`).
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
             // No FUSE_CACHE_SYMLINKS: following a symlink must reach us, so that an upper
             // symlink's atime moves as on kernel overlayfs.

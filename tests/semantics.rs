@@ -6689,11 +6689,18 @@ fn setuid_bits_and_file_capabilities_follow_kernel_rules() {
             E::Mode("opensuid", 0o4777),
             E::File("latersuid", b"made setuid while open"),
             E::Mode("latersuid", 0o777),
+            E::File("capsuid", b"setuid with a capability"),
+            E::Mode("capsuid", 0o6755),
+            E::File("capsuid2", b"setuid with a capability, chowned"),
+            E::Mode("capsuid2", 0o6755),
+            E::File("suid2", b"setuid, chowned"),
+            E::Mode("suid2", 0o4755),
         ]],
         &[],
         move |st| {
-            lsetxattr(&st.lowers[0].join("ping"), "security.capability", &c2).unwrap();
-            lsetxattr(&st.lowers[0].join("ping2"), "security.capability", &c2).unwrap();
+            for n in ["ping", "ping2", "capsuid", "capsuid2"] {
+                lsetxattr(&st.lowers[0].join(n), "security.capability", &c2).unwrap();
+            }
         },
     );
     t.both("file capability visible", |r| {
@@ -6711,6 +6718,30 @@ fn setuid_bits_and_file_capabilities_follow_kernel_rules() {
             outcome(&lgetxattr(&r.join("ping2"), "security.capability")),
         )
     });
+    // Both reach ovlfuse as the same requests: a REMOVEXATTR, then an empty SETATTR.
+    t.both(
+        "a write by root drops the capability and keeps set-ID bits",
+        |r| {
+            (
+                outcome_unit(&write_at(&r.join("capsuid"), 0, b"X")),
+                outcome(&lgetxattr(&r.join("capsuid"), "security.capability")),
+                stat_str(&r.join("capsuid")),
+            )
+        },
+    );
+    t.both(
+        "chown(-1, -1) by root drops the capability and set-ID bits",
+        |r| {
+            let f = std::fs::File::open(r.join("suid2")).unwrap();
+            (
+                outcome_unit(&lchown(&r.join("capsuid2"), u32::MAX, u32::MAX)),
+                outcome(&lgetxattr(&r.join("capsuid2"), "security.capability")),
+                stat_str(&r.join("capsuid2")),
+                unsafe { libc::fchown(f.as_raw_fd(), u32::MAX, u32::MAX) },
+                stat_str(&r.join("suid2")),
+            )
+        },
+    );
     t.both("chown clears setuid/setgid", |r| {
         (
             outcome_unit(&lchown(&r.join("suid"), 1, 1)),

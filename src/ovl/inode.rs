@@ -419,14 +419,19 @@ impl Overlay {
         };
 
         // The kernel's FUSE client sends chown(-1, -1) as a setattr with nothing in it; a
-        // no-op chown moves ctime just as the kernel overlay would.
+        // no-op chown moves ctime just as the kernel overlay would (and clears set-ID bits,
+        // even for root). So does its privilege check before a write that found
+        // security.capability, which does nothing more here: see
+        // `is_privileged_write_check`.
         let touch_ctime_only = set.mode.is_none()
             && set.size.is_none()
             && set.atime.is_none()
             && set.mtime.is_none()
             && set.uid.is_none()
             && set.gid.is_none();
-        let chown = set.uid.is_some() || set.gid.is_some() || touch_ctime_only;
+        let chown = set.uid.is_some()
+            || set.gid.is_some()
+            || (touch_ctime_only && !self.is_privileged_write_check(ctx, &node)?);
         let own = &self.cfg.own;
         let (uid, gid) = (
             set.uid.map(|u| own.disk_uid(u)),
@@ -515,6 +520,23 @@ impl Overlay {
             Some(h) => Ok(self.attr_of(&node, &fs::fstat(h.fd().as_fd())?)),
             None => self.getattr_node(&node),
         }
+    }
+
+    /// Whether an empty SETATTR is the kernel's privilege check before a write by root
+    /// rather than a chown(-1, -1). The check removes security.capability (a REMOVEXATTR
+    /// before this request) and, for a caller without CAP_FSETID, asks to clear set-ID
+    /// bits. chown(-1, -1) always asks for the latter. For a root caller on a file with
+    /// set-ID bits the two differ (a write keeps them, as on the kernel overlay) and the
+    /// request does not say which it is, so the calling thread's system call decides;
+    /// one that cannot be read counts as a write, the far commoner of the two.
+    fn is_privileged_write_check(&self, ctx: &Ctx, node: &Node) -> SysResult<bool> {
+        if ctx.uid != 0 || node.kind != libc::S_IFREG {
+            return Ok(false);
+        }
+        if self.getattr_node(node)?.mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+            return Ok(false);
+        }
+        Ok(crate::sys::caller_status::in_chown(ctx.pid) != Some(true))
     }
 
     /// chown/chmod of an upper entry whose owner and mode live in the override xattr.

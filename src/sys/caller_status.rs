@@ -1,10 +1,13 @@
-//! What `/proc/PID/status` says of the process behind a request, read with a time limit:
-//! its supplementary groups, and whether it is being killed.
+//! What `/proc` says of the process behind a request, read with a time limit: its
+//! supplementary groups and whether it is being killed (`/proc/PID/status`), and whether it
+//! is in chown(2) (`/proc/TID/syscall`).
 //!
 //! FUSE tells us a caller's uid, gid and pid, not its other groups, and the set-group-ID
 //! rules need them (a chmod, write or ACL change by someone outside the file's group
 //! clears the bit); a long copy-up stops when its caller is being killed (`ovl::interrupt`).
-//! `/proc/PID/status` is the only place to read either. But reading another
+//! An empty SETATTR is a chown(-1, -1) or the kernel's privilege check before a write, and
+//! only the system call the caller is in tells them apart (see `ovl::inode`).
+//! `/proc` is the only place to read any of this. But reading another
 //! process's `/proc` files can wait on that process, and our caller is itself waiting for
 //! our reply, sometimes deep in the kernel: reading `/proc/PID/stat` of a caller that was
 //! writing back a shared mapping hung a serving thread once (see `devfuse_cpu`). So the
@@ -78,6 +81,39 @@ fn read_kill_pending(tid: u32) -> bool {
     })
 }
 
+/// Whether thread `tid` is in chown(2), lchown(2), fchown(2) or fchownat(2); `None` when
+/// `/proc/TID/syscall` could not be read (the thread is gone, runs, or did not answer in
+/// time).
+pub fn in_chown(tid: u32) -> Option<bool> {
+    within(LIMIT, &OUT, move || read_syscall(tid))
+        .flatten()
+        .map(is_chown)
+}
+
+/// The number of the system call thread `tid` is blocked in: the first field of
+/// `/proc/TID/syscall` ("running" while it runs, -1 outside a system call).
+fn read_syscall(tid: u32) -> Option<libc::c_long> {
+    std::fs::read_to_string(format!("/proc/{tid}/syscall"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn is_chown(nr: libc::c_long) -> bool {
+    [libc::SYS_fchown, libc::SYS_fchownat]
+        .iter()
+        .chain(LEGACY_CHOWN)
+        .any(|&c| c == nr)
+}
+
+/// chown(2) and lchown(2), where the architecture has them apart from fchownat(2).
+#[cfg(target_arch = "x86_64")]
+const LEGACY_CHOWN: &[libc::c_long] = &[libc::SYS_chown, libc::SYS_lchown];
+#[cfg(not(target_arch = "x86_64"))]
+const LEGACY_CHOWN: &[libc::c_long] = &[];
+
 /// Runs `f` on a thread of its own and waits at most `limit` for its answer; `out` counts
 /// the threads not yet finished, and none is started while `MAX_STUCK` are.
 fn within<T: Send + 'static>(
@@ -119,6 +155,31 @@ mod tests {
         want.sort();
         assert_eq!(got, want);
         assert_eq!(groups(u32::MAX), Some(vec![]), "no such process");
+    }
+
+    #[test]
+    fn the_system_call_a_blocked_thread_is_in_is_read() {
+        let (mut r, mut w) = std::io::pipe().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            std::io::Read::read(&mut r, &mut [0u8; 1]).unwrap()
+        });
+        let tid = rx.recv().unwrap();
+        let t = Instant::now();
+        while read_syscall(tid) != Some(libc::SYS_read) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "never seen in read(2)"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(in_chown(tid), Some(false));
+        std::io::Write::write_all(&mut w, b"x").unwrap();
+        assert_eq!(reader.join().unwrap(), 1);
+        assert!(is_chown(libc::SYS_fchownat) && is_chown(libc::SYS_fchown));
+        assert!(!is_chown(libc::SYS_write) && !is_chown(-1));
+        assert_eq!(in_chown(u32::MAX), None, "no such thread");
     }
 
     #[test]
