@@ -175,7 +175,7 @@ Overlay options:
                          overlayfs does, leave workdir/work/incompat/volatile, which
                          makes every later mount fail until it is removed (container
                          engines remove it before each mount)
-  fsync=0|1              pass fsync/syncfs through to the upper layer (default 1)
+  fsync=0|1              sync copy-ups, fsync and, at unmount, the upper layer (default 1)
   redirect_dir=on        rename directories that have lower parts, recording where their
                          lower parts are in overlay.redirect (default as root of the
                          initial user namespace without userxattr; elsewhere off, as

@@ -183,6 +183,29 @@ impl Overlay {
         self.reaper.finish();
     }
 
+    /// The session is over: writes the upper filesystem back, as the kernel overlay's
+    /// unmount does (its `sync_fs`), unless mounted `volatile` or `fsync=0`. A `syncfs`
+    /// on the mount never reaches us (the kernel's FUSE client sends FUSE_SYNCFS to
+    /// virtiofs only), so what was written through it and not fsynced would otherwise
+    /// wait for the upper filesystem's own writeback.
+    pub fn sync_upper(&self) {
+        use crate::sys::fs;
+        use std::os::fd::AsFd;
+        let Some(upper) = &self.layers.upper else {
+            return;
+        };
+        if !self.cfg.fsync {
+            return;
+        }
+        // The layer's own descriptor is O_PATH, which syncfs refuses.
+        let dot = std::ffi::OsStr::new(".");
+        let res = fs::openat(upper.fd(), dot, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .and_then(|d| fs::syncfs(d.as_fd()));
+        if let Err(e) = res {
+            log::warn!("cannot write back the upper filesystem at unmount: {e:?}");
+        }
+    }
+
     /// From now on the kernel caches writes (FUSE writeback cache): open files so that
     /// its write-back can use any of them.
     pub fn set_write_cache(&self) {

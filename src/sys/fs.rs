@@ -548,6 +548,11 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> SysResult<()> {
     check(r).map(drop)
 }
 
+/// Writes back everything of the filesystem `fd` is on (syncfs(2)).
+pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
+    check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+}
+
 /// Starts writeback of a byte range without waiting for it (`sync_file_range` with
 /// `SYNC_FILE_RANGE_WRITE`); a later fsync still gives the durability guarantee.
 pub fn start_writeback(fd: BorrowedFd<'_>, off: u64, len: u64) -> SysResult<()> {
