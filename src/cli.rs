@@ -212,7 +212,8 @@ Mount flags:
   rw                     read-write mount (default)
   remount                change the flags (ro, rw, nodev, ...) of the live mount at
                          MOUNTPOINT and exit; no layers needed (a mount without an
-                         upper layer stays read-only)
+                         upper layer stays read-only); when it becomes read-only,
+                         the daemon then writes the upper layer back
   nodev, nosuid, noexec, dev, suid, exec, sync, async, dirsync
                          passed to the kernel mount
   relatime (default), strictatime, noatime, atime, nodiratime

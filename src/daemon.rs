@@ -322,6 +322,26 @@ fn remount(mnt: &Path, p: &Params) -> Result<(), String> {
         flags |= libc::MS_NOSUID;
     }
     process::remount(mnt, flags).map_err(|e| format!("cannot remount {}: {e}", mnt.display()))?;
+    if flags & libc::MS_RDONLY != 0 {
+        // The kernel overlay writes its upper filesystem back when remounted read-only
+        // (and fails the remount if that fails); our daemon does not see the remount.
+        match process::dir_ioctl(mnt, crate::ovl::SYNC_UPPER_IOCTL) {
+            Ok(()) => {}
+            // A daemon started from an older ovlfuse does not know the request; the
+            // remount itself is done.
+            Err(sys::Errno(libc::ENOTTY)) => eprintln!(
+                "ovlfuse: warning: the daemon serving {} is older than this ovlfuse and did \
+                 not write its upper layer back on the remount",
+                mnt.display()
+            ),
+            Err(e) => {
+                return Err(format!(
+                    "remounted {} read-only, but writing its upper layer back failed: {e}",
+                    mnt.display()
+                ))
+            }
+        }
+    }
     if flags & libc::MS_RDONLY == 0 && process::serves_read_only(mnt) {
         // A view with no upper layer stays read-only whatever its mount flags say; the
         // kernel refuses such a remount too ("is write-protected").

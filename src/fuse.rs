@@ -474,7 +474,9 @@ impl Filesystem for OvlFs {
         // What removals left in the work directory goes before the daemon does (see
         // `ovl::reaper`).
         self.ovl.finish_removals();
-        self.ovl.sync_upper();
+        if let Err(e) = self.ovl.sync_upper() {
+            log::warn!("cannot write back the upper filesystem at unmount: {e:?}");
+        }
         // The session is over. If the kernel ended the connection (umount, fusermount3 -u,
         // an abort), leave now: fuser 0.18 would next unmount the mount point by its path,
         // and a new mount made there meanwhile (a container restarted at once) would be

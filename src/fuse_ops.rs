@@ -328,6 +328,12 @@ fn answer(
             out.u32_out(n);
             Ok(out.len)
         }
+        op::IOCTL if a.u32(12) == crate::ovl::SYNC_UPPER_IOCTL => {
+            fs.ovl.sync_upper()?;
+            let mut out = Out::new(p);
+            out.zeros(16); // fuse_ioctl_out: result 0, no retry
+            Ok(out.len)
+        }
         op::IOCTL => {
             let (cmd, in_size, out_size) = (a.u32(12), a.u32(24), a.u32(28) as usize);
             let input = args.bytes(in_size as usize).unwrap_or_default();

@@ -2,7 +2,8 @@
 //! read-only images container tools ship (squashfs, erofs), uppers on btrfs and xfs, and
 //! a lower layer that is itself an ovlfuse mount (an overlay inside a container whose root
 //! is an overlay), an upper on an overlay, and layers on an ext4 whose directories record
-//! no file types; and what an unmount leaves on an upper's disk. Each case runs the same operations on the kernel overlay and on ovlfuse
+//! no file types; and what an unmount or a read-only remount leaves on an upper's disk.
+//! Each case runs the same operations on the kernel overlay and on ovlfuse
 //! and compares results and merged views (and, over the same lower layers, the uppers,
 //! each then mounted with the other overlay).
 //!
@@ -456,28 +457,25 @@ fn layers_on_a_filesystem_without_file_types_match_the_kernel_on_a_plain_one() {
 }
 
 /// What was written through the mount and never fsynced is on the upper filesystem's disk
-/// once the mount is gone, as after the kernel overlay's unmount (which syncs its upper
-/// filesystem): checked by shutting an xfs upper down without flushing its log right
-/// after the unmount (and, for ovlfuse, its daemon's exit), then mounting it again.
+/// once the mount is gone, or remounted read-only, as with the kernel overlay (which syncs
+/// its upper filesystem then): checked by shutting an xfs upper down without flushing its
+/// log right after the unmount (and, for ovlfuse, its daemon's exit) or the remount, then
+/// mounting it again.
 #[test]
-fn an_unmount_leaves_what_was_written_on_the_upper_disk_as_on_the_kernel() {
+fn an_unmount_or_a_read_only_remount_leaves_what_was_written_on_the_upper_disk() {
     if !fuse_available() {
         return;
     }
     let sc = Scratch::new("layerfs-unmount-sync");
-    for who in ["k", "f"] {
-        let img = sc.path(&format!("{who}.img"));
-        let disk = sc.dir(&format!("xfs-{who}"));
+    for (who, remount) in [("k", false), ("f", false), ("k", true), ("f", true)] {
+        let what = format!("{who}-{}", if remount { "remount" } else { "unmount" });
+        let img = sc.path(&format!("{what}.img"));
+        let disk = sc.dir(&format!("xfs-{what}"));
         let g = mount_new_fs("xfs", &img, &disk);
         let st = Stack::new_at(&disk, 1);
         fs::write(st.lowers[0].join("f"), b"lower\n").unwrap();
-        // Lower files on the disk before the overlay starts: only what it writes is at
+        // The lower layer on disk before the overlay starts: only what it writes is at
         // stake.
-        run(
-            "xfs_io",
-            "xfsprogs",
-            &[OsStr::new("-c"), OsStr::new("fsync"), disk.as_os_str()],
-        );
         run("sync", "coreutils", &[]);
         let m = if who == "k" {
             mount_kernel(&st)
@@ -491,18 +489,40 @@ fn an_unmount_leaves_what_was_written_on_the_upper_disk_as_on_the_kernel() {
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"appended\n"))
             .unwrap();
         fs::create_dir(st.mnt.join("d")).unwrap();
-        m.unmount();
+        let mut m = Some(m);
+        if !remount {
+            m.take().unwrap().unmount();
+        } else if who == "k" {
+            run(
+                "mount",
+                "mount",
+                &[
+                    OsStr::new("-o"),
+                    OsStr::new("remount,ro"),
+                    st.mnt.as_os_str(),
+                ],
+            );
+        } else {
+            let o = Command::new(ovlfuse_bin())
+                .args([
+                    OsStr::new("-o"),
+                    OsStr::new("remount,ro"),
+                    st.mnt.as_os_str(),
+                ])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "remount,ro: {}", show_output(&o));
+        }
         // Shut down without flushing the log: what is only in memory is lost.
+        let shutdown = [OsStr::new("-x"), OsStr::new("-c"), OsStr::new("shutdown")];
         run(
             "xfs_io",
             "xfsprogs",
-            &[
-                OsStr::new("-x"),
-                OsStr::new("-c"),
-                OsStr::new("shutdown"),
-                disk.as_os_str(),
-            ],
+            &[&shutdown[..], &[disk.as_os_str()]].concat(),
         );
+        if let Some(m) = m {
+            m.unmount();
+        }
         g.unmount();
         let g = loop_mount(&img, &disk, "loop");
         let got = (
@@ -517,7 +537,7 @@ fn an_unmount_leaves_what_was_written_on_the_upper_disk_as_on_the_kernel() {
                 Ok("lower\nappended\n".into()),
                 true
             ),
-            "{who}: the upper after an unmount and a crash of its filesystem"
+            "{what}: the upper after a crash of its filesystem"
         );
         g.unmount();
     }

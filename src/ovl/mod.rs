@@ -52,6 +52,10 @@ pub type HashMap<K, V> = std::collections::HashMap<K, V, HashState>;
 pub type HashSet<T> = std::collections::HashSet<T, HashState>;
 pub type DashMap<K, V> = dashmap::DashMap<K, V, HashState>;
 
+/// The ioctl (`_IO('o', 0x53)`, no argument) on a directory of the mount that makes the
+/// daemon write the upper filesystem back ([`Overlay::sync_upper`]).
+pub const SYNC_UPPER_IOCTL: u32 = (b'o' as u32) << 8 | 0x53;
+
 /// Who is asking: the credentials of the process behind a request.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Ctx {
@@ -183,27 +187,25 @@ impl Overlay {
         self.reaper.finish();
     }
 
-    /// The session is over: writes the upper filesystem back, as the kernel overlay's
-    /// unmount does (its `sync_fs`), unless mounted `volatile` or `fsync=0`. A `syncfs`
-    /// on the mount never reaches us (the kernel's FUSE client sends FUSE_SYNCFS to
-    /// virtiofs only), so what was written through it and not fsynced would otherwise
-    /// wait for the upper filesystem's own writeback.
-    pub fn sync_upper(&self) {
+    /// Writes the upper filesystem back (syncfs), as the kernel overlay does at unmount
+    /// and when remounted read-only (its `sync_fs`); nothing when mounted `volatile` or
+    /// `fsync=0`. Neither event, nor a `syncfs` on the mount, reaches a FUSE daemon (the
+    /// kernel's FUSE client sends FUSE_SYNCFS to virtiofs only), so the daemon calls this
+    /// when its session ends, and `ovlfuse -o remount,ro` asks for it with
+    /// [`SYNC_UPPER_IOCTL`] on the mount's root.
+    pub fn sync_upper(&self) -> SysResult<()> {
         use crate::sys::fs;
         use std::os::fd::AsFd;
         let Some(upper) = &self.layers.upper else {
-            return;
+            return Ok(());
         };
         if !self.cfg.fsync {
-            return;
+            return Ok(());
         }
         // The layer's own descriptor is O_PATH, which syncfs refuses.
         let dot = std::ffi::OsStr::new(".");
-        let res = fs::openat(upper.fd(), dot, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .and_then(|d| fs::syncfs(d.as_fd()));
-        if let Err(e) = res {
-            log::warn!("cannot write back the upper filesystem at unmount: {e:?}");
-        }
+        let dir = fs::openat(upper.fd(), dot, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        fs::syncfs(dir.as_fd())
     }
 
     /// From now on the kernel caches writes (FUSE writeback cache): open files so that

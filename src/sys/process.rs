@@ -196,6 +196,14 @@ pub fn remount(path: &Path, flags: libc::c_ulong) -> SysResult<()> {
     .map(drop)
 }
 
+/// Sends the argument-less ioctl `cmd` to the directory at `path` (opened read-only).
+pub fn dir_ioctl(path: &Path, cmd: u32) -> SysResult<()> {
+    use std::os::fd::AsRawFd;
+    let dir =
+        std::fs::File::open(path).map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    check(unsafe { libc::ioctl(dir.as_raw_fd(), cmd as _) }).map(drop)
+}
+
 /// Whether the (writable) mount at `path` answers a change with EROFS, as a view without
 /// an upper layer does: asks to replace an attribute nothing carries, which changes nothing
 /// where changes are allowed (ENODATA there).
