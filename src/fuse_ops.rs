@@ -328,16 +328,15 @@ fn answer(
             out.u32_out(n);
             Ok(out.len)
         }
-        op::IOCTL if a.u32(12) == crate::ovl::SYNC_UPPER_IOCTL => {
-            fs.ovl.sync_upper()?;
-            let mut out = Out::new(p);
-            out.zeros(16); // fuse_ioctl_out: result 0, no retry
-            Ok(out.len)
-        }
         op::IOCTL => {
             let (cmd, in_size, out_size) = (a.u32(12), a.u32(24), a.u32(28) as usize);
-            let input = args.bytes(in_size as usize).unwrap_or_default();
-            let data = fs.ovl.attr_ioctl(id, cmd, input, out_size)?;
+            let data = if cmd == crate::ovl::SYNC_UPPER_IOCTL {
+                fs.ovl.sync_upper()?;
+                Vec::new()
+            } else {
+                let input = args.bytes(in_size as usize).unwrap_or_default();
+                fs.ovl.attr_ioctl(id, cmd, input, out_size)?
+            };
             let mut out = Out::new(p);
             out.zeros(16); // fuse_ioctl_out: result 0, no retry
             out.put(&data[..data.len().min(out_size)]);

@@ -489,30 +489,24 @@ fn an_unmount_or_a_read_only_remount_leaves_what_was_written_on_the_upper_disk()
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"appended\n"))
             .unwrap();
         fs::create_dir(st.mnt.join("d")).unwrap();
-        let mut m = Some(m);
-        if !remount {
-            m.take().unwrap().unmount();
-        } else if who == "k" {
-            run(
-                "mount",
-                "mount",
-                &[
-                    OsStr::new("-o"),
-                    OsStr::new("remount,ro"),
-                    st.mnt.as_os_str(),
-                ],
-            );
+        // The overlay still mounted at the crash (a read-only remount), if any.
+        let mounted = if !remount {
+            m.unmount();
+            None
         } else {
-            let o = Command::new(ovlfuse_bin())
-                .args([
-                    OsStr::new("-o"),
-                    OsStr::new("remount,ro"),
-                    st.mnt.as_os_str(),
-                ])
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "remount,ro: {}", show_output(&o));
-        }
+            if who == "k" {
+                let opts = [OsStr::new("-o"), OsStr::new("remount,ro")];
+                run(
+                    "mount",
+                    "mount",
+                    &[&opts[..], &[st.mnt.as_os_str()]].concat(),
+                );
+            } else {
+                let o = run_ovlfuse(&["-o", "remount,ro", st.mnt.to_str().unwrap()]);
+                assert!(o.status.success(), "remount,ro: {}", show_output(&o));
+            }
+            Some(m)
+        };
         // Shut down without flushing the log: what is only in memory is lost.
         let shutdown = [OsStr::new("-x"), OsStr::new("-c"), OsStr::new("shutdown")];
         run(
@@ -520,7 +514,7 @@ fn an_unmount_or_a_read_only_remount_leaves_what_was_written_on_the_upper_disk()
             "xfsprogs",
             &[&shutdown[..], &[disk.as_os_str()]].concat(),
         );
-        if let Some(m) = m {
+        if let Some(m) = mounted {
             m.unmount();
         }
         g.unmount();
