@@ -211,7 +211,7 @@ fn serve(
         .try_clone_to_owned()
         .map_err(|e| format!("cannot duplicate the /dev/fuse descriptor: {e}"))?;
     link.attach(session.notifier(), device);
-    process::raise_readahead(mnt, crate::fuse::MAX_READAHEAD >> 10);
+    process::raise_readahead(mnt, crate::fuse::readahead() >> 10);
     if let Some(mut w) = ready.take() {
         let _ = w.write_all(&[0]);
         drop(w);
@@ -379,6 +379,9 @@ pub fn fuse_config(p: &Params, source: Option<&str>) -> fuser::Config {
     }
     if p.read_only || !p.has_upper() {
         opts.push(MountOption::RO);
+    }
+    if let Some(n) = crate::fuse::max_read() {
+        opts.push(MountOption::CUSTOM(format!("max_read={n}")));
     }
     for f in &p.kernel_flags {
         let o = match f.as_str() {

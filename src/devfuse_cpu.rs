@@ -41,6 +41,7 @@
 //! stats, caller free to move: 40-49 us each before, 39-41 pinned at normal priority,
 //! 15-17 pinned and idle-class.)
 
+use crate::fuse::ReadSize;
 use crate::uring_priority::{Governor, Policy};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -149,9 +150,10 @@ impl Follow {
     }
 
     /// Called by a /dev/fuse thread as it starts on a request from thread `pid` (0 for
-    /// the kernel's own), which waits for the reply. A thread let go for a read that
-    /// waited for the disk stays let go for a `small_read` (see `fuse_uring::Placement`).
-    pub fn serving(&self, pid: u32, small_read: bool) {
+    /// the kernel's own), which waits for the reply. A big read (read-ahead) lets a
+    /// pinned thread go, and a thread let go stays so for any read (see
+    /// `fuse_uring::Placement`).
+    pub fn serving(&self, pid: u32, read: ReadSize) {
         if !self.on || pid == 0 {
             return;
         }
@@ -165,7 +167,7 @@ impl Follow {
                 st.next_look = Some(now + LOOK_EVERY);
                 self.ask(pid);
             }
-            if small_read && st.freed {
+            if read != ReadSize::NotRead && st.freed {
                 return;
             }
             let want = match self.target.load(Ordering::Relaxed) {
@@ -176,6 +178,9 @@ impl Follow {
             let freed = std::mem::take(&mut st.freed);
             if (want != st.pinned || freed) && st.refused != Some(want) {
                 move_thread(st, want, self.class);
+            }
+            if read == ReadSize::Big {
+                let_go(st);
             }
         });
     }
@@ -224,11 +229,7 @@ impl Follow {
     /// CPUs, where the disk's interrupt lands, until its next request (the reason is in
     /// `fuse_uring::Placement`).
     pub fn free(&self) {
-        STATE.with_borrow_mut(|st| {
-            if let (Some(_), Some(home), false) = (st.pinned, &st.home, st.freed) {
-                st.freed = crate::sys::process::set_thread_cpus(home).is_ok();
-            }
-        });
+        STATE.with_borrow_mut(let_go);
     }
 
     /// Has the looker read where `pid` runs, unless it is still at an earlier caller.
@@ -266,6 +267,13 @@ impl Follow {
                 .map(|_| tx)
         });
         tx.as_ref()
+    }
+}
+
+/// Lets a pinned thread run on its former CPUs until its next request (`Follow::free`).
+fn let_go(st: &mut ThreadState) {
+    if let (Some(_), Some(home), false) = (st.pinned, &st.home, st.freed) {
+        st.freed = crate::sys::process::set_thread_cpus(home).is_ok();
     }
 }
 
@@ -473,14 +481,14 @@ mod tests {
         use crate::sys::process::thread_cpu_list as our_cpus;
         without_looker(|f, before| {
             f.target.store(before[0], Ordering::Relaxed);
-            f.serving(1, false);
+            f.serving(1, ReadSize::NotRead);
             assert!(f.pinned(), "pinned for the first caller");
             assert_eq!(our_cpus(), vec![before[0]]);
-            f.serving(2, false);
+            f.serving(2, ReadSize::NotRead);
             assert!(!f.pinned(), "let go for the second");
             assert_eq!(our_cpus(), before);
             f.target.store(before[0], Ordering::Relaxed);
-            f.serving(1, false);
+            f.serving(1, ReadSize::NotRead);
             assert!(!f.pinned(), "not pinned again while callers take turns");
         });
     }
@@ -499,7 +507,7 @@ mod tests {
     fn off_means_no_looks() {
         let f = Follow::new(false, Policy::Adaptive);
         std::thread::spawn(move || {
-            f.serving(std::process::id(), false);
+            f.serving(std::process::id(), ReadSize::NotRead);
             assert!(STATE.with_borrow(|s| s.next_look.is_none()));
             assert!(f.looker.get().is_none(), "no looker thread");
         })
@@ -518,13 +526,13 @@ mod tests {
             }
             let cpu = before[0];
             f.target.store(cpu, Ordering::Relaxed);
-            f.serving(1, false);
+            f.serving(1, ReadSize::NotRead);
             assert_eq!(our_cpus(), vec![cpu], "pinned to the caller's CPU");
             assert!(f.pinned());
             f.free();
             assert_eq!(our_cpus(), before, "let go while a read waits");
             assert!(!f.pinned());
-            f.serving(1, true);
+            f.serving(1, ReadSize::Small);
             assert_eq!(our_cpus(), before, "still let go for a small read");
             assert!(
                 f.following() && !f.pinned(),
@@ -534,13 +542,13 @@ mod tests {
             assert_eq!(our_cpus(), vec![cpu], "home once a small read did not wait");
             assert!(f.pinned());
             f.free();
-            f.serving(1, false);
+            f.serving(1, ReadSize::NotRead);
             assert_eq!(our_cpus(), vec![cpu], "pinned again by the next request");
             assert!(f.pinned());
             // No CPU wanted any more: the next request lets it go for good.
             f.free();
             f.target.store(NO_CPU, Ordering::Relaxed);
-            f.serving(1, false);
+            f.serving(1, ReadSize::NotRead);
             assert_eq!(our_cpus(), before);
             assert!(!f.pinned());
             f.free();
@@ -549,6 +557,27 @@ mod tests {
                 before,
                 "an unpinned thread has nothing to let go"
             );
+        });
+    }
+
+    #[test]
+    fn a_big_read_lets_a_pinned_thread_go_until_a_request_that_is_no_read() {
+        use crate::sys::process::thread_cpu_list as our_cpus;
+        without_looker(|f, before| {
+            let cpu = before[0];
+            f.target.store(cpu, Ordering::Relaxed);
+            f.serving(1, ReadSize::NotRead);
+            assert_eq!(our_cpus(), vec![cpu], "pinned to the caller's CPU");
+            f.serving(1, ReadSize::Big);
+            assert_eq!(our_cpus(), before, "a big read: every CPU it had");
+            assert!(f.following() && !f.pinned());
+            f.serving(1, ReadSize::Small);
+            assert_eq!(our_cpus(), before, "a small read does not bring it home");
+            f.serving(1, ReadSize::Big);
+            assert_eq!(our_cpus(), before);
+            f.serving(1, ReadSize::NotRead);
+            assert_eq!(our_cpus(), vec![cpu], "home for a request that is no read");
+            assert!(f.pinned());
         });
     }
 }

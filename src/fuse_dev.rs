@@ -14,10 +14,11 @@
 //! io_uring), and a node whose id is not its st_ino had to go out with no attribute
 //! lifetime. One codec for both transports also leaves one dispatch to keep right.
 
-use crate::fuse::Adapter;
+use crate::fuse::{Adapter, ReadSize};
+use crate::fuse_splice::{ReplyPipe, Spliced};
 use crate::fuse_wire::{op, Fields, InHeader, IN_HEADER_LEN};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +90,7 @@ fn clone_device(session: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// One thread's loop: read a request, answer it, write the reply.
 fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
     let mut buf = vec![0u8; BUF_LEN];
+    let mut pipe = ReplyPipe::new(crate::fuse::MAX_WRITE as usize);
     loop {
         // SAFETY: reads into the buffer, within its length.
         let n = unsafe { libc::read(dev.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -112,7 +114,7 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
         let req = InHeader::parse(&buf[..IN_HEADER_LEN]);
         let args = &mut buf[IN_HEADER_LEN..];
         let args_len = n - IN_HEADER_LEN;
-        let small_read = crate::fuse::is_small_read(req.opcode, &args[..args_len]);
+        let read = crate::fuse::read_size(req.opcode, &args[..args_len]);
         match req.opcode {
             op::FORGET => {
                 pause_before_forgets(fs);
@@ -138,9 +140,25 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
             op::NOTIFY_REPLY => continue,
             // Closing a file waits for nobody.
             op::RELEASE | op::RELEASEDIR => {}
-            _ => fs.follow.serving(req.pid, small_read),
+            _ => fs.follow.serving(req.pid, read),
         }
         let fixed = crate::fuse_wire::fixed_arg_len(req.opcode).min(args_len);
+        if req.opcode == op::READ {
+            match spliced_read(fs, pipe.as_mut(), dev, &req, &args[..fixed]) {
+                Spliced::NotSent => {}
+                Spliced::Sent => continue,
+                Spliced::Refused(libc::ENODEV) => return Ok(()),
+                Spliced::Refused(libc::ENOENT) => continue,
+                Spliced::Refused(e) => {
+                    log::warn!(
+                        "reply to request {} failed: {}",
+                        req.unique,
+                        io::Error::from_raw_os_error(e)
+                    );
+                    continue;
+                }
+            }
+        }
         let (op_in, p) = args.split_at_mut(fixed);
         let in_len = args_len - fixed;
         let follow = &fs.follow;
@@ -151,7 +169,7 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
         };
         let let_go: Option<&mut dyn FnMut()> = follow.following().then_some(&mut let_go);
         let (error, out_len) = crate::fuse_ops::answer_caught(fs, &req, op_in, p, in_len, let_go);
-        if small_read && !waited {
+        if read == ReadSize::Small && !waited {
             follow.settle();
         }
         match reply(dev, req.unique, error, &p[..out_len]) {
@@ -165,6 +183,34 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// Answers READ `req` (fixed arguments `op_in`, `fuse_read_in`) through `pipe` where it
+/// can go that way (see `fuse_splice`).
+fn spliced_read(
+    fs: &Adapter,
+    pipe: Option<&mut ReplyPipe>,
+    dev: &OwnedFd,
+    req: &InHeader,
+    op_in: &[u8],
+) -> Spliced {
+    let Some(pipe) = pipe else {
+        return Spliced::NotSent;
+    };
+    if op_in.len() < 20 {
+        return Spliced::NotSent;
+    }
+    let a = Fields(op_in);
+    let size = a.u32(16) as usize;
+    let offset = a.u64(8);
+    if !pipe.fits(offset, size) {
+        return Spliced::NotSent;
+    }
+    // A handle that is not there, or cannot be read, gets its error the usual way.
+    let Ok(file) = fs.ovl.read_source(a.u64(0)) else {
+        return Spliced::NotSent;
+    };
+    pipe.send_read(dev.as_fd(), req.unique, file.as_fd(), offset, size)
 }
 
 /// Writes the reply to request `unique`: an errno (negative) or the body.

@@ -14,6 +14,7 @@ pub mod devfuse_cpu;
 pub mod fuse;
 pub mod fuse_dev;
 pub mod fuse_ops;
+pub mod fuse_splice;
 pub mod fuse_uring;
 pub mod fuse_wire;
 pub mod logging;

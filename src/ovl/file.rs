@@ -456,6 +456,13 @@ impl Overlay {
         Ok(h.fd())
     }
 
+    /// The descriptor that READs of handle `fh` read from, for a transport that moves the
+    /// data itself (`fuse_splice`); `read_into` reads the same.
+    pub fn read_source(&self, fh: u64) -> SysResult<Arc<OwnedFd>> {
+        let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
+        self.read_fd(&h)
+    }
+
     /// Reads into `buf` from `offset`, filling it unless the file ends first; returns the
     /// length read. Callers reuse one buffer across reads.
     ///
@@ -470,8 +477,7 @@ impl Overlay {
         buf: &mut [u8],
         mut before_wait: Option<&mut dyn FnMut()>,
     ) -> SysResult<usize> {
-        let h = self.file_handle(fh).ok_or(Errno::EBADF)?;
-        let fd = self.read_fd(&h)?;
+        let fd = self.read_source(fh)?;
         let mut done = 0;
         while done < buf.len() {
             if let Some(f) = before_wait.as_mut() {
