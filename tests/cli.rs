@@ -1729,12 +1729,15 @@ fn source_directory_names_the_layers_when_options_do_not() {
 }
 
 #[test]
-fn mount_raises_the_read_ahead_window_to_one_mib() {
+fn mount_raises_the_read_ahead_window_to_what_one_spliced_reply_carries() {
     if !fuse_available() {
         return;
     }
     // The kernel caps what FUSE init asks for at 128 KiB; the daemon raises its mount's
-    // window itself (root only), so that reads of lower files come in 1 MiB requests.
+    // window itself (root only), so that reads of lower files come in 1 MiB requests. A
+    // daemon whose pipes stop at 1 MiB (root without CAP_SYS_RESOURCE) cannot splice a
+    // reply of 1 MiB and its header: it asks for 1020 KiB, and the mount's max_read says
+    // so, which keeps every READ within a pipe.
     let sc = Scratch::new("cli-readahead");
     let (st, g) = mount_simple(&sc);
     let dev = fs::metadata(&st.mnt).unwrap().dev();
@@ -1748,7 +1751,19 @@ fn mount_raises_the_read_ahead_window_to_one_mib() {
         .trim()
         .parse()
         .unwrap();
-    assert!(kb >= 1024, "{knob} is {kb}");
+    let m = mount_at(&st.mnt).expect("the mount in the mount table");
+    let max_read = m
+        .super_opts
+        .split(',')
+        .find_map(|o| o.strip_prefix("max_read="))
+        .map(|v| v.parse::<u32>().expect("max_read is a number"));
+    match max_read {
+        None => assert!(kb >= 1024, "{knob} is {kb}, and no max_read"),
+        Some(n) => {
+            assert_eq!(n, 1020 << 10, "max_read: one pipe's room (255 pages)");
+            assert!(kb >= 1020, "{knob} is {kb} with max_read={n}");
+        }
+    }
     g.unmount();
 }
 
