@@ -1,5 +1,6 @@
 //! The CPU of the /dev/fuse threads (`follow_caller=`): while requests come from one
-//! caller, the threads that serve them move to its CPU.
+//! caller, the threads that serve them move to its CPU (but for big reads and reads that
+//! wait for a disk, see `fuse_uring::Placement`).
 //!
 //! Why: on /dev/fuse a request wakes whichever daemon thread has waited longest, and the
 //! scheduler runs it on the CPU it last ran on. When that CPU is idle it must be woken

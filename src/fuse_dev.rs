@@ -4,8 +4,9 @@
 //! fuser mounts and answers INIT (`daemon::serve`); from then on these threads read the
 //! requests, answer them with `fuse_ops` as the io_uring threads do, and write the replies
 //! back on the descriptor they came from (a clone has its own queue of requests being
-//! answered). Once io_uring carries the requests (`fuse_uring`), the kernel still sends
-//! FORGET, BATCH_FORGET and INTERRUPT here.
+//! answered); a READ of more than 64 KiB goes back by splice, its data never passing
+//! through our memory (`fuse_splice`). Once io_uring carries the requests (`fuse_uring`),
+//! the kernel still sends FORGET, BATCH_FORGET and INTERRUPT here.
 //!
 //! Why not fuser's loop: its codec sends each entry's st_ino as the node id and every
 //! READDIRPLUS line with attributes, and it does not pass on the size the kernel asked
