@@ -91,7 +91,8 @@ fn clone_device(session: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// One thread's loop: read a request, answer it, write the reply.
 fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
     let mut buf = vec![0u8; BUF_LEN];
-    let mut pipe = ReplyPipe::new(crate::fuse::MAX_WRITE as usize);
+    // Made at the first big READ: once io_uring serves the reads, none come here.
+    let mut pipe: Option<Option<ReplyPipe>> = None;
     loop {
         // SAFETY: reads into the buffer, within its length.
         let n = unsafe { libc::read(dev.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -145,7 +146,7 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
         }
         let fixed = crate::fuse_wire::fixed_arg_len(req.opcode).min(args_len);
         if req.opcode == op::READ {
-            match spliced_read(fs, pipe.as_mut(), dev, &req, &args[..fixed]) {
+            match spliced_read(fs, &mut pipe, dev, &req, &args[..fixed]) {
                 Spliced::NotSent => {}
                 Spliced::Sent => continue,
                 Spliced::Refused(libc::ENODEV) => return Ok(()),
@@ -186,24 +187,29 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
     }
 }
 
-/// Answers READ `req` (fixed arguments `op_in`, `fuse_read_in`) through `pipe` where it
-/// can go that way (see `fuse_splice`).
+/// Answers READ `req` (fixed arguments `op_in`, `fuse_read_in`) through the thread's
+/// pipe where it can go that way (see `fuse_splice`); the pipe is made for the first
+/// READ big enough (`None`: not yet; `Some(None)`: none could be had).
 fn spliced_read(
     fs: &Adapter,
-    pipe: Option<&mut ReplyPipe>,
+    pipe: &mut Option<Option<ReplyPipe>>,
     dev: &OwnedFd,
     req: &InHeader,
     op_in: &[u8],
 ) -> Spliced {
-    let Some(pipe) = pipe else {
-        return Spliced::NotSent;
-    };
     if op_in.len() < 20 {
         return Spliced::NotSent;
     }
     let a = Fields(op_in);
     let size = a.u32(16) as usize;
     let offset = a.u64(8);
+    if size < crate::fuse_splice::SPLICE_FROM {
+        return Spliced::NotSent;
+    }
+    let made = pipe.get_or_insert_with(|| ReplyPipe::new(crate::fuse::MAX_WRITE as usize));
+    let Some(pipe) = made.as_mut() else {
+        return Spliced::NotSent;
+    };
     if !pipe.fits(offset, size) {
         return Spliced::NotSent;
     }
