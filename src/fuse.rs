@@ -124,11 +124,10 @@ pub const MAX_READAHEAD: u32 = 1 << 20;
 /// copied; in 256 KiB replies 0.36 s and 0.43 s. `None`: no limit needed, or pipes too
 /// small to be worth one.
 pub fn max_read() -> Option<u32> {
-    match crate::fuse_splice::pipe_room() as u32 {
-        room if room >= MAX_READAHEAD => None,
-        room if room >= MAX_READAHEAD / 2 => Some(room),
-        _ => None,
-    }
+    let room = crate::fuse_splice::pipe_room() as u32;
+    (MAX_READAHEAD / 2..MAX_READAHEAD)
+        .contains(&room)
+        .then_some(room)
 }
 
 /// The read-ahead window asked for: `MAX_READAHEAD`, or `max_read` where that is less.

@@ -145,18 +145,14 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
             _ => fs.follow.serving(req.pid, read),
         }
         let fixed = crate::fuse_wire::fixed_arg_len(req.opcode).min(args_len);
-        if req.opcode == op::READ {
+        if read == ReadSize::Big {
             match spliced_read(fs, &mut pipe, dev, &req, &args[..fixed]) {
                 Spliced::NotSent => {}
                 Spliced::Sent => continue,
-                Spliced::Refused(libc::ENODEV) => return Ok(()),
-                Spliced::Refused(libc::ENOENT) => continue,
                 Spliced::Refused(e) => {
-                    log::warn!(
-                        "reply to request {} failed: {}",
-                        req.unique,
-                        io::Error::from_raw_os_error(e)
-                    );
+                    if session_ended(req.unique, &io::Error::from_raw_os_error(e)) {
+                        return Ok(());
+                    }
                     continue;
                 }
             }
@@ -174,12 +170,10 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
         if read == ReadSize::Small && !waited {
             follow.settle();
         }
-        match reply(dev, req.unique, error, &p[..out_len]) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
-            // ENOENT: the caller was interrupted and has gone.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => log::warn!("reply to request {} failed: {e}", req.unique),
+        if let Err(e) = reply(dev, req.unique, error, &p[..out_len]) {
+            if session_ended(req.unique, &e) {
+                return Ok(());
+            }
         }
         if req.opcode == op::DESTROY {
             return Ok(());
@@ -187,9 +181,23 @@ fn serve_device(fs: &Adapter, dev: &OwnedFd) -> io::Result<()> {
     }
 }
 
-/// Answers READ `req` (fixed arguments `op_in`, `fuse_read_in`) through the thread's
-/// pipe where it can go that way (see `fuse_splice`); the pipe is made for the first
-/// READ big enough (`None`: not yet; `Some(None)`: none could be had).
+/// After a reply to request `unique` failed with `e`: whether the session has ended
+/// (ENODEV), which ends the thread's loop. ENOENT: the caller was interrupted and has
+/// gone; anything else is logged.
+fn session_ended(unique: u64, e: &io::Error) -> bool {
+    match e.raw_os_error() {
+        Some(libc::ENODEV) => true,
+        Some(libc::ENOENT) => false,
+        _ => {
+            log::warn!("reply to request {unique} failed: {e}");
+            false
+        }
+    }
+}
+
+/// Answers the big READ `req` (fixed arguments `op_in`, `fuse_read_in`) through the
+/// thread's pipe where it can go that way (see `fuse_splice`); the pipe is made for the
+/// first one (`None`: not yet; `Some(None)`: none could be had).
 fn spliced_read(
     fs: &Adapter,
     pipe: &mut Option<Option<ReplyPipe>>,
@@ -197,15 +205,9 @@ fn spliced_read(
     req: &InHeader,
     op_in: &[u8],
 ) -> Spliced {
-    if op_in.len() < 20 {
-        return Spliced::NotSent;
-    }
     let a = Fields(op_in);
     let size = a.u32(16) as usize;
     let offset = a.u64(8);
-    if size < crate::fuse_splice::SPLICE_FROM {
-        return Spliced::NotSent;
-    }
     let made = pipe.get_or_insert_with(|| ReplyPipe::new(crate::fuse::MAX_WRITE as usize));
     let Some(pipe) = made.as_mut() else {
         return Spliced::NotSent;
