@@ -9573,13 +9573,7 @@ fn big_reads_give_the_layers_bytes_over_both_transports() {
         fs::write(st.upper.join("upper"), &data),
         "write the upper file",
     );
-    let uring = match enable_fuse_uring() {
-        Ok(()) => "uring=on",
-        Err(e) => {
-            eprintln!("NOTE: big reads not tested over io_uring: {e}");
-            "uring=off"
-        }
-    };
+    let uring = uring_opt_or_note("big reads");
     for transport in ["uring=off", uring] {
         let g = mount_ovlfuse(&st, &[transport, "passthrough=off"]);
         for name in ["lower", "upper"] {
@@ -9640,13 +9634,7 @@ fn big_writes_without_passthrough_give_the_upper_file_the_bytes() {
         fs::write(st.lowers[0].join("lower"), pattern(lower_len, 1)),
         "write the lower file",
     );
-    let uring = match enable_fuse_uring() {
-        Ok(()) => "uring=on",
-        Err(e) => {
-            eprintln!("NOTE: big writes not tested over io_uring: {e}");
-            "uring=off"
-        }
-    };
+    let uring = uring_opt_or_note("big writes");
     for opts in [
         ["uring=off", "writeback=1"],
         ["uring=off", "writeback=0"],

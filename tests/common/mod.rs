@@ -1398,6 +1398,19 @@ pub fn enable_fuse_uring() -> Result<(), String> {
     })
 }
 
+/// The transport option for a test that checks something over both transports:
+/// `uring=on` once the kernel offers FUSE over io_uring, else `uring=off` with a note that
+/// `what` was not tested over io_uring.
+pub fn uring_opt_or_note(what: &str) -> &'static str {
+    match enable_fuse_uring() {
+        Ok(()) => "uring=on",
+        Err(e) => {
+            eprintln!("NOTE: {what} not tested over io_uring: {e}");
+            "uring=off"
+        }
+    }
+}
+
 /// ovlfuse -o lowerdir=..,upperdir=..,workdir=..[,extra] MNT
 pub fn mount_ovlfuse(stack: &Stack, extra_opts: &[&str]) -> MountGuard {
     let mut opts = vec![stack.full_opts()];
