@@ -208,7 +208,7 @@ fn spliced_read(
     let a = Fields(op_in);
     let size = a.u32(16) as usize;
     let offset = a.u64(8);
-    let made = pipe.get_or_insert_with(|| ReplyPipe::new(crate::fuse::MAX_WRITE as usize));
+    let made = pipe.get_or_insert_with(ReplyPipe::for_reads);
     let Some(pipe) = made.as_mut() else {
         return Spliced::NotSent;
     };

@@ -28,7 +28,7 @@ const PAGE: usize = 4096;
 /// once by making one.
 pub fn pipe_room() -> usize {
     static ROOM: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *ROOM.get_or_init(|| ReplyPipe::new(crate::fuse::MAX_WRITE as usize).map_or(0, |p| p.room()))
+    *ROOM.get_or_init(|| ReplyPipe::for_reads().map_or(0, |p| p.room()))
 }
 
 /// What became of a READ offered to [`ReplyPipe::send_read`].
@@ -84,6 +84,12 @@ impl ReplyPipe {
             write_end,
             slots,
         })
+    }
+
+    /// A pipe for this daemon's READ replies: as big as the largest READ it asks the
+    /// kernel for may need, or as a pipe may be.
+    pub fn for_reads() -> Option<ReplyPipe> {
+        ReplyPipe::new(crate::fuse::MAX_READAHEAD as usize)
     }
 
     /// Data the pipe can carry in one reply read from a page boundary.
