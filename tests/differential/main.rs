@@ -49,16 +49,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-const DEFAULT_BASE_SEED: u64 = 0x0F5E_ED00;
-const DEFAULT_SEEDS: u64 = 150;
-/// How often `random_sequences` reruns a failing seed to tell deterministic from flaky.
-const RERUNS: usize = 3;
-/// How long one operation on the ovlfuse mount may take before we call it a hang
-/// (OVLFUSE_DIFF_OP_TIMEOUT=seconds to change).
-fn op_timeout() -> Duration {
-    Duration::from_secs(env_u64("OVLFUSE_DIFF_OP_TIMEOUT").unwrap_or(20))
-}
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 mod case;
 mod exec;
 mod hand_written;
@@ -75,6 +65,17 @@ use layers::*;
 use ops::*;
 use rng::*;
 use shrink::*;
+
+const DEFAULT_BASE_SEED: u64 = 0x0F5E_ED00;
+const DEFAULT_SEEDS: u64 = 150;
+/// How often `random_sequences` reruns a failing seed to tell deterministic from flaky.
+const RERUNS: usize = 3;
+/// How long one operation on the ovlfuse mount may take before we call it a hang
+/// (OVLFUSE_DIFF_OP_TIMEOUT=seconds to change).
+fn op_timeout() -> Duration {
+    Duration::from_secs(env_u64("OVLFUSE_DIFF_OP_TIMEOUT").unwrap_or(20))
+}
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;

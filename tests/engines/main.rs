@@ -25,10 +25,6 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-const ROOTLESS_USER: &str = "ovltest";
-const CMD_TIMEOUT: Duration = Duration::from_secs(180);
-static N: AtomicUsize = AtomicUsize::new(0);
-
 mod buildah;
 mod compare;
 mod env;
@@ -42,3 +38,7 @@ use env::*;
 use inputs::*;
 use prereq::*;
 use tar::*;
+
+const ROOTLESS_USER: &str = "ovltest";
+const CMD_TIMEOUT: Duration = Duration::from_secs(180);
+static N: AtomicUsize = AtomicUsize::new(0);
