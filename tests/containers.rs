@@ -890,6 +890,88 @@ fn static_nlink_noacl_noxattrs_and_timeout_do_what_they_say() {
     g.unmount();
 }
 
+/// `noxattrs=1` refuses xattr calls with ENOSYS, after which the kernel answers them
+/// with EOPNOTSUPP itself: the requests of each kind stop after the first, including the
+/// security.capability reads a new file's first write and a chown make. And the kernel
+/// then finds no ACL where its permission checks look for one: when the daemon answered
+/// EOPNOTSUPP itself, reading a file root had given to another owner failed with it.
+#[test]
+fn noxattrs_lets_the_kernel_refuse_xattr_calls_without_asking_the_daemon() {
+    if !fuse_available() {
+        return;
+    }
+    let s = Scratch::new("ctr-noxattrs-requests");
+    let st = Stack::new(&s, 1);
+    build(&st.lowers[0], &[E::File("f", b"12345")]);
+    let f = st.mnt.join("f");
+
+    // On a default mount each call reaches the daemon: the counter sees them.
+    let g = mount_ovlfuse(&st, &[]);
+    let rc = RequestCounter::new(&st.mnt);
+    for _ in 0..3 {
+        expect_errno(
+            lgetxattr(&f, "user.none"),
+            libc::ENODATA,
+            "getxattr of no such name",
+        );
+    }
+    let n = rc.count("FUSE_GETXATTR");
+    assert!(
+        n >= 3,
+        "three getxattr calls, {n} GETXATTR requests: {:?}",
+        rc.counts()
+    );
+    drop(rc);
+    g.unmount();
+
+    let g = mount_ovlfuse(&st, &["noxattrs=1"]);
+    let rc = RequestCounter::new(&st.mnt);
+    for _ in 0..3 {
+        expect_errno(
+            lgetxattr(&f, "user.x"),
+            libc::EOPNOTSUPP,
+            "getxattr, noxattrs=1",
+        );
+        expect_errno(
+            lsetxattr(&f, "user.y", b"1"),
+            libc::EOPNOTSUPP,
+            "setxattr, noxattrs=1",
+        );
+        expect_errno(llistxattr(&f), libc::EOPNOTSUPP, "listxattr, noxattrs=1");
+        expect_errno(
+            lremovexattr(&f, "user.y"),
+            libc::EOPNOTSUPP,
+            "removexattr, noxattrs=1",
+        );
+    }
+    let new = st.mnt.join("new");
+    fs::write(&new, b"data").unwrap();
+    std::os::unix::fs::chown(&new, Some(1), Some(1)).unwrap();
+    assert_eq!(
+        fs::read(&new).expect("root reads a file it gave to another owner"),
+        b"data"
+    );
+    let counts = rc.counts();
+    for op in [
+        "FUSE_GETXATTR",
+        "FUSE_SETXATTR",
+        "FUSE_LISTXATTR",
+        "FUSE_REMOVEXATTR",
+    ] {
+        let n = counts.get(op).copied().unwrap_or(0);
+        assert!(
+            n <= 1,
+            "{op}: {n} requests on a noxattrs=1 mount: {counts:?}"
+        );
+    }
+    assert!(
+        counts.contains_key("FUSE_CREATE"),
+        "the counter saw the create: {counts:?}"
+    );
+    drop(rc);
+    g.unmount();
+}
+
 #[test]
 fn threaded_0_serves_on_one_thread() {
     if !fuse_available() {

@@ -95,6 +95,12 @@ impl Overlay {
         Ok(attr)
     }
 
+    /// Whether every xattr call through the mount is refused (`noxattrs=1`), whatever the
+    /// object and the name.
+    pub fn xattrs_refused(&self) -> bool {
+        self.cfg.noxattrs
+    }
+
     pub fn getxattr(&self, id: u64, name: &OsStr) -> SysResult<Vec<u8>> {
         let attr = &self.layer_attr(name).map_err(|e| match e {
             Errno::EPERM => Errno::ENODATA,
