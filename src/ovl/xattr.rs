@@ -108,10 +108,20 @@ impl Overlay {
         })?;
         let node = self.node(id)?;
         let top = node.state().top().ok_or(Errno::ESTALE)?;
-        let mut v = self.nodes.stable_node(&node, || {
-            let (dir, n) = self.xattr_target(&node, top)?;
-            xattr::get_vec(dir.as_fd(), &n, attr)
-        })?;
+        let mut v = self
+            .nodes
+            .stable_node(&node, || {
+                let (dir, n) = self.xattr_target(&node, top)?;
+                xattr::get_vec(dir.as_fd(), &n, attr)
+            })
+            .map_err(|e| match e {
+                // A layer on a filesystem without ACLs (ramfs, vfat, NFSv3) has none to
+                // show. The kernel asks for them in its permission checks, where an
+                // EOPNOTSUPP is an error, not "no ACL": every access that consults the
+                // group bits of another user's file would fail.
+                Errno::EOPNOTSUPP if is_acl_name(attr) => Errno::ENODATA,
+                e => e,
+            })?;
         if self.cfg.own.maps_ids() && is_acl_name(attr) {
             self.cfg.own.map_acl(&mut v, false);
         }

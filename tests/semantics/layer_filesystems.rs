@@ -265,6 +265,15 @@ fn no_xattr_upper_ops(r: &Path) -> Vec<String> {
         outcome_unit(&fs::hard_link(r.join("g"), r.join("glink"))),
         outcome_unit(&std::os::unix::fs::symlink("f", r.join("sl"))),
         outcome_unit(&fs::write(r.join("d/new"), b"new")),
+        // Root reads another user's file: the kernel's permission check asks for its ACL,
+        // which the upper filesystem cannot hold.
+        outcome_unit(&std::os::unix::fs::chown(r.join("d/new"), Some(1), Some(1))),
+        outcome_unit(&fs::set_permissions(
+            r.join("d/new"),
+            fs::Permissions::from_mode(0o640),
+        )),
+        outcome(&fs::read(r.join("d/new"))),
+        outcome(&lgetxattr(&r.join("d/new"), "system.posix_acl_access")),
         read_str(&r.join("f")),
         format!("{:?}", names_or_err(r)),
         format!("{:?}", names_or_err(&r.join("d"))),
@@ -336,6 +345,67 @@ fn upper_that_takes_no_xattrs_works_and_falls_back_where_the_kernel_cannot() {
     );
     assert_eq!(names_or_err(&f.mnt.join("empty")), Ok(vec![]));
     assert_eq!(read_str(&f.mnt.join("moved/c")), "c");
+    fg.unmount();
+    lc.verify();
+    drop(guards);
+}
+
+/// A lower layer on a filesystem that holds no xattrs, so no ACLs (ramfs; vfat and NFSv3
+/// alike): root reads another user's file in it, as on the kernel overlay. The kernel's
+/// permission check asks for the file's ACL, and "not supported" from the layer must
+/// come back as "none", not as an error.
+#[test]
+fn a_lower_layer_without_acls_lets_root_read_other_users_files_as_the_kernel_does() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("sem-no-acl-lower");
+    let mut guards = Vec::new();
+    let mut stacks = Vec::new();
+    for who in ["k", "f"] {
+        let l = sc.dir(&format!("{who}/ramfs"));
+        guards.push(mount_ramfs(&l));
+        build(&l, &[E::File("d/f", b"secret"), E::File("g", b"g")]);
+        for p in [l.join("d/f"), l.join("g")] {
+            std::os::unix::fs::chown(&p, Some(1), Some(1)).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        }
+        let st = Stack {
+            lowers: vec![l],
+            upper: sc.dir(&format!("{who}/upper")),
+            work: sc.dir(&format!("{who}/work")),
+            mnt: sc.dir(&format!("{who}/mnt")),
+        };
+        stacks.push(st);
+    }
+    let (k, f) = (&stacks[0], &stacks[1]);
+    let lc = LowerCheck::new(&[k.lowers[0].clone(), f.lowers[0].clone()]);
+    let ops = |r: &Path| {
+        vec![
+            outcome(&fs::read(r.join("d/f"))),
+            outcome(&lgetxattr(&r.join("d/f"), "system.posix_acl_access")),
+            // A copy-up keeps the owner; the copy on the upper filesystem may hold ACLs.
+            outcome_unit(&fs::OpenOptions::new().append(true).open(r.join("g"))),
+            outcome(&fs::read(r.join("g"))),
+        ]
+    };
+    let kg = mount_kernel(k);
+    let fg = mount_ovlfuse(f, &[]);
+    assert_eq!(
+        ops(&f.mnt),
+        ops(&k.mnt),
+        "root and another user's files in a lower layer without ACLs: ovlfuse (left) vs \
+         kernel (right)"
+    );
+    fg.unmount();
+    kg.unmount();
+    // The same through a read-only view (no upper layer), where ovlfuse hands reads to
+    // the kernel.
+    let fg = mount_ovlfuse_ro(&f.lowers, &f.mnt, &[]);
+    assert_eq!(
+        outcome(&fs::read(f.mnt.join("d/f"))),
+        "ok: [115, 101, 99, 114, 101, 116]"
+    );
     fg.unmount();
     lc.verify();
     drop(guards);
