@@ -160,7 +160,8 @@ Flags:
   -o OPTIONS        comma-separated mount options (see below); also -oOPTIONS
   -f                stay in the foreground (log to stderr; in the background the
                     daemon logs to the system log, /dev/log, where there is one)
-  -d, --debug       log debug messages (implies -f); RUST_LOG sets the log filter
+  -d, --debug       log debug messages, among them a line per request answered
+                    (implies -f); RUST_LOG sets the log filter
   -s                single-threaded (accepted and ignored)
   -h, --help        print this help and exit
   -V, --version     print the version and exit
@@ -197,7 +198,7 @@ FUSE options:
   allow_other            let other users access the mount
   allow_root             let root access the mount (not with allow_other)
   default_permissions    accepted; permissions are always checked
-  debug                  log debug messages
+  debug                  log debug messages, as -d
   fsname=NAME            file system name shown in the mount table
   subtype=NAME           the mount table then shows the type as fuse.NAME; with
                          subtype=ovlfuse, mount(8) finds ovlfuse for a remount without -t

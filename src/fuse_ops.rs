@@ -55,14 +55,29 @@ pub fn answer_caught(
     let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         answer(fs, req, op_in, p, in_len, let_go)
     }));
-    match answered {
+    let reply = match answered {
         Ok(Ok(len)) => (0, len),
         Ok(Err(e)) => (-e.0, 0),
         Err(_) => {
             log::error!("request {} (opcode {}) panicked", req.unique, req.opcode);
             (-libc::EIO, 0)
         }
+    };
+    // `-d` / `RUST_LOG=debug`: one line per request, as fuse-overlayfs -d gives.
+    if log::log_enabled!(log::Level::Debug) {
+        let outcome = match reply {
+            (0, len) => format!("{len} bytes"),
+            (e, _) => format!("{}", std::io::Error::from_raw_os_error(-e)),
+        };
+        log::debug!(
+            "{} node {} (unique {}, pid {}): {outcome}",
+            crate::fuse_wire::op_name(req.opcode),
+            req.nodeid,
+            req.unique,
+            req.pid
+        );
     }
+    reply
 }
 
 /// Answers one request: `op_in` is the opcode's fixed argument struct, `p[..in_len]` the

@@ -58,6 +58,55 @@ pub mod op {
     pub const STATX: u32 = 52;
 }
 
+/// The name of an opcode, for the request log.
+pub fn op_name(opcode: u32) -> &'static str {
+    use op::*;
+    match opcode {
+        LOOKUP => "LOOKUP",
+        FORGET => "FORGET",
+        GETATTR => "GETATTR",
+        SETATTR => "SETATTR",
+        READLINK => "READLINK",
+        SYMLINK => "SYMLINK",
+        MKNOD => "MKNOD",
+        MKDIR => "MKDIR",
+        UNLINK => "UNLINK",
+        RMDIR => "RMDIR",
+        RENAME => "RENAME",
+        LINK => "LINK",
+        OPEN => "OPEN",
+        READ => "READ",
+        WRITE => "WRITE",
+        STATFS => "STATFS",
+        RELEASE => "RELEASE",
+        FSYNC => "FSYNC",
+        SETXATTR => "SETXATTR",
+        GETXATTR => "GETXATTR",
+        LISTXATTR => "LISTXATTR",
+        REMOVEXATTR => "REMOVEXATTR",
+        FLUSH => "FLUSH",
+        OPENDIR => "OPENDIR",
+        READDIR => "READDIR",
+        RELEASEDIR => "RELEASEDIR",
+        FSYNCDIR => "FSYNCDIR",
+        ACCESS => "ACCESS",
+        CREATE => "CREATE",
+        INTERRUPT => "INTERRUPT",
+        DESTROY => "DESTROY",
+        IOCTL => "IOCTL",
+        NOTIFY_REPLY => "NOTIFY_REPLY",
+        BATCH_FORGET => "BATCH_FORGET",
+        FALLOCATE => "FALLOCATE",
+        READDIRPLUS => "READDIRPLUS",
+        RENAME2 => "RENAME2",
+        LSEEK => "LSEEK",
+        COPY_FILE_RANGE => "COPY_FILE_RANGE",
+        TMPFILE => "TMPFILE",
+        STATX => "STATX",
+        _ => "(unknown opcode)",
+    }
+}
+
 /// `fuse_setattr_in.valid` bits.
 pub mod fattr {
     pub const MODE: u32 = 1 << 0;

@@ -112,6 +112,8 @@ impl Foreground {
                 &format!("{},{extra}", st.full_opts()),
                 &s(&st.mnt),
             ])
+            // The log level comes from the options alone.
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&stderr).unwrap())
@@ -148,6 +150,37 @@ impl Foreground {
         self.guard.unmount();
         let _ = wait_child(&mut self.child, Duration::from_secs(10));
     }
+}
+
+/// `-o debug` (as `-d`) logs a line for each request answered: what it was, about which
+/// node, and how it was answered.
+#[test]
+fn debug_logs_a_line_for_each_request_answered() {
+    if !fuse_available() {
+        return;
+    }
+    let sc = Scratch::new("cli-debug-log");
+    let st = simple_stack(&sc);
+    let fg = Foreground::start(&sc, &st, "debug", || {});
+    assert!(fs::symlink_metadata(st.mnt.join("no-such-name")).is_err());
+    fs::write(st.mnt.join("new"), b"n").expect("create through the mount");
+    expect_errno(
+        lgetxattr(&st.mnt.join("new"), "user.none"),
+        libc::ENODATA,
+        "getxattr of an absent name",
+    );
+    let log = fg.stderr();
+    fg.unmount();
+    let has = |op: &str, outcome: &str| {
+        log.lines()
+            .any(|l| l.contains(&format!("{op} node ")) && l.contains(outcome))
+    };
+    assert!(has("LOOKUP", " bytes"), "no line for the lookups:\n{log}");
+    assert!(has("CREATE", " bytes"), "no line for the create:\n{log}");
+    assert!(
+        has("GETXATTR", "No data available"),
+        "no line for the getxattr that failed:\n{log}"
+    );
 }
 
 /// poll(2) and select(2) on files of the mount find them ready, as on the layers, and the
