@@ -274,9 +274,10 @@ fn drop_kernel_caches() {
         .expect("write /proc/sys/vm/drop_caches (needs root)");
 }
 
-/// Held by each test that drops the kernel's caches. Dropping them makes every mount
-/// forget its nodes, so one such test running beside another would skew what the other
-/// measures (the memory test's RSS before its own drop).
+/// Held by each test that drops the kernel's caches, and by each that needs them kept
+/// from one step to the next. Dropping them makes every mount forget its nodes, so one
+/// such test running beside another would skew what the other measures (the memory
+/// test's RSS before its own drop; what a stat finds cached after a listing).
 static CACHE_DROPPERS: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
 #[test]
@@ -649,6 +650,8 @@ fn listings_with_names_only_show_what_listings_with_attributes_show() {
     if !fuse_available() {
         return;
     }
+    // The stats after each listing must find what it left in the kernel's cache.
+    let _kept = CACHE_DROPPERS.lock();
     const N: usize = 300;
     let mut shown = Vec::new();
     let mut runs = vec![
