@@ -12,99 +12,68 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
-/// Request opcodes we serve or must recognise (the kernel sends FORGET, BATCH_FORGET and
-/// INTERRUPT through /dev/fuse even when io_uring carries the rest).
-pub mod op {
-    pub const LOOKUP: u32 = 1;
-    pub const FORGET: u32 = 2;
-    pub const GETATTR: u32 = 3;
-    pub const SETATTR: u32 = 4;
-    pub const READLINK: u32 = 5;
-    pub const SYMLINK: u32 = 6;
-    pub const MKNOD: u32 = 8;
-    pub const MKDIR: u32 = 9;
-    pub const UNLINK: u32 = 10;
-    pub const RMDIR: u32 = 11;
-    pub const RENAME: u32 = 12;
-    pub const LINK: u32 = 13;
-    pub const OPEN: u32 = 14;
-    pub const READ: u32 = 15;
-    pub const WRITE: u32 = 16;
-    pub const STATFS: u32 = 17;
-    pub const RELEASE: u32 = 18;
-    pub const FSYNC: u32 = 20;
-    pub const SETXATTR: u32 = 21;
-    pub const GETXATTR: u32 = 22;
-    pub const LISTXATTR: u32 = 23;
-    pub const REMOVEXATTR: u32 = 24;
-    pub const FLUSH: u32 = 25;
-    pub const OPENDIR: u32 = 27;
-    pub const READDIR: u32 = 28;
-    pub const RELEASEDIR: u32 = 29;
-    pub const FSYNCDIR: u32 = 30;
-    pub const ACCESS: u32 = 34;
-    pub const CREATE: u32 = 35;
-    pub const INTERRUPT: u32 = 36;
-    pub const DESTROY: u32 = 38;
-    pub const IOCTL: u32 = 39;
-    pub const NOTIFY_REPLY: u32 = 41;
-    pub const BATCH_FORGET: u32 = 42;
-    pub const FALLOCATE: u32 = 43;
-    pub const READDIRPLUS: u32 = 44;
-    pub const RENAME2: u32 = 45;
-    pub const LSEEK: u32 = 46;
-    pub const COPY_FILE_RANGE: u32 = 47;
-    pub const TMPFILE: u32 = 51;
-    pub const STATX: u32 = 52;
+/// Declares each opcode once: its constant in `op`, and its name for `op_name`.
+macro_rules! opcodes {
+    ($(#[$doc:meta])* $($name:ident = $value:expr),* $(,)?) => {
+        $(#[$doc])*
+        pub mod op {
+            $(pub const $name: u32 = $value;)*
+        }
+
+        /// The name of an opcode, for the request log.
+        pub fn op_name(opcode: u32) -> &'static str {
+            match opcode {
+                $(op::$name => stringify!($name),)*
+                _ => "(unknown opcode)",
+            }
+        }
+    };
 }
 
-/// The name of an opcode, for the request log.
-pub fn op_name(opcode: u32) -> &'static str {
-    use op::*;
-    match opcode {
-        LOOKUP => "LOOKUP",
-        FORGET => "FORGET",
-        GETATTR => "GETATTR",
-        SETATTR => "SETATTR",
-        READLINK => "READLINK",
-        SYMLINK => "SYMLINK",
-        MKNOD => "MKNOD",
-        MKDIR => "MKDIR",
-        UNLINK => "UNLINK",
-        RMDIR => "RMDIR",
-        RENAME => "RENAME",
-        LINK => "LINK",
-        OPEN => "OPEN",
-        READ => "READ",
-        WRITE => "WRITE",
-        STATFS => "STATFS",
-        RELEASE => "RELEASE",
-        FSYNC => "FSYNC",
-        SETXATTR => "SETXATTR",
-        GETXATTR => "GETXATTR",
-        LISTXATTR => "LISTXATTR",
-        REMOVEXATTR => "REMOVEXATTR",
-        FLUSH => "FLUSH",
-        OPENDIR => "OPENDIR",
-        READDIR => "READDIR",
-        RELEASEDIR => "RELEASEDIR",
-        FSYNCDIR => "FSYNCDIR",
-        ACCESS => "ACCESS",
-        CREATE => "CREATE",
-        INTERRUPT => "INTERRUPT",
-        DESTROY => "DESTROY",
-        IOCTL => "IOCTL",
-        NOTIFY_REPLY => "NOTIFY_REPLY",
-        BATCH_FORGET => "BATCH_FORGET",
-        FALLOCATE => "FALLOCATE",
-        READDIRPLUS => "READDIRPLUS",
-        RENAME2 => "RENAME2",
-        LSEEK => "LSEEK",
-        COPY_FILE_RANGE => "COPY_FILE_RANGE",
-        TMPFILE => "TMPFILE",
-        STATX => "STATX",
-        _ => "(unknown opcode)",
-    }
+opcodes! {
+    /// Request opcodes we serve or must recognise (the kernel sends FORGET, BATCH_FORGET and
+    /// INTERRUPT through /dev/fuse even when io_uring carries the rest).
+    LOOKUP = 1,
+    FORGET = 2,
+    GETATTR = 3,
+    SETATTR = 4,
+    READLINK = 5,
+    SYMLINK = 6,
+    MKNOD = 8,
+    MKDIR = 9,
+    UNLINK = 10,
+    RMDIR = 11,
+    RENAME = 12,
+    LINK = 13,
+    OPEN = 14,
+    READ = 15,
+    WRITE = 16,
+    STATFS = 17,
+    RELEASE = 18,
+    FSYNC = 20,
+    SETXATTR = 21,
+    GETXATTR = 22,
+    LISTXATTR = 23,
+    REMOVEXATTR = 24,
+    FLUSH = 25,
+    OPENDIR = 27,
+    READDIR = 28,
+    RELEASEDIR = 29,
+    FSYNCDIR = 30,
+    ACCESS = 34,
+    CREATE = 35,
+    INTERRUPT = 36,
+    DESTROY = 38,
+    IOCTL = 39,
+    NOTIFY_REPLY = 41,
+    BATCH_FORGET = 42,
+    FALLOCATE = 43,
+    READDIRPLUS = 44,
+    RENAME2 = 45,
+    LSEEK = 46,
+    COPY_FILE_RANGE = 47,
+    TMPFILE = 51,
+    STATX = 52,
 }
 
 /// `fuse_setattr_in.valid` bits.

@@ -12,6 +12,7 @@
 mod common;
 
 use common::*;
+use std::collections::BTreeMap;
 use std::fs;
 
 /// The defaults, named so that the environment's choices for other tests do not apply.
@@ -29,29 +30,13 @@ fn lower_stack(name: &str) -> (Scratch, Stack) {
     (sc, st)
 }
 
-/// What `counter` saw since its last `take`, and a fresh start.
-fn take(counter: &mut Option<RequestCounter>, mnt: &std::path::Path) -> Counts {
-    let c = Counts(counter.as_ref().expect("counting").counts());
-    *counter = Some(RequestCounter::new(mnt));
-    c
+/// How many requests of `op` (`READ`, `LOOKUP`, ...) a count holds.
+fn n(counts: &BTreeMap<String, u64>, op: &str) -> u64 {
+    counts.get(&format!("FUSE_{op}")).copied().unwrap_or(0)
 }
 
-struct Counts(std::collections::BTreeMap<String, u64>);
-
-impl Counts {
-    fn of(&self, op: &str) -> u64 {
-        self.0.get(&format!("FUSE_{op}")).copied().unwrap_or(0)
-    }
-
-    fn total(&self) -> u64 {
-        self.0.values().sum()
-    }
-}
-
-impl std::fmt::Debug for Counts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.0)
-    }
+fn total(counts: &BTreeMap<String, u64>) -> u64 {
+    counts.values().sum()
 }
 
 #[test]
@@ -63,27 +48,27 @@ fn a_listed_directory_and_its_entries_are_then_served_by_the_kernel() {
     let lc = LowerCheck::new(&st.lowers);
     let g = mount_ovlfuse(&st, DEFAULTS);
     let d = st.mnt.join("d");
-    let mut rc = Some(RequestCounter::new(&st.mnt));
+    let rc = RequestCounter::new(&st.mnt);
 
     let names = fs::read_dir(&d).unwrap().count();
     assert_eq!(names, 21);
-    let c = take(&mut rc, &st.mnt);
+    let c = rc.take();
     // The entries come with their attributes in one READDIRPLUS; an empty one ends it.
-    assert!(c.of("READDIRPLUS") <= 2, "first listing: {c:?}");
+    assert!(n(&c, "READDIRPLUS") <= 2, "first listing: {c:?}");
 
     for e in fs::read_dir(&d).unwrap() {
         fs::symlink_metadata(e.unwrap().path()).unwrap();
     }
-    let c = take(&mut rc, &st.mnt);
+    let c = rc.take();
     assert_eq!(
-        c.of("LOOKUP") + c.of("READDIRPLUS"),
+        n(&c, "LOOKUP") + n(&c, "READDIRPLUS"),
         0,
         "a second listing and a stat of every entry: {c:?}"
     );
     // The kernel marks a directory's atime stale after a listing it fetched, and asks
     // once for the directory's attributes again.
     assert!(
-        c.total() <= 1,
+        total(&c) <= 1,
         "a second listing and a stat of every entry: {c:?}"
     );
     drop(rc);
@@ -98,13 +83,13 @@ fn a_missing_name_is_asked_for_once() {
     }
     let (_sc, st) = lower_stack("req-miss");
     let g = mount_ovlfuse(&st, DEFAULTS);
-    let mut rc = Some(RequestCounter::new(&st.mnt));
+    let rc = RequestCounter::new(&st.mnt);
     for _ in 0..5 {
         assert!(fs::symlink_metadata(st.mnt.join("d/absent")).is_err());
     }
-    let c = take(&mut rc, &st.mnt);
+    let c = rc.take();
     assert_eq!(
-        c.of("LOOKUP"),
+        n(&c, "LOOKUP"),
         2,
         "the lookup of d and one of the absent name: {c:?}"
     );
@@ -122,15 +107,15 @@ fn small_lower_files_are_read_without_read_requests() {
     let g = mount_ovlfuse(&st, DEFAULTS);
     let f = st.mnt.join("d/f3");
     assert_eq!(fs::read(&f).unwrap(), b"small lower file");
-    let mut rc = Some(RequestCounter::new(&st.mnt));
+    let rc = RequestCounter::new(&st.mnt);
     for _ in 0..3 {
         assert_eq!(fs::read(&f).unwrap(), b"small lower file");
     }
-    let c = take(&mut rc, &st.mnt);
+    let c = rc.take();
     // Its first open put the data into the kernel's page cache: each read is an OPEN
     // and a RELEASE, and no READ.
-    assert_eq!(c.of("READ"), 0, "three reads of a small lower file: {c:?}");
-    assert_eq!(c.of("OPEN"), 3, "three opens: {c:?}");
+    assert_eq!(n(&c, "READ"), 0, "three reads of a small lower file: {c:?}");
+    assert_eq!(n(&c, "OPEN"), 3, "three opens: {c:?}");
     drop(rc);
     g.unmount();
     lc.verify();
@@ -146,13 +131,13 @@ fn removing_a_lower_file_is_one_request() {
     let g = mount_ovlfuse(&st, DEFAULTS);
     let d = st.mnt.join("d");
     fs::read_dir(&d).unwrap().for_each(drop);
-    let mut rc = Some(RequestCounter::new(&st.mnt));
+    let rc = RequestCounter::new(&st.mnt);
     fs::remove_file(d.join("f5")).unwrap();
-    let c = take(&mut rc, &st.mnt);
+    let c = rc.take();
     // The name is known from the listing: the UNLINK alone (it copies up the directory
     // and leaves a whiteout in the daemon).
-    assert_eq!(c.of("UNLINK"), 1, "{c:?}");
-    assert_eq!(c.total(), 1, "unlink of a listed lower file: {c:?}");
+    assert_eq!(n(&c, "UNLINK"), 1, "{c:?}");
+    assert_eq!(total(&c), 1, "unlink of a listed lower file: {c:?}");
     drop(rc);
     g.unmount();
     lc.verify();

@@ -64,6 +64,13 @@ impl RequestCounter {
     pub fn count(&self, opcode: &str) -> u64 {
         self.counts().get(opcode).copied().unwrap_or(0)
     }
+
+    /// The requests sent since `new` or the last `take`, and a fresh start.
+    pub fn take(&self) -> BTreeMap<String, u64> {
+        let counts = self.counts();
+        fs::write(self.instance.join("trace"), "").unwrap();
+        counts
+    }
 }
 
 impl Drop for RequestCounter {
